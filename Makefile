@@ -1,0 +1,41 @@
+# Two entry points (see README): `make demo` and `make test`. Both are idempotent: a second call
+# skips the installs already done (a few seconds) and lets Snakemake skip outputs already up to date.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+PYTEST_ARGS ?=
+REQS := requirements/constraints.txt requirements/base.txt requirements/test.txt pyproject.toml
+STAMP := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
+
+.PHONY: demo test setup system-packages python-env lint clean-results
+
+demo: setup
+	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+setup: system-packages python-env
+
+system-packages:
+	@bash scripts/setup_system.sh
+
+python-env: $(STAMP)
+
+$(STAMP): $(REQS)
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c requirements/constraints.txt -r requirements/test.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/snakemake -n -q
+	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile rules/
+
+clean-results:
+	rm -rf results .snakemake

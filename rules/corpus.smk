@@ -1,0 +1,63 @@
+# Stage 1: audio in. The synthesized demo corpus, one manifest schema for every corpus, audio QC.
+
+
+rule synthesize_demo_corpus:
+    output:
+        corpus_dir=directory(f"{RESULTS}/corpus/demo"),
+    params:
+        demo=config["corpus"]["demo"],
+    log:
+        f"{LOGS}/synthesize_demo_corpus.log",
+    benchmark:
+        f"{BENCH}/synthesize_demo_corpus.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/synthesize_demo_corpus.py"
+
+
+rule build_manifest:
+    input:
+        unpack(manifest_inputs),
+    output:
+        manifest=f"{RESULTS}/manifest/manifest.raw.tsv",
+    params:
+        corpus=corpus_kwargs(),
+    log:
+        f"{LOGS}/build_manifest.log",
+    benchmark:
+        f"{BENCH}/build_manifest.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/build_manifest.py"
+
+
+rule audio_qc:
+    input:
+        manifest=rules.build_manifest.output.manifest,
+    output:
+        manifest=f"{RESULTS}/manifest/manifest.tsv",
+        report=f"{RESULTS}/qc/qc.tsv",
+    params:
+        qc=config["qc"],
+    log:
+        f"{LOGS}/audio_qc.log",
+    benchmark:
+        f"{BENCH}/audio_qc.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/audio_qc.py"

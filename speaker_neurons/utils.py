@@ -1,0 +1,88 @@
+"""Small helpers shared by every stage: logging, hashing, provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Log to stderr and, when given, to `log_path` (a rule's `log:` file). Returns the package logger."""
+    logger = logging.getLogger("speaker_neurons")
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_path, mode="w")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False
+    return logger
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"speaker_neurons.{name}" if not name.startswith("speaker_neurons") else name)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_paths(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """sha256 of every file; a directory contributes every file under it (sorted), hashed together."""
+    out: dict[str, str] = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            h = hashlib.sha256()
+            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+                h.update(str(f.relative_to(p)).encode())
+                h.update(sha256_file(f).encode())
+            out[str(p)] = h.hexdigest()
+        elif p.exists():
+            out[str(p)] = sha256_file(p)
+    return out
+
+
+def write_provenance(out_dir: str | os.PathLike, config: dict[str, Any] | None, inputs: Iterable[str] = ()) -> Path:
+    """Write `provenance.json` into `out_dir`: resolved config, inputs' checksums, versions."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "torchaudio", "numpy", "scikit-learn", "snakemake", "speaker-neurons"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    from speaker_neurons import __version__
+
+    versions["speaker_neurons"] = __version__
+    record = {
+        "config": config,
+        "inputs": sha256_paths(inputs),
+        "versions": versions,
+        "python": platform.python_version(),
+    }
+    path = out_dir / "provenance.json"
+    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return path
