@@ -18,9 +18,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 include: "rules/common.smk"
 include: "rules/corpus.smk"
+include: "rules/upstream.smk"
+include: "rules/analysis.smk"
 
 
 rule all:
     input:
         qc_outputs(),
+        analysis_outputs(),
     default_target: True

@@ -53,3 +53,44 @@ def manifest_inputs(wildcards):
 
 def qc_outputs():
     return [f"{RESULTS}/manifest/manifest.tsv", f"{RESULTS}/qc/qc.tsv"]
+
+
+NEURON_SETS = ["ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster"]
+DEMO_MODEL = f"{RESULTS}/upstream/melhubert_demo/model"
+
+
+def upstream_spec():
+    """The config entry that speaker_neurons.models.load_upstream builds the model from."""
+    up = config["upstream"]
+    path = up["path"] or DEMO_MODEL
+    fmt = up["format"] if up["path"] else "native"
+    return {"kind": up["kind"], "path": path, "format": fmt}
+
+
+def model_inputs(wildcards):
+    """Rules that run the model depend on the pre-trained demo model only when no path is given."""
+    if config["upstream"]["path"]:
+        return {}
+    return {"model": DEMO_MODEL}
+
+
+def ivector_scp():
+    """i-vectors made by the workflow, or the user's own Kaldi i-vectors (ark or scp)."""
+    return config["ivector"]["kaldi_ivectors"] or f"{RESULTS}/analysis/ivectors/ivectors.scp"
+
+
+def frame_classes_input(wildcards):
+    """Phone classes per frame exist for the demo corpus (MBROLA voices) only."""
+    if config["corpus"]["source"] == "demo":
+        return {"corpus": f"{RESULTS}/corpus/demo"}
+    return {}
+
+
+def analysis_outputs():
+    outs = []
+    for k in config["analysis"]["k_ssl"]:
+        base = f"{RESULTS}/analysis/ssl_k{k}"
+        outs += [f"{base}/neurons/neuron_counts.tsv", f"{base}/report/evidence.json"]
+    if not config["ivector"]["kaldi_ivectors"]:
+        outs.append(f"{RESULTS}/analysis/ivectors/quality.json")
+    return outs

@@ -62,8 +62,10 @@ def sha256_paths(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     return out
 
 
-def write_provenance(out_dir: str | os.PathLike, config: dict[str, Any] | None, inputs: Iterable[str] = ()) -> Path:
-    """Write `provenance.json` into `out_dir`: resolved config, inputs' checksums, versions."""
+def write_provenance(
+    out_dir: str | os.PathLike, config: dict[str, Any] | None, inputs: Iterable[str] = (), name: str = "provenance"
+) -> Path:
+    """Write `<name>.json` into `out_dir`: the resolved config, the inputs' sha256 checksums, versions."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     import importlib.metadata as md
@@ -79,10 +81,10 @@ def write_provenance(out_dir: str | os.PathLike, config: dict[str, Any] | None, 
     versions["speaker_neurons"] = __version__
     record = {
         "config": config,
-        "inputs": sha256_paths(inputs),
+        "inputs": sha256_paths(p for p in inputs if p),
         "versions": versions,
         "python": platform.python_version(),
     }
-    path = out_dir / "provenance.json"
+    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path

@@ -1,0 +1,148 @@
+"""Label-free classes: k-means on frames (SSL clusters) and on utterances (i-vector clusters).
+
+Frame labels are stored per utterance (`labels.npz`: one int16 array per utterance id), so every
+later join is by utterance id and frame index, never by line order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from speaker_neurons.analysis.features import iter_feature_shards
+from speaker_neurons.utils import get_logger
+
+log = get_logger("clusters")
+
+
+def sample_frames(feature_dir: str | Path, max_frames: int, seed: int) -> np.ndarray:
+    """At most `max_frames` frames drawn uniformly without replacement (seeded), as float32."""
+    index = pd.read_csv(Path(feature_dir) / "index.tsv", sep="\t")
+    total = int(index["frames"].sum())
+    rng = np.random.default_rng(seed)
+    if total <= max_frames:
+        keep = None
+    else:
+        keep = np.sort(rng.choice(total, size=max_frames, replace=False))
+    parts = []
+    start = 0
+    for _, feats, _ in iter_feature_shards(feature_dir):
+        n = feats.shape[0]
+        if keep is None:
+            parts.append(feats.astype(np.float32))
+        else:
+            lo, hi = np.searchsorted(keep, [start, start + n])
+            parts.append(feats[keep[lo:hi] - start].astype(np.float32))
+        start += n
+    return np.concatenate(parts, axis=0)
+
+
+def fit_frame_kmeans(feature_dir: str | Path, k: int, max_frames: int = 1_000_000, seed: int = 0, batch_size: int = 10_000, n_init: int = 3):
+    """Mini-batch k-means (scikit-learn) on a seeded sample of frames. Returns the fitted estimator."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    x = sample_frames(feature_dir, max_frames, seed)
+    if x.shape[0] < k:
+        raise ValueError(f"{feature_dir}: {x.shape[0]} frames cannot make {k} clusters")
+    km = MiniBatchKMeans(n_clusters=k, batch_size=min(batch_size, x.shape[0]), n_init=n_init, random_state=seed, max_iter=100)
+    km.fit(x)
+    log.info("k-means k=%d on %d frames: inertia per frame %.4f", k, x.shape[0], km.inertia_ / x.shape[0])
+    return km
+
+
+def assign_frames(feature_dir: str | Path, centroids: np.ndarray) -> dict[str, np.ndarray]:
+    """Nearest-centroid label of every frame, per utterance (int16)."""
+    import torch
+
+    c = torch.from_numpy(np.asarray(centroids, dtype=np.float32))
+    c2 = (c * c).sum(1)
+    labels: dict[str, np.ndarray] = {}
+    for utt_ids, feats, lengths in iter_feature_shards(feature_dir):
+        x = torch.from_numpy(feats.astype(np.float32))
+        lab = np.empty(x.shape[0], dtype=np.int16)
+        for s in range(0, x.shape[0], 200_000):
+            xs = x[s : s + 200_000]
+            d = c2[None, :] - 2.0 * xs @ c.T  # |x|^2 is the same for every centroid
+            lab[s : s + xs.shape[0]] = d.argmin(1).numpy().astype(np.int16)
+        off = 0
+        for u, n in zip(utt_ids, lengths):
+            labels[u] = lab[off : off + int(n)]
+            off += int(n)
+    return labels
+
+
+def save_labels(labels: dict[str, np.ndarray], path: str | Path) -> None:
+    np.savez(path, **{u: labels[u] for u in sorted(labels)})
+
+
+def load_labels(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def export_hubert(labels: dict[str, np.ndarray], manifest: pd.DataFrame, tsv_path: str | Path, km_path: str | Path) -> None:
+    """HuBERT label files: `.tsv` (audio root, then `<relative path>\\t<num samples>`) and `.km`
+    (one line of space-separated cluster ids per utterance, same order). Samples are at 16 kHz."""
+    import os
+
+    rows = manifest[manifest["utt_id"].isin(labels)].sort_values("utt_id", kind="stable")
+    paths = [str(Path(p).resolve()) for p in rows["path"]]
+    root = os.path.commonpath([str(Path(p).parent) for p in paths]) if paths else "/"
+    with open(tsv_path, "w") as ft, open(km_path, "w") as fk:
+        ft.write(root + "\n")
+        for row, p in zip(rows.itertuples(index=False), paths):
+            ft.write(f"{os.path.relpath(p, root)}\t{int(round(float(row.duration) * 16000))}\n")
+            fk.write(" ".join(str(int(v)) for v in labels[row.utt_id]) + "\n")
+
+
+def run_frame_clustering(feature_dir: str | Path, manifest_path: str | Path, k: int, out_dir: str | Path, max_frames: int, seed: int) -> dict:
+    """Fit, label every frame, save `labels.npz`, `centroids.npy`, `hubert.tsv`/`hubert.km`, `kmeans.json`."""
+    from speaker_neurons.data.manifest import read_manifest
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    km = fit_frame_kmeans(feature_dir, k, max_frames=max_frames, seed=seed)
+    centroids = km.cluster_centers_.astype(np.float32)
+    labels = assign_frames(feature_dir, centroids)
+    np.save(out_dir / "centroids.npy", centroids)
+    save_labels(labels, out_dir / "labels.npz")
+    export_hubert(labels, read_manifest(manifest_path), out_dir / "hubert.tsv", out_dir / "hubert.km")
+    sizes = np.bincount(np.concatenate(list(labels.values())).astype(np.int64), minlength=k)
+    info = {"k": k, "seed": seed, "max_frames": max_frames, "utterances": len(labels), "cluster_frames": sizes.tolist()}
+    (out_dir / "kmeans.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: int = 0) -> dict[str, int]:
+    """k-means on utterance vectors (i-vectors); clusters renumbered by size (largest = 0) so the
+    numbering does not depend on the initialisation."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(np.asarray(vectors, dtype=np.float64))
+    sizes = np.bincount(km.labels_, minlength=k)
+    order = np.argsort(-sizes, kind="stable")
+    remap = np.empty(k, dtype=np.int64)
+    remap[order] = np.arange(k)
+    return {u: int(remap[lab]) for u, lab in zip(utt_ids, km.labels_)}
+
+
+def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: int = 2) -> tuple[np.ndarray, bool]:
+    """Join frame labels to `n_frames` model frames of one utterance by frame index.
+
+    Lengths that differ by at most `max_mismatch` (different front ends) are truncated to the
+    shorter; the flag says it happened (frames past the shorter side get no label: -1). A larger
+    difference is an error naming the utterance.
+    """
+    diff = len(labels) - n_frames
+    if abs(diff) > max_mismatch:
+        raise ValueError(
+            f"utterance {utt_id}: {len(labels)} frame labels for {n_frames} model frames "
+            f"(difference {diff:+d} exceeds {max_mismatch}); labels and model frames must come from the same frame rate"
+        )
+    out = np.full(n_frames, -1, dtype=np.int64)
+    m = min(len(labels), n_frames)
+    out[:m] = labels[:m]
+    return out, diff != 0

@@ -1,0 +1,176 @@
+"""Layer features for frame clustering, and the batching every model pass shares.
+
+One model pass over the manifest writes the hidden states of `feature_layer` (0 = the input of the
+first layer, L = the last layer's output) into shards: `shard_00000.npz` ... each with
+`feats` (frames, d) float16 (clustering does not need more precision and it halves disk and RAM),
+`utt_ids` (n,), `lengths` (n,) int64 in the order the frames are concatenated. `index.tsv` lists
+utt_id, shard, offset, frames so any utterance can be found without scanning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from speaker_neurons.utils import get_logger
+
+log = get_logger("features")
+
+
+def default_feature_layer(num_layers: int) -> int:
+    """SPEC §3: layer 9 of 12; for a model of L layers, round(0.75 * L)."""
+    return int(round(0.75 * num_layers))
+
+
+@dataclass
+class Batch:
+    utt_ids: list[str]
+    wavs: torch.Tensor  # (B, S) float32, zero padded
+    lengths: torch.Tensor  # (B,) int64 samples
+
+
+def iter_batches(
+    manifest: pd.DataFrame,
+    max_batch_seconds: float = 60.0,
+    max_batch_size: int = 16,
+    sample_rate: int = 16000,
+    prefetch: int = 2,
+) -> Iterator[Batch]:
+    """Utterances grouped into padded batches, shortest first (little padding, deterministic order).
+
+    Audio is decoded by `speaker_neurons.audio.load_audio` in a background thread so decoding
+    overlaps the model's forward.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from speaker_neurons.audio import load_audio
+
+    order = manifest.sort_values(["duration", "utt_id"], kind="stable")
+    groups: list[list[tuple[str, str]]] = []
+    cur: list[tuple[str, str]] = []
+    longest = 0.0
+    for row in order.itertuples(index=False):
+        dur = float(row.duration)
+        if cur and (len(cur) >= max_batch_size or max(longest, dur) * (len(cur) + 1) > max_batch_seconds):
+            groups.append(cur)
+            cur, longest = [], 0.0
+        cur.append((row.utt_id, row.path))
+        longest = max(longest, dur)
+    if cur:
+        groups.append(cur)
+
+    def load_group(group):
+        waves = [torch.from_numpy(load_audio(p, sample_rate)[0]) for _, p in group]
+        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+        out = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            out[i, : w.numel()] = w
+        return Batch([u for u, _ in group], out, lengths)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(load_group, g) for g in groups[:prefetch]]
+        for i in range(len(groups)):
+            batch = futures[i].result()
+            if i + prefetch < len(groups):
+                futures.append(pool.submit(load_group, groups[i + prefetch]))
+            futures[i] = None  # free the batch once consumed
+            yield batch
+
+
+def frame_period(model) -> float:
+    """Seconds between model frames (0.010 for 10 ms MelHuBERT, 0.020 for wav2vec 2.0), from the
+    frame count of 10 s of audio, rounded to the millisecond."""
+    return round(10.0 / model.frames_for(160_000), 3)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device (set device: auto or cpu)")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def extract_layer_features(
+    model,
+    manifest: pd.DataFrame,
+    layer: int,
+    out_dir: str | Path,
+    shard_frames: int = 500_000,
+    max_batch_seconds: float = 60.0,
+    progress: bool = True,
+) -> dict:
+    """Write the hidden states of `layer` for every utterance into float16 shards under `out_dir`."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not 0 <= layer <= model.num_layers:
+        raise ValueError(f"feature_layer {layer} is outside 0..{model.num_layers} for this model")
+    device = next(model.parameters()).device
+    buf: list[np.ndarray] = []
+    ids: list[str] = []
+    lens: list[int] = []
+    index_rows = []
+    shard = 0
+    buffered = 0
+    total = 0
+
+    def flush():
+        nonlocal shard, buffered, buf, ids, lens
+        if not ids:
+            return
+        feats = np.concatenate(buf, axis=0)
+        np.savez(out_dir / f"shard_{shard:05d}.npz", feats=feats, utt_ids=np.array(ids), lengths=np.array(lens, dtype=np.int64))
+        off = 0
+        for u, n in zip(ids, lens):
+            index_rows.append((u, shard, off, n))
+            off += n
+        shard += 1
+        buf, ids, lens, buffered = [], [], [], 0
+
+    bar = tqdm(total=len(manifest), desc=f"layer-{layer} features", unit="utt", disable=not progress)
+    for batch in iter_batches(manifest, max_batch_seconds=max_batch_seconds):
+        out = model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
+        hid = out.hidden[layer]
+        for i, u in enumerate(batch.utt_ids):
+            n = int(out.lengths[i])
+            buf.append(hid[i, :n].float().cpu().numpy().astype(np.float16))
+            ids.append(u)
+            lens.append(n)
+            buffered += n
+            total += n
+        if buffered >= shard_frames:
+            flush()
+        bar.update(len(batch.utt_ids))
+    flush()
+    bar.close()
+    pd.DataFrame(index_rows, columns=["utt_id", "shard", "offset", "frames"]).to_csv(out_dir / "index.tsv", sep="\t", index=False)
+    info = {
+        "layer": layer,
+        "utterances": len(manifest),
+        "frames": total,
+        "shards": shard,
+        "dim": int(model.hidden_dim),
+        "frame_period": frame_period(model),
+    }
+    (out_dir / "features.json").write_text(json.dumps(info, indent=2) + "\n")
+    log.info("wrote %d frames of layer %d for %d utterances in %d shards", total, layer, len(manifest), shard)
+    return info
+
+
+def iter_feature_shards(feature_dir: str | Path) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Yield (utt_ids, feats (frames, d) float16, lengths) shard by shard, in shard order."""
+    shards = sorted(Path(feature_dir).glob("shard_*.npz"))
+    if not shards:
+        raise FileNotFoundError(f"{feature_dir}: no shard_*.npz feature files (run rule extract_features)")
+    for p in shards:
+        with np.load(p) as z:
+            yield [str(u) for u in z["utt_ids"]], z["feats"], z["lengths"]

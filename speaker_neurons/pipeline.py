@@ -1,0 +1,122 @@
+"""One function per workflow stage: paths and plain dicts in, files out.
+
+The Snakemake adapters in workflow_scripts/ call exactly one of these; tests call them directly.
+Every stage writes `provenance/<stage>.json` into its output folder: the resolved parameters, the
+inputs' checksums and the package versions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from speaker_neurons.utils import get_logger, write_provenance
+
+log = get_logger("pipeline")
+
+
+def _provenance(out_dir, stage: str, params: dict, inputs) -> None:
+    write_provenance(Path(out_dir) / "provenance", params, [str(p) for p in inputs], name=stage)
+
+
+def load_model(upstream: dict, device: str = "auto"):
+    from speaker_neurons.models import load_upstream
+
+    return load_upstream(upstream, device=device)
+
+
+def extract_features(manifest_path, upstream: dict, out_dir, feature_layer=None, device="auto", max_batch_seconds=60.0) -> dict:
+    """Hidden states of `feature_layer` (default round(0.75 L)) for every utterance, in shards."""
+    from speaker_neurons.analysis.features import default_feature_layer, extract_layer_features
+    from speaker_neurons.data.manifest import read_manifest
+
+    model = load_model(upstream, device)
+    layer = default_feature_layer(model.num_layers) if feature_layer in (None, "auto") else int(feature_layer)
+    info = extract_layer_features(model, read_manifest(manifest_path), layer, out_dir, max_batch_seconds=max_batch_seconds)
+    _provenance(out_dir, "extract_features", {"upstream": upstream, "feature_layer": layer}, [manifest_path, upstream.get("path", "")])
+    return info
+
+
+def frame_clusters(feature_dir, manifest_path, k: int, out_dir, max_frames: int = 1_000_000, seed: int = 0) -> dict:
+    from speaker_neurons.analysis.clusters import run_frame_clustering
+
+    info = run_frame_clustering(feature_dir, manifest_path, k, out_dir, max_frames=max_frames, seed=seed)
+    _provenance(out_dir, "frame_kmeans", {"k": k, "max_frames": max_frames, "seed": seed}, [manifest_path, feature_dir])
+    return info
+
+
+def utterance_clusters(ivector_scp, out_tsv, k: int = 2, seed: int = 0) -> dict:
+    """k-means on i-vectors; `clusters.tsv` (utt_id, cluster)."""
+    from speaker_neurons.analysis.clusters import cluster_utterances
+    from speaker_neurons.analysis.ivector import read_ivectors
+
+    utt_ids, vecs = read_ivectors(ivector_scp)
+    labels = cluster_utterances(list(utt_ids), np.asarray(vecs), k, seed)
+    out_tsv = Path(out_tsv)
+    out_tsv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(sorted(labels.items()), columns=["utt_id", "cluster"]).to_csv(out_tsv, sep="\t", index=False)
+    sizes = np.bincount(list(labels.values()), minlength=k).tolist()
+    _provenance(out_tsv.parent, "ivector_clusters", {"k_ivector": k, "seed": seed}, [ivector_scp])
+    return {"k": k, "sizes": sizes}
+
+
+def read_utterance_clusters(path) -> dict[str, int]:
+    df = pd.read_csv(path, sep="\t", dtype={"utt_id": str})
+    return dict(zip(df["utt_id"], df["cluster"].astype(int)))
+
+
+def activation_stats(manifest_path, upstream: dict, labels_npz, clusters_tsv, out_npz, k_ssl: int, k_ivector: int,
+                     top_fraction: float = 0.01, device: str = "auto", max_mismatch: int = 2, max_batch_seconds: float = 60.0) -> dict:
+    from speaker_neurons.analysis.clusters import load_labels
+    from speaker_neurons.analysis.stats import activation_statistics
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.utils import sha256_paths
+
+    model = load_model(upstream, device)
+    inputs = [manifest_path, labels_npz, clusters_tsv]
+    meta = {"upstream": upstream, "inputs": sha256_paths(inputs)}
+    info = activation_statistics(
+        model, read_manifest(manifest_path), load_labels(labels_npz), read_utterance_clusters(clusters_tsv),
+        k_ssl, k_ivector, top_fraction, out_npz, meta=meta, max_mismatch=max_mismatch, max_batch_seconds=max_batch_seconds,
+    )
+    _provenance(Path(out_npz).parent, "activation_stats", {"upstream": upstream, "k_ssl": k_ssl, "k_ivector": k_ivector, "top_fraction": top_fraction}, inputs)
+    return info
+
+
+def neuron_sets(counts_npz, out_dir, rho: float = 0.8, sets=None) -> dict:
+    from speaker_neurons.analysis import neuron_sets as ns
+
+    data = ns.load_counts(counts_npz) if hasattr(ns, "load_counts") else None
+    if data is None:
+        from speaker_neurons.analysis.counts import load_counts
+
+        data = load_counts(counts_npz)
+    kwargs = {"rho": rho}
+    if sets:
+        kwargs["sets"] = tuple(sets)
+    result = ns.compute_neuron_sets(data, **kwargs)
+    params = {"rho": rho, **{k: v for k, v in data.meta.items() if k in ("top_fraction", "k_ssl", "k_ivector")}}
+    ns.write_neuron_sets(result, out_dir, params)
+    ns.plot_neuron_counts(Path(out_dir) / "neuron_counts.tsv", Path(out_dir) / "neuron_counts.png")
+    _provenance(out_dir, "neuron_sets", params, [counts_npz])
+    return {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
+
+
+def evidence_report(manifest_path, labels_npz, clusters_tsv, out_dir, feature_dir, corpus_dir=None) -> dict:
+    """SSL clusters vs broad phone classes (when `corpus_dir` has a demo corpus' frame_classes.tsv)
+    and i-vector clusters vs gender."""
+    from speaker_neurons.analysis.clusters import load_labels
+    from speaker_neurons.analysis.report import read_frame_classes, write_evidence_report
+    from speaker_neurons.data.manifest import read_manifest
+
+    frame_period = json.loads((Path(feature_dir) / "features.json").read_text())["frame_period"]
+    fc_path = Path(corpus_dir) / "frame_classes.tsv" if corpus_dir else None
+    fc = read_frame_classes(fc_path) if fc_path and fc_path.exists() else None
+    summary = write_evidence_report(out_dir, load_labels(labels_npz), read_utterance_clusters(clusters_tsv),
+                                    read_manifest(manifest_path), fc, frame_period)
+    (Path(out_dir) / "evidence.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _provenance(out_dir, "evidence_report", {"frame_period": frame_period}, [manifest_path, labels_npz, clusters_tsv])
+    return summary
