@@ -1,0 +1,165 @@
+"""Audio quality control: decode every manifest entry once and drop the ones no stage can use.
+
+Each file is decoded once with soundfile, downmixed to mono and resampled to `target_sr`
+(`speaker_neurons.audio.load_audio`, the same path every later stage takes). A file is rejected,
+with a reason written to `qc.tsv`, when it is
+
+- `missing`     : the path does not exist;
+- `unreadable`  : libsndfile cannot decode it (not audio, truncated, unknown format);
+- `empty`       : it holds 0 samples;
+- `non_finite`  : it holds NaN or infinite samples (float files);
+- `too_short`   : shorter than `min_duration` seconds (measured on the resampled mono signal);
+- `silent`      : digital silence: the peak |x| of the resampled mono signal is below
+                  `SILENCE_PEAK` = 1e-6 (about -120 dBFS). That is below one 16-bit LSB
+                  (3.05e-5), so an integer PCM file is rejected only when every sample is
+                  exactly zero; float files with a vanishing peak are caught as well.
+
+`qc.tsv` has the columns `utt_id path reason` and always a header. Accepted rows keep their order
+and get `duration` (resampled length / target_sr, 3 decimals) and `sample_rate` (the file's native
+rate) from the decode. When the rejected fraction exceeds `max_bad_fraction`, the report is still
+written and `QCError` names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from speaker_neurons.audio import AudioError, load_audio
+from speaker_neurons.data.manifest import ManifestError, check_unique_ids
+
+log = logging.getLogger("speaker_neurons.qc")
+
+SILENCE_PEAK = 1e-6
+REPORT_COLUMNS = ("utt_id", "path", "reason")
+
+__all__ = ["QCError", "SILENCE_PEAK", "REPORT_COLUMNS", "check_file", "run_qc"]
+
+
+class QCError(RuntimeError):
+    """Too many files failed audio QC (or there was nothing to check)."""
+
+
+def check_file(path: str | os.PathLike, min_duration: float = 0.5, target_sr: int = 16000):
+    """Decode one file once. Returns (None, duration_s, native_sr) if usable, else (reason, None, None)."""
+    try:
+        x, sr = load_audio(path, target_sr)
+    except AudioError as e:
+        return f"{e.code}: {e.reason}", None, None
+    duration = x.shape[0] / float(target_sr)
+    if duration < min_duration:
+        return f"too_short: {duration:.3f} s < min_duration {min_duration:g} s", None, None
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak < SILENCE_PEAK:
+        return f"silent: digital silence (peak |x| = {peak:.3g} < {SILENCE_PEAK:g})", None, None
+    return None, duration, sr
+
+
+def _clean(field: object) -> str:
+    return " ".join(str(field).split("\t")).replace("\r", " ").replace("\n", " ")
+
+
+def _write_report(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(REPORT_COLUMNS) + "\n")
+        for r in rows:
+            f.write("\t".join(_clean(v) for v in r) + "\n")
+    os.replace(tmp, path)
+
+
+def run_qc(
+    manifest_df: pd.DataFrame,
+    report_path: str | os.PathLike,
+    min_duration: float = 0.5,
+    max_bad_fraction: float = 0.05,
+    target_sr: int = 16000,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Check every file of `manifest_df`; write `report_path` (qc.tsv); return the accepted rows.
+
+    Raises ManifestError (before decoding anything) for missing `utt_id`/`path` columns or
+    duplicate utterance ids (naming both paths), and QCError naming the report and the counts when
+    more than `max_bad_fraction` of the files were rejected or the manifest is empty.
+    `workers`: decoding threads (default: min(2, CPUs)); soundfile and torch release the GIL.
+    """
+    report = Path(report_path)
+    for c in ("utt_id", "path"):
+        if c not in manifest_df.columns:
+            raise ManifestError(f"manifest has no {c!r} column (columns: {list(manifest_df.columns)})")
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
+    df = manifest_df.reset_index(drop=True)
+    check_unique_ids(df, None, line_offset=0)
+    n = len(df)
+    if n == 0:
+        _write_report(report, [])
+        raise QCError(f"audio QC got an empty manifest: nothing to check (empty report written to {report})")
+
+    paths = [str(p) for p in df["path"]]
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    workers = max(1, int(workers))
+
+    from tqdm import tqdm
+
+    def job(p: str):
+        return check_file(p, min_duration, target_sr)
+
+    bar = tqdm(total=n, desc="audio QC", unit="file", disable=None, mininterval=2.0)
+    results = []
+    try:
+        if workers == 1:
+            for p in paths:
+                results.append(job(p))
+                bar.update()
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as ex:
+                for r in ex.map(job, paths):
+                    results.append(r)
+                    bar.update()
+    finally:
+        bar.close()
+
+    rejected: list[tuple[str, str, str]] = []
+    keep = np.zeros(n, dtype=bool)
+    durations = np.full(n, np.nan)
+    rates: list[object] = [pd.NA] * n
+    reason_counts: dict[str, int] = {}
+    for i, (reason, dur, sr) in enumerate(results):
+        if reason is None:
+            keep[i] = True
+            durations[i] = round(dur, 3)
+            rates[i] = int(sr)
+        else:
+            rejected.append((str(df["utt_id"].iat[i]), paths[i], reason))
+            code = reason.split(":", 1)[0]
+            reason_counts[code] = reason_counts.get(code, 0) + 1
+    _write_report(report, rejected)
+
+    n_bad = len(rejected)
+    frac = n_bad / n
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(reason_counts.items()))
+    if n_bad:
+        log.warning("audio QC rejected %d of %d files (%.1f%%): %s; see %s", n_bad, n, 100 * frac, summary, report)
+        for utt, p, reason in rejected[:5]:
+            log.warning("  rejected %s (%s): %s", utt, p, reason)
+    else:
+        log.info("audio QC accepted all %d files; empty report %s", n, report)
+    if frac > max_bad_fraction:
+        raise QCError(
+            f"audio QC rejected {n_bad} of {n} files ({100 * frac:.1f}%), more than max_bad_fraction="
+            f"{max_bad_fraction:g} ({summary}); see {report} for each file and reason, fix or remove "
+            f"them, or raise qc.max_bad_fraction"
+        )
+
+    out = df.loc[keep].copy()
+    out["duration"] = durations[keep]
+    out["sample_rate"] = pd.array([r for r, k in zip(rates, keep) if k], dtype="Int64")
+    return out.reset_index(drop=True)
