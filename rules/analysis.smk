@@ -133,12 +133,12 @@ rule neuron_sets:
         counts=rules.activation_stats.output.counts,
     output:
         sets=expand(
-            f"{RESULTS}/analysis/ssl_k{{{{k}}}}/neurons/{{name}}.json", name=NEURON_SETS
+            f"{RESULTS}/analysis/ssl_k{{{{k}}}}/neurons/{{name}}.json",
+            name=NEURON_SETS,
         ),
         table=f"{RESULTS}/analysis/ssl_k{{k}}/neurons/neuron_counts.tsv",
         plot=f"{RESULTS}/analysis/ssl_k{{k}}/neurons/neuron_counts.png",
     params:
-        out_dir=f"{RESULTS}/analysis/ssl_k{{k}}/neurons",
         rho=config["analysis"]["rho"],
     log:
         f"{LOGS}/neuron_sets_k{{k}}.log",
@@ -163,8 +163,6 @@ rule evidence_report:
         clusters=rules.ivector_clusters.output.clusters,
     output:
         summary=f"{RESULTS}/analysis/ssl_k{{k}}/report/evidence.json",
-    params:
-        out_dir=f"{RESULTS}/analysis/ssl_k{{k}}/report",
     log:
         f"{LOGS}/evidence_report_k{{k}}.log",
     benchmark:

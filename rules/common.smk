@@ -7,8 +7,9 @@ def _config_error(exc):
     """Turn snakemake's schema error into one line that names the offending key."""
     import jsonschema
 
+    candidates = [*exc.args, exc.__cause__, exc.__context__]
     err = next(
-        (a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None
+        (a for a in candidates if isinstance(a, jsonschema.ValidationError)), None
     )
     if err is None:
         return str(exc)
@@ -55,7 +56,13 @@ def qc_outputs():
     return [f"{RESULTS}/manifest/manifest.tsv", f"{RESULTS}/qc/qc.tsv"]
 
 
-NEURON_SETS = ["ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster"]
+NEURON_SETS = [
+    "ssl_cluster",
+    "ivector_cluster",
+    "union",
+    "unconditioned",
+    "per_cluster",
+]
 DEMO_MODEL = f"{RESULTS}/upstream/melhubert_demo/model"
 
 
@@ -76,7 +83,10 @@ def model_inputs(wildcards):
 
 def ivector_scp():
     """i-vectors made by the workflow, or the user's own Kaldi i-vectors (ark or scp)."""
-    return config["ivector"]["kaldi_ivectors"] or f"{RESULTS}/analysis/ivectors/ivectors.scp"
+    return (
+        config["ivector"]["kaldi_ivectors"]
+        or f"{RESULTS}/analysis/ivectors/ivectors.scp"
+    )
 
 
 def frame_classes_input(wildcards):

@@ -10,7 +10,6 @@ rule pretrain_melhubert:
         loss_curve=f"{RESULTS}/upstream/melhubert_demo/loss_curve.png",
         train_log=f"{RESULTS}/upstream/melhubert_demo/train_log.tsv",
     params:
-        out_dir=f"{RESULTS}/upstream/melhubert_demo",
         model=config["pretrain"]["model"],
         train=config["pretrain"]["train"],
         device=config["upstream"]["device"],

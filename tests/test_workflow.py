@@ -46,14 +46,17 @@ def test_rules_are_snakefmt_formatted():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("corpus={'source': 'librivox'}", "corpus.source"),
-        ("qc={'max_bad_fraction': 2}", "qc.max_bad_fraction"),
-        ("analysis={'k_ssl': 3}", "analysis.k_ssl"),
-        ("analysis={'topfraction': 0.01}", "analysis"),
+        ("corpus: {source: librivox}", "corpus.source"),
+        ("qc: {max_bad_fraction: 2}", "qc.max_bad_fraction"),
+        ("qc: {min_duration: short}", "qc.min_duration"),
+        ("analysis: {k_ssl: 3}", "analysis.k_ssl"),
+        ("analysis: {topfraction: 0.01}", "analysis"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key):
-    res = run_snakemake("-n", "--config", f"results={tmp_path}/results", override)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"results: {tmp_path}/results\n{override}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert f"Invalid configuration at key '{key}'" in out, out
@@ -85,7 +88,59 @@ def test_config_yaml_matches_schema_defaults():
 
 
 def test_non_demo_source_without_paths_names_the_missing_key(tmp_path):
-    res = run_snakemake("-n", "--config", f"results={tmp_path}/results", "corpus={'source': 'librispeech'}")
+    cfg = tmp_path / "libri.yaml"
+    cfg.write_text(f"results: {tmp_path}/results\ncorpus: {{source: librispeech}}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "corpus.librispeech.split_dir is empty" in out, out
+
+
+def _broken_corpus(root: Path, n_good: int = 12) -> Path:
+    """A generic-TSV corpus: good files plus one of each kind of broken file."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_good):
+        p = root / f"good{i:02d}.wav"
+        sf.write(p, 0.1 * rng.standard_normal(16000 + 800 * i).astype(np.float32), 16000, subtype="PCM_16")
+        rows.append((p.name, f"s{i % 3}"))
+    (root / "notaudio.wav").write_text("this is text, not audio\n")
+    sf.write(root / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    sf.write(root / "short.wav", 0.1 * rng.standard_normal(3200).astype(np.float32), 16000, subtype="PCM_16")
+    nan = 0.1 * rng.standard_normal(16000).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(root / "silent.wav", np.zeros(16000, dtype=np.float32), 16000, subtype="PCM_16")
+    rows += [(n, "s9") for n in ("notaudio.wav", "empty.wav", "short.wav", "nan.wav", "silent.wav")]
+    tsv = root / "corpus.tsv"
+    tsv.write_text("path\tspeaker\n" + "".join(f"{p}\t{s}\n" for p, s in rows))
+    return tsv
+
+
+def test_broken_files_are_reported_and_the_rest_goes_on(tmp_path):
+    tsv = _broken_corpus(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\ncorpus: {{source: tsv, tsv: {{path: {tsv}}}}}\nqc: {{max_bad_fraction: 0.5}}\n")
+    res = run_snakemake("--cores", "1", "--configfile", str(cfg), "--", f"{tmp_path}/r/manifest/manifest.tsv")
+    assert res.returncode == 0, res.stdout + res.stderr
+    import pandas as pd
+
+    report = pd.read_csv(tmp_path / "r" / "qc" / "qc.tsv", sep="\t")
+    reasons = {Path(p).name: r.split()[0].rstrip(":") for p, r in zip(report["path"], report["reason"])}
+    assert set(reasons) == {"notaudio.wav", "empty.wav", "short.wav", "nan.wav", "silent.wav"}
+    assert reasons["short.wav"].startswith("too_short") and reasons["silent.wav"].startswith("silent")
+    kept = pd.read_csv(tmp_path / "r" / "manifest" / "manifest.tsv", sep="\t")
+    assert len(kept) == 12 and all(Path(p).name.startswith("good") for p in kept["path"])
+
+
+def test_too_many_broken_files_stop_the_run_naming_the_report(tmp_path):
+    tsv = _broken_corpus(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\ncorpus: {{source: tsv, tsv: {{path: {tsv}}}}}\n")
+    res = run_snakemake("--cores", "1", "--configfile", str(cfg), "--", f"{tmp_path}/r/manifest/manifest.tsv")
+    assert res.returncode != 0
+    log = (tmp_path / "r" / "logs" / "audio_qc.log").read_text()
+    assert "qc.tsv" in log and not (tmp_path / "r" / "manifest" / "manifest.tsv").exists()

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from speaker_neurons.pipeline import evidence_report
 from speaker_neurons.utils import setup_logging
 
@@ -6,7 +8,7 @@ evidence_report(
     snakemake.input.manifest,
     snakemake.input.labels,
     snakemake.input.clusters,
-    snakemake.params.out_dir,
+    Path(snakemake.output.summary).parent,
     snakemake.input.feature_dir,
     corpus_dir=snakemake.input.get("corpus"),
 )
