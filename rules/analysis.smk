@@ -136,8 +136,8 @@ rule neuron_sets:
             f"{RESULTS}/analysis/ssl_k{{{{k}}}}/neurons/{{name}}.json",
             name=NEURON_SETS,
         ),
-        table=f"{RESULTS}/analysis/ssl_k{{k}}/neurons/neuron_counts.tsv",
-        plot=f"{RESULTS}/analysis/ssl_k{{k}}/neurons/neuron_counts.png",
+        table=f"{RESULTS}/analysis/ssl_k{{k}}/neuron_counts.tsv",
+        plot=f"{RESULTS}/analysis/ssl_k{{k}}/neuron_counts.png",
     params:
         rho=config["analysis"]["rho"],
     log:

@@ -100,7 +100,7 @@ def analysis_outputs():
     outs = []
     for k in config["analysis"]["k_ssl"]:
         base = f"{RESULTS}/analysis/ssl_k{k}"
-        outs += [f"{base}/neurons/neuron_counts.tsv", f"{base}/report/evidence.json"]
+        outs += [f"{base}/neuron_counts.tsv", f"{base}/report/evidence.json"]
     if not config["ivector"]["kaldi_ivectors"]:
         outs.append(f"{RESULTS}/analysis/ivectors/quality.json")
     return outs

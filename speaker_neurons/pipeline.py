@@ -86,23 +86,21 @@ def activation_stats(manifest_path, upstream: dict, labels_npz, clusters_tsv, ou
     return info
 
 
-def neuron_sets(counts_npz, out_dir, rho: float = 0.8, sets=None) -> dict:
+def neuron_sets(counts_npz, out_dir, rho: float = 0.8) -> dict:
+    """Every named neuron set (SPEC §4) from the counts: `<out_dir>/neurons/<set>.json`,
+    `<out_dir>/neuron_counts.tsv` (layer x set) and `<out_dir>/neuron_counts.png`."""
     from speaker_neurons.analysis import neuron_sets as ns
+    from speaker_neurons.analysis.counts import load_counts
 
-    data = ns.load_counts(counts_npz) if hasattr(ns, "load_counts") else None
-    if data is None:
-        from speaker_neurons.analysis.counts import load_counts
-
-        data = load_counts(counts_npz)
-    kwargs = {"rho": rho}
-    if sets:
-        kwargs["sets"] = tuple(sets)
-    result = ns.compute_neuron_sets(data, **kwargs)
-    params = {"rho": rho, **{k: v for k, v in data.meta.items() if k in ("top_fraction", "k_ssl", "k_ivector")}}
-    ns.write_neuron_sets(result, out_dir, params)
-    ns.plot_neuron_counts(Path(out_dir) / "neuron_counts.tsv", Path(out_dir) / "neuron_counts.png")
+    data = load_counts(counts_npz)
+    result, groups = ns.compute_neuron_sets(data, rho=rho, return_groups=True)
+    params = ns.neuron_set_params(data, rho)
+    paths = ns.write_neuron_sets(result, out_dir, params, groups=groups)
+    ns.plot_neuron_counts(paths["neuron_counts"], Path(out_dir) / "neuron_counts.png")
     _provenance(out_dir, "neuron_sets", params, [counts_npz])
-    return {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
+    totals = {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
+    log.info("neuron totals: %s", totals)
+    return totals
 
 
 def evidence_report(manifest_path, labels_npz, clusters_tsv, out_dir, feature_dir, corpus_dir=None) -> dict:

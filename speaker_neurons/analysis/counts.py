@@ -1,0 +1,380 @@
+"""Streaming activation statistics (SPEC sections 1-2).
+
+For every layer l the FFN activation `a_t^l = GELU(W1 x_t + b1)` of every valid frame t is reduced to the
+set of *activated* neurons: the top `K_l = max(1, round(top_fraction * D_l))` neurons by absolute value,
+ties at the K-th place broken by the lower neuron index. Per class c (a pair (i-vector cluster g,
+SSL cluster c), numbered ``g * k_ssl + c``) the counter accumulates
+
+- ``counts_l[c, j]`` = number of frames of class c at which neuron j of layer l was activated, and
+- ``frames[c]`` = number of frames of class c,
+
+so ``p_l(j | c) = counts_l[c, j] / frames[c]``. Memory is ``classes x width`` per layer, independent of
+the corpus size.
+
+File format (``activation_counts.npz`` + ``activation_counts.json`` beside it):
+
+- ``counts_l<l>``: int64 ``(classes, width_l)`` for l = 1..L,
+- ``frames``: int64 ``(classes,)``,
+- ``classes``: int64 ``(classes, 2)``: row i = (i-vector cluster, SSL cluster) of class i,
+- the JSON holds ``top_fraction``, ``K`` (list, per layer), ``widths`` (list, per layer),
+  ``num_layers``, ``num_classes`` and any metadata the caller gives (e.g. ``k_ivector``, ``k_ssl``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "top_k_for",
+    "topk_indices",
+    "topk_mask",
+    "class_index",
+    "classes_table",
+    "ActivationCounter",
+    "CountsData",
+    "load_counts",
+    "counts_json_path",
+]
+
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# K and the exact top-k
+# ----------------------------------------------------------------------------------------------------
+def top_k_for(width: int, top_fraction: float) -> int:
+    """``K = max(1, round(top_fraction * width))`` with Python's round (ties to even).
+
+    Examples (top_fraction = 0.01): 3072 -> 31, 1000 -> 10, 250 -> round(2.5) = 2, 150 -> round(1.5) = 2,
+    50 -> round(0.5) = 0 -> 1. K never exceeds the width.
+    """
+    width = int(width)
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    top_fraction = float(top_fraction)
+    if not (0.0 < top_fraction <= 1.0):
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    return min(width, max(1, round(top_fraction * width)))
+
+
+def topk_indices(acts: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``(N, k)`` int64 of the activated neurons of every row of ``acts`` ``(N, W)``.
+
+    Activated = the k largest ``|a|``; when the k-th and (k+1)-th largest ``|a|`` are equal, the neurons
+    with that value are taken in increasing index order (lower index wins). The *set* in each row is
+    exact and deterministic on every device; the order of the indices within a row is unspecified.
+
+    Why this is exact: ``torch.topk`` returns the exact multiset of the k+1 largest values (only the
+    order of the *indices* of tied values is unspecified). The top-k set is ambiguous only when the
+    k-th and (k+1)-th largest values are equal (if ``v_k > v_{k+1}`` the set is exactly
+    ``{j : |a_j| >= v_k}``, whatever order topk reports ties in). Those rows are recomputed exactly:
+    take every ``|a_j| > v_k`` (fewer than k of them) and fill up to k with the lowest-index
+    ``|a_j| == v_k`` (a cumulative sum over the tie mask). ``abs`` maps -0.0 to +0.0 and ``==`` treats
+    them as equal anyway, so signed zeros tie like any other value. NaN raises ``ValueError``.
+    """
+    if acts.dim() != 2:
+        raise ValueError(f"acts must be (N, W), got shape {tuple(acts.shape)}")
+    n, w = acts.shape
+    k = int(k)
+    if not (1 <= k <= w):
+        raise ValueError(f"k must be in [1, {w}], got {k}")
+    if n == 0:
+        return torch.empty(0, k, dtype=torch.long, device=acts.device)
+    if k == w:
+        return torch.arange(w, device=acts.device).expand(n, w).clone()
+    mag = acts.detach().abs()
+    vals, idx = torch.topk(mag, k + 1, dim=1, largest=True, sorted=True)
+    # topk sorts NaN above everything: checking the first column is enough.
+    has_nan, has_tie = torch.stack(
+        [torch.isnan(vals[:, 0]).any(), (vals[:, k - 1] == vals[:, k]).any()]
+    ).tolist()
+    if has_nan:
+        raise ValueError("activations contain NaN")
+    idx = idx[:, :k]
+    if has_tie:
+        rows = torch.nonzero(vals[:, k - 1] == vals[:, k]).squeeze(1)
+        sub = mag.index_select(0, rows)
+        v = vals.index_select(0, rows)[:, k - 1 : k]
+        gt = sub > v
+        eq = sub == v
+        need = k - gt.sum(dim=1, keepdim=True)
+        sel = gt | (eq & (torch.cumsum(eq, dim=1) <= need))
+        # Exactly k True per row: fewer than k values exceed the k-th largest, at least `need` equal it.
+        fixed = torch.nonzero(sel)[:, 1].reshape(-1, k)
+        idx = idx.clone()
+        idx[rows] = fixed
+    return idx
+
+
+def topk_mask(acts: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool ``(N, W)``: True where neuron j is activated at row (frame) n. See :func:`topk_indices`."""
+    idx = topk_indices(acts, k)
+    mask = torch.zeros(acts.shape, dtype=torch.bool, device=acts.device)
+    if idx.numel():
+        mask.scatter_(1, idx, True)
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# Classes
+# ----------------------------------------------------------------------------------------------------
+def class_index(ivector_cluster, ssl_cluster, k_ssl: int):
+    """Class number of (i-vector cluster g, SSL cluster c): ``g * k_ssl + c``.
+
+    Works on ints, numpy arrays and torch tensors (broadcasting). A negative g or c (unknown / ignored
+    frame) gives -1. An SSL cluster >= k_ssl raises.
+    """
+    k_ssl = int(k_ssl)
+    if isinstance(ivector_cluster, torch.Tensor) or isinstance(ssl_cluster, torch.Tensor):
+        g = torch.as_tensor(ivector_cluster).long()
+        c = torch.as_tensor(ssl_cluster).long()
+        if bool((c >= k_ssl).any()):
+            raise ValueError(f"SSL cluster id >= k_ssl={k_ssl}")
+        g, c = torch.broadcast_tensors(g.to(c.device), c)
+        return torch.where((g < 0) | (c < 0), torch.full_like(c, -1), g * k_ssl + c)
+    g = np.asarray(ivector_cluster, dtype=np.int64)
+    c = np.asarray(ssl_cluster, dtype=np.int64)
+    if np.any(c >= k_ssl):
+        raise ValueError(f"SSL cluster id >= k_ssl={k_ssl}")
+    out = np.where((g < 0) | (c < 0), -1, g * k_ssl + c)
+    if out.ndim == 0:
+        return int(out)
+    return out.astype(np.int64)
+
+
+def classes_table(k_ivector: int, k_ssl: int) -> np.ndarray:
+    """``(k_ivector * k_ssl, 2)`` int64; row ``g * k_ssl + c`` is ``(g, c)`` (see :func:`class_index`)."""
+    g, c = np.meshgrid(np.arange(int(k_ivector)), np.arange(int(k_ssl)), indexing="ij")
+    return np.stack([g.reshape(-1), c.reshape(-1)], axis=1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The streaming counter
+# ----------------------------------------------------------------------------------------------------
+def counts_json_path(npz_path: str | os.PathLike) -> Path:
+    """The JSON written beside ``activation_counts.npz`` (same name, ``.json``)."""
+    return Path(npz_path).with_suffix(".json")
+
+
+class ActivationCounter:
+    """Accumulates per-class activation counts of every layer, on ``device``, in a stream.
+
+    ``update`` takes one layer's activations of one batch; it is meant to be called from the upstream's
+    ``ffn_hook`` (see :meth:`hook`). Frames where ``frame_mask`` is False (padding) or the class id is -1
+    are never counted. Frames are counted per layer and must agree across layers at :meth:`result`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        widths: Sequence[int],
+        top_fraction: float = 0.01,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.num_classes = int(num_classes)
+        if self.num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        self.widths = [int(w) for w in widths]
+        if not self.widths:
+            raise ValueError("widths must name at least one layer")
+        self.top_fraction = float(top_fraction)
+        self.K = [top_k_for(w, self.top_fraction) for w in self.widths]
+        self.device = torch.device(device)
+        c = self.num_classes
+        # Flat (classes * width) buffers: one index_add_ of N*K ones per update, no dense mask.
+        # Plain (non-inference) tensors, so updates work inside and outside torch.inference_mode().
+        with torch.inference_mode(False):
+            self._counts = [torch.zeros(c * w, dtype=torch.long, device=self.device) for w in self.widths]
+            self._frames = torch.zeros(len(self.widths), c, dtype=torch.long, device=self.device)
+        self._updates = [0] * len(self.widths)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.widths)
+
+    def update(
+        self,
+        layer: int,
+        acts: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        class_ids: torch.Tensor,
+    ) -> None:
+        """Add one batch of layer ``layer`` (1-based).
+
+        acts ``(B, T, W)`` (or ``(N, W)``), frame_mask ``(B, T)`` bool (None = all valid),
+        class_ids ``(B, T)`` int64 in ``[-1, num_classes)``; -1 = ignore the frame.
+        """
+        li = int(layer) - 1
+        if not (0 <= li < self.num_layers):
+            raise ValueError(f"layer {layer} out of range 1..{self.num_layers}")
+        w = self.widths[li]
+        if acts.shape[-1] != w:
+            raise ValueError(f"layer {layer}: activations have width {acts.shape[-1]}, expected {w}")
+        lead = tuple(acts.shape[:-1])
+        if tuple(class_ids.shape) != lead:
+            raise ValueError(f"class_ids shape {tuple(class_ids.shape)} != activations' {lead}")
+        flat = acts.detach().reshape(-1, w)
+        ids = class_ids.reshape(-1).to(device=flat.device, dtype=torch.long)
+        valid = ids >= 0
+        if frame_mask is not None:
+            if tuple(frame_mask.shape) != lead:
+                raise ValueError(f"frame_mask shape {tuple(frame_mask.shape)} != activations' {lead}")
+            valid = valid & frame_mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
+        bad = ((ids < -1) | (ids >= self.num_classes)).any()
+        rows = torch.nonzero(valid).squeeze(1)  # synchronises on CUDA (once per layer and batch)
+        if bool(bad):
+            raise ValueError(f"class ids must be in [-1, {self.num_classes}); got {ids.min()}..{ids.max()}")
+        n = rows.numel()
+        if n == 0:
+            self._updates[li] += 1
+            return
+        if n != flat.shape[0]:
+            flat = flat.index_select(0, rows)
+            ids = ids.index_select(0, rows)
+        k = self.K[li]
+        idx = topk_indices(flat, k)  # (n, k)
+        keys = (ids.unsqueeze(1) * w + idx).reshape(-1).to(self.device)
+        buf = self._counts[li]
+        buf.index_add_(0, keys, torch.ones(keys.numel(), dtype=torch.long, device=self.device))
+        ids_d = ids.to(self.device)
+        self._frames[li].index_add_(0, ids_d, torch.ones(n, dtype=torch.long, device=self.device))
+        self._updates[li] += 1
+
+    def hook(self, class_ids: torch.Tensor) -> Callable[[int, torch.Tensor, torch.Tensor], None]:
+        """An ``ffn_hook(layer, acts, frame_mask)`` for ``Upstream.forward`` with these class ids."""
+
+        def _hook(layer: int, acts: torch.Tensor, frame_mask: torch.Tensor) -> None:
+            self.update(layer, acts, frame_mask, class_ids)
+
+        return _hook
+
+    def result(self) -> dict[str, Any]:
+        """``{"counts": [np (classes, W_l) int64], "frames": np (classes,) int64, "K", "widths",
+        "top_fraction"}``. Raises if layers saw different frames (e.g. a layer was never updated)."""
+        frames = self._frames.cpu().numpy()
+        for li in range(1, self.num_layers):
+            if not np.array_equal(frames[li], frames[0]):
+                raise RuntimeError(
+                    f"frames per class differ between layer 1 ({frames[0].tolist()}) and layer {li + 1} "
+                    f"({frames[li].tolist()}); every layer must see every batch"
+                )
+        counts = [
+            buf.reshape(self.num_classes, w).cpu().numpy().astype(np.int64)
+            for buf, w in zip(self._counts, self.widths)
+        ]
+        return {
+            "counts": counts,
+            "frames": frames[0].astype(np.int64),
+            "K": list(self.K),
+            "widths": list(self.widths),
+            "top_fraction": self.top_fraction,
+        }
+
+    def save(self, npz_path: str | os.PathLike, classes: np.ndarray, meta: dict | None = None) -> Path:
+        """Write ``activation_counts.npz`` and the JSON beside it; returns the npz path."""
+        res = self.result()
+        classes = np.asarray(classes, dtype=np.int64)
+        if classes.shape != (self.num_classes, 2):
+            raise ValueError(f"classes must be ({self.num_classes}, 2), got {classes.shape}")
+        npz_path = Path(npz_path)
+        npz_path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"counts_l{l + 1}": c for l, c in enumerate(res["counts"])}
+        arrays["frames"] = res["frames"]
+        arrays["classes"] = classes
+        with open(npz_path, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(f, **arrays)
+        info = dict(meta or {})
+        reserved = {"top_fraction", "K", "widths", "num_layers", "num_classes", "total_frames", "format_version"}
+        clash = reserved & set(info)
+        if clash:
+            raise ValueError(f"meta must not set {sorted(clash)}: the counter records them")
+        info.update(
+            format_version=FORMAT_VERSION,
+            top_fraction=res["top_fraction"],
+            K=res["K"],
+            widths=res["widths"],
+            num_layers=self.num_layers,
+            num_classes=self.num_classes,
+            total_frames=int(res["frames"].sum()),
+        )
+        counts_json_path(npz_path).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+        return npz_path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the counts back
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class CountsData:
+    """Counts of one analysis: ``counts[l-1]`` (classes, W_l) int64, ``frames`` (classes,) int64,
+    ``classes`` (classes, 2) = (i-vector cluster, SSL cluster), ``meta`` = the JSON beside the npz."""
+
+    counts: list[np.ndarray]
+    frames: np.ndarray
+    classes: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.frames = np.asarray(self.frames, dtype=np.int64)
+        self.classes = np.asarray(self.classes, dtype=np.int64)
+        self.counts = [np.asarray(c, dtype=np.int64) for c in self.counts]
+        nc = self.frames.shape[0]
+        if self.classes.shape != (nc, 2):
+            raise ValueError(f"classes must be ({nc}, 2), got {self.classes.shape}")
+        for l, c in enumerate(self.counts, start=1):
+            if c.ndim != 2 or c.shape[0] != nc:
+                raise ValueError(f"counts of layer {l} must be ({nc}, W), got {c.shape}")
+            if np.any(c < 0) or np.any(c > self.frames[:, None]):
+                raise ValueError(f"counts of layer {l} must lie in [0, frames]")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.counts)
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(c.shape[1]) for c in self.counts]
+
+    @property
+    def top_fraction(self) -> float | None:
+        tf = self.meta.get("top_fraction")
+        return None if tf is None else float(tf)
+
+    @property
+    def K(self) -> list[int]:
+        """K per layer: from the JSON; checked against ``top_k_for(width, top_fraction)``."""
+        stored = self.meta.get("K")
+        tf = self.top_fraction
+        computed = None if tf is None else [top_k_for(w, tf) for w in self.widths]
+        if stored is None:
+            if computed is None:
+                raise ValueError("counts metadata has neither K nor top_fraction")
+            return computed
+        stored = [int(k) for k in stored]
+        if len(stored) != self.num_layers:
+            raise ValueError(f"K has {len(stored)} entries for {self.num_layers} layers")
+        if computed is not None and stored != computed:
+            raise ValueError(f"stored K {stored} != K recomputed from widths and top_fraction {computed}")
+        return stored
+
+
+def load_counts(npz_path: str | os.PathLike, json_path: str | os.PathLike | None = None) -> CountsData:
+    """Read ``activation_counts.npz`` and its JSON (default: beside it, same stem)."""
+    npz_path = Path(npz_path)
+    with np.load(npz_path, allow_pickle=False) as z:
+        layers = sorted(int(k[len("counts_l"):]) for k in z.files if k.startswith("counts_l"))
+        if layers != list(range(1, len(layers) + 1)) or not layers:
+            raise ValueError(f"{npz_path}: counts_l<l> keys must be l = 1..L, found {layers}")
+        counts = [z[f"counts_l{l}"] for l in layers]
+        frames = z["frames"]
+        classes = z["classes"]
+    jp = Path(json_path) if json_path is not None else counts_json_path(npz_path)
+    meta = json.loads(jp.read_text()) if jp.exists() else {}
+    return CountsData(counts=counts, frames=frames, classes=classes, meta=meta)
