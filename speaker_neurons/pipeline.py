@@ -48,6 +48,41 @@ def frame_clusters(feature_dir, manifest_path, k: int, out_dir, max_frames: int 
     return info
 
 
+def ivectors(manifest_path, ark_path, scp_path, quality_json, config: dict | None = None, device: str = "auto") -> dict:
+    """i-vectors for every utterance (SPEC §6: no labels used), written as a Kaldi ark/scp, plus
+    their quality where the manifest has speakers and a train/test split (labels used only to score):
+    closed-set speaker identification by cosine to per-speaker mean i-vectors (train -> test), and the
+    EER of all test pairs."""
+    from speaker_neurons.analysis import ivector as iv
+    from speaker_neurons.analysis.features import resolve_device
+    from speaker_neurons.audio import load_audio
+    from speaker_neurons.data.manifest import read_manifest
+
+    cfg = {k: v for k, v in (config or {}).items() if k != "kaldi_ivectors"}
+    manifest = read_manifest(manifest_path)
+    dev = resolve_device(device)
+    items = ((row.utt_id, load_audio(row.path)[0]) for row in manifest.itertuples(index=False))
+    out_dir = Path(ark_path).parent
+    utt_ids, vecs = iv.extract_ivectors(items, cfg, device=dev, model_out=out_dir / "extractor.pt")
+    iv.write_ivectors(utt_ids, vecs, ark_path, scp_path)
+    quality = {"utterances": len(utt_ids), "dim": int(vecs.shape[1]), "config": iv.resolve_ivector_config(cfg)}
+    spk = manifest.set_index("utt_id").loc[utt_ids, ["speaker", "split"]].fillna("")
+    train, test = (spk["split"] == "train").to_numpy(), (spk["split"] == "test").to_numpy()
+    if train.any() and test.any() and (spk["speaker"] != "").all():
+        acc = iv.speaker_id_accuracy(vecs[train], spk["speaker"][train], vecs[test], spk["speaker"][test])
+        scores, labels = iv.build_trials(vecs[test], spk["speaker"][test].to_numpy())
+        eer = iv.equal_error_rate(scores, labels)
+        quality.update({"sid_accuracy": acc, "sid_train": int(train.sum()), "sid_test": int(test.sum()),
+                        "speakers": int(spk["speaker"].nunique()), "eer": eer, "trials": int(len(labels))})
+        log.info("i-vector quality: speaker ID %.2f%% (%d test utterances, %d speakers), EER %.2f%%",
+                 100 * acc, test.sum(), spk["speaker"].nunique(), 100 * eer)
+    else:
+        log.info("no speaker labels with train/test split: i-vector quality not scored")
+    Path(quality_json).write_text(json.dumps(quality, indent=2) + "\n")
+    _provenance(out_dir, "ivectors", quality["config"], [manifest_path])
+    return quality
+
+
 def utterance_clusters(ivector_scp, out_tsv, k: int = 2, seed: int = 0) -> dict:
     """k-means on i-vectors; `clusters.tsv` (utt_id, cluster)."""
     from speaker_neurons.analysis.clusters import cluster_utterances

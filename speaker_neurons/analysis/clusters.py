@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from speaker_neurons.analysis.features import iter_feature_shards
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import get_logger, save_npz
 
 log = get_logger("clusters")
 
@@ -75,7 +75,7 @@ def assign_frames(feature_dir: str | Path, centroids: np.ndarray) -> dict[str, n
 
 
 def save_labels(labels: dict[str, np.ndarray], path: str | Path) -> None:
-    np.savez(path, **{u: labels[u] for u in sorted(labels)})
+    save_npz(path, {u: labels[u] for u in sorted(labels)})
 
 
 def load_labels(path: str | Path) -> dict[str, np.ndarray]:

@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from speaker_neurons.utils import save_npz
+
 __all__ = [
     "top_k_for",
     "topk_indices",
@@ -288,8 +290,7 @@ class ActivationCounter:
         arrays = {f"counts_l{l + 1}": c for l, c in enumerate(res["counts"])}
         arrays["frames"] = res["frames"]
         arrays["classes"] = classes
-        with open(npz_path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-            np.savez(f, **arrays)
+        save_npz(npz_path, arrays)  # byte-identical for identical counts
         info = dict(meta or {})
         reserved = {"top_fraction", "K", "widths", "num_layers", "num_classes", "total_frames", "format_version"}
         clash = reserved & set(info)
