@@ -1,0 +1,237 @@
+"""MelHuBERT pre-training: span masking, k-means targets, batching, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from speaker_neurons.models.pretrain import (
+    expected_mask_fraction,
+    kmeans_targets,
+    lr_at,
+    make_batches,
+    span_mask,
+)
+
+
+def _runs(row: np.ndarray) -> list[int]:
+    """Lengths of the runs of True in a 1-D bool array."""
+    padded = np.concatenate([[False], row, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return (np.flatnonzero(d == -1) - np.flatnonzero(d == 1)).tolist()
+
+
+# ------------------------------------------------------------------------------------------ masking
+def test_span_mask_fraction_matches():
+    m = span_mask([3000] * 16, mask_prob=0.7, mask_length=5, rng=0)
+    frac = m.float().mean().item()
+    assert abs(frac - expected_mask_fraction(0.7, 5)) < 0.02
+    m = span_mask([3000] * 16, mask_prob=0.3, mask_length=5, rng=0)
+    assert abs(m.float().mean().item() - expected_mask_fraction(0.3, 5)) < 0.02
+
+
+def test_span_mask_spans_have_mask_length():
+    # one span per utterance: exactly one run of 5 frames
+    m = span_mask([50, 80, 200], mask_prob=1e-6, mask_length=5, rng=1, min_masks=1).numpy()
+    for row in m:
+        assert _runs(row) == [5]
+    # sparse masks: every run is a union of whole spans (>= 5), and isolated spans are exactly 5
+    m = span_mask([4000] * 4, mask_prob=0.1, mask_length=5, rng=2).numpy()
+    runs = sum((_runs(r) for r in m), [])
+    assert min(runs) >= 5
+    assert np.mean(np.array(runs) == 5) > 0.8
+
+
+def test_span_mask_never_masks_padding():
+    lengths = torch.tensor([10, 37, 3, 100, 5])
+    m = span_mask(lengths, 120, mask_prob=0.9, mask_length=5, rng=3)
+    assert m.shape == (5, 120) and m.dtype == torch.bool
+    for b, n in enumerate(lengths.tolist()):
+        assert not m[b, n:].any()
+    assert not m[2].any()  # shorter than a span: no mask
+    assert m[4, :5].all()  # exactly one span fits
+    assert m[0].any() and m[3].any()
+
+
+def test_span_mask_seeded():
+    a = span_mask([300, 250, 120], mask_prob=0.7, rng=7)
+    b = span_mask([300, 250, 120], mask_prob=0.7, rng=np.random.default_rng(7))
+    c = span_mask([300, 250, 120], mask_prob=0.7, rng=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+# ------------------------------------------------------------------------------------------ targets / batching
+def _blobs(seed=0, k=6, per=300, dim=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=5.0, size=(k, dim))
+    utts = []
+    for i in range(10):
+        ids = rng.integers(0, k, size=per // 2 + 13 * i)
+        utts.append((centres[ids] + rng.normal(size=(len(ids), dim))).astype(np.float32))
+    return utts
+
+
+def test_kmeans_targets_deterministic_by_seed():
+    utts = _blobs()
+    kw = dict(max_frames=1000, batch_size=256, n_init=2, threads=1)
+    t1, i1 = kmeans_targets(utts, 6, seed=3, **kw)
+    t2, i2 = kmeans_targets([torch.from_numpy(u) for u in utts], 6, seed=3, **kw)
+    assert [len(t) for t in t1] == [len(u) for u in utts]
+    assert all(np.array_equal(a, b) for a, b in zip(t1, t2))
+    assert np.array_equal(i1["centers"], i2["centers"])
+    assert i1["fit_frames"] == 1000 and i1["total_frames"] == sum(len(u) for u in utts)
+    assert i1["counts"].sum() == i1["total_frames"] and i1["centers"].shape == (6, 8)
+    assert all(t.dtype == np.int64 and t.min() >= 0 and t.max() < 6 for t in t1)
+    t3, _ = kmeans_targets(utts, 6, seed=4, **kw)
+    # well-separated blobs: a different seed finds the same partition up to relabelling
+    a, b = np.concatenate(t1), np.concatenate(t3)
+    pairs = set(zip(a.tolist(), b.tolist()))
+    assert len(pairs) <= 7
+
+
+def test_make_batches_bounded_complete_deterministic():
+    lengths = np.random.default_rng(0).integers(50, 600, size=200)
+    b1 = make_batches(lengths, 2000, np.random.default_rng(5))
+    b2 = make_batches(lengths, 2000, np.random.default_rng(5))
+    assert b1 == b2
+    assert sorted(i for b in b1 for i in b) == list(range(200))
+    for b in b1:
+        assert max(lengths[i] for i in b) * len(b) <= 2000
+    assert make_batches([5000, 10], 1000, np.random.default_rng(0)) != []  # over-long utterance alone
+
+
+def test_lr_schedule():
+    assert lr_at(1, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert lr_at(100, 1.0, 10, 100) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ end to end
+TINY_MODEL = {
+    "num_layers": 2,
+    "hidden_dim": 64,
+    "num_heads": 2,
+    "ffn_dim": 128,
+    "frame_period": 10,
+    "n_mels": 40,
+    "pos_conv_kernel": 16,
+    "pos_conv_groups": 4,
+}
+TINY_TRAIN = {
+    "n_clusters": 16,
+    "kmeans_max_frames": 5000,
+    "max_frames_per_batch": 1200,
+    "max_steps": 30,
+    "warmup_steps": 3,
+    "lr": 2e-3,
+    "checkpoint_every": 15,
+    "log_every": 10,
+    "max_minutes": 5,
+    "progress": False,
+}
+
+
+def _synth_corpus(root, n_utts=12, sr=16000, seed=0):
+    """Utterances of 2-3 s made of 60-250 ms segments: one of 5 tones (with a harmonic), noise or silence."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    freqs = [220.0, 400.0, 700.0, 1200.0, 2500.0]
+    rows = []
+    (root / "wav").mkdir(parents=True)
+    for u in range(n_utts):
+        parts = []
+        total = int(sr * rng.uniform(2.0, 3.0))
+        while sum(len(p) for p in parts) < total:
+            n = int(sr * rng.uniform(0.06, 0.25))
+            kind = rng.integers(0, 7)
+            t = np.arange(n) / sr
+            if kind < 5:
+                f = freqs[kind]
+                seg = 0.3 * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(4 * np.pi * f * t)
+            elif kind == 5:
+                seg = 0.1 * rng.normal(size=n)
+            else:
+                seg = np.zeros(n)
+            parts.append(seg + 1e-3 * rng.normal(size=n))
+        wav = np.concatenate(parts)[:total].astype(np.float32)
+        path = root / "wav" / f"u{u:02d}.wav"
+        sf.write(str(path), wav, sr, subtype="PCM_16")
+        split = "test" if u == n_utts - 1 else "train"
+        rows.append(f"u{u:02d}\t{path.resolve()}\tspk{u % 3}\t{'FM'[u % 2]}\t{split}\t{total / sr:.3f}\t{sr}")
+    manifest = root / "manifest.tsv"
+    manifest.write_text("utt_id\tpath\tspeaker\tgender\tsplit\tduration\tsample_rate\n" + "\n".join(rows) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pytest.importorskip("speaker_neurons.models.melhubert")
+    pytest.importorskip("speaker_neurons.models.native")
+    pytest.importorskip("speaker_neurons.data.manifest")
+    from speaker_neurons.models.pretrain import pretrain_melhubert
+
+    root = tmp_path_factory.mktemp("pretrain")
+    manifest = _synth_corpus(root / "corpus")
+    out = root / "out"
+    torch.manual_seed(123)
+    summary, model, head = pretrain_melhubert(manifest, out, TINY_MODEL, TINY_TRAIN, device="cpu", threads=1,
+                                              return_model=True)
+    return manifest, out, summary, model
+
+
+def test_pretrain_loss_falls(trained):
+    _, out, summary, _ = trained
+    assert summary["steps"] == 30 and summary["stopped_by"] == "max_steps"
+    assert summary["utterances"] == 11  # the "test" row is left out
+    rows = (out / "train_log.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:5] == ["step", "loss", "masked_acc", "lr", "elapsed_s"]
+    loss = np.array([float(r.split("\t")[1]) for r in rows[1:]])
+    assert len(loss) == 30
+    assert loss[-5:].mean() < loss[:5].mean() - 0.2, loss
+
+
+def test_pretrain_outputs(trained):
+    _, out, summary, _ = trained
+    for name in ("model/model.safetensors", "model/config.json", "head.pt", "loss_curve.png", "summary.json",
+                 "kmeans_centers.npy", "checkpoints/step_15/model.safetensors", "checkpoints/step_30/head.pt"):
+        assert (out / name).is_file(), name
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["steps"] == 30 and on_disk["device"] == "cpu"
+    for key in ("first_loss", "last_loss", "train_seconds", "model_config", "train_config"):
+        assert key in on_disk
+    assert on_disk["checkpoints"] == ["checkpoints/step_15", "checkpoints/step_30"]
+    head = torch.load(out / "head.pt")
+    assert head["state_dict"]["weight"].shape == (16, 64)
+
+
+def test_pretrained_model_reloads_identically(trained):
+    from speaker_neurons.audio import load_audio
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.models.native import load_native
+
+    manifest, out, _, trained_model = trained
+    assert not trained_model.training
+    model = load_native(out / "model")
+    model.eval()
+    path = read_manifest(manifest)["path"].iloc[-1]
+    wav, _ = load_audio(path)
+    w = torch.from_numpy(wav)[None]
+    lens = torch.tensor([w.shape[1]])
+    with torch.no_grad():
+        ref = trained_model(w, lens, return_ffn=True)
+        a = model(w, lens, return_ffn=True)
+        b = load_native(out / "checkpoints" / "step_30").eval()(w, lens, return_ffn=True)
+    assert len(a.hidden) == TINY_MODEL["num_layers"] + 1 and len(a.ffn) == TINY_MODEL["num_layers"]
+    for x, y, z in zip(ref.hidden + ref.ffn, a.hidden + a.ffn, b.hidden + b.ffn):
+        torch.testing.assert_close(y, x)
+        torch.testing.assert_close(z, x)
+    # the feature statistics were saved with the model: normalised features are ~ zero mean, unit std
+    feats, n = model.extract_features(w, torch.tensor([w.shape[1]]))
+    assert abs(feats[0, : int(n[0])].mean().item()) < 0.5
