@@ -1,0 +1,183 @@
+"""Common interface of every upstream model (DESIGN.md, "Upstream models")."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from speaker_neurons.models.components import FeedForward, FFNHook, Transformer, WeightNormConv1d, lengths_to_mask
+
+
+class CheckpointError(Exception):
+    """A model file or folder that cannot be used; the message names the file and what is wrong."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N` or a torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+@dataclass
+class UpstreamOutput:
+    """What one forward pass gives.
+
+    hidden: L + 1 tensors (B, T, d); hidden[0] is the input of layer 1 (after the positional convolution and,
+        for post-LN models, the encoder layer norm), hidden[l] the output of layer l.
+    ffn: L tensors (B, T, width_l): GELU(W1 x + b1), the input of W2 ([] when not asked).
+    lengths: (B,) int64 valid frames per utterance.
+    """
+
+    hidden: list[Tensor]
+    ffn: list[Tensor] = field(default_factory=list)
+    lengths: Optional[Tensor] = None
+
+    def frame_mask(self) -> Tensor:
+        """(B, T) bool, True at valid frames."""
+        return lengths_to_mask(self.lengths, self.hidden[0].shape[1])
+
+
+class Upstream(nn.Module):
+    """Base of MelHuBERT and the wav2vec2 family. Subclasses define `encoder` (with `.transformer`),
+    `forward`, `frames_for`, `_config_with_widths` and the class attribute `kind`."""
+
+    kind: str = ""
+    sample_rate: int = 16000
+    #: config key that holds the FFN width(s)
+    width_key: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: original (parent-model) neuron indices kept, per 1-based layer; None = never pruned
+        self.kept_indices: Optional[dict[int, list[int]]] = None
+        #: sha256 of the model this one was derived from (native models), else None
+        self.parent_sha256: Optional[str] = None
+        #: FFN widths of the never-pruned ancestor (set by prune_ffn / load_native), else None
+        self.original_ffn_widths: Optional[list[int]] = None
+
+    # ---- structure
+    @property
+    def transformer(self) -> Transformer:
+        return self.encoder.transformer
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.layers)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.transformer.embed_dim
+
+    @property
+    def ffn_widths(self) -> list[int]:
+        return [ff.width for ff in self.feed_forwards()]
+
+    def feed_forwards(self) -> list[FeedForward]:
+        return [layer.feed_forward for layer in self.transformer.layers]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The full constructor config (a copy), FFN widths as they are now."""
+        return copy.deepcopy(self._config_with_widths())
+
+    def _config_with_widths(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def param_counts(self) -> dict[str, Any]:
+        """Parameter counts: `total`, `ffn` (W1, b1, W2, b2 of every layer), `ffn_per_layer`."""
+        per_layer = [sum(p.numel() for p in ff.parameters()) for ff in self.feed_forwards()]
+        return {
+            "total": int(sum(p.numel() for p in self.parameters())),
+            "ffn": int(sum(per_layer)),
+            "ffn_per_layer": [int(n) for n in per_layer],
+        }
+
+    def frames_for(self, num_samples: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def frame_lengths(self, wav_lengths: Tensor) -> Tensor:
+        return torch.tensor([self.frames_for(int(n)) for n in wav_lengths.tolist()], dtype=torch.long)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def to_device(self, device: str | torch.device | None = "auto") -> "Upstream":
+        return self.to(resolve_device(device))
+
+    def forward(self, wavs: Tensor, wav_lengths: Optional[Tensor] = None, return_ffn: bool = True,
+                ffn_hook: Optional[FFNHook] = None) -> UpstreamOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---- state dicts
+    def load_state_dict_checked(self, state_dict: Mapping[str, Tensor], source: str | os.PathLike | None = None,
+                                allow_missing: tuple[str, ...] = ()) -> None:
+        """Load with strict key and shape checking; errors name the file and the key.
+
+        Weight-norm aliases (`weight_g`/`weight_v`) of the positional convolution are accepted.
+        `allow_missing`: key prefixes that may be absent (they keep their current value).
+        """
+        sd = dict(state_dict)
+        for name, mod in self.named_modules():
+            if isinstance(mod, WeightNormConv1d):
+                WeightNormConv1d.canonicalize(sd, name + "." if name else "")
+        own = self.state_dict()
+        missing = [k for k in own if k not in sd and not k.startswith(allow_missing or ("\0",))]
+        unexpected = [k for k in sd if k not in own]
+        problems = []
+        if unexpected:
+            problems.append("unexpected key(s) not in the model: " + ", ".join(sorted(unexpected)[:10])
+                            + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+        if missing:
+            problems.append("missing key(s): " + ", ".join(missing[:10])
+                            + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
+        for k, v in sd.items():
+            if k in own and tuple(v.shape) != tuple(own[k].shape):
+                problems.append(f"key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+        if problems:
+            raise CheckpointError(source, "state dict does not match the model: " + "; ".join(problems))
+        for k, v in sd.items():
+            if not isinstance(v, Tensor):
+                raise CheckpointError(source, f"key {k!r} is not a tensor ({type(v).__name__})")
+            if not v.is_floating_point() and own[k].is_floating_point():
+                raise CheckpointError(source, f"key {k!r} has dtype {v.dtype}, expected a floating-point tensor")
+        self.load_state_dict(sd, strict=not allow_missing)
+
+
+def torch_load_restricted(path: str | os.PathLike) -> Any:
+    """Load a torch pickle without running arbitrary code.
+
+    Uses `speaker_neurons.models.fairseq_ckpt.safe_torch_load` (restricted unpickler that also turns
+    argparse / omegaconf objects into plain containers) when available, else `torch.load(weights_only=True)`.
+    """
+    try:
+        from speaker_neurons.models.fairseq_ckpt import safe_torch_load
+    except ImportError:
+        safe_torch_load = None
+    try:
+        if safe_torch_load is not None:
+            return safe_torch_load(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file") from None
+    except Exception as e:  # noqa: BLE001 - any decode failure is a bad checkpoint
+        if getattr(e, "path", None):  # the restricted loader's own error already names the file
+            raise CheckpointError(None, str(e)) from e
+        raise CheckpointError(path, f"not a readable torch checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
