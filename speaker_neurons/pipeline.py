@@ -71,11 +71,12 @@ def ivectors(manifest_path, ark_path, scp_path, quality_json, config: dict | Non
     if train.any() and test.any() and (spk["speaker"] != "").all():
         acc = iv.speaker_id_accuracy(vecs[train], spk["speaker"][train], vecs[test], spk["speaker"][test])
         scores, labels = iv.build_trials(vecs[test], spk["speaker"][test].to_numpy())
-        eer = iv.equal_error_rate(scores, labels)
+        # EER needs target pairs: a test split with one utterance per speaker has none
+        eer = iv.equal_error_rate(scores, labels) if 0 < labels.sum() < len(labels) else None
         quality.update({"sid_accuracy": acc, "sid_train": int(train.sum()), "sid_test": int(test.sum()),
                         "speakers": int(spk["speaker"].nunique()), "eer": eer, "trials": int(len(labels))})
-        log.info("i-vector quality: speaker ID %.2f%% (%d test utterances, %d speakers), EER %.2f%%",
-                 100 * acc, test.sum(), spk["speaker"].nunique(), 100 * eer)
+        log.info("i-vector quality: speaker ID %.2f%% (%d test utterances, %d speakers), EER %s",
+                 100 * acc, test.sum(), spk["speaker"].nunique(), "n/a" if eer is None else f"{100 * eer:.2f}%")
     else:
         log.info("no speaker labels with train/test split: i-vector quality not scored")
     Path(quality_json).write_text(json.dumps(quality, indent=2) + "\n")

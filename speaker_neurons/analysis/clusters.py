@@ -85,8 +85,15 @@ def load_labels(path: str | Path) -> dict[str, np.ndarray]:
 
 def export_hubert(labels: dict[str, np.ndarray], manifest: pd.DataFrame, tsv_path: str | Path, km_path: str | Path) -> None:
     """HuBERT label files: `.tsv` (audio root, then `<relative path>\\t<num samples>`) and `.km`
-    (one line of space-separated cluster ids per utterance, same order). Samples are at 16 kHz."""
+    (one line of space-separated cluster ids per utterance, same order). Samples are counted at
+    16 kHz, read from the file header (a resampled file's count is scaled)."""
     import os
+
+    import soundfile as sf
+
+    def samples_16k(path: str) -> int:
+        info = sf.info(path)
+        return int(info.frames) if info.samplerate == 16000 else int(round(info.frames * 16000 / info.samplerate))
 
     rows = manifest[manifest["utt_id"].isin(labels)].sort_values("utt_id", kind="stable")
     paths = [str(Path(p).resolve()) for p in rows["path"]]
@@ -94,7 +101,7 @@ def export_hubert(labels: dict[str, np.ndarray], manifest: pd.DataFrame, tsv_pat
     with open(tsv_path, "w") as ft, open(km_path, "w") as fk:
         ft.write(root + "\n")
         for row, p in zip(rows.itertuples(index=False), paths):
-            ft.write(f"{os.path.relpath(p, root)}\t{int(round(float(row.duration) * 16000))}\n")
+            ft.write(f"{os.path.relpath(p, root)}\t{samples_16k(p)}\n")
             fk.write(" ".join(str(int(v)) for v in labels[row.utt_id]) + "\n")
 
 

@@ -83,7 +83,6 @@ def activation_statistics(
         "truncated_utterances": truncated,
         "k_ssl": k_ssl,
         "k_ivector": k_ivector,
-        "top_fraction": top_fraction,
         **(meta or {}),
     }
     counter.save(out_npz, classes_table(k_ivector, k_ssl), info)
