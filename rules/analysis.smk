@@ -175,3 +175,27 @@ rule evidence_report:
         "../envs/speaker-neurons.yaml"
     script:
         "../workflow_scripts/evidence_report.py"
+
+
+rule neuron_counts_summary:
+    input:
+        tables=expand(
+            f"{RESULTS}/analysis/ssl_k{{k}}/neuron_counts.tsv",
+            k=config["analysis"]["k_ssl"],
+        ),
+    output:
+        table=f"{RESULTS}/analysis/neuron_counts.tsv",
+    params:
+        k_ssl=config["analysis"]["k_ssl"],
+    log:
+        f"{LOGS}/neuron_counts_summary.log",
+    benchmark:
+        f"{BENCH}/neuron_counts_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/neuron_counts_summary.py"

@@ -101,6 +101,7 @@ def analysis_outputs():
     for k in config["analysis"]["k_ssl"]:
         base = f"{RESULTS}/analysis/ssl_k{k}"
         outs += [f"{base}/neuron_counts.tsv", f"{base}/report/evidence.json"]
+    outs.append(f"{RESULTS}/analysis/neuron_counts.tsv")
     if not config["ivector"]["kaldi_ivectors"]:
         outs.append(f"{RESULTS}/analysis/ivectors/quality.json")
     return outs

@@ -139,6 +139,18 @@ def neuron_sets(counts_npz, out_dir, rho: float = 0.8) -> dict:
     return totals
 
 
+def neuron_counts_summary(tables: dict[int, str], out_tsv) -> pd.DataFrame:
+    """One table of neuron counts over every k_ssl: columns k_ssl, layer, one per set."""
+    frames = []
+    for k, path in sorted(tables.items()):
+        df = pd.read_csv(path, sep="\t", dtype={"layer": str})
+        df.insert(0, "k_ssl", k)
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out.to_csv(out_tsv, sep="\t", index=False)
+    return out
+
+
 def evidence_report(manifest_path, labels_npz, clusters_tsv, out_dir, feature_dir, corpus_dir=None) -> dict:
     """SSL clusters vs broad phone classes (when `corpus_dir` has a demo corpus' frame_classes.tsv)
     and i-vector clusters vs gender."""
