@@ -1,0 +1,384 @@
+"""i-vectors (speaker_neurons.analysis.ivector): features, UBM, total variability, Kaldi I/O, quality.
+
+Synthetic data come from known generating models, so the estimates are checked against the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import subspace_angles
+from scipy.optimize import linear_sum_assignment
+
+from speaker_neurons.analysis import ivector as iv
+from speaker_neurons.analysis.kaldi_io_utils import KaldiIOError, kaldi_io_module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models here are tiny; one thread is faster and immune to a busy machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# ------------------------------------------------------------------------------------------------
+# generating models
+
+
+def _separated_means(rng, C, D, min_dist, scale):
+    while True:
+        mu = rng.normal(0.0, scale, (C, D))
+        d = np.sqrt(((mu[:, None] - mu[None]) ** 2).sum(-1)) + np.eye(C) * 1e9
+        if d.min() >= min_dist:
+            return mu
+
+
+def _tv_corpus(seed=0, C=8, D=4, R=5, U=300, frames=200, t_scale=0.5, speakers=None, within=0.0):
+    """Frames from a diagonal GMM (unit variances) whose mean supervector is m + T w per utterance.
+    With `speakers`, w = y_speaker + within * noise. Returns (feats, mu, T, W, spk)."""
+    rng = np.random.default_rng(seed)
+    mu = _separated_means(rng, C, D, 10.0, 8.0)
+    weights = rng.dirichlet(np.full(C, 5.0))
+    T = rng.normal(0.0, t_scale, (C * D, R))
+    if speakers:
+        Y = rng.normal(size=(speakers, R))
+        spk = np.arange(U) % speakers
+        W = Y[spk] + within * rng.normal(size=(U, R))
+    else:
+        spk = np.zeros(U, int)
+        W = rng.normal(size=(U, R))
+    feats = []
+    for u in range(U):
+        M = (mu.reshape(-1) + T @ W[u]).reshape(C, D)
+        z = rng.choice(C, frames, p=weights)
+        feats.append((M[z] + rng.normal(size=(frames, D))).astype(np.float32))
+    return feats, mu, T, W, spk
+
+
+def _match(learned_means, true_means):
+    """perm[c] = learned component matched to true component c (Hungarian on squared distance)."""
+    cost = ((learned_means[:, None] - true_means[None]) ** 2).sum(-1)
+    r, c = linear_sum_assignment(cost)
+    perm = np.empty(len(c), int)
+    perm[c] = r
+    return perm
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) UBM
+
+
+def test_gmm_em_recovers_planted_mixture():
+    rng = np.random.default_rng(0)
+    C, D, n = 5, 3, 30_000
+    mu = _separated_means(rng, C, D, 8.0, 6.0)
+    w = np.array([0.1, 0.15, 0.2, 0.25, 0.3])
+    sd = rng.uniform(0.5, 1.5, (C, D))
+    z = rng.choice(C, n, p=w)
+    X = mu[z] + sd[z] * rng.normal(size=(n, D))
+    gmm = iv.train_diag_gmm(torch.tensor(X, dtype=torch.float32), C, num_iters=20, seed=0)
+    perm = _match(gmm.means.numpy(), mu)
+    # tolerances: means within 0.1 (sd <= 1.5, >= 3000 frames each), weights within 0.01,
+    # variances within 10 % of the truth
+    assert np.abs(gmm.means.numpy()[perm] - mu).max() < 0.1
+    assert np.abs(gmm.weights.numpy()[perm] - w).max() < 0.01
+    assert np.abs(gmm.variances.numpy()[perm] / sd**2 - 1).max() < 0.1
+    assert abs(float(gmm.weights.sum()) - 1) < 1e-5
+
+
+def test_gmm_posteriors_log_domain_and_pruning():
+    gmm = iv.DiagGMM(torch.tensor([0.5, 0.5]), torch.tensor([[0.0], [1e4]]), torch.ones(2, 1))
+    post, ll = gmm.posteriors(torch.tensor([[5e3 - 1.0], [1e4 + 3.0]]))
+    assert torch.isfinite(post).all() and torch.isfinite(ll).all()  # no underflow to nan
+    assert torch.allclose(post.sum(1), torch.ones(2))
+    assert post[0, 0] > 0.999 and post[1, 1] > 0.999
+    gmm3 = iv.DiagGMM(torch.tensor([0.49, 0.49, 0.02]), torch.tensor([[0.0], [0.0], [0.0]]), torch.ones(3, 1))
+    post, _ = gmm3.posteriors(torch.zeros(1, 1), min_post=0.025)
+    assert post[0, 2] == 0 and torch.allclose(post[0, :2], torch.tensor([0.5, 0.5]))
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) total variability
+
+
+def test_total_variability_recovers_planted_subspace():
+    C, D, R, U = 8, 4, 5, 300
+    feats, mu, T_true, W, _ = _tv_corpus(seed=0, C=C, D=D, R=R, U=U)
+    cfg = {"ubm_components": C, "ivector_dim": R, "tv_iters": 10, "ubm_iters": 10, "min_post": 0.0}
+    ext = iv.IVectorExtractor(cfg).fit(feats)
+    perm = _match(ext.ubm.means.numpy(), mu)
+    assert np.abs(ext.ubm.means.numpy()[perm] - mu).max() < 0.5
+    T_learned = ext.T.numpy().reshape(C, D, R)[perm].reshape(C * D, R)
+    cosines = np.cos(subspace_angles(T_learned, T_true))
+    assert cosines.min() > 0.9, cosines  # every principal angle < 26 degrees
+    # i-vectors = planted w up to an affine map
+    ivecs = ext.transform(feats, normalize=False)
+    A = np.c_[ivecs, np.ones(U)]
+    coef, *_ = np.linalg.lstsq(A, W, rcond=None)
+    r2 = 1 - (W - A @ coef).var(0) / W.var(0)
+    assert r2.min() > 0.9, r2
+    # minimum divergence keeps the prior standard: mean ~ 0, covariance ~ I on the training data
+    assert ext.history[-1]["mean_w_norm"] < 0.05
+    assert abs(ext.history[-1]["prior_cov_trace"] - 1) < 0.05
+    # normalised output: centred with the training mean, unit length
+    out = ext.transform(feats)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+
+
+def test_max_train_utts_uses_the_longest():
+    feats, *_ = _tv_corpus(seed=1, U=40, frames=50)
+    feats[3] = np.concatenate([feats[3]] * 4)
+    feats[7] = feats[7][:0]  # an empty utterance: prior mean
+    ext = iv.IVectorExtractor({"ubm_components": 8, "ivector_dim": 3, "tv_iters": 2, "ubm_iters": 3,
+                               "tv_max_train_utts": 10}).fit(feats)
+    out = ext.transform(feats, normalize=False)
+    assert out.shape == (40, 3) and np.all(out[7] == 0)
+    with pytest.raises(ValueError, match="unknown i-vector config key"):
+        iv.IVectorExtractor({"ubm_component": 8})
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) Kaldi ark / scp
+
+
+def test_kaldi_ark_scp_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"spk{i % 3}-utt{i}" for i in range(7)]
+    vecs = rng.normal(size=(7, 10)).astype(np.float32)
+    iv.write_ivectors(ids, vecs, tmp_path / "iv.ark", tmp_path / "iv.scp")
+    for spec in (tmp_path / "iv.ark", tmp_path / "iv.scp", f"ark:{tmp_path / 'iv.ark'}", f"scp:{tmp_path / 'iv.scp'}"):
+        got_ids, got = iv.read_ivectors(spec)
+        assert got_ids == ids
+        assert got.dtype == np.float32 and np.array_equal(got, vecs)
+    # an scp whose entries are relative to its own folder (a moved Kaldi directory)
+    (tmp_path / "rel.scp").write_text(
+        "".join(line.replace(str((tmp_path / "iv.ark").resolve()), "iv.ark") + "\n"
+                for line in (tmp_path / "iv.scp").read_text().splitlines())
+    )
+    assert np.array_equal(iv.read_ivectors(tmp_path / "rel.scp")[1], vecs)
+    with pytest.raises(ValueError):
+        iv.write_ivectors(ids, vecs[:3], tmp_path / "bad.ark")
+    with pytest.raises(KaldiIOError, match="pipes"):
+        iv.read_ivectors("copy-vector ark:x.ark ark:- |")
+
+
+def test_reads_arks_written_by_kaldi_io_and_text_arks(tmp_path):
+    kio = kaldi_io_module()
+    rng = np.random.default_rng(1)
+    vecs = {f"u{i}": rng.normal(size=5).astype(np.float32) for i in range(4)}
+    with open(tmp_path / "kaldi.ark", "wb") as f:
+        for k, v in vecs.items():
+            kio.write_vec_flt(f, v, key=k)
+    ids, got = iv.read_ivectors(tmp_path / "kaldi.ark")
+    assert ids == list(vecs) and np.array_equal(got, np.stack(list(vecs.values())))
+    # Kaldi text archive, as `copy-vector ark:- ark,t:-` prints it
+    (tmp_path / "text.ark").write_text("a  [ 1 2.5 -3 ]\nb  [ 0 0.25 4 ]\n")
+    ids, got = iv.read_ivectors(f"ark,t:{tmp_path / 'text.ark'}")
+    assert ids == ["a", "b"] and np.allclose(got, [[1, 2.5, -3], [0, 0.25, 4]])
+    # differing dimensions and duplicate keys are refused
+    (tmp_path / "dims.ark").write_text("a  [ 1 2 ]\nb  [ 1 2 3 ]\n")
+    with pytest.raises(ValueError, match="dimensions"):
+        iv.read_ivectors(tmp_path / "dims.ark")
+    (tmp_path / "dup.ark").write_text("a  [ 1 2 ]\na  [ 1 2 ]\n")
+    with pytest.raises(KaldiIOError, match="duplicate"):
+        iv.read_ivectors(tmp_path / "dup.ark")
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) quality helpers
+
+
+def test_speaker_id_on_synthetic_speakers():
+    U, S = 192, 16
+    feats, _, _, _, spk = _tv_corpus(seed=2, R=8, U=U, frames=200, speakers=S, within=0.2)
+    ext = iv.IVectorExtractor({"ubm_components": 8, "ivector_dim": 8, "tv_iters": 6, "ubm_iters": 8})
+    ivecs = ext.fit(feats).transform(feats)  # no labels used
+    test = np.arange(U) % 5 == 0  # every speaker in both parts
+    assert set(spk[test]) == set(spk[~test]) == set(range(S))
+    acc = iv.speaker_id_accuracy(ivecs[~test], spk[~test], ivecs[test], spk[test])
+    assert acc >= 0.97
+    scores, labels = iv.build_trials(ivecs[test], spk[test])
+    n = int(test.sum())
+    per_spk = np.bincount(spk[test])
+    assert len(scores) == n * (n - 1) // 2 and labels.sum() == (per_spk * (per_spk - 1) // 2).sum()
+    assert iv.equal_error_rate(scores, labels) < 0.05
+
+
+def test_equal_error_rate():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(500), np.zeros(2000)]
+    separable = np.r_[rng.uniform(1, 2, 500), rng.uniform(-1, 0.99, 2000)]
+    assert iv.equal_error_rate(separable, labels) == 0.0
+    random = rng.normal(size=2500)
+    assert abs(iv.equal_error_rate(random, labels) - 0.5) < 0.05
+    assert iv.equal_error_rate(-separable, labels) == 1.0
+    # 1 target among 4 non-targets, ranked second: miss 1 or fa >= 0.25 at every threshold -> EER 0.25
+    assert iv.equal_error_rate([3, 2, 1, 0, -1], [0, 1, 0, 0, 0]) == pytest.approx(0.25)
+    assert iv.equal_error_rate(np.zeros(10), np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        iv.equal_error_rate([1, 2], [1, 1])
+    s, lab = iv.build_trials(np.eye(4), ["a", "a", "b", "b"], max_trials=3)
+    assert len(s) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# (e) determinism, save / load
+
+
+def test_same_seed_same_ivectors_and_save_load(tmp_path):
+    feats, *_ = _tv_corpus(seed=3, U=60, frames=80)
+    cfg = {"ubm_components": 8, "ivector_dim": 4, "tv_iters": 3, "ubm_iters": 4, "seed": 7}
+    a = iv.IVectorExtractor(cfg).fit(feats)
+    b = iv.IVectorExtractor(cfg).fit(feats)
+    ia, ib = a.transform(feats), b.transform(feats)
+    assert np.array_equal(ia, ib)
+    c = iv.IVectorExtractor({**cfg, "seed": 8}).fit(feats)
+    assert not np.array_equal(ia, c.transform(feats))
+    a.save(tmp_path / "ext.npz")
+    loaded = iv.IVectorExtractor.load(tmp_path / "ext.npz")
+    assert loaded.cfg == a.cfg
+    assert np.allclose(loaded.transform(feats), ia, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# front end
+
+
+def _kaldi_vad_loop(e, thr, scale, ctx, prop):
+    T = len(e)
+    thr = thr + scale * e.sum() / T
+    out = np.zeros(T, bool)
+    for t in range(T):
+        num = den = 0
+        for t2 in range(t - ctx, t + ctx + 1):
+            if 0 <= t2 < T:
+                den += 1
+                num += e[t2] > thr
+        out[t] = num >= den * prop
+    return out
+
+
+def _kaldi_sliding_cmn_loop(x, window, norm_vars):
+    T = len(x)
+    out = np.empty_like(x)
+    for t in range(T):
+        start = t - window // 2
+        end = start + window
+        if start < 0:
+            end -= start
+            start = 0
+        if end > T:
+            start -= end - T
+            end = T
+            start = max(start, 0)
+        seg = x[start:end]
+        out[t] = x[t] - seg.mean(0)
+        if norm_vars:
+            out[t] /= np.sqrt(np.maximum((seg**2).mean(0) - seg.mean(0) ** 2, 1e-20))
+    return out
+
+
+def test_vad_cmn_deltas_follow_kaldi():
+    rng = np.random.default_rng(0)
+    e = rng.normal(8, 3, 500)
+    for ctx, prop in ((2, 0.12), (0, 0.5), (3, 0.6)):
+        got = iv.compute_vad(torch.tensor(e), 5.5, 0.5, ctx, prop).numpy()
+        assert np.array_equal(got, _kaldi_vad_loop(e, 5.5, 0.5, ctx, prop))
+    x = rng.normal(size=(700, 3))
+    for T, window, nv in ((700, 300, False), (700, 301, True), (120, 300, False)):
+        got = iv.sliding_cmn(torch.tensor(x[:T]), window, nv).numpy()
+        assert np.allclose(got, _kaldi_sliding_cmn_loop(x[:T], window, nv), atol=1e-9)
+    scales = [s.tolist() for s in iv._delta_scales(2, 2)]
+    assert scales[1] == pytest.approx([-0.2, -0.1, 0.0, 0.1, 0.2])
+    assert scales[2] == pytest.approx([0.04, 0.04, 0.01, -0.04, -0.1, -0.04, 0.01, 0.04, 0.04])
+    feats = torch.tensor(x[:50, :2])
+    d = iv.add_deltas(feats, 2, 2).numpy()
+    assert d.shape == (50, 6)
+    padded = np.r_[np.repeat(x[:1, :2], 4, 0), x[:50, :2], np.repeat(x[49:50, :2], 4, 0)]
+    t = 0  # first frame: edges replicated
+    assert np.allclose(d[t, 2:4], (np.array(scales[1])[:, None] * padded[t + 2 : t + 7]).sum(0))
+    assert np.allclose(d[t, 4:6], (np.array(scales[2])[:, None] * padded[t : t + 9]).sum(0))
+
+
+def test_silence_falls_back_to_all_frames(package_logs):
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 200 * t) * (t > 0.5) + 1e-4 * rng.normal(size=16000)).astype(np.float32)
+    items = [("silent", np.zeros(16000, np.float32)), ("half", speech), ("tiny", np.zeros(100, np.float32))]
+    with package_logs.at_level(logging.WARNING, logger="speaker_neurons"):
+        ids, feats, counts = iv.extract_features(items, progress=False)
+    assert ids == ["silent", "half", "tiny"]
+    assert counts["no_voiced_fallback"] == 1 and counts["empty"] == 1
+    assert feats[0].shape == (98, 60)  # 1 + (16000 - 400) // 160 frames, 20 MFCC x 3
+    assert 40 < feats[1].shape[0] < 60  # the tone half is voiced
+    assert feats[2].shape == (0, 60)
+    assert "no voiced frame" in package_logs.text
+    with pytest.raises(ValueError, match="duplicate"):
+        iv.extract_features([("a", speech), ("a", speech)], progress=False)
+
+
+def _espeak(tmp_path, voice, text, pitch):
+    import soundfile as sf
+    import torchaudio
+
+    path = tmp_path / f"{voice}_{pitch}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-w", str(path), text], check=True,
+                   capture_output=True, timeout=30)
+    wav, sr = sf.read(str(path), dtype="float32")
+    wav = torch.from_numpy(wav.reshape(len(wav), -1).mean(1))
+    return torchaudio.functional.resample(wav, sr, 16000).numpy()
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_smoke(tmp_path):
+    text = "The quick brown fox jumps over the lazy dog while seven wizards quietly hum."
+    items = []
+    for voice, pitch in (("en-us", 30), ("en-gb", 60), ("en-us+f3", 80)):
+        wav = _espeak(tmp_path, voice, text, pitch)
+        for i in range(3):
+            seg = wav[i * len(wav) // 4 : (i + 2) * len(wav) // 4]
+            items.append((f"{voice}-{pitch}-{i}", seg))
+    ids, feats, counts = iv.extract_features(items, progress=False)
+    for (_, wav), f in zip(items, feats):
+        n_frames = 1 + (len(wav) - 400) // 160
+        assert f.shape[1] == 60 and 0.3 * n_frames < f.shape[0] <= n_frames
+        assert torch.isfinite(f).all()
+    assert counts["no_voiced_fallback"] == 0 and 0.3 < counts["voiced_frames"] / counts["frames"] < 1.0
+    cfg = {"ubm_components": 4, "ivector_dim": 3, "ubm_iters": 3, "tv_iters": 2}
+    ids2, ivecs = iv.extract_ivectors(items, cfg, device="cpu", progress=False, model_out=tmp_path / "ext.npz")
+    assert ids2 == ids and ivecs.shape == (9, 3)
+    assert np.allclose(np.linalg.norm(ivecs, axis=1), 1, atol=1e-5)
+    iv.write_ivectors(ids2, ivecs, tmp_path / "iv.ark", tmp_path / "iv.scp")
+    assert np.array_equal(iv.read_ivectors(tmp_path / "iv.scp")[1], ivecs)
+    # a saved extractor applied again gives the same i-vectors
+    again = iv.extract_ivectors(items, None, progress=False, extractor=iv.IVectorExtractor.load(tmp_path / "ext.npz"),
+                                num_threads=1, return_info=True)
+    assert np.allclose(again[1], ivecs, atol=1e-5)
+    assert again[2]["counts"]["utterances"] == 9 and again[2]["config"]["ivector_dim"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    rng = np.random.default_rng(0)
+    t = np.arange(48000) / 16000
+    items = []
+    for u in range(12):
+        f0 = 100 + 15 * (u % 4)
+        wav = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in range(1, 30))
+        wav = 0.1 * wav * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.normal(size=t.size)
+        items.append((f"u{u}", wav.astype(np.float32)))
+    cfg = {"ubm_components": 8, "ivector_dim": 4, "ubm_iters": 4, "tv_iters": 3}
+    ids_c, cpu = iv.extract_ivectors(items, cfg, device="cpu", progress=False)
+    ids_g, gpu = iv.extract_ivectors(items, cfg, device="cuda", progress=False)
+    assert ids_c == ids_g
+    cos = (cpu * gpu).sum(1)  # both unit length
+    assert cos.min() > 0.99, cos
+    _, again = iv.extract_ivectors(items, cfg, device="cuda", progress=False)
+    assert np.allclose(gpu, again, atol=1e-6)
