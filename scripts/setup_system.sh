@@ -5,9 +5,9 @@
 set -euo pipefail
 
 PACKAGES=(
-  espeak-ng mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
+  espeak-ng espeak-ng-data mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
   flite festival festvox-kdlpc16k festvox-rablpc16k festvox-don festvox-us-slt-hts
-  libttspico-utils sox
+  libttspico-utils libttspico-data
 )
 EXTRA_SOURCES=/etc/apt/sources.list.d/speaker-neurons-contrib.sources
 
