@@ -54,7 +54,7 @@ def ivectors(manifest_path, ark_path, scp_path, quality_json, config: dict | Non
     closed-set speaker identification by cosine to per-speaker mean i-vectors (train -> test), and the
     EER of all test pairs."""
     from speaker_neurons.analysis import ivector as iv
-    from speaker_neurons.analysis.features import resolve_device
+    from speaker_neurons.models.base import resolve_device
     from speaker_neurons.audio import load_audio
     from speaker_neurons.data.manifest import read_manifest
 

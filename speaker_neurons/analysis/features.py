@@ -89,14 +89,6 @@ def frame_period(model) -> float:
     return round(10.0 / model.frames_for(160_000), 3)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device (set device: auto or cpu)")
-    return torch.device(device)
-
-
 @torch.inference_mode()
 def extract_layer_features(
     model,

@@ -146,9 +146,9 @@ def resolve_ivector_config(config: dict[str, Any] | None = None, strict: bool = 
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from speaker_neurons.models.base import resolve_device
+
+    return resolve_device(device)
 
 
 @contextlib.contextmanager

@@ -70,7 +70,9 @@ def phone_class(phone: str) -> str:
 
 def num_frames(num_samples: int) -> int:
     """Kaldi fbank frame count at 16 kHz (25 ms window, 10 ms shift, snip_edges=True)."""
-    return 0 if num_samples < 400 else 1 + (num_samples - 400) // 160
+    from speaker_neurons.audio import kaldi_num_frames
+
+    return kaldi_num_frames(int(num_samples))
 
 
 def frame_centres(n: int) -> np.ndarray:

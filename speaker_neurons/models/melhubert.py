@@ -79,8 +79,9 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def fbank_frames(num_samples: int) -> int:
     """Kaldi fbank frame count with snip_edges: 1 + (N - 400) // 160, 0 below one window."""
-    n = int(num_samples)
-    return 0 if n < WINDOW else 1 + (n - WINDOW) // HOP
+    from speaker_neurons.audio import kaldi_num_frames
+
+    return kaldi_num_frames(int(num_samples), WINDOW, HOP)
 
 
 class MelHuBERT(Upstream):
