@@ -83,7 +83,7 @@ def test_config_yaml_matches_schema_defaults():
     validate(defaults, str(ROOT / "schemas" / "config.schema.yaml"))
     shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate(shipped, str(ROOT / "schemas" / "config.schema.yaml"))
-    for section in ("corpus", "qc", "analysis", "upstream"):
+    for section in ("corpus", "qc", "analysis", "upstream", "pretrain"):
         assert shipped[section] == defaults[section], section
 
 
