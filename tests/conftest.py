@@ -51,8 +51,14 @@ def run_adapter():
     saved = (list(logger.handlers), logger.propagate, logger.level)
     root = Path(__file__).resolve().parents[1]
 
+    class IO(SimpleNamespace):  # like snakemake's input/output: named fields that also iterate
+        def __iter__(self):
+            return iter(vars(self).values())
+
     def run(script, **fields):
-        smk = SimpleNamespace(**{k: SimpleNamespace(**v) if isinstance(v, dict) else v for k, v in fields.items()})
+        fields.setdefault("config", {})
+        fields.setdefault("input", {})
+        smk = SimpleNamespace(**{k: IO(**v) if isinstance(v, dict) and k != "config" else v for k, v in fields.items()})
         runpy.run_path(str(root / "workflow_scripts" / script), init_globals={"snakemake": smk}, run_name="__main__")
 
     yield run
