@@ -131,7 +131,9 @@ def save_upstream(model: Upstream, out_dir: str | os.PathLike, parent_sha256: Op
         "speaker_neurons_version": _version(),
     }
     tmp_w = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "pt", "kind": model.kind})
+    # one metadata key only: safetensors writes a metadata map in hash order, so several keys would
+    # make the bytes differ between identical saves (the kind is in config.json)
+    save_file(tensors, str(tmp_w), metadata={"format": "pt"})
     os.replace(tmp_w, out / WEIGHTS_NAME)
     tmp_c = out / (CONFIG_NAME + ".tmp")
     tmp_c.write_text(_dumps(meta))
