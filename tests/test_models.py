@@ -203,7 +203,7 @@ def test_melhubert_features_match_kaldi_and_stacking():
     norm = (ref - mean) / std
     assert max_err(f10[0], norm) <= 1e-4
     assert f20.shape == (1, 4, 80)
-    for i in range(5):
+    for i in range(3):
         assert max_err(f20[0, i], torch.cat([norm[2 * i], norm[2 * i + 1]])) <= 1e-4
     assert max_err(f20[0, 3, :40], norm[6]) <= 1e-4 and torch.all(f20[0, 3, 40:] == 0)
     # statistics travel with the model
