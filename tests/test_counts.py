@@ -330,3 +330,22 @@ def test_counter_cuda_matches_cpu():
     np.testing.assert_array_equal(cpu.result()["counts"][0], gpu.result()["counts"][0])
     x = torch.randint(-2, 3, (500, 3072)).float()
     assert torch.equal(topk_mask(x.cuda(), 31).cpu(), topk_mask(x, 31))
+
+
+def test_topk_signed_fast_path_and_magnitude_fallback_agree_with_reference():
+    """Rows where the k largest |a| are the k largest a (fast path) and rows where a large negative
+    value belongs to the top-k (fallback on |a|), mixed in one matrix, with padding rows dropped."""
+    rows = torch.tensor(
+        [
+            [5.0, 4.0, -6.0, 1.0, 0.5],  # -6 wins: fallback
+            [5.0, 4.0, -0.1, 1.0, 0.5],  # fast path
+            [5.0, 4.0, -4.0, 1.0, 0.5],  # |-4| ties 4 at the k-th place: lower index (1) wins
+            [-1.0, -2.0, -3.0, -4.0, -5.0],  # all negative: fallback
+            [0.0, -0.0, 0.0, 0.0, 0.0],  # all zero: ties by index
+        ]
+    )
+    assert topk_mask(rows, 2).nonzero().tolist() == [[0, 0], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [3, 3], [3, 4], [4, 0], [4, 1]]
+    g = torch.Generator().manual_seed(3)
+    mixed = torch.cat([torch.nn.functional.gelu(torch.randn(300, 64, generator=g) * 3), torch.randn(300, 64, generator=g)])
+    for k in (1, 3, 8):
+        assert np.array_equal(topk_mask(mixed, k).numpy(), reference_topk_mask(mixed.numpy(), k))

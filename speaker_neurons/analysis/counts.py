@@ -72,14 +72,31 @@ def topk_indices(acts: torch.Tensor, k: int) -> torch.Tensor:
     Activated = the k largest ``|a|``; when the k-th and (k+1)-th largest ``|a|`` are equal, the neurons
     with that value are taken in increasing index order (lower index wins). The *set* in each row is
     exact and deterministic on every device; the order of the indices within a row is unspecified.
+    NaN raises ``ValueError``. See :func:`_topk_rows` for why it is exact.
+    """
+    idx, nan_rows = _topk_rows(acts, k)
+    if bool(nan_rows.any()):
+        raise ValueError("activations contain NaN")
+    return idx
 
-    Why this is exact: ``torch.topk`` returns the exact multiset of the k+1 largest values (only the
-    order of the *indices* of tied values is unspecified). The top-k set is ambiguous only when the
-    k-th and (k+1)-th largest values are equal (if ``v_k > v_{k+1}`` the set is exactly
-    ``{j : |a_j| >= v_k}``, whatever order topk reports ties in). Those rows are recomputed exactly:
-    take every ``|a_j| > v_k`` (fewer than k of them) and fill up to k with the lowest-index
-    ``|a_j| == v_k`` (a cumulative sum over the tie mask). ``abs`` maps -0.0 to +0.0 and ``==`` treats
-    them as equal anyway, so signed zeros tie like any other value. NaN raises ``ValueError``.
+
+def _topk_rows(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices (N, k), rows containing NaN (N,) bool); rows with NaN hold unspecified indices.
+
+    Why this is exact:
+    1. ``torch.topk`` returns the exact multiset of the k+1 largest values; only the order of the
+       *indices* of tied values is unspecified.
+    2. Fast path, on the signed values (no ``abs`` copy of the whole matrix): let v_k be the k-th
+       largest signed value and m the magnitude of the most negative value (0 if none). When
+       v_k > m, every negative value is smaller in magnitude than v_k, so the k largest |a| are the k
+       largest a, and another |a| equals v_k only if another a equals v_k. This holds for almost every
+       frame of a GELU layer (negative outputs are bounded by 0.17 in magnitude).
+    3. Other rows are recomputed on |a|.
+    4. The top-k set is ambiguous only when the k-th and (k+1)-th largest |a| are equal (if
+       v_k > v_{k+1} the set is exactly {j : |a_j| >= v_k}, whatever order topk reports ties in). Those
+       rows are recomputed exactly: every |a_j| > v_k (fewer than k of them), filled up to k with the
+       lowest-index |a_j| == v_k (a cumulative sum over the tie mask). ``abs`` maps -0.0 to +0.0 and
+       ``==`` treats them as equal anyway, so signed zeros tie like any other value.
     """
     if acts.dim() != 2:
         raise ValueError(f"acts must be (N, W), got shape {tuple(acts.shape)}")
@@ -88,22 +105,28 @@ def topk_indices(acts: torch.Tensor, k: int) -> torch.Tensor:
     if not (1 <= k <= w):
         raise ValueError(f"k must be in [1, {w}], got {k}")
     if n == 0:
-        return torch.empty(0, k, dtype=torch.long, device=acts.device)
+        return torch.empty(0, k, dtype=torch.long, device=acts.device), torch.zeros(0, dtype=torch.bool, device=acts.device)
+    x = acts.detach()
     if k == w:
-        return torch.arange(w, device=acts.device).expand(n, w).clone()
-    mag = acts.detach().abs()
-    vals, idx = torch.topk(mag, k + 1, dim=1, largest=True, sorted=True)
-    # topk sorts NaN above everything: checking the first column is enough.
-    has_nan, has_tie = torch.stack(
-        [torch.isnan(vals[:, 0]).any(), (vals[:, k - 1] == vals[:, k]).any()]
-    ).tolist()
-    if has_nan:
-        raise ValueError("activations contain NaN")
+        return torch.arange(w, device=x.device).expand(n, w).clone(), torch.isnan(x).any(dim=1)
+    vals, idx = torch.topk(x, k + 1, dim=1, largest=True, sorted=True)
+    most_negative = x.amin(dim=1)
+    nan_rows = torch.isnan(vals[:, 0]) | torch.isnan(most_negative)  # topk and amin both surface NaN
+    kth, nxt = vals[:, k - 1], vals[:, k]
+    signed_ok = kth > torch.clamp(-most_negative, min=0.0)
     idx = idx[:, :k]
-    if has_tie:
-        rows = torch.nonzero(vals[:, k - 1] == vals[:, k]).squeeze(1)
-        sub = mag.index_select(0, rows)
-        v = vals.index_select(0, rows)[:, k - 1 : k]
+    if not bool(signed_ok.all()):
+        rows = torch.nonzero(~signed_ok).squeeze(1)
+        mvals, midx = torch.topk(x.index_select(0, rows).abs(), k + 1, dim=1, largest=True, sorted=True)
+        idx = idx.clone()
+        idx[rows] = midx[:, :k]
+        kth, nxt = kth.clone(), nxt.clone()
+        kth[rows], nxt[rows] = mvals[:, k - 1], mvals[:, k]
+    tie = kth == nxt
+    if bool(tie.any()):
+        rows = torch.nonzero(tie).squeeze(1)
+        sub = x.index_select(0, rows).abs()
+        v = kth.index_select(0, rows).unsqueeze(1)
         gt = sub > v
         eq = sub == v
         need = k - gt.sum(dim=1, keepdim=True)
@@ -112,7 +135,7 @@ def topk_indices(acts: torch.Tensor, k: int) -> torch.Tensor:
         fixed = torch.nonzero(sel)[:, 1].reshape(-1, k)
         idx = idx.clone()
         idx[rows] = fixed
-    return idx
+    return idx, nan_rows
 
 
 def topk_mask(acts: torch.Tensor, k: int) -> torch.Tensor:
@@ -237,11 +260,16 @@ class ActivationCounter:
         if n == 0:
             self._updates[li] += 1
             return
-        if n != flat.shape[0]:
-            flat = flat.index_select(0, rows)
-            ids = ids.index_select(0, rows)
         k = self.K[li]
-        idx = topk_indices(flat, k)  # (n, k)
+        # top-K of every row, padding included, then keep the valid rows' (n, k) indices: cheaper than
+        # copying the valid rows of the (rows, width) activations first
+        idx, nan_rows = _topk_rows(flat, k)
+        if n != flat.shape[0]:
+            idx = idx.index_select(0, rows)
+            ids = ids.index_select(0, rows)
+            nan_rows = nan_rows.index_select(0, rows)
+        if bool(nan_rows.any()):
+            raise ValueError(f"layer {layer}: activations contain NaN")
         keys = (ids.unsqueeze(1) * w + idx).reshape(-1).to(self.device)
         buf = self._counts[li]
         buf.index_add_(0, keys, torch.ones(keys.numel(), dtype=torch.long, device=self.device))
