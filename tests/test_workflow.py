@@ -144,3 +144,36 @@ def test_too_many_broken_files_stop_the_run_naming_the_report(tmp_path):
     assert res.returncode != 0
     log = (tmp_path / "r" / "logs" / "audio_qc.log").read_text()
     assert "qc.tsv" in log and not (tmp_path / "r" / "manifest" / "manifest.tsv").exists()
+
+
+def test_schema_lists_exactly_the_keys_the_code_accepts():
+    """The nested sections are validated before any job: the schema must track the code's keys."""
+    import yaml
+
+    from speaker_neurons.analysis.ivector import DEFAULT_IVECTOR_CONFIG
+    from speaker_neurons.models.melhubert import MELHUBERT_DEFAULTS
+    from speaker_neurons.models.pretrain import DEFAULT_TRAIN_CONFIG
+
+    props = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())["properties"]
+    iv = props["ivector"]["properties"]
+    assert set(iv) == set(DEFAULT_IVECTOR_CONFIG) | {"kaldi_ivectors"}
+    assert {k: iv[k]["default"] for k in DEFAULT_IVECTOR_CONFIG} == DEFAULT_IVECTOR_CONFIG
+    assert set(props["pretrain"]["properties"]["train"]["properties"]) == set(DEFAULT_TRAIN_CONFIG)
+    assert set(props["pretrain"]["properties"]["model"]["properties"]) == set(MELHUBERT_DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("ivector: {ubm_component: 8}", "ivector"),
+        ("ivector: {cmn: global}", "ivector.cmn"),
+        ("pretrain: {train: {max_step: 10}}", "pretrain.train"),
+        ("pretrain: {model: {frame_period: 30}}", "pretrain.model.frame_period"),
+    ],
+)
+def test_nested_sections_are_validated_too(tmp_path, override, key):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"results: {tmp_path}/results\n{override}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    assert res.returncode != 0
+    assert f"Invalid configuration at key '{key}'" in res.stdout + res.stderr
