@@ -73,8 +73,8 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     "max_frames_per_batch": 4000,  # padded model frames per batch
     "crop_frames": 1000,  # random crop of longer utterances (model frames)
     # optimisation
-    "max_steps": 400,
-    "max_minutes": 8.0,  # wall-clock budget of the whole call; None = unlimited
+    "max_steps": 350,
+    "max_minutes": 9.5,  # wall-clock budget of the whole call; None = unlimited
     "lr": 1.0e-3,
     "warmup_steps": 40,
     "weight_decay": 0.01,
