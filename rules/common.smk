@@ -75,10 +75,9 @@ def upstream_spec():
 
 
 def model_inputs(wildcards):
-    """Rules that run the model depend on the pre-trained demo model only when no path is given."""
-    if config["upstream"]["path"]:
-        return {}
-    return {"model": DEMO_MODEL}
+    """The model is an input of every rule that runs it: the pre-trained demo model, or the user's
+    checkpoint (so a missing file is named before any job runs, and a new one re-runs the analysis)."""
+    return {"model": config["upstream"]["path"] or DEMO_MODEL}
 
 
 def ivector_scp():

@@ -177,3 +177,11 @@ def test_nested_sections_are_validated_too(tmp_path, override, key):
     res = run_snakemake("-n", "--configfile", str(cfg))
     assert res.returncode != 0
     assert f"Invalid configuration at key '{key}'" in res.stdout + res.stderr
+
+
+def test_missing_checkpoint_is_named_before_any_job(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\nupstream: {{kind: hubert, path: {tmp_path}/nope/hubert_base.pt}}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and f"{tmp_path}/nope/hubert_base.pt" in out and "Missing input" in out
