@@ -75,8 +75,7 @@ def upstream_spec():
 
 
 def model_inputs(wildcards):
-    """The model is an input of every rule that runs it: the pre-trained demo model, or the user's
-    checkpoint (so a missing file is named before any job runs, and a new one re-runs the analysis)."""
+    """The model file is an input of the rules that run it (a missing one is named up front)."""
     return {"model": config["upstream"]["path"] or DEMO_MODEL}
 
 
