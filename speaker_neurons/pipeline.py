@@ -18,8 +18,8 @@ from speaker_neurons.utils import get_logger, write_provenance
 log = get_logger("pipeline")
 
 
-def _provenance(out_dir, stage: str, params: dict, inputs) -> None:
-    write_provenance(Path(out_dir) / "provenance", params, [str(p) for p in inputs], name=stage)
+def _provenance(out_dir, stage: str, params: dict, inputs, checksums: dict | None = None) -> None:
+    write_provenance(Path(out_dir) / "provenance", params, [str(p) for p in inputs], name=stage, checksums=checksums)
 
 
 def load_model(upstream: dict, device: str = "auto"):
@@ -113,12 +113,13 @@ def activation_stats(manifest_path, upstream: dict, labels_npz, clusters_tsv, ou
 
     model = load_model(upstream, device)
     inputs = [manifest_path, labels_npz, clusters_tsv]
-    meta = {"upstream": upstream, "inputs": sha256_paths(inputs)}
+    checksums = sha256_paths(inputs)  # hashed once: recorded in the counts' JSON and the provenance
+    meta = {"upstream": upstream, "inputs": checksums}
     info = activation_statistics(
         model, read_manifest(manifest_path), load_labels(labels_npz), read_utterance_clusters(clusters_tsv),
         k_ssl, k_ivector, top_fraction, out_npz, meta=meta, max_mismatch=max_mismatch, max_batch_seconds=max_batch_seconds,
     )
-    _provenance(Path(out_npz).parent, "activation_stats", {"upstream": upstream, "k_ssl": k_ssl, "k_ivector": k_ivector, "top_fraction": top_fraction}, inputs)
+    _provenance(Path(out_npz).parent, "activation_stats", {"upstream": upstream, "k_ssl": k_ssl, "k_ivector": k_ivector, "top_fraction": top_fraction}, inputs, checksums)
     return info
 
 

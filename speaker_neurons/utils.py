@@ -63,9 +63,14 @@ def sha256_paths(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
 
 
 def write_provenance(
-    out_dir: str | os.PathLike, config: dict[str, Any] | None, inputs: Iterable[str] = (), name: str = "provenance"
+    out_dir: str | os.PathLike,
+    config: dict[str, Any] | None,
+    inputs: Iterable[str] = (),
+    name: str = "provenance",
+    checksums: dict[str, str] | None = None,
 ) -> Path:
-    """Write `<name>.json` into `out_dir`: the resolved config, the inputs' sha256 checksums, versions."""
+    """Write `<name>.json` into `out_dir`: the resolved config, the inputs' sha256 checksums (given as
+    `checksums` when the caller already has them, else computed from `inputs`), versions."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     import importlib.metadata as md
@@ -81,7 +86,7 @@ def write_provenance(
     versions["speaker_neurons"] = __version__
     record = {
         "config": config,
-        "inputs": sha256_paths(p for p in inputs if p),
+        "inputs": checksums if checksums is not None else sha256_paths(p for p in inputs if p),
         "versions": versions,
         "python": platform.python_version(),
     }
