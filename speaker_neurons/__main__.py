@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_USAGE = 2
+#: model file formats (speaker_neurons.models.loader.FORMATS; kept here so `--help` does not import torch)
+FORMATS = ("auto", "native", "melhubert", "fairseq", "hf")
+MEAN_STD_HELP = "MelHuBERT mean-std.npy (released checkpoints)"
 
 
 class CLIError(Exception):
@@ -88,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="kind, layers, per-layer FFN widths and parameter counts of a model")
     d.add_argument("path", help="native folder, MelHuBERT / fairseq checkpoint or Hugging Face folder")
-    d.add_argument("--format", default="auto", choices=["auto", "native", "melhubert", "fairseq", "hf"])
-    d.add_argument("--mean-std", default=None, help="MelHuBERT mean-std.npy (released checkpoints)")
+    d.add_argument("--format", default="auto", choices=FORMATS)
+    d.add_argument("--mean-std", default=None, help=MEAN_STD_HELP)
     d.add_argument("--json", action="store_true", help="print JSON")
     d.set_defaults(func=cmd_describe)
 
@@ -97,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("path", help="model (as for describe)")
     u.add_argument("audio", help="audio file (any sample rate; resampled to 16 kHz, downmixed to mono)")
     u.add_argument("out", help="output .npz: hidden_0..hidden_L (frames x d), ffn_1..ffn_L (frames x width)")
-    u.add_argument("--format", default="auto", choices=["auto", "native", "melhubert", "fairseq", "hf"])
-    u.add_argument("--mean-std", default=None, help="MelHuBERT mean-std.npy (released checkpoints)")
+    u.add_argument("--format", default="auto", choices=FORMATS)
+    u.add_argument("--mean-std", default=None, help=MEAN_STD_HELP)
     u.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
     u.set_defaults(func=cmd_dump)
     return p
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from speaker_neurons.models.base import CheckpointError
+    from speaker_neurons.models.errors import CheckpointError
 
     expected: tuple[type[BaseException], ...] = (CLIError, CheckpointError, FileNotFoundError)
     try:

@@ -28,16 +28,10 @@ from fairseq_names import to_fairseq  # noqa: E402  (tests/ is on sys.path under
 import torchaudio
 from torchaudio.models.wav2vec2.utils import import_fairseq
 
-from speaker_neurons.models.fairseq_ckpt import (
-    POS_CONV_WEIGHT_G,
-    POS_CONV_WEIGHT_V,
-    CheckpointError,
-    UnsafeCheckpointError,
-    parse_conv_layers,
-    read_fairseq_checkpoint,
-    safe_torch_load,
-    torchaudio_param_shapes,
-)
+from speaker_neurons.models.errors import CheckpointError, UnsafeCheckpointError
+from speaker_neurons.models.fairseq_ckpt import parse_conv_layers, read_fairseq_checkpoint
+from speaker_neurons.models.names import POS_CONV_WEIGHT_G, POS_CONV_WEIGHT_V, torchaudio_param_shapes
+from speaker_neurons.models.unpickler import safe_torch_load
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXTRA_KEYS = ("model_type", "normalize_waveform")

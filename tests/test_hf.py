@@ -19,7 +19,7 @@ transformers = pytest.importorskip(
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from speaker_neurons.models.fairseq_ckpt import CheckpointError, UnsafeCheckpointError  # noqa: E402
+from speaker_neurons.models.errors import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from speaker_neurons.models.hf import is_hf_folder, read_hf_folder  # noqa: E402
 
 transformers.logging.set_verbosity_error()

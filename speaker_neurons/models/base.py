@@ -11,15 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from speaker_neurons.models.components import FeedForward, FFNHook, Transformer, WeightNormConv1d, lengths_to_mask
-
-
-class CheckpointError(Exception):
-    """A model file or folder that cannot be used; the message names the file and what is wrong."""
-
-    def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = None if path is None else str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+from speaker_neurons.models.errors import CheckpointError, listing
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -141,11 +133,9 @@ class Upstream(nn.Module):
         unexpected = [k for k in sd if k not in own]
         problems = []
         if unexpected:
-            problems.append("unexpected key(s) not in the model: " + ", ".join(sorted(unexpected)[:10])
-                            + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+            problems.append("unexpected key(s) not in the model: " + listing(sorted(unexpected)))
         if missing:
-            problems.append("missing key(s): " + ", ".join(missing[:10])
-                            + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
+            problems.append("missing key(s): " + listing(missing))
         for k, v in sd.items():
             if k in own and tuple(v.shape) != tuple(own[k].shape):
                 problems.append(f"key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
@@ -158,26 +148,3 @@ class Upstream(nn.Module):
                 raise CheckpointError(source, f"key {k!r} has dtype {v.dtype}, expected a floating-point tensor")
         self.load_state_dict(sd, strict=not allow_missing)
 
-
-def torch_load_restricted(path: str | os.PathLike) -> Any:
-    """Load a torch pickle without running arbitrary code.
-
-    Uses `speaker_neurons.models.fairseq_ckpt.safe_torch_load` (restricted unpickler that also turns
-    argparse / omegaconf objects into plain containers) when available, else `torch.load(weights_only=True)`.
-    """
-    try:
-        from speaker_neurons.models.fairseq_ckpt import safe_torch_load
-    except ImportError:
-        safe_torch_load = None
-    try:
-        if safe_torch_load is not None:
-            return safe_torch_load(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such file") from None
-    except Exception as e:  # noqa: BLE001 - any decode failure is a bad checkpoint
-        if getattr(e, "path", None):  # the restricted loader's own error already names the file
-            raise CheckpointError(None, str(e)) from e
-        raise CheckpointError(path, f"not a readable torch checkpoint ({type(e).__name__}: {str(e)[:300]})") from None

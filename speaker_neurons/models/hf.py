@@ -27,23 +27,31 @@ from typing import Mapping
 
 import torch
 
-from speaker_neurons.models.fairseq_ckpt import (
+from speaker_neurons.models.errors import CheckpointError
+from speaker_neurons.models.names import (
     POS_CONV_WEIGHT_G,
     POS_CONV_WEIGHT_V,
-    CheckpointError,
     NameSpec,
-    check_torchaudio_config,
     assemble_state_dict,
-    safe_torch_load,
+    check_torchaudio_config,
     torchaudio_param_shapes,
 )
+from speaker_neurons.models.unpickler import safe_torch_load
+from speaker_neurons.models.wav2vec2 import MODEL_TYPES as _MODEL_TYPES
 from speaker_neurons.utils import get_logger
 
-__all__ = ["read_hf_folder", "is_hf_folder"]
+__all__ = ["read_hf_folder", "is_hf_folder", "HF_WEIGHTS"]
 
 log = get_logger("models.hf")
 
-_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm")
+#: weight files of a folder, in the order they are preferred, and how each is read
+_WEIGHT_FILES = (
+    ("model.safetensors", "safetensors"),
+    ("model.safetensors.index.json", "safetensors-index"),
+    ("pytorch_model.bin", "bin"),
+    ("pytorch_model.bin.index.json", "bin-index"),
+)
+HF_WEIGHTS = tuple(name for name, _ in _WEIGHT_FILES)
 
 # tensors of heads and pre-training modules outside the base model (top level of ...For* models)
 _HEAD_DROP = re.compile(
@@ -55,25 +63,22 @@ _PACKED_ATTENTION = re.compile(r"(.*\.attention\.)attention\.(in_proj_weight|in_
 
 
 def is_hf_folder(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory with a config.json naming a supported model_type."""
+    """True when `path` looks like a Hugging Face model folder: a config.json object with `model_type` or
+    `architectures`, and a weights file (`HF_WEIGHTS`). Whether the model is supported is for
+    `read_hf_folder` to say (its errors name the file and the key)."""
     p = Path(path)
-    if not (p.is_dir() and (p / "config.json").is_file()):
+    if not (p.is_dir() and (p / "config.json").is_file()) or not any((p / w).is_file() for w in HF_WEIGHTS):
         return False
     try:
-        return json.loads((p / "config.json").read_text()).get("model_type") in _MODEL_TYPES
+        meta = json.loads((p / "config.json").read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(meta, dict) and ("model_type" in meta or "architectures" in meta)
 
 
 def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     """All tensors of the folder (shards merged) and a description of the file(s) for error messages."""
-    candidates = [
-        ("model.safetensors", "safetensors"),
-        ("model.safetensors.index.json", "safetensors-index"),
-        ("pytorch_model.bin", "bin"),
-        ("pytorch_model.bin.index.json", "bin-index"),
-    ]
-    for name, kind in candidates:
+    for name, kind in _WEIGHT_FILES:
         f = folder / name
         if not f.is_file():
             continue

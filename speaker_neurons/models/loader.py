@@ -1,4 +1,4 @@
-"""One entry point for every upstream model file: `load_upstream(spec)`, `describe(path)`, `build_upstream`.
+"""One entry point for every upstream model file: `load_upstream(spec)`, `describe(path)`.
 
 A spec is the config entry `{kind, path, format}`:
 * `kind`: `melhubert` | `wav2vec2` | `hubert` | `wavlm` | `pruned` (a native folder of any kind) | `auto`;
@@ -9,7 +9,6 @@ A spec is the config entry `{kind, path, format}`:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,40 +16,18 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from speaker_neurons.models.base import CheckpointError, Upstream, resolve_device, torch_load_restricted
+from speaker_neurons.models.base import Upstream, resolve_device
+from speaker_neurons.models.errors import CheckpointError
+from speaker_neurons.models.hf import is_hf_folder
+from speaker_neurons.models.melhubert import load_released
+from speaker_neurons.models.native import is_native_dir, load_native
+from speaker_neurons.models.registry import WAV2VEC2_FAMILY, build_upstream
+from speaker_neurons.models.unpickler import safe_torch_load
 
 log = logging.getLogger("speaker_neurons.models.loader")
 
 KINDS = ("melhubert", "wav2vec2", "hubert", "wavlm", "pruned", "auto")
 FORMATS = ("auto", "native", "melhubert", "fairseq", "hf")
-WAV2VEC2_FAMILY = ("wav2vec2", "hubert", "wavlm")
-HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def build_upstream(kind: str, config: Mapping[str, Any]) -> Upstream:
-    """A randomly initialised model of `kind` from its constructor config (eval mode)."""
-    if kind == "melhubert":
-        from speaker_neurons.models.melhubert import MelHuBERT
-
-        return MelHuBERT(dict(config))
-    if kind in WAV2VEC2_FAMILY:
-        from speaker_neurons.models.wav2vec2 import Wav2Vec2Upstream
-
-        cfg = dict(config)
-        if cfg.setdefault("model_type", kind) != kind:
-            raise ValueError(f"kind {kind!r} but config model_type {cfg['model_type']!r}")
-        return Wav2Vec2Upstream(cfg)
-    raise ValueError(f"unknown model kind {kind!r} (expected melhubert, wav2vec2, hubert or wavlm)")
-
-
-def _is_hf_dir(p: Path) -> bool:
-    if not (p / "config.json").is_file() or not any((p / w).is_file() for w in HF_WEIGHTS):
-        return False
-    try:
-        meta = json.loads((p / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and ("model_type" in meta or "architectures" in meta)
 
 
 def _sniff_pickle(obj: Any) -> Optional[str]:
@@ -64,15 +41,13 @@ def _sniff_pickle(obj: Any) -> Optional[str]:
 
 def detect_format(path: str | os.PathLike, kind: str = "auto") -> tuple[str, Any]:
     """(format, already-loaded object or None). Raises CheckpointError naming the path when unknown."""
-    from speaker_neurons.models.native import is_native_dir
-
     p = Path(path)
     if not p.exists():
         raise CheckpointError(p, "no such file or folder")
     if p.is_dir():
         if is_native_dir(p):
             return "native", None
-        if _is_hf_dir(p):
+        if is_hf_folder(p):
             return "hf", None
         raise CheckpointError(p, "unknown checkpoint format: the folder is neither a native model "
                               "(config.json + model.safetensors) nor a Hugging Face model (config.json + weights)")
@@ -80,7 +55,7 @@ def detect_format(path: str | os.PathLike, kind: str = "auto") -> tuple[str, Any
         return "melhubert", None
     if kind in WAV2VEC2_FAMILY:
         return "fairseq", None
-    obj = torch_load_restricted(p)
+    obj = safe_torch_load(p)
     fmt = _sniff_pickle(obj)
     if fmt is None:
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
@@ -110,14 +85,11 @@ def _load(spec: Mapping[str, Any], device="auto") -> tuple[Upstream, str]:
         raise CheckpointError(path, "no such file or folder")
 
     if fmt == "native":
-        from speaker_neurons.models.native import load_native
-
         model = load_native(path, device="cpu")
     elif fmt == "melhubert":
-        from speaker_neurons.models.melhubert import load_released
-
         model = load_released(obj if obj is not None else path, mean_std=spec.get("mean_std"), source=path)
     elif fmt in ("fairseq", "hf"):
+        # the readers are looked up at call time (tests substitute them)
         if fmt == "fairseq":
             from speaker_neurons.models.fairseq_ckpt import read_fairseq_checkpoint as reader
         else:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speaker_neurons.models.base import CheckpointError, Upstream, UpstreamOutput, torch_load_restricted
+from speaker_neurons.models.base import Upstream, UpstreamOutput
 from speaker_neurons.models.components import (
     Encoder,
     FeatureProjection,
@@ -38,6 +38,9 @@ from speaker_neurons.models.components import (
     compact_widths,
     expand_widths,
 )
+from speaker_neurons.models.errors import CheckpointError, listing
+from speaker_neurons.models.names import POS_CONV_WEIGHT_G, POS_CONV_WEIGHT_V
+from speaker_neurons.models.unpickler import safe_torch_load
 
 log = logging.getLogger("speaker_neurons.models.melhubert")
 
@@ -216,10 +219,10 @@ _T = "encoder.transformer."
 _RELEASED_TOP_MAP = {
     "pre_extract_proj.weight": "encoder.feature_projection.projection.weight",
     "pre_extract_proj.bias": "encoder.feature_projection.projection.bias",
-    "encoder.pos_conv.0.weight_g": _T + "pos_conv_embed.conv.parametrizations.weight.original0",
-    "encoder.pos_conv.0.weight_v": _T + "pos_conv_embed.conv.parametrizations.weight.original1",
-    "encoder.pos_conv.0.parametrizations.weight.original0": _T + "pos_conv_embed.conv.parametrizations.weight.original0",
-    "encoder.pos_conv.0.parametrizations.weight.original1": _T + "pos_conv_embed.conv.parametrizations.weight.original1",
+    "encoder.pos_conv.0.weight_g": POS_CONV_WEIGHT_G,
+    "encoder.pos_conv.0.weight_v": POS_CONV_WEIGHT_V,
+    "encoder.pos_conv.0.parametrizations.weight.original0": POS_CONV_WEIGHT_G,
+    "encoder.pos_conv.0.parametrizations.weight.original1": POS_CONV_WEIGHT_V,
     "encoder.pos_conv.0.bias": _T + "pos_conv_embed.conv.bias",
     "encoder.layer_norm.weight": _T + "layer_norm.weight",
     "encoder.layer_norm.bias": _T + "layer_norm.bias",
@@ -263,8 +266,7 @@ def convert_released_state_dict(state: dict[str, Tensor], source=None) -> tuple[
             raise CheckpointError(source, f"key {k!r} maps onto {new!r}, which another key already filled")
         out[new] = v
     if unknown:
-        raise CheckpointError(source, "MelHuBERT checkpoint has tensor(s) that map to nothing: " + ", ".join(unknown[:10])
-                              + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""))
+        raise CheckpointError(source, "MelHuBERT checkpoint has tensor(s) that map to nothing: " + listing(unknown))
     return out, dropped
 
 
@@ -338,7 +340,7 @@ def load_released(path_or_obj, mean_std: str | os.PathLike | None = None, source
     """
     if isinstance(path_or_obj, (str, os.PathLike)):
         source = path_or_obj
-        obj = torch_load_restricted(path_or_obj)
+        obj = safe_torch_load(path_or_obj)
     else:
         obj = path_or_obj
     if not isinstance(obj, dict) or "Upstream_Config" not in obj or "model" not in obj:

@@ -1,4 +1,4 @@
-"""Structured FFN pruning and the project's own model format (SPEC section 5).
+"""The project's own model format (SPEC section 5): `save_upstream`, `load_native`.
 
 A native model is a folder with
 * `model.safetensors`: the state dict (our key names, feature statistics included for MelHuBERT);
@@ -18,75 +18,16 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-from torch import nn
 
-from speaker_neurons.models.base import CheckpointError, Upstream
+from speaker_neurons.models.base import Upstream, resolve_device
+from speaker_neurons.models.errors import CheckpointError
+from speaker_neurons.models.prune import current_kept_indices, layer_index
+from speaker_neurons.models.registry import build_upstream
 
 NATIVE_FORMAT = "speaker-neurons-native"
 NATIVE_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _layer_key(k) -> int:
-    try:
-        return int(k)
-    except (TypeError, ValueError):
-        raise ValueError(f"layer keys must be 1-based integers, got {k!r}") from None
-
-
-def current_kept_indices(model: Upstream) -> dict[int, list[int]]:
-    """Original indices of the current neurons, per 1-based layer (identity for a never-pruned model)."""
-    if model.kept_indices is not None:
-        return {int(k): list(v) for k, v in model.kept_indices.items()}
-    return {l + 1: list(range(w)) for l, w in enumerate(model.ffn_widths)}
-
-
-def prune_ffn(model: Upstream, keep: Mapping[Any, Sequence[int]]) -> Upstream:
-    """Keep only the listed neurons (current indices, sorted, unique) of the given 1-based layers, in place.
-
-    Removing neuron j deletes row j of W1, entry j of b1 and column j of W2; b2 stays. Layers not in `keep`
-    are unchanged. `model.kept_indices` is updated to the original indices. Returns the model.
-    """
-    ffs = model.feed_forwards()
-    plan: dict[int, torch.Tensor] = {}
-    for k, idx in keep.items():
-        layer = _layer_key(k)
-        if not 1 <= layer <= len(ffs):
-            raise ValueError(f"layer {layer} out of range 1..{len(ffs)}")
-        idx = [int(i) for i in idx]
-        width = ffs[layer - 1].width
-        if not idx:
-            raise ValueError(f"layer {layer}: cannot keep zero neurons")
-        if any(b <= a for a, b in zip(idx, idx[1:])):
-            raise ValueError(f"layer {layer}: kept indices must be sorted and unique")
-        if idx[0] < 0 or idx[-1] >= width:
-            raise ValueError(f"layer {layer}: kept indices must lie in 0..{width - 1}")
-        plan[layer] = torch.tensor(idx, dtype=torch.long)
-    if model.kept_indices is None and model.original_ffn_widths is None:
-        model.original_ffn_widths = list(model.ffn_widths)
-    kept = current_kept_indices(model)
-    for layer, idx in plan.items():
-        ff = ffs[layer - 1]
-        w1, b1, w2 = ff.intermediate_dense.weight, ff.intermediate_dense.bias, ff.output_dense.weight
-        d_in, d_out = w1.shape[1], w2.shape[0]
-        i = idx.to(w1.device)
-        new1 = nn.Linear(d_in, len(idx), device=w1.device, dtype=w1.dtype)
-        new2 = nn.Linear(len(idx), d_out, device=w2.device, dtype=w2.dtype)
-        with torch.no_grad():
-            new1.weight.copy_(w1.index_select(0, i))
-            new1.bias.copy_(b1.index_select(0, i))
-            new2.weight.copy_(w2.index_select(1, i))
-            new2.bias.copy_(ff.output_dense.bias)
-        new1.weight.requires_grad_(w1.requires_grad)
-        new1.bias.requires_grad_(b1.requires_grad)
-        new2.weight.requires_grad_(w2.requires_grad)
-        new2.bias.requires_grad_(ff.output_dense.bias.requires_grad)
-        ff.intermediate_dense = new1
-        ff.output_dense = new2
-        kept[layer] = [kept[layer][j] for j in idx.tolist()]
-    model.kept_indices = kept
-    return model
 
 
 def save_upstream(model: Upstream, out_dir: str | os.PathLike, parent_sha256: Optional[str] = None,
@@ -104,7 +45,7 @@ def save_upstream(model: Upstream, out_dir: str | os.PathLike, parent_sha256: Op
     if kept_indices is None:
         kept = current_kept_indices(model)
     else:
-        kept = {_layer_key(k): [int(i) for i in v] for k, v in kept_indices.items()}
+        kept = {layer_index(k): [int(i) for i in v] for k, v in kept_indices.items()}
     if sorted(kept) != list(range(1, len(widths) + 1)):
         raise ValueError(f"kept_indices must list every layer 1..{len(widths)}, got {sorted(kept)}")
     for l, w in enumerate(widths, start=1):
@@ -194,9 +135,6 @@ def load_native(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from speaker_neurons.models.base import resolve_device
-    from speaker_neurons.models.loader import build_upstream
-
     p = Path(path)
     meta = read_native_config(p)
     weights = p / WEIGHTS_NAME
@@ -216,7 +154,7 @@ def load_native(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise CheckpointError(p / CONFIG_NAME, f"ffn_widths {meta['ffn_widths']} disagree with the config's {widths}")
     kept = meta.get("kept_indices")
     if kept is not None:
-        kept = {_layer_key(k): [int(i) for i in v] for k, v in kept.items()}
+        kept = {layer_index(k): [int(i) for i in v] for k, v in kept.items()}
         if sorted(kept) != list(range(1, len(widths) + 1)) or any(len(kept[l]) != w for l, w in enumerate(widths, 1)):
             raise CheckpointError(p / CONFIG_NAME, "kept_indices do not match the layer widths")
         identity = all(kept[l] == list(range(w)) for l, w in enumerate(widths, 1))
