@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 EXIT_USAGE = 2
 #: model file formats (speaker_neurons.models.loader.FORMATS; kept here so `--help` does not import torch)
 FORMATS = ("auto", "native", "melhubert", "fairseq", "hf")
-MEAN_STD_HELP = "MelHuBERT mean-std.npy (released checkpoints)"
+MEAN_STD_HELP = "MelHuBERT mean-std.npy (required to compute features of a released MelHuBERT checkpoint)"
 
 
 class CLIError(Exception):
@@ -48,6 +48,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         lines.append(f"original FFN widths: {' '.join(str(w) for w in info['original_ffn_widths'])}")
     if info.get("parent_sha256"):
         lines.append(f"parent sha256: {info['parent_sha256']}")
+    if info.get("note"):
+        lines.append(f"note: {info['note']}")
     lines.append("layer  ffn_width  ffn_params")
     for i, (w, n) in enumerate(zip(info["ffn_widths"], pc["ffn_per_layer"]), start=1):
         lines.append(f"{i:>5}  {w:>9}  {n:>10}")

@@ -422,7 +422,9 @@ def test_melhubert_released_row_pruned(tmp_path):
     hp = {"feat_emb_dim": 40, "encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 48,
           "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4}
     torch.save({"Upstream_Config": {"melhubert": hp}, "model": to_released(model)}, tmp_path / "p.ckpt")
-    loaded = load_upstream({"kind": "melhubert", "path": str(tmp_path / "p.ckpt")}, device="cpu")
+    np.save(tmp_path / "mean-std.npy", np.stack([np.zeros(40), np.ones(40)]))
+    loaded = load_upstream({"kind": "melhubert", "path": str(tmp_path / "p.ckpt"),
+                            "mean_std": str(tmp_path / "mean-std.npy")}, device="cpu")
     assert loaded.ffn_widths == [24, 30]
 
 

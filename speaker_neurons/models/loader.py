@@ -4,7 +4,8 @@ A spec is the config entry `{kind, path, format}`:
 * `kind`: `melhubert` | `wav2vec2` | `hubert` | `wavlm` | `pruned` (a native folder of any kind) | `auto`;
 * `format`: `auto` | `native` (folder: config.json + model.safetensors) | `melhubert` (released torch file) |
   `fairseq` (`.pt` pickle) | `hf` (Hugging Face folder);
-* optional `mean_std`: a MelHuBERT `mean-std.npy` (released checkpoints carry no feature statistics).
+* `mean_std`: a MelHuBERT `mean-std.npy`, required for released MelHuBERT checkpoints (they carry no feature
+  statistics); native folders store theirs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from speaker_neurons.models.base import Upstream, resolve_device
 from speaker_neurons.models.errors import CheckpointError
 from speaker_neurons.models.hf import is_hf_folder
-from speaker_neurons.models.melhubert import load_released
+from speaker_neurons.models.melhubert import MISSING_MEAN_STD, load_released
 from speaker_neurons.models.native import is_native_dir, load_native
 from speaker_neurons.models.registry import WAV2VEC2_FAMILY, build_upstream
 from speaker_neurons.models.unpickler import safe_torch_load
@@ -68,7 +69,7 @@ def _kind_family(kind: str) -> str:
     return "melhubert" if kind == "melhubert" else "wav2vec2"
 
 
-def _load(spec: Mapping[str, Any], device="auto") -> tuple[Upstream, str]:
+def _load(spec: Mapping[str, Any], device="auto", require_mean_std: bool = True) -> tuple[Upstream, str]:
     if "path" not in spec or not spec["path"]:
         raise CheckpointError(None, "model spec has no 'path'")
     path = Path(str(spec["path"]))
@@ -87,7 +88,8 @@ def _load(spec: Mapping[str, Any], device="auto") -> tuple[Upstream, str]:
     if fmt == "native":
         model = load_native(path, device="cpu")
     elif fmt == "melhubert":
-        model = load_released(obj if obj is not None else path, mean_std=spec.get("mean_std"), source=path)
+        model = load_released(obj if obj is not None else path, mean_std=spec.get("mean_std") or None, source=path,
+                              require_mean_std=require_mean_std)
     elif fmt in ("fairseq", "hf"):
         # the readers are looked up at call time (tests substitute them)
         if fmt == "fairseq":
@@ -129,8 +131,13 @@ def load_upstream(spec: Mapping[str, Any], device: str | torch.device = "auto") 
 
 
 def describe(path: str | os.PathLike, format: str = "auto", mean_std: Optional[str] = None) -> dict[str, Any]:
-    """What a model file is: format, kind, layers, hidden size, per-layer FFN widths, parameter counts."""
-    model, fmt = _load({"path": str(path), "format": format, "kind": "auto", "mean_std": mean_std}, device="cpu")
+    """What a model file is: format, kind, layers, hidden size, per-layer FFN widths, parameter counts.
+
+    A released MelHuBERT checkpoint is described without its `mean_std` (the structure does not need it);
+    the result then carries a `note` that computing features does.
+    """
+    model, fmt = _load({"path": str(path), "format": format, "kind": "auto", "mean_std": mean_std}, device="cpu",
+                       require_mean_std=False)
     counts = model.param_counts()
     out: dict[str, Any] = {
         "path": str(path),
@@ -147,6 +154,8 @@ def describe(path: str | os.PathLike, format: str = "auto", mean_std: Optional[s
         out["original_ffn_widths"] = list(model.original_ffn_widths)
     if model.parent_sha256:
         out["parent_sha256"] = model.parent_sha256
+    if fmt == "melhubert" and not mean_std:
+        out["note"] = f"features need mean_std: {MISSING_MEAN_STD}"
     return out
 
 

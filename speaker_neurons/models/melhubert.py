@@ -331,12 +331,22 @@ def load_mean_std(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return a[0].reshape(-1), a[1].reshape(-1)
 
 
-def load_released(path_or_obj, mean_std: str | os.PathLike | None = None, source=None) -> MelHuBERT:
+#: why a released checkpoint cannot compute features without its mean-std.npy, and where to give it
+MISSING_MEAN_STD = (
+    "a released MelHuBERT checkpoint stores no fbank normalisation; set `mean_std` (the checkpoint's "
+    "mean-std.npy) in this model's entry of `models` in the config (CLI: --mean-std)"
+)
+
+
+def load_released(path_or_obj, mean_std: str | os.PathLike | None = None, source=None,
+                  require_mean_std: bool = True) -> MelHuBERT:
     """Build a MelHuBERT from a released checkpoint (a path, or the already-loaded dict).
 
     Every tensor of `model` is used or deliberately dropped (final_proj, label embeddings, mask embedding) and
-    every parameter of our model is loaded. Feature statistics come from `mean_std` (released `.npy`);
-    without it they stay identity (mean 0, std 1) and a warning is logged.
+    every parameter of our model is loaded. Feature statistics come from `mean_std` (the released `.npy`):
+    the checkpoint itself has none, so without it a CheckpointError (naming the checkpoint and `mean_std`) is
+    raised after the structure has been checked. `require_mean_std=False` (describing the structure only)
+    leaves them identity (mean 0, std 1) with a warning: such a model must not compute features.
     """
     if isinstance(path_or_obj, (str, os.PathLike)):
         source = path_or_obj
@@ -369,6 +379,8 @@ def load_released(path_or_obj, mean_std: str | os.PathLike | None = None, source
             model.set_feature_stats(mean, std)
         except ValueError as e:
             raise CheckpointError(mean_std, str(e)) from None
+    elif require_mean_std:
+        raise CheckpointError(source, MISSING_MEAN_STD, key="mean_std")
     else:
         log.warning("%s: no mean/std file given; MelHuBERT features are left unnormalised (mean 0, std 1)", source)
     return model.eval()
