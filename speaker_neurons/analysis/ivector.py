@@ -70,61 +70,17 @@ import numpy as np
 import torch
 
 from speaker_neurons.analysis.kaldi_io_utils import read_vectors, write_vectors
+from speaker_neurons.config import defaults as config_defaults
 
 log = logging.getLogger("speaker_neurons.analysis.ivector")
 
 # --------------------------------------------------------------------------------------------------
 # configuration
 
-DEFAULT_IVECTOR_CONFIG: dict[str, Any] = {
-    # MFCC (Kaldi-compatible)
-    "sample_rate": 16000,
-    "num_ceps": 20,
-    "num_mel_bins": 40,
-    "frame_length_ms": 25.0,
-    "frame_shift_ms": 10.0,
-    "low_freq": 20.0,
-    "high_freq": -400.0,  # torchaudio/Kaldi convention: <= 0 means Nyquist + high_freq (7600 Hz at 16 kHz)
-    "use_energy": True,  # c0 = log energy (Kaldi default); the VAD reads it
-    "snip_edges": True,  # frame t as in DESIGN.md (Kaldi VoxCeleb uses false; irrelevant per utterance)
-    "dither": 0.0,
-    "waveform_scale": 32768.0,
-    # deltas
-    "delta_order": 2,
-    "delta_window": 2,
-    # energy VAD (Kaldi VoxCeleb vad.conf)
-    "vad": True,
-    "vad_energy_threshold": 5.5,
-    "vad_energy_mean_scale": 0.5,
-    "vad_frames_context": 2,
-    "vad_proportion_threshold": 0.12,
-    # cepstral mean (variance) normalisation
-    "cmn": "sliding",  # sliding | utterance | none
-    "cmn_window": 300,
-    "cmn_norm_vars": False,
-    # UBM (Kaldi: 2048 components). Sizes tuned on the demo corpus (48 speakers, 1.1 h); see the
-    # module docstring for the figures. Larger corpora: raise ubm_components / ivector_dim.
-    "ubm_components": 64,
-    "ubm_iters": 10,
-    "ubm_max_frames": 500_000,
-    "ubm_init_frames": 20_000,
-    "ubm_kmeans_iters": 10,
-    "ubm_kmeans_restarts": 3,  # k-means++ inits on the sample; the lowest inertia wins
-    "ubm_var_floor": 1e-3,  # times the global variance of each dimension
-    "ubm_min_occupancy": 3.0,  # frames; below, a component is re-seeded
-    # total variability (Kaldi: 400 dims, 5 iterations)
-    "ivector_dim": 10,
-    "tv_iters": 5,
-    "tv_max_train_utts": 0,  # 0 = all utterances; else the longest ones
-    "tv_min_divergence": True,
-    "tv_init_scale": 1.0,
-    "posterior_scale": 1.0,
-    "min_post": 0.025,
-    # misc
-    "seed": 0,
-    "frame_chunk": 65536,
-    "utt_batch": 128,
-}
+#: Every i-vector option and its default: the `ivector` section of the config schema (one place),
+#: less `kaldi_ivectors`, which the workflow handles.
+DEFAULT_IVECTOR_CONFIG: dict[str, Any] = config_defaults("ivector")
+DEFAULT_IVECTOR_CONFIG.pop("kaldi_ivectors", None)
 
 
 def resolve_ivector_config(config: dict[str, Any] | None = None, strict: bool = True) -> dict[str, Any]:
@@ -909,70 +865,3 @@ def read_ivectors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if len(dims) != 1:
         raise ValueError(f"i-vectors in {path} have differing dimensions {sorted(dims)}")
     return keys, np.stack(vecs).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# quality
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def speaker_id_accuracy(
-    train_ivecs: np.ndarray, train_spk: Sequence, test_ivecs: np.ndarray, test_spk: Sequence
-) -> float:
-    """Closed-set speaker identification: cosine between each (normalised) test i-vector and each
-    speaker's normalised mean of normalised training i-vectors; accuracy of the arg max. Test
-    utterances of speakers absent from training count as errors."""
-    train_spk = np.asarray(train_spk)
-    test_spk = np.asarray(test_spk)
-    if len(test_spk) == 0:
-        raise ValueError("no test i-vectors")
-    tr = _unit(train_ivecs)
-    speakers = np.unique(train_spk)
-    means = _unit(np.stack([tr[train_spk == s].mean(0) for s in speakers]))
-    pred = speakers[np.argmax(_unit(test_ivecs) @ means.T, axis=1)]
-    return float(np.mean(pred == test_spk))
-
-
-def build_trials(
-    ivecs: np.ndarray, speakers: Sequence, max_trials: int | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs i < j: (cosine scores, labels 1 = same speaker). With `max_trials`, a seeded random
-    subset of that many pairs."""
-    spk = np.asarray(speakers)
-    n = len(spk)
-    iu, ju = np.triu_indices(n, k=1)
-    if max_trials is not None and len(iu) > max_trials:
-        sel = np.sort(np.random.default_rng(seed).choice(len(iu), size=int(max_trials), replace=False))
-        iu, ju = iu[sel], ju[sel]
-    x = _unit(ivecs)
-    scores = np.einsum("nd,nd->n", x[iu], x[ju])
-    return scores, (spk[iu] == spk[ju]).astype(np.int8)
-
-
-def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """EER (fraction) of target (label 1) vs non-target (label 0) scores, higher = more target-like.
-    Tied scores move together; the rate is interpolated linearly where miss and false-alarm cross."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    n_t, n_n = int(y.sum()), int((~y).sum())
-    if n_t == 0 or n_n == 0:
-        raise ValueError("EER needs both target and non-target trials")
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each group of tied scores
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    # threshold above every score: nothing accepted
-    fa = np.r_[0.0, fp / n_n]
-    miss = np.r_[1.0, 1.0 - tp / n_t]
-    d = miss - fa  # decreasing from 1 to -1 (non-increasing)
-    k = int(np.argmax(d <= 0))
-    if d[k] == 0:
-        return float(fa[k])
-    # crossing between k-1 and k
-    t = d[k - 1] / (d[k - 1] - d[k])
-    return float(fa[k - 1] + t * (fa[k] - fa[k - 1]))

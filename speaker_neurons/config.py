@@ -1,0 +1,71 @@
+"""The configuration's one source of truth: `config.schema.yaml` beside this file.
+
+Snakemake validates the workflow's config against it (filling every default), and the package reads
+its defaults from the same file, so a default is written once. `defaults("pretrain.train")` gives a
+section's defaults; `resolve("pretrain.train", given)` overlays what a caller gave and names any key
+the schema does not know.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any, Mapping
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of the workflow's configuration (a copy)."""
+    return copy.deepcopy(_schema())
+
+
+def _section_schema(section: str | None) -> dict[str, Any]:
+    node = _schema()
+    for part in (section.split(".") if section else []):
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise KeyError(f"no config section {section!r} in {SCHEMA_PATH}") from None
+    return node
+
+
+def _defaults_of(node: Mapping[str, Any]) -> Any:
+    props = node.get("properties")
+    if props is None or node.get("type") != "object":
+        return copy.deepcopy(node.get("default"))
+    out = {}
+    for key, sub in props.items():
+        if sub.get("type") == "object" and "properties" in sub:
+            out[key] = _defaults_of(sub)
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
+
+
+def defaults(section: str | None = None) -> dict[str, Any]:
+    """Every default of a section (dotted path, e.g. "pretrain.train"; None = the whole config)."""
+    return _defaults_of(_section_schema(section))
+
+
+def keys(section: str) -> set[str]:
+    return set(_section_schema(section).get("properties", {}))
+
+
+def resolve(section: str, given: Mapping[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A section's defaults overlaid with `given`; a key the schema does not list raises ValueError
+    naming it and the section. `exclude`: keys of the section that the caller does not take."""
+    cfg = {k: v for k, v in defaults(section).items() if k not in exclude}
+    unknown = sorted(set(given or {}) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown {section} key(s) {unknown}; known: {sorted(cfg)} (see {SCHEMA_PATH.name})")
+    cfg.update(copy.deepcopy(dict(given or {})))
+    return cfg
