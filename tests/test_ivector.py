@@ -16,6 +16,7 @@ from scipy.linalg import subspace_angles
 from scipy.optimize import linear_sum_assignment
 
 from speaker_neurons.analysis import ivector as iv
+from speaker_neurons import evaluation as ev
 from speaker_neurons.analysis.kaldi_io_utils import KaldiIOError, kaldi_io_module
 
 
@@ -202,29 +203,29 @@ def test_speaker_id_on_synthetic_speakers():
     ivecs = ext.fit(feats).transform(feats)  # no labels used
     test = np.arange(U) % 5 == 0  # every speaker in both parts
     assert set(spk[test]) == set(spk[~test]) == set(range(S))
-    acc = iv.speaker_id_accuracy(ivecs[~test], spk[~test], ivecs[test], spk[test])
+    acc = ev.speaker_id_accuracy(ivecs[~test], spk[~test], ivecs[test], spk[test])
     assert acc >= 0.97
-    scores, labels = iv.build_trials(ivecs[test], spk[test])
+    scores, labels = ev.build_trials(ivecs[test], spk[test])
     n = int(test.sum())
     per_spk = np.bincount(spk[test])
     assert len(scores) == n * (n - 1) // 2 and labels.sum() == (per_spk * (per_spk - 1) // 2).sum()
-    assert iv.equal_error_rate(scores, labels) < 0.05
+    assert ev.equal_error_rate(scores, labels) < 0.05
 
 
 def test_equal_error_rate():
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(500), np.zeros(2000)]
     separable = np.r_[rng.uniform(1, 2, 500), rng.uniform(-1, 0.99, 2000)]
-    assert iv.equal_error_rate(separable, labels) == 0.0
+    assert ev.equal_error_rate(separable, labels) == 0.0
     random = rng.normal(size=2500)
-    assert abs(iv.equal_error_rate(random, labels) - 0.5) < 0.05
-    assert iv.equal_error_rate(-separable, labels) == 1.0
+    assert abs(ev.equal_error_rate(random, labels) - 0.5) < 0.05
+    assert ev.equal_error_rate(-separable, labels) == 1.0
     # 1 target among 4 non-targets, ranked second: miss 1 or fa >= 0.25 at every threshold -> EER 0.25
-    assert iv.equal_error_rate([3, 2, 1, 0, -1], [0, 1, 0, 0, 0]) == pytest.approx(0.25)
-    assert iv.equal_error_rate(np.zeros(10), np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.5)
+    assert ev.equal_error_rate([3, 2, 1, 0, -1], [0, 1, 0, 0, 0]) == pytest.approx(0.25)
+    assert ev.equal_error_rate(np.zeros(10), np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
-        iv.equal_error_rate([1, 2], [1, 1])
-    s, lab = iv.build_trials(np.eye(4), ["a", "a", "b", "b"], max_trials=3)
+        ev.equal_error_rate([1, 2], [1, 1])
+    s, lab = ev.build_trials(np.eye(4), ["a", "a", "b", "b"], max_trials=3)
     assert len(s) == 3
 
 

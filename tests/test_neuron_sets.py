@@ -267,7 +267,8 @@ def test_write_read_plot_and_recompute(tmp_path):
     sets, groups = compute_neuron_sets(data, rho=0.8, return_groups=True)
     params = neuron_set_params(data, rho=0.8)
     assert params["rho"] == 0.8 and params["rho_fraction"] == "4/5" and params["K"] == [2, 2]
-    paths = write_neuron_sets(sets, tmp_path / "out", params, groups)
+    set_paths = {name: tmp_path / "out" / "neurons" / f"{name}.json" for name in sets}
+    paths = write_neuron_sets(sets, set_paths, params, tmp_path / "out" / "neuron_counts.tsv", groups)
     rec = json.loads((tmp_path / "out" / "neurons" / "ivector_cluster.json").read_text())
     assert rec["set"] == "ivector_cluster"
     assert rec["layers"] == {"1": [0, 5], "2": [2, 7]}

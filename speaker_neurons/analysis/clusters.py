@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from speaker_neurons.analysis.features import iter_feature_shards
+from speaker_neurons.kmeans import assign, fit_kmeans, sample_indices
 from speaker_neurons.utils import get_logger, save_npz
 
 log = get_logger("clusters")
@@ -21,12 +22,7 @@ log = get_logger("clusters")
 def sample_frames(feature_dir: str | Path, max_frames: int, seed: int) -> np.ndarray:
     """At most `max_frames` frames drawn uniformly without replacement (seeded), as float32."""
     index = pd.read_csv(Path(feature_dir) / "index.tsv", sep="\t")
-    total = int(index["frames"].sum())
-    rng = np.random.default_rng(seed)
-    if total <= max_frames:
-        keep = None
-    else:
-        keep = np.sort(rng.choice(total, size=max_frames, replace=False))
+    keep = sample_indices(int(index["frames"].sum()), max_frames, seed)
     parts = []
     start = 0
     for _, feats, _ in iter_feature_shards(feature_dir):
@@ -40,33 +36,16 @@ def sample_frames(feature_dir: str | Path, max_frames: int, seed: int) -> np.nda
     return np.concatenate(parts, axis=0)
 
 
-def fit_frame_kmeans(feature_dir: str | Path, k: int, max_frames: int = 1_000_000, seed: int = 0, batch_size: int = 10_000, n_init: int = 3):
-    """Mini-batch k-means (scikit-learn) on a seeded sample of frames. Returns the fitted estimator."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    x = sample_frames(feature_dir, max_frames, seed)
-    if x.shape[0] < k:
-        raise ValueError(f"{feature_dir}: {x.shape[0]} frames cannot make {k} clusters")
-    km = MiniBatchKMeans(n_clusters=k, batch_size=min(batch_size, x.shape[0]), n_init=n_init, random_state=seed, max_iter=100)
-    km.fit(x)
-    log.info("k-means k=%d on %d frames: inertia per frame %.4f", k, x.shape[0], km.inertia_ / x.shape[0])
-    return km
+def fit_frame_kmeans(feature_dir: str | Path, k: int, max_frames: int = 1_000_000, seed: int = 0, threads: int | None = None):
+    """The package's frame k-means (speaker_neurons.kmeans) on a seeded sample of frames."""
+    return fit_kmeans(sample_frames(feature_dir, max_frames, seed), k, seed=seed, threads=threads)
 
 
 def assign_frames(feature_dir: str | Path, centroids: np.ndarray) -> dict[str, np.ndarray]:
     """Nearest-centroid label of every frame, per utterance (int16)."""
-    import torch
-
-    c = torch.from_numpy(np.asarray(centroids, dtype=np.float32))
-    c2 = (c * c).sum(1)
     labels: dict[str, np.ndarray] = {}
     for utt_ids, feats, lengths in iter_feature_shards(feature_dir):
-        x = torch.from_numpy(feats.astype(np.float32))
-        lab = np.empty(x.shape[0], dtype=np.int16)
-        for s in range(0, x.shape[0], 200_000):
-            xs = x[s : s + 200_000]
-            d = c2[None, :] - 2.0 * xs @ c.T  # |x|^2 is the same for every centroid
-            lab[s : s + xs.shape[0]] = d.argmin(1).numpy().astype(np.int16)
+        lab = assign(feats, centroids).astype(np.int16)
         off = 0
         for u, n in zip(utt_ids, lengths):
             labels[u] = lab[off : off + int(n)]
@@ -105,21 +84,22 @@ def export_hubert(labels: dict[str, np.ndarray], manifest: pd.DataFrame, tsv_pat
             fk.write(" ".join(str(int(v)) for v in labels[row.utt_id]) + "\n")
 
 
-def run_frame_clustering(feature_dir: str | Path, manifest_path: str | Path, k: int, out_dir: str | Path, max_frames: int, seed: int) -> dict:
-    """Fit, label every frame, save `labels.npz`, `centroids.npy`, `hubert.tsv`/`hubert.km`, `kmeans.json`."""
+def run_frame_clustering(feature_dir: str | Path, manifest_path: str | Path, k: int, labels_npz: str | Path,
+                         centroids_npy: str | Path, hubert_tsv: str | Path, hubert_km: str | Path, kmeans_json: str | Path,
+                         max_frames: int = 1_000_000, seed: int = 0, threads: int | None = None) -> dict:
+    """Fit, label every frame, and write the given files: labels (npz, one int16 array per
+    utterance), centroids (npy), the HuBERT .tsv/.km pair and a JSON summary."""
     from speaker_neurons.data.manifest import read_manifest
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    km = fit_frame_kmeans(feature_dir, k, max_frames=max_frames, seed=seed)
+    km = fit_frame_kmeans(feature_dir, k, max_frames=max_frames, seed=seed, threads=threads)
     centroids = km.cluster_centers_.astype(np.float32)
     labels = assign_frames(feature_dir, centroids)
-    np.save(out_dir / "centroids.npy", centroids)
-    save_labels(labels, out_dir / "labels.npz")
-    export_hubert(labels, read_manifest(manifest_path), out_dir / "hubert.tsv", out_dir / "hubert.km")
+    np.save(centroids_npy, centroids)
+    save_labels(labels, labels_npz)
+    export_hubert(labels, read_manifest(manifest_path), hubert_tsv, hubert_km)
     sizes = np.bincount(np.concatenate(list(labels.values())).astype(np.int64), minlength=k)
     info = {"k": k, "seed": seed, "max_frames": max_frames, "utterances": len(labels), "cluster_frames": sizes.tolist()}
-    (out_dir / "kmeans.json").write_text(json.dumps(info, indent=2) + "\n")
+    Path(kmeans_json).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -134,6 +114,20 @@ def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: in
     remap = np.empty(k, dtype=np.int64)
     remap[order] = np.arange(k)
     return {u: int(remap[lab]) for u, lab in zip(utt_ids, km.labels_)}
+
+
+def write_utterance_clusters(labels: dict[str, int], path: str | Path) -> None:
+    """`clusters.tsv`: utt_id, cluster (sorted by utterance id)."""
+    pd.DataFrame(sorted(labels.items()), columns=["utt_id", "cluster"]).to_csv(path, sep="\t", index=False)
+
+
+def read_utterance_clusters(path: str | Path) -> dict[str, int]:
+    """The utterance -> cluster map that `write_utterance_clusters` wrote."""
+    df = pd.read_csv(path, sep="\t", dtype={"utt_id": str})
+    missing = {"utt_id", "cluster"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: not a clusters table (missing column(s) {sorted(missing)})")
+    return dict(zip(df["utt_id"], df["cluster"].astype(int)))
 
 
 def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: int = 2) -> tuple[np.ndarray, bool]:

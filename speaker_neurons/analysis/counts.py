@@ -307,8 +307,9 @@ class ActivationCounter:
             "top_fraction": self.top_fraction,
         }
 
-    def save(self, npz_path: str | os.PathLike, classes: np.ndarray, meta: dict | None = None) -> Path:
-        """Write ``activation_counts.npz`` and the JSON beside it; returns the npz path."""
+    def save(self, npz_path: str | os.PathLike, classes: np.ndarray, meta: dict | None = None,
+             json_path: str | os.PathLike | None = None) -> Path:
+        """Write the counts (npz) and their JSON (default: beside it, same stem); returns the npz path."""
         res = self.result()
         classes = np.asarray(classes, dtype=np.int64)
         if classes.shape != (self.num_classes, 2):
@@ -333,7 +334,7 @@ class ActivationCounter:
             num_classes=self.num_classes,
             total_frames=int(res["frames"].sum()),
         )
-        counts_json_path(npz_path).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+        Path(json_path or counts_json_path(npz_path)).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
         return npz_path
 
 

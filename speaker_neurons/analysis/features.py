@@ -1,4 +1,4 @@
-"""Layer features for frame clustering, and the batching every model pass shares.
+"""Layer features for frame clustering.
 
 One model pass over the manifest writes the hidden states of `feature_layer` (0 = the input of the
 first layer, L = the last layer's output) into shards: `shard_00000.npz` ... each with
@@ -10,7 +10,6 @@ utt_id, shard, offset, frames so any utterance can be found without scanning.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from speaker_neurons.utils import get_logger
+from speaker_neurons.batching import audio_batches
+from speaker_neurons.utils import get_logger, save_npz
 
 log = get_logger("features")
 
@@ -26,61 +26,6 @@ log = get_logger("features")
 def default_feature_layer(num_layers: int) -> int:
     """SPEC §3: layer 9 of 12; for a model of L layers, round(0.75 * L)."""
     return int(round(0.75 * num_layers))
-
-
-@dataclass
-class Batch:
-    utt_ids: list[str]
-    wavs: torch.Tensor  # (B, S) float32, zero padded
-    lengths: torch.Tensor  # (B,) int64 samples
-
-
-def iter_batches(
-    manifest: pd.DataFrame,
-    max_batch_seconds: float = 60.0,
-    max_batch_size: int = 16,
-    sample_rate: int = 16000,
-    prefetch: int = 2,
-) -> Iterator[Batch]:
-    """Utterances grouped into padded batches, shortest first (little padding, deterministic order).
-
-    Audio is decoded by `speaker_neurons.audio.load_audio` in a background thread so decoding
-    overlaps the model's forward.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from speaker_neurons.audio import load_audio
-
-    order = manifest.sort_values(["duration", "utt_id"], kind="stable")
-    groups: list[list[tuple[str, str]]] = []
-    cur: list[tuple[str, str]] = []
-    longest = 0.0
-    for row in order.itertuples(index=False):
-        dur = float(row.duration)
-        if cur and (len(cur) >= max_batch_size or max(longest, dur) * (len(cur) + 1) > max_batch_seconds):
-            groups.append(cur)
-            cur, longest = [], 0.0
-        cur.append((row.utt_id, row.path))
-        longest = max(longest, dur)
-    if cur:
-        groups.append(cur)
-
-    def load_group(group):
-        waves = [torch.from_numpy(load_audio(p, sample_rate)[0]) for _, p in group]
-        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        out = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            out[i, : w.numel()] = w
-        return Batch([u for u, _ in group], out, lengths)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(load_group, g) for g in groups[:prefetch]]
-        for i in range(len(groups)):
-            batch = futures[i].result()
-            if i + prefetch < len(groups):
-                futures.append(pool.submit(load_group, groups[i + prefetch]))
-            futures[i] = None  # free the batch once consumed
-            yield batch
 
 
 def frame_period(model) -> float:
@@ -120,7 +65,7 @@ def extract_layer_features(
         if not ids:
             return
         feats = np.concatenate(buf, axis=0)
-        np.savez(out_dir / f"shard_{shard:05d}.npz", feats=feats, utt_ids=np.array(ids), lengths=np.array(lens, dtype=np.int64))
+        save_npz(out_dir / f"shard_{shard:05d}.npz", {"feats": feats, "utt_ids": np.array(ids), "lengths": np.array(lens, dtype=np.int64)})
         off = 0
         for u, n in zip(ids, lens):
             index_rows.append((u, shard, off, n))
@@ -129,7 +74,7 @@ def extract_layer_features(
         buf, ids, lens, buffered = [], [], [], 0
 
     bar = tqdm(total=len(manifest), desc=f"layer-{layer} features", unit="utt", disable=not progress)
-    for batch in iter_batches(manifest, max_batch_seconds=max_batch_seconds):
+    for batch in audio_batches(manifest, max_batch_seconds=max_batch_seconds):
         out = model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
         hid = out.hidden[layer]
         for i, u in enumerate(batch.utt_ids):

@@ -306,17 +306,15 @@ def neuron_set_params(counts_data: CountsData, rho=0.8) -> dict:
 
 def write_neuron_sets(
     sets: Mapping[str, Mapping[int, Sequence[int]]],
-    out_dir: str | os.PathLike,
-    params: Mapping | None = None,
+    set_paths: Mapping[str, str | os.PathLike],
+    params: Mapping | None,
+    table: str | os.PathLike,
     groups: Mapping[str, Mapping[int, Mapping[int, Sequence[int]]]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``<out_dir>/neurons/<set>.json`` per set and ``<out_dir>/neuron_counts.tsv``.
+    """Write every set to its JSON file (`set_paths[name]`) and the layer x set count table (`table`).
 
     Returns ``{set name: json path, "neuron_counts": tsv path}``.
     """
-    out_dir = Path(out_dir)
-    ndir = out_dir / "neurons"
-    ndir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name, layers in sets.items():
         rec: dict = {
@@ -330,10 +328,11 @@ def write_neuron_sets(
                 for g, idx in sorted(gmap.items()):
                     by_group.setdefault(str(int(g)), {})[str(int(l))] = sorted(int(j) for j in idx)
             rec["groups"] = by_group
-        p = ndir / f"{name}.json"
+        p = Path(set_paths[name])
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(rec, indent=1) + "\n")
         paths[name] = p
-    tsv = out_dir / "neuron_counts.tsv"
+    tsv = Path(table)
     names = list(sets)
     layers_all = sorted({int(l) for layers in sets.values() for l in layers})
     with open(tsv, "w", newline="") as f:

@@ -4,7 +4,7 @@
   voices); the paper reports cluster 1 = 78% vowels, cluster 3 = 46% unvoiced + 33% voiced consonants.
 - i-vector cluster x gender purity, both clusters, as the paper reports it (97.23% of the male cluster
   is male, 89.82% of the female cluster is female).
-Each table is written as TSV and drawn as a PNG.
+Each table is written as TSV and drawn as a PNG (files that say so where the corpus lacks the labels).
 """
 
 from __future__ import annotations
@@ -65,45 +65,58 @@ def gender_purity(utt_clusters: dict[str, int], manifest: pd.DataFrame) -> pd.Da
     return table
 
 
-def _bar_png(table: pd.DataFrame, path: Path, title: str, xlabel: str) -> None:
-    import matplotlib
+def _bar_png(table: pd.DataFrame, path: Path, title: str, xlabel: str, empty_note: str = "") -> None:
+    """Stacked bars of each row's shares; an empty table draws `empty_note` instead, so the declared
+    PNG exists whatever the corpus provides."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    share = table.div(table.sum(axis=1), axis=0) * 100
-    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(share), 3.6))
-    bottom = np.zeros(len(share))
-    for col in share.columns:
-        ax.bar([str(i) for i in share.index], share[col].values, bottom=bottom, label=str(col))
-        bottom += share[col].values
-    ax.set_ylabel("% of the cluster")
-    ax.set_xlabel(xlabel)
+    fig = Figure(figsize=(1.6 + 0.9 * max(1, len(table)), 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if table.empty:
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", wrap=True, fontsize=9)
+        ax.set_axis_off()
+    else:
+        share = table.div(table.sum(axis=1), axis=0) * 100
+        bottom = np.zeros(len(share))
+        for col in share.columns:
+            ax.bar([str(i) for i in share.index], share[col].values, bottom=bottom, label=str(col))
+            bottom += share[col].values
+        ax.set_ylabel("% of the cluster")
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(title)
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def write_evidence_report(out_dir, ssl_labels, utt_clusters, manifest, frame_classes=None, frame_period=0.010) -> dict:
-    """Write `ssl_phone_composition.tsv/.png` (when phone classes exist) and
-    `ivector_gender_purity.tsv/.png` (when genders exist). Returns the figures as a dict."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {}
-    if frame_classes:
-        comp = phone_composition(ssl_labels, frame_classes, frame_period)
-        if not comp.empty:
-            pct = (comp.div(comp.sum(axis=1), axis=0) * 100).round(2)
-            out = comp.join(pct.add_suffix(" %"))
-            out.to_csv(out_dir / "ssl_phone_composition.tsv", sep="\t")
-            _bar_png(comp, out_dir / "ssl_phone_composition.png", "SSL clusters by broad phone class", "SSL cluster")
-            summary["ssl_phone_composition_pct"] = pct.to_dict(orient="index")
+def write_phone_composition(ssl_labels, frame_classes, frame_period, tsv_path, png_path) -> dict:
+    """SSL cluster x broad phone class: counts and row shares (TSV) and stacked bars (PNG). Without
+    phone classes (corpora other than the demo) both files say so. Returns the shares per cluster
+    and each cluster's majority class."""
+    comp = phone_composition(ssl_labels, frame_classes, frame_period) if frame_classes else pd.DataFrame()
+    note = "no frame phone classes for this corpus (the demo's MBROLA voices have them)"
+    if comp.empty:
+        Path(tsv_path).write_text(f"# {note}\nssl_cluster\n")
+        _bar_png(comp, Path(png_path), "SSL clusters by broad phone class", "SSL cluster", note)
+        return {"ssl_phone_composition_pct": None}
+    pct = (comp.div(comp.sum(axis=1), axis=0) * 100).round(2)
+    comp.join(pct.add_suffix(" %")).to_csv(tsv_path, sep="\t")
+    _bar_png(comp, Path(png_path), "SSL clusters by broad phone class", "SSL cluster")
+    return {"ssl_phone_composition_pct": pct.to_dict(orient="index"),
+            "ssl_majority_class": {int(c): {"class": str(r.idxmax()), "pct": float(r.max())} for c, r in pct.iterrows()}}
+
+
+def write_gender_purity(utt_clusters, manifest, tsv_path, png_path) -> dict | None:
+    """i-vector cluster x gender (TSV, PNG); None (and files that say so) without genders."""
     pur = gender_purity(utt_clusters, manifest)
-    if not pur.empty:
-        pur.to_csv(out_dir / "ivector_gender_purity.tsv", sep="\t", float_format="%.4f")
-        _bar_png(pur[["F", "M"]], out_dir / "ivector_gender_purity.png", "i-vector clusters by gender", "i-vector cluster")
-        summary["ivector_gender_purity"] = {int(c): {"majority": r["majority"], "purity": float(r["purity"])} for c, r in pur.iterrows()}
-    return summary
+    if pur.empty:
+        note = "no F/M genders in the manifest"
+        Path(tsv_path).write_text(f"# {note}\nivector_cluster\n")
+        _bar_png(pur, Path(png_path), "i-vector clusters by gender", "i-vector cluster", note)
+        return None
+    pur.to_csv(tsv_path, sep="\t", float_format="%.4f")
+    _bar_png(pur[["F", "M"]], Path(png_path), "i-vector clusters by gender", "i-vector cluster")
+    return {int(c): {"majority": r["majority"], "purity": float(r["purity"])} for c, r in pur.iterrows()}

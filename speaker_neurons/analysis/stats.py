@@ -18,7 +18,7 @@ import torch
 
 from speaker_neurons.analysis.clusters import align_labels
 from speaker_neurons.analysis.counts import ActivationCounter, classes_table
-from speaker_neurons.analysis.features import iter_batches
+from speaker_neurons.batching import audio_batches
 from speaker_neurons.utils import get_logger
 
 log = get_logger("stats")
@@ -35,6 +35,7 @@ def activation_statistics(
     top_fraction: float,
     out_npz: str | Path,
     meta: dict | None = None,
+    out_json: str | Path | None = None,
     max_mismatch: int = 2,
     max_batch_seconds: float = 60.0,
     progress: bool = True,
@@ -55,7 +56,7 @@ def activation_statistics(
     counter = ActivationCounter(k_ivector * k_ssl, list(model.ffn_widths), top_fraction, device=device)
     truncated = 0
     bar = tqdm(total=len(usable), desc="activation counts", unit="utt", disable=not progress)
-    for batch in iter_batches(usable, max_batch_seconds=max_batch_seconds):
+    for batch in audio_batches(usable, max_batch_seconds=max_batch_seconds):
         n_frames = [model.frames_for(int(n)) for n in batch.lengths]
         class_ids = torch.full((len(batch.utt_ids), max(n_frames)), -1, dtype=torch.long)
         for i, (u, n) in enumerate(zip(batch.utt_ids, n_frames)):
@@ -85,7 +86,7 @@ def activation_statistics(
         "k_ivector": k_ivector,
         **(meta or {}),
     }
-    counter.save(out_npz, classes_table(k_ivector, k_ssl), info)
+    counter.save(out_npz, classes_table(k_ivector, k_ssl), info, json_path=out_json)
     if truncated:
         log.warning("%d utterances had label/model lengths differing by <= %d frames: truncated", truncated, max_mismatch)
     return info

@@ -1,0 +1,102 @@
+"""Speaker identification and verification metrics, shared by every embedding (i-vectors now; pooled
+upstream embeddings for SID evaluation later).
+
+* `speaker_id_accuracy`: closed-set identification by cosine to per-speaker mean embeddings;
+* `build_trials` / `equal_error_rate`: verification trials by cosine scoring and their EER;
+* `embedding_quality`: both, from a manifest's speaker labels and train/test split (labels are used
+  only to score, never to make the embeddings).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from speaker_neurons.utils import get_logger
+
+log = get_logger("evaluation")
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def speaker_id_accuracy(
+    train_ivecs: np.ndarray, train_spk: Sequence, test_ivecs: np.ndarray, test_spk: Sequence
+) -> float:
+    """Closed-set speaker identification: cosine between each (normalised) test i-vector and each
+    speaker's normalised mean of normalised training i-vectors; accuracy of the arg max. Test
+    utterances of speakers absent from training count as errors."""
+    train_spk = np.asarray(train_spk)
+    test_spk = np.asarray(test_spk)
+    if len(test_spk) == 0:
+        raise ValueError("no test i-vectors")
+    tr = _unit(train_ivecs)
+    speakers = np.unique(train_spk)
+    means = _unit(np.stack([tr[train_spk == s].mean(0) for s in speakers]))
+    pred = speakers[np.argmax(_unit(test_ivecs) @ means.T, axis=1)]
+    return float(np.mean(pred == test_spk))
+
+
+def build_trials(
+    ivecs: np.ndarray, speakers: Sequence, max_trials: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs i < j: (cosine scores, labels 1 = same speaker). With `max_trials`, a seeded random
+    subset of that many pairs."""
+    spk = np.asarray(speakers)
+    n = len(spk)
+    iu, ju = np.triu_indices(n, k=1)
+    if max_trials is not None and len(iu) > max_trials:
+        sel = np.sort(np.random.default_rng(seed).choice(len(iu), size=int(max_trials), replace=False))
+        iu, ju = iu[sel], ju[sel]
+    x = _unit(ivecs)
+    scores = np.einsum("nd,nd->n", x[iu], x[ju])
+    return scores, (spk[iu] == spk[ju]).astype(np.int8)
+
+
+def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """EER (fraction) of target (label 1) vs non-target (label 0) scores, higher = more target-like.
+    Tied scores move together; the rate is interpolated linearly where miss and false-alarm cross."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n_t, n_n = int(y.sum()), int((~y).sum())
+    if n_t == 0 or n_n == 0:
+        raise ValueError("EER needs both target and non-target trials")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each group of tied scores
+    tp = np.cumsum(y)[last]
+    fp = np.cumsum(~y)[last]
+    # threshold above every score: nothing accepted
+    fa = np.r_[0.0, fp / n_n]
+    miss = np.r_[1.0, 1.0 - tp / n_t]
+    d = miss - fa  # decreasing from 1 to -1 (non-increasing)
+    k = int(np.argmax(d <= 0))
+    if d[k] == 0:
+        return float(fa[k])
+    # crossing between k-1 and k
+    t = d[k - 1] / (d[k - 1] - d[k])
+    return float(fa[k - 1] + t * (fa[k] - fa[k - 1]))
+
+
+def embedding_quality(utt_ids: Sequence[str], vectors: np.ndarray, manifest: pd.DataFrame, what: str = "embedding") -> dict[str, Any]:
+    """Speaker ID (train -> test) and test-pair EER of per-utterance vectors, where the manifest has
+    speakers and a train/test split; else only the counts. `eer` is None when the test split has no
+    target pair (one utterance per speaker)."""
+    vectors = np.asarray(vectors)
+    out: dict[str, Any] = {"utterances": len(utt_ids), "dim": int(vectors.shape[1])}
+    spk = manifest.set_index("utt_id").loc[list(utt_ids), ["speaker", "split"]].fillna("")
+    train, test = (spk["split"] == "train").to_numpy(), (spk["split"] == "test").to_numpy()
+    if not (train.any() and test.any() and (spk["speaker"] != "").all()):
+        log.info("no speaker labels with a train/test split: %s quality not scored", what)
+        return out
+    acc = speaker_id_accuracy(vectors[train], spk["speaker"][train], vectors[test], spk["speaker"][test])
+    scores, labels = build_trials(vectors[test], spk["speaker"][test].to_numpy())
+    eer = equal_error_rate(scores, labels) if 0 < labels.sum() < len(labels) else None
+    out.update({"sid_accuracy": acc, "sid_train": int(train.sum()), "sid_test": int(test.sum()),
+                "speakers": int(spk["speaker"].nunique()), "eer": eer, "trials": int(len(labels))})
+    log.info("%s quality: speaker ID %.2f%% (%d test utterances, %d speakers), EER %s", what, 100 * acc,
+             test.sum(), spk["speaker"].nunique(), "n/a" if eer is None else f"{100 * eer:.2f}%")
+    return out
