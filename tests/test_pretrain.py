@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from speaker_neurons.models.pretrain import (
+from speaker_neurons.pretrain import (
     expected_mask_fraction,
     kmeans_targets,
     lr_at,
@@ -131,7 +131,6 @@ TINY_TRAIN = {
     "lr": 2e-3,
     "checkpoint_every": 15,
     "log_every": 10,
-    "max_minutes": 5,
     "progress": False,
 }
 
@@ -171,10 +170,7 @@ def _synth_corpus(root, n_utts=12, sr=16000, seed=0):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    pytest.importorskip("speaker_neurons.models.melhubert")
-    pytest.importorskip("speaker_neurons.models.native")
-    pytest.importorskip("speaker_neurons.data.manifest")
-    from speaker_neurons.models.pretrain import pretrain_melhubert
+    from speaker_neurons.pretrain import pretrain_melhubert
 
     root = tmp_path_factory.mktemp("pretrain")
     manifest = _synth_corpus(root / "corpus")
@@ -206,7 +202,7 @@ def test_pretrain_outputs(trained):
     assert on_disk["steps"] == 30 and on_disk["device"] == "cpu"
     for key in ("first_loss", "last_loss", "train_seconds", "model_config", "train_config"):
         assert key in on_disk
-    assert on_disk["checkpoints"] == ["checkpoints/step_15", "checkpoints/step_30"]
+    assert on_disk["checkpoints"] == ["step_15", "step_30"]
     head = torch.load(out / "head.pt")
     assert head["state_dict"]["weight"].shape == (16, 64)
 
@@ -235,3 +231,83 @@ def test_pretrained_model_reloads_identically(trained):
     # the feature statistics were saved with the model: normalised features are ~ zero mean, unit std
     feats, n = model.extract_features(w, torch.tensor([w.shape[1]]))
     assert abs(feats[0, : int(n[0])].mean().item()) < 0.5
+
+
+# ------------------------------------------------------------------------------------------ reproducibility
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _losses(path):
+    return [r.split("\t")[:4] for r in path.read_text().splitlines()]  # step, loss, acc, lr (not the clock)
+
+
+def test_slowed_down_run_ends_identical_to_a_fast_one(trained, tmp_path):
+    """No result reads the clock: a run slowed by a sleep after every step writes the same model."""
+    import time
+
+    from speaker_neurons.pretrain import pretrain_melhubert
+
+    manifest, out, summary, _ = trained
+    slow = tmp_path / "slow"
+    s2 = pretrain_melhubert(manifest, slow, TINY_MODEL, TINY_TRAIN, device="cpu", threads=1,
+                            on_step=lambda step: time.sleep(0.15))
+    assert s2["stopped_by"] == "max_steps" and s2["steps"] == summary["steps"]
+    assert s2["train_seconds"] > summary["train_seconds"] + 3  # really slower
+    for name in ("model/model.safetensors", "model/config.json", "head.pt", "kmeans_centers.npy",
+                 "checkpoints/step_15/model.safetensors"):
+        assert _sha(slow / name) == _sha(out / name), name
+    assert _losses(slow / "train_log.tsv") == _losses(out / "train_log.tsv")
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(trained, tmp_path):
+    """Continuing from step 15's checkpoint gives the same model and per-step losses as the run that
+    never stopped."""
+    import shutil
+
+    from speaker_neurons.pretrain import pretrain_melhubert
+
+    manifest, out, _, _ = trained
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "checkpoints" / "step_15", resumed / "checkpoints" / "step_15")
+    s = pretrain_melhubert(manifest, resumed, TINY_MODEL, TINY_TRAIN, device="cpu", threads=1,
+                           resume_from=resumed / "checkpoints" / "step_15")
+    assert s["steps"] == 30 and s["resumed_from"].endswith("step_15")
+    assert _sha(resumed / "model" / "model.safetensors") == _sha(out / "model" / "model.safetensors")
+    assert _sha(resumed / "head.pt") != "" and torch.equal(
+        torch.load(resumed / "head.pt")["state_dict"]["weight"], torch.load(out / "head.pt")["state_dict"]["weight"])
+    assert _losses(resumed / "train_log.tsv") == _losses(out / "train_log.tsv")
+
+
+def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, caplog):
+    import logging
+
+    from speaker_neurons.pretrain import DEFAULT_TRAIN_CONFIG, pretrain_melhubert
+
+    assert DEFAULT_TRAIN_CONFIG["max_minutes"] is None  # by default only the step count ends a run
+    manifest, _, _, _ = trained
+    with caplog.at_level(logging.WARNING, logger="speaker_neurons"):
+        s = pretrain_melhubert(manifest, tmp_path / "budget", TINY_MODEL, {**TINY_TRAIN, "max_minutes": 1e-6},
+                               device="cpu", threads=1)
+    assert s["stopped_by"] == "max_minutes" and s["steps"] < TINY_TRAIN["max_steps"]
+    assert "STOPPED BY THE CLOCK" in caplog.text
+
+
+def test_continue_pretraining_a_pruned_model(trained, tmp_path):
+    """The loop trains a given model with per-layer widths (a pruned one) on its parent's targets."""
+    from speaker_neurons.models import load_native, prune_ffn
+    from speaker_neurons.pretrain import continue_pretraining, load_head
+
+    manifest, out, _, _ = trained
+    model = load_native(out / "model")
+    prune_ffn(model, {1: list(range(0, 128, 2)), 2: list(range(40))})
+    centers = np.load(out / "kmeans_centers.npy")
+    s = continue_pretraining(model, manifest, tmp_path / "cont", centers, {**TINY_TRAIN, "max_steps": 6},
+                             head=load_head(out / "head.pt"), device="cpu", threads=1)
+    assert s["steps"] == 6 and s["ffn_widths"] == [64, 40]
+    again = load_native(tmp_path / "cont" / "model")
+    assert again.ffn_widths == [64, 40] and again.kept_indices[1] == list(range(0, 128, 2))
+    assert np.array_equal(np.load(tmp_path / "cont" / "kmeans_centers.npy"), centers)
