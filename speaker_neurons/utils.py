@@ -63,16 +63,18 @@ def sha256_paths(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
 
 
 def write_provenance(
-    out_dir: str | os.PathLike,
-    config: dict[str, Any] | None,
+    path: str | os.PathLike,
+    stage: str,
+    params: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
     inputs: Iterable[str] = (),
-    name: str = "provenance",
     checksums: dict[str, str] | None = None,
+    wildcards: dict[str, str] | None = None,
 ) -> Path:
-    """Write `<name>.json` into `out_dir`: the resolved config, the inputs' sha256 checksums (given as
-    `checksums` when the caller already has them, else computed from `inputs`), versions."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write a stage's provenance JSON to `path`: the stage, its parameters (and wildcards), the
+    resolved config, the inputs' sha256 checksums (given as `checksums` when the caller already has
+    them, else computed from `inputs`) and the package versions. No clock, host or time: the same run
+    gives the same record."""
     import importlib.metadata as md
 
     versions = {}
@@ -85,12 +87,16 @@ def write_provenance(
 
     versions["speaker_neurons"] = __version__
     record = {
+        "stage": stage,
+        "params": params,
+        "wildcards": wildcards or {},
         "config": config,
         "inputs": checksums if checksums is not None else sha256_paths(p for p in inputs if p),
         "versions": versions,
         "python": platform.python_version(),
     }
-    path = out_dir / f"{name}.json"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path
 

@@ -39,7 +39,8 @@ def package_logs(caplog, monkeypatch):
 
 @pytest.fixture
 def run_adapter():
-    """run_adapter(script, **fields): execute workflow_scripts/<script> with a fake `snakemake` object.
+    """run_adapter(rule, **fields): run workflow_scripts/run_stage.py (every rule's script) with a fake
+    `snakemake` object for `rule`, as Snakemake would.
 
     The package logger's state (changed by setup_logging) is restored afterwards.
     """
@@ -55,11 +56,17 @@ def run_adapter():
         def __iter__(self):
             return iter(vars(self).values())
 
-    def run(script, **fields):
+        def items(self):
+            return vars(self).items()
+
+    def run(rule, **fields):
         fields.setdefault("config", {})
-        fields.setdefault("input", {})
-        smk = SimpleNamespace(**{k: IO(**v) if isinstance(v, dict) and k != "config" else v for k, v in fields.items()})
-        runpy.run_path(str(root / "workflow_scripts" / script), init_globals={"snakemake": smk}, run_name="__main__")
+        for key in ("input", "output", "params", "wildcards"):
+            fields.setdefault(key, {})
+        smk = SimpleNamespace(rule=rule, **{k: IO(**v) if isinstance(v, dict) and k != "config" else v
+                                            for k, v in fields.items()})
+        runpy.run_path(str(root / "workflow_scripts" / "run_stage.py"), init_globals={"snakemake": smk},
+                       run_name="__main__")
 
     yield run
     for h in list(logger.handlers):

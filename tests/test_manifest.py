@@ -392,7 +392,7 @@ def test_build_manifest_adapter(tmp_path, write_audio, run_adapter):
     out = tmp_path / "results/manifest/manifest.raw.tsv"
     log = tmp_path / "results/logs/build_manifest.log"
     run_adapter(
-        "build_manifest.py",
+        "build_manifest",
         params={"corpus": {"source": "demo", "corpus_dir": str(d)}},
         output={"manifest": str(out)},
         log=[str(log)],

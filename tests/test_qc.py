@@ -1,3 +1,4 @@
+import json
 import logging
 
 import numpy as np
@@ -214,9 +215,9 @@ def test_audio_qc_adapter(tmp_path, write_audio, run_adapter):
     raw = write_manifest(_manifest(paths), tmp_path / "manifest.raw.tsv")
     out, report, log = tmp_path / "m/manifest.tsv", tmp_path / "qc/qc.tsv", tmp_path / "logs/audio_qc.log"
     run_adapter(
-        "audio_qc.py",
+        "audio_qc",
         input={"manifest": str(raw)},
-        output={"manifest": str(out), "report": str(report)},
+        output={"manifest": str(out), "report": str(report), "provenance": str(tmp_path / "qc/provenance/audio_qc.json")},
         params={"qc": {"min_duration": 0.5, "max_bad_fraction": 0.3, "sample_rate": 16000}},
         log=[str(log)],
         threads=2,
@@ -226,3 +227,6 @@ def test_audio_qc_adapter(tmp_path, write_audio, run_adapter):
     assert list(df["sample_rate"]) == [8000] * 3 and list(df["duration"]) == [1.0] * 3
     assert [r[0] for r in _report(report)] == ["u3"]
     assert "rejected 1 of 4" in log.read_text()
+    prov = json.loads((tmp_path / "qc/provenance/audio_qc.json").read_text())
+    assert prov["stage"] == "audio_qc" and prov["params"]["qc"]["max_bad_fraction"] == 0.3
+    assert set(prov["inputs"]) == {str(raw)} and len(prov["inputs"][str(raw)]) == 64

@@ -282,7 +282,7 @@ def test_vtl_scales_mbrola_timings_exactly():
 def test_adapter(run_adapter, tmp_path):
     demo = dict(seed=1, n_speakers=2, utterances_per_speaker=2, min_duration=1.0, max_duration=8.0,
                 split=[1, 1, 0], voices=["us1", "kal16"])
-    run_adapter("synthesize_demo_corpus.py", log=[str(tmp_path / "log.txt")],
+    run_adapter("synthesize_demo_corpus", log=[str(tmp_path / "log.txt")],
                 output={"corpus_dir": str(tmp_path / "demo")}, params={"demo": demo}, threads=1)
     assert len(_tsv(tmp_path / "demo" / "utterances.tsv")) == 4
     assert "demo corpus written" in (tmp_path / "log.txt").read_text()

@@ -1,0 +1,288 @@
+"""The stage layer: every workflow rule runs through `run_stage`, and only through it.
+
+A stage is a function `fn(ctx) -> dict` registered under its rule's name. `ctx` carries the rule's
+named `inputs`, `outputs` (every file the stage writes, named by the rule: the package never chooses a
+result's name), `params`, `threads`, the resolved `device` and the inputs' `checksums`. `run_stage` sets
+up the log (the job, its device, threads and the time of every stage), holds torch and the BLAS pools
+to the rule's threads, runs the stage and writes its provenance (`outputs["provenance"]`: parameters,
+the resolved config, the inputs' sha256 and the package versions), in one place for every stage.
+
+Tests and other programs call `run_stage` the same way the workflow does; the package imports nothing
+of Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from speaker_neurons.utils import get_logger, setup_logging, sha256_paths, write_provenance
+
+log = get_logger("stages")
+
+STAGES: dict[str, Callable[["StageContext"], dict]] = {}
+
+
+def stage(fn: Callable[["StageContext"], dict]) -> Callable[["StageContext"], dict]:
+    STAGES[fn.__name__] = fn
+    return fn
+
+
+@dataclass
+class StageContext:
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    params: dict[str, Any]
+    threads: int = 1
+    device: str = "cpu"
+    checksums: dict[str, str] = field(default_factory=dict)
+    wildcards: dict[str, str] = field(default_factory=dict)
+
+    def input(self, key: str, default: Any = None) -> Any:
+        return self.inputs.get(key, default)
+
+    def out(self, key: str) -> Path:
+        """An output path (its folder created)."""
+        if key not in self.outputs:
+            raise KeyError(f"stage {self.name}: the rule declares no output {key!r}")
+        p = Path(self.outputs[key])
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def _flat(paths: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for v in paths.values():
+        out += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+    return [p for p in out if p]
+
+
+def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+              log_path: str | None = None, threads: int = 1, config: Mapping[str, Any] | None = None,
+              wildcards: Mapping[str, str] | None = None) -> dict:
+    """Run stage `name` (a rule's name) and write its provenance; returns the stage's summary."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from speaker_neurons.models import resolve_device
+
+    if name not in STAGES:
+        raise KeyError(f"no stage {name!r}; known: {sorted(STAGES)}")
+    setup_logging(log_path)
+    params = dict(params or {})
+    wanted = params.get("device", (config or {}).get("upstream", {}).get("device", "cpu"))
+    device = str(resolve_device(wanted))
+    threads = max(1, int(threads))
+    job = ", ".join(f"{k}={v}" for k, v in (wildcards or {}).items())
+    log.info("stage %s%s: device %s (asked %s), %d thread(s)", name, f" [{job}]" if job else "", device, wanted, threads)
+    t0 = time.monotonic()
+    checksums = sha256_paths(_flat(inputs))
+    log.info("inputs hashed in %.1f s", time.monotonic() - t0)
+    ctx = StageContext(name, dict(inputs), dict(outputs), params, threads, device, checksums, dict(wildcards or {}))
+    torch.set_num_threads(threads)
+    t1 = time.monotonic()
+    with threadpool_limits(limits=threads):
+        result = STAGES[name](ctx) or {}
+    log.info("stage %s done in %.1f s", name, time.monotonic() - t1)
+    if "provenance" in outputs:
+        write_provenance(ctx.out("provenance"), stage=name, params=params, config=config, checksums=checksums,
+                         wildcards=ctx.wildcards)
+    return result
+
+
+def _upstream(ctx: StageContext):
+    from speaker_neurons.models import load_upstream
+
+    return load_upstream(ctx.params["upstream"], device=ctx.device)
+
+
+def _json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- corpus
+@stage
+def synthesize_demo_corpus(ctx: StageContext) -> dict:
+    from speaker_neurons.data.synth import synthesize_corpus
+
+    return synthesize_corpus(ctx.outputs["corpus_dir"], **ctx.params["demo"], workers=ctx.threads)
+
+
+@stage
+def build_manifest(ctx: StageContext) -> dict:
+    from speaker_neurons.data.manifest import build_manifest as build, write_manifest
+
+    df = build(**ctx.params["corpus"])
+    write_manifest(df, ctx.out("manifest"))
+    return {"utterances": len(df)}
+
+
+@stage
+def audio_qc(ctx: StageContext) -> dict:
+    from speaker_neurons.data.manifest import read_manifest, write_manifest
+    from speaker_neurons.data.qc import run_qc
+
+    qc = dict(ctx.params["qc"])
+    qc["target_sr"] = qc.pop("sample_rate", 16000)
+    accepted = run_qc(read_manifest(ctx.inputs["manifest"]), ctx.out("report"), workers=ctx.threads, **qc)
+    write_manifest(accepted, ctx.out("manifest"))
+    return {"accepted": len(accepted)}
+
+
+# ------------------------------------------------------------------------------------------- models
+@stage
+def pretrain_melhubert(ctx: StageContext) -> dict:
+    from speaker_neurons.pretrain import TrainOutputs, pretrain_melhubert as pretrain
+
+    o = ctx.outputs
+    outs = TrainOutputs(o["model_dir"], o["head"], o["summary"], o["train_log"], o["loss_curve"], o["kmeans_centers"],
+                        o["checkpoints"])
+    return pretrain(ctx.inputs["manifest"], outs, model_config=ctx.params["model"], train_config=ctx.params["train"],
+                    device=ctx.device, threads=ctx.threads)
+
+
+# ------------------------------------------------------------------------------------------- i-vectors
+@stage
+def ivectors(ctx: StageContext) -> dict:
+    """i-vectors for every utterance (SPEC §6: no labels used), as a Kaldi ark/scp, and their quality
+    where the manifest has speakers and a train/test split (labels used only to score)."""
+    from speaker_neurons.analysis import ivector as iv
+    from speaker_neurons.audio import load_audio
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.evaluation import embedding_quality
+
+    cfg = {k: v for k, v in ctx.params["ivector"].items() if k != "kaldi_ivectors"}
+    manifest = read_manifest(ctx.inputs["manifest"])
+    items = ((row.utt_id, load_audio(row.path)[0]) for row in manifest.itertuples(index=False))
+    utt_ids, vecs = iv.extract_ivectors(items, cfg, device=ctx.device, model_out=ctx.out("extractor"),
+                                        num_threads=ctx.threads)
+    iv.write_ivectors(utt_ids, vecs, ctx.out("ark"), ctx.out("scp"))
+    quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": iv.resolve_ivector_config(cfg)}
+    _json(ctx.out("quality"), quality)
+    return quality
+
+
+@stage
+def ivector_clusters(ctx: StageContext) -> dict:
+    """k-means on the i-vectors (`clusters`: utt_id, cluster) and the clusters against gender."""
+    import numpy as np
+
+    from speaker_neurons.analysis.clusters import cluster_utterances, write_utterance_clusters
+    from speaker_neurons.analysis.ivector import read_ivectors
+    from speaker_neurons.analysis.report import write_gender_purity
+    from speaker_neurons.data.manifest import read_manifest
+
+    k, seed = int(ctx.params["k"]), int(ctx.params["seed"])
+    utt_ids, vecs = read_ivectors(ctx.inputs["scp"])
+    labels = cluster_utterances(list(utt_ids), np.asarray(vecs), k, seed)
+    write_utterance_clusters(labels, ctx.out("clusters"))
+    purity = write_gender_purity(labels, read_manifest(ctx.inputs["manifest"]), ctx.out("purity_tsv"), ctx.out("purity_png"))
+    return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity}
+
+
+# ------------------------------------------------------------------------------------------- analysis
+@stage
+def extract_features(ctx: StageContext) -> dict:
+    """Hidden states of `feature_layer` (default round(0.75 L)) for every utterance, in shards."""
+    from speaker_neurons.analysis.features import default_feature_layer, extract_layer_features
+    from speaker_neurons.data.manifest import read_manifest
+
+    model = _upstream(ctx)
+    layer = ctx.params["feature_layer"]
+    layer = default_feature_layer(model.num_layers) if layer in (None, "auto") else int(layer)
+    return extract_layer_features(model, read_manifest(ctx.inputs["manifest"]), layer, ctx.outputs["feature_dir"],
+                                  max_batch_seconds=ctx.params["max_batch_seconds"])
+
+
+@stage
+def frame_kmeans(ctx: StageContext) -> dict:
+    from speaker_neurons.analysis.clusters import run_frame_clustering
+
+    return run_frame_clustering(ctx.inputs["feature_dir"], ctx.inputs["manifest"], int(ctx.params["k"]),
+                                ctx.out("labels"), ctx.out("centroids"), ctx.out("hubert_tsv"), ctx.out("hubert_km"),
+                                ctx.out("kmeans_json"), max_frames=ctx.params["max_frames"], seed=ctx.params["seed"],
+                                threads=ctx.threads)
+
+
+@stage
+def activation_stats(ctx: StageContext) -> dict:
+    from speaker_neurons.analysis.clusters import load_labels, read_utterance_clusters
+    from speaker_neurons.analysis.stats import activation_statistics
+    from speaker_neurons.data.manifest import read_manifest
+
+    p = ctx.params
+    model = _upstream(ctx)
+    return activation_statistics(
+        model, read_manifest(ctx.inputs["manifest"]), load_labels(ctx.inputs["labels"]),
+        read_utterance_clusters(ctx.inputs["clusters"]), int(p["k"]), int(p["k_ivector"]), p["top_fraction"],
+        ctx.out("counts"), meta={"upstream": p["upstream"], "inputs": ctx.checksums}, out_json=ctx.out("meta"),
+        max_mismatch=p["max_mismatch"], max_batch_seconds=p["max_batch_seconds"])
+
+
+@stage
+def neuron_sets(ctx: StageContext) -> dict:
+    """Every named neuron set (SPEC §4) from the counts, the layer x set table and its plot."""
+    from speaker_neurons.analysis import neuron_sets as ns
+    from speaker_neurons.analysis.counts import load_counts
+
+    data = load_counts(ctx.inputs["counts"], ctx.inputs.get("meta"))
+    result, groups = ns.compute_neuron_sets(data, rho=ctx.params["rho"], return_groups=True)
+    paths = {Path(p).stem: Path(p) for p in ctx.outputs["sets"]}
+    missing = set(result) - set(paths)
+    if missing:
+        raise KeyError(f"the rule declares no file for neuron set(s) {sorted(missing)}")
+    ns.write_neuron_sets(result, paths, ns.neuron_set_params(data, ctx.params["rho"]), ctx.out("table"), groups=groups)
+    ns.plot_neuron_counts(ctx.outputs["table"], ctx.out("plot"), title=ctx.params.get("title"))
+    totals = {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
+    log.info("neuron totals: %s", totals)
+    return totals
+
+
+@stage
+def evidence_report(ctx: StageContext) -> dict:
+    """SSL clusters vs broad phone classes (where the corpus has frame phone classes)."""
+    from speaker_neurons.analysis.clusters import load_labels
+    from speaker_neurons.analysis.report import read_frame_classes, write_phone_composition
+
+    frame_period = json.loads((Path(ctx.inputs["feature_dir"]) / "features.json").read_text())["frame_period"]
+    corpus = ctx.inputs.get("corpus")
+    fc_path = Path(corpus) / "frame_classes.tsv" if corpus else None
+    fc = read_frame_classes(fc_path) if fc_path and fc_path.exists() else None
+    summary = write_phone_composition(load_labels(ctx.inputs["labels"]), fc, frame_period, ctx.out("composition_tsv"),
+                                      ctx.out("composition_png"))
+    _json(ctx.out("summary"), summary)
+    return summary
+
+
+@stage
+def neuron_counts_summary(ctx: StageContext) -> dict:
+    """One table of one model's neuron counts over every k_ssl: columns k_ssl, layer, one per set."""
+    from speaker_neurons.analysis.compare import stack_neuron_counts
+
+    df = stack_neuron_counts(dict(zip(ctx.params["k_ssl"], ctx.inputs["tables"])), ctx.out("table"))
+    return {"rows": len(df)}
+
+
+@stage
+def compare_models(ctx: StageContext) -> dict:
+    """The cross-model tables: neuron counts per layer and set, and one row per model."""
+    from speaker_neurons.analysis.compare import compare_models as compare
+
+    return compare(ctx.params["models"], ctx.inputs["tables"], ctx.inputs["evidence"], ctx.inputs["describe"],
+                   ctx.out("counts"), ctx.out("models"), ctx.out("plot"))
+
+
+@stage
+def describe_model(ctx: StageContext) -> dict:
+    """What a model is (kind, layers, widths, parameters), as JSON, for the reports."""
+    from speaker_neurons.models import describe
+
+    up = ctx.params["upstream"]
+    info = describe(up["path"], format=up.get("format", "auto"), mean_std=up.get("mean_std"))
+    info.pop("path", None)
+    _json(ctx.out("info"), info)
+    return info
