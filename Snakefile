@@ -9,13 +9,20 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    model=name_regex(MODEL_NAMES),
+    k=r"\d+",
+
+
 include: "rules/corpus.smk"
-include: "rules/upstream.smk"
+include: "rules/models.smk"
+include: "rules/ivectors.smk"
 include: "rules/analysis.smk"
 
 
 rule all:
     input:
-        qc_outputs(),
-        analysis_outputs(),
+        all_outputs(),
     default_target: True

@@ -1,22 +1,26 @@
-# Stage 3: label-free analysis. Layer features -> frame k-means (SSL clusters); i-vectors ->
-# utterance k-means (i-vector clusters); one streaming pass for activation counts; neuron sets;
-# the evidence report (clusters vs phone classes and genders).
+# Stage 3b: label-free analysis of each model, under results/models/<model>/analysis/.
+# Layer features -> frame k-means (SSL clusters); one streaming pass for activation counts per
+# (i-vector cluster, SSL cluster); neuron sets; the evidence report (SSL clusters vs phone classes).
+A = f"{RESULTS}/models/{{model}}/analysis"
+K = f"{A}/ssl_k{{k}}"
 
 
 rule extract_features:
     input:
-        unpack(model_inputs),
-        manifest=f"{RESULTS}/manifest/manifest.tsv",
+        unpack(model_input),
+        manifest=MANIFEST,
     output:
-        feature_dir=directory(f"{RESULTS}/analysis/features"),
+        feature_dir=directory(f"{A}/features"),
+        provenance=f"{A}/provenance/extract_features.json",
     params:
-        upstream=upstream_spec(),
+        upstream=model_params,
         feature_layer=config["analysis"]["feature_layer"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
+        device=config["upstream"]["device"],
     log:
-        f"{LOGS}/extract_features.log",
+        f"{LOGS}/{{model}}/extract_features.log",
     benchmark:
-        f"{BENCH}/extract_features.tsv"
+        f"{BENCH}/{{model}}/extract_features.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -24,25 +28,28 @@ rule extract_features:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/extract_features.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule frame_kmeans:
     input:
         feature_dir=rules.extract_features.output.feature_dir,
-        manifest=f"{RESULTS}/manifest/manifest.tsv",
+        manifest=MANIFEST,
     output:
-        labels=f"{RESULTS}/analysis/ssl_k{{k}}/labels.npz",
-        centroids=f"{RESULTS}/analysis/ssl_k{{k}}/centroids.npy",
-        hubert_tsv=f"{RESULTS}/analysis/ssl_k{{k}}/hubert.tsv",
-        hubert_km=f"{RESULTS}/analysis/ssl_k{{k}}/hubert.km",
+        labels=f"{K}/labels.npz",
+        centroids=f"{K}/centroids.npy",
+        hubert_tsv=f"{K}/hubert.tsv",
+        hubert_km=f"{K}/hubert.km",
+        kmeans_json=f"{K}/kmeans.json",
+        provenance=f"{K}/provenance/frame_kmeans.json",
     params:
+        k=lambda wc: int(wc.k),
         max_frames=config["analysis"]["max_frames"],
         seed=config["analysis"]["seed"],
     log:
-        f"{LOGS}/frame_kmeans_k{{k}}.log",
+        f"{LOGS}/{{model}}/frame_kmeans_k{{k}}.log",
     benchmark:
-        f"{BENCH}/frame_kmeans_k{{k}}.tsv"
+        f"{BENCH}/{{model}}/frame_kmeans_k{{k}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -50,74 +57,31 @@ rule frame_kmeans:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/frame_kmeans.py"
-
-
-rule ivectors:
-    input:
-        manifest=f"{RESULTS}/manifest/manifest.tsv",
-    output:
-        ark=f"{RESULTS}/analysis/ivectors/ivectors.ark",
-        scp=f"{RESULTS}/analysis/ivectors/ivectors.scp",
-        quality=f"{RESULTS}/analysis/ivectors/quality.json",
-    params:
-        ivector=config["ivector"],
-        device=config["upstream"]["device"],
-    log:
-        f"{LOGS}/ivectors.log",
-    benchmark:
-        f"{BENCH}/ivectors.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        "../envs/speaker-neurons.yaml"
-    script:
-        "../workflow_scripts/ivectors.py"
-
-
-rule ivector_clusters:
-    input:
-        scp=ivector_scp(),
-    output:
-        clusters=f"{RESULTS}/analysis/ivectors/clusters.tsv",
-    params:
-        k=config["analysis"]["k_ivector"],
-        seed=config["analysis"]["seed"],
-    log:
-        f"{LOGS}/ivector_clusters.log",
-    benchmark:
-        f"{BENCH}/ivector_clusters.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/speaker-neurons.yaml"
-    script:
-        "../workflow_scripts/ivector_clusters.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule activation_stats:
     input:
-        unpack(model_inputs),
-        manifest=f"{RESULTS}/manifest/manifest.tsv",
+        unpack(model_input),
+        manifest=MANIFEST,
         labels=rules.frame_kmeans.output.labels,
         clusters=rules.ivector_clusters.output.clusters,
     output:
-        counts=f"{RESULTS}/analysis/ssl_k{{k}}/activation_counts.npz",
-        meta=f"{RESULTS}/analysis/ssl_k{{k}}/activation_counts.json",
+        counts=f"{K}/activation_counts.npz",
+        meta=f"{K}/activation_counts.json",
+        provenance=f"{K}/provenance/activation_stats.json",
     params:
-        upstream=upstream_spec(),
+        upstream=model_params,
+        k=lambda wc: int(wc.k),
         k_ivector=config["analysis"]["k_ivector"],
         top_fraction=config["analysis"]["top_fraction"],
         max_mismatch=config["analysis"]["max_label_mismatch"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
+        device=config["upstream"]["device"],
     log:
-        f"{LOGS}/activation_stats_k{{k}}.log",
+        f"{LOGS}/{{model}}/activation_stats_k{{k}}.log",
     benchmark:
-        f"{BENCH}/activation_stats_k{{k}}.tsv"
+        f"{BENCH}/{{model}}/activation_stats_k{{k}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -125,25 +89,25 @@ rule activation_stats:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/activation_stats.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule neuron_sets:
     input:
         counts=rules.activation_stats.output.counts,
+        meta=rules.activation_stats.output.meta,
     output:
-        sets=expand(
-            f"{RESULTS}/analysis/ssl_k{{{{k}}}}/neurons/{{name}}.json",
-            name=NEURON_SETS,
-        ),
-        table=f"{RESULTS}/analysis/ssl_k{{k}}/neuron_counts.tsv",
-        plot=f"{RESULTS}/analysis/ssl_k{{k}}/neuron_counts.png",
+        sets=expand(f"{K}/neurons/{{name}}.json", name=NEURON_SETS, allow_missing=True),
+        table=f"{K}/neuron_counts.tsv",
+        plot=f"{K}/neuron_counts.png",
+        provenance=f"{K}/provenance/neuron_sets.json",
     params:
         rho=config["analysis"]["rho"],
+        title=lambda wc: f"{wc.model}: neurons per layer and set (k_ssl={wc.k})",
     log:
-        f"{LOGS}/neuron_sets_k{{k}}.log",
+        f"{LOGS}/{{model}}/neuron_sets_k{{k}}.log",
     benchmark:
-        f"{BENCH}/neuron_sets_k{{k}}.tsv"
+        f"{BENCH}/{{model}}/neuron_sets_k{{k}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -151,22 +115,23 @@ rule neuron_sets:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/neuron_sets.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule evidence_report:
     input:
-        unpack(frame_classes_input),
-        manifest=f"{RESULTS}/manifest/manifest.tsv",
+        unpack(demo_corpus_input),
         feature_dir=rules.extract_features.output.feature_dir,
         labels=rules.frame_kmeans.output.labels,
-        clusters=rules.ivector_clusters.output.clusters,
     output:
-        summary=f"{RESULTS}/analysis/ssl_k{{k}}/report/evidence.json",
+        composition_tsv=f"{K}/report/ssl_phone_composition.tsv",
+        composition_png=f"{K}/report/ssl_phone_composition.png",
+        summary=f"{K}/report/evidence.json",
+        provenance=f"{K}/report/provenance/evidence_report.json",
     log:
-        f"{LOGS}/evidence_report_k{{k}}.log",
+        f"{LOGS}/{{model}}/evidence_report_k{{k}}.log",
     benchmark:
-        f"{BENCH}/evidence_report_k{{k}}.tsv"
+        f"{BENCH}/{{model}}/evidence_report_k{{k}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -174,23 +139,21 @@ rule evidence_report:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/evidence_report.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule neuron_counts_summary:
     input:
-        tables=expand(
-            f"{RESULTS}/analysis/ssl_k{{k}}/neuron_counts.tsv",
-            k=config["analysis"]["k_ssl"],
-        ),
+        tables=expand(f"{K}/neuron_counts.tsv", k=K_SSL, allow_missing=True),
     output:
-        table=f"{RESULTS}/analysis/neuron_counts.tsv",
+        table=f"{A}/neuron_counts.tsv",
+        provenance=f"{A}/provenance/neuron_counts_summary.json",
     params:
-        k_ssl=config["analysis"]["k_ssl"],
+        k_ssl=K_SSL,
     log:
-        f"{LOGS}/neuron_counts_summary.log",
+        f"{LOGS}/{{model}}/neuron_counts_summary.log",
     benchmark:
-        f"{BENCH}/neuron_counts_summary.tsv"
+        f"{BENCH}/{{model}}/neuron_counts_summary.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -198,4 +161,38 @@ rule neuron_counts_summary:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/neuron_counts_summary.py"
+        "../workflow_scripts/run_stage.py"
+
+
+rule compare_models:
+    input:
+        tables=expand(
+            f"{RESULTS}/models/{{model}}/analysis/neuron_counts.tsv", model=MODEL_NAMES
+        ),
+        evidence=expand(
+            f"{RESULTS}/models/{{model}}/analysis/ssl_k{{k}}/report/evidence.json",
+            model=MODEL_NAMES,
+            k=K_SSL,
+        ),
+        describe=expand(
+            f"{RESULTS}/models/{{model}}/model_info.json", model=MODEL_NAMES
+        ),
+    output:
+        counts=f"{COMPARISON}/neuron_counts.tsv",
+        models=f"{COMPARISON}/models.tsv",
+        plot=f"{COMPARISON}/neuron_totals.png",
+        provenance=f"{COMPARISON}/provenance/compare_models.json",
+    params:
+        models=MODEL_NAMES,
+    log:
+        f"{LOGS}/compare_models.log",
+    benchmark:
+        f"{BENCH}/compare_models.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

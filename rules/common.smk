@@ -1,6 +1,11 @@
-# Config validation, paths and input functions shared by every stage.
+# Config validation, the model dimension, paths and input functions shared by every stage.
+import re
+from pathlib import Path
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+SCHEMA = str(Path(workflow.basedir) / "speaker_neurons" / "config.schema.yaml")
 
 
 def _config_error(exc):
@@ -16,20 +21,117 @@ def _config_error(exc):
     key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
     return (
         f"Invalid configuration at key '{key}': {err.message}. "
-        "Allowed keys, types and defaults: schemas/config.schema.yaml"
+        "Allowed keys, types and defaults: speaker_neurons/config.schema.yaml"
     )
 
 
+_old_upstream = {"kind", "path", "format"} & set(config.get("upstream") or {})
+if _old_upstream:
+    raise WorkflowError(
+        f"Invalid configuration at key 'upstream.{sorted(_old_upstream)[0]}': a model is now an entry of "
+        "'models', e.g. models: [{name: hubert_base, kind: hubert, path: /models/hubert_base_ls960.pt}]; "
+        "'upstream' keeps only 'device'."
+    )
 try:
-    validate(config, "../schemas/config.schema.yaml")
+    validate(config, SCHEMA)
 except WorkflowError as exc:
     raise WorkflowError(_config_error(exc)) from None
 
 RESULTS = config["results"].rstrip("/")
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
+MANIFEST = f"{RESULTS}/manifest/manifest.tsv"
+IVECTORS = f"{RESULTS}/ivectors"
+COMPARISON = f"{RESULTS}/comparison"
+K_SSL = config["analysis"]["k_ssl"]
+NEURON_SETS = [
+    "ssl_cluster",
+    "ivector_cluster",
+    "union",
+    "unconditioned",
+    "per_cluster",
+]
 
 
+# ---------------------------------------------------------------------------------- models
+# A model is a name and a folder: results/models/<name>/. Its weights are the checkpoint at `path`
+# (source: checkpoint) or a native folder results/models/<name>/model that one rule writes
+# (source: pretrain; later sources such as pruning add one rule each, restricted to their names).
+def _check_models(entries):
+    names = [m["name"] for m in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise WorkflowError(
+            f"Invalid configuration at key 'models': name {dupes[0]!r} is listed twice."
+        )
+    for m in entries:
+        where = f"Invalid configuration at key 'models' (entry {m['name']!r})"
+        if m["source"] == "checkpoint" and not m["path"]:
+            raise WorkflowError(
+                f"{where}: source checkpoint needs 'path' (or use source: pretrain)."
+            )
+        if m["source"] == "pretrain" and m["kind"] not in ("melhubert", "auto"):
+            raise WorkflowError(
+                f"{where}: the workflow pre-trains MelHuBERT only, not {m['kind']!r}."
+            )
+        released = m["format"] == "melhubert" or (
+            m["kind"] == "melhubert"
+            and m["source"] == "checkpoint"
+            and m["path"]
+            and Path(m["path"]).is_file()
+        )
+        if released and not m["mean_std"]:
+            raise WorkflowError(
+                f"{where}: a released MelHuBERT checkpoint ({m['path']}) stores no fbank "
+                "normalisation; set 'mean_std' to its mean-std.npy in this entry. Without it "
+                "every feature would be silently wrong."
+            )
+    return {m["name"]: m for m in entries}
+
+
+MODELS = _check_models(config["models"])
+MODEL_NAMES = list(MODELS)
+PRETRAINED = [n for n, m in MODELS.items() if m["source"] == "pretrain"]
+
+
+def model_dir(name):
+    return f"{RESULTS}/models/{name}"
+
+
+def model_path(name):
+    """Where the model's weights are: the user's checkpoint, or the folder a rule writes."""
+    m = MODELS[name]
+    return m["path"] if m["source"] == "checkpoint" else f"{model_dir(name)}/model"
+
+
+def upstream_spec(name):
+    """The dict speaker_neurons.models.load_upstream builds the model from."""
+    m = MODELS[name]
+    if m["source"] == "checkpoint":
+        spec = {"kind": m["kind"], "path": m["path"], "format": m["format"]}
+        if m["mean_std"]:
+            spec["mean_std"] = m["mean_std"]
+        return spec
+    return {"kind": "auto", "path": model_path(name), "format": "native"}
+
+
+def model_input(wildcards):
+    """The model's weights (and statistics) are inputs of every rule that runs it."""
+    out = {"model": model_path(wildcards.model)}
+    if MODELS[wildcards.model]["mean_std"]:
+        out["mean_std"] = MODELS[wildcards.model]["mean_std"]
+    return out
+
+
+def model_params(wildcards):
+    return upstream_spec(wildcards.model)
+
+
+def name_regex(names):
+    return "|".join(re.escape(n) for n in names) if names else "^$"
+
+
+# ---------------------------------------------------------------------------------- corpus
 def corpus_kwargs():
     """Keyword arguments of speaker_neurons.data.manifest.build_manifest for the chosen source."""
     source = config["corpus"]["source"]
@@ -45,61 +147,37 @@ def corpus_kwargs():
     return kwargs
 
 
-def manifest_inputs(wildcards):
-    """The raw manifest depends on the synthesized corpus only for the demo."""
+def demo_corpus_input(wildcards):
+    """The synthesized corpus is an input only for the demo (it also has frame phone classes)."""
     if config["corpus"]["source"] == "demo":
         return {"corpus": f"{RESULTS}/corpus/demo"}
     return {}
-
-
-def qc_outputs():
-    return [f"{RESULTS}/manifest/manifest.tsv", f"{RESULTS}/qc/qc.tsv"]
-
-
-NEURON_SETS = [
-    "ssl_cluster",
-    "ivector_cluster",
-    "union",
-    "unconditioned",
-    "per_cluster",
-]
-DEMO_MODEL = f"{RESULTS}/upstream/melhubert_demo/model"
-
-
-def upstream_spec():
-    """The config entry that speaker_neurons.models.load_upstream builds the model from."""
-    up = config["upstream"]
-    path = up["path"] or DEMO_MODEL
-    fmt = up["format"] if up["path"] else "native"
-    return {"kind": up["kind"], "path": path, "format": fmt}
-
-
-def model_inputs(wildcards):
-    """The model file is an input of the rules that run it (a missing one is named up front)."""
-    return {"model": config["upstream"]["path"] or DEMO_MODEL}
 
 
 def ivector_scp():
     """i-vectors made by the workflow, or the user's own Kaldi i-vectors (ark or scp)."""
-    return (
-        config["ivector"]["kaldi_ivectors"]
-        or f"{RESULTS}/analysis/ivectors/ivectors.scp"
-    )
+    return config["ivector"]["kaldi_ivectors"] or f"{IVECTORS}/ivectors.scp"
 
 
-def frame_classes_input(wildcards):
-    """Phone classes per frame exist for the demo corpus (MBROLA voices) only."""
-    if config["corpus"]["source"] == "demo":
-        return {"corpus": f"{RESULTS}/corpus/demo"}
-    return {}
+# ---------------------------------------------------------------------------------- targets
+def analysis_dir(name):
+    return f"{model_dir(name)}/analysis"
 
 
-def analysis_outputs():
-    outs = []
-    for k in config["analysis"]["k_ssl"]:
-        base = f"{RESULTS}/analysis/ssl_k{k}"
-        outs += [f"{base}/neuron_counts.tsv", f"{base}/report/evidence.json"]
-    outs.append(f"{RESULTS}/analysis/neuron_counts.tsv")
+def model_outputs(name):
+    base = analysis_dir(name)
+    outs = [f"{base}/neuron_counts.tsv"]
+    for k in K_SSL:
+        outs.append(f"{base}/ssl_k{k}/report/evidence.json")
+    return outs
+
+
+def all_outputs():
+    outs = [MANIFEST, f"{RESULTS}/qc/qc.tsv", f"{IVECTORS}/clusters.tsv"]
     if not config["ivector"]["kaldi_ivectors"]:
-        outs.append(f"{RESULTS}/analysis/ivectors/quality.json")
+        outs.append(f"{IVECTORS}/quality.json")
+    for name in MODEL_NAMES:
+        outs += model_outputs(name)
+    if len(MODEL_NAMES) > 1:
+        outs.append(f"{COMPARISON}/models.tsv")
     return outs

@@ -4,6 +4,7 @@
 rule synthesize_demo_corpus:
     output:
         corpus_dir=directory(f"{RESULTS}/corpus/demo"),
+        provenance=f"{RESULTS}/corpus/provenance/synthesize_demo_corpus.json",
     params:
         demo=config["corpus"]["demo"],
     log:
@@ -17,14 +18,15 @@ rule synthesize_demo_corpus:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/synthesize_demo_corpus.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule build_manifest:
     input:
-        unpack(manifest_inputs),
+        unpack(demo_corpus_input),
     output:
         manifest=f"{RESULTS}/manifest/manifest.raw.tsv",
+        provenance=f"{RESULTS}/manifest/provenance/build_manifest.json",
     params:
         corpus=corpus_kwargs(),
     log:
@@ -38,15 +40,16 @@ rule build_manifest:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/build_manifest.py"
+        "../workflow_scripts/run_stage.py"
 
 
 rule audio_qc:
     input:
         manifest=rules.build_manifest.output.manifest,
     output:
-        manifest=f"{RESULTS}/manifest/manifest.tsv",
+        manifest=MANIFEST,
         report=f"{RESULTS}/qc/qc.tsv",
+        provenance=f"{RESULTS}/qc/provenance/audio_qc.json",
     params:
         qc=config["qc"],
     log:
@@ -60,4 +63,4 @@ rule audio_qc:
     conda:
         "../envs/speaker-neurons.yaml"
     script:
-        "../workflow_scripts/audio_qc.py"
+        "../workflow_scripts/run_stage.py"

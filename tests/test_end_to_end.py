@@ -1,5 +1,7 @@
-"""The whole chain on a tiny configuration, run twice: every stage's outputs, logs and provenance
-exist and have the documented format, and the label files and neuron sets are byte-identical."""
+"""The whole chain on a tiny configuration with two models side by side (the pre-trained demo
+MelHuBERT and a small wav2vec2-style model saved in the native format), run twice: every stage's
+outputs, logs and provenance exist and have the documented format; models, label files and neuron
+sets are byte-identical between the runs."""
 
 from __future__ import annotations
 
@@ -15,12 +17,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 NEEDED = ("espeak-ng", "mbrola", "flite", "festival", "pico2wave")
+W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2),
+                                                                      (32, 2, 2), (32, 2, 2)],
+           extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16,
+           encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=2, encoder_attention_dropout=0.0,
+           encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
+           encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
 
 
-def _run_chain(results: Path) -> None:
+def _native_wav2vec2(folder: Path) -> Path:
+    import torch
+
+    from speaker_neurons.models import build_upstream, save_upstream
+
+    torch.manual_seed(7)
+    return save_upstream(build_upstream("wav2vec2", W2V).eval(), folder)
+
+
+def _run_chain(results: Path, extra: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(TINY), "--config", f"results={results}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(TINY), str(extra),
+         "--config", f"results={results}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
     )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
 
@@ -31,60 +49,76 @@ def two_runs(tmp_path_factory):
     if missing:
         pytest.skip(f"speech synthesizers missing ({', '.join(missing)}): run `make setup` as root")
     base = tmp_path_factory.mktemp("e2e")
-    _run_chain(base / "a")
-    _run_chain(base / "b")
+    native = _native_wav2vec2(base / "w2v_native")
+    extra = base / "models.yaml"
+    extra.write_text("models:\n  - {name: demo, kind: melhubert, source: pretrain}\n"
+                     f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n")
+    _run_chain(base / "a", extra)
+    _run_chain(base / "b", extra)
     return base / "a", base / "b"
 
 
 def _deterministic_files(root: Path) -> list[Path]:
-    files = []
-    for k in (3, 5):
-        d = Path("analysis") / f"ssl_k{k}"
-        files += [d / "labels.npz", d / "hubert.km", d / "activation_counts.npz", d / "neuron_counts.tsv"]
-        files += sorted(p.relative_to(root) for p in (root / d / "neurons").glob("*.json"))
-    files += [Path("analysis/ivectors/clusters.tsv"), Path("upstream/melhubert_demo/model/model.safetensors")]
+    files = [Path("ivectors/clusters.tsv"), Path("models/demo/model/model.safetensors"),
+             Path("models/demo/pretrain/head.pt"), Path("models/demo/pretrain/kmeans_centers.npy")]
+    for model in ("demo", "w2v"):
+        for k in (3, 5):
+            d = Path("models") / model / "analysis" / f"ssl_k{k}"
+            files += [d / "labels.npz", d / "hubert.km", d / "centroids.npy", d / "activation_counts.npz",
+                      d / "neuron_counts.tsv"]
+            files += sorted(p.relative_to(root) for p in (root / d / "neurons").glob("*.json"))
+    files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
     return files
 
 
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) >= 20
+    assert len(files) == 46
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
 
 
 def test_every_rule_logged_and_benchmarked(two_runs):
     a, _ = two_runs
-    logs = {p.stem for p in (a / "logs").glob("*.log")}
-    for rule in ("synthesize_demo_corpus", "build_manifest", "audio_qc", "pretrain_melhubert", "extract_features",
-                 "frame_kmeans_k3", "frame_kmeans_k5", "ivectors", "ivector_clusters", "activation_stats_k3",
-                 "neuron_sets_k3", "evidence_report_k3"):
-        assert rule in logs, f"no log for {rule}"
+    for rule in ("synthesize_demo_corpus", "build_manifest", "audio_qc", "ivectors", "ivector_clusters",
+                 "compare_models"):
+        assert (a / "logs" / f"{rule}.log").exists(), f"no log for {rule}"
         assert (a / "benchmarks" / f"{rule}.tsv").exists()
+    for model in ("demo", "w2v"):
+        rules = ["describe_model", "extract_features", "frame_kmeans_k3", "frame_kmeans_k5", "activation_stats_k3",
+                 "neuron_sets_k3", "evidence_report_k3", "neuron_counts_summary"]
+        for rule in rules + (["pretrain_melhubert"] if model == "demo" else []):
+            assert (a / "logs" / model / f"{rule}.log").exists(), f"no log for {model}/{rule}"
+            assert (a / "benchmarks" / model / f"{rule}.tsv").exists()
+        log = (a / "logs" / model / "activation_stats_k3.log").read_text()
+        assert "stage activation_stats [model=" in log and "device cpu" in log and "1 thread" not in log
 
 
 def test_counts_file_has_the_documented_format(two_runs):
     a, _ = two_runs
-    meta = json.loads((a / "analysis/ssl_k3/activation_counts.json").read_text())
-    with np.load(a / "analysis/ssl_k3/activation_counts.npz") as z:
-        assert sorted(z.files) == ["classes", "counts_l1", "counts_l2", "frames"]
-        assert z["classes"].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
-        assert z["counts_l1"].shape == (6, 256) and z["counts_l1"].dtype == np.int64
-        # every frame activates exactly K neurons per layer
-        assert (z["counts_l1"].sum(1) == meta["K"][0] * z["frames"]).all()
-        assert (z["counts_l2"].sum(1) == meta["K"][1] * z["frames"]).all()
-    assert meta["K"] == [3, 3] and meta["widths"] == [256, 256] and meta["top_fraction"] == 0.01
-    assert set(meta["inputs"]) and meta["upstream"]["kind"] == "melhubert"
+    for model, width, kind in (("demo", 256, "auto"), ("w2v", 96, "wav2vec2")):
+        d = a / "models" / model / "analysis" / "ssl_k3"
+        meta = json.loads((d / "activation_counts.json").read_text())
+        with np.load(d / "activation_counts.npz") as z:
+            assert sorted(z.files) == ["classes", "counts_l1", "counts_l2", "frames"]
+            assert z["classes"].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+            assert z["counts_l1"].shape == (6, width) and z["counts_l1"].dtype == np.int64
+            # every frame activates exactly K neurons per layer
+            assert (z["counts_l1"].sum(1) == meta["K"][0] * z["frames"]).all()
+            assert (z["counts_l2"].sum(1) == meta["K"][1] * z["frames"]).all()
+        assert meta["widths"] == [width, width] and meta["top_fraction"] == 0.01
+        assert set(meta["inputs"]) and meta["upstream"]["kind"] == kind
 
 
 def test_neuron_sets_recompute_from_the_counts(two_runs):
     from speaker_neurons.analysis.neuron_sets import recompute_from_npz
 
     a, _ = two_runs
-    again = recompute_from_npz(a / "analysis/ssl_k3/activation_counts.npz", rho=0.8)
+    d = a / "models/demo/analysis/ssl_k3"
+    again = recompute_from_npz(d / "activation_counts.npz", rho=0.8)
     for name in ("ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster"):
-        saved = json.loads((a / f"analysis/ssl_k3/neurons/{name}.json").read_text())
+        saved = json.loads((d / "neurons" / f"{name}.json").read_text())
         assert saved["set"] == name and saved["params"]["rho"] == 0.8
         assert {int(l): v for l, v in saved["layers"].items()} == {int(l): sorted(v) for l, v in again[name].items()}
 
@@ -94,11 +128,12 @@ def test_labels_join_model_frames_and_hubert_export(two_runs):
     from speaker_neurons.data.manifest import read_manifest
 
     a, _ = two_runs
-    labels = load_labels(a / "analysis/ssl_k3/labels.npz")
+    d = a / "models/demo/analysis/ssl_k3"
+    labels = load_labels(d / "labels.npz")
     manifest = read_manifest(a / "manifest/manifest.tsv")
     assert set(labels) == set(manifest["utt_id"])
-    km_lines = (a / "analysis/ssl_k3/hubert.km").read_text().splitlines()
-    tsv_lines = (a / "analysis/ssl_k3/hubert.tsv").read_text().splitlines()
+    km_lines = (d / "hubert.km").read_text().splitlines()
+    tsv_lines = (d / "hubert.tsv").read_text().splitlines()
     assert len(km_lines) == len(tsv_lines) - 1 == len(manifest)
     root = Path(tsv_lines[0])
     for line, km in zip(tsv_lines[1:], km_lines):
@@ -111,12 +146,27 @@ def test_labels_join_model_frames_and_hubert_export(two_runs):
         assert len(labels[utt]) == (kaldi + 1) // 2
 
 
-def test_provenance_and_evidence(two_runs):
+def test_provenance_evidence_and_comparison(two_runs):
+    import pandas as pd
+
     a, _ = two_runs
-    prov = json.loads((a / "analysis/ssl_k3/provenance/activation_stats.json").read_text())
+    prov = json.loads((a / "models/demo/analysis/ssl_k3/provenance/activation_stats.json").read_text())
+    assert prov["stage"] == "activation_stats" and prov["wildcards"] == {"model": "demo", "k": "3"}
     assert prov["inputs"] and all(len(h) == 64 for h in prov["inputs"].values())
-    ev = json.loads((a / "analysis/ssl_k3/report/evidence.json").read_text())
-    assert set(ev) == {"ssl_phone_composition_pct", "ivector_gender_purity"}
-    assert (a / "analysis/ssl_k3/report/ssl_phone_composition.png").stat().st_size > 1000
-    q = json.loads((a / "analysis/ivectors/quality.json").read_text())
+    assert prov["config"]["models"][1]["name"] == "w2v"
+    ev = json.loads((a / "models/demo/analysis/ssl_k3/report/evidence.json").read_text())
+    assert set(ev) == {"ssl_phone_composition_pct", "ssl_majority_class"}
+    assert (a / "models/demo/analysis/ssl_k3/report/ssl_phone_composition.png").stat().st_size > 1000
+    assert (a / "ivectors/gender_purity.png").stat().st_size > 1000
+    q = json.loads((a / "ivectors/quality.json").read_text())
     assert q["utterances"] == 48 and 0 <= q["sid_accuracy"] <= 1
+    models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
+    assert list(models["model"]) == ["demo", "demo", "w2v", "w2v"] and list(models["k_ssl"]) == [3, 5, 3, 5]
+    assert list(models["kind"]) == ["melhubert", "melhubert", "wav2vec2", "wav2vec2"]
+    assert list(models["ffn_widths"]) == ["256,256", "256,256", "96,96", "96,96"]
+    counts = pd.read_csv(a / "comparison/neuron_counts.tsv", sep="\t", dtype={"layer": str})
+    demo3 = pd.read_csv(a / "models/demo/analysis/ssl_k3/neuron_counts.tsv", sep="\t", dtype={"layer": str})
+    got = counts[(counts["model"] == "demo") & (counts["k_ssl"] == 3)].drop(columns=["model", "k_ssl"])
+    assert got.reset_index(drop=True).equals(demo3)
+    summary = json.loads((a / "models/demo/pretrain/summary.json").read_text())
+    assert summary["stopped_by"] == "max_steps" and summary["steps"] == 12

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SCHEMA = str(ROOT / "speaker_neurons" / "config.schema.yaml")
 
 
 def run_snakemake(*args, cwd=ROOT, timeout=300):
@@ -71,7 +72,7 @@ def test_schema_fills_defaults_for_keys_left_out():
     from snakemake.utils import validate
 
     config: dict = {}
-    validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    validate(config, SCHEMA)
     assert config["corpus"]["source"] == "demo"
     assert config["qc"] == {"min_duration": 0.5, "max_bad_fraction": 0.05, "sample_rate": 16000}
     assert config["analysis"]["k_ssl"] == [3] and config["analysis"]["rho"] == 0.8
@@ -79,16 +80,37 @@ def test_schema_fills_defaults_for_keys_left_out():
 
 
 def test_config_yaml_matches_schema_defaults():
-    """config.yaml is the embedded demo: it may not silently diverge from the documented defaults."""
+    """config.yaml is the embedded demo: every value it sets is the schema's default (the one place
+    where defaults live), so the two cannot silently diverge."""
     import yaml
     from snakemake.utils import validate
 
     defaults: dict = {}
-    validate(defaults, str(ROOT / "schemas" / "config.schema.yaml"))
+    validate(defaults, SCHEMA)
     shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
-    validate(shipped, str(ROOT / "schemas" / "config.schema.yaml"))
-    for section in ("corpus", "qc", "analysis", "upstream", "pretrain"):
-        assert shipped[section] == defaults[section], section
+    validate(shipped, SCHEMA)
+    assert shipped == defaults
+
+
+def test_package_defaults_come_from_the_schema():
+    """The package reads its defaults from the schema; a key the schema does not list is an error."""
+    import yaml
+
+    from speaker_neurons import config
+    from speaker_neurons.analysis.ivector import DEFAULT_IVECTOR_CONFIG
+    from speaker_neurons.models.melhubert import MELHUBERT_DEFAULTS
+    from speaker_neurons.pretrain import DEFAULT_TRAIN_CONFIG, DEMO_MODEL_CONFIG
+
+    props = yaml.safe_load(Path(SCHEMA).read_text())["properties"]
+    iv = props["ivector"]["properties"]
+    assert DEFAULT_IVECTOR_CONFIG == {k: iv[k]["default"] for k in iv if k != "kaldi_ivectors"}
+    train = props["pretrain"]["properties"]["train"]["properties"]
+    assert DEFAULT_TRAIN_CONFIG == {k: v["default"] for k, v in train.items()}
+    model = props["pretrain"]["properties"]["model"]["properties"]
+    assert DEMO_MODEL_CONFIG == {k: v["default"] for k, v in model.items()}
+    assert set(model) <= set(MELHUBERT_DEFAULTS)  # every schema key is one the model accepts
+    with pytest.raises(ValueError, match="max_step"):
+        config.resolve("pretrain.train", {"max_step": 3})
 
 
 def test_non_demo_source_without_paths_names_the_missing_key(tmp_path):
@@ -150,25 +172,58 @@ def test_too_many_broken_files_stop_the_run_naming_the_report(tmp_path):
     assert "qc.tsv" in log and not (tmp_path / "r" / "manifest" / "manifest.tsv").exists()
 
 
-def test_schema_lists_exactly_the_keys_the_code_accepts():
-    """The nested sections are validated before any job: the schema must track the code's keys."""
-    import yaml
-
-    from speaker_neurons.analysis.ivector import DEFAULT_IVECTOR_CONFIG
-    from speaker_neurons.models.melhubert import MELHUBERT_DEFAULTS
-    from speaker_neurons.models.pretrain import DEFAULT_TRAIN_CONFIG
-
-    props = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())["properties"]
-    iv = props["ivector"]["properties"]
-    assert set(iv) == set(DEFAULT_IVECTOR_CONFIG) | {"kaldi_ivectors"}
-    assert {k: iv[k]["default"] for k in DEFAULT_IVECTOR_CONFIG} == DEFAULT_IVECTOR_CONFIG
-    assert set(props["pretrain"]["properties"]["train"]["properties"]) == set(DEFAULT_TRAIN_CONFIG)
-    assert set(props["pretrain"]["properties"]["model"]["properties"]) == set(MELHUBERT_DEFAULTS)
-
-
 def test_missing_checkpoint_is_named_before_any_job(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"results: {tmp_path}/r\nupstream: {{kind: hubert, path: {tmp_path}/nope/hubert_base.pt}}\n")
+    cfg.write_text(f"results: {tmp_path}/r\nmodels: [{{name: hub, kind: hubert, path: {tmp_path}/nope/hubert_base.pt}}]\n")
     res = run_snakemake("-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert res.returncode != 0 and f"{tmp_path}/nope/hubert_base.pt" in out and "Missing input" in out
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        ("[{name: rel, kind: melhubert, path: CKPT}]", "set 'mean_std'"),
+        ("[{name: rel, kind: melhubert, format: melhubert, path: CKPT}]", "set 'mean_std'"),
+        ("[{name: a, source: pretrain}, {name: a, source: pretrain}]", "name 'a' is listed twice"),
+        ("[{name: h, kind: hubert}]", "source checkpoint needs 'path'"),
+        ("[{name: 1x, source: pretrain}]", "Invalid configuration at key 'models.0.name'"),
+    ],
+)
+def test_bad_model_entries_stop_naming_the_fix(tmp_path, models, message):
+    ckpt = tmp_path / "melhubert.ckpt"
+    ckpt.write_bytes(b"not read by a dry run")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\nmodels: {models.replace('CKPT', str(ckpt))}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and message in out, out
+
+
+def test_old_single_upstream_config_points_to_models(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\nupstream: {{kind: hubert, path: /models/hubert.pt}}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Invalid configuration at key 'upstream.kind'" in out and "models:" in out
+
+
+def test_two_models_plan_side_by_side(tmp_path):
+    """Each listed model gets its own analysis jobs under results/models/<name>/, and a cross-model
+    table joins them."""
+    native = tmp_path / "w2v"
+    native.mkdir()
+    (native / "config.json").write_text("{}")
+    (native / "model.safetensors").write_bytes(b"")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\nanalysis: {{k_ssl: [3, 5]}}\nmodels: [{{name: demo, kind: melhubert, "
+                   f"source: pretrain}}, {{name: w2v, kind: wav2vec2, path: {native}, format: native}}]\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    for model in ("demo", "w2v"):
+        for k in (3, 5):
+            assert f"{tmp_path}/r/models/{model}/analysis/ssl_k{k}/activation_counts.npz" in out
+    assert "compare_models" in out and f"{tmp_path}/r/comparison/models.tsv" in out
+    assert out.count("rule pretrain_melhubert:") == 1  # only the pretrain entry is trained
+    assert f"input: {native}" in out  # the checkpoint entry is read where it lies

@@ -1,0 +1,54 @@
+# Stage 3a: the corpus' own speaker structure, the same for every model. i-vectors (no labels) and
+# their k-means clusters (the i-vector clusters), with their quality and their gender purity.
+
+
+rule ivectors:
+    input:
+        manifest=MANIFEST,
+    output:
+        ark=f"{IVECTORS}/ivectors.ark",
+        scp=f"{IVECTORS}/ivectors.scp",
+        quality=f"{IVECTORS}/quality.json",
+        extractor=f"{IVECTORS}/extractor.pt",
+        provenance=f"{IVECTORS}/provenance/ivectors.json",
+    params:
+        ivector=config["ivector"],
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/ivectors.log",
+    benchmark:
+        f"{BENCH}/ivectors.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule ivector_clusters:
+    input:
+        scp=ivector_scp(),
+        manifest=MANIFEST,
+    output:
+        clusters=f"{IVECTORS}/clusters.tsv",
+        purity_tsv=f"{IVECTORS}/gender_purity.tsv",
+        purity_png=f"{IVECTORS}/gender_purity.png",
+        provenance=f"{IVECTORS}/provenance/ivector_clusters.json",
+    params:
+        k=config["analysis"]["k_ivector"],
+        seed=config["analysis"]["seed"],
+    log:
+        f"{LOGS}/ivector_clusters.log",
+    benchmark:
+        f"{BENCH}/ivector_clusters.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

@@ -1,0 +1,58 @@
+# Stage 2: the models. Each entry of config `models` is a model named by its folder,
+# results/models/<name>/. A checkpoint model is read where it lies; a model the workflow makes is
+# written by exactly one rule into results/models/<name>/model (a native folder), so a new kind of
+# derived model (pruned, erased, continued) is one more rule restricted to its own names.
+
+
+rule pretrain_melhubert:
+    input:
+        manifest=MANIFEST,
+    output:
+        model_dir=directory(f"{RESULTS}/models/{{model}}/model"),
+        head=f"{RESULTS}/models/{{model}}/pretrain/head.pt",
+        summary=f"{RESULTS}/models/{{model}}/pretrain/summary.json",
+        train_log=f"{RESULTS}/models/{{model}}/pretrain/train_log.tsv",
+        loss_curve=f"{RESULTS}/models/{{model}}/pretrain/loss_curve.png",
+        kmeans_centers=f"{RESULTS}/models/{{model}}/pretrain/kmeans_centers.npy",
+        checkpoints=directory(f"{RESULTS}/models/{{model}}/pretrain/checkpoints"),
+        provenance=f"{RESULTS}/models/{{model}}/pretrain/provenance/pretrain_melhubert.json",
+    wildcard_constraints:
+        model=name_regex(PRETRAINED),
+    params:
+        model=config["pretrain"]["model"],
+        train=config["pretrain"]["train"],
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/pretrain_melhubert.log",
+    benchmark:
+        f"{BENCH}/{{model}}/pretrain_melhubert.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule describe_model:
+    input:
+        unpack(model_input),
+    output:
+        info=f"{RESULTS}/models/{{model}}/model_info.json",
+        provenance=f"{RESULTS}/models/{{model}}/provenance/describe_model.json",
+    params:
+        upstream=model_params,
+    log:
+        f"{LOGS}/{{model}}/describe_model.log",
+    benchmark:
+        f"{BENCH}/{{model}}/describe_model.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
