@@ -13,6 +13,7 @@ rule extract_features:
         feature_dir=directory(f"{A}/features"),
         provenance=f"{A}/provenance/extract_features.json",
     params:
+        compute_threads=config["upstream"]["threads"],
         upstream=model_params,
         feature_layer=config["analysis"]["feature_layer"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
@@ -21,7 +22,7 @@ rule extract_features:
         f"{LOGS}/{{model}}/extract_features.log",
     benchmark:
         f"{BENCH}/{{model}}/extract_features.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
@@ -43,6 +44,7 @@ rule frame_kmeans:
         kmeans_json=f"{K}/kmeans.json",
         provenance=f"{K}/provenance/frame_kmeans.json",
     params:
+        compute_threads=config["upstream"]["threads"],
         k=lambda wc: int(wc.k),
         max_frames=config["analysis"]["max_frames"],
         seed=config["analysis"]["seed"],
@@ -50,7 +52,7 @@ rule frame_kmeans:
         f"{LOGS}/{{model}}/frame_kmeans_k{{k}}.log",
     benchmark:
         f"{BENCH}/{{model}}/frame_kmeans_k{{k}}.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=8000,
         runtime=60,
@@ -71,6 +73,7 @@ rule activation_stats:
         meta=f"{K}/activation_counts.json",
         provenance=f"{K}/provenance/activation_stats.json",
     params:
+        compute_threads=config["upstream"]["threads"],
         upstream=model_params,
         k=lambda wc: int(wc.k),
         k_ivector=config["analysis"]["k_ivector"],
@@ -82,7 +85,7 @@ rule activation_stats:
         f"{LOGS}/{{model}}/activation_stats_k{{k}}.log",
     benchmark:
         f"{BENCH}/{{model}}/activation_stats_k{{k}}.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,

@@ -11,7 +11,7 @@ rule synthesize_demo_corpus:
         f"{LOGS}/synthesize_demo_corpus.log",
     benchmark:
         f"{BENCH}/synthesize_demo_corpus.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=2000,
         runtime=30,
@@ -56,7 +56,7 @@ rule audio_qc:
         f"{LOGS}/audio_qc.log",
     benchmark:
         f"{BENCH}/audio_qc.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,

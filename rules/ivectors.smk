@@ -12,13 +12,14 @@ rule ivectors:
         extractor=f"{IVECTORS}/extractor.pt",
         provenance=f"{IVECTORS}/provenance/ivectors.json",
     params:
+        compute_threads=config["upstream"]["threads"],
         ivector=config["ivector"],
         device=config["upstream"]["device"],
     log:
         f"{LOGS}/ivectors.log",
     benchmark:
         f"{BENCH}/ivectors.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,

@@ -19,6 +19,7 @@ rule pretrain_melhubert:
     wildcard_constraints:
         model=name_regex(PRETRAINED),
     params:
+        compute_threads=config["upstream"]["threads"],
         model=config["pretrain"]["model"],
         train=config["pretrain"]["train"],
         device=config["upstream"]["device"],
@@ -26,7 +27,7 @@ rule pretrain_melhubert:
         f"{LOGS}/{{model}}/pretrain_melhubert.log",
     benchmark:
         f"{BENCH}/{{model}}/pretrain_melhubert.tsv"
-    threads: 2
+    threads: config["upstream"]["threads"]
     resources:
         mem_mb=8000,
         runtime=60,

@@ -77,6 +77,12 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
     wanted = params.get("device", (config or {}).get("upstream", {}).get("device", "cpu"))
     device = str(resolve_device(wanted))
     threads = max(1, int(threads))
+    if "compute_threads" in params:  # a config value: results depend on it bit for bit, not on the machine
+        compute = int(params["compute_threads"])
+        if compute > threads:
+            log.warning("Snakemake gave this job %d thread(s); computing with upstream.threads=%d all the same, so "
+                        "that the results do not depend on the cores of this run", threads, compute)
+        threads = compute
     job = ", ".join(f"{k}={v}" for k, v in (wildcards or {}).items())
     log.info("stage %s%s: device %s (asked %s), %d thread(s)", name, f" [{job}]" if job else "", device, wanted, threads)
     t0 = time.monotonic()
