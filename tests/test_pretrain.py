@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from speaker_neurons.pretrain import (
-    expected_mask_fraction,
-    kmeans_targets,
-    lr_at,
-    make_batches,
-    span_mask,
-)
+from speaker_neurons.batching import length_batches as make_batches
+from speaker_neurons.kmeans import cluster_utterance_frames as kmeans_targets
+from speaker_neurons.pretrain.loop import lr_at
+from speaker_neurons.pretrain.masking import expected_mask_fraction, span_mask
 
 
 def _runs(row: np.ndarray) -> list[int]:
@@ -282,18 +279,18 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(trained, tmp_path):
     assert _losses(resumed / "train_log.tsv") == _losses(out / "train_log.tsv")
 
 
-def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, caplog):
+def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):
     import logging
 
     from speaker_neurons.pretrain import DEFAULT_TRAIN_CONFIG, pretrain_melhubert
 
     assert DEFAULT_TRAIN_CONFIG["max_minutes"] is None  # by default only the step count ends a run
     manifest, _, _, _ = trained
-    with caplog.at_level(logging.WARNING, logger="speaker_neurons"):
+    with package_logs.at_level(logging.WARNING, logger="speaker_neurons"):
         s = pretrain_melhubert(manifest, tmp_path / "budget", TINY_MODEL, {**TINY_TRAIN, "max_minutes": 1e-6},
                                device="cpu", threads=1)
     assert s["stopped_by"] == "max_minutes" and s["steps"] < TINY_TRAIN["max_steps"]
-    assert "STOPPED BY THE CLOCK" in caplog.text
+    assert "STOPPED BY THE CLOCK" in package_logs.text
 
 
 def test_continue_pretraining_a_pruned_model(trained, tmp_path):

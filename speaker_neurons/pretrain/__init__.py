@@ -20,12 +20,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from speaker_neurons.batching import length_batches as make_batches  # noqa: F401  (the name the tests know)
 from speaker_neurons.config import defaults, resolve
-from speaker_neurons.kmeans import cluster_utterance_frames as kmeans_targets  # noqa: F401
 from speaker_neurons.pretrain.data import TrainingData, prepare_training_data
-from speaker_neurons.pretrain.loop import TrainOutputs, load_head, lr_at, train_masked_prediction  # noqa: F401
-from speaker_neurons.pretrain.masking import expected_mask_fraction, span_mask  # noqa: F401
+from speaker_neurons.pretrain.loop import TrainOutputs, load_head, train_masked_prediction
 from speaker_neurons.utils import get_logger, setup_logging
 
 #: The training options and their defaults (the schema's `pretrain.train` section).
@@ -109,4 +106,4 @@ def continue_pretraining(
 
 
 __all__ = ["DEFAULT_TRAIN_CONFIG", "DEMO_MODEL_CONFIG", "TrainOutputs", "TrainingData", "continue_pretraining",
-           "pretrain_melhubert", "prepare_training_data", "train_masked_prediction"]
+           "load_head", "pretrain_melhubert", "prepare_training_data", "train_masked_prediction"]
