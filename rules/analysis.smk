@@ -187,6 +187,7 @@ rule compare_models:
         provenance=f"{COMPARISON}/provenance/compare_models.json",
     params:
         models=MODEL_NAMES,
+        evidence_keys=[[m, k] for m in MODEL_NAMES for k in K_SSL],
     log:
         f"{LOGS}/compare_models.log",
     benchmark:

@@ -74,6 +74,11 @@ def _check_models(entries):
             raise WorkflowError(
                 f"{where}: the workflow pre-trains MelHuBERT only, not {m['kind']!r}."
             )
+        if m["source"] == "pretrain" and (m["path"] or m["mean_std"]):
+            raise WorkflowError(
+                f"{where}: a pre-trained model is made by the workflow (section 'pretrain'); "
+                "'path' and 'mean_std' belong to source: checkpoint."
+            )
         released = m["format"] == "melhubert" or (
             m["kind"] == "melhubert"
             and m["source"] == "checkpoint"
@@ -112,14 +117,15 @@ def upstream_spec(name):
         if m["mean_std"]:
             spec["mean_std"] = m["mean_std"]
         return spec
-    return {"kind": "auto", "path": model_path(name), "format": "native"}
+    return {"kind": "melhubert", "path": model_path(name), "format": "native"}
 
 
 def model_input(wildcards):
     """The model's weights (and statistics) are inputs of every rule that runs it."""
+    m = MODELS[wildcards.model]
     out = {"model": model_path(wildcards.model)}
-    if MODELS[wildcards.model]["mean_std"]:
-        out["mean_std"] = MODELS[wildcards.model]["mean_std"]
+    if m["source"] == "checkpoint" and m["mean_std"]:
+        out["mean_std"] = m["mean_std"]
     return out
 
 

@@ -9,7 +9,7 @@ rule ivectors:
         ark=f"{IVECTORS}/ivectors.ark",
         scp=f"{IVECTORS}/ivectors.scp",
         quality=f"{IVECTORS}/quality.json",
-        extractor=f"{IVECTORS}/extractor.pt",
+        extractor=f"{IVECTORS}/extractor.npz",
         provenance=f"{IVECTORS}/provenance/ivectors.json",
     params:
         compute_threads=config["upstream"]["threads"],

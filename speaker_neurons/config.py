@@ -56,16 +56,12 @@ def defaults(section: str | None = None) -> dict[str, Any]:
     return _defaults_of(_section_schema(section))
 
 
-def keys(section: str) -> set[str]:
-    return set(_section_schema(section).get("properties", {}))
-
-
 def resolve(section: str, given: Mapping[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """A section's defaults overlaid with `given`; a key the schema does not list raises ValueError
     naming it and the section. `exclude`: keys of the section that the caller does not take."""
     cfg = {k: v for k, v in defaults(section).items() if k not in exclude}
     unknown = sorted(set(given or {}) - set(cfg))
     if unknown:
-        raise ValueError(f"unknown {section} key(s) {unknown}; known: {sorted(cfg)} (see {SCHEMA_PATH.name})")
+        raise ValueError(f"unknown {section} config key(s) {unknown}; known: {sorted(cfg)} (see {SCHEMA_PATH.name})")
     cfg.update(copy.deepcopy(dict(given or {})))
     return cfg

@@ -18,30 +18,31 @@ from speaker_neurons.utils import get_logger
 
 log = get_logger("evaluation")
 
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def speaker_id_accuracy(
-    train_ivecs: np.ndarray, train_spk: Sequence, test_ivecs: np.ndarray, test_spk: Sequence
+    train_vecs: np.ndarray, train_spk: Sequence, test_vecs: np.ndarray, test_spk: Sequence
 ) -> float:
-    """Closed-set speaker identification: cosine between each (normalised) test i-vector and each
-    speaker's normalised mean of normalised training i-vectors; accuracy of the arg max. Test
+    """Closed-set speaker identification: cosine between each (normalised) test vector and each
+    speaker's normalised mean of normalised training vectors; accuracy of the arg max. Test
     utterances of speakers absent from training count as errors."""
     train_spk = np.asarray(train_spk)
     test_spk = np.asarray(test_spk)
     if len(test_spk) == 0:
-        raise ValueError("no test i-vectors")
-    tr = _unit(train_ivecs)
+        raise ValueError("no test vectors")
+    tr = _unit(train_vecs)
     speakers = np.unique(train_spk)
     means = _unit(np.stack([tr[train_spk == s].mean(0) for s in speakers]))
-    pred = speakers[np.argmax(_unit(test_ivecs) @ means.T, axis=1)]
+    pred = speakers[np.argmax(_unit(test_vecs) @ means.T, axis=1)]
     return float(np.mean(pred == test_spk))
 
 
 def build_trials(
-    ivecs: np.ndarray, speakers: Sequence, max_trials: int | None = None, seed: int = 0
+    vectors: np.ndarray, speakers: Sequence, max_trials: int | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """All pairs i < j: (cosine scores, labels 1 = same speaker). With `max_trials`, a seeded random
     subset of that many pairs."""
@@ -51,7 +52,7 @@ def build_trials(
     if max_trials is not None and len(iu) > max_trials:
         sel = np.sort(np.random.default_rng(seed).choice(len(iu), size=int(max_trials), replace=False))
         iu, ju = iu[sel], ju[sel]
-    x = _unit(ivecs)
+    x = _unit(vectors)
     scores = np.einsum("nd,nd->n", x[iu], x[ju])
     return scores, (spk[iu] == spk[ju]).astype(np.int8)
 

@@ -42,9 +42,6 @@ class StageContext:
     checksums: dict[str, str] = field(default_factory=dict)
     wildcards: dict[str, str] = field(default_factory=dict)
 
-    def input(self, key: str, default: Any = None) -> Any:
-        return self.inputs.get(key, default)
-
     def out(self, key: str) -> Path:
         """An output path (its folder created)."""
         if key not in self.outputs:
@@ -89,10 +86,14 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
     checksums = sha256_paths(_flat(inputs))
     log.info("inputs hashed in %.1f s", time.monotonic() - t0)
     ctx = StageContext(name, dict(inputs), dict(outputs), params, threads, device, checksums, dict(wildcards or {}))
+    saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     t1 = time.monotonic()
-    with threadpool_limits(limits=threads):
-        result = STAGES[name](ctx) or {}
+    try:
+        with threadpool_limits(limits=threads):
+            result = STAGES[name](ctx) or {}
+    finally:
+        torch.set_num_threads(saved_threads)
     log.info("stage %s done in %.1f s", name, time.monotonic() - t1)
     if "provenance" in outputs:
         write_provenance(ctx.out("provenance"), stage=name, params=params, config=config, checksums=checksums,
@@ -236,11 +237,8 @@ def neuron_sets(ctx: StageContext) -> dict:
     from speaker_neurons.analysis.counts import load_counts
 
     data = load_counts(ctx.inputs["counts"], ctx.inputs.get("meta"))
-    result, groups = ns.compute_neuron_sets(data, rho=ctx.params["rho"], return_groups=True)
-    paths = {Path(p).stem: Path(p) for p in ctx.outputs["sets"]}
-    missing = set(result) - set(paths)
-    if missing:
-        raise KeyError(f"the rule declares no file for neuron set(s) {sorted(missing)}")
+    paths = {Path(p).stem: Path(p) for p in ctx.outputs["sets"]}  # the sets the rule declares
+    result, groups = ns.compute_neuron_sets(data, rho=ctx.params["rho"], sets=list(paths), return_groups=True)
     ns.write_neuron_sets(result, paths, ns.neuron_set_params(data, ctx.params["rho"]), ctx.out("table"), groups=groups)
     ns.plot_neuron_counts(ctx.outputs["table"], ctx.out("plot"), title=ctx.params.get("title"))
     totals = {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
@@ -278,7 +276,8 @@ def compare_models(ctx: StageContext) -> dict:
     """The cross-model tables: neuron counts per layer and set, and one row per model."""
     from speaker_neurons.analysis.compare import compare_models as compare
 
-    return compare(ctx.params["models"], ctx.inputs["tables"], ctx.inputs["evidence"], ctx.inputs["describe"],
+    evidence = {(m, int(k)): path for (m, k), path in zip(ctx.params["evidence_keys"], ctx.inputs["evidence"])}
+    return compare(ctx.params["models"], ctx.inputs["tables"], evidence, ctx.inputs["describe"],
                    ctx.out("counts"), ctx.out("models"), ctx.out("plot"))
 
 

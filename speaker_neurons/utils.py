@@ -67,13 +67,11 @@ def write_provenance(
     stage: str,
     params: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
-    inputs: Iterable[str] = (),
     checksums: dict[str, str] | None = None,
     wildcards: dict[str, str] | None = None,
 ) -> Path:
     """Write a stage's provenance JSON to `path`: the stage, its parameters (and wildcards), the
-    resolved config, the inputs' sha256 checksums (given as `checksums` when the caller already has
-    them, else computed from `inputs`) and the package versions. No clock, host or time: the same run
+    resolved config, the inputs' sha256 checksums (`sha256_paths`) and the package versions. No clock, host or time: the same run
     gives the same record."""
     import importlib.metadata as md
 
@@ -91,7 +89,7 @@ def write_provenance(
         "params": params,
         "wildcards": wildcards or {},
         "config": config,
-        "inputs": checksums if checksums is not None else sha256_paths(p for p in inputs if p),
+        "inputs": checksums or {},
         "versions": versions,
         "python": platform.python_version(),
     }

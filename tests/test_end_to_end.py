@@ -97,7 +97,7 @@ def test_every_rule_logged_and_benchmarked(two_runs):
 
 def test_counts_file_has_the_documented_format(two_runs):
     a, _ = two_runs
-    for model, width, kind in (("demo", 256, "auto"), ("w2v", 96, "wav2vec2")):
+    for model, width, kind in (("demo", 256, "melhubert"), ("w2v", 96, "wav2vec2")):
         d = a / "models" / model / "analysis" / "ssl_k3"
         meta = json.loads((d / "activation_counts.json").read_text())
         with np.load(d / "activation_counts.npz") as z:
@@ -164,6 +164,10 @@ def test_provenance_evidence_and_comparison(two_runs):
     assert list(models["model"]) == ["demo", "demo", "w2v", "w2v"] and list(models["k_ssl"]) == [3, 5, 3, 5]
     assert list(models["kind"]) == ["melhubert", "melhubert", "wav2vec2", "wav2vec2"]
     assert list(models["ffn_widths"]) == ["256,256", "256,256", "96,96", "96,96"]
+    for row in models.itertuples():  # each row joins the evidence of its own k (the config lists k unsorted)
+        ev = json.loads((a / f"models/{row.model}/analysis/ssl_k{row.k_ssl}/report/evidence.json").read_text())
+        shares = [v["pct"] for v in ev["ssl_majority_class"].values()]
+        assert row.ssl_phone_purity_pct == pytest.approx(round(float(np.mean(shares)), 2))
     counts = pd.read_csv(a / "comparison/neuron_counts.tsv", sep="\t", dtype={"layer": str})
     demo3 = pd.read_csv(a / "models/demo/analysis/ssl_k3/neuron_counts.tsv", sep="\t", dtype={"layer": str})
     got = counts[(counts["model"] == "demo") & (counts["k_ssl"] == 3)].drop(columns=["model", "k_ssl"])

@@ -141,7 +141,7 @@ def test_max_train_utts_uses_the_longest():
                                "tv_max_train_utts": 10}).fit(feats)
     out = ext.transform(feats, normalize=False)
     assert out.shape == (40, 3) and np.all(out[7] == 0)
-    with pytest.raises(ValueError, match="unknown i-vector config key"):
+    with pytest.raises(ValueError, match="unknown ivector config key"):
         iv.IVectorExtractor({"ubm_component": 8})
 
 

@@ -260,23 +260,32 @@ def test_slowed_down_run_ends_identical_to_a_fast_one(trained, tmp_path):
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(trained, tmp_path):
-    """Continuing from step 15's checkpoint gives the same model and per-step losses as the run that
-    never stopped."""
+    """Continuing from a checkpoint taken in the middle of an epoch gives the same model, head and
+    per-step losses as the run that never stopped; a checkpoint of another config is refused."""
     import shutil
 
     from speaker_neurons.pretrain import pretrain_melhubert
 
-    manifest, out, _, _ = trained
+    manifest, _, _, _ = trained
+    cfg = {**TINY_TRAIN, "checkpoint_every": 10}
+    full = tmp_path / "full"
+    pretrain_melhubert(manifest, full, TINY_MODEL, cfg, device="cpu", threads=1)
+    state = torch.load(full / "checkpoints" / "step_10" / "state.pt", weights_only=False)
+    assert state["pending"], "the checkpoint must fall inside an epoch for this test to mean something"
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(out / "checkpoints" / "step_15", resumed / "checkpoints" / "step_15")
-    s = pretrain_melhubert(manifest, resumed, TINY_MODEL, TINY_TRAIN, device="cpu", threads=1,
-                           resume_from=resumed / "checkpoints" / "step_15")
-    assert s["steps"] == 30 and s["resumed_from"].endswith("step_15")
-    assert _sha(resumed / "model" / "model.safetensors") == _sha(out / "model" / "model.safetensors")
-    assert _sha(resumed / "head.pt") != "" and torch.equal(
-        torch.load(resumed / "head.pt")["state_dict"]["weight"], torch.load(out / "head.pt")["state_dict"]["weight"])
-    assert _losses(resumed / "train_log.tsv") == _losses(out / "train_log.tsv")
+    shutil.copytree(full / "checkpoints" / "step_10", resumed / "checkpoints" / "step_10")
+    shutil.copytree(full / "checkpoints" / "step_30", resumed / "checkpoints" / "step_30")  # stale: removed
+    s = pretrain_melhubert(manifest, resumed, TINY_MODEL, cfg, device="cpu", threads=1,
+                           resume_from=resumed / "checkpoints" / "step_10")
+    assert s["steps"] == 30 and s["resumed_from"].endswith("step_10")
+    for name in ("model/model.safetensors", "head.pt", "checkpoints/step_20/model.safetensors",
+                 "checkpoints/step_30/head.pt"):
+        assert _sha(resumed / name) == _sha(full / name), name
+    assert _losses(resumed / "train_log.tsv") == _losses(full / "train_log.tsv")
+    with pytest.raises(ValueError, match="another training config"):
+        pretrain_melhubert(manifest, tmp_path / "other", TINY_MODEL, {**cfg, "lr": 1e-3}, device="cpu", threads=1,
+                           resume_from=full / "checkpoints" / "step_10")
 
 
 def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):

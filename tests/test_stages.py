@@ -74,3 +74,14 @@ def test_every_rule_has_a_stage_and_declares_its_provenance():
     for name, block in zip(rules, blocks):
         assert name in stages.STAGES, f"rule {name} has no stage"
         assert "run_stage.py" in block and "provenance=" in block, name
+
+
+def test_the_rules_declare_exactly_the_package_neuron_sets():
+    import re
+    from pathlib import Path
+
+    from speaker_neurons.analysis.neuron_sets import SET_NAMES
+
+    text = (Path(__file__).resolve().parents[1] / "rules" / "common.smk").read_text()
+    block = re.search(r"^NEURON_SETS = \[(.*?)\]", text, flags=re.M | re.S).group(1)
+    assert tuple(re.findall(r'"(\w+)"', block)) == SET_NAMES

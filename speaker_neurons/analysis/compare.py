@@ -37,20 +37,20 @@ def _phone_purity(evidence: Mapping) -> float | None:
     return round(float(np.mean([v["pct"] for v in maj.values()])), 2)
 
 
-def compare_models(models: Sequence[str], tables: Sequence[str | os.PathLike], evidence: Sequence[str | os.PathLike],
-                   describe: Sequence[str | os.PathLike], counts_tsv, models_tsv, plot_png) -> dict:
+def compare_models(models: Sequence[str], tables: Sequence[str | os.PathLike],
+                   evidence: Mapping[tuple[str, int], str | os.PathLike], describe: Sequence[str | os.PathLike],
+                   counts_tsv, models_tsv, plot_png) -> dict:
     """`tables[i]`, `describe[i]`: model i's stacked neuron counts and `describe` JSON; `evidence`:
-    every model's evidence JSON per k, in the order (model, k) of the tables' k_ssl values."""
+    the evidence JSON of each (model, k_ssl)."""
     long = []
     rows = []
-    ev_iter = iter(evidence)
     for name, table, info_path in zip(models, tables, describe):
         df = pd.read_csv(table, sep="\t", dtype={"layer": str})
         df.insert(0, "model", name)
         long.append(df)
         info = json.loads(Path(info_path).read_text())
         for k in sorted(df["k_ssl"].unique()):
-            ev = json.loads(Path(next(ev_iter)).read_text())
+            ev = json.loads(Path(evidence[(name, int(k))]).read_text())
             total = df[(df["k_ssl"] == k) & (df["layer"] == "total")].iloc[0]
             sets = [c for c in df.columns if c not in ("model", "k_ssl", "layer")]
             rows.append({"model": name, "kind": info["kind"], "layers": info["num_layers"],

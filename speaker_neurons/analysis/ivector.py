@@ -71,6 +71,7 @@ import torch
 
 from speaker_neurons.analysis.kaldi_io_utils import read_vectors, write_vectors
 from speaker_neurons.config import defaults as config_defaults
+from speaker_neurons.config import resolve as config_resolve
 
 log = logging.getLogger("speaker_neurons.analysis.ivector")
 
@@ -83,16 +84,9 @@ DEFAULT_IVECTOR_CONFIG: dict[str, Any] = config_defaults("ivector")
 DEFAULT_IVECTOR_CONFIG.pop("kaldi_ivectors", None)
 
 
-def resolve_ivector_config(config: dict[str, Any] | None = None, strict: bool = True) -> dict[str, Any]:
-    """Defaults overlaid with `config`. Unknown keys raise (strict) or are dropped with a warning."""
-    cfg = dict(DEFAULT_IVECTOR_CONFIG)
-    for k, v in (config or {}).items():
-        if k not in DEFAULT_IVECTOR_CONFIG:
-            if strict:
-                raise ValueError(f"unknown i-vector config key {k!r}; known: {sorted(DEFAULT_IVECTOR_CONFIG)}")
-            log.warning("ignoring unknown i-vector config key %r", k)
-            continue
-        cfg[k] = v
+def resolve_ivector_config(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The schema's defaults overlaid with `config`; an unknown key raises naming it."""
+    cfg = config_resolve("ivector", config, exclude=("kaldi_ivectors",))
     if cfg["cmn"] not in ("sliding", "utterance", "none"):
         raise ValueError(f"cmn must be sliding|utterance|none, got {cfg['cmn']!r}")
     for k in ("ubm_components", "ivector_dim", "ubm_iters", "tv_iters", "num_ceps", "num_mel_bins"):
@@ -717,17 +711,17 @@ class IVectorExtractor:
         """npz: UBM, T, offset, ivector_mean and the config (JSON)."""
         if self.T is None:
             raise RuntimeError("IVectorExtractor is not fitted")
+        from speaker_neurons.utils import save_npz
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            np.savez(
-                fh,
-                config=np.array(json.dumps(self.cfg, sort_keys=True)),
-                T=self.T.cpu().numpy(),
-                offset=self.offset.cpu().numpy(),
-                ivector_mean=np.asarray(self.ivector_mean, dtype=np.float32),
-                **self.ubm.state_dict(),
-            )
+        save_npz(path, {  # byte-identical for identical extractors
+            "config": np.array(json.dumps(self.cfg, sort_keys=True)),
+            "T": self.T.cpu().numpy(),
+            "offset": self.offset.cpu().numpy(),
+            "ivector_mean": np.asarray(self.ivector_mean, dtype=np.float32),
+            **self.ubm.state_dict(),
+        })
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu", progress: bool = False) -> "IVectorExtractor":

@@ -8,7 +8,7 @@ Public entry points (imported lazily by the rest of the package):
 Modules: `base` (the Upstream interface), `components` (layers), `melhubert` / `wav2vec2` (the models),
 `registry` (kind -> class), `prune` (structured FFN pruning), `native` (the project's own format),
 `unpickler` (restricted torch.load), `names` (parameter-name mapping), `fairseq_ckpt` / `hf` (readers),
-`loader` (format detection and dispatch), `errors` (CheckpointError), `pretrain` (demo pre-training).
+`loader` (format detection and dispatch), `errors` (CheckpointError). Training lives in `speaker_neurons.pretrain`.
 """
 
 from speaker_neurons.models.base import Upstream, UpstreamOutput, resolve_device

@@ -58,8 +58,8 @@ def pretrain_melhubert(
     """Pre-train a new MelHuBERT (first iteration) on the manifest's training rows; returns the summary.
 
     `outputs`: a `TrainOutputs` (every path named) or a folder for the conventional layout.
-    `model_config`: `MelHuBERT` config (None: the demo model); `train_config`: keys of
-    `DEFAULT_TRAIN_CONFIG` (unknown keys raise). `return_model`: return (summary, model, head).
+    `model_config`: `MelHuBERT` keys (keys left out take the demo model's values, `DEMO_MODEL_CONFIG`);
+    `train_config`: keys of `DEFAULT_TRAIN_CONFIG`; unknown keys raise. `return_model`: return (summary, model, head).
     """
     from speaker_neurons.models.melhubert import MelHuBERT
 
@@ -68,7 +68,7 @@ def pretrain_melhubert(
     cfg = resolve("pretrain.train", train_config)
     outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
     torch.manual_seed(int(cfg["seed"]))
-    model = MelHuBERT(dict(DEMO_MODEL_CONFIG if model_config is None else model_config))
+    model = MelHuBERT(resolve("pretrain.model", model_config))
     log.info("pre-training a new MelHuBERT on %s -> %s (device %s, %d threads)", manifest_path, outputs.model_dir, dev,
              torch.get_num_threads())
     data = prepare_training_data(manifest_path, model, cfg, fit_stats=True, threads=torch.get_num_threads())

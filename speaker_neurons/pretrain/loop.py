@@ -57,7 +57,7 @@ class TrainOutputs:
 
     @classmethod
     def under(cls, out_dir: str | os.PathLike) -> "TrainOutputs":
-        """The conventional layout under one folder (tests, the CLI)."""
+        """The conventional layout under one folder (for callers outside the workflow)."""
         d = Path(out_dir)
         return cls(d / "model", d / "head.pt", d / "summary.json", d / "train_log.tsv", d / "loss_curve.png",
                    d / "kmeans_centers.npy", d / "checkpoints")
@@ -150,6 +150,20 @@ def _mean(xs: Sequence[float]) -> float | None:
     return float(np.mean(xs)) if len(xs) else None
 
 
+def _fingerprint(cfg: dict, data: TrainingData) -> str:
+    """What a checkpoint must share with the run it continues: the training config (the clock budget
+    and display options aside) and the targets."""
+    import hashlib
+
+    h = hashlib.sha256()
+    keep = {k: v for k, v in cfg.items() if k not in ("max_minutes", "progress", "log_every")}
+    h.update(json.dumps(keep, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(data.centers).tobytes())
+    for t in data.targets:
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _batch_tensors(batch, data: TrainingData, lengths, crop, rng, cfg):
     segs = []
     for i in batch:
@@ -207,9 +221,13 @@ def train_masked_prediction(
     log_rows: list[tuple] = []
     if head is None:
         head = new_head(model, data.n_clusters)
+    fingerprint = _fingerprint(cfg, data)
     if resume_from is not None:
         ck = Path(resume_from)
         state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"{ck}: this checkpoint comes from another training config or other targets "
+                             f"({state.get('fingerprint')} != {fingerprint}); it cannot continue this run")
         resumed = load_native(ck)
         model.load_state_dict(resumed.state_dict())
         head = load_head(ck / "head.pt")
@@ -222,6 +240,8 @@ def train_masked_prediction(
         step, epoch, pending, log_rows = state["step"], state["epoch"], state["pending"], [tuple(r) for r in state["log_rows"]]
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed from %s at step %d (epoch %d)", ck, step, epoch)
 
     use_amp = (device.type == "cuda") if cfg["amp"] == "auto" else bool(cfg["amp"])
@@ -231,8 +251,8 @@ def train_masked_prediction(
              model.hidden_dim, model.ffn_widths, n_params / 1e6, model.hidden_dim, data.n_clusters, use_amp)
 
     outputs.checkpoints.mkdir(parents=True, exist_ok=True)
-    if resume_from is None:  # stale checkpoints of an earlier run
-        for old in outputs.checkpoints.glob("step_*"):
+    for old in outputs.checkpoints.glob("step_*"):  # stale checkpoints of an earlier run, or past the resumed step
+        if resume_from is None or int(old.name.split("_")[1]) > step:
             shutil.rmtree(old)
     tsv = open(outputs.train_log, "w")
     tsv.write(LOG_HEADER)
@@ -289,7 +309,9 @@ def train_masked_prediction(
                 if cfg["checkpoint_every"] and step % int(cfg["checkpoint_every"]) == 0:
                     _save_checkpoint(outputs.checkpoints / f"step_{step}", model, head, opt, {
                         "step": step, "epoch": epoch, "pending": pending, "log_rows": log_rows,
-                        "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+                        "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                        "fingerprint": fingerprint})
                 if on_step is not None:
                     on_step(step)
     finally:
@@ -337,7 +359,7 @@ def train_masked_prediction(
         **(extra_summary or {}),
     }
     title = (f"MelHuBERT masked prediction: {model.num_layers} layers, d={model.hidden_dim}, {data.n_clusters} "
-             f"clusters, {len(data.feats)} utts\n{step} steps ({stopped_by}) in {train_s / 60:.1f} min on {dev_name}"
+             f"clusters, {len(data.feats)} utts\n{step} steps ({stopped_by}) on {dev_name}"
              + (f", {summary['threads']} thread(s)" if device.type == "cpu" else ""))
     _plot(log_rows, outputs.loss_curve, title, data.unigram_entropy)
     outputs.summary.write_text(json.dumps(summary, indent=2, default=str) + "\n")
