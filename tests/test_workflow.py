@@ -119,6 +119,11 @@ def test_package_defaults_come_from_the_schema():
     model = props["pretrain"]["properties"]["model"]["properties"]
     assert DEMO_MODEL_CONFIG == {k: v["default"] for k, v in model.items()}
     assert set(model) <= set(MELHUBERT_DEFAULTS)  # every schema key is one the model accepts
+    from speaker_neurons.__main__ import FORMATS as CLI_FORMATS
+    from speaker_neurons.models.loader import FORMATS
+
+    entry = props["models"]["items"]["properties"]
+    assert set(CLI_FORMATS) == set(FORMATS) == set(entry["format"]["enum"])  # three lists, one truth
     with pytest.raises(ValueError, match="max_step"):
         config.resolve("pretrain.train", {"max_step": 3})
 
