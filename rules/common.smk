@@ -94,9 +94,53 @@ def _check_models(entries):
     return {m["name"]: m for m in entries}
 
 
+def _target_tag(target):
+    return "pset" if target == "protected_size" else f"keep{float(target):g}"
+
+
+def _pruned_models(models):
+    """One derived model per (parent, strategy, target) of config `prune`."""
+    pr = config["prune"]
+    for parent in pr["parents"]:
+        if parent not in models:
+            raise WorkflowError(
+                f"Invalid configuration at key 'prune.parents': {parent!r} is not the name of an "
+                f"entry of 'models' ({', '.join(models)})."
+            )
+    k = pr["k_ssl"] if pr["k_ssl"] is not None else K_SSL[0]
+    if k not in K_SSL:
+        raise WorkflowError(
+            f"Invalid configuration at key 'prune.k_ssl': {k} is not one of analysis.k_ssl {K_SSL}."
+        )
+    out = {}
+    for parent in pr["parents"]:
+        for strategy in pr["strategies"]:
+            for target in pr["targets"]:
+                name = f"{parent}-{strategy}-{_target_tag(target)}"
+                if name in models:
+                    raise WorkflowError(
+                        f"Invalid configuration at key 'models': {name!r} is the name of a pruned model."
+                    )
+                out[name] = {
+                    "name": name,
+                    "kind": "auto",
+                    "source": "prune",
+                    "path": "",
+                    "format": "native",
+                    "mean_std": "",
+                    "parent": parent,
+                    "strategy": strategy,
+                    "target": target,
+                    "k_ssl": k,
+                }
+    return out
+
+
 MODELS = _check_models(config["models"])
+MODELS.update(_pruned_models(MODELS))
 MODEL_NAMES = list(MODELS)
 PRETRAINED = [n for n, m in MODELS.items() if m["source"] == "pretrain"]
+PRUNED = [n for n, m in MODELS.items() if m["source"] == "prune"]
 
 
 def model_dir(name):
@@ -117,7 +161,8 @@ def upstream_spec(name):
         if m["mean_std"]:
             spec["mean_std"] = m["mean_std"]
         return spec
-    return {"kind": "melhubert", "path": model_path(name), "format": "native"}
+    kind = "melhubert" if m["source"] == "pretrain" else "auto"
+    return {"kind": kind, "path": model_path(name), "format": "native"}
 
 
 def model_input(wildcards):
@@ -135,6 +180,29 @@ def model_params(wildcards):
 
 def name_regex(names):
     return "|".join(re.escape(n) for n in names) if names else "^$"
+
+
+def prune_inputs(wildcards):
+    """The parent's weights and the neuron sets that make the protected set."""
+    m = MODELS[wildcards.model]
+    pr = config["prune"]
+    if pr["protected_file"]:
+        sets = [pr["protected_file"]]
+    else:
+        base = f"{analysis_dir(m['parent'])}/ssl_k{m['k_ssl']}/neurons"
+        sets = [f"{base}/{s}.json" for s in pr["protected_sets"]]
+    return {"parent": model_path(m["parent"]), "protected": sets}
+
+
+def prune_params(wildcards):
+    m = MODELS[wildcards.model]
+    return {
+        "parent": m["parent"],
+        "parent_spec": upstream_spec(m["parent"]),
+        "strategy": m["strategy"],
+        "target": m["target"],
+        "seed": config["prune"]["seed"],
+    }
 
 
 # ---------------------------------------------------------------------------------- corpus

@@ -57,3 +57,29 @@ rule describe_model:
         "../envs/speaker-neurons.yaml"
     script:
         "../workflow_scripts/run_stage.py"
+
+
+rule prune_model:
+    input:
+        unpack(prune_inputs),
+    output:
+        model_dir=directory(f"{RESULTS}/models/{{model}}/model"),
+        record=f"{RESULTS}/models/{{model}}/prune.json",
+        provenance=f"{RESULTS}/models/{{model}}/provenance/prune_model.json",
+    wildcard_constraints:
+        model=name_regex(PRUNED),
+    params:
+        prune=prune_params,
+        device="cpu",
+    log:
+        f"{LOGS}/{{model}}/prune_model.log",
+    benchmark:
+        f"{BENCH}/{{model}}/prune_model.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

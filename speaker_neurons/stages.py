@@ -152,6 +152,28 @@ def pretrain_melhubert(ctx: StageContext) -> dict:
                     device=ctx.device, threads=ctx.threads)
 
 
+@stage
+def prune_model(ctx: StageContext) -> dict:
+    """Structured FFN pruning of the parent (SPEC §5): a native model folder and `prune.json` (per
+    layer: width, kept, removed, protected kept / lost)."""
+    from speaker_neurons import pruning
+    from speaker_neurons.models import load_upstream, prune_ffn, save_upstream
+
+    p = ctx.params["prune"]
+    model = load_upstream(p["parent_spec"], device="cpu")
+    protected = pruning.union_of_sets(ctx.inputs["protected"])
+    keep, record = pruning.plan(model, p["strategy"], p["target"], protected, seed=int(p["seed"]))
+    parent_sha = ctx.checksums.get(str(ctx.inputs["parent"]))
+    prune_ffn(model, keep)
+    save_upstream(model, ctx.outputs["model_dir"], parent_sha256=parent_sha)
+    record.update(parent=p["parent"], parent_sha256=parent_sha, protected_from=[str(x) for x in ctx.inputs["protected"]],
+                  ffn_widths=model.ffn_widths)
+    _json(ctx.out("record"), record)
+    log.info("%s: kept %d of %d FFN neurons (%s, %s); protected neurons lost: %d", p["parent"], record["kept_total"],
+             record["width_total"], p["strategy"], p["target"], record["protected_lost_total"])
+    return record
+
+
 # ------------------------------------------------------------------------------------------- i-vectors
 @stage
 def ivectors(ctx: StageContext) -> dict:

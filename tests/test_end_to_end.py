@@ -52,7 +52,8 @@ def two_runs(tmp_path_factory):
     native = _native_wav2vec2(base / "w2v_native")
     extra = base / "models.yaml"
     extra.write_text("models:\n  - {name: demo, kind: melhubert, source: pretrain}\n"
-                     f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n")
+                     f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n"
+                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size]}\n")
     _run_chain(base / "a", extra)
     _run_chain(base / "b", extra)
     return base / "a", base / "b"
@@ -67,6 +68,9 @@ def _deterministic_files(root: Path) -> list[Path]:
             files += [d / "labels.npz", d / "hubert.km", d / "centroids.npy", d / "activation_counts.npz",
                       d / "neuron_counts.tsv"]
             files += sorted(p.relative_to(root) for p in (root / d / "neurons").glob("*.json"))
+    for pruned in ("demo-protected-pset", "demo-random-pset"):
+        files += [Path("models") / pruned / "model" / "model.safetensors", Path("models") / pruned / "prune.json",
+                  Path("models") / pruned / "analysis" / "ssl_k3" / "activation_counts.npz"]
     files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
     return files
 
@@ -74,7 +78,7 @@ def _deterministic_files(root: Path) -> list[Path]:
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) == 46
+    assert len(files) == 52
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
 
@@ -174,3 +178,30 @@ def test_provenance_evidence_and_comparison(two_runs):
     assert got.reset_index(drop=True).equals(demo3)
     summary = json.loads((a / "models/demo/pretrain/summary.json").read_text())
     assert summary["stopped_by"] == "max_steps" and summary["steps"] == 12
+
+
+def test_pruned_models_are_models_of_the_workflow(two_runs):
+    """One-shot pruning at the protected-set size: the protected strategy keeps exactly the protected
+    set (SSL-cluster and i-vector-cluster neurons of the parent), the random control keeps as many; both
+    are analysed like any model and listed in the cross-model table."""
+    import pandas as pd
+
+    from speaker_neurons.models import load_native
+    from speaker_neurons.pruning import union_of_sets
+
+    a, _ = two_runs
+    sets = a / "models/demo/analysis/ssl_k3/neurons"
+    protected = union_of_sets([sets / "ssl_cluster.json", sets / "ivector_cluster.json"])
+    for name in ("demo-protected-pset", "demo-random-pset"):
+        rec = json.loads((a / "models" / name / "prune.json").read_text())
+        widths = [max(1, len(protected.get(l, []))) for l in (1, 2)]
+        assert rec["ffn_widths"] == widths and rec["target"] == "protected_size" and rec["parent"] == "demo"
+        model = load_native(a / "models" / name / "model")
+        assert model.ffn_widths == widths and model.parent_sha256 == rec["parent_sha256"]
+        if name == "demo-protected-pset":
+            assert rec["protected_lost_total"] == 0
+            assert {l: model.kept_indices[l] for l in (1, 2)} == {l: protected[l] for l in (1, 2)}
+        meta = json.loads((a / "models" / name / "analysis/ssl_k3/activation_counts.json").read_text())
+        assert meta["widths"] == widths
+    models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
+    assert {"demo-protected-pset", "demo-random-pset"} <= set(models["model"])

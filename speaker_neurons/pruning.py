@@ -1,0 +1,116 @@
+"""Which FFN neurons to keep (SPEC section 5): importance, strategies and targets.
+
+* importance of neuron j of a layer: `||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1`, ranked within the layer;
+* strategies, each removing the same number of neurons per layer for a fair comparison:
+  `l1` keeps the most important; `protected` keeps the protected set first, then the most important of
+  the rest (when the target keeps fewer neurons than the protected set, the most important protected
+  ones, and the loss is recorded); `random` keeps a seeded uniform draw (the control);
+* targets: `protected_size` (keep exactly as many neurons per layer as the protected set has: the
+  paper's one-shot setting) or a kept fraction of each layer's current width.
+
+Indices are the model's current neurons (0..width-1), as in the neuron sets computed on that model.
+Ties in importance go to the lower index, so a plan is a pure function of the weights, the sets and
+the seed. The removal itself is `speaker_neurons.models.prune_ffn`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+STRATEGIES = ("l1", "protected", "random")
+
+
+def importance(model) -> dict[int, np.ndarray]:
+    """Per 1-based layer, float64 (width,): ||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1."""
+    out = {}
+    with torch.no_grad():
+        for l, ff in enumerate(model.feed_forwards(), start=1):
+            w1 = ff.intermediate_dense.weight.detach().double().cpu()
+            b1 = ff.intermediate_dense.bias.detach().double().cpu()
+            w2 = ff.output_dense.weight.detach().double().cpu()
+            out[l] = (w1.abs().sum(1) + b1.abs() + w2.abs().sum(0)).numpy()
+    return out
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{layer}".encode()).digest()[:8], "little")
+
+
+def _top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The k candidates of highest score (ties to the lower index)."""
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((candidates, -scores[candidates]))  # by score descending, then index ascending
+    return candidates[order[:k]]
+
+
+def kept_widths(widths: Sequence[int], target: str | float, protected: Mapping[int, Sequence[int]] | None) -> dict[int, int]:
+    """Neurons to keep per 1-based layer: the protected set's size (`protected_size`, at least 1) or
+    round(fraction x width) (at least 1)."""
+    out = {}
+    for l, w in enumerate(widths, start=1):
+        if target == "protected_size":
+            if protected is None:
+                raise ValueError("target protected_size needs a protected set")
+            k = len(set(protected.get(l, ())))
+        else:
+            frac = float(target)
+            if not 0 < frac <= 1:
+                raise ValueError(f"a kept fraction must lie in (0, 1], got {target!r}")
+            k = int(round(frac * w))
+        out[l] = min(w, max(1, k))
+    return out
+
+
+def plan(model, strategy: str, target: str | float, protected: Mapping[int, Sequence[int]] | None = None,
+         seed: int = 0) -> tuple[dict[int, list[int]], dict[str, Any]]:
+    """(neurons to keep per layer, sorted current indices; the per-layer record for `prune.json`)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown pruning strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if strategy == "protected" and protected is None:
+        raise ValueError("strategy protected needs a protected set")
+    widths = model.ffn_widths
+    scores = importance(model)
+    keep_n = kept_widths(widths, target, protected)
+    keep: dict[int, list[int]] = {}
+    layers: dict[str, dict[str, int]] = {}
+    for l, w in enumerate(widths, start=1):
+        k = keep_n[l]
+        prot = np.array(sorted({int(j) for j in (protected or {}).get(l, ())}), dtype=np.int64)
+        if len(prot) and (prot[0] < 0 or prot[-1] >= w):
+            raise ValueError(f"layer {l}: protected neuron indices must lie in 0..{w - 1}")
+        everyone = np.arange(w, dtype=np.int64)
+        if strategy == "l1":
+            chosen = _top(scores[l], everyone, k)
+        elif strategy == "random":
+            chosen = np.random.default_rng(_layer_seed(seed, l)).choice(w, size=k, replace=False)
+        else:
+            if k >= len(prot):
+                rest = np.setdiff1d(everyone, prot)
+                chosen = np.concatenate([prot, _top(scores[l], rest, k - len(prot))])
+            else:
+                chosen = _top(scores[l], prot, k)
+        chosen = np.sort(chosen.astype(np.int64))
+        keep[l] = chosen.tolist()
+        kept_protected = int(np.isin(prot, chosen).sum())
+        layers[str(l)] = {"width": int(w), "kept": int(k), "removed": int(w - k), "protected": int(len(prot)),
+                          "protected_kept": kept_protected, "protected_lost": int(len(prot) - kept_protected)}
+    record = {"strategy": strategy, "target": target, "seed": int(seed), "layers": layers,
+              "kept_total": int(sum(keep_n.values())), "width_total": int(sum(widths)),
+              "protected_lost_total": int(sum(v["protected_lost"] for v in layers.values()))}
+    return keep, record
+
+
+def union_of_sets(paths: Sequence[str]) -> dict[int, list[int]]:
+    """The union, per layer, of neuron-set files (`neurons/<set>.json`)."""
+    from speaker_neurons.analysis.neuron_sets import read_neuron_set
+
+    out: dict[int, set[int]] = {}
+    for p in paths:
+        for l, idx in read_neuron_set(p).items():
+            out.setdefault(l, set()).update(idx)
+    return {l: sorted(v) for l, v in sorted(out.items())}

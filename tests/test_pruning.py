@@ -1,0 +1,110 @@
+"""Which neurons pruning keeps (SPEC §5): importance by hand, the three strategies, the targets, and a
+pruned model equal to its parent with the removed neurons silenced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speaker_neurons import pruning
+from speaker_neurons.models import prune_ffn
+from test_models import tiny  # the tiny random MelHuBERT / wav2vec2 configs of the model tests
+
+
+class _Dense:
+    def __init__(self, weight, bias):
+        self.weight = torch.tensor(weight, dtype=torch.float32)
+        self.bias = torch.tensor(bias, dtype=torch.float32)
+
+
+class _FF:
+    def __init__(self, w1, b1, w2):
+        self.intermediate_dense = _Dense(w1, b1)
+        self.output_dense = _Dense(w2, [0.0] * len(w2))
+
+
+class _Model:
+    """Two layers of 4 neurons, d = 2: importances written by hand."""
+
+    def __init__(self):
+        # layer 1: |W1 row| + |b1| + |W2 column|  =  [1+0+1, 2+1+0, 0.5+0+0.5, 3+0+2] = [2, 3, 1, 5]
+        w1 = [[1, 0], [1, -1], [0.5, 0], [-2, 1]]
+        b1 = [0, -1, 0, 0]
+        w2 = [[1, 0, 0.5, 2], [0, 0, 0, 0]]
+        # layer 2: all equal (ties go to the lower index)
+        self._ffs = [_FF(w1, b1, w2), _FF([[1, 0]] * 4, [0] * 4, [[1, 1, 1, 1], [0, 0, 0, 0]])]
+
+    def feed_forwards(self):
+        return self._ffs
+
+    @property
+    def ffn_widths(self):
+        return [4, 4]
+
+
+def test_importance_by_hand():
+    imp = pruning.importance(_Model())
+    assert imp[1].tolist() == [2.0, 3.0, 1.0, 5.0]
+    assert imp[2].tolist() == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_strategies_remove_the_same_number_and_protect():
+    m = _Model()
+    protected = {1: [0, 2], 2: [3]}
+    keeps = {}
+    for strategy in pruning.STRATEGIES:
+        keep, rec = pruning.plan(m, strategy, 0.5, protected, seed=3)
+        keeps[strategy] = keep
+        assert [len(keep[l]) for l in (1, 2)] == [2, 2]  # the same width for every strategy
+        assert rec["layers"]["1"]["removed"] == 2 and rec["kept_total"] == 4
+    assert keeps["l1"] == {1: [1, 3], 2: [0, 1]}  # most important; ties to the lower index
+    assert keeps["protected"] == {1: [0, 2], 2: [0, 3]}  # the protected set first, then importance
+    _, rec = pruning.plan(m, "l1", 0.5, protected)
+    assert rec["layers"]["1"]["protected_lost"] == 2 and rec["layers"]["2"]["protected_lost"] == 1
+    # the random control is seeded: the same seed, the same draw; another seed, another one
+    assert pruning.plan(m, "random", 0.5, protected, seed=3)[0] == keeps["random"]
+    draws = {tuple(pruning.plan(m, "random", 0.5, protected, seed=s)[0][1]) for s in range(8)}
+    assert len(draws) > 1
+
+
+def test_protected_size_and_a_target_below_the_protected_set():
+    m = _Model()
+    protected = {1: [0, 1, 2], 2: [1]}
+    keep, rec = pruning.plan(m, "protected", "protected_size", protected)
+    assert keep == {1: [0, 1, 2], 2: [1]} and rec["protected_lost_total"] == 0
+    keep, rec = pruning.plan(m, "l1", "protected_size", protected)
+    assert [len(v) for v in keep.values()] == [3, 1]  # l1 keeps as many, chosen by importance
+    # keeping 1 of 3 protected neurons in layer 1: the most important protected one, the loss recorded
+    keep, rec = pruning.plan(m, "protected", 0.25, protected)
+    assert keep[1] == [1] and rec["layers"]["1"]["protected_lost"] == 2
+    with pytest.raises(ValueError, match="protected set"):
+        pruning.plan(m, "protected", 0.5, None)
+    with pytest.raises(ValueError, match="0..3"):
+        pruning.plan(m, "protected", 0.5, {1: [4]})
+
+
+@pytest.mark.parametrize("kind", ["melhubert", "wav2vec2"])
+def test_pruned_model_equals_the_parent_with_removed_neurons_silenced(kind):
+    """Removing neurons = zeroing their activations (W1 row and b1 entry to 0: GELU(0) = 0)."""
+    parent = tiny(kind)
+    protected = {1: [0, 5, 7], 2: [1, 2]}
+    keep, _ = pruning.plan(parent, "protected", 0.5, protected)
+    silenced = tiny(kind)
+    with torch.no_grad():
+        for l, ff in enumerate(silenced.feed_forwards(), start=1):
+            gone = sorted(set(range(ff.width)) - set(keep[l]))
+            ff.intermediate_dense.weight[gone] = 0.0
+            ff.intermediate_dense.bias[gone] = 0.0
+    pruned = prune_ffn(tiny(kind), keep)
+    g = torch.Generator().manual_seed(0)
+    wav = torch.randn(2, 16000, generator=g) * 0.1
+    lens = torch.tensor([16000, 11000])
+    with torch.no_grad():
+        a = silenced(wav, lens, return_ffn=True)
+        b = pruned(wav, lens, return_ffn=True)
+    for x, y in zip(a.hidden, b.hidden):
+        assert float((x - y).abs().max()) < 1e-5
+    for l, (x, y) in enumerate(zip(a.ffn, b.ffn), start=1):  # the kept neurons' activations are unchanged
+        assert float((x[..., keep[l]] - y).abs().max()) < 1e-5
+    assert pruned.kept_indices == {l: keep[l] for l in keep}
