@@ -200,3 +200,54 @@ rule compare_models:
         "../envs/speaker-neurons.yaml"
     script:
         "../workflow_scripts/run_stage.py"
+
+
+rule pool_layers:
+    input:
+        unpack(model_input),
+        manifest=MANIFEST,
+    output:
+        pooled=f"{A}/sid/pooled_layers.npz",
+        provenance=f"{A}/sid/provenance/pool_layers.json",
+    params:
+        compute_threads=config["upstream"]["threads"],
+        upstream=model_params,
+        crop_seconds=config["sid"]["crop_seconds"],
+        max_batch_seconds=config["analysis"]["max_batch_seconds"],
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/pool_layers.log",
+    benchmark:
+        f"{BENCH}/{{model}}/pool_layers.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule sid_eval:
+    input:
+        pooled=rules.pool_layers.output.pooled,
+    output:
+        result=f"{A}/sid/sid.json",
+        provenance=f"{A}/sid/provenance/sid_eval.json",
+    params:
+        compute_threads=config["upstream"]["threads"],
+        sid=config["sid"],
+        device="cpu",
+    log:
+        f"{LOGS}/{{model}}/sid_eval.log",
+    benchmark:
+        f"{BENCH}/{{model}}/sid_eval.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

@@ -241,6 +241,8 @@ def analysis_dir(name):
 def model_outputs(name):
     base = analysis_dir(name)
     outs = [f"{base}/neuron_counts.tsv"]
+    if config["sid"]["enabled"]:
+        outs.append(f"{base}/sid/sid.json")
     for k in K_SSL:
         outs.append(f"{base}/ssl_k{k}/report/evidence.json")
     return outs

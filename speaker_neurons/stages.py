@@ -313,3 +313,41 @@ def describe_model(ctx: StageContext) -> dict:
     info.pop("path", None)
     _json(ctx.out("info"), info)
     return info
+
+
+# ------------------------------------------------------------------------------------------- SID
+@stage
+def pool_layers(ctx: StageContext) -> dict:
+    """Each hidden layer's mean over every segment's frames (the SID head's input), once per model."""
+    from speaker_neurons import sid
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.utils import save_npz
+
+    segs = sid.segments(read_manifest(ctx.inputs["manifest"]), ctx.params["crop_seconds"])
+    pooled = sid.pool_layer_means(_upstream(ctx), segs, max_batch_seconds=ctx.params["max_batch_seconds"])
+    save_npz(ctx.out("pooled"), {"pooled": pooled, "seg_id": segs["seg_id"].to_numpy().astype(str),
+                                 "speaker": segs["speaker"].astype(str).to_numpy(),
+                                 "split": segs["split"].astype(str).to_numpy()})
+    return {"segments": len(segs), "shape": list(pooled.shape)}
+
+
+@stage
+def sid_eval(ctx: StageContext) -> dict:
+    """SUPERB SID (and EER) of one model on its pooled layers, per layer set."""
+    import numpy as np
+    import pandas as pd
+
+    from speaker_neurons import sid
+
+    cfg = ctx.params["sid"]
+    with np.load(ctx.inputs["pooled"]) as z:
+        segs = pd.DataFrame({"seg_id": z["seg_id"], "speaker": z["speaker"], "split": z["split"]})
+        pooled = z["pooled"]
+    data = sid.make_data(pooled, segs)
+    L = pooled.shape[1] - 1
+    sets = {"all": list(range(L + 1)), "layers_1_L": list(range(1, L + 1)), "last": [L]}
+    result = sid.evaluate(data, {k: sets[k] for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
+                          epochs=int(cfg["epochs"]))
+    result["crop_seconds"] = cfg["crop_seconds"]
+    _json(ctx.out("result"), result)
+    return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

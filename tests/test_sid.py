@@ -1,0 +1,89 @@
+"""SUPERB SID head: the pooled shortcut equals the frame-level path, intervals against direct
+computations, segments, and a head that finds the layer carrying the speaker."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from speaker_neurons import sid
+from test_models import tiny
+
+
+def _manifest(tmp_path, durations, sr=16000):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, d in enumerate(durations):
+        p = tmp_path / f"u{i}.wav"
+        sf.write(p, (0.1 * rng.standard_normal(int(d * sr))).astype(np.float32), sr, subtype="FLOAT")
+        rows.append({"utt_id": f"u{i}", "path": str(p), "speaker": f"s{i % 2}", "split": "train", "duration": d})
+    return pd.DataFrame(rows)
+
+
+def test_segments_crop_and_drop_short_remainders(tmp_path):
+    m = pd.DataFrame({"utt_id": ["a", "b"], "path": ["a.wav", "b.wav"], "speaker": ["x", "y"],
+                      "split": ["train", "test"], "duration": [2.3, 2.6]})
+    segs = sid.segments(m, 1.0)
+    assert segs["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1", "b#2"]
+    assert segs["end"].tolist() == [16000, 32000, 16000, 32000, 41600]
+    assert sid.segments(m, None)["end"].tolist() == [36800, 41600]
+
+
+@pytest.mark.parametrize("kind", ["melhubert", "wav2vec2"])
+def test_pooled_shortcut_equals_the_frame_level_head(kind, tmp_path):
+    model = tiny(kind)
+    segs = sid.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6)
+    pooled = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
+    torch.manual_seed(0)
+    head = sid.SIDHead(list(range(model.num_layers + 1)), model.hidden_dim, 5)
+    with torch.no_grad():
+        head.layer_logits.normal_()
+        fast = head(torch.from_numpy(pooled))
+        for i, r in segs.iterrows():  # one segment at a time, through the frames
+            from speaker_neurons.audio import load_audio
+
+            w = torch.from_numpy(load_audio(r.path)[0][r.start : r.end].copy())[None]
+            out = model(w, torch.tensor([w.shape[1]]), return_ffn=False)
+            slow = head.forward_frames(out.hidden, out.frame_mask())
+            assert float((slow[0] - fast[i]).abs().max()) < 1e-4
+
+
+def test_intervals_against_direct_computation():
+    lo, hi = sid.wilson_interval(8, 10)
+    z = 1.959963984540054
+    p, n = 0.8, 10
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (lo, hi) == pytest.approx((centre - half, centre + half)) and lo == pytest.approx(0.4902, abs=1e-4)
+    m, lo, hi = sid.mean_interval([0.5, 0.6, 0.7])
+    assert m == pytest.approx(0.6) and hi - m == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
+    assert sid.mean_interval([0.4]) == (0.4, 0.4, 0.4)
+
+
+def _planted(layer, n_spk=6, per=24, L=3, d=8, seed=0):
+    """Pooled features where only `layer` carries the speaker."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_spk, d)) * 5
+    labels = np.repeat(np.arange(n_spk), per)
+    pooled = rng.normal(size=(len(labels), L + 1, d)).astype(np.float32)
+    pooled[:, layer] += centres[labels]
+    split = np.array((["train"] * 16 + ["dev"] * 4 + ["test"] * 4) * n_spk)
+    return sid.SIDData(pooled, labels, split, [f"s{i}" for i in range(n_spk)])
+
+
+def test_the_head_finds_the_speaker_layer_and_layer_sets_matter():
+    data = _planted(layer=0)
+    res = sid.evaluate(data, {"all": [0, 1, 2, 3], "layers_1_L": [1, 2, 3]}, lrs=[1e-2, 1e-1], seeds=[0, 1], epochs=60)
+    assert res["all"]["test_accuracy"] > 0.9
+    assert res["all"]["layer_weights"][0] == max(res["all"]["layer_weights"])
+    assert res["layers_1_L"]["test_accuracy"] < 0.5  # hidden_0 alone carries the speaker: 1..L cannot see it
+    assert res["all"]["eer"] < res["layers_1_L"]["eer"]
+    lo, hi = res["all"]["test_ci95"]
+    assert lo <= res["all"]["test_accuracy"] <= hi
+    assert len(res["all"]["per_seed"]) == 2 and res["all"]["lr"] in (1e-2, 1e-1)
