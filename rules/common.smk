@@ -202,6 +202,7 @@ def prune_params(wildcards):
         "strategy": m["strategy"],
         "target": m["target"],
         "seed": config["prune"]["seed"],
+        "k_ssl": m["k_ssl"],
     }
 
 

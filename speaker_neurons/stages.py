@@ -166,7 +166,9 @@ def prune_model(ctx: StageContext) -> dict:
     parent_sha = ctx.checksums.get(str(ctx.inputs["parent"]))
     prune_ffn(model, keep)
     save_upstream(model, ctx.outputs["model_dir"], parent_sha256=parent_sha)
-    record.update(parent=p["parent"], parent_sha256=parent_sha, protected_from=[str(x) for x in ctx.inputs["protected"]],
+    # the set files by their place in the parent's analysis (no absolute path: two runs write the same bytes)
+    record.update(parent=p["parent"], parent_sha256=parent_sha, k_ssl=p["k_ssl"],
+                  protected_from=["/".join(Path(x).parts[-3:]) for x in ctx.inputs["protected"]],
                   ffn_widths=model.ffn_widths)
     _json(ctx.out("record"), record)
     log.info("%s: kept %d of %d FFN neurons (%s, %s); protected neurons lost: %d", p["parent"], record["kept_total"],

@@ -165,6 +165,7 @@ def test_provenance_evidence_and_comparison(two_runs):
     q = json.loads((a / "ivectors/quality.json").read_text())
     assert q["utterances"] == 48 and 0 <= q["sid_accuracy"] <= 1
     models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
+    models = models[models["model"].isin(["demo", "w2v"])]  # the pruned models have rows of their own
     assert list(models["model"]) == ["demo", "demo", "w2v", "w2v"] and list(models["k_ssl"]) == [3, 5, 3, 5]
     assert list(models["kind"]) == ["melhubert", "melhubert", "wav2vec2", "wav2vec2"]
     assert list(models["ffn_widths"]) == ["256,256", "256,256", "96,96", "96,96"]
@@ -190,10 +191,12 @@ def test_pruned_models_are_models_of_the_workflow(two_runs):
     from speaker_neurons.pruning import union_of_sets
 
     a, _ = two_runs
-    sets = a / "models/demo/analysis/ssl_k3/neurons"
-    protected = union_of_sets([sets / "ssl_cluster.json", sets / "ivector_cluster.json"])
     for name in ("demo-protected-pset", "demo-random-pset"):
         rec = json.loads((a / "models" / name / "prune.json").read_text())
+        assert rec["k_ssl"] == 5  # the first of analysis.k_ssl (the tiny config lists [5, 3])
+        assert rec["protected_from"] == ["ssl_k5/neurons/ssl_cluster.json", "ssl_k5/neurons/ivector_cluster.json"]
+        sets = a / "models/demo/analysis/ssl_k5/neurons"
+        protected = union_of_sets([sets / "ssl_cluster.json", sets / "ivector_cluster.json"])
         widths = [max(1, len(protected.get(l, []))) for l in (1, 2)]
         assert rec["ffn_widths"] == widths and rec["target"] == "protected_size" and rec["parent"] == "demo"
         model = load_native(a / "models" / name / "model")
