@@ -321,15 +321,16 @@ def describe_model(ctx: StageContext) -> dict:
 @stage
 def pool_layers(ctx: StageContext) -> dict:
     """Each hidden layer's mean over every segment's frames (the SID head's input), once per model."""
+    import numpy as np
+
     from speaker_neurons import sid
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.utils import save_npz
 
     segs = sid.segments(read_manifest(ctx.inputs["manifest"]), ctx.params["crop_seconds"])
     pooled = sid.pool_layer_means(_upstream(ctx), segs, max_batch_seconds=ctx.params["max_batch_seconds"])
-    save_npz(ctx.out("pooled"), {"pooled": pooled, "seg_id": segs["seg_id"].to_numpy().astype(str),
-                                 "speaker": segs["speaker"].astype(str).to_numpy(),
-                                 "split": segs["split"].astype(str).to_numpy()})
+    text = {c: np.asarray(segs[c].astype(str).tolist(), dtype=str) for c in ("seg_id", "speaker", "split")}
+    save_npz(ctx.out("pooled"), {"pooled": pooled, **text})  # fixed-width strings: no pickled objects
     return {"segments": len(segs), "shape": list(pooled.shape)}
 
 

@@ -53,7 +53,8 @@ def two_runs(tmp_path_factory):
     extra = base / "models.yaml"
     extra.write_text("models:\n  - {name: demo, kind: melhubert, source: pretrain}\n"
                      f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n"
-                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size]}\n")
+                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size]}\n"
+                     "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n")
     _run_chain(base / "a", extra)
     _run_chain(base / "b", extra)
     return base / "a", base / "b"
@@ -208,3 +209,20 @@ def test_pruned_models_are_models_of_the_workflow(two_runs):
         assert meta["widths"] == widths
     models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
     assert {"demo-protected-pset", "demo-random-pset"} <= set(models["model"])
+
+
+def test_sid_of_every_model(two_runs):
+    """SUPERB SID runs on every model (the base, the checkpoint, the pruned ones) from its pooled layers."""
+    a, b = two_runs
+    for name, layers in (("demo", 2), ("w2v", 2), ("demo-protected-pset", 2)):
+        d = a / "models" / name / "analysis" / "sid"
+        res = json.loads((d / "sid.json").read_text())
+        assert (d / "pooled_layers.npz").read_bytes() == (b / "models" / name / "analysis/sid/pooled_layers.npz").read_bytes()
+        with np.load(d / "pooled_layers.npz") as z:
+            assert z["pooled"].shape[1] == layers + 1 and z["seg_id"].dtype.kind == "U"
+        assert res["speakers"] == 8 and res["crop_seconds"] == 1.0
+        for layer_set, chosen in (("all", [0, 1, 2]), ("layers_1_L", [1, 2]), ("last", [2])):
+            r = res[layer_set]
+            assert r["layers"] == chosen and len(r["per_seed"]) == 2 and r["lr"] in (0.01, 0.1)
+            assert r["test_ci95"][0] <= r["test_accuracy"] <= r["test_ci95"][1]
+            assert 0 <= r["test_accuracy"] <= 1 and len(r["layer_weights"]) == len(chosen)
