@@ -8,6 +8,9 @@
 * targets: `protected_size` (keep exactly as many neurons per layer as the protected set has: the
   paper's one-shot setting) or a kept fraction of each layer's current width.
 
+`erase` is the ablation without retraining: the W2 columns of a set are zeroed, so those neurons no
+longer write to the residual stream while the model keeps its shape.
+
 Indices are the model's current neurons (0..width-1), as in the neuron sets computed on that model.
 Ties in importance go to the lower index, so a plan is a pure function of the weights, the sets and
 the seed. The removal itself is `speaker_neurons.models.prune_ffn`.
@@ -114,3 +117,24 @@ def union_of_sets(paths: Sequence[str]) -> dict[int, list[int]]:
         for l, idx in read_neuron_set(p).items():
             out.setdefault(l, set()).update(idx)
     return {l: sorted(v) for l, v in sorted(out.items())}
+
+
+def erase(model, neurons: Mapping[int, Sequence[int]]):
+    """Zero the W2 columns of the given neurons (per 1-based layer), in place; returns the model."""
+    ffs = model.feed_forwards()
+    with torch.no_grad():
+        for l, idx in neurons.items():
+            idx = sorted({int(j) for j in idx})
+            if not 1 <= int(l) <= len(ffs):
+                raise ValueError(f"layer {l} out of range 1..{len(ffs)}")
+            w2 = ffs[int(l) - 1].output_dense.weight
+            if idx and (idx[0] < 0 or idx[-1] >= w2.shape[1]):
+                raise ValueError(f"layer {l}: neuron indices must lie in 0..{w2.shape[1] - 1}")
+            w2[:, idx] = 0.0
+    return model
+
+
+def random_like(neurons: Mapping[int, Sequence[int]], widths: Sequence[int], seed: int) -> dict[int, list[int]]:
+    """A seeded random set with the same number of neurons per layer (the control of an erase)."""
+    return {int(l): sorted(np.random.default_rng(_layer_seed(seed, int(l))).choice(
+        widths[int(l) - 1], size=len(set(idx)), replace=False).tolist()) for l, idx in neurons.items()}

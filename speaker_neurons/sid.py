@@ -186,6 +186,21 @@ def accuracy(head: SIDHead, data: SIDData, split: str) -> tuple[int, int]:
     return int((pred == data.labels[sel]).sum()), int(len(sel))
 
 
+@torch.no_grad()
+def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarray) -> dict[int, dict[str, Any]]:
+    """Accuracy of `split` segments per group id (e.g. the i-vector cluster of each segment's utterance;
+    -1 = none), with Wilson intervals: an erase should cost its own cluster more than the others."""
+    sel = np.flatnonzero(data.split == split)
+    pred = head(torch.from_numpy(data.pooled[sel])).argmax(1).numpy()
+    ok = pred == data.labels[sel]
+    out = {}
+    for g in sorted(set(groups[sel].tolist()) - {-1}):
+        m = groups[sel] == g
+        c, n = int(ok[m].sum()), int(m.sum())
+        out[int(g)] = {"accuracy": c / n, "correct": c, "n": n, "ci95": list(wilson_interval(c, n))}
+    return out
+
+
 def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],
              epochs: int = 60) -> dict[str, Any]:
     """Per layer set: the learning rate picked on dev (first seed), then test accuracy per seed with

@@ -108,3 +108,23 @@ def test_pruned_model_equals_the_parent_with_removed_neurons_silenced(kind):
     for l, (x, y) in enumerate(zip(a.ffn, b.ffn), start=1):  # the kept neurons' activations are unchanged
         assert float((x[..., keep[l]] - y).abs().max()) < 1e-5
     assert pruned.kept_indices == {l: keep[l] for l in keep}
+
+
+@pytest.mark.parametrize("kind", ["melhubert", "wav2vec2"])
+def test_erase_equals_pruning_the_same_neurons(kind):
+    """Zeroing W2 columns silences exactly those neurons: the output equals the model pruned of them."""
+    gone = {1: [0, 3, 7], 2: [2]}
+    erased = pruning.erase(tiny(kind), gone)
+    keep = {l: [j for j in range(w) if j not in gone[l]] for l, w in enumerate(erased.ffn_widths, start=1)}
+    pruned = prune_ffn(tiny(kind), keep)
+    assert erased.ffn_widths == tiny(kind).ffn_widths  # the shape is kept
+    wav = torch.randn(1, 12000, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.no_grad():
+        a = erased(wav, torch.tensor([12000]), return_ffn=False)
+        b = pruned(wav, torch.tensor([12000]), return_ffn=False)
+    for x, y in zip(a.hidden, b.hidden):
+        assert float((x - y).abs().max()) < 1e-5
+    ctrl = pruning.random_like(gone, erased.ffn_widths, seed=4)
+    assert {l: len(v) for l, v in ctrl.items()} == {1: 3, 2: 1} and ctrl == pruning.random_like(gone, erased.ffn_widths, 4)
+    with pytest.raises(ValueError, match="0.."):
+        pruning.erase(tiny(kind), {1: [10_000]})

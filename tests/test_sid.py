@@ -87,3 +87,19 @@ def test_the_head_finds_the_speaker_layer_and_layer_sets_matter():
     lo, hi = res["all"]["test_ci95"]
     assert lo <= res["all"]["test_accuracy"] <= hi
     assert len(res["all"]["per_seed"]) == 2 and res["all"]["lr"] in (1e-2, 1e-1)
+
+
+def test_accuracy_by_group_against_a_direct_count():
+    data = _planted(layer=1)
+    head = sid.train_head(data, [0, 1, 2, 3], 1e-2, seed=0, epochs=20)
+    groups = (data.labels % 2).astype(np.int64)  # two "clusters" of speakers
+    groups[np.flatnonzero(data.split == "test")[:3]] = -1  # segments without a cluster are left out
+    res = sid.accuracy_by_group(head, data, "test", groups)
+    sel = np.flatnonzero(data.split == "test")
+    with torch.no_grad():
+        pred = head(torch.from_numpy(data.pooled[sel])).argmax(1).numpy()
+    for g in (0, 1):
+        m = groups[sel] == g
+        assert res[g]["n"] == int(m.sum()) and res[g]["correct"] == int((pred[m] == data.labels[sel][m]).sum())
+        assert res[g]["ci95"][0] <= res[g]["accuracy"] <= res[g]["ci95"][1]
+    assert set(res) == {0, 1} and res[0]["n"] + res[1]["n"] == len(sel) - 3
