@@ -71,7 +71,10 @@ def audio_batches(
     prefetch: int = 2,
 ) -> Iterator[Batch]:
     """The manifest's utterances in padded batches, shortest first (little padding, deterministic
-    order: duration, then utterance id), at most `max_batch_seconds` of padded audio each."""
+    order: duration, then utterance id), at most `max_batch_seconds` of padded audio each.
+
+    Rows with `start` / `end` columns (samples) are segments of their file: each file of a batch is
+    decoded once however many of its segments the batch holds."""
     from concurrent.futures import ThreadPoolExecutor
 
     from speaker_neurons.audio import load_audio
@@ -79,8 +82,19 @@ def audio_batches(
     rows = manifest.sort_values(["duration", "utt_id"], kind="stable").reset_index(drop=True)
     groups = pack(range(len(rows)), rows["duration"].astype(float).to_numpy(), max_batch_seconds, max_batch_size)
 
+    segmented = {"start", "end"} <= set(rows.columns)
+
     def load_group(group: list[int]) -> Batch:
-        waves = [torch.from_numpy(load_audio(rows.at[i, "path"], sample_rate)[0]) for i in group]
+        decoded: dict[str, np.ndarray] = {}
+        waves = []
+        for i in group:
+            path = rows.at[i, "path"]
+            if path not in decoded:
+                decoded[path] = load_audio(path, sample_rate)[0]
+            wav = decoded[path]
+            if segmented:
+                wav = wav[int(rows.at[i, "start"]) : int(rows.at[i, "end"])]
+            waves.append(torch.from_numpy(np.ascontiguousarray(wav)))
         lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
         out = torch.zeros(len(waves), int(lengths.max()))
         for j, w in enumerate(waves):

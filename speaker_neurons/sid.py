@@ -56,33 +56,22 @@ def pool_layer_means(model, segs: pd.DataFrame, max_batch_seconds: float = 60.0,
     """(segments, L+1, d) float32: each hidden layer's mean over the segment's valid frames."""
     from tqdm import tqdm
 
-    from speaker_neurons.audio import load_audio
-    from speaker_neurons.batching import pack
+    from speaker_neurons.batching import audio_batches
 
     device = next(model.parameters()).device
-    lengths = (segs["end"] - segs["start"]).to_numpy()
-    order = np.lexsort((np.arange(len(segs)), lengths))
+    items = pd.DataFrame({"utt_id": segs["seg_id"], "path": segs["path"], "start": segs["start"],
+                          "end": segs["end"], "duration": (segs["end"] - segs["start"]) / 16000.0})
+    row = {s: i for i, s in enumerate(segs["seg_id"])}
     out = np.zeros((len(segs), model.num_layers + 1, model.hidden_dim), dtype=np.float32)
-    cache: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(segs), desc="pooled layers", unit="seg", disable=not progress, mininterval=5)
-    for batch in pack(order, lengths / 16000.0, max_batch_seconds, max_batch_size):
-        waves = []
-        for i in batch:
-            path = segs.at[i, "path"]
-            if path not in cache:
-                cache.clear()  # segments of one utterance are not always adjacent; keep memory flat
-                cache[path] = load_audio(path, 16000)[0]
-            waves.append(torch.from_numpy(cache[path][segs.at[i, "start"] : segs.at[i, "end"]].copy()))
-        lens = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        wav = torch.zeros(len(waves), int(lens.max()))
-        for j, w in enumerate(waves):
-            wav[j, : w.numel()] = w
-        o = model(wav.to(device), lens.to(device), return_ffn=False)
+    for batch in audio_batches(items, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size):
+        idx = [row[s] for s in batch.utt_ids]
+        o = model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
         mask = o.frame_mask().unsqueeze(-1).float()  # (B, T, 1)
         n = mask.sum(1).clamp_min(1.0)  # (B, 1)
         for l, h in enumerate(o.hidden):
-            out[batch, l] = ((h.float() * mask).sum(1) / n).cpu().numpy()
-        bar.update(len(batch))
+            out[idx, l] = ((h.float() * mask).sum(1) / n).cpu().numpy()
+        bar.update(len(idx))
     bar.close()
     return out
 
@@ -211,15 +200,16 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
     out: dict[str, Any] = {"speakers": len(data.speakers),
                            "segments": {s: int((data.split == s).sum()) for s in ("train", "dev", "test")}}
     for name, layers in layer_sets.items():
-        dev = {}
+        dev, sweep = {}, {}
         for lr in lrs:
-            c, n = accuracy(train_head(data, layers, lr, seeds[0], epochs), data, "dev")
+            sweep[lr] = train_head(data, layers, lr, seeds[0], epochs)
+            c, n = accuracy(sweep[lr], data, "dev")
             dev[lr] = c / max(n, 1)
         best = max(lrs, key=lambda lr: (dev[lr], -lr))
         per_seed = []
         heads = []
-        for seed in seeds:
-            head = train_head(data, layers, best, seed, epochs)
+        for seed in seeds:  # the first seed's head at the picked rate is the sweep's (training is deterministic)
+            head = sweep[best] if seed == seeds[0] else train_head(data, layers, best, seed, epochs)
             c, n = accuracy(head, data, "test")
             lo, hi = wilson_interval(c, n)
             per_seed.append({"seed": int(seed), "accuracy": c / n, "correct": c, "n": n, "ci95": [lo, hi]})

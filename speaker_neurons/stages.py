@@ -189,10 +189,10 @@ def ivectors(ctx: StageContext) -> dict:
     cfg = {k: v for k, v in ctx.params["ivector"].items() if k != "kaldi_ivectors"}
     manifest = read_manifest(ctx.inputs["manifest"])
     items = ((row.utt_id, load_audio(row.path)[0]) for row in manifest.itertuples(index=False))
-    utt_ids, vecs = iv.extract_ivectors(items, cfg, device=ctx.device, model_out=ctx.out("extractor"),
-                                        num_threads=ctx.threads)
+    utt_ids, vecs, info = iv.extract_ivectors(items, cfg, device=ctx.device, model_out=ctx.out("extractor"),
+                                              num_threads=ctx.threads, return_info=True)
     iv.write_ivectors(utt_ids, vecs, ctx.out("ark"), ctx.out("scp"))
-    quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": iv.resolve_ivector_config(cfg)}
+    quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": info["config"]}
     _json(ctx.out("quality"), quality)
     return quality
 
