@@ -234,6 +234,7 @@ rule sid_eval:
         pooled=rules.pool_layers.output.pooled,
     output:
         result=f"{A}/sid/sid.json",
+        heads=f"{A}/sid/heads.safetensors",
         provenance=f"{A}/sid/provenance/sid_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],

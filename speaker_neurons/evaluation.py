@@ -53,7 +53,10 @@ def build_trials(
         sel = np.sort(np.random.default_rng(seed).choice(len(iu), size=int(max_trials), replace=False))
         iu, ju = iu[sel], ju[sel]
     x = _unit(vectors)
-    scores = np.einsum("nd,nd->n", x[iu], x[ju])
+    if max_trials is None:  # every pair: one matrix product instead of gathering 2 x pairs x dim values
+        scores = (x @ x.T)[iu, ju]
+    else:
+        scores = np.einsum("nd,nd->n", x[iu], x[ju])
     return scores, (spk[iu] == spk[ju]).astype(np.int8)
 
 

@@ -135,52 +135,135 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
 @dataclass
 class SIDData:
     pooled: np.ndarray  # (N, L+1, d)
-    labels: np.ndarray  # (N,) int64 speaker index
+    labels: np.ndarray  # (N,) int64 index into `speakers`; -1 = a speaker with no train segment (unenrolled)
     split: np.ndarray  # (N,) str
-    speakers: list[str]
+    speakers: list[str]  # the enrolled speakers (those with train segments), sorted
+    speaker_of: np.ndarray | None = None  # (N,) str: every segment's speaker, enrolled or not (for trials)
+
+    def trial_speakers(self) -> np.ndarray:
+        if self.speaker_of is not None:
+            return self.speaker_of
+        return np.where(self.labels >= 0, self.labels.astype(str), np.char.add("?", np.arange(len(self.labels)).astype(str)))
 
 
 def make_data(pooled: np.ndarray, segs: pd.DataFrame) -> SIDData:
     speakers = sorted(segs.loc[segs["split"] == "train", "speaker"].astype(str).unique())
     index = {s: i for i, s in enumerate(speakers)}
-    labels = np.array([index.get(str(s), -1) for s in segs["speaker"]], dtype=np.int64)
-    return SIDData(pooled, labels, segs["split"].astype(str).to_numpy(), speakers)
+    spk = segs["speaker"].astype(str).to_numpy()
+    labels = np.array([index.get(s, -1) for s in spk], dtype=np.int64)
+    return SIDData(pooled, labels, segs["split"].astype(str).to_numpy(), speakers, spk)
 
 
-def train_head(data: SIDData, layers: Sequence[int], lr: float, seed: int, epochs: int = 60,
-               batch_size: int = 64) -> SIDHead:
-    """Adam on the train segments, `epochs` passes in seeded order."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = SIDHead(layers, data.pooled.shape[2], len(data.speakers))
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    tr = np.flatnonzero(data.split == "train")
-    x = torch.from_numpy(data.pooled[tr])
+@dataclass(frozen=True)
+class HeadSpec:
+    layers: tuple[int, ...]
+    lr: float
+    seed: int
+
+
+def _bank_init(specs: Sequence[HeadSpec], K: int, d: int, n: int) -> dict[str, torch.Tensor]:
+    """Stacked parameters, head h initialised exactly as `SIDHead` is under torch.manual_seed(seed_h)."""
+    parts: dict[str, list[torch.Tensor]] = {"logits": [], "pw": [], "pb": [], "cw": [], "cb": []}
+    for s in specs:
+        torch.manual_seed(s.seed)
+        h = SIDHead(s.layers, d, n)
+        parts["logits"].append(torch.zeros(K))  # SIDHead starts at zero logits; excluded layers are masked
+        parts["pw"].append(h.projector.weight.detach())
+        parts["pb"].append(h.projector.bias.detach())
+        parts["cw"].append(h.classifier.weight.detach())
+        parts["cb"].append(h.classifier.bias.detach())
+    return {k: torch.stack(v).clone().requires_grad_(True) for k, v in parts.items()}
+
+
+def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int = 30, batch_size: int = 64) -> list[SIDHead]:
+    """Train many SID heads at once, each exactly as if alone: its own initialisation and sample order
+    (from its seed), its own Adam state and learning rate, its own layers (the others masked out of
+    its softmax). Heads share nothing, so one stacked pass replaces len(specs) small loops: the whole
+    learning-rate sweep x seeds x layer sets of one model trains in seconds. Only train segments of
+    enrolled speakers are used (every train segment, by construction of `make_data`).
+
+    Adam (betas 0.9/0.999, eps 1e-8, bias-corrected) is written out because the learning rate differs
+    per head; tests check it against torch.optim.Adam on a lone SIDHead."""
+    if not specs:
+        return []
+    H, K, d = len(specs), data.pooled.shape[1], data.pooled.shape[2]
+    n = len(data.speakers)
+    tr = np.flatnonzero((data.split == "train") & (data.labels >= 0))
+    x = torch.from_numpy(np.ascontiguousarray(data.pooled[tr]))
     y = torch.from_numpy(data.labels[tr])
+    params = _bank_init(specs, K, d, n)
+    mask = torch.zeros(H, K, dtype=torch.bool)
+    for h, s in enumerate(specs):
+        mask[h, list(s.layers)] = True
+    lr = torch.tensor([s.lr for s in specs], dtype=torch.float32)
+    gens = [torch.Generator().manual_seed(s.seed) for s in specs]
+    state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
+    b1, b2, eps, step = 0.9, 0.999, 1e-8, 0
     for _ in range(epochs):
-        perm = torch.randperm(len(tr), generator=g)
-        for s in range(0, len(tr), batch_size):
-            idx = perm[s : s + batch_size]
-            loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return head.eval()
+        perms = torch.stack([torch.randperm(len(tr), generator=g) for g in gens])  # (H, N)
+        for s0 in range(0, len(tr), batch_size):
+            idx = perms[:, s0 : s0 + batch_size]  # (H, B)
+            xb = x[idx]  # (H, B, K, d)
+            w = torch.softmax(params["logits"].masked_fill(~mask, float("-inf")), dim=1)
+            z = torch.einsum("hk,hbkd->hbd", w, xb)
+            z = torch.einsum("hbd,hpd->hbp", z, params["pw"]) + params["pb"][:, None]
+            o = torch.einsum("hbp,hnp->hbn", z, params["cw"]) + params["cb"][:, None]
+            loss = nn.functional.cross_entropy(o.reshape(-1, n), y[idx].reshape(-1), reduction="none")
+            loss = loss.view(H, -1).mean(1).sum()  # each head's own mean loss; their sum separates the gradients
+            grads = torch.autograd.grad(loss, list(params.values()))
+            step += 1
+            with torch.no_grad():
+                for (k, p), g in zip(params.items(), grads):
+                    m, v = state[k]
+                    m.mul_(b1).add_(g, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    denom = (v / (1 - b2**step)).sqrt_().add_(eps)
+                    p.sub_(lr.view(-1, *[1] * (p.dim() - 1)) * (m / (1 - b1**step)) / denom)
+    heads = []
+    for h, s in enumerate(specs):
+        head = SIDHead(s.layers, d, n)
+        with torch.no_grad():
+            head.layer_logits.copy_(params["logits"][h, list(s.layers)])
+            head.projector.weight.copy_(params["pw"][h])
+            head.projector.bias.copy_(params["pb"][h])
+            head.classifier.weight.copy_(params["cw"][h])
+            head.classifier.bias.copy_(params["cb"][h])
+        heads.append(head.eval())
+    return heads
+
+
+def train_head(data: SIDData, layers: Sequence[int], lr: float, seed: int, epochs: int = 30,
+               batch_size: int = 64) -> SIDHead:
+    """One head: Adam on the train segments, `epochs` passes in seeded order."""
+    return train_heads(data, [HeadSpec(tuple(layers), float(lr), int(seed))], epochs, batch_size)[0]
+
+
+def closed_set(data: SIDData, split: str) -> np.ndarray:
+    """Indices of `split` segments of enrolled speakers: closed-set identification counts only these."""
+    return np.flatnonzero((data.split == split) & (data.labels >= 0))
 
 
 @torch.no_grad()
-def accuracy(head: SIDHead, data: SIDData, split: str) -> tuple[int, int]:
-    sel = np.flatnonzero(data.split == split)
-    pred = head(torch.from_numpy(data.pooled[sel])).argmax(1).numpy()
+def accuracy(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None = None) -> tuple[int, int]:
+    """(correct, n) over the split's segments of enrolled speakers. `pooled` replaces data.pooled (the
+    same segments seen through another model, e.g. an erased one)."""
+    sel = closed_set(data, split)
+    x = data.pooled if pooled is None else pooled
+    if len(sel) == 0:
+        return 0, 0
+    pred = head(torch.from_numpy(np.ascontiguousarray(x[sel]))).argmax(1).numpy()
     return int((pred == data.labels[sel]).sum()), int(len(sel))
 
 
 @torch.no_grad()
-def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarray) -> dict[int, dict[str, Any]]:
-    """Accuracy of `split` segments per group id (e.g. the i-vector cluster of each segment's utterance;
-    -1 = none), with Wilson intervals: an erase should cost its own cluster more than the others."""
-    sel = np.flatnonzero(data.split == split)
-    pred = head(torch.from_numpy(data.pooled[sel])).argmax(1).numpy()
+def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarray,
+                      pooled: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
+    """Accuracy of the split's enrolled segments per group id (e.g. the i-vector cluster of each
+    segment's utterance; -1 = none), with Wilson intervals: an erase should cost its own cluster more
+    than the others. `pooled` as in `accuracy`."""
+    sel = closed_set(data, split)
+    x = data.pooled if pooled is None else pooled
+    pred = head(torch.from_numpy(np.ascontiguousarray(x[sel]))).argmax(1).numpy()
     ok = pred == data.labels[sel]
     out = {}
     for g in sorted(set(groups[sel].tolist()) - {-1}):
@@ -190,39 +273,102 @@ def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarr
     return out
 
 
-def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],
-             epochs: int = 60) -> dict[str, Any]:
-    """Per layer set: the learning rate picked on dev (first seed), then test accuracy per seed with
-    Wilson intervals, their mean with a t-interval, the layer weights, and the verification EER of
-    the pooled 256-d embeddings of the test segments (first seed's head)."""
+def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[str, Any]:
+    """EER of cosine scores of the head's 256-d embeddings over all pairs of the split's segments
+    (enrolled or not: verification needs no enrolment), with the trial counts."""
     from speaker_neurons.evaluation import build_trials, equal_error_rate
 
+    sel = np.flatnonzero(data.split == split)
+    with torch.no_grad():
+        emb = head.embed(torch.from_numpy(np.ascontiguousarray(data.pooled[sel]))).numpy()
+    scores, labels = build_trials(emb, data.trial_speakers()[sel])
+    n_t = int(labels.sum())
+    eer = equal_error_rate(scores, labels) if 0 < n_t < len(labels) else None
+    return {"eer": eer, "target_trials": n_t, "nontarget_trials": int(len(labels) - n_t)}
+
+
+def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],
+             epochs: int = 30) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
+    """Per layer set: the learning rate picked on dev accuracy of the first seed's heads, then the other
+    seeds at that rate (each group of heads trained at once, `train_heads`); test accuracy per seed at that rate with Wilson intervals, their
+    mean with a t-interval, the layer weights, and the verification EER of the first seed's head.
+    Returns (the result, the picked heads per layer set, one per seed)."""
+    lrs, seeds = [float(x) for x in lrs], [int(x) for x in seeds]
+    names = list(layer_sets)
+    # two stacked passes: the sweep (every set x rate, first seed), then the other seeds at the picked rates
+    sweep = [HeadSpec(tuple(layer_sets[nm]), lr, seeds[0]) for nm in names for lr in lrs]
+    trained = dict(zip(sweep, train_heads(data, sweep, epochs)))
+    best_lr = {}
+    for nm in names:
+        dev = {lr: accuracy(trained[HeadSpec(tuple(layer_sets[nm]), lr, seeds[0])], data, "dev") for lr in lrs}
+        best_lr[nm] = max(lrs, key=lambda lr: (dev[lr][0] / max(dev[lr][1], 1), -lr))
+    rest = [HeadSpec(tuple(layer_sets[nm]), best_lr[nm], sd) for nm in names for sd in seeds[1:]]
+    trained.update(zip(rest, train_heads(data, rest, epochs)))
+    n_test = int((data.split == "test").sum())
+    n_closed = len(closed_set(data, "test"))
     out: dict[str, Any] = {"speakers": len(data.speakers),
-                           "segments": {s: int((data.split == s).sum()) for s in ("train", "dev", "test")}}
-    for name, layers in layer_sets.items():
-        dev, sweep = {}, {}
+                           "segments": {s: int((data.split == s).sum()) for s in ("train", "dev", "test")},
+                           "test_closed_set": n_closed, "test_unenrolled": n_test - n_closed}
+    if n_test > n_closed:
+        log.warning("%d test segments belong to speakers with no train segment: left out of closed-set "
+                    "identification (counted in test_unenrolled), kept in the verification trials", n_test - n_closed)
+    picked: dict[str, list[SIDHead]] = {}
+    for nm in names:
+        layers = tuple(layer_sets[nm])
+        dev = {}
         for lr in lrs:
-            sweep[lr] = train_head(data, layers, lr, seeds[0], epochs)
-            c, n = accuracy(sweep[lr], data, "dev")
+            c, n = accuracy(trained[HeadSpec(layers, lr, seeds[0])], data, "dev")
             dev[lr] = c / max(n, 1)
-        best = max(lrs, key=lambda lr: (dev[lr], -lr))
+        best = best_lr[nm]
+        heads = [trained[HeadSpec(layers, best, sd)] for sd in seeds]
         per_seed = []
-        heads = []
-        for seed in seeds:  # the first seed's head at the picked rate is the sweep's (training is deterministic)
-            head = sweep[best] if seed == seeds[0] else train_head(data, layers, best, seed, epochs)
+        for sd, head in zip(seeds, heads):
             c, n = accuracy(head, data, "test")
-            lo, hi = wilson_interval(c, n)
-            per_seed.append({"seed": int(seed), "accuracy": c / n, "correct": c, "n": n, "ci95": [lo, hi]})
-            heads.append(head)
+            per_seed.append({"seed": sd, "accuracy": c / max(n, 1), "correct": c, "n": n,
+                             "ci95": list(wilson_interval(c, n))})
         m, lo, hi = mean_interval([r["accuracy"] for r in per_seed])
-        sel = np.flatnonzero(data.split == "test")
-        with torch.no_grad():
-            emb = heads[0].embed(torch.from_numpy(data.pooled[sel])).numpy()
-        scores, labels = build_trials(emb, data.labels[sel])
-        eer = equal_error_rate(scores, labels) if 0 < labels.sum() < len(labels) else None
-        out[name] = {"layers": list(layers), "lr": best, "dev_accuracy": {str(k): v for k, v in dev.items()},
-                     "test_accuracy": m, "test_ci95": [lo, hi], "per_seed": per_seed, "eer": eer,
-                     "layer_weights": heads[0].weights().detach().numpy().round(4).tolist()}
-        log.info("SID %s: %.2f%% [%.2f, %.2f] over %d seeds (lr %g), EER %s", name, 100 * m, 100 * lo, 100 * hi,
-                 len(seeds), best, "n/a" if eer is None else f"{100 * eer:.2f}%")
+        ver = verification_eer(heads[0], data, "test")
+        out[nm] = {"layers": list(layers), "lr": best, "dev_accuracy": {str(k): v for k, v in dev.items()},
+                   "test_accuracy": m, "test_ci95": [lo, hi], "per_seed": per_seed, **ver,
+                   "layer_weights": heads[0].weights().detach().numpy().round(4).tolist()}
+        picked[nm] = heads
+        eer = ver["eer"]
+        log.info("SID %s: %.2f%% [%.2f, %.2f] over %d seeds (lr %g, %d test segments), EER %s over %d+%d trials",
+                 nm, 100 * m, 100 * lo, 100 * hi, len(seeds), best, n_closed,
+                 "n/a" if eer is None else f"{100 * eer:.2f}%", ver["target_trials"], ver["nontarget_trials"])
+    return out, picked
+
+
+# ------------------------------------------------------------------------------------------- heads on disk
+def save_heads(path, picked: dict[str, list[SIDHead]], seeds: Sequence[int]) -> None:
+    """The picked heads (per layer set, per seed) as safetensors; layers and seeds in the metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for nm, heads in picked.items():
+        meta[nm] = {"layers": heads[0].layers, "seeds": [int(s) for s in seeds]}
+        for sd, h in zip(seeds, heads):
+            for k, v in h.state_dict().items():
+                tensors[f"{nm}/{int(sd)}/{k}"] = v.detach().contiguous()
+    save_file(tensors, str(path), metadata={"heads": json.dumps(meta, sort_keys=True)})
+
+
+def load_heads(path) -> dict[str, list[tuple[int, SIDHead]]]:
+    """{layer set: [(seed, head), ...]} as `save_heads` wrote them."""
+    import json
+
+    from safetensors import safe_open
+
+    out: dict[str, list[tuple[int, SIDHead]]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["heads"])
+        for nm, m in meta.items():
+            for sd in m["seeds"]:
+                sdict = {k.split("/", 2)[2]: f.get_tensor(k) for k in f.keys() if k.startswith(f"{nm}/{sd}/")}
+                pw, cw = sdict["projector.weight"], sdict["classifier.weight"]
+                h = SIDHead(m["layers"], pw.shape[1], cw.shape[0], proj_dim=pw.shape[0])
+                h.load_state_dict(sdict)
+                out.setdefault(nm, []).append((int(sd), h.eval()))
     return out

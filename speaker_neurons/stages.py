@@ -349,8 +349,9 @@ def sid_eval(ctx: StageContext) -> dict:
     data = sid.make_data(pooled, segs)
     L = pooled.shape[1] - 1
     sets = {"all": list(range(L + 1)), "layers_1_L": list(range(1, L + 1)), "last": [L]}
-    result = sid.evaluate(data, {k: sets[k] for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
-                          epochs=int(cfg["epochs"]))
+    result, picked = sid.evaluate(data, {k: sets[k] for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
+                                  epochs=int(cfg["epochs"]))
     result["crop_seconds"] = cfg["crop_seconds"]
     _json(ctx.out("result"), result)
+    sid.save_heads(ctx.out("heads"), picked, cfg["seeds"])  # the erase ablation scores erased models with these
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

@@ -79,7 +79,8 @@ def _planted(layer, n_spk=6, per=24, L=3, d=8, seed=0):
 
 def test_the_head_finds_the_speaker_layer_and_layer_sets_matter():
     data = _planted(layer=0)
-    res = sid.evaluate(data, {"all": [0, 1, 2, 3], "layers_1_L": [1, 2, 3]}, lrs=[1e-2, 1e-1], seeds=[0, 1], epochs=60)
+    res, heads = sid.evaluate(data, {"all": [0, 1, 2, 3], "layers_1_L": [1, 2, 3]}, lrs=[1e-2, 1e-1], seeds=[0, 1],
+                              epochs=60)
     assert res["all"]["test_accuracy"] > 0.9
     assert res["all"]["layer_weights"][0] == max(res["all"]["layer_weights"])
     assert res["layers_1_L"]["test_accuracy"] < 0.5  # hidden_0 alone carries the speaker: 1..L cannot see it
@@ -103,3 +104,71 @@ def test_accuracy_by_group_against_a_direct_count():
         assert res[g]["n"] == int(m.sum()) and res[g]["correct"] == int((pred[m] == data.labels[sel][m]).sum())
         assert res[g]["ci95"][0] <= res[g]["accuracy"] <= res[g]["ci95"][1]
     assert set(res) == {0, 1} and res[0]["n"] + res[1]["n"] == len(sel) - 3
+
+
+def _reference_head(data, layers, lr, seed, epochs, batch_size=64):
+    """The plain loop: one SIDHead, torch.optim.Adam, the seed's own sample order."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = sid.SIDHead(layers, data.pooled.shape[2], len(data.speakers))
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    tr = np.flatnonzero(data.split == "train")
+    x, y = torch.from_numpy(data.pooled[tr]), torch.from_numpy(data.labels[tr])
+    for _ in range(epochs):
+        perm = torch.randperm(len(tr), generator=g)
+        for s in range(0, len(tr), batch_size):
+            idx = perm[s : s + batch_size]
+            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return head.eval()
+
+
+def test_heads_trained_together_equal_each_trained_alone_with_torch_adam():
+    data = _planted(layer=2)
+    specs = [sid.HeadSpec((0, 1, 2, 3), 1e-2, 0), sid.HeadSpec((1, 2, 3), 1e-1, 1), sid.HeadSpec((3,), 1e-3, 2)]
+    bank = sid.train_heads(data, specs, epochs=4)
+    x = torch.from_numpy(data.pooled)
+    for spec, head in zip(specs, bank):
+        ref = _reference_head(data, list(spec.layers), spec.lr, spec.seed, epochs=4)
+        with torch.no_grad():
+            assert head.layers == ref.layers
+            assert float((head(x) - ref(x)).abs().max()) < 1e-4
+            assert torch.allclose(head.weights(), ref.weights(), atol=1e-5)
+    # different specs give different heads (the bank does not share state between heads)
+    other = sid.train_head(data, [0, 1, 2, 3], 1e-1, 0, epochs=4)
+    with torch.no_grad():
+        assert float((bank[0](x) - other(x)).abs().max()) > 1e-3
+
+
+def test_unenrolled_speakers_are_left_out_of_identification_but_kept_in_trials():
+    data = _planted(layer=0)
+    segs = pd.DataFrame({"speaker": [data.speakers[l] for l in data.labels], "split": data.split})
+    test_idx = np.flatnonzero(data.split == "test")
+    segs.loc[segs.index[np.isin(np.arange(len(segs)), test_idx[:4])], "speaker"] = "ghost"  # a speaker never trained on
+    d = sid.make_data(data.pooled, segs)
+    assert "ghost" not in d.speakers and (d.labels == -1).sum() == 4
+    res, heads = sid.evaluate(d, {"all": [0, 1, 2, 3]}, lrs=[1e-2], seeds=[0], epochs=40)
+    assert res["test_unenrolled"] == 4 and res["test_closed_set"] == len(test_idx) - 4
+    assert res["all"]["per_seed"][0]["n"] == len(test_idx) - 4
+    # the ghost segments are not errors: counted as such, the accuracy could not exceed 20/24
+    assert res["all"]["test_accuracy"] > 20 / 24
+    n = len(test_idx)
+    assert res["all"]["target_trials"] + res["all"]["nontarget_trials"] == n * (n - 1) // 2
+    # ghost pairs are targets among themselves (same speaker), not with everyone unenrolled
+    spk = segs["speaker"].to_numpy()[test_idx]
+    assert res["all"]["target_trials"] == sum(int((spk == s).sum() * ((spk == s).sum() - 1) // 2) for s in set(spk))
+
+
+def test_heads_round_trip_through_safetensors(tmp_path):
+    data = _planted(layer=1)
+    res, picked = sid.evaluate(data, {"all": [0, 1, 2, 3], "last": [3]}, lrs=[1e-2], seeds=[0, 5], epochs=5)
+    sid.save_heads(tmp_path / "h.safetensors", picked, [0, 5])
+    back = sid.load_heads(tmp_path / "h.safetensors")
+    x = torch.from_numpy(data.pooled)
+    assert sorted(back) == ["all", "last"] and [s for s, _ in back["last"]] == [0, 5]
+    with torch.no_grad():
+        for nm in picked:
+            for (sd, h), orig in zip(back[nm], picked[nm]):
+                assert h.layers == orig.layers and torch.equal(h(x), orig(x))
