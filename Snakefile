@@ -20,6 +20,7 @@ include: "rules/corpus.smk"
 include: "rules/models.smk"
 include: "rules/ivectors.smk"
 include: "rules/analysis.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -102,7 +102,12 @@ rule neuron_sets:
     output:
         sets=expand(f"{K}/neurons/{{name}}.json", name=NEURON_SETS, allow_missing=True),
         table=f"{K}/neuron_counts.tsv",
-        plot=f"{K}/neuron_counts.png",
+        plot=report(
+            f"{K}/neuron_counts.png",
+            caption="../report/neuron_counts.rst",
+            category="2. Neurons",
+            subcategory="{model}",
+        ),
         provenance=f"{K}/provenance/neuron_sets.json",
     params:
         rho=config["analysis"]["rho"],
@@ -128,7 +133,12 @@ rule evidence_report:
         labels=rules.frame_kmeans.output.labels,
     output:
         composition_tsv=f"{K}/report/ssl_phone_composition.tsv",
-        composition_png=f"{K}/report/ssl_phone_composition.png",
+        composition_png=report(
+            f"{K}/report/ssl_phone_composition.png",
+            caption="../report/phone_composition.rst",
+            category="5. Clusters",
+            subcategory="{model}",
+        ),
         summary=f"{K}/report/evidence.json",
         provenance=f"{K}/report/provenance/evidence_report.json",
     log:
@@ -170,24 +180,26 @@ rule neuron_counts_summary:
 rule compare_models:
     input:
         tables=expand(
-            f"{RESULTS}/models/{{model}}/analysis/neuron_counts.tsv", model=MODEL_NAMES
+            f"{RESULTS}/models/{{model}}/analysis/neuron_counts.tsv", model=ANALYSED
         ),
         evidence=expand(
             f"{RESULTS}/models/{{model}}/analysis/ssl_k{{k}}/report/evidence.json",
-            model=MODEL_NAMES,
+            model=ANALYSED,
             k=K_SSL,
         ),
-        describe=expand(
-            f"{RESULTS}/models/{{model}}/model_info.json", model=MODEL_NAMES
-        ),
+        describe=expand(f"{RESULTS}/models/{{model}}/model_info.json", model=ANALYSED),
     output:
         counts=f"{COMPARISON}/neuron_counts.tsv",
         models=f"{COMPARISON}/models.tsv",
-        plot=f"{COMPARISON}/neuron_totals.png",
+        plot=report(
+            f"{COMPARISON}/neuron_totals.png",
+            caption="../report/neuron_totals.rst",
+            category="2. Neurons",
+        ),
         provenance=f"{COMPARISON}/provenance/compare_models.json",
     params:
-        models=MODEL_NAMES,
-        evidence_keys=[[m, k] for m in MODEL_NAMES for k in K_SSL],
+        models=ANALYSED,
+        evidence_keys=[[m, k] for m in ANALYSED for k in K_SSL],
     log:
         f"{LOGS}/compare_models.log",
     benchmark:
@@ -248,6 +260,53 @@ rule sid_eval:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule erase_ablation:
+    input:
+        unpack(model_input),
+        manifest=MANIFEST,
+        pooled=rules.pool_layers.output.pooled,
+        heads=rules.sid_eval.output.heads,
+        clusters=rules.ivector_clusters.output.clusters,
+        ssl_cluster=f"{K}/neurons/ssl_cluster.json",
+        ivector_cluster=f"{K}/neurons/ivector_cluster.json",
+    output:
+        table=report(
+            f"{K}/erase/erase.tsv",
+            caption="../report/erase.rst",
+            category="4. Erase ablation",
+            subcategory="{model}",
+        ),
+        summary=f"{K}/erase/erase.json",
+        plot=report(
+            f"{K}/erase/erase.png",
+            caption="../report/erase.rst",
+            category="4. Erase ablation",
+            subcategory="{model}",
+        ),
+        provenance=f"{K}/erase/provenance/erase_ablation.json",
+    params:
+        compute_threads=config["upstream"]["threads"],
+        upstream=model_params,
+        crop_seconds=config["sid"]["crop_seconds"],
+        sets=config["erase"]["sets"],
+        random_seeds=config["erase"]["random_seeds"],
+        max_batch_seconds=config["analysis"]["max_batch_seconds"],
+        device=config["upstream"]["device"],
+        title=lambda wc: f"{wc.model}: erase ablation (k_ssl={wc.k})",
+    log:
+        f"{LOGS}/{{model}}/erase_ablation_k{{k}}.log",
+    benchmark:
+        f"{BENCH}/{{model}}/erase_ablation_k{{k}}.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
     conda:
         "../envs/speaker-neurons.yaml"
     script:

@@ -101,7 +101,8 @@ def _target_tag(target):
 def _pruned_models(models):
     """One derived model per (parent, strategy, target) of config `prune`."""
     pr = config["prune"]
-    for parent in pr["parents"]:
+    parents = list(models) if pr["parents"] is None else pr["parents"]
+    for parent in parents:
         if parent not in models:
             raise WorkflowError(
                 f"Invalid configuration at key 'prune.parents': {parent!r} is not the name of an "
@@ -113,7 +114,7 @@ def _pruned_models(models):
             f"Invalid configuration at key 'prune.k_ssl': {k} is not one of analysis.k_ssl {K_SSL}."
         )
     out = {}
-    for parent in pr["parents"]:
+    for parent in parents:
         for strategy in pr["strategies"]:
             for target in pr["targets"]:
                 name = f"{parent}-{strategy}-{_target_tag(target)}"
@@ -136,11 +137,22 @@ def _pruned_models(models):
     return out
 
 
+if config["erase"]["enabled"] and not config["sid"]["enabled"]:
+    raise WorkflowError(
+        "Invalid configuration at key 'erase.enabled': the erase ablation scores erased models with the "
+        "SID heads of the unerased one; set sid.enabled: true, or erase.enabled: false."
+    )
+SETS_K = config["prune"]["k_ssl"] if config["prune"]["k_ssl"] is not None else K_SSL[0]
 MODELS = _check_models(config["models"])
 MODELS.update(_pruned_models(MODELS))
 MODEL_NAMES = list(MODELS)
 PRETRAINED = [n for n, m in MODELS.items() if m["source"] == "pretrain"]
 PRUNED = [n for n, m in MODELS.items() if m["source"] == "prune"]
+ANALYSED = [
+    n
+    for n in MODEL_NAMES
+    if MODELS[n]["source"] != "prune" or config["prune"]["analyse"]
+]
 
 
 def model_dir(name):
@@ -239,13 +251,20 @@ def analysis_dir(name):
     return f"{model_dir(name)}/analysis"
 
 
+def analysed(name):
+    """Every model gets the label-free analysis, pruned ones only with prune.analyse."""
+    return MODELS[name]["source"] != "prune" or config["prune"]["analyse"]
+
+
 def model_outputs(name):
     base = analysis_dir(name)
-    outs = [f"{base}/neuron_counts.tsv"]
+    outs = [f"{base}/neuron_counts.tsv"] if analysed(name) else []
     if config["sid"]["enabled"]:
         outs.append(f"{base}/sid/sid.json")
-    for k in K_SSL:
-        outs.append(f"{base}/ssl_k{k}/report/evidence.json")
+    if config["erase"]["enabled"] and MODELS[name]["source"] != "prune":
+        outs.append(f"{base}/ssl_k{SETS_K}/erase/erase.json")
+    if analysed(name):
+        outs += [f"{base}/ssl_k{k}/report/evidence.json" for k in K_SSL]
     return outs
 
 
@@ -255,6 +274,55 @@ def all_outputs():
         outs.append(f"{IVECTORS}/quality.json")
     for name in MODEL_NAMES:
         outs += model_outputs(name)
-    if len(MODEL_NAMES) > 1:
+    if len(ANALYSED) > 1:
         outs.append(f"{COMPARISON}/models.tsv")
+    outs.append(f"{RESULTS}/summary.md")
     return outs
+
+
+# ---------------------------------------------------------------------------------- summary and report
+def summary_models():
+    """Per model, what the summary reads (paths of this run; None where the run makes none)."""
+    out = []
+    for name, m in MODELS.items():
+        base = analysis_dir(name)
+        out.append(
+            {
+                "name": name,
+                "source": m["source"],
+                "parent": m.get("parent"),
+                "strategy": m.get("strategy"),
+                "target": m.get("target"),
+                "sid": f"{base}/sid/sid.json" if config["sid"]["enabled"] else None,
+                "prune": (
+                    f"{model_dir(name)}/prune.json" if m["source"] == "prune" else None
+                ),
+                "neuron_counts": (
+                    f"{base}/neuron_counts.tsv" if analysed(name) else None
+                ),
+                "erase": (
+                    f"{base}/ssl_k{SETS_K}/erase/erase.json"
+                    if config["erase"]["enabled"] and m["source"] != "prune"
+                    else None
+                ),
+                "pretrain": (
+                    f"{model_dir(name)}/pretrain/summary.json"
+                    if m["source"] == "pretrain"
+                    else None
+                ),
+            }
+        )
+    return out
+
+
+def summary_inputs(wildcards):
+    files = [
+        p
+        for m in summary_models()
+        for k, p in m.items()
+        if k in ("sid", "prune", "neuron_counts", "erase", "pretrain") and p
+    ]
+    out = {"models": files, "purity": f"{IVECTORS}/gender_purity.tsv"}
+    if not config["ivector"]["kaldi_ivectors"]:
+        out["quality"] = f"{IVECTORS}/quality.json"
+    return out

@@ -35,8 +35,16 @@ rule ivector_clusters:
         manifest=MANIFEST,
     output:
         clusters=f"{IVECTORS}/clusters.tsv",
-        purity_tsv=f"{IVECTORS}/gender_purity.tsv",
-        purity_png=f"{IVECTORS}/gender_purity.png",
+        purity_tsv=report(
+            f"{IVECTORS}/gender_purity.tsv",
+            caption="../report/gender_purity.rst",
+            category="5. Clusters",
+        ),
+        purity_png=report(
+            f"{IVECTORS}/gender_purity.png",
+            caption="../report/gender_purity.rst",
+            category="5. Clusters",
+        ),
         provenance=f"{IVECTORS}/provenance/ivector_clusters.json",
     params:
         k=config["analysis"]["k_ivector"],

@@ -12,7 +12,12 @@ rule pretrain_melhubert:
         head=f"{RESULTS}/models/{{model}}/pretrain/head.pt",
         summary=f"{RESULTS}/models/{{model}}/pretrain/summary.json",
         train_log=f"{RESULTS}/models/{{model}}/pretrain/train_log.tsv",
-        loss_curve=f"{RESULTS}/models/{{model}}/pretrain/loss_curve.png",
+        loss_curve=report(
+            f"{RESULTS}/models/{{model}}/pretrain/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="6. Pre-training",
+            subcategory="{model}",
+        ),
         kmeans_centers=f"{RESULTS}/models/{{model}}/pretrain/kmeans_centers.npy",
         checkpoints=directory(f"{RESULTS}/models/{{model}}/pretrain/checkpoints"),
         provenance=f"{RESULTS}/models/{{model}}/pretrain/provenance/pretrain_melhubert.json",

@@ -76,6 +76,18 @@ def pool_layer_means(model, segs: pd.DataFrame, max_batch_seconds: float = 60.0,
     return out
 
 
+def check_splits(segs: pd.DataFrame, manifest_path: str = "the manifest") -> None:
+    """SID needs speakers and train, dev and test segments; say which is missing and how to fix it."""
+    have = segs.groupby("split")["speaker"].nunique().to_dict() if len(segs) else {}
+    missing = [s for s in ("train", "dev", "test") if not have.get(s)]
+    unnamed = segs["speaker"].isna().all() or (segs["speaker"].astype(str).str.strip() == "").all() if len(segs) else True
+    if unnamed or missing:
+        what = "no speaker names" if unnamed else f"no {'/'.join(missing)} segments"
+        raise ValueError(f"{manifest_path}: SID evaluation needs speakers and a train/dev/test split, but it has {what}. "
+                         "Give the corpus `speaker` and `split` columns (tsv source), or set sid.enabled: false "
+                         "(and erase.enabled: false) in the config.")
+
+
 # ------------------------------------------------------------------------------------------- the head
 class SIDHead(nn.Module):
     """Softmax-weighted sum of the chosen layers -> linear 256 -> mean over frames -> linear classes."""

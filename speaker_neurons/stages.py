@@ -92,6 +92,9 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
     try:
         with threadpool_limits(limits=threads):
             result = STAGES[name](ctx) or {}
+    except BaseException:  # the rule's log must say why it failed (a batch job has no terminal)
+        log.exception("stage %s FAILED after %.1f s", name, time.monotonic() - t1)
+        raise
     finally:
         torch.set_num_threads(saved_threads)
     log.info("stage %s done in %.1f s", name, time.monotonic() - t1)
@@ -328,6 +331,7 @@ def pool_layers(ctx: StageContext) -> dict:
     from speaker_neurons.utils import save_npz
 
     segs = sid.segments(read_manifest(ctx.inputs["manifest"]), ctx.params["crop_seconds"])
+    sid.check_splits(segs, ctx.inputs["manifest"])
     pooled = sid.pool_layer_means(_upstream(ctx), segs, max_batch_seconds=ctx.params["max_batch_seconds"])
     text = {c: np.asarray(segs[c].astype(str).tolist(), dtype=str) for c in ("seg_id", "speaker", "split")}
     save_npz(ctx.out("pooled"), {"pooled": pooled, **text})  # fixed-width strings: no pickled objects
@@ -355,3 +359,52 @@ def sid_eval(ctx: StageContext) -> dict:
     _json(ctx.out("result"), result)
     sid.save_heads(ctx.out("heads"), picked, cfg["seeds"])  # the erase ablation scores erased models with these
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}
+
+
+@stage
+def erase_ablation(ctx: StageContext) -> dict:
+    """Erase neuron sets (W2 columns zeroed, no retraining) and score with the unerased model's SID heads:
+    accuracy per i-vector cluster against seeded random sets of the same per-layer sizes."""
+    import numpy as np
+    import pandas as pd
+
+    from speaker_neurons import erase, sid
+    from speaker_neurons.analysis.clusters import read_utterance_clusters
+    from speaker_neurons.data.manifest import read_manifest
+
+    p = ctx.params
+    segs = sid.segments(read_manifest(ctx.inputs["manifest"]), p["crop_seconds"])
+    with np.load(ctx.inputs["pooled"]) as z:
+        if z["seg_id"].tolist() != segs["seg_id"].tolist():
+            raise ValueError(f"{ctx.inputs['pooled']} was pooled from other segments than the manifest and "
+                             "sid.crop_seconds give now; re-run rule pool_layers")
+        data = sid.make_data(z["pooled"][:1].repeat(len(segs), 0), segs)  # labels only; the pooled values are not used
+    sel = sid.closed_set(data, "test")
+    test = segs.iloc[sel].reset_index(drop=True)
+    clusters = read_utterance_clusters(ctx.inputs["clusters"])
+    groups = np.array([clusters.get(u, -1) for u in test["utt_id"]], dtype=np.int64)
+    sets = erase.erase_sets(ctx.inputs["ssl_cluster"] if "ssl_cluster" in p["sets"] else None,
+                            ctx.inputs["ivector_cluster"] if "ivector_cluster" in p["sets"] else None)
+    heads = {ls: [h for _, h in hs] for ls, hs in sid.load_heads(ctx.inputs["heads"]).items()}
+    table = erase.run_ablation(_upstream(ctx), test, data.labels[sel], groups, heads, sets, p["random_seeds"],
+                               max_batch_seconds=p["max_batch_seconds"])
+    table.to_csv(ctx.out("table"), sep="\t", index=False, float_format="%.6f")
+    summary = erase.summarize(table)
+    summary["k_ssl"] = int(ctx.wildcards.get("k", -1)) if ctx.wildcards.get("k") else None
+    _json(ctx.out("summary"), summary)
+    erase.plot(table, ctx.out("plot"), title=p.get("title", ""))
+    for name in sets:
+        s = summary[name].get("all", summary[name].get(next(iter(heads))), {})
+        for c, v in s.items():
+            log.info("erase %s, cluster %s: %+.2f points [%+.2f, %+.2f]; random %+.2f", name, c, 100 * v["delta"],
+                     100 * v["delta_ci95"][0], 100 * v["delta_ci95"][1], 100 * (v["random_delta_mean"] or 0))
+    return {"sets": list(sets), "test_segments": len(test)}
+
+
+@stage
+def summarize(ctx: StageContext) -> dict:
+    """results/summary.tsv, summary.md and sid_vs_width.png: this run's headline figures beside the paper's."""
+    from speaker_neurons.summary import build_summary
+
+    return build_summary(ctx.params["models"], ctx.inputs.get("quality"), ctx.inputs.get("purity"),
+                         int(ctx.params["k_ssl"]), ctx.out("tsv"), ctx.out("md"), ctx.out("sid_png"))

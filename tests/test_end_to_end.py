@@ -53,7 +53,7 @@ def two_runs(tmp_path_factory):
     extra = base / "models.yaml"
     extra.write_text("models:\n  - {name: demo, kind: melhubert, source: pretrain}\n"
                      f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n"
-                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size]}\n"
+                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size], analyse: true}\n"
                      "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n")
     _run_chain(base / "a", extra)
     _run_chain(base / "b", extra)

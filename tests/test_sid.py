@@ -172,3 +172,15 @@ def test_heads_round_trip_through_safetensors(tmp_path):
         for nm in picked:
             for (sd, h), orig in zip(back[nm], picked[nm]):
                 assert h.layers == orig.layers and torch.equal(h(x), orig(x))
+
+
+def test_sid_needs_speakers_and_every_split():
+    m = pd.DataFrame({"utt_id": ["a", "b", "c"], "path": ["a.wav"] * 3, "speaker": ["x", "y", "x"],
+                      "split": ["train", "test", "train"], "duration": [1.0] * 3})
+    with pytest.raises(ValueError, match="m.tsv: .* no dev segments.*sid.enabled: false"):
+        sid.check_splits(sid.segments(m, None), "m.tsv")
+    m["split"] = ["train", "dev", "test"]
+    sid.check_splits(sid.segments(m, None), "m.tsv")
+    m["speaker"] = ""
+    with pytest.raises(ValueError, match="no speaker names"):
+        sid.check_splits(sid.segments(m, None), "m.tsv")

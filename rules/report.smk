@@ -1,0 +1,36 @@
+# Stage 4: the run's headline figures next to the paper's (results/summary.tsv, summary.md,
+# sid_vs_width.png). `snakemake --report report.html` gathers every figure marked report(...) with its
+# caption from report/.
+
+
+rule summarize:
+    input:
+        unpack(summary_inputs),
+    output:
+        tsv=report(
+            f"{RESULTS}/summary.tsv",
+            caption="../report/summary.rst",
+            category="1. Summary",
+        ),
+        md=f"{RESULTS}/summary.md",
+        sid_png=report(
+            f"{RESULTS}/sid_vs_width.png",
+            caption="../report/sid_vs_width.rst",
+            category="1. Summary",
+        ),
+        provenance=f"{RESULTS}/provenance/summarize.json",
+    params:
+        models=summary_models(),
+        k_ssl=SETS_K,
+    log:
+        f"{LOGS}/summarize.log",
+    benchmark:
+        f"{BENCH}/summarize.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

@@ -1,0 +1,179 @@
+"""The erase ablation (SPEC section 5): zero the W2 columns of a neuron set, no retraining, and score
+the erased model with the SID heads trained on the unerased one.
+
+Sets erased: the SSL-cluster neurons, and each i-vector cluster's own neurons (the `groups` of
+`ivector_cluster.json`: the neurons exclusive to that cluster), each beside seeded random sets of the
+same per-layer sizes (the control). Expected, if the sets mean what the method says: erasing cluster
+g's neurons costs the segments of cluster g more than those of the other cluster, and more than a
+random set of the same size.
+
+Only the test segments are run through each erased model (the heads are fixed). The unerased model is
+run on the same segments in the same batches, so an erase is the only difference between the two.
+Accuracy counts test segments of enrolled speakers (closed set), overall and per i-vector cluster of
+the segment's utterance, with a Wilson interval; the change against the unerased model is a paired
+difference over segments (each segment's correctness averaged over the head seeds), with a Student-t
+95% interval: the unit of sampling is the segment, and the heads' seeds are averaged, not counted as
+samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from speaker_neurons import pruning, sid
+from speaker_neurons.utils import get_logger
+
+log = get_logger("erase")
+
+
+def erase_sets(ssl_cluster_json: str | Path | None, ivector_cluster_json: str | Path | None) -> dict[str, dict[int, list[int]]]:
+    """{name: {layer: neurons}}: `ssl_cluster` (the whole SSLN set) and `ivector_cluster:<g>` per
+    i-vector cluster g (its own neurons)."""
+    out: dict[str, dict[int, list[int]]] = {}
+    if ssl_cluster_json:
+        rec = json.loads(Path(ssl_cluster_json).read_text())
+        out["ssl_cluster"] = {int(l): list(v) for l, v in rec["layers"].items()}
+    if ivector_cluster_json:
+        rec = json.loads(Path(ivector_cluster_json).read_text())
+        if "groups" not in rec:
+            raise ValueError(f"{ivector_cluster_json} has no 'groups' (which cluster each neuron belongs to); "
+                             "re-run rule neuron_sets")
+        for g, layers in sorted(rec["groups"].items(), key=lambda kv: int(kv[0])):
+            out[f"ivector_cluster:{int(g)}"] = {int(l): list(v) for l, v in layers.items()}
+    return out
+
+
+def paired_delta(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """Mean of after - before over segments (each a row's mean over head seeds; arrays (seeds, n) of
+    0/1) with a Student-t 95% interval."""
+    from scipy import stats
+
+    d = np.asarray(after, dtype=np.float64).mean(0) - np.asarray(before, dtype=np.float64).mean(0)
+    n = len(d)
+    if n == 0:
+        return {"delta": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
+    m = float(d.mean())
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {"delta": m, "ci95": [m - half, m + half], "n": int(n)}
+
+
+def _correct(heads: Sequence[sid.SIDHead], pooled: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(seeds, n) bool: each head's correctness on each segment."""
+    x = torch.from_numpy(np.ascontiguousarray(pooled))
+    with torch.no_grad():
+        return np.stack([h(x).argmax(1).numpy() == labels for h in heads])
+
+
+def _rows(label: str, kind: str, seed: int | None, correct: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
+          groups: np.ndarray, sizes: Mapping[int, int]) -> list[dict[str, Any]]:
+    rows = []
+    for ls, ok in correct.items():
+        for cluster in ["all", *sorted({int(g) for g in groups.tolist()} - {-1})]:
+            m = np.ones(len(groups), bool) if cluster == "all" else groups == cluster
+            c = float(ok[:, m].mean(0).sum())  # correct segments, averaged over head seeds
+            n = int(m.sum())
+            lo, hi = sid.wilson_interval(int(round(c)), n)
+            pd_ = paired_delta(base[ls][:, m], ok[:, m])
+            rows.append({"erased": label, "kind": kind, "random_seed": -1 if seed is None else int(seed),
+                         "neurons": int(sum(sizes.values())), "layer_set": ls, "cluster": str(cluster), "n": n,
+                         "accuracy": c / max(n, 1), "acc_ci_low": lo, "acc_ci_high": hi, "delta": pd_["delta"],
+                         "delta_ci_low": pd_["ci95"][0], "delta_ci_high": pd_["ci95"][1]})
+    return rows
+
+
+def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.ndarray,
+                 heads: Mapping[str, Sequence[sid.SIDHead]], sets: Mapping[str, Mapping[int, Sequence[int]]],
+                 random_seeds: Sequence[int], max_batch_seconds: float = 60.0) -> pd.DataFrame:
+    """One row per (erased set or its random control, layer set, cluster): accuracy and its change.
+
+    `test_segs`: the segments to score (rows as `sid.segments` makes them), `labels` their enrolled
+    speaker index (all >= 0), `groups` their i-vector cluster (-1 = none), `heads` the unerased model's
+    SID heads per layer set (one per seed)."""
+    if (labels < 0).any():
+        raise ValueError("run_ablation scores enrolled speakers only (labels >= 0)")
+    widths = model.ffn_widths
+
+    def score(m) -> dict[str, np.ndarray]:
+        pooled = sid.pool_layer_means(m, test_segs, max_batch_seconds=max_batch_seconds, progress=False)
+        return {ls: _correct(hs, pooled, labels) for ls, hs in heads.items()}
+
+    base = score(model)
+    rows = _rows("none", "unerased", None, base, base, groups, {})
+    for label, neurons in sets.items():
+        sizes = {int(l): len(set(v)) for l, v in neurons.items()}
+        variants = [("set", None, neurons)] + [("random", s, pruning.random_like(neurons, widths, s))
+                                               for s in random_seeds]
+        for kind, seed, ns in variants:
+            erased = pruning.erase(copy.deepcopy(model), ns)
+            rows += _rows(label, kind, seed, score(erased), base, groups, sizes)
+            log.info("erased %s%s (%d neurons)", label, "" if seed is None else f" random seed {seed}",
+                     sum(sizes.values()))
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame) -> dict[str, Any]:
+    """Per erased set, layer set and cluster: the set's delta with its interval and its random controls'
+    mean delta (min..max over seeds)."""
+    out: dict[str, Any] = {}
+    real = table[table["kind"] == "set"]
+    for r in real.itertuples(index=False):
+        ctrl = table[(table["kind"] == "random") & (table["erased"] == r.erased) & (table["layer_set"] == r.layer_set)
+                     & (table["cluster"] == r.cluster)]["delta"]
+        out.setdefault(r.erased, {"neurons": int(r.neurons)}).setdefault(r.layer_set, {})[r.cluster] = {
+            "accuracy": r.accuracy, "n": int(r.n), "delta": r.delta, "delta_ci95": [r.delta_ci_low, r.delta_ci_high],
+            "random_delta_mean": float(ctrl.mean()) if len(ctrl) else None,
+            "random_delta_range": [float(ctrl.min()), float(ctrl.max())] if len(ctrl) else None}
+    base = table[table["kind"] == "unerased"]
+    out["unerased"] = {ls: {r.cluster: {"accuracy": r.accuracy, "n": int(r.n), "ci95": [r.acc_ci_low, r.acc_ci_high]}
+                            for r in g.itertuples(index=False)} for ls, g in base.groupby("layer_set", sort=False)}
+    return out
+
+
+def plot(table: pd.DataFrame, png: str | Path, title: str = "") -> Path:
+    """Per layer set: the change in SID accuracy (points) per erased set and i-vector cluster, with
+    the paired 95% interval, beside the random controls' mean (hatched, min..max as a bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real = table[table["kind"] == "set"]
+    layer_sets = list(dict.fromkeys(real["layer_set"]))
+    erased = list(dict.fromkeys(real["erased"]))
+    clusters = list(dict.fromkeys(real["cluster"]))
+    fig, axes = plt.subplots(1, max(1, len(layer_sets)), figsize=(4.5 * max(1, len(layer_sets)), 3.8), sharey=True,
+                             squeeze=False)
+    width = 0.8 / max(1, len(clusters))
+    for ax, ls in zip(axes[0], layer_sets):
+        x = np.arange(len(erased))
+        for i, c in enumerate(clusters):
+            sel = real[(real["layer_set"] == ls) & (real["cluster"] == c)].set_index("erased").reindex(erased)
+            off = x + (i - (len(clusters) - 1) / 2) * width
+            d = 100 * sel["delta"].to_numpy()
+            err = 100 * np.abs(np.stack([sel["delta"] - sel["delta_ci_low"], sel["delta_ci_high"] - sel["delta"]]))
+            bars = ax.bar(off - width / 4, d, width / 2, yerr=err, capsize=2, label=f"cluster {c}")
+            ctrl = table[(table["kind"] == "random") & (table["layer_set"] == ls) & (table["cluster"] == c)]
+            g = ctrl.groupby("erased")["delta"]
+            mean, lo, hi = (100 * g.mean().reindex(erased), 100 * g.min().reindex(erased), 100 * g.max().reindex(erased))
+            ax.bar(off + width / 4, mean, width / 2, yerr=np.stack([mean - lo, hi - mean]), capsize=2, hatch="//",
+                   color=bars.patches[0].get_facecolor(), alpha=0.4)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks(x, erased, rotation=20, fontsize="small")
+        ax.set_title(f"SID head: {ls}", fontsize="small")
+    axes[0][0].set_ylabel("change in SID accuracy (points)")
+    axes[0][0].legend(fontsize="x-small", title="solid: set, hatched: random", title_fontsize="x-small")
+    fig.suptitle(title or "Erase ablation", fontsize="small")
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png

@@ -1,0 +1,257 @@
+"""The run's headline figures next to the paper's (SPEC sections 0, 3, 4, 5 and 9).
+
+`build_summary` reads what the other stages wrote and writes three files:
+* `summary.tsv`: one row per figure (section, metric, model, value, 95% interval, n, the paper's
+  value where it has one, a note);
+* `summary.md`: a short text: the corpus's clusters, the neurons found, SID of every model, the
+  pruning comparison at equal widths with a verdict on the paper's direction, and the erase deltas;
+* `sid_vs_width.png`: SID accuracy (and EER) against the kept share of FFN neurons, one line per
+  strategy with its interval band, one panel per SID layer set.
+
+The paper's model is MelHuBERT base (12 x 768 x 3072) on LibriSpeech / VoxCeleb1; a small demo model
+on a synthesized corpus is not expected to match its values, only, where the method works, their
+direction. The verdicts say which, from the intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+PathLike = str | os.PathLike
+
+# The published figures (SPEC), as fractions like every value of summary.tsv: MelHuBERT base, k_ssl = 3,
+# k_ivector = 2. Unpruned SID is "about 64-66%": 0.65 stands for it.
+PAPER = {
+    "purity_male": 0.9723,
+    "purity_female": 0.8982,
+    "ivector_cluster_total": 2002,
+    "sid_unpruned": 0.65,
+    "sid_l1_pset": 0.5408,
+    "sid_protected_pset": 0.6296,
+    "erase_ssl_cluster": -0.0382,
+}
+
+
+def verdict(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) -> str:
+    """Whether a > b (the paper's direction), judged from the two 95% intervals."""
+    if a_ci[0] > b_ci[1]:
+        return "holds: a > b, intervals apart"
+    if a_ci[1] < b_ci[0]:
+        return "reversed: a < b, intervals apart"
+    if a > b:
+        return "same direction, but the intervals overlap"
+    if a < b:
+        return "opposite direction, but the intervals overlap"
+    return "no difference"
+
+
+def _read(path: PathLike | None) -> Any:
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}"
+
+
+def pruning_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (model with SID, layer set): parent, strategy, target, kept share, SID and EER.
+    An unpruned model is its own parent with strategy `none` and kept share 1."""
+    rows = []
+    for m in models:
+        res = _read(m.get("sid"))
+        if res is None:
+            continue
+        rec = _read(m.get("prune"))
+        kept = rec["kept_total"] / rec["width_total"] if rec else 1.0
+        for ls, r in res.items():
+            if not isinstance(r, dict) or "test_accuracy" not in r:
+                continue
+            rows.append({"model": m["name"], "parent": m.get("parent") or m["name"],
+                         "strategy": m.get("strategy") or "none", "target": str(m.get("target") or "none"),
+                         "kept_share": kept, "kept_neurons": rec["kept_total"] if rec else None,
+                         "protected_lost": rec["protected_lost_total"] if rec else None, "layer_set": ls,
+                         "sid": r["test_accuracy"], "sid_ci_low": r["test_ci95"][0], "sid_ci_high": r["test_ci95"][1],
+                         "n_test": r["per_seed"][0]["n"], "seeds": len(r["per_seed"]), "lr": r["lr"],
+                         "eer": r.get("eer"), "trials": (r.get("target_trials") or 0) + (r.get("nontarget_trials") or 0)})
+    return pd.DataFrame(rows)
+
+
+def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
+    """Per parent and layer set: SID (top) and EER (bottom) against the kept share of FFN neurons."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no SID results in this run (sid.enabled: false)", ha="center", va="center")
+        ax.axis("off")
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+        return png
+    panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.0), squeeze=False, sharex=True)
+    colours = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray"}
+    for j, (parent, ls) in enumerate(panels):
+        sub = table[(table["parent"] == parent) & (table["layer_set"] == ls)]
+        base = sub[sub["strategy"] == "none"]
+        for strategy in [s for s in dict.fromkeys(sub["strategy"]) if s != "none"]:
+            s = pd.concat([base, sub[sub["strategy"] == strategy]]).sort_values("kept_share")
+            c = colours.get(strategy)
+            axes[0][j].plot(100 * s["kept_share"], 100 * s["sid"], "o-", color=c, label=strategy)
+            axes[0][j].fill_between(100 * s["kept_share"], 100 * s["sid_ci_low"], 100 * s["sid_ci_high"], color=c,
+                                    alpha=0.15)
+            e = s.dropna(subset=["eer"])
+            axes[1][j].plot(100 * e["kept_share"], 100 * e["eer"].astype(float), "o-", color=c, label=strategy)
+        if len(base):
+            b = base.iloc[0]
+            axes[0][j].errorbar([100.0], [100 * b["sid"]], yerr=[[100 * (b["sid"] - b["sid_ci_low"])],
+                                                                 [100 * (b["sid_ci_high"] - b["sid"])]],
+                                fmt="ks", label="unpruned", capsize=3)
+        axes[0][j].set_title(f"{parent}: SID head {ls}", fontsize="small")
+        axes[1][j].set_xlabel("FFN neurons kept (%)")
+    axes[0][0].set_ylabel("SID test accuracy (%), 95% band")
+    axes[1][0].set_ylabel("verification EER (%)")
+    axes[0][0].legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
+                  k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike) -> dict[str, Any]:
+    """`models`: dicts with name, source, and the paths this run has for it (None where absent):
+    sid (sid.json), prune (prune.json, pruned models), parent/strategy/target (pruned models),
+    neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain summary.json)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(section, metric, model, value, lo=None, hi=None, n=None, paper=None, note=""):
+        rows.append({"section": section, "metric": metric, "model": model, "value": value, "ci_low": lo,
+                     "ci_high": hi, "n": n, "paper": paper, "note": note})
+
+    md: list[str] = ["# Summary of this run", "",
+                     "The paper's figures are for MelHuBERT base on LibriSpeech / VoxCeleb1; a different model "
+                     "or corpus is compared by direction, not by value. Intervals are 95%.", ""]
+    # ------------------------------------------------------------------ corpus: i-vectors and clusters
+    q = _read(ivector_quality)
+    md += ["## i-vector clusters", ""]
+    if q:
+        add("ivectors", "sid_accuracy", "", q.get("sid_accuracy"), n=q.get("sid_test"))
+        add("ivectors", "eer", "", q.get("eer"), n=q.get("trials"))
+        md.append(f"- i-vector speaker ID {_pct(q.get('sid_accuracy'))}% of {q.get('sid_test')} test utterances, "
+                  f"EER {_pct(q.get('eer'))}% over {q.get('trials')} trials.")
+    if purity_tsv and Path(purity_tsv).stat().st_size > 0:
+        pur = pd.read_csv(purity_tsv, sep="\t")
+        if {"majority", "purity"} <= set(pur.columns):
+            for r in pur.itertuples(index=False):
+                paper = PAPER["purity_male"] if r.majority == "M" else PAPER["purity_female"]
+                add("ivectors", f"purity_cluster{r.ivector_cluster}", "", float(r.purity), n=int(r.F + r.M),
+                    paper=paper, note=f"majority {r.majority}")
+                md.append(f"- cluster {r.ivector_cluster}: {100 * r.purity:.1f}% {r.majority} of {int(r.F + r.M)} "
+                          f"utterances (paper: {100 * paper:.2f}% for its {'male' if r.majority == 'M' else 'female'} "
+                          "cluster).")
+    md.append("")
+    # ------------------------------------------------------------------ neurons and pre-training
+    md += [f"## Neurons found (k_ssl = {k_ssl})", "", "| model | ivector_cluster | ssl_cluster | union | unconditioned | per_cluster |",
+           "|---|---|---|---|---|---|"]
+    for m in models:
+        if m.get("pretrain"):
+            s = _read(m["pretrain"])
+            for key in ("first_loss", "last_loss", "first_masked_acc", "last_masked_acc"):
+                if key in s:
+                    add("pretrain", key, m["name"], s[key])
+        if not m.get("neuron_counts"):
+            continue
+        nc = pd.read_csv(m["neuron_counts"], sep="\t", dtype={"layer": str})
+        tot = nc[(nc["k_ssl"] == k_ssl) & (nc["layer"] == "total")]
+        if tot.empty:
+            continue
+        t = tot.iloc[0]
+        sets = ["ivector_cluster", "ssl_cluster", "union", "unconditioned", "per_cluster"]
+        for s in sets:
+            if s in t:
+                add("neurons", f"{s}_total", m["name"], int(t[s]),
+                    paper=PAPER["ivector_cluster_total"] if s == "ivector_cluster" and k_ssl == 3 else None,
+                    note=f"k_ssl={k_ssl}")
+        md.append(f"| {m['name']} | " + " | ".join(str(int(t[s])) if s in t else "" for s in sets) + " |")
+    md += ["", f"Paper (MelHuBERT base, 12 x 3072 neurons, k_ssl = 3): {PAPER['ivector_cluster_total']} "
+           "i-vector-cluster neurons.", ""]
+    # ------------------------------------------------------------------ SID and pruning
+    table = pruning_table(models)
+    plot_sid_vs_width(table, out_png)
+    if not table.empty:
+        md += ["## Speaker identification and pruning", "",
+               "| model | kept | SID all (%) | SID layers 1..L (%) | SID last (%) | EER all (%) |", "|---|---|---|---|---|---|"]
+        for name, g in table.groupby("model", sort=False):
+            by = {r.layer_set: r for r in g.itertuples(index=False)}
+            r0 = g.iloc[0]
+
+            def cell(ls):
+                r = by.get(ls)
+                return "" if r is None else f"{100 * r.sid:.1f} [{100 * r.sid_ci_low:.1f}, {100 * r.sid_ci_high:.1f}]"
+
+            md.append(f"| {name} | {100 * r0.kept_share:.1f}% | {cell('all')} | {cell('layers_1_L')} | {cell('last')} | "
+                      f"{_pct(by['all'].eer) if 'all' in by else ''} |")
+            for r in g.itertuples(index=False):
+                paper = None
+                if r.layer_set == "all":
+                    paper = {("none", "none"): PAPER["sid_unpruned"],
+                             ("l1", "protected_size"): PAPER["sid_l1_pset"],
+                             ("protected", "protected_size"): PAPER["sid_protected_pset"]}.get((r.strategy, r.target))
+                add("sid", f"accuracy_{r.layer_set}", r.model, r.sid, r.sid_ci_low, r.sid_ci_high, r.n_test,
+                    paper=paper, note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}")
+                add("sid", f"eer_{r.layer_set}", r.model, r.eer, n=r.trials)
+        md += ["", "Pruning at equal widths (the paper: protected 62.96% vs l1 54.08% at its protected-set size):", ""]
+        pruned = table[table["strategy"] != "none"]
+        for (parent, target, ls), g in pruned.groupby(["parent", "target", "layer_set"], sort=False):
+            by = {r.strategy: r for r in g.itertuples(index=False)}
+            if "protected" not in by:
+                continue
+            for other in ("l1", "random"):
+                if other not in by:
+                    continue
+                a, b = by["protected"], by[other]
+                v = verdict(a.sid, (a.sid_ci_low, a.sid_ci_high), b.sid, (b.sid_ci_low, b.sid_ci_high))
+                add("pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.sid - b.sid, note=v)
+                md.append(f"- {parent}, target {target}, SID {ls}: protected {100 * a.sid:.1f}% vs {other} "
+                          f"{100 * b.sid:.1f}% ({100 * (a.sid - b.sid):+.1f} points): {v}.")
+        md.append("")
+    # ------------------------------------------------------------------ erase
+    erased = [m for m in models if m.get("erase")]
+    if erased:
+        md += ["## Erase ablation (no retraining)", "",
+               f"Paper: erasing the SSL-cluster neurons costs {-100 * PAPER['erase_ssl_cluster']:.2f} SID points.", ""]
+    for m in erased:
+        e = _read(m["erase"])
+        for name, rec in e.items():
+            if name in ("unerased", "k_ssl"):
+                continue
+            for ls, by_cluster in rec.items():
+                if ls == "neurons":
+                    continue
+                for cluster, v in by_cluster.items():
+                    paper = PAPER["erase_ssl_cluster"] if (name, ls, cluster) == ("ssl_cluster", "all", "all") else None
+                    add("erase", f"{name}|{ls}|cluster_{cluster}", m["name"], v["delta"], *v["delta_ci95"], v["n"],
+                        paper=paper, note=f"{rec['neurons']} neurons; random control {_pct(v['random_delta_mean'])} points")
+            if "all" in rec:
+                parts = [f"cluster {c}: {100 * v['delta']:+.2f} [{100 * v['delta_ci95'][0]:+.2f}, "
+                         f"{100 * v['delta_ci95'][1]:+.2f}] (random {100 * v['random_delta_mean']:+.2f})"
+                         for c, v in rec["all"].items()]
+                md.append(f"- {m['name']}, erase {name} ({rec['neurons']} neurons), SID all: " + "; ".join(parts) + ".")
+        md.append("")
+    md += ["Figures: `sid_vs_width.png` here; per model `analysis/ssl_k*/erase/erase.png`, "
+           "`analysis/ssl_k*/neuron_counts.png`; the HTML report: `snakemake --report report.html`.", ""]
+    out = pd.DataFrame(rows, columns=["section", "metric", "model", "value", "ci_low", "ci_high", "n", "paper", "note"])
+    out.to_csv(out_tsv, sep="\t", index=False, float_format="%.6g")
+    Path(out_md).write_text("\n".join(md))
+    return {"rows": len(out), "models": len(models)}

@@ -1,0 +1,80 @@
+"""The erase ablation: which sets are erased, the paired change and its interval, and a run on a tiny
+model where the unerased rows change nothing, an empty erase changes nothing and the controls match
+the erased set's per-layer sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from speaker_neurons import erase, pruning, sid
+from test_models import tiny
+from test_sid import _manifest
+
+
+def test_erase_sets_read_the_ssl_set_and_each_ivector_clusters_own_neurons(tmp_path):
+    (tmp_path / "ssl.json").write_text(json.dumps({"set": "ssl_cluster", "layers": {"1": [3, 5], "2": []}}))
+    (tmp_path / "ivn.json").write_text(json.dumps({"set": "ivector_cluster", "layers": {"1": [1, 2, 7], "2": [4]},
+                                                   "groups": {"1": {"1": [7], "2": [4]}, "0": {"1": [1, 2], "2": []}}}))
+    sets = erase.erase_sets(tmp_path / "ssl.json", tmp_path / "ivn.json")
+    assert list(sets) == ["ssl_cluster", "ivector_cluster:0", "ivector_cluster:1"]
+    assert sets["ivector_cluster:0"] == {1: [1, 2], 2: []} and sets["ivector_cluster:1"] == {1: [7], 2: [4]}
+    (tmp_path / "old.json").write_text(json.dumps({"set": "ivector_cluster", "layers": {"1": [1]}}))
+    with pytest.raises(ValueError, match="groups"):
+        erase.erase_sets(None, tmp_path / "old.json")
+
+
+def test_paired_delta_against_a_direct_computation():
+    before = np.array([[1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 1]])
+    after = np.array([[0, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 1]])
+    d = after.mean(0) - before.mean(0)  # per segment: [-0.5, 0, 0, -1, -0.5, 0]
+    res = erase.paired_delta(before, after)
+    half = 2.570581835636314 * d.std(ddof=1) / math.sqrt(6)  # t(0.975, 5)
+    assert res["delta"] == pytest.approx(-2 / 6) and res["n"] == 6
+    assert res["ci95"] == pytest.approx([-2 / 6 - half, -2 / 6 + half])
+
+
+def test_ablation_on_a_tiny_model(tmp_path):
+    model = tiny("melhubert")
+    man = _manifest(tmp_path, [1.0, 1.2, 0.9, 1.1, 1.3, 1.0, 0.8, 1.2])
+    segs = sid.segments(man, 0.3)
+    pooled = sid.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
+    labels = np.array([int(s[1]) for s in segs["speaker"]])
+    split = np.where(np.arange(len(segs)) % 3 == 0, "test", "train")
+    data = sid.SIDData(pooled, labels, split, ["s0", "s1"])
+    heads = {"all": [sid.train_head(data, range(model.num_layers + 1), 1e-2, seed=s, epochs=5) for s in (0, 1)],
+             "last": [sid.train_head(data, [model.num_layers], 1e-2, seed=0, epochs=5)]}
+    test = segs[split == "test"].reset_index(drop=True)
+    groups = np.array([i % 2 for i in range(len(test))])
+    W = model.ffn_widths
+    sets = {"some": {1: [0, 1, 2, 3], 2: list(range(W[1] // 2))}, "empty": {1: [], 2: []}}
+    table = erase.run_ablation(model, test, labels[split == "test"], groups, heads, sets, random_seeds=[0, 1],
+                               max_batch_seconds=3.0)
+    # rows: (unerased + per set: itself + 2 random) x 2 layer sets x (all, cluster 0, cluster 1)
+    assert len(table) == (1 + 2 * 3) * 2 * 3
+    assert (table[table["kind"] == "unerased"]["delta"] == 0).all()
+    empty = table[table["erased"] == "empty"]
+    assert (empty["delta"] == 0).all() and (empty["neurons"] == 0).all()
+    some = table[(table["erased"] == "some")]
+    assert (some["neurons"] == 4 + W[1] // 2).all()
+    # the unerased accuracy equals the heads' accuracy on the same pooled segments (mean over seeds)
+    base = table[(table["kind"] == "unerased") & (table["layer_set"] == "all") & (table["cluster"] == "all")]
+    tp = torch.from_numpy(pooled[split == "test"])
+    with torch.no_grad():
+        direct = np.mean([(h(tp).argmax(1).numpy() == labels[split == "test"]).mean() for h in heads["all"]])
+    assert float(base["accuracy"].iloc[0]) == pytest.approx(direct, abs=1e-6)
+    # the "some" erase really changed the model: hidden_0 (input of layer 1) is the same, the layers after differ
+    erased = pruning.erase(__import__("copy").deepcopy(model), sets["some"])
+    p2 = sid.pool_layer_means(erased, test, max_batch_seconds=3.0, progress=False)
+    p1 = sid.pool_layer_means(model, test, max_batch_seconds=3.0, progress=False)
+    assert np.array_equal(p1[:, :1], p2[:, :1]) and not np.allclose(p1[:, 1:], p2[:, 1:])
+    summary = erase.summarize(table)
+    assert set(summary) == {"some", "empty", "unerased"}
+    assert summary["some"]["all"]["0"]["random_delta_range"][0] <= summary["some"]["all"]["0"]["random_delta_mean"]
+    erase.plot(table, tmp_path / "erase.png", "tiny")
+    assert (tmp_path / "erase.png").stat().st_size > 1000
