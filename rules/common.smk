@@ -143,15 +143,102 @@ if config["erase"]["enabled"] and not config["sid"]["enabled"]:
         "SID heads of the unerased one; set sid.enabled: true, or erase.enabled: false."
     )
 SETS_K = config["prune"]["k_ssl"] if config["prune"]["k_ssl"] is not None else K_SSL[0]
+
+
+def _pretrained_root(models, name, key):
+    """The model at the root of `name`'s chain, which must be pre-trained by the workflow (its targets
+    and head continue training)."""
+    root = name
+    while models[root].get("parent"):
+        root = models[root]["parent"]
+    if models[root]["source"] != "pretrain":
+        raise WorkflowError(
+            f"Invalid configuration at key '{key}': continued pre-training needs the targets and head of a model "
+            f"pre-trained by the workflow, but {name!r} comes from {root!r} (source {models[root]['source']}). "
+            f"Set {key} off for it, or prune a model with source: pretrain."
+        )
+    return root
+
+
+def _continued_models(models):
+    """<pruned>-cpt for every one-shot pruned model when prune.continue.steps > 0."""
+    if config["prune"]["continue"]["steps"] == 0:
+        return {}
+    out = {}
+    for name, m in models.items():
+        if m["source"] != "prune":
+            continue
+        root = _pretrained_root(models, name, "prune.continue.steps")
+        out[f"{name}-cpt"] = {
+            **m,
+            "name": f"{name}-cpt",
+            "source": "continue",
+            "parent": name,
+            "root": root,
+            "target": f"{m['target']}+cpt",
+        }
+    return out
+
+
+def _iterative_models(models):
+    """<parent>-<strategy>-iter<i>, i = 1..n, for every parent and strategy of prune.iterative."""
+    it = config["prune"]["iterative"]
+    if not it["enabled"]:
+        return {}
+    from speaker_neurons.pruning import iterative_steps
+
+    pr = config["prune"]
+    if pr["protected_file"] and "protected" in it["strategies"]:
+        raise WorkflowError(
+            "Invalid configuration at key 'prune.protected_file': iterative pruning recomputes the protected "
+            "set on every step's model (prune.protected_sets); a fixed file would name the wrong neurons "
+            "after the first step."
+        )
+    parents = (
+        [m["name"] for m in config["models"]] if pr["parents"] is None else pr["parents"]
+    )
+    out = {}
+    for parent in parents:
+        _pretrained_root(models, parent, "prune.iterative.enabled")
+        width = config["pretrain"]["model"]["ffn_dim"]
+        n = iterative_steps(width, it["rows_per_step"], it["final_width"])
+        for strategy in it["strategies"]:
+            prev = parent
+            for i in range(1, n + 1):
+                name = f"{parent}-{strategy}-iter{i}"
+                out[name] = {
+                    "name": name,
+                    "kind": "auto",
+                    "source": "iterative",
+                    "path": "",
+                    "format": "native",
+                    "mean_std": "",
+                    "parent": prev,
+                    "root": parent,
+                    "strategy": strategy,
+                    "target": f"iter{i}",
+                    "index": i,
+                    "k_ssl": SETS_K,
+                }
+                prev = name
+    return out
+
+
 MODELS = _check_models(config["models"])
 MODELS.update(_pruned_models(MODELS))
+MODELS.update(_continued_models(MODELS))
+MODELS.update(_iterative_models(MODELS))
 MODEL_NAMES = list(MODELS)
 PRETRAINED = [n for n, m in MODELS.items() if m["source"] == "pretrain"]
 PRUNED = [n for n, m in MODELS.items() if m["source"] == "prune"]
+CONTINUED = [n for n, m in MODELS.items() if m["source"] == "continue"]
+ITERATIVE = [n for n, m in MODELS.items() if m["source"] == "iterative"]
+# one-shot pruned and continued models are analysed on request; iterative steps always (their sets
+# make the next step)
 ANALYSED = [
     n
     for n in MODEL_NAMES
-    if MODELS[n]["source"] != "prune" or config["prune"]["analyse"]
+    if MODELS[n]["source"] not in ("prune", "continue") or config["prune"]["analyse"]
 ]
 
 
@@ -218,6 +305,63 @@ def prune_params(wildcards):
     }
 
 
+def head_of(name):
+    """The prediction head that continues `name`'s training: its own if it was trained, else its parent's."""
+    m = MODELS[name]
+    if m["source"] in ("pretrain", "continue", "iterative"):
+        return f"{model_dir(name)}/pretrain/head.pt"
+    return head_of(m["parent"])
+
+
+def train_inputs(wildcards):
+    """Continued pre-training: the parent's weights, the root's targets, the head to continue, the corpus."""
+    m = MODELS[wildcards.model]
+    out = {
+        "parent": model_path(m["parent"]),
+        "centers": f"{model_dir(m['root'])}/pretrain/kmeans_centers.npy",
+        "head": head_of(m["parent"]),
+        "manifest": MANIFEST,
+    }
+    if m["source"] == "iterative":
+        base = f"{analysis_dir(m['parent'])}/ssl_k{m['k_ssl']}/neurons"
+        out["protected"] = [
+            f"{base}/{s}.json" for s in config["prune"]["protected_sets"]
+        ]
+    return out
+
+
+def train_config(section):
+    """pretrain.train with the steps, rate and warm-up of prune.continue or prune.iterative."""
+    c = config["prune"][section]
+    steps = c["steps"] if section == "continue" else c["steps_between"]
+    return {
+        **config["pretrain"]["train"],
+        "max_steps": steps,
+        "lr": c["lr"],
+        "warmup_steps": c["warmup_steps"],
+    }
+
+
+def continue_params(wildcards):
+    m = MODELS[wildcards.model]
+    return {"parent": m["parent"], "parent_spec": upstream_spec(m["parent"])}
+
+
+def iterative_params(wildcards):
+    m = MODELS[wildcards.model]
+    it = config["prune"]["iterative"]
+    return {
+        "parent": m["parent"],
+        "parent_spec": upstream_spec(m["parent"]),
+        "strategy": m["strategy"],
+        "index": m["index"],
+        "rows_per_step": it["rows_per_step"],
+        "final_width": it["final_width"],
+        "seed": config["prune"]["seed"],
+        "k_ssl": m["k_ssl"],
+    }
+
+
 # ---------------------------------------------------------------------------------- corpus
 def corpus_kwargs():
     """Keyword arguments of speaker_neurons.data.manifest.build_manifest for the chosen source."""
@@ -252,8 +396,8 @@ def analysis_dir(name):
 
 
 def analysed(name):
-    """Every model gets the label-free analysis, pruned ones only with prune.analyse."""
-    return MODELS[name]["source"] != "prune" or config["prune"]["analyse"]
+    """Every model gets the label-free analysis; one-shot pruned and continued ones only with prune.analyse."""
+    return name in ANALYSED
 
 
 def model_outputs(name):
@@ -261,7 +405,10 @@ def model_outputs(name):
     outs = [f"{base}/neuron_counts.tsv"] if analysed(name) else []
     if config["sid"]["enabled"]:
         outs.append(f"{base}/sid/sid.json")
-    if config["erase"]["enabled"] and MODELS[name]["source"] != "prune":
+    if config["erase"]["enabled"] and MODELS[name]["source"] in (
+        "pretrain",
+        "checkpoint",
+    ):
         outs.append(f"{base}/ssl_k{SETS_K}/erase/erase.json")
     if analysed(name):
         outs += [f"{base}/ssl_k{k}/report/evidence.json" for k in K_SSL]
@@ -295,19 +442,26 @@ def summary_models():
                 "target": m.get("target"),
                 "sid": f"{base}/sid/sid.json" if config["sid"]["enabled"] else None,
                 "prune": (
-                    f"{model_dir(name)}/prune.json" if m["source"] == "prune" else None
+                    f"{model_dir(name)}/prune.json"
+                    if m["source"] in ("prune", "iterative")
+                    else (
+                        f"{model_dir(m['parent'])}/prune.json"
+                        if m["source"] == "continue"
+                        else None
+                    )
                 ),
                 "neuron_counts": (
                     f"{base}/neuron_counts.tsv" if analysed(name) else None
                 ),
                 "erase": (
                     f"{base}/ssl_k{SETS_K}/erase/erase.json"
-                    if config["erase"]["enabled"] and m["source"] != "prune"
+                    if config["erase"]["enabled"]
+                    and m["source"] in ("pretrain", "checkpoint")
                     else None
                 ),
                 "pretrain": (
                     f"{model_dir(name)}/pretrain/summary.json"
-                    if m["source"] == "pretrain"
+                    if m["source"] in ("pretrain", "continue", "iterative")
                     else None
                 ),
             }

@@ -88,3 +88,80 @@ rule prune_model:
         "../envs/speaker-neurons.yaml"
     script:
         "../workflow_scripts/run_stage.py"
+
+
+rule continue_pretraining:
+    input:
+        unpack(train_inputs),
+    output:
+        model_dir=directory(f"{RESULTS}/models/{{model}}/model"),
+        head=f"{RESULTS}/models/{{model}}/pretrain/head.pt",
+        summary=f"{RESULTS}/models/{{model}}/pretrain/summary.json",
+        train_log=f"{RESULTS}/models/{{model}}/pretrain/train_log.tsv",
+        loss_curve=report(
+            f"{RESULTS}/models/{{model}}/pretrain/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="6. Pre-training",
+            subcategory="{model}",
+        ),
+        kmeans_centers=f"{RESULTS}/models/{{model}}/pretrain/kmeans_centers.npy",
+        checkpoints=directory(f"{RESULTS}/models/{{model}}/pretrain/checkpoints"),
+        provenance=f"{RESULTS}/models/{{model}}/pretrain/provenance/continue_pretraining.json",
+    wildcard_constraints:
+        model=name_regex(CONTINUED),
+    params:
+        compute_threads=config["upstream"]["threads"],
+        train=train_config("continue"),
+        continued=continue_params,
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/continue_pretraining.log",
+    benchmark:
+        f"{BENCH}/{{model}}/continue_pretraining.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule iterative_step:
+    input:
+        unpack(train_inputs),
+    output:
+        model_dir=directory(f"{RESULTS}/models/{{model}}/model"),
+        head=f"{RESULTS}/models/{{model}}/pretrain/head.pt",
+        summary=f"{RESULTS}/models/{{model}}/pretrain/summary.json",
+        train_log=f"{RESULTS}/models/{{model}}/pretrain/train_log.tsv",
+        loss_curve=report(
+            f"{RESULTS}/models/{{model}}/pretrain/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="6. Pre-training",
+            subcategory="{model}",
+        ),
+        kmeans_centers=f"{RESULTS}/models/{{model}}/pretrain/kmeans_centers.npy",
+        checkpoints=directory(f"{RESULTS}/models/{{model}}/pretrain/checkpoints"),
+        record=f"{RESULTS}/models/{{model}}/prune.json",
+        provenance=f"{RESULTS}/models/{{model}}/pretrain/provenance/iterative_step.json",
+    wildcard_constraints:
+        model=name_regex(ITERATIVE),
+    params:
+        compute_threads=config["upstream"]["threads"],
+        train=train_config("iterative"),
+        step=iterative_params,
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/iterative_step.log",
+    benchmark:
+        f"{BENCH}/{{model}}/iterative_step.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

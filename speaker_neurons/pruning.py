@@ -69,16 +69,28 @@ def kept_widths(widths: Sequence[int], target: str | float, protected: Mapping[i
     return out
 
 
+def step_widths(widths: Sequence[int], rows_per_step: int, final_width: int) -> dict[int, int]:
+    """One step of iterative pruning: per 1-based layer, `rows_per_step` fewer neurons, never below
+    `final_width` (a layer already at or below it keeps its width)."""
+    return {l: min(w, max(int(final_width), w - int(rows_per_step))) for l, w in enumerate(widths, start=1)}
+
+
+def iterative_steps(width: int, rows_per_step: int, final_width: int) -> int:
+    """How many steps take a layer of `width` down to `final_width`."""
+    return max(0, -(-(int(width) - int(final_width)) // int(rows_per_step)))
+
+
 def plan(model, strategy: str, target: str | float, protected: Mapping[int, Sequence[int]] | None = None,
-         seed: int = 0) -> tuple[dict[int, list[int]], dict[str, Any]]:
-    """(neurons to keep per layer, sorted current indices; the per-layer record for `prune.json`)."""
+         seed: int = 0, keep_widths: Mapping[int, int] | None = None) -> tuple[dict[int, list[int]], dict[str, Any]]:
+    """(neurons to keep per layer, sorted current indices; the per-layer record for `prune.json`).
+    `keep_widths` (per 1-based layer) replaces the widths the target gives (iterative pruning)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown pruning strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if strategy == "protected" and protected is None:
         raise ValueError("strategy protected needs a protected set")
     widths = model.ffn_widths
     scores = importance(model)
-    keep_n = kept_widths(widths, target, protected)
+    keep_n = dict(keep_widths) if keep_widths is not None else kept_widths(widths, target, protected)
     keep: dict[int, list[int]] = {}
     layers: dict[str, dict[str, int]] = {}
     for l, w in enumerate(widths, start=1):

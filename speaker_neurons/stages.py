@@ -394,7 +394,7 @@ def erase_ablation(ctx: StageContext) -> dict:
     _json(ctx.out("summary"), summary)
     erase.plot(table, ctx.out("plot"), title=p.get("title", ""))
     for name in sets:
-        s = summary[name].get("all", summary[name].get(next(iter(heads))), {})
+        s = summary[name].get("all") or summary[name].get(next(iter(heads))) or {}
         for c, v in s.items():
             log.info("erase %s, cluster %s: %+.2f points [%+.2f, %+.2f]; random %+.2f", name, c, 100 * v["delta"],
                      100 * v["delta_ci95"][0], 100 * v["delta_ci95"][1], 100 * (v["random_delta_mean"] or 0))
@@ -408,3 +408,62 @@ def summarize(ctx: StageContext) -> dict:
 
     return build_summary(ctx.params["models"], ctx.inputs.get("quality"), ctx.inputs.get("purity"),
                          int(ctx.params["k_ssl"]), ctx.out("tsv"), ctx.out("md"), ctx.out("sid_png"))
+
+
+def _train_outputs(ctx: StageContext):
+    from speaker_neurons.pretrain import TrainOutputs
+
+    o = ctx.outputs
+    return TrainOutputs(o["model_dir"], o["head"], o["summary"], o["train_log"], o["loss_curve"], o["kmeans_centers"],
+                        o["checkpoints"])
+
+
+def _continue(ctx: StageContext, model, parent_sha: str | None) -> dict:
+    """Continued masked-prediction pre-training of `model` on the root's targets, from the given head."""
+    import numpy as np
+
+    from speaker_neurons.pretrain import continue_pretraining, load_head
+
+    centers = np.load(ctx.inputs["centers"])
+    return continue_pretraining(model, ctx.inputs["manifest"], _train_outputs(ctx), centers,
+                                train_config=ctx.params["train"], head=load_head(ctx.inputs["head"]),
+                                device=ctx.device, threads=ctx.threads, parent_sha256=parent_sha)
+
+
+@stage
+def continue_pretraining(ctx: StageContext) -> dict:
+    """Continued pre-training of a pruned model (SPEC §5): the parent's weights and per-layer widths,
+    the root model's targets and the parent's prediction head."""
+    from speaker_neurons.models import load_upstream
+
+    p = ctx.params["continued"]
+    model = load_upstream(p["parent_spec"], device="cpu")
+    summary = _continue(ctx, model, ctx.checksums.get(str(ctx.inputs["parent"])))
+    log.info("continued %s for %d steps: loss %.3f -> %.3f", p["parent"], summary["steps"],
+             summary.get("first_loss") or float("nan"), summary.get("last_loss") or float("nan"))
+    return summary
+
+
+@stage
+def iterative_step(ctx: StageContext) -> dict:
+    """One step of iterative pruning (SPEC §5): remove rows_per_step neurons per layer of the previous
+    model (the protected set from that model's own neuron sets), then continue pre-training."""
+    from speaker_neurons import pruning
+    from speaker_neurons.models import load_upstream, prune_ffn
+
+    p = ctx.params["step"]
+    model = load_upstream(p["parent_spec"], device="cpu")
+    protected = pruning.union_of_sets(ctx.inputs["protected"])
+    widths = pruning.step_widths(model.ffn_widths, p["rows_per_step"], p["final_width"])
+    keep, record = pruning.plan(model, p["strategy"], f"-{p['rows_per_step']} per layer (floor {p['final_width']})",
+                                protected, seed=int(p["seed"]) + int(p["index"]), keep_widths=widths)
+    parent_sha = ctx.checksums.get(str(ctx.inputs["parent"]))
+    prune_ffn(model, keep)
+    record.update(parent=p["parent"], parent_sha256=parent_sha, k_ssl=p["k_ssl"], step=p["index"],
+                  protected_from=["/".join(Path(x).parts[-3:]) for x in ctx.inputs["protected"]],
+                  ffn_widths=model.ffn_widths)
+    _json(ctx.out("record"), record)
+    summary = _continue(ctx, model, parent_sha)
+    log.info("iterative step %d of %s (%s): widths %s, protected lost %d; continued %d steps", p["index"], p["parent"],
+             p["strategy"], model.ffn_widths, record["protected_lost_total"], summary["steps"])
+    return {"prune": record, "train": summary}

@@ -53,7 +53,9 @@ def two_runs(tmp_path_factory):
     extra = base / "models.yaml"
     extra.write_text("models:\n  - {name: demo, kind: melhubert, source: pretrain}\n"
                      f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n"
-                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size], analyse: true}\n"
+                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size], analyse: true,\n"
+                     "        continue: {steps: 3}, iterative: {enabled: true, strategies: [protected], rows_per_step: 64,\n"
+                     "        final_width: 128, steps_between: 3}}\n"
                      "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n")
     _run_chain(base / "a", extra)
     _run_chain(base / "b", extra)
@@ -69,9 +71,13 @@ def _deterministic_files(root: Path) -> list[Path]:
             files += [d / "labels.npz", d / "hubert.km", d / "centroids.npy", d / "activation_counts.npz",
                       d / "neuron_counts.tsv"]
             files += sorted(p.relative_to(root) for p in (root / d / "neurons").glob("*.json"))
-    for pruned in ("demo-protected-pset", "demo-random-pset"):
+    for pruned in ("demo-protected-pset", "demo-random-pset", "demo-protected-iter1", "demo-protected-iter2"):
         files += [Path("models") / pruned / "model" / "model.safetensors", Path("models") / pruned / "prune.json",
                   Path("models") / pruned / "analysis" / "ssl_k3" / "activation_counts.npz"]
+    for trained in ("demo-protected-pset-cpt", "demo-protected-iter2"):
+        files += [Path("models") / trained / "model" / "model.safetensors", Path("models") / trained / "pretrain" / "head.pt"]
+    files += [Path("models/demo/analysis/ssl_k5/erase/erase.tsv"), Path("models/w2v/analysis/ssl_k5/erase/erase.tsv"),
+              Path("summary.tsv")]
     files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
     return files
 
@@ -79,7 +85,7 @@ def _deterministic_files(root: Path) -> list[Path]:
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) == 52
+    assert len(files) == 65
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
 
@@ -226,3 +232,90 @@ def test_sid_of_every_model(two_runs):
             assert r["layers"] == chosen and len(r["per_seed"]) == 2 and r["lr"] in (0.01, 0.1)
             assert r["test_ci95"][0] <= r["test_accuracy"] <= r["test_ci95"][1]
             assert 0 <= r["test_accuracy"] <= 1 and len(r["layer_weights"]) == len(chosen)
+
+
+def test_continued_and_iterative_models(two_runs):
+    """Continued pre-training of a one-shot pruned model and a two-step iterative chain (256 -> 192 -> 128
+    neurons per layer, the protected set recomputed on each step's model) are models of the workflow."""
+    import pandas as pd
+
+    from speaker_neurons.models import load_native
+    from speaker_neurons.pruning import union_of_sets
+    from speaker_neurons.utils import sha256_paths
+
+    a, _ = two_runs
+    pruned = load_native(a / "models/demo-protected-pset/model")
+    cpt = load_native(a / "models/demo-protected-pset-cpt/model")
+    assert cpt.ffn_widths == pruned.ffn_widths and cpt.kept_indices == pruned.kept_indices
+    s = json.loads((a / "models/demo-protected-pset-cpt/pretrain/summary.json").read_text())
+    assert s["steps"] == 3 and s["ffn_widths"] == pruned.ffn_widths
+    log = pd.read_csv(a / "models/demo-protected-pset-cpt/pretrain/train_log.tsv", sep="\t")
+    assert log["step"].tolist() == [1, 2, 3]
+    # the weights moved, and the root's targets were used
+    w0 = pruned.feed_forwards()[0].intermediate_dense.weight.detach()
+    assert float((cpt.feed_forwards()[0].intermediate_dense.weight.detach() - w0).abs().max()) > 0
+    assert (a / "models/demo-protected-pset-cpt/pretrain/kmeans_centers.npy").read_bytes() == \
+        (a / "models/demo/pretrain/kmeans_centers.npy").read_bytes()
+    prev = "demo"
+    for i, width in ((1, 192), (2, 128)):
+        name = f"demo-protected-iter{i}"
+        rec = json.loads((a / "models" / name / "prune.json").read_text())
+        model = load_native(a / "models" / name / "model")
+        assert model.ffn_widths == [width, width] and rec["ffn_widths"] == [width, width] and rec["step"] == i
+        assert rec["parent"] == prev and rec["protected_from"][0] == "ssl_k5/neurons/ssl_cluster.json"
+        # the protected set is the previous model's own, in its current indices
+        sets = a / "models" / prev / "analysis/ssl_k5/neurons"
+        protected = union_of_sets([sets / "ssl_cluster.json", sets / "ivector_cluster.json"])
+        for l in (1, 2):
+            kept_now = rec["layers"][str(l)]
+            assert kept_now["protected"] == len(protected.get(l, []))
+            assert kept_now["protected_kept"] + kept_now["protected_lost"] == kept_now["protected"]
+        # kept indices refer to the never-pruned model, nested step by step
+        if i == 2:
+            before = load_native(a / "models/demo-protected-iter1/model")
+            assert all(set(model.kept_indices[l]) <= set(before.kept_indices[l]) for l in (1, 2))
+        parent_dir = a / "models" / prev / "model"
+        assert model.parent_sha256 == rec["parent_sha256"] == sha256_paths([parent_dir])[str(parent_dir)]
+        assert json.loads((a / "models" / name / "pretrain/summary.json").read_text())["steps"] == 3
+        assert (a / "models" / name / "analysis/sid/sid.json").exists()
+        assert (a / "models" / name / "analysis/ssl_k5/neurons/ivector_cluster.json").exists()
+        prev = name
+
+
+def test_erase_ablation_summary_and_report(two_runs, tmp_path):
+    """Erase ablations of both base models, the run's summary beside the paper, and the HTML report."""
+    import pandas as pd
+
+    a, _ = two_runs
+    for model in ("demo", "w2v"):
+        d = a / "models" / model / "analysis/ssl_k5/erase"
+        t = pd.read_csv(d / "erase.tsv", sep="\t")
+        assert {"none", "ssl_cluster", "ivector_cluster:0", "ivector_cluster:1"} == set(t["erased"])
+        assert set(t["kind"]) == {"unerased", "set", "random"} and set(t["layer_set"]) == {"all", "layers_1_L", "last"}
+        assert (t[t["kind"] == "unerased"]["delta"] == 0).all()
+        # every random control has as many neurons as its set
+        for name, g in t[t["kind"] != "unerased"].groupby("erased"):
+            assert g["neurons"].nunique() == 1
+        # the unerased accuracy over all clusters is the SID head's own test accuracy (mean over seeds)
+        sid = json.loads((a / "models" / model / "analysis/sid/sid.json").read_text())
+        base = t[(t["kind"] == "unerased") & (t["layer_set"] == "last") & (t["cluster"] == "all")]["accuracy"].iloc[0]
+        assert base == pytest.approx(sid["last"]["test_accuracy"], abs=1e-6)
+        assert (d / "erase.png").stat().st_size > 1000 and json.loads((d / "erase.json").read_text())["k_ssl"] == 5
+    summary = pd.read_csv(a / "summary.tsv", sep="\t")
+    assert {"ivectors", "neurons", "sid", "pruning", "erase"} <= set(summary["section"])
+    row = summary[(summary["metric"] == "accuracy_all") & (summary["model"] == "demo-protected-pset")].iloc[0]
+    sid = json.loads((a / "models/demo-protected-pset/analysis/sid/sid.json").read_text())
+    assert row["value"] == pytest.approx(sid["all"]["test_accuracy"]) and row["paper"] == pytest.approx(0.6296)
+    md = (a / "summary.md").read_text()
+    assert "## Erase ablation" in md and "protected" in md and "demo-protected-iter2" in md
+    assert (a / "sid_vs_width.png").stat().st_size > 5000
+    # the HTML report of the same run, with every figure's caption
+    html = tmp_path / "report.html"
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", str(TINY), str(a.parent / "models.yaml"),
+                          "--config", f"results={a}", "--report", str(html)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = html.read_text(errors="replace")
+    for caption in ("Erase ablation of model", "Speaker identification (SUPERB protocol", "Neurons per layer and set",
+                    "The k = 2 i-vector clusters", "Pre-training of model", "The run's headline figures"):
+        assert caption in text, caption

@@ -128,3 +128,14 @@ def test_erase_equals_pruning_the_same_neurons(kind):
     assert {l: len(v) for l, v in ctrl.items()} == {1: 3, 2: 1} and ctrl == pruning.random_like(gone, erased.ffn_widths, 4)
     with pytest.raises(ValueError, match="0.."):
         pruning.erase(tiny(kind), {1: [10_000]})
+
+
+def test_iterative_step_widths_and_plan():
+    assert pruning.step_widths([1024, 600, 500], 128, 512) == {1: 896, 2: 512, 3: 500}
+    assert pruning.iterative_steps(3072, 128, 512) == 20 and pruning.iterative_steps(1024, 300, 512) == 2
+    assert pruning.iterative_steps(512, 128, 512) == 0
+    m = _Model()
+    protected = {1: [0, 2], 2: [3]}
+    keep, rec = pruning.plan(m, "protected", "step", protected, keep_widths=pruning.step_widths(m.ffn_widths, 1, 2))
+    assert [len(keep[1]), len(keep[2])] == [3, 3] and {0, 2} <= set(keep[1]) and 3 in keep[2]
+    assert rec["kept_total"] == 6 and rec["protected_lost_total"] == 0

@@ -92,17 +92,19 @@ def continue_pretraining(
     threads: int | None = None,
     on_step: Callable[[int], None] | None = None,
     resume_from: str | os.PathLike | None = None,
+    parent_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Continue masked-prediction training of a given MelHuBERT (any per-layer FFN widths, its own
     feature statistics) on the targets of `centers` (its parent's k-means centres), with `head` (its
-    parent's, or a new one when None)."""
+    parent's, or a new one when None). `parent_sha256` goes into the saved model's config.json."""
     t0 = time.monotonic()
     log, dev = _setup(log, threads, device)
     cfg = resolve("pretrain.train", train_config)
     outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
     data = prepare_training_data(manifest_path, model, cfg, fit_stats=False, centers=centers)
     return train_masked_prediction(model, data, cfg, outputs, dev, head=head, resume_from=resume_from, log=log,
-                                   on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)})
+                                   on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)},
+                                   parent_sha256=parent_sha256)
 
 
 __all__ = ["DEFAULT_TRAIN_CONFIG", "DEMO_MODEL_CONFIG", "TrainOutputs", "TrainingData", "continue_pretraining",

@@ -194,6 +194,7 @@ def train_masked_prediction(
     on_step: Callable[[int], None] | None = None,
     t0: float | None = None,
     extra_summary: dict | None = None,
+    parent_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Train `model` (and `head`, a new one when None) by masked prediction of `data.targets` for
     `cfg["max_steps"]` steps; write every file of `outputs`; return the summary.
@@ -324,7 +325,7 @@ def train_masked_prediction(
                     "max_minutes for a reproducible model.", cfg["max_minutes"], step, max_steps)
     model.eval()
     head.eval()
-    save_upstream(model, outputs.model_dir)
+    save_upstream(model, outputs.model_dir, parent_sha256=parent_sha256)
     save_head(head, outputs.head)
     np.save(outputs.kmeans_centers, data.centers)
 
