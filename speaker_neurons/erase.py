@@ -100,9 +100,11 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
     if (labels < 0).any():
         raise ValueError("run_ablation scores enrolled speakers only (labels >= 0)")
     widths = model.ffn_widths
+    cache: dict = {}  # the segments' features, computed once for every variant (where the model slices them)
 
     def score(m) -> dict[str, np.ndarray]:
-        pooled = sid.pool_layer_means(m, test_segs, max_batch_seconds=max_batch_seconds, progress=False)
+        pooled = sid.pool_layer_means(m, test_segs, max_batch_seconds=max_batch_seconds, progress=False,
+                                      feature_cache=cache)
         return {ls: _correct(hs, pooled, labels) for ls, hs in heads.items()}
 
     base = score(model)

@@ -52,28 +52,91 @@ def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: in
 
 @torch.inference_mode()
 def pool_layer_means(model, segs: pd.DataFrame, max_batch_seconds: float = 60.0, max_batch_size: int = 32,
-                     progress: bool = True) -> np.ndarray:
-    """(segments, L+1, d) float32: each hidden layer's mean over the segment's valid frames."""
+                     progress: bool = True, feature_cache: dict | None = None) -> np.ndarray:
+    """(segments, L+1, d) float32: each hidden layer's mean over the segment's valid frames.
+
+    Crops of one file take the fast path where the model can slice them from the file's features
+    (`segment_features`, MelHuBERT: exact): each file is decoded and featurised once instead of once
+    per crop. `feature_cache` (a dict, kept by the caller) keeps those features between calls on the
+    same segments: an erase ablation runs many variants of one model over the same test segments."""
     from tqdm import tqdm
 
+    bar = tqdm(total=len(segs), desc="pooled layers", unit="seg", disable=not progress, mininterval=5)
+    out = np.zeros((len(segs), model.num_layers + 1, model.hidden_dim), dtype=np.float32)
+    device = next(model.parameters()).device
+    done = False
+    if hasattr(model, "segment_features") and len(segs) > segs["path"].nunique():
+        done = _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, feature_cache)
+    if not done:
+        _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, device)
+    bar.close()
+    return out
+
+
+def _pool_into(out: np.ndarray, idx: Sequence[int], o) -> None:
+    mask = o.frame_mask().unsqueeze(-1).float()  # (B, T, 1)
+    n = mask.sum(1).clamp_min(1.0)  # (B, 1)
+    for l, h in enumerate(o.hidden):
+        out[idx, l] = ((h.detach().float() * mask).sum(1) / n).cpu().numpy()
+
+
+def _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, device) -> None:
     from speaker_neurons.batching import audio_batches
 
-    device = next(model.parameters()).device
     items = pd.DataFrame({"utt_id": segs["seg_id"], "path": segs["path"], "start": segs["start"],
                           "end": segs["end"], "duration": (segs["end"] - segs["start"]) / 16000.0})
     row = {s: i for i, s in enumerate(segs["seg_id"])}
-    out = np.zeros((len(segs), model.num_layers + 1, model.hidden_dim), dtype=np.float32)
-    bar = tqdm(total=len(segs), desc="pooled layers", unit="seg", disable=not progress, mininterval=5)
     for batch in audio_batches(items, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size):
         idx = [row[s] for s in batch.utt_ids]
-        o = model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
-        mask = o.frame_mask().unsqueeze(-1).float()  # (B, T, 1)
-        n = mask.sum(1).clamp_min(1.0)  # (B, 1)
-        for l, h in enumerate(o.hidden):
-            out[idx, l] = ((h.float() * mask).sum(1) / n).cpu().numpy()
+        _pool_into(out, idx, model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False))
         bar.update(len(idx))
-    bar.close()
-    return out
+
+
+def _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, cache) -> bool:
+    """Files in segment order, features sliced per crop (or, where the model cannot slice them exactly,
+    computed per crop), crops encoded in batches."""
+    from speaker_neurons.audio import load_audio
+
+    by_path: dict[str, list[int]] = {}
+    for i, p in enumerate(segs["path"].astype(str)):
+        by_path.setdefault(p, []).append(i)
+    starts, ends = segs["start"].to_numpy(), segs["end"].to_numpy()
+    feats: dict[int, torch.Tensor] = {} if cache is None else cache
+    pending: list[int] = []
+
+    def flush():
+        if not pending:
+            return
+        x = [feats[i] for i in pending]
+        lengths = torch.tensor([len(f) for f in x], dtype=torch.long)
+        batch = torch.zeros(len(x), int(lengths.max()), x[0].shape[1])
+        for b, f in enumerate(x):
+            batch[b, : len(f)] = f
+        _pool_into(out, pending, model.encode(batch.to(device), lengths.to(device), return_ffn=False))
+        bar.update(len(pending))
+        if cache is None:
+            for i in pending:
+                del feats[i]
+        pending.clear()
+
+    seconds = 0.0
+    for path, rows in by_path.items():
+        if any(i not in feats for i in rows):
+            wav = torch.from_numpy(load_audio(path)[0])
+            bounds = [(int(starts[i]), int(ends[i])) for i in rows]
+            sliced = model.segment_features(wav.to(device), bounds)
+            if sliced is None:  # not sliceable exactly: each crop's own features, as the audio path computes them
+                sliced = [model.extract_features(wav[s:e].reshape(1, -1).to(device))[0][0] for s, e in bounds]
+            feats.update({i: f.cpu() for i, f in zip(rows, sliced)})
+        for i in rows:
+            dur = (ends[i] - starts[i]) / 16000.0
+            if pending and (len(pending) >= max_batch_size or seconds + dur > max_batch_seconds):
+                flush()
+                seconds = 0.0
+            pending.append(i)
+            seconds += dur
+    flush()
+    return True
 
 
 def check_splits(segs: pd.DataFrame, manifest_path: str = "the manifest") -> None:

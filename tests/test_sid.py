@@ -184,3 +184,33 @@ def test_sid_needs_speakers_and_every_split():
     m["speaker"] = ""
     with pytest.raises(ValueError, match="no speaker names"):
         sid.check_splits(sid.segments(m, None), "m.tsv")
+
+
+@pytest.mark.parametrize("frame_period,crop", [(20, 0.6), (10, 0.35), (20, 0.25)])
+def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, frame_period, crop):
+    """MelHuBERT's fast path: features sliced from the whole file equal those of the crop itself
+    (0.25 s at 20 ms is not sliceable: starts fall mid-frame, and the per-crop fallback runs)."""
+    from speaker_neurons.audio import load_audio
+
+    model = tiny("melhubert20" if frame_period == 20 else "melhubert")
+    man = _manifest(tmp_path, [1.31, 0.93, 2.07])
+    segs = sid.segments(man, crop)
+    for path, g in segs.groupby("path"):
+        wav = torch.from_numpy(load_audio(path)[0])
+        bounds = list(zip(g["start"], g["end"]))
+        sliced = model.segment_features(wav, bounds)
+        assert (sliced is None) == (frame_period == 20 and crop == 0.25)
+        for (s, e), f in zip(bounds, sliced or []):
+            own, _ = model.extract_features(wav[s:e].reshape(1, -1))
+            assert torch.equal(f, own[0])
+    fast = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
+    cache = {}
+    again = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
+    assert len(cache) == len(segs) and np.array_equal(fast, again)
+    model.feed_forwards()[0].output_dense.weight.data.mul_(0.5)  # a changed model reuses the cached features
+    changed = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
+    assert not np.allclose(changed[:, 1:], fast[:, 1:]) and np.allclose(changed[:, 0], fast[:, 0], atol=1e-6)
+    model.feed_forwards()[0].output_dense.weight.data.mul_(2.0)
+    slow = np.zeros_like(fast)
+    sid._pool_from_audio(model, segs, slow, 2.0, 32, __import__("tqdm").tqdm(disable=True), torch.device("cpu"))
+    assert float(np.abs(fast - slow).max()) < 1e-4

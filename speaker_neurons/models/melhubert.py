@@ -177,6 +177,29 @@ class MelHuBERT(Upstream):
             out[b, : y.shape[0]] = y
         return out, frame_lengths.to(wavs.device)
 
+    @torch.no_grad()
+    def segment_features(self, wav: Tensor, bounds) -> Optional[list[Tensor]]:
+        """Features of the segments [start, end) (samples) of one waveform, sliced from the whole
+        waveform's features instead of computed per segment. Kaldi frames depend only on their own
+        samples and the normalisation is global, so the slice equals `extract_features` of the cut-out
+        segment exactly when every start is a multiple of the frame period (160 or 320 samples) and,
+        at 20 ms, every segment that stops before the waveform's end has an even number of 10 ms frames
+        (else its last stacked frame would be half padding). Returns None when a segment breaks that."""
+        hop = 160 * self.stack
+        n = int(wav.shape[-1])
+        for s, e in bounds:
+            if s % hop or not 0 <= s < e <= n or (self.stack == 2 and e != n and fbank_frames(e - s) % 2):
+                return None
+        feats, _ = self.extract_features(wav.reshape(1, -1), torch.tensor([n]))
+        out = []
+        for s, e in bounds:
+            T = self.frames_for(e - s)
+            seg = feats[0, s // hop : s // hop + T]
+            if seg.shape[0] != T:
+                return None
+            out.append(seg.clone())
+        return out
+
     # ---- model
     def encode(self, feats: Tensor, frame_lengths: Optional[Tensor] = None, frame_mask: Optional[Tensor] = None,
                return_ffn: bool = True, ffn_hook: Optional[FFNHook] = None) -> UpstreamOutput:
