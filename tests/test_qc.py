@@ -230,3 +230,51 @@ def test_audio_qc_adapter(tmp_path, write_audio, run_adapter):
     prov = json.loads((tmp_path / "qc/provenance/audio_qc.json").read_text())
     assert prov["stage"] == "audio_qc" and prov["params"]["qc"]["max_bad_fraction"] == 0.3
     assert set(prov["inputs"]) == {str(raw)} and len(prov["inputs"][str(raw)]) == 64
+
+
+def _wav_with_short_data(path, declared_s, present_s, sr=16000):
+    """A PCM_16 WAV whose header declares `declared_s` seconds while the file holds `present_s`."""
+    import soundfile as sf
+
+    x = (0.1 * np.random.default_rng(0).standard_normal(int(declared_s * sr))).astype(np.float32)
+    sf.write(path, x, sr, subtype="PCM_16")
+    data = path.read_bytes()
+    head = data.index(b"data") + 8
+    path.write_bytes(data[: head + int(present_s * sr) * 2])
+
+
+def test_truncated_wav_is_named_and_rejected_or_kept_on_request(tmp_path):
+    from speaker_neurons.data.qc import check_file, container_problem, run_qc
+
+    bad = tmp_path / "trunc.wav"
+    _wav_with_short_data(bad, 4.0, 1.0)
+    good = tmp_path / "good.wav"
+    _wav_with_short_data(good, 2.0, 2.0)
+    assert container_problem(good) is None
+    assert container_problem(bad) == "truncated: the WAV header declares 4.000 s of audio, the file holds 1.000 s"
+    reason, dur, _ = check_file(bad)
+    assert reason.startswith("truncated:") and dur is None
+    reason, dur, _ = check_file(bad, keep_truncated=True)
+    assert reason is None and dur == pytest.approx(1.0)
+    df = pd.DataFrame({"utt_id": ["a", "b"], "path": [str(good), str(bad)]})
+    out = run_qc(df, tmp_path / "qc.tsv", max_bad_fraction=0.5)
+    report = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert out["utt_id"].tolist() == ["a"] and report["utt_id"].tolist() == ["b"]
+    assert report["reason"].iloc[0].startswith("truncated: the WAV header declares 4.000 s")
+    kept = run_qc(df, tmp_path / "qc2.tsv", max_bad_fraction=0.5, keep_truncated=True)
+    assert kept["duration"].tolist() == [2.0, 1.0]
+
+
+def test_truncated_flac_is_not_silently_accepted(tmp_path):
+    """A FLAC cut short: its STREAMINFO counts more frames than decode (or the stream breaks)."""
+    import soundfile as sf
+
+    from speaker_neurons.data.qc import check_file
+
+    x = (0.1 * np.random.default_rng(1).standard_normal(48000)).astype(np.float32)
+    p = tmp_path / "a.flac"
+    sf.write(p, x, 16000)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 3])
+    reason, dur, _ = check_file(p)
+    assert dur is None and reason.split(":")[0] in ("truncated", "unreadable")

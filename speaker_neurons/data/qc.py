@@ -5,7 +5,11 @@ Each file is decoded once with soundfile, downmixed to mono and resampled to `ta
 with a reason written to `qc.tsv`, when it is
 
 - `missing`     : the path does not exist;
-- `unreadable`  : libsndfile cannot decode it (not audio, truncated, unknown format);
+- `unreadable`  : libsndfile cannot decode it (not audio, unknown format, a broken stream);
+- `truncated`   : the container declares more audio than the file holds (a WAV whose data chunk
+                  runs past the end of the file; any format whose header counts more frames than
+                  decode). libsndfile silently returns the part present; `keep_truncated=True`
+                  accepts that part (with a warning) instead of rejecting the file;
 - `empty`       : it holds 0 samples;
 - `non_finite`  : it holds NaN or infinite samples (float files);
 - `too_short`   : shorter than `min_duration` seconds (measured on the resampled mono signal);
@@ -45,12 +49,70 @@ class QCError(RuntimeError):
     """Too many files failed audio QC (or there was nothing to check)."""
 
 
-def check_file(path: str | os.PathLike, min_duration: float = 0.5, target_sr: int = 16000):
+def _riff_data(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(declared data bytes, bytes present after the data chunk's header, block align) of a RIFF/WAVE
+    file, None for anything else or a header too broken to say (libsndfile then decides)."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        align = None
+        while True:
+            ck = f.read(8)
+            if len(ck) < 8:
+                return None
+            cid, n = ck[:4], struct.unpack("<I", ck[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(n)
+                if len(fmt) < 14:
+                    return None
+                align = struct.unpack("<H", fmt[12:14])[0]
+                if n % 2:
+                    f.read(1)
+            elif cid == b"data":
+                return n, size - f.tell(), align or 1
+            else:
+                f.seek(n + (n % 2), 1)
+
+
+def container_problem(path: str | os.PathLike, decoded_frames: int | None = None) -> str | None:
+    """A container-level inconsistency, in words, or None: the header declares more audio than the
+    file holds. `decoded_frames`: frames at the native rate that decoding gave (other formats)."""
+    import soundfile as sf
+
+    riff = _riff_data(path)
+    if riff is not None:
+        declared, present, align = riff
+        # 0 and 0xFFFFFFFF mark a stream written before its length was known: not a claim to check
+        if declared not in (0, 0xFFFFFFFF) and declared > present:
+            sr = sf.info(str(path)).samplerate
+            return (f"truncated: the WAV header declares {declared // align / sr:.3f} s of audio, the file holds "
+                    f"{present // align / sr:.3f} s")
+        return None
+    if decoded_frames is not None:
+        info = sf.info(str(path))
+        if info.frames > decoded_frames > 0 and info.frames < 2**62:
+            return (f"truncated: the {info.format} header declares {info.frames / info.samplerate:.3f} s, "
+                    f"{decoded_frames / info.samplerate:.3f} s decode")
+    return None
+
+
+def check_file(path: str | os.PathLike, min_duration: float = 0.5, target_sr: int = 16000,
+               keep_truncated: bool = False):
     """Decode one file once. Returns (None, duration_s, native_sr) if usable, else (reason, None, None)."""
     try:
         x, sr = load_audio(path, target_sr)
     except AudioError as e:
         return f"{e.code}: {e.reason}", None, None
+    native = int(round(x.shape[0] * sr / float(target_sr)))
+    problem = container_problem(path, native)
+    if problem:
+        if not keep_truncated:
+            return problem, None, None
+        log.warning("%s: %s; keeping the part present (qc.keep_truncated)", path, problem)
     duration = x.shape[0] / float(target_sr)
     if duration < min_duration:
         return f"too_short: {duration:.3f} s < min_duration {min_duration:g} s", None, None
@@ -81,6 +143,7 @@ def run_qc(
     max_bad_fraction: float = 0.05,
     target_sr: int = 16000,
     workers: int | None = None,
+    keep_truncated: bool = False,
 ) -> pd.DataFrame:
     """Check every file of `manifest_df`; write `report_path` (qc.tsv); return the accepted rows.
 
@@ -110,7 +173,7 @@ def run_qc(
     from tqdm import tqdm
 
     def job(p: str):
-        return check_file(p, min_duration, target_sr)
+        return check_file(p, min_duration, target_sr, keep_truncated)
 
     bar = tqdm(total=n, desc="audio QC", unit="file", disable=None, mininterval=2.0)
     results = []
