@@ -29,7 +29,7 @@ def speaker_id_accuracy(
 ) -> float:
     """Closed-set speaker identification: cosine between each (normalised) test vector and each
     speaker's normalised mean of normalised training vectors; accuracy of the arg max. Test
-    utterances of speakers absent from training count as errors."""
+    utterances of speakers absent from training count as errors (`embedding_quality` leaves them out)."""
     train_spk = np.asarray(train_spk)
     test_spk = np.asarray(test_spk)
     if len(test_spk) == 0:
@@ -85,10 +85,32 @@ def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(fa[k - 1] + t * (fa[k] - fa[k - 1]))
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (nan, nan) for n = 0."""
+    import math
+
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (centre - half, centre + half)
+
+
+def eer_interval(eer: float, target_trials: int) -> tuple[float, float]:
+    """95% interval of an EER: the Wilson interval of a miss rate of `eer` over the target trials (the
+    scarcer kind, which binds the estimate). Trials that share an utterance are not independent, so
+    the true interval is wider; read it as a lower bound on the uncertainty."""
+    return wilson_interval(int(round(eer * target_trials)), int(target_trials))
+
+
 def embedding_quality(utt_ids: Sequence[str], vectors: np.ndarray, manifest: pd.DataFrame, what: str = "embedding") -> dict[str, Any]:
     """Speaker ID (train -> test) and test-pair EER of per-utterance vectors, where the manifest has
-    speakers and a train/test split; else only the counts. `eer` is None when the test split has no
-    target pair (one utterance per speaker)."""
+    speakers and a train/test split; else only the counts. Identification is closed-set: test
+    utterances of speakers with no training utterance are counted apart (`sid_unenrolled`), not as
+    errors; they stay in the verification trials. `eer` is None when the test split has no target
+    pair (one utterance per speaker). Intervals are 95%."""
     vectors = np.asarray(vectors)
     out: dict[str, Any] = {"utterances": len(utt_ids), "dim": int(vectors.shape[1])}
     spk = manifest.set_index("utt_id").loc[list(utt_ids), ["speaker", "split"]].fillna("")
@@ -96,11 +118,24 @@ def embedding_quality(utt_ids: Sequence[str], vectors: np.ndarray, manifest: pd.
     if not (train.any() and test.any() and (spk["speaker"] != "").all()):
         log.info("no speaker labels with a train/test split: %s quality not scored", what)
         return out
-    acc = speaker_id_accuracy(vectors[train], spk["speaker"][train], vectors[test], spk["speaker"][test])
+    enrolled = test & spk["speaker"].isin(set(spk["speaker"][train])).to_numpy()
+    unenrolled = int(test.sum() - enrolled.sum())
+    if unenrolled:
+        log.warning("%d test utterances belong to speakers with no training utterance: left out of closed-set "
+                    "identification (sid_unenrolled), kept in the verification trials", unenrolled)
+    acc = (speaker_id_accuracy(vectors[train], spk["speaker"][train], vectors[enrolled], spk["speaker"][enrolled])
+           if enrolled.any() else None)
+    n_id = int(enrolled.sum())
     scores, labels = build_trials(vectors[test], spk["speaker"][test].to_numpy())
-    eer = equal_error_rate(scores, labels) if 0 < labels.sum() < len(labels) else None
-    out.update({"sid_accuracy": acc, "sid_train": int(train.sum()), "sid_test": int(test.sum()),
-                "speakers": int(spk["speaker"].nunique()), "eer": eer, "trials": int(len(labels))})
-    log.info("%s quality: speaker ID %.2f%% (%d test utterances, %d speakers), EER %s", what, 100 * acc,
-             test.sum(), spk["speaker"].nunique(), "n/a" if eer is None else f"{100 * eer:.2f}%")
+    n_t = int(labels.sum())
+    eer = equal_error_rate(scores, labels) if 0 < n_t < len(labels) else None
+    out.update({"sid_accuracy": acc, "sid_ci95": list(wilson_interval(int(round((acc or 0) * n_id)), n_id)),
+                "sid_train": int(train.sum()), "sid_test": n_id, "sid_unenrolled": unenrolled,
+                "speakers": int(spk["speaker"].nunique()), "eer": eer,
+                "eer_ci95": list(eer_interval(eer, n_t)) if eer is not None else None,
+                "trials": int(len(labels)), "target_trials": n_t, "nontarget_trials": int(len(labels) - n_t)})
+    log.info("%s quality: speaker ID %s%% [%s] of %d test utterances of enrolled speakers (%d speakers; %d "
+             "unenrolled apart), EER %s over %d target + %d non-target trials", what,
+             "n/a" if acc is None else f"{100 * acc:.2f}", ", ".join(f"{100 * v:.2f}" for v in out["sid_ci95"]), n_id,
+             spk["speaker"].nunique(), unenrolled, "n/a" if eer is None else f"{100 * eer:.2f}%", n_t, len(labels) - n_t)
     return out

@@ -183,15 +183,11 @@ class SIDHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- intervals
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (centre - half, centre + half)
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (`evaluation.wilson_interval`)."""
+    from speaker_neurons.evaluation import wilson_interval as wilson
+
+    return wilson(correct, n)
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
@@ -351,7 +347,7 @@ def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarr
 def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[str, Any]:
     """EER of cosine scores of the head's 256-d embeddings over all pairs of the split's segments
     (enrolled or not: verification needs no enrolment), with the trial counts."""
-    from speaker_neurons.evaluation import build_trials, equal_error_rate
+    from speaker_neurons.evaluation import build_trials, eer_interval, equal_error_rate
 
     sel = np.flatnonzero(data.split == split)
     with torch.no_grad():
@@ -359,7 +355,8 @@ def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[
     scores, labels = build_trials(emb, data.trial_speakers()[sel])
     n_t = int(labels.sum())
     eer = equal_error_rate(scores, labels) if 0 < n_t < len(labels) else None
-    return {"eer": eer, "target_trials": n_t, "nontarget_trials": int(len(labels) - n_t)}
+    ci = list(eer_interval(eer, n_t)) if eer is not None else None
+    return {"eer": eer, "eer_ci95": ci, "target_trials": n_t, "nontarget_trials": int(len(labels) - n_t)}
 
 
 def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],

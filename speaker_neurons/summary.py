@@ -78,7 +78,9 @@ def pruning_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                          "protected_lost": rec["protected_lost_total"] if rec else None, "layer_set": ls,
                          "sid": r["test_accuracy"], "sid_ci_low": r["test_ci95"][0], "sid_ci_high": r["test_ci95"][1],
                          "n_test": r["per_seed"][0]["n"], "seeds": len(r["per_seed"]), "lr": r["lr"],
-                         "eer": r.get("eer"), "trials": (r.get("target_trials") or 0) + (r.get("nontarget_trials") or 0)})
+                         "eer": r.get("eer"), "eer_ci_low": (r.get("eer_ci95") or [None, None])[0],
+                         "eer_ci_high": (r.get("eer_ci95") or [None, None])[1],
+                         "trials": (r.get("target_trials") or 0) + (r.get("nontarget_trials") or 0)})
     return pd.DataFrame(rows)
 
 
@@ -146,10 +148,15 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
     q = _read(ivector_quality)
     md += ["## i-vector clusters", ""]
     if q:
-        add("ivectors", "sid_accuracy", "", q.get("sid_accuracy"), n=q.get("sid_test"))
-        add("ivectors", "eer", "", q.get("eer"), n=q.get("trials"))
-        md.append(f"- i-vector speaker ID {_pct(q.get('sid_accuracy'))}% of {q.get('sid_test')} test utterances, "
-                  f"EER {_pct(q.get('eer'))}% over {q.get('trials')} trials.")
+        sci = q.get("sid_ci95") or [None, None]
+        eci = q.get("eer_ci95") or [None, None]
+        add("ivectors", "sid_accuracy", "", q.get("sid_accuracy"), *sci, n=q.get("sid_test"),
+            note=f"{q.get('sid_unenrolled', 0)} test utterances of unenrolled speakers left out")
+        add("ivectors", "eer", "", q.get("eer"), *eci, n=q.get("trials"))
+        md.append(f"- i-vector speaker ID {_pct(q.get('sid_accuracy'))}% [{_pct(sci[0])}, {_pct(sci[1])}] of "
+                  f"{q.get('sid_test')} test utterances of enrolled speakers ({q.get('sid_unenrolled', 0)} of unenrolled "
+                  f"speakers apart), EER {_pct(q.get('eer'))}% [{_pct(eci[0])}, {_pct(eci[1])}] over "
+                  f"{q.get('target_trials', '?')} target and {q.get('nontarget_trials', '?')} non-target trials.")
     if purity_tsv and Path(purity_tsv).stat().st_size > 0:
         pur = pd.read_csv(purity_tsv, sep="\t")
         if {"majority", "purity"} <= set(pur.columns):
@@ -210,7 +217,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                              ("protected", "protected_size"): PAPER["sid_protected_pset"]}.get((r.strategy, r.target))
                 add("sid", f"accuracy_{r.layer_set}", r.model, r.sid, r.sid_ci_low, r.sid_ci_high, r.n_test,
                     paper=paper, note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}")
-                add("sid", f"eer_{r.layer_set}", r.model, r.eer, n=r.trials)
+                add("sid", f"eer_{r.layer_set}", r.model, r.eer, r.eer_ci_low, r.eer_ci_high, n=r.trials)
         md += ["", "Pruning at equal widths (the paper: protected 62.96% vs l1 54.08% at its protected-set size):", ""]
         pruned = table[table["strategy"] != "none"]
         for (parent, target, ls), g in pruned.groupby(["parent", "target", "layer_set"], sort=False):

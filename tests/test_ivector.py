@@ -383,3 +383,26 @@ def test_cuda_matches_cpu():
     assert cos.min() > 0.99, cos
     _, again = iv.extract_ivectors(items, cfg, device="cuda", progress=False)
     assert np.allclose(gpu, again, atol=1e-6)
+
+
+def test_embedding_quality_counts_only_enrolled_speakers_and_gives_intervals():
+    """Test utterances of a speaker with no training utterance are not identification errors."""
+    import pandas as pd
+
+    from speaker_neurons.evaluation import embedding_quality, wilson_interval
+
+    rng = np.random.default_rng(0)
+    centres = {s: rng.normal(size=6) * 4 for s in ("a", "b", "c", "ghost")}
+    rows, vecs = [], []
+    for s in centres:
+        for i in range(6):
+            split = "test" if (s == "ghost" or i >= 4) else "train"
+            rows.append({"utt_id": f"{s}{i}", "speaker": s, "split": split})
+            vecs.append(centres[s] + rng.normal(size=6) * 0.1)
+    man = pd.DataFrame(rows)
+    q = embedding_quality(man["utt_id"].tolist(), np.array(vecs), man)
+    assert q["sid_test"] == 6 and q["sid_unenrolled"] == 6 and q["sid_accuracy"] == 1.0
+    assert q["sid_ci95"] == pytest.approx(list(wilson_interval(6, 6)))
+    n = 12  # test utterances: 2 per enrolled speaker + 6 ghost
+    assert q["trials"] == n * (n - 1) // 2 and q["target_trials"] == 3 * 1 + 15
+    assert q["eer"] == 0.0 and q["eer_ci95"][0] == 0.0 and 0 < q["eer_ci95"][1] < 0.25
