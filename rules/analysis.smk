@@ -102,6 +102,7 @@ rule neuron_sets:
     output:
         sets=expand(f"{K}/neurons/{{name}}.json", name=NEURON_SETS, allow_missing=True),
         table=f"{K}/neuron_counts.tsv",
+        tested_vs_rho=f"{K}/tested_vs_rho.tsv",
         plot=report(
             f"{K}/neuron_counts.png",
             caption="../report/neuron_counts.rst",
@@ -111,6 +112,7 @@ rule neuron_sets:
         provenance=f"{K}/provenance/neuron_sets.json",
     params:
         rho=config["analysis"]["rho"],
+        fdr=config["analysis"]["fdr"],
         title=lambda wc: f"{wc.model}: neurons per layer and set (k_ssl={wc.k})",
     log:
         f"{LOGS}/{{model}}/neuron_sets_k{{k}}.log",

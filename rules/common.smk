@@ -50,6 +50,8 @@ NEURON_SETS = [
     "union",
     "unconditioned",
     "per_cluster",
+    "ssl_cluster_tested",
+    "ivector_cluster_tested",
 ]
 
 
@@ -195,7 +197,9 @@ def _iterative_models(models):
             "after the first step."
         )
     parents = (
-        [m["name"] for m in config["models"]] if pr["parents"] is None else pr["parents"]
+        [m["name"] for m in config["models"]]
+        if pr["parents"] is None
+        else pr["parents"]
     )
     out = {}
     for parent in parents:

@@ -265,9 +265,19 @@ def neuron_sets(ctx: StageContext) -> dict:
 
     data = load_counts(ctx.inputs["counts"], ctx.inputs.get("meta"))
     paths = {Path(p).stem: Path(p) for p in ctx.outputs["sets"]}  # the sets the rule declares
-    result, groups = ns.compute_neuron_sets(data, rho=ctx.params["rho"], sets=list(paths), return_groups=True)
-    ns.write_neuron_sets(result, paths, ns.neuron_set_params(data, ctx.params["rho"]), ctx.out("table"), groups=groups)
+    fdr = float(ctx.params.get("fdr", ns.DEFAULT_FDR))
+    result, groups = ns.compute_neuron_sets(data, rho=ctx.params["rho"], sets=list(paths), return_groups=True, fdr=fdr)
+    ns.write_neuron_sets(result, paths, ns.neuron_set_params(data, ctx.params["rho"], fdr), ctx.out("table"),
+                         groups=groups)
     ns.plot_neuron_counts(ctx.outputs["table"], ctx.out("plot"), title=ctx.params.get("title"))
+    import pandas as pd
+
+    comparison = pd.DataFrame(ns.tested_vs_rho(result), columns=["set", "layer", "rho_set", "tested_set", "both",
+                                                                   "rho_surviving_pct"])
+    comparison.to_csv(ctx.out("tested_vs_rho"), sep="\t", index=False)
+    for r in comparison[comparison["layer"] == "total"].itertuples(index=False):
+        log.info("%s: rho set %d, tested set %d (FDR %g), both %d: %s%% of the rho set survives the test", r.set,
+                 r.rho_set, r.tested_set, fdr, r.both, r.rho_surviving_pct)
     totals = {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
     log.info("neuron totals: %s", totals)
     return totals

@@ -262,7 +262,8 @@ def test_write_read_plot_and_recompute(tmp_path):
         np.savez(f, counts_l1=COUNTS, counts_l2=COUNTS[:, ::-1], frames=FRAMES, classes=CLASSES)
     (tmp_path / "activation_counts.json").write_text(json.dumps({"top_fraction": 0.25, "K": [2, 2]}))
     sets = recompute_from_npz(npz, rho=0.8)
-    assert {n: s[1] for n, s in sets.items()} == EXPECTED
+    assert {n: sets[n][1] for n in EXPECTED} == EXPECTED
+    assert set(sets) == set(EXPECTED) | {"ssl_cluster_tested", "ivector_cluster_tested"}
     data = load_counts(npz)
     sets, groups = compute_neuron_sets(data, rho=0.8, return_groups=True)
     params = neuron_set_params(data, rho=0.8)
@@ -276,9 +277,9 @@ def test_write_read_plot_and_recompute(tmp_path):
     assert rec["groups"] == {"0": {"1": [0], "2": [7]}, "1": {"1": [5], "2": [2]}}
     assert read_neuron_set(paths["union"]) == {1: [0, 2, 5, 7], 2: [0, 2, 5, 7]}
     tsv = (tmp_path / "out" / "neuron_counts.tsv").read_text().splitlines()
-    assert tsv[0].split("\t") == ["layer", *SET_NAMES]
-    assert tsv[1].split("\t") == ["1", "2", "2", "4", "3", "5"]
-    assert tsv[3].split("\t") == ["total", "4", "4", "8", "6", "10"]
+    assert tsv[0].split("\t") == ["layer", *SET_NAMES] and SET_NAMES[-2:] == ("ssl_cluster_tested", "ivector_cluster_tested")
+    assert tsv[1].split("\t")[:6] == ["1", "2", "2", "4", "3", "5"]
+    assert tsv[3].split("\t")[:6] == ["total", "4", "4", "8", "6", "10"]
     counts = read_neuron_counts(paths["neuron_counts"])
     assert counts["per_cluster"] == {1: 5, 2: 5}
     for src in (paths["neuron_counts"], sets, counts):
@@ -290,3 +291,77 @@ def test_unknown_set_name():
     data = CountsData([COUNTS], FRAMES, CLASSES, {"top_fraction": 0.25})
     with pytest.raises(ValueError):
         compute_neuron_sets(data, sets=["speaker"])
+
+
+# ---------------------------------------------------------------------------------- tested sets
+def _plain_bh(p, q):
+    """Benjamini-Hochberg written out: adjusted p_(i) = min_{k>=i} p_(k) m / k; reject adjusted <= q."""
+    flat = np.asarray(p, dtype=float).ravel()
+    m = len(flat)
+    order = np.argsort(flat)
+    adj = np.empty(m)
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, flat[i] * m / rank)
+        adj[i] = running
+    return (adj <= q).reshape(np.shape(p))
+
+
+def test_benjamini_hochberg_against_a_plain_implementation_and_scipy():
+    from scipy.stats import false_discovery_control
+
+    from speaker_neurons.analysis.neuron_sets import benjamini_hochberg
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        p = np.concatenate([rng.uniform(size=30), rng.uniform(size=10) * 1e-3]).reshape(5, 8)
+        for q in (0.01, 0.05, 0.2):
+            got = benjamini_hochberg(p, q)
+            assert np.array_equal(got, _plain_bh(p, q))
+            assert np.array_equal(got, false_discovery_control(p.ravel(), method="bh").reshape(p.shape) <= q)
+    # hand case: m = 4, q = 0.05 -> thresholds 0.0125, 0.025, 0.0375, 0.05; p_(3) = 0.03 <= 0.0375 is the last
+    assert benjamini_hochberg(np.array([0.001, 0.03, 0.02, 0.5]), 0.05).tolist() == [True, True, True, False]
+
+
+def test_tested_above_baseline_against_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    from speaker_neurons.analysis.neuron_sets import above_baseline, above_baseline_tested
+
+    # W = 10, K = 1: baseline 0.1. Class 0 has many frames, class 1 few, class 2 none.
+    counts = np.array([[40, 12, 9, 100, 0, 0, 0, 0, 0, 0],   # 100 frames: 0.4, 0.12, 0.09, 1.0
+                       [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],        # 2 frames: 0.5 each: above, never significant
+                       [0] * 10])
+    frames = np.array([100, 2, 0])
+    plain = above_baseline(counts, frames, 1)
+    assert plain[1, 0] and plain[1, 1]  # the rho rule counts two frames as evidence
+    got = above_baseline_tested(counts, frames, 1, fdr=0.05)
+    p = np.ones(counts.shape)
+    for c in range(3):
+        for j in range(10):
+            if frames[c]:
+                p[c, j] = binomtest(int(counts[c, j]), int(frames[c]), 0.1, alternative="greater").pvalue
+    expect = _plain_bh(p, 0.05) & plain
+    assert np.array_equal(got, expect)
+    assert got[0, 0] and got[0, 3] and not got[0, 1] and not got[1].any() and not got[2].any()
+
+
+def test_tested_sets_follow_the_same_group_logic():
+    from speaker_neurons.analysis.neuron_sets import layer_groups, tested_vs_rho
+
+    # classes (g, c): 2 i-vector clusters x 2 SSL clusters, W = 6, K = 1 (baseline 1/6)
+    classes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    frames = np.array([600, 600, 600, 1])
+    counts = np.array([[300, 0, 50, 50, 100, 100],
+                       [300, 0, 50, 50, 100, 100],
+                       [0, 300, 50, 50, 100, 100],
+                       [0, 1, 0, 0, 0, 0]])  # (1, 1) has 1 frame: neuron 1 "above" on no evidence
+    plain = layer_groups("ivector_cluster", counts, frames, classes, 1, rho=1.0)
+    tested = layer_groups("ivector_cluster_tested", counts, frames, classes, 1, rho=1.0, fdr=0.05)
+    assert np.flatnonzero(plain[0]).tolist() == [0] and np.flatnonzero(plain[1]).tolist() == [1]
+    # cluster 1's neuron 1 needs every SSL class significant (rho = 1): (1, 1) with 1 frame is not
+    assert np.flatnonzero(tested[0]).tolist() == [0] and np.flatnonzero(tested[1]).tolist() == []
+    rows = tested_vs_rho({"ivector_cluster": {1: [0, 1]}, "ivector_cluster_tested": {1: [0]}})
+    assert rows[-1] == {"set": "ivector_cluster", "layer": "total", "rho_set": 2, "tested_set": 1, "both": 1,
+                        "rho_surviving_pct": 50.0}

@@ -84,7 +84,7 @@ def test_schema_fills_defaults_for_keys_left_out():
     config: dict = {}
     validate(config, SCHEMA)
     assert config["corpus"]["source"] == "demo"
-    assert config["qc"] == {"min_duration": 0.5, "max_bad_fraction": 0.05, "sample_rate": 16000}
+    assert config["qc"] == {"min_duration": 0.5, "max_bad_fraction": 0.05, "sample_rate": 16000, "keep_truncated": False}
     assert config["analysis"]["k_ssl"] == [3] and config["analysis"]["rho"] == 0.8
     assert config["analysis"]["top_fraction"] == 0.01 and config["analysis"]["k_ivector"] == 2
 

@@ -69,7 +69,10 @@ __all__ = [
 
 log = logging.getLogger("speaker_neurons.analysis.neuron_sets")
 
-SET_NAMES: tuple[str, ...] = ("ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster")
+SET_NAMES: tuple[str, ...] = ("ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster",
+                               "ssl_cluster_tested", "ivector_cluster_tested")
+#: the FDR level of the tested sets unless told otherwise (config analysis.fdr)
+DEFAULT_FDR = 0.05
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,6 +109,43 @@ def above_baseline(counts: np.ndarray, frames: np.ndarray, K: int) -> np.ndarray
     if frames.size and int(frames.max()) * max(W, K) >= 2**62:
         raise OverflowError("frame counts too large for exact int64 comparison")
     return counts * W > K * frames[:, None]
+
+
+def benjamini_hochberg(p: np.ndarray, q: float) -> np.ndarray:
+    """Bool mask of the same shape: the p-values rejected by the Benjamini-Hochberg step-up procedure
+    at false discovery rate `q` over all entries: the largest k with p_(k) <= k q / m, then every
+    p <= p_(k)."""
+    p = np.asarray(p, dtype=np.float64)
+    flat = p.ravel()
+    m = flat.size
+    if m == 0:
+        return np.zeros(p.shape, dtype=bool)
+    order = np.argsort(flat, kind="stable")
+    ok = flat[order] <= q * np.arange(1, m + 1) / m
+    if not ok.any():
+        return np.zeros(p.shape, dtype=bool)
+    cutoff = flat[order][np.flatnonzero(ok).max()]
+    return (p <= cutoff)
+
+
+def above_baseline_tested(counts: np.ndarray, frames: np.ndarray, K: int, fdr: float = DEFAULT_FDR) -> np.ndarray:
+    """Bool ``(classes, W)``: neurons whose activation count in class c is significantly above the
+    baseline K / W: one-sided binomial test of ``counts[c, j]`` successes in ``frames[c]`` trials
+    against ``p0 = K / W`` (p-value ``P(X >= counts[c, j])``), with the Benjamini-Hochberg
+    procedure at false discovery rate `fdr` over every (class, neuron) of the matrix. Unlike
+    `above_baseline`, a class with few frames cannot make a neuron "above" by chance: the test
+    needs enough frames to see the excess. Classes with 0 frames are above for no neuron."""
+    from scipy.stats import binom
+
+    counts = np.asarray(counts, dtype=np.int64)
+    frames = np.asarray(frames, dtype=np.int64)
+    W = counts.shape[1]
+    p0 = int(K) / W
+    pvals = np.ones(counts.shape, dtype=np.float64)
+    rows = frames > 0
+    if rows.any():
+        pvals[rows] = binom.sf(counts[rows] - 1, frames[rows][:, None], p0)
+    return benjamini_hochberg(pvals, float(fdr)) & (counts * W > int(K) * frames[:, None])
 
 
 def as_fraction(rho) -> Fraction:
@@ -177,23 +217,32 @@ def _check(counts, frames, classes):
     return counts, frames, classes
 
 
-def layer_groups(name: str, counts, frames, classes, K: int, rho=0.8) -> dict[int, np.ndarray]:
+def layer_groups(name: str, counts, frames, classes, K: int, rho=0.8, fdr: float = DEFAULT_FDR) -> dict[int, np.ndarray]:
     """Per group (SSL cluster for ``ssl_cluster``, i-vector cluster otherwise), the bool (W,) mask of
-    the neurons of set ``name`` that are exclusive to that group. The set is the OR over groups."""
+    the neurons of set ``name`` that are exclusive to that group. The set is the OR over groups.
+    ``<name>_tested``: the same definition with "above baseline" replaced by the significance test
+    (`above_baseline_tested` at false discovery rate `fdr`, over the classes that definition uses)."""
     counts, frames, classes = _check(counts, frames, classes)
+    if name.endswith("_tested"):
+        return _layer_groups(name[: -len("_tested")], counts, frames, classes, K, rho,
+                             lambda c, f, k: above_baseline_tested(c, f, k, fdr))
+    return _layer_groups(name, counts, frames, classes, K, rho, above_baseline)
+
+
+def _layer_groups(name, counts, frames, classes, K, rho, above_fn) -> dict[int, np.ndarray]:
     W = counts.shape[1]
     if name == "ssl_cluster":
         keys, pc, pf = pool_rows(counts, frames, classes[:, 1])
-        above = above_baseline(pc, pf, K)
+        above = above_fn(pc, pf, K)
         # each pooled SSL cluster is its own group: N({c}) = A(c) for any rho in (0, 1]
         sets = [group_set(above, [i], rho) for i in range(len(keys))]
         return {int(k): m for k, m in zip(keys, exclusive_groups(sets))}
     if name == "unconditioned":
         keys, pc, pf = pool_rows(counts, frames, classes[:, 0])
-        above = above_baseline(pc, pf, K)
+        above = above_fn(pc, pf, K)
         sets = [group_set(above, [i], rho) for i in range(len(keys))]
         return {int(k): m for k, m in zip(keys, exclusive_groups(sets))}
-    above = above_baseline(counts, frames, K)
+    above = above_fn(counts, frames, K)
     gs = np.unique(classes[:, 0])
     if name == "ivector_cluster":
         sets = [group_set(above, np.flatnonzero(classes[:, 0] == g), rho) for g in gs]
@@ -207,7 +256,7 @@ def layer_groups(name: str, counts, frames, classes, K: int, rho=0.8) -> dict[in
             rows = np.flatnonzero(classes[:, 1] == c)
             # one class per (g, c); several rows with the same pair would be pooled first
             keys, pc, pf = pool_rows(counts[rows], frames[rows], classes[rows, 0])
-            ab = above_baseline(pc, pf, K)
+            ab = above_fn(pc, pf, K)
             for g, m in zip(keys, exclusive_groups([ab[i] for i in range(len(keys))])):
                 out[int(g)] |= m
         return out
@@ -257,6 +306,7 @@ def compute_neuron_sets(
     rho=0.8,
     sets: Iterable[str] = SET_NAMES,
     return_groups: bool = False,
+    fdr: float = DEFAULT_FDR,
 ):
     """``{set: {layer (1-based int): sorted list of neuron indices}}`` for every layer of the counts.
 
@@ -279,7 +329,7 @@ def compute_neuron_sets(
     grp: dict[str, dict[int, dict[int, list[int]]]] = {n: {} for n in sets}
     for l, (cnt, K) in enumerate(zip(counts_data.counts, Ks), start=1):
         for name in sets:
-            groups = layer_groups(name, cnt, counts_data.frames, counts_data.classes, K, rho)
+            groups = layer_groups(name, cnt, counts_data.frames, counts_data.classes, K, rho, fdr)
             mask = np.zeros(cnt.shape[1], dtype=bool)
             for m in groups.values():
                 mask |= m
@@ -288,11 +338,12 @@ def compute_neuron_sets(
     return (out, grp) if return_groups else out
 
 
-def neuron_set_params(counts_data: CountsData, rho=0.8) -> dict:
+def neuron_set_params(counts_data: CountsData, rho=0.8, fdr: float = DEFAULT_FDR) -> dict:
     """The parameters recorded in every ``neurons/<set>.json``."""
     r = as_fraction(rho)
     return {
         "rho": float(r),
+        "fdr": float(fdr),
         "rho_fraction": f"{r.numerator}/{r.denominator}",
         "top_fraction": counts_data.top_fraction,
         "K": counts_data.K,
@@ -343,6 +394,28 @@ def write_neuron_sets(
         w.writerow(["total", *[sum(len(v) for v in sets[n].values()) for n in names]])
     paths["neuron_counts"] = tsv
     return paths
+
+
+def tested_vs_rho(sets: Mapping[str, Mapping[int, Sequence[int]]]) -> list[dict]:
+    """For every set that has a ``_tested`` twin, per layer and in total: the sizes of the rho set and
+    the tested set, how many neurons both hold, and the share of the rho set that survives the test."""
+    rows = []
+    for name in sets:
+        twin = f"{name}_tested"
+        if twin not in sets:
+            continue
+        layers = sorted(set(sets[name]) | set(sets[twin]))
+        tot = [0, 0, 0]
+        for l in list(layers) + ["total"]:
+            if l == "total":
+                a, b, both = tot
+            else:
+                ra, rb = set(sets[name].get(l, ())), set(sets[twin].get(l, ()))
+                a, b, both = len(ra), len(rb), len(ra & rb)
+                tot = [tot[0] + a, tot[1] + b, tot[2] + both]
+            rows.append({"set": name, "layer": l, "rho_set": a, "tested_set": b, "both": both,
+                         "rho_surviving_pct": round(100 * both / a, 1) if a else None})
+    return rows
 
 
 def read_neuron_set(path: str | os.PathLike) -> dict[int, list[int]]:
