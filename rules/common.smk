@@ -480,7 +480,11 @@ def summary_inputs(wildcards):
         for k, p in m.items()
         if k in ("sid", "prune", "neuron_counts", "erase", "pretrain") and p
     ]
-    out = {"models": files, "purity": f"{IVECTORS}/gender_purity.tsv"}
+    out = {
+        "models": files,
+        "purity": f"{IVECTORS}/gender_purity.tsv",
+        "stability": f"{IVECTORS}/cluster_stability.json",
+    }
     if not config["ivector"]["kaldi_ivectors"]:
         out["quality"] = f"{IVECTORS}/quality.json"
     return out

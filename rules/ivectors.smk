@@ -45,10 +45,13 @@ rule ivector_clusters:
             caption="../report/gender_purity.rst",
             category="5. Clusters",
         ),
+        stability=f"{IVECTORS}/cluster_stability.json",
         provenance=f"{IVECTORS}/provenance/ivector_clusters.json",
     params:
         k=config["analysis"]["k_ivector"],
         seed=config["analysis"]["seed"],
+        n_init=config["analysis"]["ivector_n_init"],
+        stability_runs=config["analysis"]["stability_runs"],
     log:
         f"{LOGS}/ivector_clusters.log",
     benchmark:

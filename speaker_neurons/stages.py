@@ -210,12 +210,30 @@ def ivector_clusters(ctx: StageContext) -> dict:
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest
 
-    k, seed = int(ctx.params["k"]), int(ctx.params["seed"])
+    from speaker_neurons.analysis.clusters import partition_stability
+
+    k, seed, n_init = int(ctx.params["k"]), int(ctx.params["seed"]), int(ctx.params.get("n_init", 100))
     utt_ids, vecs = read_ivectors(ctx.inputs["scp"])
-    labels = cluster_utterances(list(utt_ids), np.asarray(vecs), k, seed)
+    vecs = np.asarray(vecs)
+    labels = cluster_utterances(list(utt_ids), vecs, k, seed, n_init)
     write_utterance_clusters(labels, ctx.out("clusters"))
     purity = write_gender_purity(labels, read_manifest(ctx.inputs["manifest"]), ctx.out("purity_tsv"), ctx.out("purity_png"))
-    return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity}
+    runs = int(ctx.params.get("stability_runs", 5))
+    stab = partition_stability(vecs, np.array([labels[u] for u in utt_ids]), k,
+                               [seed + 1 + i for i in range(runs)], n_init)
+    threshold = float(ctx.params.get("stability_warn", 0.9))
+    stab.update(k=k, n_init=n_init, warn_below=threshold, stable=stab["min_ari"] is None or stab["min_ari"] >= threshold)
+    _json(ctx.out("stability"), stab)
+    if not stab["stable"]:
+        log.warning("UNSTABLE i-vector clusters: k-means with other seeds gives partitions with adjusted Rand index down "
+                    "to %.2f (mean %.2f) against this one; the neuron sets rest on these clusters. Try more "
+                    "analysis.ivector_n_init or other i-vector sizes (ivector.ubm_components, ivector.ivector_dim)",
+                    stab["min_ari"], stab["mean_ari"])
+    else:
+        log.info("i-vector clusters stable: adjusted Rand index >= %.3f over %d other k-means seeds", stab["min_ari"] or 1,
+                 runs)
+    return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
+            "stability": stab}
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -417,7 +435,8 @@ def summarize(ctx: StageContext) -> dict:
     from speaker_neurons.summary import build_summary
 
     return build_summary(ctx.params["models"], ctx.inputs.get("quality"), ctx.inputs.get("purity"),
-                         int(ctx.params["k_ssl"]), ctx.out("tsv"), ctx.out("md"), ctx.out("sid_png"))
+                         int(ctx.params["k_ssl"]), ctx.out("tsv"), ctx.out("md"), ctx.out("sid_png"),
+                         stability=ctx.inputs.get("stability"))
 
 
 def _train_outputs(ctx: StageContext):

@@ -131,7 +131,8 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
 
 
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
-                  k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike) -> dict[str, Any]:
+                  k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike,
+                  stability: PathLike | None = None) -> dict[str, Any]:
     """`models`: dicts with name, source, and the paths this run has for it (None where absent):
     sid (sid.json), prune (prune.json, pruned models), parent/strategy/target (pruned models),
     neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain summary.json)."""
@@ -167,6 +168,13 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                 md.append(f"- cluster {r.ivector_cluster}: {100 * r.purity:.1f}% {r.majority} of {int(r.F + r.M)} "
                           f"utterances (paper: {100 * paper:.2f}% for its {'male' if r.majority == 'M' else 'female'} "
                           "cluster).")
+    st = _read(stability)
+    if st and st.get("ari"):
+        add("ivectors", "cluster_stability_min_ari", "", st["min_ari"], n=len(st["ari"]),
+            note=f"k-means seeds {st['seeds']}, {st['n_init']} initialisations each")
+        md.append(f"- stability: adjusted Rand index {min(st['ari']):.3f}-{max(st['ari']):.3f} between this partition and "
+                  f"those of {len(st['ari'])} other k-means seeds" + ("" if st.get("stable") else
+                                                                       " (**UNSTABLE**: the sets rest on these clusters)") + ".")
     md.append("")
     # ------------------------------------------------------------------ neurons and pre-training
     md += [f"## Neurons found (k_ssl = {k_ssl})", "", "| model | ivector_cluster | ssl_cluster | union | unconditioned | per_cluster |",

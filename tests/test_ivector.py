@@ -406,3 +406,19 @@ def test_embedding_quality_counts_only_enrolled_speakers_and_gives_intervals():
     n = 12  # test utterances: 2 per enrolled speaker + 6 ghost
     assert q["trials"] == n * (n - 1) // 2 and q["target_trials"] == 3 * 1 + 15
     assert q["eer"] == 0.0 and q["eer_ci95"][0] == 0.0 and 0 < q["eer_ci95"][1] < 0.25
+
+
+def test_partition_stability_of_utterance_clusters():
+    from speaker_neurons.analysis.clusters import cluster_utterances, partition_stability
+
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(size=(40, 3)) + [6, 0, 0], rng.normal(size=(40, 3)) - [6, 0, 0]])
+    ids = [f"u{i}" for i in range(80)]
+    lab = cluster_utterances(ids, two, 2, seed=0)
+    assert sorted(set(lab.values())) == [0, 1] and len({lab[i] for i in ids[:40]}) == 1
+    st = partition_stability(two, np.array([lab[i] for i in ids]), 2, [1, 2, 3])
+    assert st["ari"] == [1.0, 1.0, 1.0] and st["min_ari"] == 1.0
+    blob = rng.normal(size=(80, 6))  # no structure: partitions move with the seed at one initialisation
+    lab = cluster_utterances(ids, blob, 2, seed=0, n_init=1)
+    st = partition_stability(blob, np.array([lab[i] for i in ids]), 2, range(1, 9), n_init=1)
+    assert st["min_ari"] < 0.5 and len(st["ari"]) == 8
