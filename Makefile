@@ -9,18 +9,22 @@ PYTEST_ARGS ?=
 REQS := requirements/constraints.txt requirements/base.txt requirements/test.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: demo test setup system-packages python-env lint clean-results
+.PHONY: demo test setup system-packages test-packages python-env lint clean-results
 
 demo: setup
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
-test: setup
+test: setup test-packages
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 setup: system-packages python-env
 
 system-packages:
 	@bash scripts/setup_system.sh
+
+# The one-node SLURM cluster of tests/test_slurm.py (skipped with the reason where it cannot start).
+test-packages:
+	@bash scripts/setup_system.sh --test || echo "SLURM packages not installed: tests/test_slurm.py will skip"
 
 python-env: $(STAMP)
 

@@ -24,8 +24,10 @@ rule extract_features:
         f"{BENCH}/{{model}}/extract_features.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=res("extract_features", "mem_mb", 8000),
+        runtime=res("extract_features", "runtime", 120),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -54,8 +56,8 @@ rule frame_kmeans:
         f"{BENCH}/{{model}}/frame_kmeans_k{{k}}.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=res("frame_kmeans", "mem_mb", 8000),
+        runtime=res("frame_kmeans", "runtime", 60),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -87,8 +89,10 @@ rule activation_stats:
         f"{BENCH}/{{model}}/activation_stats_k{{k}}.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=res("activation_stats", "mem_mb", 8000),
+        runtime=res("activation_stats", "runtime", 120),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -120,8 +124,8 @@ rule neuron_sets:
         f"{BENCH}/{{model}}/neuron_sets_k{{k}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=res("neuron_sets", "mem_mb", 2000),
+        runtime=res("neuron_sets", "runtime", 10),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -149,8 +153,8 @@ rule evidence_report:
         f"{BENCH}/{{model}}/evidence_report_k{{k}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=res("evidence_report", "mem_mb", 4000),
+        runtime=res("evidence_report", "runtime", 10),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -171,8 +175,8 @@ rule neuron_counts_summary:
         f"{BENCH}/{{model}}/neuron_counts_summary.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=res("neuron_counts_summary", "mem_mb", 1000),
+        runtime=res("neuron_counts_summary", "runtime", 5),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -208,8 +212,8 @@ rule compare_models:
         f"{BENCH}/compare_models.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=res("compare_models", "mem_mb", 1000),
+        runtime=res("compare_models", "runtime", 5),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -235,8 +239,10 @@ rule pool_layers:
         f"{BENCH}/{{model}}/pool_layers.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=res("pool_layers", "mem_mb", 8000),
+        runtime=res("pool_layers", "runtime", 60),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -260,8 +266,8 @@ rule sid_eval:
         f"{BENCH}/{{model}}/sid_eval.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=res("sid_eval", "mem_mb", 4000),
+        runtime=res("sid_eval", "runtime", 30),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -307,8 +313,10 @@ rule erase_ablation:
         f"{BENCH}/{{model}}/erase_ablation_k{{k}}.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=res("erase_ablation", "mem_mb", 8000),
+        runtime=res("erase_ablation", "runtime", 60),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:

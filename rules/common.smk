@@ -366,6 +366,17 @@ def iterative_params(wildcards):
     }
 
 
+# ---------------------------------------------------------------------------------- resources
+def res(rule, key, default):
+    """A rule's resource (mem_mb, runtime in minutes): config resources.<rule>.<key>, else its default."""
+    return config["resources"].get(rule, {}).get(key, default)
+
+
+# A GPU for the rules that run a model, only when upstream.device asks for CUDA (gpu=0 asks for none).
+GPU = 1 if config["upstream"]["device"] == "cuda" else 0
+GPU_MODEL = config["upstream"]["gpu_model"] if GPU else ""
+
+
 # ---------------------------------------------------------------------------------- corpus
 def corpus_kwargs():
     """Keyword arguments of speaker_neurons.data.manifest.build_manifest for the chosen source."""

@@ -13,8 +13,8 @@ rule synthesize_demo_corpus:
         f"{BENCH}/synthesize_demo_corpus.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("synthesize_demo_corpus", "mem_mb", 2000),
+        runtime=res("synthesize_demo_corpus", "runtime", 30),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -35,8 +35,8 @@ rule build_manifest:
         f"{BENCH}/build_manifest.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("build_manifest", "mem_mb", 2000),
+        runtime=res("build_manifest", "runtime", 30),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -58,8 +58,8 @@ rule audio_qc:
         f"{BENCH}/audio_qc.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=res("audio_qc", "mem_mb", 4000),
+        runtime=res("audio_qc", "runtime", 60),
     conda:
         "../envs/speaker-neurons.yaml"
     script:

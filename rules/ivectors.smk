@@ -21,8 +21,10 @@ rule ivectors:
         f"{BENCH}/ivectors.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=res("ivectors", "mem_mb", 8000),
+        runtime=res("ivectors", "runtime", 120),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -58,8 +60,8 @@ rule ivector_clusters:
         f"{BENCH}/ivector_clusters.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=res("ivector_clusters", "mem_mb", 2000),
+        runtime=res("ivector_clusters", "runtime", 10),
     conda:
         "../envs/speaker-neurons.yaml"
     script:

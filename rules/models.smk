@@ -34,8 +34,10 @@ rule pretrain_melhubert:
         f"{BENCH}/{{model}}/pretrain_melhubert.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=res("pretrain_melhubert", "mem_mb", 8000),
+        runtime=res("pretrain_melhubert", "runtime", 60),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -56,8 +58,8 @@ rule describe_model:
         f"{BENCH}/{{model}}/describe_model.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=res("describe_model", "mem_mb", 4000),
+        runtime=res("describe_model", "runtime", 10),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -82,8 +84,8 @@ rule prune_model:
         f"{BENCH}/{{model}}/prune_model.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=res("prune_model", "mem_mb", 4000),
+        runtime=res("prune_model", "runtime", 10),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -120,8 +122,10 @@ rule continue_pretraining:
         f"{BENCH}/{{model}}/continue_pretraining.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=res("continue_pretraining", "mem_mb", 8000),
+        runtime=res("continue_pretraining", "runtime", 60),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -159,8 +163,10 @@ rule iterative_step:
         f"{BENCH}/{{model}}/iterative_step.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=res("iterative_step", "mem_mb", 8000),
+        runtime=res("iterative_step", "runtime", 120),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:

@@ -28,8 +28,8 @@ rule summarize:
         f"{BENCH}/summarize.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=5,
+        mem_mb=res("summarize", "mem_mb", 2000),
+        runtime=res("summarize", "runtime", 5),
     conda:
         "../envs/speaker-neurons.yaml"
     script:

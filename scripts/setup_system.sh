@@ -9,6 +9,10 @@ PACKAGES=(
   flite festival festvox-kdlpc16k festvox-rablpc16k festvox-don festvox-us-slt-hts
   libttspico-utils libttspico-data
 )
+# `--test`: the packages of the tests' one-node SLURM cluster instead (main component only)
+if [ "${1:-}" = "--test" ]; then
+  PACKAGES=(slurmctld slurmd slurm-client munge)
+fi
 EXTRA_SOURCES=/etc/apt/sources.list.d/speaker-neurons-contrib.sources
 
 missing=()

@@ -1,0 +1,101 @@
+"""Scale-out on a real SLURM cluster: a one-node cluster (munged, slurmctld, slurmd started by
+scripts/slurm_cluster.sh without systemd) runs a tiny configuration of the whole workflow through
+`snakemake --profile profiles/slurm`, and every output equals the same configuration run locally,
+byte for byte (files that hold wall times or absolute paths aside, as scripts/compare_runs.py names
+them). Skipped, with the reason, where the daemons cannot be installed or started (not root, no
+Debian packages)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SYNTH = ("espeak-ng", "mbrola", "flite", "festival", "pico2wave")
+# the tiny chain, smaller still: one k, one pruned model, SID and the erase ablation with one seed
+EXTRA = ("analysis: {k_ssl: [3]}\n"
+         "prune: {strategies: [protected], targets: [protected_size]}\n"
+         "sid: {crop_seconds: 1.0, learning_rates: [0.01], seeds: [0], epochs: 5}\n"
+         "erase: {random_seeds: [0]}\n")
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "starting SLURM daemons needs root"
+    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "squeue")
+               if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if missing:
+        return f"SLURM packages missing ({', '.join(missing)}): run `make test` as root on Debian"
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm is not installed (make setup)"
+    missing = [b for b in SYNTH if shutil.which(b) is None]
+    if missing:
+        return f"speech synthesizers missing ({', '.join(missing)}): run `make setup` as root"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    state = tmp_path_factory.mktemp("slurm")
+    res = subprocess.run(["bash", str(ROOT / "scripts/slurm_cluster.sh"), "start", str(state)], capture_output=True,
+                         text=True, timeout=120)
+    if res.returncode != 0:
+        pytest.skip(f"the SLURM daemons did not start: {res.stderr.strip()[-500:]}")
+    env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"),
+               PATH=f"{Path(sys.executable).parent}:/usr/sbin:{os.environ.get('PATH', '')}")
+    yield env
+    subprocess.run(["bash", str(ROOT / "scripts/slurm_cluster.sh"), "stop", str(state)], capture_output=True,
+                   timeout=120)
+
+
+def _snakemake(args, env=None, timeout=1800):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(EXTRA)
+    res = _snakemake(["--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
+                      "--config", f"results={tmp_path / 'r'}"], env=cluster, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "rule pretrain_melhubert" in out and "mem_mb=8000" in out and "runtime=60" in out
+    assert "gpu" not in out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]  # device cpu: no GPU asked
+
+
+def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_runs
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(EXTRA)
+    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    res = _snakemake(["--cores", "2", "--configfile", str(TINY), str(extra), "--config", f"results={local}"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _snakemake(["--profile", "profiles/slurm", "--configfile", str(TINY), str(extra),
+                      "--config", f"results={slurm}"], env=cluster)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "slurm" in (res.stdout + res.stderr).lower()
+    files_local = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    files_slurm = {str(p.relative_to(slurm)) for p in slurm.rglob("*") if p.is_file()}
+    assert files_local == files_slurm
+    differ = [rel for rel in sorted(files_local)
+              if (local / rel).read_bytes() != (slurm / rel).read_bytes() and compare_runs.kind(rel) is None]
+    assert differ == [], differ
+    for must in ("summary.tsv", "models/demo/model/model.safetensors", "models/demo-protected-pset/analysis/sid/sid.json",
+                 "models/demo/analysis/ssl_k3/erase/erase.tsv"):
+        assert must in files_local
+    # each rule's log says where it ran
+    log = (slurm / "logs/demo/pretrain_melhubert.log").read_text()
+    assert "stage pretrain_melhubert [model=demo]" in log
