@@ -24,6 +24,7 @@ rule pretrain_melhubert:
     wildcard_constraints:
         model=name_regex(PRETRAINED),
     params:
+        resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/pretrain_melhubert",
         compute_threads=config["upstream"]["threads"],
         model=config["pretrain"]["model"],
         train=config["pretrain"]["train"],
@@ -112,6 +113,7 @@ rule continue_pretraining:
     wildcard_constraints:
         model=name_regex(CONTINUED),
     params:
+        resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/continue_pretraining",
         compute_threads=config["upstream"]["threads"],
         train=train_config("continue"),
         continued=continue_params,
@@ -153,6 +155,7 @@ rule iterative_step:
     wildcard_constraints:
         model=name_regex(ITERATIVE),
     params:
+        resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/iterative_step",
         compute_threads=config["upstream"]["threads"],
         train=train_config("iterative"),
         step=iterative_params,

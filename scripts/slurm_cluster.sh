@@ -37,10 +37,12 @@ start() {
   fi
   # munge: one daemon per machine; start it unless one answers already
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    install -d -o munge -g munge -m 0755 /run/munge "$state/munge"
-    runuser -u munge -- /usr/sbin/munged --pid-file="$state/munge/munged.pid"
+    install -d -o munge -g munge -m 0755 /run/munge
+    # munged (running as munge) must reach its pid file's folder: /run/munge, not STATE_DIR
+    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
     for _ in $(seq 1 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
     munge -n | unmunge >/dev/null
+    ln -sfn /run/munge/munged.pid "$state/munged.pid"  # started here: stop stops it
   fi
   local host node ctld_port slurmd_port
   host=$(hostname -s)
@@ -112,7 +114,7 @@ EOF
 
 stop() {
   local p
-  for d in slurmd slurmctld munge/munged; do
+  for d in slurmd slurmctld munged; do
     p="$state/$d.pid"
     if alive "$p"; then
       kill "$(cat "$p")" || true
@@ -129,7 +131,7 @@ stop() {
 case "$cmd" in
   start) start ;;
   stop) stop ;;
-  status) for d in munge/munged slurmctld slurmd; do
+  status) for d in munged slurmctld slurmd; do
             if alive "$state/$d.pid"; then echo "$d running"; else echo "$d stopped"; fi
           done ;;
   *) echo "usage: $0 start|stop|status STATE_DIR" >&2; exit 2 ;;

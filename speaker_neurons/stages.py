@@ -146,13 +146,52 @@ def audio_qc(ctx: StageContext) -> dict:
 # ------------------------------------------------------------------------------------------- models
 @stage
 def pretrain_melhubert(ctx: StageContext) -> dict:
-    from speaker_neurons.pretrain import TrainOutputs, pretrain_melhubert as pretrain
+    from speaker_neurons.pretrain import pretrain_melhubert as pretrain
+
+    return _resumable(ctx, lambda outs, resume_from: pretrain(
+        ctx.inputs["manifest"], outs, model_config=ctx.params["model"], train_config=ctx.params["train"],
+        device=ctx.device, threads=ctx.threads, resume_from=resume_from))
+
+
+def _resumable(ctx: StageContext, train) -> dict:
+    """Run `train(outputs, resume_from)` so that a killed job resumes instead of starting again.
+
+    Snakemake deletes a failed job's declared outputs before it runs again, so the checkpoints are
+    written to a scratch folder that is deliberately not an output (params.resume_dir, under
+    results/resume/): a rerun resumes from its newest complete checkpoint (same weights, optimiser,
+    schedule and random generators: the end is byte-identical to an uninterrupted run), a checkpoint
+    of another config is discarded, and on success the checkpoints move to the declared folder and
+    the scratch folder goes."""
+    import re
+    import shutil
+
+    from speaker_neurons.pretrain import TrainOutputs
 
     o = ctx.outputs
+    scratch = Path(ctx.params["resume_dir"]) if ctx.params.get("resume_dir") else Path(o["checkpoints"])
+    scratch.mkdir(parents=True, exist_ok=True)
+    done = sorted((p for p in scratch.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: int(p.name[5:]))
+    resume_from = done[-1] if done else None
     outs = TrainOutputs(o["model_dir"], o["head"], o["summary"], o["train_log"], o["loss_curve"], o["kmeans_centers"],
-                        o["checkpoints"])
-    return pretrain(ctx.inputs["manifest"], outs, model_config=ctx.params["model"], train_config=ctx.params["train"],
-                    device=ctx.device, threads=ctx.threads)
+                        scratch)
+    if resume_from is not None:
+        log.info("RESUMING from %s (a checkpoint of a job that did not finish)", resume_from)
+    try:
+        summary = train(outs, resume_from)
+    except ValueError as e:
+        if resume_from is None or "another training config" not in str(e):
+            raise
+        log.warning("%s; starting again", e)
+        shutil.rmtree(scratch)
+        scratch.mkdir(parents=True)
+        summary = train(outs, None)
+    if scratch != Path(o["checkpoints"]):
+        final = Path(o["checkpoints"])
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(scratch), str(final))
+    return {**summary, "resumed_from_step": int(resume_from.name[5:]) if resume_from else None}
 
 
 @stage
@@ -439,24 +478,18 @@ def summarize(ctx: StageContext) -> dict:
                          stability=ctx.inputs.get("stability"))
 
 
-def _train_outputs(ctx: StageContext):
-    from speaker_neurons.pretrain import TrainOutputs
-
-    o = ctx.outputs
-    return TrainOutputs(o["model_dir"], o["head"], o["summary"], o["train_log"], o["loss_curve"], o["kmeans_centers"],
-                        o["checkpoints"])
-
-
 def _continue(ctx: StageContext, model, parent_sha: str | None) -> dict:
-    """Continued masked-prediction pre-training of `model` on the root's targets, from the given head."""
+    """Continued masked-prediction pre-training of `model` on the root's targets, from the given head
+    (resumable like pre-training)."""
     import numpy as np
 
     from speaker_neurons.pretrain import continue_pretraining, load_head
 
     centers = np.load(ctx.inputs["centers"])
-    return continue_pretraining(model, ctx.inputs["manifest"], _train_outputs(ctx), centers,
-                                train_config=ctx.params["train"], head=load_head(ctx.inputs["head"]),
-                                device=ctx.device, threads=ctx.threads, parent_sha256=parent_sha)
+    return _resumable(ctx, lambda outs, resume_from: continue_pretraining(
+        model, ctx.inputs["manifest"], outs, centers, train_config=ctx.params["train"],
+        head=load_head(ctx.inputs["head"]), device=ctx.device, threads=ctx.threads, parent_sha256=parent_sha,
+        resume_from=resume_from))
 
 
 @stage

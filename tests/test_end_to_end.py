@@ -85,7 +85,7 @@ def _deterministic_files(root: Path) -> list[Path]:
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) == 65
+    assert len(files) == 73
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
 

@@ -71,7 +71,17 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "rule pretrain_melhubert" in out and "mem_mb=8000" in out and "runtime=60" in out
-    assert "gpu" not in out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]  # device cpu: no GPU asked
+    block = out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]
+    assert "gpu=0" in block  # device cpu: the plugin adds no --gpus for 0
+    extra.write_text(EXTRA + "upstream: {device: cuda, gpu_model: h200}\n"
+                     "resources: {pretrain_melhubert: {mem_mb: 12000, runtime: 90}}\n")
+    res = _snakemake(["--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
+                      "--config", f"results={tmp_path / 'r'}"], env=cluster, timeout=300)
+    out = res.stdout + res.stderr
+    block = out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]
+    assert "gpu=1" in block and "gpu_model=h200" in block and "mem_mb=12000" in block and "runtime=90" in block
+    block = out.split("rule synthesize_demo_corpus", 1)[1].split("rule ", 1)[0]
+    assert "gpu" not in block  # rules that run no model never ask for one
 
 
 def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
@@ -93,9 +103,54 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
     differ = [rel for rel in sorted(files_local)
               if (local / rel).read_bytes() != (slurm / rel).read_bytes() and compare_runs.kind(rel) is None]
     assert differ == [], differ
-    for must in ("summary.tsv", "models/demo/model/model.safetensors", "models/demo-protected-pset/analysis/sid/sid.json",
-                 "models/demo/analysis/ssl_k3/erase/erase.tsv"):
+    for must in ("summary.tsv", "models/melhubert_demo/model/model.safetensors",
+                 "models/melhubert_demo-protected-pset/analysis/sid/sid.json",
+                 "models/melhubert_demo/analysis/ssl_k3/erase/erase.tsv"):
         assert must in files_local
-    # each rule's log says where it ran
-    log = (slurm / "logs/demo/pretrain_melhubert.log").read_text()
-    assert "stage pretrain_melhubert [model=demo]" in log
+    # each rule's log says what ran where
+    log = (slurm / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
+    assert "stage pretrain_melhubert [model=melhubert_demo]" in log and "device cpu" in log
+
+
+def test_scancelled_pretraining_resumes_through_slurm(cluster, tmp_path):
+    """`scancel` of the pre-training job mid-training: the next run through the profile resumes from the
+    last checkpoint and ends byte-identical to an uninterrupted local run."""
+    import signal
+    import time
+
+    from test_resume import _losses
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(EXTRA + "pretrain: {train: {max_steps: 40, checkpoint_every: 5}}\n")
+    plain, cancelled = tmp_path / "plain", tmp_path / "cancelled"
+
+    def cmd(results, *more):
+        return [str(results / "models/melhubert_demo/pretrain/summary.json"), "--configfile", str(TINY), str(extra),
+                "--config", f"results={results}", *more]
+
+    res = _snakemake(["--cores", "2", *cmd(plain)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", *cmd(cancelled)],
+                            cwd=ROOT, env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    scratch = cancelled / "resume/melhubert_demo/pretrain_melhubert"
+    deadline = time.monotonic() + 900
+    while not (scratch / "step_10").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be cancelled"
+        time.sleep(0.05)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True, text=True).stdout.split()
+    assert jobs, "no SLURM job to cancel"
+    subprocess.run(["scancel", *jobs], env=cluster, check=True)
+    try:
+        assert proc.wait(timeout=300) != 0  # snakemake reports the job CANCELLED and fails
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (cancelled / "models/melhubert_demo/pretrain/summary.json").exists()
+    res = _snakemake(["--profile", "profiles/slurm", *cmd(cancelled)], env=cluster)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "RESUMING from" in (cancelled / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
+    a, b = plain / "models/melhubert_demo", cancelled / "models/melhubert_demo"
+    for rel in ("model/model.safetensors", "pretrain/head.pt", "pretrain/kmeans_centers.npy"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert _losses(a / "pretrain/train_log.tsv") == _losses(b / "pretrain/train_log.tsv")
