@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from speaker_neurons import pruning, sid
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import get_logger, save_figure
 
 log = get_logger("erase")
 
@@ -173,9 +173,4 @@ def plot(table: pd.DataFrame, png: str | Path, title: str = "") -> Path:
     axes[0][0].set_ylabel("change in SID accuracy (points)")
     axes[0][0].legend(fontsize="x-small", title="solid: set, hatched: random", title_fontsize="x-small")
     fig.suptitle(title or "Erase ablation", fontsize="small")
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)

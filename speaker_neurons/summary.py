@@ -91,15 +91,13 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
+    from speaker_neurons.utils import save_figure
+
     if table.empty:
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.text(0.5, 0.5, "no SID results in this run (sid.enabled: false)", ha="center", va="center")
         ax.axis("off")
-        fig.savefig(png, dpi=120)
-        plt.close(fig)
-        return png
+        return save_figure(fig, png)
     panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.0), squeeze=False, sharex=True)
     colours = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray"}
@@ -124,10 +122,7 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
     axes[0][0].set_ylabel("SID test accuracy (%), 95% band")
     axes[1][0].set_ylabel("verification EER (%)")
     axes[0][0].legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)
 
 
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,

@@ -116,3 +116,15 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
                 np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
     os.replace(tmp, path)
     return path
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out, write (folders made) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -467,12 +467,9 @@ def plot_neuron_counts(tsv_or_dict, png_path: str | os.PathLike, title: str | No
     ax.set_ylabel("number of neurons")
     ax.set_title(title or "Neurons per layer and set")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return png_path
+    from speaker_neurons.utils import save_figure
+
+    return save_figure(fig, png_path)
 
 
 def recompute_from_npz(npz_path: str | os.PathLike, rho=0.8, sets: Iterable[str] = SET_NAMES):
