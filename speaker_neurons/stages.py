@@ -58,6 +58,29 @@ def _flat(paths: Mapping[str, Any]) -> list[str]:
     return [p for p in out if p]
 
 
+class _Tee:
+    """A text stream that writes to two: the job's stderr and the rule's log, so that progress bars
+    (tqdm writes to sys.stderr) land in the log of a batch job, which has no terminal."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def write(self, text):
+        self.second.write(text)
+        self.second.flush()
+        return self.first.write(text)
+
+    def flush(self):
+        self.first.flush()
+        self.second.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.first, name)
+
+
 def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
               log_path: str | None = None, threads: int = 1, config: Mapping[str, Any] | None = None,
               wildcards: Mapping[str, str] | None = None) -> dict:
@@ -89,6 +112,12 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     t1 = time.monotonic()
+    import sys
+
+    saved_stderr = sys.stderr
+    log_file = open(log_path, "a") if log_path else None
+    if log_file is not None:
+        sys.stderr = _Tee(saved_stderr, log_file)
     try:
         with threadpool_limits(limits=threads):
             result = STAGES[name](ctx) or {}
@@ -97,6 +126,9 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
         raise
     finally:
         torch.set_num_threads(saved_threads)
+        sys.stderr = saved_stderr
+        if log_file is not None:
+            log_file.close()
     log.info("stage %s done in %.1f s", name, time.monotonic() - t1)
     if "provenance" in outputs:
         write_provenance(ctx.out("provenance"), stage=name, params=params, config=config, checksums=checksums,

@@ -85,3 +85,27 @@ def test_the_rules_declare_exactly_the_package_neuron_sets():
     text = (Path(__file__).resolve().parents[1] / "rules" / "common.smk").read_text()
     block = re.search(r"^NEURON_SETS = \[(.*?)\]", text, flags=re.M | re.S).group(1)
     assert tuple(re.findall(r'"(\w+)"', block)) == SET_NAMES
+
+
+def test_progress_bars_go_to_the_rule_log(tmp_path, package_logs):
+    """A batch job has no terminal: what a stage writes to stderr (tqdm's bars) lands in its log too."""
+    import sys
+
+    def bars(ctx):
+        from tqdm import tqdm
+
+        for _ in tqdm(range(3), desc="counting frames", mininterval=0):
+            pass
+        ctx.out("result").write_text("ok\n")
+        return {}
+
+    stages.STAGES["bars"] = bars
+    try:
+        before = sys.stderr
+        stages.run_stage("bars", {}, {"result": str(tmp_path / "r.txt")}, {"device": "cpu"},
+                         log_path=str(tmp_path / "bars.log"))
+        assert sys.stderr is before
+    finally:
+        del stages.STAGES["bars"]
+    log = (tmp_path / "bars.log").read_text()
+    assert "stage bars" in log and "counting frames: 100%" in log and "3/3" in log
