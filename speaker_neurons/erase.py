@@ -37,10 +37,11 @@ log = get_logger("erase")
 def erase_sets(ssl_cluster_json: str | Path | None, ivector_cluster_json: str | Path | None) -> dict[str, dict[int, list[int]]]:
     """{name: {layer: neurons}}: `ssl_cluster` (the whole SSLN set) and `ivector_cluster:<g>` per
     i-vector cluster g (its own neurons)."""
+    from speaker_neurons.analysis.neuron_sets import read_neuron_set
+
     out: dict[str, dict[int, list[int]]] = {}
     if ssl_cluster_json:
-        rec = json.loads(Path(ssl_cluster_json).read_text())
-        out["ssl_cluster"] = {int(l): list(v) for l, v in rec["layers"].items()}
+        out["ssl_cluster"] = read_neuron_set(ssl_cluster_json)
     if ivector_cluster_json:
         rec = json.loads(Path(ivector_cluster_json).read_text())
         if "groups" not in rec:

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from speaker_neurons.evaluation import wilson_interval  # noqa: F401  (sid.wilson_interval, used here and by erase)
 from speaker_neurons.utils import get_logger
 
 log = get_logger("sid")
@@ -64,10 +65,9 @@ def pool_layer_means(model, segs: pd.DataFrame, max_batch_seconds: float = 60.0,
     bar = tqdm(total=len(segs), desc="pooled layers", unit="seg", disable=not progress, mininterval=5)
     out = np.zeros((len(segs), model.num_layers + 1, model.hidden_dim), dtype=np.float32)
     device = next(model.parameters()).device
-    done = False
     if hasattr(model, "segment_features") and len(segs) > segs["path"].nunique():
-        done = _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, feature_cache)
-    if not done:
+        _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, feature_cache)
+    else:
         _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, device)
     bar.close()
     return out
@@ -92,7 +92,7 @@ def _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, d
         bar.update(len(idx))
 
 
-def _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, cache) -> bool:
+def _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, cache) -> None:
     """Files in segment order, features sliced per crop (or, where the model cannot slice them exactly,
     computed per crop), crops encoded in batches."""
     from speaker_neurons.audio import load_audio
@@ -136,7 +136,6 @@ def _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar
             pending.append(i)
             seconds += dur
     flush()
-    return True
 
 
 def check_splits(segs: pd.DataFrame, manifest_path: str = "the manifest") -> None:
@@ -183,13 +182,6 @@ class SIDHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- intervals
-def wilson_interval(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (`evaluation.wilson_interval`)."""
-    from speaker_neurons.evaluation import wilson_interval as wilson
-
-    return wilson(correct, n)
-
-
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """(mean, low, high): Student-t 95% interval of the mean over seeds (a point when one seed)."""
     from scipy import stats
@@ -218,6 +210,7 @@ class SIDData:
 
 
 def make_data(pooled: np.ndarray, segs: pd.DataFrame) -> SIDData:
+    """Labels: each segment's index among the enrolled speakers (those with train segments), -1 else."""
     speakers = sorted(segs.loc[segs["split"] == "train", "speaker"].astype(str).unique())
     index = {s: i for i, s in enumerate(speakers)}
     spk = segs["speaker"].astype(str).to_numpy()
@@ -370,10 +363,14 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
     # two stacked passes: the sweep (every set x rate, first seed), then the other seeds at the picked rates
     sweep = [HeadSpec(tuple(layer_sets[nm]), lr, seeds[0]) for nm in names for lr in lrs]
     trained = dict(zip(sweep, train_heads(data, sweep, epochs)))
-    best_lr = {}
+    best_lr, dev_acc = {}, {}
     for nm in names:
-        dev = {lr: accuracy(trained[HeadSpec(tuple(layer_sets[nm]), lr, seeds[0])], data, "dev") for lr in lrs}
-        best_lr[nm] = max(lrs, key=lambda lr: (dev[lr][0] / max(dev[lr][1], 1), -lr))
+        dev = {}
+        for lr in lrs:
+            c, n = accuracy(trained[HeadSpec(tuple(layer_sets[nm]), lr, seeds[0])], data, "dev")
+            dev[lr] = c / max(n, 1)
+        dev_acc[nm] = dev
+        best_lr[nm] = max(lrs, key=lambda lr: (dev[lr], -lr))
     rest = [HeadSpec(tuple(layer_sets[nm]), best_lr[nm], sd) for nm in names for sd in seeds[1:]]
     trained.update(zip(rest, train_heads(data, rest, epochs)))
     n_test = int((data.split == "test").sum())
@@ -387,10 +384,7 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
     picked: dict[str, list[SIDHead]] = {}
     for nm in names:
         layers = tuple(layer_sets[nm])
-        dev = {}
-        for lr in lrs:
-            c, n = accuracy(trained[HeadSpec(layers, lr, seeds[0])], data, "dev")
-            dev[lr] = c / max(n, 1)
+        dev = dev_acc[nm]
         best = best_lr[nm]
         heads = [trained[HeadSpec(layers, best, sd)] for sd in seeds]
         per_seed = []

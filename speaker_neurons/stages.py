@@ -349,6 +349,8 @@ def activation_stats(ctx: StageContext) -> dict:
 @stage
 def neuron_sets(ctx: StageContext) -> dict:
     """Every named neuron set (SPEC §4) from the counts, the layer x set table and its plot."""
+    import pandas as pd
+
     from speaker_neurons.analysis import neuron_sets as ns
     from speaker_neurons.analysis.counts import load_counts
 
@@ -359,8 +361,6 @@ def neuron_sets(ctx: StageContext) -> dict:
     ns.write_neuron_sets(result, paths, ns.neuron_set_params(data, ctx.params["rho"], fdr), ctx.out("table"),
                          groups=groups)
     ns.plot_neuron_counts(ctx.outputs["table"], ctx.out("plot"), title=ctx.params.get("title"))
-    import pandas as pd
-
     comparison = pd.DataFrame(ns.tested_vs_rho(result), columns=["set", "layer", "rho_set", "tested_set", "both",
                                                                    "rho_surviving_pct"])
     comparison.to_csv(ctx.out("tested_vs_rho"), sep="\t", index=False)
@@ -477,7 +477,7 @@ def erase_ablation(ctx: StageContext) -> dict:
         if z["seg_id"].tolist() != segs["seg_id"].tolist():
             raise ValueError(f"{ctx.inputs['pooled']} was pooled from other segments than the manifest and "
                              "sid.crop_seconds give now; re-run rule pool_layers")
-        data = sid.make_data(z["pooled"][:1].repeat(len(segs), 0), segs)  # labels only; the pooled values are not used
+    data = sid.make_data(np.empty((len(segs), 0, 0), dtype=np.float32), segs)  # labels and splits only
     sel = sid.closed_set(data, "test")
     test = segs.iloc[sel].reset_index(drop=True)
     clusters = read_utterance_clusters(ctx.inputs["clusters"])

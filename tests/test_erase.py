@@ -75,6 +75,13 @@ def test_ablation_on_a_tiny_model(tmp_path):
     assert np.array_equal(p1[:, :1], p2[:, :1]) and not np.allclose(p1[:, 1:], p2[:, 1:])
     summary = erase.summarize(table)
     assert set(summary) == {"some", "empty", "unerased"}
-    assert summary["some"]["all"]["0"]["random_delta_range"][0] <= summary["some"]["all"]["0"]["random_delta_mean"]
+    ctrl = table[(table["kind"] == "random") & (table["erased"] == "some") & (table["layer_set"] == "all")
+                 & (table["cluster"] == "0")]["delta"]
+    got = summary["some"]["all"]["0"]
+    assert len(ctrl) == 2 and got["random_delta_mean"] == pytest.approx(float(ctrl.mean()))
+    assert got["random_delta_range"] == [pytest.approx(float(ctrl.min())), pytest.approx(float(ctrl.max()))]
+    own = table[(table["kind"] == "set") & (table["erased"] == "some") & (table["layer_set"] == "all")
+                & (table["cluster"] == "0")].iloc[0]
+    assert got["delta"] == own["delta"] and got["delta_ci95"] == [own["delta_ci_low"], own["delta_ci_high"]]
     erase.plot(table, tmp_path / "erase.png", "tiny")
     assert (tmp_path / "erase.png").stat().st_size > 1000

@@ -266,7 +266,8 @@ def test_truncated_wav_is_named_and_rejected_or_kept_on_request(tmp_path):
 
 
 def test_truncated_flac_is_not_silently_accepted(tmp_path):
-    """A FLAC cut short: its STREAMINFO counts more frames than decode (or the stream breaks)."""
+    """A FLAC cut short: libsndfile stops at the broken frame, so the file is rejected, never read as
+    the shorter part."""
     import soundfile as sf
 
     from speaker_neurons.data.qc import check_file
@@ -277,4 +278,4 @@ def test_truncated_flac_is_not_silently_accepted(tmp_path):
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 3])
     reason, dur, _ = check_file(p)
-    assert dur is None and reason.split(":")[0] in ("truncated", "unreadable")
+    assert dur is None and reason.startswith("unreadable: not a readable audio file (libsndfile:")
