@@ -251,6 +251,7 @@ rule pool_layers:
 
 rule sid_eval:
     input:
+        unpack(sid_inputs),
         pooled=rules.pool_layers.output.pooled,
     output:
         result=f"{A}/sid/sid.json",
@@ -259,6 +260,7 @@ rule sid_eval:
     params:
         compute_threads=config["upstream"]["threads"],
         sid=config["sid"],
+        lr_from_model=sid_lr_from,
         device="cpu",
     log:
         f"{LOGS}/{{model}}/sid_eval.log",

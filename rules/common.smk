@@ -405,6 +405,32 @@ def ivector_scp():
     return config["ivector"]["kaldi_ivectors"] or f"{IVECTORS}/ivectors.scp"
 
 
+def ivector_other_seeds():
+    """The i-vectors of the extractors trained with other seeds (stability check); none for the user's own."""
+    return (
+        [] if config["ivector"]["kaldi_ivectors"] else f"{IVECTORS}/extractor_seeds.npz"
+    )
+
+
+def chain_root(name):
+    """The model at the root of `name`'s chain of derived models (itself for a model of the config)."""
+    while MODELS[name].get("parent"):
+        name = MODELS[name]["parent"]
+    return name
+
+
+def sid_inputs(wildcards):
+    """With sid.sweep: base, a derived model's SID uses the learning rates picked for its chain's root."""
+    root = chain_root(wildcards.model)
+    if config["sid"]["sweep"] == "base" and root != wildcards.model:
+        return {"lr_from": f"{analysis_dir(root)}/sid/sid.json"}
+    return {}
+
+
+def sid_lr_from(wildcards):
+    return chain_root(wildcards.model) if sid_inputs(wildcards) else ""
+
+
 # ---------------------------------------------------------------------------------- targets
 def analysis_dir(name):
     return f"{model_dir(name)}/analysis"

@@ -10,10 +10,12 @@ rule ivectors:
         scp=f"{IVECTORS}/ivectors.scp",
         quality=f"{IVECTORS}/quality.json",
         extractor=f"{IVECTORS}/extractor.npz",
+        other_seeds=f"{IVECTORS}/extractor_seeds.npz",
         provenance=f"{IVECTORS}/provenance/ivectors.json",
     params:
         compute_threads=config["upstream"]["threads"],
         ivector=config["ivector"],
+        stability_extractors=config["analysis"]["stability_extractors"],
         device=config["upstream"]["device"],
     log:
         f"{LOGS}/ivectors.log",
@@ -35,6 +37,7 @@ rule ivector_clusters:
     input:
         scp=ivector_scp(),
         manifest=MANIFEST,
+        other_seeds=ivector_other_seeds(),
     output:
         clusters=f"{IVECTORS}/clusters.tsv",
         purity_tsv=report(

@@ -353,25 +353,32 @@ def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[
 
 
 def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],
-             epochs: int = 30) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
+             epochs: int = 30, fixed_lr: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
     """Per layer set: the learning rate picked on dev accuracy of the first seed's heads, then the other
     seeds at that rate (each group of heads trained at once, `train_heads`); test accuracy per seed at that rate with Wilson intervals, their
     mean with a t-interval, the layer weights, and the verification EER of the first seed's head.
+    `fixed_lr` ({layer set: rate}, e.g. the rates picked for the unpruned parent) skips the sweep for
+    the sets it names: their heads train at that rate only (dev accuracy still reported).
     Returns (the result, the picked heads per layer set, one per seed)."""
     lrs, seeds = [float(x) for x in lrs], [int(x) for x in seeds]
     names = list(layer_sets)
-    # two stacked passes: the sweep (every set x rate, first seed), then the other seeds at the picked rates
-    sweep = [HeadSpec(tuple(layer_sets[nm]), lr, seeds[0]) for nm in names for lr in lrs]
-    trained = dict(zip(sweep, train_heads(data, sweep, epochs)))
-    best_lr, dev_acc = {}, {}
+    fixed = {nm: float(fixed_lr[nm]) for nm in names if fixed_lr and nm in fixed_lr}
+    swept = [nm for nm in names if nm not in fixed]
+    # two stacked passes: the sweep (every swept set x rate, first seed; every seed of the fixed sets), then
+    # the other seeds of the swept sets at their picked rates
+    first = [HeadSpec(tuple(layer_sets[nm]), lr, seeds[0]) for nm in swept for lr in lrs]
+    first += [HeadSpec(tuple(layer_sets[nm]), fixed[nm], sd) for nm in fixed for sd in seeds]
+    trained = dict(zip(first, train_heads(data, first, epochs)))
+    best_lr, dev_acc = dict(fixed), {}
     for nm in names:
         dev = {}
-        for lr in lrs:
+        for lr in ([fixed[nm]] if nm in fixed else lrs):
             c, n = accuracy(trained[HeadSpec(tuple(layer_sets[nm]), lr, seeds[0])], data, "dev")
             dev[lr] = c / max(n, 1)
         dev_acc[nm] = dev
-        best_lr[nm] = max(lrs, key=lambda lr: (dev[lr], -lr))
-    rest = [HeadSpec(tuple(layer_sets[nm]), best_lr[nm], sd) for nm in names for sd in seeds[1:]]
+        if nm not in fixed:
+            best_lr[nm] = max(lrs, key=lambda lr: (dev[lr], -lr))
+    rest = [HeadSpec(tuple(layer_sets[nm]), best_lr[nm], sd) for nm in swept for sd in seeds[1:]]
     trained.update(zip(rest, train_heads(data, rest, epochs)))
     n_test = int((data.split == "test").sum())
     n_closed = len(closed_set(data, "test"))
@@ -394,7 +401,8 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
                              "ci95": list(wilson_interval(c, n))})
         m, lo, hi = mean_interval([r["accuracy"] for r in per_seed])
         ver = verification_eer(heads[0], data, "test")
-        out[nm] = {"layers": list(layers), "lr": best, "dev_accuracy": {str(k): v for k, v in dev.items()},
+        out[nm] = {"layers": list(layers), "lr": best, "lr_swept": nm not in fixed,
+                   "dev_accuracy": {str(k): v for k, v in dev.items()},
                    "test_accuracy": m, "test_ci95": [lo, hi], "per_seed": per_seed, **ver,
                    "layer_weights": heads[0].weights().detach().numpy().round(4).tolist()}
         picked[nm] = heads

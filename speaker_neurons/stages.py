@@ -255,17 +255,27 @@ def prune_model(ctx: StageContext) -> dict:
 def ivectors(ctx: StageContext) -> dict:
     """i-vectors for every utterance (SPEC §6: no labels used), as a Kaldi ark/scp, and their quality
     where the manifest has speakers and a train/test split (labels used only to score)."""
+    import numpy as np
+
     from speaker_neurons.analysis import ivector as iv
     from speaker_neurons.audio import load_audio
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.evaluation import embedding_quality
+    from speaker_neurons.utils import save_npz
 
     cfg = {k: v for k, v in ctx.params["ivector"].items() if k != "kaldi_ivectors"}
     manifest = read_manifest(ctx.inputs["manifest"])
     items = ((row.utt_id, load_audio(row.path)[0]) for row in manifest.itertuples(index=False))
+    n_other = int(ctx.params.get("stability_extractors", 0))
+    other_seeds = [int(cfg.get("seed", 0)) + 1 + i for i in range(n_other)]
     utt_ids, vecs, info = iv.extract_ivectors(items, cfg, device=ctx.device, model_out=ctx.out("extractor"),
-                                              num_threads=ctx.threads, return_info=True)
+                                              num_threads=ctx.threads, return_info=True, other_seeds=other_seeds)
     iv.write_ivectors(utt_ids, vecs, ctx.out("ark"), ctx.out("scp"))
+    if "other_seeds" in ctx.outputs:
+        others = info["other_seeds"]
+        stack = np.stack([others[s] for s in other_seeds]) if other_seeds else np.zeros((0, *vecs.shape), np.float32)
+        save_npz(ctx.out("other_seeds"), {"utt_id": np.asarray(list(utt_ids), dtype=str),
+                                          "seeds": np.asarray(other_seeds, dtype=np.int64), "ivectors": stack})
     quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": info["config"]}
     _json(ctx.out("quality"), quality)
     return quality
@@ -281,7 +291,7 @@ def ivector_clusters(ctx: StageContext) -> dict:
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest
 
-    from speaker_neurons.analysis.clusters import partition_stability
+    from speaker_neurons.analysis.clusters import extractor_stability, partition_stability
 
     k, seed, n_init = int(ctx.params["k"]), int(ctx.params["seed"]), int(ctx.params.get("n_init", 100))
     utt_ids, vecs = read_ivectors(ctx.inputs["scp"])
@@ -293,16 +303,27 @@ def ivector_clusters(ctx: StageContext) -> dict:
     stab = partition_stability(vecs, np.array([labels[u] for u in utt_ids]), k,
                                [seed + 1 + i for i in range(runs)], n_init)
     threshold = float(ctx.params.get("stability_warn", 0.9))
-    stab.update(k=k, n_init=n_init, warn_below=threshold, stable=stab["min_ari"] is None or stab["min_ari"] >= threshold)
+    stab = {"kmeans_seeds": stab}
+    if ctx.inputs.get("other_seeds"):
+        with np.load(ctx.inputs["other_seeds"]) as z:
+            if z["utt_id"].tolist() != list(utt_ids):
+                raise ValueError(f"{ctx.inputs['other_seeds']} holds other utterances than {ctx.inputs['scp']}; "
+                                 "re-run rule ivectors")
+            stab["extractor_seeds"] = extractor_stability(z["ivectors"], z["seeds"].tolist(),
+                                                          np.array([labels[u] for u in utt_ids]), k, seed, n_init)
+    aris = [a for part in stab.values() for a in part["ari"]]
+    stab.update(k=k, n_init=n_init, warn_below=threshold, min_ari=min(aris) if aris else None,
+                stable=not aris or min(aris) >= threshold)
     _json(ctx.out("stability"), stab)
+    for what, part in stab.items():
+        if isinstance(part, dict) and part["ari"]:
+            log.info("adjusted Rand index against the chosen partition, other %s %s: %s", what.replace("_", " "),
+                     part["seeds"], ", ".join(f"{a:.3f}" for a in part["ari"]))
     if not stab["stable"]:
-        log.warning("UNSTABLE i-vector clusters: k-means with other seeds gives partitions with adjusted Rand index down "
-                    "to %.2f (mean %.2f) against this one; the neuron sets rest on these clusters. Try more "
-                    "analysis.ivector_n_init or other i-vector sizes (ivector.ubm_components, ivector.ivector_dim)",
-                    stab["min_ari"], stab["mean_ari"])
-    else:
-        log.info("i-vector clusters stable: adjusted Rand index >= %.3f over %d other k-means seeds", stab["min_ari"] or 1,
-                 runs)
+        log.warning("UNSTABLE i-vector clusters: other k-means seeds or other i-vector extractor seeds give partitions "
+                    "with adjusted Rand index down to %.2f against this one; the neuron sets rest on these clusters. "
+                    "Try more analysis.ivector_n_init or other i-vector sizes (ivector.ubm_components, "
+                    "ivector.ivector_dim)", stab["min_ari"])
     return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
             "stability": stab}
 
@@ -452,9 +473,16 @@ def sid_eval(ctx: StageContext) -> dict:
     data = sid.make_data(pooled, segs)
     L = pooled.shape[1] - 1
     sets = {"all": list(range(L + 1)), "layers_1_L": list(range(1, L + 1)), "last": [L]}
+    fixed = None
+    if ctx.inputs.get("lr_from"):  # sid.sweep: base: the rates picked for the model this one was derived from
+        with open(ctx.inputs["lr_from"]) as f:
+            base = json.load(f)
+        fixed = {k: float(base[k]["lr"]) for k in cfg["layer_sets"] if isinstance(base.get(k), dict) and "lr" in base[k]}
+        log.info("learning rates of %s (sid.sweep: base): %s", ctx.inputs["lr_from"], fixed)
     result, picked = sid.evaluate(data, {k: sets[k] for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
-                                  epochs=int(cfg["epochs"]))
+                                  epochs=int(cfg["epochs"]), fixed_lr=fixed)
     result["crop_seconds"] = cfg["crop_seconds"]
+    result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
     _json(ctx.out("result"), result)
     sid.save_heads(ctx.out("heads"), picked, cfg["seeds"])  # the erase ablation scores erased models with these
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

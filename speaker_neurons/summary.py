@@ -164,12 +164,16 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                           f"utterances (paper: {100 * paper:.2f}% for its {'male' if r.majority == 'M' else 'female'} "
                           "cluster).")
     st = _read(stability)
-    if st and st.get("ari"):
-        add("ivectors", "cluster_stability_min_ari", "", st["min_ari"], n=len(st["ari"]),
-            note=f"k-means seeds {st['seeds']}, {st['n_init']} initialisations each")
-        md.append(f"- stability: adjusted Rand index {min(st['ari']):.3f}-{max(st['ari']):.3f} between this partition and "
-                  f"those of {len(st['ari'])} other k-means seeds" + ("" if st.get("stable") else
-                                                                       " (**UNSTABLE**: the sets rest on these clusters)") + ".")
+    for what, label in (("kmeans_seeds", "k-means seeds"), ("extractor_seeds", "i-vector extractor seeds")):
+        part = (st or {}).get(what) or {}
+        if not part.get("ari"):
+            continue
+        add("ivectors", f"stability_{what}_min_ari", "", part["min_ari"], n=len(part["ari"]),
+            note=f"{label} {part['seeds']}, {st['n_init']} k-means initialisations each")
+        md.append(f"- stability over {len(part['ari'])} other {label}: adjusted Rand index "
+                  f"{min(part['ari']):.3f}-{max(part['ari']):.3f} against this partition"
+                  + ("." if min(part["ari"]) >= st.get("warn_below", 0.9) else
+                     " (**UNSTABLE**: the neuron sets rest on these clusters)."))
     md.append("")
     # ------------------------------------------------------------------ neurons and pre-training
     md += [f"## Neurons found (k_ssl = {k_ssl})", "", "| model | ivector_cluster | ssl_cluster | union | unconditioned | per_cluster |",

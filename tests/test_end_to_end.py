@@ -63,7 +63,8 @@ def two_runs(tmp_path_factory):
 
 
 def _deterministic_files(root: Path) -> list[Path]:
-    files = [Path("ivectors/clusters.tsv"), Path("models/demo/model/model.safetensors"),
+    files = [Path("ivectors/clusters.tsv"), Path("ivectors/extractor_seeds.npz"), Path("ivectors/cluster_stability.json"),
+             Path("models/demo/model/model.safetensors"),
              Path("models/demo/pretrain/head.pt"), Path("models/demo/pretrain/kmeans_centers.npy")]
     for model in ("demo", "w2v"):
         for k in (3, 5):
@@ -85,9 +86,20 @@ def _deterministic_files(root: Path) -> list[Path]:
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) == 73
+    assert len(files) == 75
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
+
+
+def test_cluster_stability_over_kmeans_and_extractor_seeds(two_runs):
+    a, _ = two_runs
+    st = json.loads((a / "ivectors/cluster_stability.json").read_text())
+    assert st["kmeans_seeds"]["seeds"] == [1, 2, 3, 4, 5] and len(st["kmeans_seeds"]["ari"]) == 5
+    assert st["extractor_seeds"]["seeds"] == [1, 2] and len(st["extractor_seeds"]["ari"]) == 2
+    aris = st["kmeans_seeds"]["ari"] + st["extractor_seeds"]["ari"]
+    assert st["min_ari"] == min(aris) and st["stable"] == (min(aris) >= st["warn_below"])
+    with np.load(a / "ivectors/extractor_seeds.npz") as z:
+        assert z["ivectors"].shape[:2] == (2, len(z["utt_id"])) and z["seeds"].tolist() == [1, 2]
 
 
 def test_every_rule_logged_and_benchmarked(two_runs):
@@ -232,6 +244,10 @@ def test_sid_of_every_model(two_runs):
             assert r["layers"] == chosen and len(r["per_seed"]) == 2 and r["lr"] in (0.01, 0.1)
             assert r["test_ci95"][0] <= r["test_accuracy"] <= r["test_ci95"][1]
             assert 0 <= r["test_accuracy"] <= 1 and len(r["layer_weights"]) == len(chosen)
+            # sid.sweep: base (the default): the pruned model trains at the rates picked for its parent
+            base = json.loads((a / "models/demo/analysis/sid/sid.json").read_text())[layer_set]
+            assert r["lr_swept"] == (name != "demo-protected-pset")
+            assert name != "demo-protected-pset" or (r["lr"] == base["lr"] and res["lr_from"] == "demo")
 
 
 def test_continued_and_iterative_models(two_runs):

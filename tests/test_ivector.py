@@ -363,6 +363,13 @@ def test_espeak_smoke(tmp_path):
                                 num_threads=1, return_info=True)
     assert np.allclose(again[1], ivecs, atol=1e-5)
     assert again[2]["counts"]["utterances"] == 9 and again[2]["config"]["ivector_dim"] == 3
+    # other extractor seeds: the same features, extractors fitted from other initialisations; the one with
+    # the main seed reproduces the main i-vectors exactly, another seed gives other (unit-length) ones
+    _, main, info = iv.extract_ivectors(items, {**cfg, "seed": 5}, progress=False, return_info=True, other_seeds=[5, 6])
+    assert sorted(info["other_seeds"]) == [5, 6]
+    assert np.allclose(info["other_seeds"][5], main, atol=1e-6)
+    assert info["other_seeds"][6].shape == (9, 3) and not np.allclose(info["other_seeds"][6], main, atol=1e-3)
+    assert np.allclose(np.linalg.norm(info["other_seeds"][6], axis=1), 1, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -422,3 +429,23 @@ def test_partition_stability_of_utterance_clusters():
     lab = cluster_utterances(ids, blob, 2, seed=0, n_init=1)
     st = partition_stability(blob, np.array([lab[i] for i in ids]), 2, range(1, 9), n_init=1)
     assert st["min_ari"] < 0.5 and len(st["ari"]) == 8
+
+
+def test_extractor_stability_clusters_each_extractor_like_the_chosen_one():
+    from sklearn.metrics import adjusted_rand_score
+
+    from speaker_neurons.analysis.clusters import cluster_utterances, extractor_stability
+
+    rng = np.random.default_rng(1)
+    ids = [f"u{i}" for i in range(80)]
+    two = np.concatenate([rng.normal(size=(40, 3)) + [6, 0, 0], rng.normal(size=(40, 3)) - [6, 0, 0]])
+    labels = np.array([cluster_utterances(ids, two, 2, seed=0)[i] for i in ids])
+    rotated = two @ np.linalg.qr(rng.normal(size=(3, 3)))[0]  # another extractor: the same structure, other axes
+    flipped = two * [-1, 1, 1]  # cluster ids swapped: the same partition
+    half = rng.normal(size=(80, 3))
+    half[::2, 1] += 8  # another structure: even against odd utterances, unrelated to the chosen halves
+    st = extractor_stability(np.stack([rotated, flipped, half]), [11, 12, 13], labels, 2, seed=0, n_init=10)
+    assert st["seeds"] == [11, 12, 13] and st["ari"][:2] == [1.0, 1.0]
+    other = cluster_utterances([str(i) for i in range(80)], half, 2, seed=0, n_init=10)
+    expected = adjusted_rand_score(labels, [other[str(i)] for i in range(80)])
+    assert st["ari"][2] == pytest.approx(expected) and expected < 0.2 and st["min_ari"] == st["ari"][2]

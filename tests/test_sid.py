@@ -90,6 +90,20 @@ def test_the_head_finds_the_speaker_layer_and_layer_sets_matter():
     assert len(res["all"]["per_seed"]) == 2 and res["all"]["lr"] in (1e-2, 1e-1)
 
 
+def test_fixed_learning_rates_skip_the_sweep_and_train_as_alone():
+    """sid.sweep: base hands a derived model its base model's rates: no sweep for those sets, every seed
+    at that rate, each head as `train_head` trains it alone; sets without a fixed rate still sweep."""
+    data = _planted(layer=1)
+    sets = {"all": [0, 1, 2, 3], "last": [3]}
+    res, heads = sid.evaluate(data, sets, lrs=[1e-1, 1e-2, 1e-3], seeds=[0, 1], epochs=8, fixed_lr={"all": 1e-3})
+    assert res["all"]["lr"] == 1e-3 and res["all"]["lr_swept"] is False and list(res["all"]["dev_accuracy"]) == ["0.001"]
+    assert res["last"]["lr_swept"] is True and len(res["last"]["dev_accuracy"]) == 3
+    for sd, head in zip([0, 1], heads["all"]):
+        alone = sid.train_head(data, sets["all"], 1e-3, seed=sd, epochs=8)
+        assert torch.allclose(head.projector.weight, alone.projector.weight, atol=1e-6)
+        assert res["all"]["per_seed"][sd]["correct"] == sid.accuracy(alone, data, "test")[0]
+
+
 def test_accuracy_by_group_against_a_direct_count():
     data = _planted(layer=1)
     head = sid.train_head(data, [0, 1, 2, 3], 1e-2, seed=0, epochs=20)

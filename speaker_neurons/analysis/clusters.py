@@ -133,6 +133,22 @@ def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, 
             "mean_ari": float(np.mean(aris)) if aris else None}
 
 
+def extractor_stability(other_vectors: np.ndarray, seeds, labels: np.ndarray, k: int, seed: int,
+                        n_init: int = 100) -> dict:
+    """Adjusted Rand index between `labels` and the partition of each other extractor's i-vectors
+    (`other_vectors[i]`: (U, dim), the same utterances in the same order, from an extractor trained with
+    `seeds[i]`), each clustered exactly as the chosen one was (`cluster_utterances`, same k-means seed)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    ids = [str(i) for i in range(len(labels))]
+    aris = []
+    for vecs in other_vectors:
+        other = cluster_utterances(ids, np.asarray(vecs), k, int(seed), n_init)
+        aris.append(float(adjusted_rand_score(labels, [other[i] for i in ids])))
+    return {"seeds": [int(s) for s in seeds], "ari": aris, "min_ari": min(aris) if aris else None,
+            "mean_ari": float(np.mean(aris)) if aris else None}
+
+
 def write_utterance_clusters(labels: dict[str, int], path: str | Path) -> None:
     """`clusters.tsv`: utt_id, cluster (sorted by utterance id)."""
     pd.DataFrame(sorted(labels.items()), columns=["utt_id", "cluster"]).to_csv(path, sep="\t", index=False)

@@ -793,6 +793,7 @@ def extract_ivectors(
     extractor: IVectorExtractor | None = None,
     num_threads: int | None = None,
     return_info: bool = False,
+    other_seeds: Sequence[int] = (),
 ):
     """The whole recipe on (utt_id, 16 kHz float waveform) items (any iterable, consumed once):
     features, UBM + T fitted on all utterances without labels (unless a fitted `extractor` is given:
@@ -800,7 +801,9 @@ def extract_ivectors(
     length-normalised. Returns (utt_ids, (U, ivector_dim) float32), plus an info dict (feature
     counts, timings, T-matrix EM history) with `return_info`. `model_out`: save the extractor
     (npz, its `ivector_mean` = this corpus' mean). `num_threads`: torch CPU threads for the
-    UBM / T stages (None: unchanged). Features are kept in memory (~240 bytes per voiced frame
+    UBM / T stages (None: unchanged). `other_seeds`: also fit one extractor per seed (UBM and T
+    initialised from it; same features) and return their i-vectors in info["other_seeds"]
+    ({seed: (U, ivector_dim)}), to measure how much the clusters depend on the extractor's seed. Features are kept in memory (~240 bytes per voiced frame
     with the default 60-dim features: ~90 MB per hour of speech)."""
     import time
 
@@ -823,6 +826,13 @@ def extract_ivectors(
     t3 = time.perf_counter()
     log.info("i-vectors: %d x %d (features %.1f s, fit %.1f s, extraction %.1f s)",
              ivecs.shape[0], ivecs.shape[1], t1 - t0, t2 - t1, t3 - t2)
+    others: dict[int, np.ndarray] = {}
+    for s in other_seeds:
+        with torch_threads(num_threads):
+            alt = IVectorExtractor({**extractor.cfg, "seed": int(s)}, device=device, progress=False).fit(feats)
+            raw_s = alt.transform(feats, normalize=False)
+        others[int(s)] = length_normalize(raw_s - raw_s.mean(0, keepdims=True))
+        log.info("i-vectors of the extractor with seed %d (for the stability check)", int(s))
     if model_out is not None:
         extractor.save(model_out)
     if return_info:
@@ -831,6 +841,7 @@ def extract_ivectors(
             "seconds": {"features": t1 - t0, "fit": t2 - t1, "extract": t3 - t2},
             "tv_history": list(extractor.history),
             "config": dict(extractor.cfg),
+            "other_seeds": others,
         }
         return utt_ids, ivecs, info
     return utt_ids, ivecs
