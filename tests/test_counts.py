@@ -318,7 +318,7 @@ def test_counts_data_k_checks():
         CountsData([np.full((2, 5), 4)], np.array([3, 4]), classes_table(2, 1), {})  # count > frames
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_counter_cuda_matches_cpu():
     C, W = 4, 60
     batches = make_batches(seed=9, W=W, num_classes=C)
