@@ -104,7 +104,15 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
                         "that the results do not depend on the cores of this run", threads, compute)
         threads = compute
     job = ", ".join(f"{k}={v}" for k, v in (wildcards or {}).items())
-    log.info("stage %s%s: device %s (asked %s), %d thread(s)", name, f" [{job}]" if job else "", device, wanted, threads)
+    import os
+    import socket
+
+    where = f"host {socket.gethostname()}"
+    if os.environ.get("SLURM_JOB_ID"):  # a batch job: name it, so that the log and squeue/sacct meet
+        where += f", SLURM job {os.environ['SLURM_JOB_ID']}"
+    gpu = f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else ""
+    log.info("stage %s%s: device %s%s (asked %s), %d thread(s), %s", name, f" [{job}]" if job else "", device, gpu,
+             wanted, threads, where)
     t0 = time.monotonic()
     checksums = sha256_paths(_flat(inputs))
     log.info("inputs hashed in %.1f s", time.monotonic() - t0)

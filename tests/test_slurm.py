@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
     # each rule's log says what ran where
     log = (slurm / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
     assert "stage pretrain_melhubert [model=melhubert_demo]" in log and "device cpu" in log
+    assert re.search(r"thread\(s\), host \S+, SLURM job \d+", log), log[:400]
+    assert "SLURM job" not in (local / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
 
 
 def test_scancelled_pretraining_resumes_through_slurm(cluster, tmp_path):
