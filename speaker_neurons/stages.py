@@ -294,12 +294,11 @@ def ivector_clusters(ctx: StageContext) -> dict:
     """k-means on the i-vectors (`clusters`: utt_id, cluster) and the clusters against gender."""
     import numpy as np
 
-    from speaker_neurons.analysis.clusters import cluster_utterances, write_utterance_clusters
+    from speaker_neurons.analysis.clusters import (cluster_utterances, extractor_stability, partition_stability,
+                                                   write_utterance_clusters)
     from speaker_neurons.analysis.ivector import read_ivectors
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest
-
-    from speaker_neurons.analysis.clusters import extractor_stability, partition_stability
 
     k, seed, n_init = int(ctx.params["k"]), int(ctx.params["seed"]), int(ctx.params.get("n_init", 100))
     utt_ids, vecs = read_ivectors(ctx.inputs["scp"])
@@ -307,18 +306,17 @@ def ivector_clusters(ctx: StageContext) -> dict:
     labels = cluster_utterances(list(utt_ids), vecs, k, seed, n_init)
     write_utterance_clusters(labels, ctx.out("clusters"))
     purity = write_gender_purity(labels, read_manifest(ctx.inputs["manifest"]), ctx.out("purity_tsv"), ctx.out("purity_png"))
+    chosen = np.array([labels[u] for u in utt_ids])
+    # stability: the partitions of other k-means seeds and of extractors trained with other seeds
     runs = int(ctx.params.get("stability_runs", 5))
-    stab = partition_stability(vecs, np.array([labels[u] for u in utt_ids]), k,
-                               [seed + 1 + i for i in range(runs)], n_init)
-    threshold = float(ctx.params.get("stability_warn", 0.9))
-    stab = {"kmeans_seeds": stab}
+    stab = {"kmeans_seeds": partition_stability(vecs, chosen, k, [seed + 1 + i for i in range(runs)], n_init)}
     if ctx.inputs.get("other_seeds"):
         with np.load(ctx.inputs["other_seeds"]) as z:
             if z["utt_id"].tolist() != list(utt_ids):
                 raise ValueError(f"{ctx.inputs['other_seeds']} holds other utterances than {ctx.inputs['scp']}; "
                                  "re-run rule ivectors")
-            stab["extractor_seeds"] = extractor_stability(z["ivectors"], z["seeds"].tolist(),
-                                                          np.array([labels[u] for u in utt_ids]), k, seed, n_init)
+            stab["extractor_seeds"] = extractor_stability(z["ivectors"], z["seeds"].tolist(), chosen, k, seed, n_init)
+    threshold = float(ctx.params.get("stability_warn", 0.9))
     aris = [a for part in stab.values() for a in part["ari"]]
     stab.update(k=k, n_init=n_init, warn_below=threshold, min_ari=min(aris) if aris else None,
                 stable=not aris or min(aris) >= threshold)
