@@ -147,12 +147,17 @@ if config["erase"]["enabled"] and not config["sid"]["enabled"]:
 SETS_K = config["prune"]["k_ssl"] if config["prune"]["k_ssl"] is not None else K_SSL[0]
 
 
+def _root_of(models, name):
+    """The model at the root of `name`'s chain of derived models (itself for a model of the config)."""
+    while models[name].get("parent"):
+        name = models[name]["parent"]
+    return name
+
+
 def _pretrained_root(models, name, key):
     """The model at the root of `name`'s chain, which must be pre-trained by the workflow (its targets
     and head continue training)."""
-    root = name
-    while models[root].get("parent"):
-        root = models[root]["parent"]
+    root = _root_of(models, name)
     if models[root]["source"] != "pretrain":
         raise WorkflowError(
             f"Invalid configuration at key '{key}': continued pre-training needs the targets and head of a model "
@@ -412,23 +417,16 @@ def ivector_other_seeds():
     )
 
 
-def chain_root(name):
-    """The model at the root of `name`'s chain of derived models (itself for a model of the config)."""
-    while MODELS[name].get("parent"):
-        name = MODELS[name]["parent"]
-    return name
-
-
 def sid_inputs(wildcards):
     """With sid.sweep: base, a derived model's SID uses the learning rates picked for its chain's root."""
-    root = chain_root(wildcards.model)
+    root = _root_of(MODELS, wildcards.model)
     if config["sid"]["sweep"] == "base" and root != wildcards.model:
         return {"lr_from": f"{analysis_dir(root)}/sid/sid.json"}
     return {}
 
 
 def sid_lr_from(wildcards):
-    return chain_root(wildcards.model) if sid_inputs(wildcards) else ""
+    return _root_of(MODELS, wildcards.model) if sid_inputs(wildcards) else ""
 
 
 # ---------------------------------------------------------------------------------- targets

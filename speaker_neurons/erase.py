@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from speaker_neurons import pruning, sid
+from speaker_neurons.evaluation import wilson_interval
 from speaker_neurons.utils import get_logger, save_figure
 
 log = get_logger("erase")
@@ -81,7 +82,7 @@ def _rows(label: str, kind: str, seed: int | None, correct: Mapping[str, np.ndar
             m = np.ones(len(groups), bool) if cluster == "all" else groups == cluster
             c = float(ok[:, m].mean(0).sum())  # correct segments, averaged over head seeds
             n = int(m.sum())
-            lo, hi = sid.wilson_interval(int(round(c)), n)
+            lo, hi = wilson_interval(int(round(c)), n)
             pd_ = paired_delta(base[ls][:, m], ok[:, m])
             rows.append({"erased": label, "kind": kind, "random_seed": -1 if seed is None else int(seed),
                          "neurons": int(sum(sizes.values())), "layer_set": ls, "cluster": str(cluster), "n": n,

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from speaker_neurons.evaluation import wilson_interval  # noqa: F401  (sid.wilson_interval, used here and by erase)
+from speaker_neurons.evaluation import wilson_interval
 from speaker_neurons.utils import get_logger
 
 log = get_logger("sid")

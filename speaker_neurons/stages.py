@@ -14,6 +14,9 @@ of Snakemake.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +107,6 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
                         "that the results do not depend on the cores of this run", threads, compute)
         threads = compute
     job = ", ".join(f"{k}={v}" for k, v in (wildcards or {}).items())
-    import os
-    import socket
-
     where = f"host {socket.gethostname()}"
     if os.environ.get("SLURM_JOB_ID"):  # a batch job: name it, so that the log and squeue/sacct meet
         where += f", SLURM job {os.environ['SLURM_JOB_ID']}"
@@ -120,8 +120,6 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     t1 = time.monotonic()
-    import sys
-
     saved_stderr = sys.stderr
     log_file = open(log_path, "a") if log_path else None
     if log_file is not None:

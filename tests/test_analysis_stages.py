@@ -126,7 +126,10 @@ def test_cuda_and_cpu_give_the_same_neuron_sets(tmp_path):
     for i in range(24):
         n = int(rng.integers(16000, 48000))
         p = tmp_path / f"u{i}.wav"
-        sf.write(p, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000, subtype="FLOAT")
+        x = rng.standard_normal(n)
+        if i % 2:  # the two "i-vector clusters" differ in spectrum, so that some neurons tell them apart
+            x = np.convolve(x, np.ones(8) / 8, mode="same") * 3
+        sf.write(p, (0.1 * x).astype(np.float32), 16000, subtype="FLOAT")
         rows.append({"utt_id": f"u{i}", "path": str(p), "duration": n / 16000})
         labels[f"u{i}"] = rng.integers(0, 3, model.frames_for(n)).astype(np.int16)
         clusters[f"u{i}"] = i % 2
@@ -136,6 +139,12 @@ def test_cuda_and_cpu_give_the_same_neuron_sets(tmp_path):
                               top_fraction=0.05, out_npz=tmp_path / f"{dev}.npz", progress=False)
         sets[dev] = compute_neuron_sets(load_counts(tmp_path / f"{dev}.npz"), rho=0.8)
     with np.load(tmp_path / "cpu.npz") as a, np.load(tmp_path / "cuda.npz") as b:
-        differing = sum(int((a[k] != b[k]).sum()) for k in a.files if k.startswith("counts_l"))
-    print(f"count cells differing between CPU and CUDA: {differing}")
+        layers = [k for k in a.files if k.startswith("counts_l")]
+        differing = sum(int((a[k] != b[k]).sum()) for k in layers)
+        cells = sum(a[k].size for k in layers)
+        assert np.array_equal(a["frames"], b["frames"]) and a["frames"].sum() > 0
+    print(f"count cells differing between CPU and CUDA: {differing} of {cells}")
+    assert differing <= cells // 100  # only where activations tie at the top-K boundary
+    # on CPU these inputs give non-empty sets (ivector_cluster 11 neurons), so equality is not of two empties
+    assert sum(len(v) for v in sets["cpu"]["ivector_cluster"].values()) > 0
     assert sets["cpu"] == sets["cuda"]

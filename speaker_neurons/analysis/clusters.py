@@ -119,18 +119,25 @@ def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: in
     return {u: int(remap[lab]) for u, lab in zip(utt_ids, km.labels_)}
 
 
-def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, n_init: int = 100) -> dict:
-    """Adjusted Rand index between `labels` and the partition `cluster_utterances` gives with each of
-    `seeds`: 1 = the same partition, about 0 = unrelated. Labels are used nowhere."""
+def _agreement(labels: np.ndarray, vector_sets, kmeans_seeds, k: int, n_init: int, seeds) -> dict:
+    """Adjusted Rand index between `labels` and `cluster_utterances` of each (vectors, k-means seed)
+    pair; `seeds` names each pair in the record."""
     from sklearn.metrics import adjusted_rand_score
 
     ids = [str(i) for i in range(len(labels))]
     aris = []
-    for s in seeds:
-        other = cluster_utterances(ids, vectors, k, int(s), n_init)
+    for vecs, s in zip(vector_sets, kmeans_seeds):
+        other = cluster_utterances(ids, np.asarray(vecs), k, int(s), n_init)
         aris.append(float(adjusted_rand_score(labels, [other[i] for i in ids])))
     return {"seeds": [int(s) for s in seeds], "ari": aris, "min_ari": min(aris) if aris else None,
             "mean_ari": float(np.mean(aris)) if aris else None}
+
+
+def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, n_init: int = 100) -> dict:
+    """Adjusted Rand index between `labels` and the partition `cluster_utterances` gives with each of
+    `seeds`: 1 = the same partition, about 0 = unrelated. Labels are used nowhere."""
+    seeds = list(seeds)
+    return _agreement(labels, [vectors] * len(seeds), seeds, k, n_init, seeds)
 
 
 def extractor_stability(other_vectors: np.ndarray, seeds, labels: np.ndarray, k: int, seed: int,
@@ -138,15 +145,7 @@ def extractor_stability(other_vectors: np.ndarray, seeds, labels: np.ndarray, k:
     """Adjusted Rand index between `labels` and the partition of each other extractor's i-vectors
     (`other_vectors[i]`: (U, dim), the same utterances in the same order, from an extractor trained with
     `seeds[i]`), each clustered exactly as the chosen one was (`cluster_utterances`, same k-means seed)."""
-    from sklearn.metrics import adjusted_rand_score
-
-    ids = [str(i) for i in range(len(labels))]
-    aris = []
-    for vecs in other_vectors:
-        other = cluster_utterances(ids, np.asarray(vecs), k, int(seed), n_init)
-        aris.append(float(adjusted_rand_score(labels, [other[i] for i in ids])))
-    return {"seeds": [int(s) for s in seeds], "ari": aris, "min_ari": min(aris) if aris else None,
-            "mean_ari": float(np.mean(aris)) if aris else None}
+    return _agreement(labels, list(other_vectors), [seed] * len(other_vectors), k, n_init, seeds)
 
 
 def write_utterance_clusters(labels: dict[str, int], path: str | Path) -> None:

@@ -802,9 +802,10 @@ def extract_ivectors(
     counts, timings, T-matrix EM history) with `return_info`. `model_out`: save the extractor
     (npz, its `ivector_mean` = this corpus' mean). `num_threads`: torch CPU threads for the
     UBM / T stages (None: unchanged). `other_seeds`: also fit one extractor per seed (UBM and T
-    initialised from it; same features) and return their i-vectors in info["other_seeds"]
-    ({seed: (U, ivector_dim)}), to measure how much the clusters depend on the extractor's seed. Features are kept in memory (~240 bytes per voiced frame
-    with the default 60-dim features: ~90 MB per hour of speech)."""
+    initialised from it; same features) and return their i-vectors, normalised the same way, in
+    info["other_seeds"] ({seed: (U, ivector_dim)}): how much the clusters depend on the extractor's
+    seed. Features are kept in memory (~240 bytes per voiced frame with the default 60-dim features:
+    ~90 MB per hour of speech)."""
     import time
 
     cfg = extractor.cfg if extractor is not None else resolve_ivector_config(config)
