@@ -173,7 +173,7 @@ def _continued_models(models):
         return {}
     out = {}
     for name, m in models.items():
-        if m["source"] != "prune":
+        if m["source"] != "prune" or m.get("control"):
             continue
         root = _pretrained_root(models, name, "prune.continue.steps")
         out[f"{name}-cpt"] = {
@@ -233,8 +233,38 @@ def _iterative_models(models):
     return out
 
 
+def _control_models(models):
+    """<model>-noffn for every model of the config (controls.enabled): every FFN neuron removed but a
+    seeded random remainder of controls.ffn_keep, evaluated like any pruned model."""
+    c = config["controls"]
+    if not (c["enabled"] and config["sid"]["enabled"]):
+        return {}
+    out = {}
+    for parent in [m["name"] for m in config["models"]]:
+        name = f"{parent}-noffn"
+        if name in models:
+            raise WorkflowError(
+                f"Invalid configuration at key 'models': {name!r} is the name of a control model."
+            )
+        out[name] = {
+            "name": name,
+            "kind": "auto",
+            "source": "prune",
+            "path": "",
+            "format": "native",
+            "mean_std": "",
+            "parent": parent,
+            "strategy": "random",
+            "target": c["ffn_keep"],
+            "k_ssl": None,
+            "control": True,
+        }
+    return out
+
+
 MODELS = _check_models(config["models"])
 MODELS.update(_pruned_models(MODELS))
+MODELS.update(_control_models(MODELS))
 MODELS.update(_continued_models(MODELS))
 MODELS.update(_iterative_models(MODELS))
 MODEL_NAMES = list(MODELS)
@@ -247,7 +277,8 @@ ITERATIVE = [n for n, m in MODELS.items() if m["source"] == "iterative"]
 ANALYSED = [
     n
     for n in MODEL_NAMES
-    if MODELS[n]["source"] not in ("prune", "continue") or config["prune"]["analyse"]
+    if not MODELS[n].get("control")
+    and (MODELS[n]["source"] not in ("prune", "continue") or config["prune"]["analyse"])
 ]
 
 
@@ -294,7 +325,9 @@ def prune_inputs(wildcards):
     """The parent's weights and the neuron sets that make the protected set."""
     m = MODELS[wildcards.model]
     pr = config["prune"]
-    if pr["protected_file"]:
+    if m.get("control"):  # a random remainder: no protected set
+        sets = []
+    elif pr["protected_file"]:
         sets = [pr["protected_file"]]
     else:
         base = f"{analysis_dir(m['parent'])}/ssl_k{m['k_ssl']}/neurons"
@@ -309,7 +342,7 @@ def prune_params(wildcards):
         "parent_spec": upstream_spec(m["parent"]),
         "strategy": m["strategy"],
         "target": m["target"],
-        "seed": config["prune"]["seed"],
+        "seed": config["controls"]["seed"] if m.get("control") else config["prune"]["seed"],
         "k_ssl": m["k_ssl"],
     }
 
@@ -477,7 +510,7 @@ def summary_models():
                 "name": name,
                 "source": m["source"],
                 "parent": m.get("parent"),
-                "strategy": m.get("strategy"),
+                "strategy": "control" if m.get("control") else m.get("strategy"),
                 "target": m.get("target"),
                 "sid": f"{base}/sid/sid.json" if config["sid"]["enabled"] else None,
                 "prune": (

@@ -22,6 +22,7 @@ rule summarize:
     params:
         models=summary_models(),
         k_ssl=SETS_K,
+        controls=config["controls"],
     log:
         f"{LOGS}/summarize.log",
     benchmark:

@@ -34,6 +34,20 @@ from speaker_neurons.utils import get_logger
 
 log = get_logger("sid")
 
+# The layer sets a SID head can read (config sid.layer_sets), defined once: all = SUPERB's
+# hidden_0..hidden_L; layers_1_L = the layer outputs only; last = hidden_L, where pruning acts most;
+# hidden_0 = the input of layer 1 alone, which no FFN pruning touches (the input-only control).
+LAYER_SETS = ("all", "layers_1_L", "last", "hidden_0")
+
+
+def layer_set(name: str, num_layers: int) -> list[int]:
+    """The hidden-state indices of layer set `name` for a model of `num_layers` layers."""
+    L = int(num_layers)
+    sets = {"all": list(range(L + 1)), "layers_1_L": list(range(1, L + 1)), "last": [L], "hidden_0": [0]}
+    if name not in sets:
+        raise ValueError(f"unknown SID layer set {name!r}; known: {', '.join(LAYER_SETS)}")
+    return sets[name]
+
 
 # ------------------------------------------------------------------------------------------- segments
 def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: int = 16000) -> pd.DataFrame:

@@ -476,14 +476,13 @@ def sid_eval(ctx: StageContext) -> dict:
         pooled = z["pooled"]
     data = sid.make_data(pooled, segs)
     L = pooled.shape[1] - 1
-    sets = {"all": list(range(L + 1)), "layers_1_L": list(range(1, L + 1)), "last": [L]}
     fixed = None
     if ctx.inputs.get("lr_from"):  # sid.sweep: base: the rates picked for the model this one was derived from
         with open(ctx.inputs["lr_from"]) as f:
             base = json.load(f)
         fixed = {k: float(base[k]["lr"]) for k in cfg["layer_sets"] if isinstance(base.get(k), dict) and "lr" in base[k]}
         log.info("learning rates of %s (sid.sweep: base): %s", ctx.inputs["lr_from"], fixed)
-    result, picked = sid.evaluate(data, {k: sets[k] for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
+    result, picked = sid.evaluate(data, {k: sid.layer_set(k, L) for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
                                   epochs=int(cfg["epochs"]), fixed_lr=fixed)
     result["crop_seconds"] = cfg["crop_seconds"]
     result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
@@ -539,7 +538,7 @@ def summarize(ctx: StageContext) -> dict:
 
     return build_summary(ctx.params["models"], ctx.inputs.get("quality"), ctx.inputs.get("purity"),
                          int(ctx.params["k_ssl"]), ctx.out("tsv"), ctx.out("md"), ctx.out("sid_png"),
-                         stability=ctx.inputs.get("stability"))
+                         stability=ctx.inputs.get("stability"), controls=ctx.params["controls"])
 
 
 def _continue(ctx: StageContext, model, parent_sha: str | None) -> dict:

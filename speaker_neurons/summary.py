@@ -51,6 +51,44 @@ def verdict(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) ->
     return "no difference"
 
 
+def difference_interval(a: Mapping[str, Any], b: Mapping[str, Any], z: float = 1.959963984540054
+                        ) -> tuple[float, float, float]:
+    """(difference, low, high) of two SID results' mean test accuracies (`sid.json` entries).
+
+    The variance adds, for each side, the spread over head seeds (s^2 / seeds) and the binomial
+    sampling of its test segments (p (1 - p) / n), as if the two were independent: where both score
+    the same segments (one model's two layer sets, or a model and its control) their errors are
+    positively correlated and the interval is conservative."""
+    var, means = 0.0, []
+    for r in (a, b):
+        acc = np.array([s["accuracy"] for s in r["per_seed"]], dtype=np.float64)
+        n = int(r["per_seed"][0]["n"])
+        p = float(acc.mean())
+        means.append(p)
+        var += (acc.var(ddof=1) / len(acc) if len(acc) > 1 else 0.0) + p * (1 - p) / max(n, 1)
+    d = means[0] - means[1]
+    half = z * float(np.sqrt(var))
+    return d, d - half, d + half
+
+
+def controls_verdict(dependence: tuple[float, float, float] | None, gap: tuple[float, float, float] | None,
+                     min_dependence: float, min_gap: float) -> str:
+    """In words: whether this model and task can show a difference between pruning strategies."""
+    words = []
+    if gap is not None and (gap[0] < min_gap or gap[1] <= 0):
+        words.append(f"the input alone (hidden_0) scores within {100 * max(gap[0], 0):.1f} points of all layers "
+                     f"(threshold {100 * min_gap:g}): the task is solved before the first Transformer layer")
+    if dependence is not None and (dependence[0] < min_dependence or dependence[1] <= 0):
+        words.append(f"removing {'' if dependence[0] >= 0 else 'all but a few '}FFN neurons changes SID by only "
+                     f"{100 * dependence[0]:+.1f} points [{100 * dependence[1]:+.1f}, {100 * dependence[2]:+.1f}] "
+                     f"(threshold {100 * min_dependence:g}): SID does not depend on the FFNs, so **a comparison of "
+                     "pruning strategies on this model and task cannot show anything**")
+    if not words:
+        return ("SID depends on the FFN neurons and the Transformer adds to its input: pruning strategies can "
+                "differ here")
+    return "; ".join(words)
+
+
 def _read(path: PathLike | None) -> Any:
     return json.loads(Path(path).read_text()) if path else None
 
@@ -100,7 +138,7 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
         return save_figure(fig, png)
     panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.0), squeeze=False, sharex=True)
-    colours = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray"}
+    colours = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray", "control": "tab:green"}
     for j, (parent, ls) in enumerate(panels):
         sub = table[(table["parent"] == parent) & (table["layer_set"] == ls)]
         base = sub[sub["strategy"] == "none"]
@@ -125,12 +163,61 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
     return save_figure(fig, png)
 
 
+def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str, Any], add) -> list[str]:
+    """Per model with SID: the input-only gap (all - hidden_0) and the FFN dependence (all, model -
+    its control), for each layer set both have; rows in the table and lines of summary.md."""
+    sids = {m["name"]: _read(m.get("sid")) for m in models if m.get("sid")}
+    ctrl_of = {m["parent"]: m["name"] for m in models if m.get("strategy") == "control"}
+    min_dep, min_gap = float(controls.get("min_ffn_dependence", 0.0)), float(controls.get("min_input_gap", 0.0))
+    md: list[str] = []
+    for m in models:
+        res = sids.get(m["name"])
+        if res is None or m.get("parent"):
+            continue
+        gap = dep = None
+        if "all" in res and "hidden_0" in res:
+            gap = difference_interval(res["all"], res["hidden_0"])
+            add("controls", "input_only_gap_all", m["name"], *gap, n=res["all"]["per_seed"][0]["n"],
+                note=f"SID all {100 * res['all']['test_accuracy']:.2f} - SID hidden_0 "
+                     f"{100 * res['hidden_0']['test_accuracy']:.2f}")
+        ctrl = sids.get(ctrl_of.get(m["name"], ""))
+        lines = []
+        for ls in [k for k in res if isinstance(res[k], dict) and "test_accuracy" in res[k] and k != "hidden_0"]:
+            if ctrl is None or ls not in ctrl:
+                continue
+            d = difference_interval(res[ls], ctrl[ls])
+            add("controls", f"ffn_dependence_{ls}", m["name"], *d, n=res[ls]["per_seed"][0]["n"],
+                note=f"SID {100 * res[ls]['test_accuracy']:.2f} - SID of {ctrl_of[m['name']]} "
+                     f"{100 * ctrl[ls]['test_accuracy']:.2f}")
+            lines.append(f"  - SID {ls}: {100 * res[ls]['test_accuracy']:.1f}% unpruned, "
+                         f"{100 * ctrl[ls]['test_accuracy']:.1f}% with {100 * float(controls.get('ffn_keep', 0)):g}% "
+                         f"of the FFN neurons: dependence {100 * d[0]:+.1f} points [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
+            if ls == "all":
+                dep = d
+        if gap is None and dep is None:
+            continue
+        if not md:
+            md += ["## Positive controls: can this run show anything?", "",
+                   "FFN dependence = SID of the model minus SID of its control (every FFN neuron removed but a "
+                   "seeded random remainder); input-only gap = SID from all layers minus SID from hidden_0 (the "
+                   "input of layer 1, which pruning never touches). Intervals: 95%, head seeds and test sampling.", ""]
+        g = "" if gap is None else (f"input-only gap {100 * gap[0]:+.1f} points [{100 * gap[1]:+.1f}, "
+                                    f"{100 * gap[2]:+.1f}] (hidden_0 {100 * res['hidden_0']['test_accuracy']:.1f}%)")
+        dtxt = "" if dep is None else f"FFN dependence {100 * dep[0]:+.1f} points [{100 * dep[1]:+.1f}, {100 * dep[2]:+.1f}]"
+        v = controls_verdict(dep, gap, min_dep, min_gap)
+        add("controls", "verdict", m["name"], None, note=v)
+        md.append(f"- **{m['name']}**: " + "; ".join(x for x in (dtxt, g) if x) + f". Verdict: {v}.")
+        md += lines
+    return md + ([""] if md else [])
+
+
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
                   k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike,
-                  stability: PathLike | None = None) -> dict[str, Any]:
+                  stability: PathLike | None = None, controls: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`models`: dicts with name, source, and the paths this run has for it (None where absent):
     sid (sid.json), prune (prune.json, pruned models), parent/strategy/target (pruned models),
-    neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain summary.json)."""
+    neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain summary.json).
+    A model of strategy `control` is the FFN control of its parent (`controls`: the config section)."""
     rows: list[dict[str, Any]] = []
 
     def add(section, metric, model, value, lo=None, hi=None, n=None, paper=None, note=""):
@@ -140,6 +227,9 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
     md: list[str] = ["# Summary of this run", "",
                      "The paper's figures are for MelHuBERT base on LibriSpeech / VoxCeleb1; a different model "
                      "or corpus is compared by direction, not by value. Intervals are 95%.", ""]
+    # ------------------------------------------------------------------ positive controls: the first thing to read
+    ctrl_md = _controls_section(models, controls or {}, add)
+    md += ctrl_md
     # ------------------------------------------------------------------ corpus: i-vectors and clusters
     q = _read(ivector_quality)
     md += ["## i-vector clusters", ""]
@@ -205,7 +295,8 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
     plot_sid_vs_width(table, out_png)
     if not table.empty:
         md += ["## Speaker identification and pruning", "",
-               "| model | kept | SID all (%) | SID layers 1..L (%) | SID last (%) | EER all (%) |", "|---|---|---|---|---|---|"]
+               "| model | kept | SID all (%) | SID layers 1..L (%) | SID last (%) | SID hidden_0 (%) | EER all (%) |",
+               "|---|---|---|---|---|---|---|"]
         for name, g in table.groupby("model", sort=False):
             by = {r.layer_set: r for r in g.itertuples(index=False)}
             r0 = g.iloc[0]
@@ -214,7 +305,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                 r = by.get(ls)
                 return "" if r is None else f"{100 * r.sid:.1f} [{100 * r.sid_ci_low:.1f}, {100 * r.sid_ci_high:.1f}]"
 
-            md.append(f"| {name} | {100 * r0.kept_share:.1f}% | {cell('all')} | {cell('layers_1_L')} | {cell('last')} | "
+            md.append(f"| {name} | {100 * r0.kept_share:.1f}% | {cell('all')} | {cell('layers_1_L')} | {cell('last')} | {cell('hidden_0')} | "
                       f"{_pct(by['all'].eer) if 'all' in by else ''} |")
             for r in g.itertuples(index=False):
                 paper = None

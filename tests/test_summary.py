@@ -60,3 +60,54 @@ def test_build_summary(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 5000
     table = summary.pruning_table(models)
     assert table[table["strategy"] == "none"]["kept_share"].tolist() == [1.0, 1.0]
+
+
+def _seeds(accs, n):
+    import numpy as np
+
+    return {"test_accuracy": float(np.mean(accs)), "test_ci95": [min(accs), max(accs)], "lr": 0.01, "eer": 0.1,
+            "per_seed": [{"seed": i, "accuracy": a, "n": n} for i, a in enumerate(accs)]}
+
+
+def test_difference_interval_adds_seed_spread_and_test_sampling():
+    import math
+
+    a, b = _seeds([0.80, 0.82, 0.84], 400), _seeds([0.60, 0.60, 0.60], 400)
+    d, lo, hi = summary.difference_interval(a, b)
+    var = (0.02 ** 2) / 3 + 0.82 * 0.18 / 400 + 0.6 * 0.4 / 400  # s^2 / seeds (ddof 1) + binomial, both sides
+    assert d == pytest.approx(0.22)
+    assert hi - d == pytest.approx(1.959963984540054 * math.sqrt(var)) and d - lo == pytest.approx(hi - d)
+    # more test segments, narrower
+    assert summary.difference_interval(_seeds([0.8] * 3, 4000), _seeds([0.6] * 3, 4000))[1] > lo
+
+
+@pytest.mark.parametrize("base,ctrl,h0,expect", [
+    ([0.80, 0.81, 0.79], [0.50, 0.51, 0.49], [0.40, 0.40, 0.41], "can differ here"),
+    ([0.80, 0.81, 0.79], [0.79, 0.80, 0.80], [0.40, 0.40, 0.41], "cannot show anything"),
+    ([0.80, 0.81, 0.79], [0.50, 0.51, 0.49], [0.79, 0.80, 0.80], "solved before the first Transformer layer"),
+])
+def test_controls_section(tmp_path, base, ctrl, h0, expect):
+    def w(name, obj):
+        (tmp_path / name).write_text(json.dumps(obj))
+        return str(tmp_path / name)
+
+    models = [{"name": "m", "source": "pretrain",
+               "sid": w("m.json", {"all": _seeds(base, 1000), "hidden_0": _seeds(h0, 1000)})},
+              {"name": "m-noffn", "source": "prune", "parent": "m", "strategy": "control", "target": 0.02,
+               "sid": w("c.json", {"all": _seeds(ctrl, 1000), "hidden_0": _seeds(h0, 1000)}),
+               "prune": w("c.prune.json", {"kept_total": 2, "width_total": 100, "protected_lost_total": 0})}]
+    controls = {"ffn_keep": 0.02, "min_ffn_dependence": 0.05, "min_input_gap": 0.05}
+    summary.build_summary(models, None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
+                          controls=controls)
+    t = pd.read_csv(tmp_path / "s.tsv", sep="\t")
+    dep = t[t["metric"] == "ffn_dependence_all"].iloc[0]
+    assert dep["model"] == "m" and dep["value"] == pytest.approx(sum(base) / 3 - sum(ctrl) / 3, abs=1e-5)
+    assert dep["ci_low"] < dep["value"] < dep["ci_high"]
+    gap = t[t["metric"] == "input_only_gap_all"].iloc[0]
+    assert gap["value"] == pytest.approx(sum(base) / 3 - sum(h0) / 3, abs=1e-5)
+    verdict = t[t["metric"] == "verdict"].iloc[0]["note"]
+    assert expect in verdict
+    md = (tmp_path / "s.md").read_text()
+    assert md.index("## Positive controls") < md.index("## Speaker identification")  # the first line to read
+    assert expect in md
+    assert t[(t["section"] == "pruning")].empty  # the control is no pruning strategy to compare

@@ -188,7 +188,7 @@ def small_corpora(tmp_path_factory):
 def test_small_corpus_layout(small_corpora):
     a, _, summary, _ = small_corpora
     assert {p.name for p in a.iterdir()} == {"wav", "speakers.tsv", "utterances.tsv", "phones.tsv",
-                                             "frame_classes.tsv", "corpus.json"}
+                                             "frame_classes.tsv", "channels.tsv", "corpus.json"}
     spk = _tsv(a / "speakers.tsv")
     assert list(spk[0]) == ["speaker", "gender", "voice", "engine", "pitch_semitones", "vtl_factor", "tempo",
                             "gain_db"]
@@ -250,7 +250,7 @@ def test_same_seed_same_bytes(small_corpora):
     a, b, _, _ = small_corpora
     fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert fa == fb and len(fa) == 18 + 5
+    assert fa == fb and len(fa) == 18 + 6
     for rel in fa:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 

@@ -41,13 +41,14 @@ import zlib
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from speaker_neurons.data import channel as ch
 from speaker_neurons.data import phones as ph
 from speaker_neurons.data.text import SentenceGenerator, vocabulary
 
@@ -450,15 +451,6 @@ def _close_engines() -> None:
 
 
 # ---- one utterance --------------------------------------------------------------------------------------
-def _active_rms(x: np.ndarray, frame: int = 320) -> float:
-    n = len(x) // frame
-    if n == 0:
-        return float(np.sqrt(np.mean(x ** 2))) if len(x) else 0.0
-    e = (x[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
-    active = e >= e.max() * 1e-4  # within 40 dB of the loudest frame
-    return float(np.sqrt(e[active].mean()))
-
-
 def _render(spec: SpeakerSpec, voice: Voice, text: str, engines: _Engines):
     """Synthesize with the speaker's perturbations; returns (int16 samples, segments or None, info)."""
     v = spec.vtl_fraction
@@ -469,7 +461,7 @@ def _render(spec: SpeakerSpec, voice: Voice, text: str, engines: _Engines):
     ratio = Fraction(SAMPLE_RATE, sr) * v  # output samples per input sample
     if ratio != 1:
         x = resample_poly(x.astype(np.float64), ratio.numerator, ratio.denominator)
-    rms = _active_rms(x)
+    rms = ch.active_rms(x)
     if rms <= 0:
         raise SynthesisError(f"{spec.speaker}: silent output for {text!r}")
     y = x * (10.0 ** ((TARGET_DBFS + spec.gain_db) / 20.0) / rms)
@@ -535,6 +527,13 @@ def _synth_utterance(job: dict) -> dict:
         raise SynthesisError(f"{job['utt_id']}: no candidate sentence gave {lo}-{hi} s: {tried}")
     if len(tried) > 1:
         log.debug("%s: %d sentences tried for %s-%s s: %s", job["utt_id"], len(tried), lo, hi, tried)
+    if job.get("channel") is not None:  # session variability: this utterance's own recording channel
+        y = ch.apply_channel(pcm.astype(np.float64) / 32768.0, job["channel"], SAMPLE_RATE)
+        peak = float(np.abs(y).max())
+        if peak > PEAK_LIMIT:
+            y *= PEAK_LIMIT / peak
+            info["limited"] = True
+        pcm = np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
     path = Path(job["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -576,12 +575,18 @@ def _fmt(x: float, nd: int) -> str:
 def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int = 48,
                       utterances_per_speaker: int = 24, min_duration: float = 2.0, max_duration: float = 8.0,
                       split: Sequence[int] = (16, 4, 4), workers: int = 2,
-                      voices: Sequence[str] | None = None) -> dict:
+                      voices: Sequence[str] | None = None, channel: Mapping[str, Any] | None = None) -> dict:
     """Build the demo corpus in `out_dir` (see docs/DESIGN.md, "Demo corpus"); returns a summary dict.
 
-    `voices`: voice names from `VOICES` (default: all 13, in `DEFAULT_VOICES` order). Same arguments, same
-    bytes. Raises `SynthesizerMissingError` before any work when a program or voice is missing.
+    `voices`: voice names from `VOICES` (default: all 13, in `DEFAULT_VOICES` order). `channel`: the
+    session variability (config `corpus.demo.channel`, see `speaker_neurons.data.channel`); None or
+    `enabled: false` = every utterance as the synthesizer made it. Same arguments, same bytes. Raises
+    `SynthesizerMissingError` before any work when a program or voice is missing.
     """
+    if channel is not None and not channel.get("enabled", True):
+        channel = None
+    if channel is not None:
+        ch.check_config(channel, SAMPLE_RATE)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if not (0 < min_duration < max_duration):
@@ -618,9 +623,11 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
             shorter = gen.unique_sentences(text_rng, 1, 4, 7, seen) + gen.unique_sentences(text_rng, 1, 3, 5, seen)
             longer = gen.unique_sentences(text_rng, 1, 12, 16, seen) + gen.unique_sentences(text_rng, 1, 15, 20, seen)
             rel = f"wav/{spec.speaker}/{utt_id}.wav"
+            # the channel's generator knows the utterance, not the speaker: no speaker gets a channel of its own
+            chan = None if channel is None else ch.draw_channel(_stable_rng(seed, "channel", utt_id), channel)
             jobs.append({"utt_id": utt_id, "spec": asdict(spec), "candidates": (mid, shorter, longer),
                          "min_duration": float(min_duration), "max_duration": float(max_duration),
-                         "path": str(out_dir / rel)})
+                         "path": str(out_dir / rel), "channel": chan})
             utt_rows.append({"utt_id": utt_id, "speaker": spec.speaker, "path": rel, "split": split_of[i]})
 
     # render
@@ -676,6 +683,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
     _write_tsv(out_dir / "utterances.tsv", ["utt_id", "speaker", "path", "split", "duration", "text"], utt_out)
     _write_tsv(out_dir / "phones.tsv", ["utt_id", "start", "end", "phone", "class"], phone_out)
     _write_tsv(out_dir / "frame_classes.tsv", ["utt_id", "labels"], frame_out)
+    channels = {j["utt_id"]: j["channel"] for j in jobs if j["channel"] is not None}
+    _write_tsv(out_dir / "channels.tsv", ["utt_id", *ch.CHANNEL_COLUMNS],
+               [[u, *ch.format_row(c)] for u, c in channels.items()])
 
     res = list(results.values())
     deficits = [r["mbrola_length_deficit_ms"] for r in res if "mbrola_length_deficit_ms" in r]
@@ -702,7 +712,13 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
             "pitch_semitones_range": list(PITCH_RANGE), "vtl_factor_range": list(VTL_RANGE),
             "tempo_range": list(TEMPO_RANGE), "gain_db_range": list(GAIN_RANGE),
             "target_active_rms_dbfs": TARGET_DBFS,
+            "channel": dict(channel) if channel is not None else None,
         },
+        "channels": ({"utterances": len(channels),
+                      "reverberant": sum(c["rt60_s"] > 0 for c in channels.values()),
+                      "snr_db_range": [round(min(c["snr_db"] for c in channels.values()), 2),
+                                       round(max(c["snr_db"] for c in channels.values()), 2)]}
+                     if channels else None),
         "voices": {v: {"engine": VOICES[v].engine, "gender": VOICES[v].gender,
                        "description": VOICES[v].description, "debian_package": VOICES[v].package,
                        "speakers": sum(s.voice == v for s in specs),
