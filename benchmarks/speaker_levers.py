@@ -31,32 +31,34 @@ sys.path.insert(0, str(ROOT))
 from speaker_neurons.summary import difference_interval  # noqa: E402
 
 MODEL = "melhubert_demo"
-# name -> config overrides (snakemake --config KEY=VALUE, values in YAML)
+# name -> config overrides, one YAML mapping per key (written to <out>/<name>.yaml, given with --configfile)
 SETTINGS: dict[str, list[str]] = {
-    "clean_corpus": ["corpus={source: demo, demo: {channel: {enabled: false}}}"],
+    "clean_corpus": ["corpus: {source: demo, demo: {channel: {enabled: false}}}"],
     "baseline": [],
-    "steps_1400": ["pretrain={train: {max_steps: 1400}}"],
-    "lr_2e-3": ["pretrain={train: {lr: 0.002}}"],
-    "lr_5e-4": ["pretrain={train: {lr: 0.0005}}"],
-    "depth_8": ["pretrain={model: {num_layers: 8}}"],
-    "width_384": ["pretrain={model: {hidden_dim: 384, num_heads: 6, ffn_dim: 1536}}"],
-    "targets_512": ["pretrain={train: {n_clusters: 512}}"],
-    "iteration_2": ["pretrain={iterations: 2}"],
-    "speakers_96": ["corpus={source: demo, demo: {n_speakers: 96, utterances_per_speaker: 12, split: [8, 2, 2]}}"],
-    "corpus_x2": ["corpus={source: demo, demo: {utterances_per_speaker: 48, split: [32, 8, 8]}}"],
-    "crop_1s": ["sid={crop_seconds: 1.0}"],
-    "crop_2s": ["sid={crop_seconds: 2.0}"],
-    "crop_whole": ["sid={crop_seconds: null}"],
+    "steps_1400": ["pretrain: {train: {max_steps: 1400}}"],
+    "lr_2e-3": ["pretrain: {train: {lr: 0.002}}"],
+    "lr_5e-4": ["pretrain: {train: {lr: 0.0005}}"],
+    "depth_8": ["pretrain: {model: {num_layers: 8}}"],
+    "width_384": ["pretrain: {model: {hidden_dim: 384, num_heads: 6, ffn_dim: 1536}}"],
+    "targets_512": ["pretrain: {train: {n_clusters: 512}}"],
+    # HuBERT's second iteration: a new model on k-means targets of the baseline model's layer 3 (of 4)
+    "iteration_2": ["models: [{name: melhubert_demo, kind: melhubert, source: checkpoint, format: native, "
+                    "path: ITER2/model}]"],
+    "speakers_96": ["corpus: {source: demo, demo: {n_speakers: 96, utterances_per_speaker: 12, split: [8, 2, 2]}}"],
+    "corpus_x2": ["corpus: {source: demo, demo: {utterances_per_speaker: 48, split: [32, 8, 8]}}"],
+    "crop_1s": ["sid: {crop_seconds: 1.0}"],
+    "crop_2s": ["sid: {crop_seconds: 2.0}"],
+    "crop_whole": ["sid: {crop_seconds: null}"],
 }
 
 
 def corpus_key(overrides: list[str]) -> str:
-    return next((o for o in overrides if o.startswith("corpus=")), "default")
+    return next((o for o in overrides if o.startswith("corpus:")), "default")
 
 
 def model_key(overrides: list[str]) -> str:
     """Settings that differ only in sid.* share the pre-trained model."""
-    return " ".join(o for o in overrides if not o.startswith("sid=")) or "default"
+    return " ".join(o for o in overrides if not o.startswith("sid:")) or "default"
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -78,9 +80,15 @@ def run_setting(name: str, overrides: list[str], out: Path, corpora: dict[str, P
             _copy(models[mkey] / "models" / MODEL / part, res / "models" / MODEL / part)
         _copy(models[mkey] / "benchmarks" / MODEL, res / "benchmarks" / MODEL)
     wall = None
+    pre_dir = res / "models" / MODEL / "pretrain"
+    if name == "iteration_2":
+        pre_dir = second_iteration_model(out, res / "iter2")
+        overrides = [o.replace("ITER2", str(pre_dir)) for o in overrides]
     if not all(Path(t).exists() for t in targets):
-        cmd = [str(ROOT / ".venv/bin/snakemake"), "--cores", str(cores), "--rerun-triggers", "mtime", "--config",
-               f"results={res}", *overrides, "--", *targets]
+        extra = out / f"{name}.yaml"
+        extra.write_text("".join(o + "\n" for o in overrides) or "{}\n")
+        cmd = [str(ROOT / ".venv/bin/snakemake"), "--cores", str(cores), "--rerun-triggers", "mtime", "--configfile",
+               str(ROOT / "config.yaml"), str(extra), "--config", f"results={res}", "--", *targets]
         t0 = time.monotonic()
         with open(out / f"{name}.log", "w") as logf:
             subprocess.run(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, check=True)
@@ -89,11 +97,25 @@ def run_setting(name: str, overrides: list[str], out: Path, corpora: dict[str, P
     models.setdefault(mkey, res)
     base = json.loads(Path(targets[0]).read_text())
     ctrl = json.loads(Path(targets[1]).read_text())
-    pre = json.loads((res / "models" / MODEL / "pretrain" / "summary.json").read_text())
+    pre = json.loads((pre_dir / "summary.json").read_text())
     bench = res / "benchmarks" / MODEL / "pretrain_melhubert.tsv"
-    pre_s = float(bench.read_text().splitlines()[1].split("\t")[0]) if bench.exists() else None
+    pre_s = float(bench.read_text().splitlines()[1].split("\t")[0]) if bench.exists() else pre.get("total_seconds")
     return {"name": name, "base": base, "ctrl": ctrl, "masked_acc": pre.get("last_masked_acc"), "pretrain_s": pre_s,
             "wall_s": wall}
+
+
+def second_iteration_model(out: Path, folder: Path) -> Path:
+    """Train (once) the second-iteration model from the baseline setting's model, on its corpus."""
+    if not (folder / "summary.json").exists():
+        from speaker_neurons.models import load_native
+        from speaker_neurons.pretrain import second_iteration
+
+        base = out / "baseline"
+        if not (base / "models" / MODEL / "model").exists():
+            sys.exit("iteration_2 needs the baseline setting's model: run `baseline` first")
+        teacher = load_native(base / "models" / MODEL / "model")
+        second_iteration(teacher, base / "manifest" / "manifest.tsv", folder, device="cpu", threads=2)
+    return folder
 
 
 def fmt(d) -> str:

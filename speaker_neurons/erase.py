@@ -1,4 +1,4 @@
-"""The erase ablation (SPEC section 5): zero the W2 columns of a neuron set, no retraining, and score
+"""The erase ablation (METHOD §5): zero the W2 columns of a neuron set, no retraining, and score
 the erased model with the SID heads trained on the unerased one.
 
 Sets erased: the SSL-cluster neurons, and each i-vector cluster's own neurons (the `groups` of

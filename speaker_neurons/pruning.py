@@ -1,4 +1,4 @@
-"""Which FFN neurons to keep (SPEC section 5): importance, strategies and targets.
+"""Which FFN neurons to keep (METHOD §5): importance, strategies and targets.
 
 * importance of neuron j of a layer: `||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1`, ranked within the layer;
 * strategies, each removing the same number of neurons per layer for a fair comparison:

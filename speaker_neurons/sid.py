@@ -1,4 +1,4 @@
-"""SUPERB speaker identification (SPEC section 9) on a frozen upstream, and verification EER.
+"""SUPERB speaker identification (METHOD §9) on a frozen upstream, and verification EER.
 
 The SUPERB SID head is: a learnable softmax-weighted sum of the hidden states hidden_0..hidden_L
 (hidden_0 is this project's input of layer 1: projected features plus positional convolution, which

@@ -234,7 +234,7 @@ def _resumable(ctx: StageContext, train) -> dict:
 
 @stage
 def prune_model(ctx: StageContext) -> dict:
-    """Structured FFN pruning of the parent (SPEC §5): a native model folder and `prune.json` (per
+    """Structured FFN pruning of the parent (METHOD §5): a native model folder and `prune.json` (per
     layer: width, kept, removed, protected kept / lost)."""
     from speaker_neurons import pruning
     from speaker_neurons.models import load_upstream, prune_ffn, save_upstream
@@ -259,7 +259,7 @@ def prune_model(ctx: StageContext) -> dict:
 # ------------------------------------------------------------------------------------------- i-vectors
 @stage
 def ivectors(ctx: StageContext) -> dict:
-    """i-vectors for every utterance (SPEC §6: no labels used), as a Kaldi ark/scp, and their quality
+    """i-vectors for every utterance (METHOD §6: no labels used), as a Kaldi ark/scp, and their quality
     where the manifest has speakers and a train/test split (labels used only to score)."""
     import numpy as np
 
@@ -373,7 +373,7 @@ def activation_stats(ctx: StageContext) -> dict:
 
 @stage
 def neuron_sets(ctx: StageContext) -> dict:
-    """Every named neuron set (SPEC §4) from the counts, the layer x set table and its plot."""
+    """Every named neuron set (METHOD §4) from the counts, the layer x set table and its plot."""
     import pandas as pd
 
     from speaker_neurons.analysis import neuron_sets as ns
@@ -557,7 +557,7 @@ def _continue(ctx: StageContext, model, parent_sha: str | None) -> dict:
 
 @stage
 def continue_pretraining(ctx: StageContext) -> dict:
-    """Continued pre-training of a pruned model (SPEC §5): the parent's weights and per-layer widths,
+    """Continued pre-training of a pruned model (METHOD §5): the parent's weights and per-layer widths,
     the root model's targets and the parent's prediction head."""
     from speaker_neurons.models import load_upstream
 
@@ -571,7 +571,7 @@ def continue_pretraining(ctx: StageContext) -> dict:
 
 @stage
 def iterative_step(ctx: StageContext) -> dict:
-    """One step of iterative pruning (SPEC §5): remove rows_per_step neurons per layer of the previous
+    """One step of iterative pruning (METHOD §5): remove rows_per_step neurons per layer of the previous
     model (the protected set from that model's own neuron sets), then continue pre-training."""
     from speaker_neurons import pruning
     from speaker_neurons.models import load_upstream, prune_ffn

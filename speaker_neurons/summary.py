@@ -1,4 +1,4 @@
-"""The run's headline figures next to the paper's (SPEC sections 0, 3, 4, 5 and 9).
+"""The run's headline figures next to the paper's (METHOD §0, §3, §4, §5 and §9).
 
 `build_summary` reads what the other stages wrote and writes three files:
 * `summary.tsv`: one row per figure (section, metric, model, value, 95% interval, n, the paper's
@@ -25,7 +25,7 @@ import pandas as pd
 
 PathLike = str | os.PathLike
 
-# The published figures (SPEC), as fractions like every value of summary.tsv: MelHuBERT base, k_ssl = 3,
+# The published figures (docs/METHOD.md), as fractions like every value of summary.tsv: MelHuBERT base, k_ssl = 3,
 # k_ivector = 2. Unpruned SID is "about 64-66%": 0.65 stands for it.
 PAPER = {
     "purity_male": 0.9723,

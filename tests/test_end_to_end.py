@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +81,16 @@ def _deterministic_files(root: Path) -> list[Path]:
     files += [Path("models/demo/analysis/ssl_k5/erase/erase.tsv"), Path("models/w2v/analysis/ssl_k5/erase/erase.tsv"),
               Path("summary.tsv")]
     files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
+    for control in ("demo-noffn", "w2v-noffn"):  # the FFN controls of both models of the config
+        files += [Path("models") / control / "model" / "model.safetensors", Path("models") / control / "prune.json"]
+    files += [Path("corpus/demo/channels.tsv")]
     return files
 
 
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) == 75
+    assert len(files) == 80
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
 
@@ -239,7 +243,7 @@ def test_sid_of_every_model(two_runs):
         with np.load(d / "pooled_layers.npz") as z:
             assert z["pooled"].shape[1] == layers + 1 and z["seg_id"].dtype.kind == "U"
         assert res["speakers"] == 8 and res["crop_seconds"] == 1.0
-        for layer_set, chosen in (("all", [0, 1, 2]), ("layers_1_L", [1, 2]), ("last", [2])):
+        for layer_set, chosen in (("all", [0, 1, 2]), ("layers_1_L", [1, 2]), ("last", [2]), ("hidden_0", [0])):
             r = res[layer_set]
             assert r["layers"] == chosen and len(r["per_seed"]) == 2 and r["lr"] in (0.01, 0.1)
             assert r["test_ci95"][0] <= r["test_accuracy"] <= r["test_ci95"][1]
@@ -335,3 +339,27 @@ def test_erase_ablation_summary_and_report(two_runs, tmp_path):
     for caption in ("Erase ablation of model", "Speaker identification (SUPERB protocol", "Neurons per layer and set",
                     "The k = 2 i-vector clusters", "Pre-training of model", "The run's headline figures"):
         assert caption in text, caption
+
+
+def test_controls_of_every_model(two_runs):
+    """Each model of the config gets a -noffn control (2% of every FFN kept, seeded random), its SID at the
+    parent's rates, and the summary states the FFN dependence and the input-only gap."""
+    a, _ = two_runs
+    t = pd.read_csv(a / "summary.tsv", sep="\t")
+    for parent in ("demo", "w2v"):
+        rec = json.loads((a / "models" / f"{parent}-noffn" / "prune.json").read_text())
+        assert rec["strategy"] == "random" and rec["target"] == 0.02 and rec["protected_from"] == []
+        assert [v["kept"] for v in rec["layers"].values()] == [5, 5]  # round(0.02 x 256)
+        ctrl = json.loads((a / "models" / f"{parent}-noffn" / "analysis/sid/sid.json").read_text())
+        base = json.loads((a / "models" / parent / "analysis/sid/sid.json").read_text())
+        assert ctrl["lr_from"] == parent and ctrl["all"]["lr"] == base["all"]["lr"]
+        dep = t[(t["metric"] == "ffn_dependence_all") & (t["model"] == parent)].iloc[0]
+        assert dep["value"] == pytest.approx(base["all"]["test_accuracy"] - ctrl["all"]["test_accuracy"], abs=1e-5)
+        gap = t[(t["metric"] == "input_only_gap_all") & (t["model"] == parent)].iloc[0]
+        assert gap["value"] == pytest.approx(base["all"]["test_accuracy"] - base["hidden_0"]["test_accuracy"], abs=1e-5)
+        assert dep["ci_low"] < dep["value"] < dep["ci_high"]
+        assert not (a / "models" / f"{parent}-noffn" / "analysis" / "ssl_k3").exists()  # no analysis of a control
+    md = (a / "summary.md").read_text()
+    assert md.index("## Positive controls") < md.index("## i-vector clusters")
+    channels = pd.read_csv(a / "corpus/demo/channels.tsv", sep="\t")
+    assert len(channels) == 48 and channels["utt_id"].is_unique

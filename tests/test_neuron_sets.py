@@ -1,4 +1,4 @@
-"""Tests that pin the neuron-set definitions of SPEC section 4 (speaker_neurons.analysis.neuron_sets)."""
+"""Tests that pin the neuron-set definitions of METHOD §4 (speaker_neurons.analysis.neuron_sets)."""
 
 from __future__ import annotations
 

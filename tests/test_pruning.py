@@ -1,4 +1,4 @@
-"""Which neurons pruning keeps (SPEC §5): importance by hand, the three strategies, the targets, and a
+"""Which neurons pruning keeps (METHOD §5): importance by hand, the three strategies, the targets, and a
 pruned model equal to its parent with the removed neurons silenced."""
 
 from __future__ import annotations

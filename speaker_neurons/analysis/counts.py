@@ -1,4 +1,4 @@
-"""Streaming activation statistics (SPEC sections 1-2).
+"""Streaming activation statistics (METHOD §1-§2).
 
 For every layer l the FFN activation `a_t^l = GELU(W1 x_t + b1)` of every valid frame t is reduced to the
 set of *activated* neurons: the top `K_l = max(1, round(top_fraction * D_l))` neurons by absolute value,

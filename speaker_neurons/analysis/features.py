@@ -24,7 +24,7 @@ log = get_logger("features")
 
 
 def default_feature_layer(num_layers: int) -> int:
-    """SPEC §3: layer 9 of 12; for a model of L layers, round(0.75 * L)."""
+    """METHOD §3: layer 9 of 12; for a model of L layers, round(0.75 * L)."""
     return int(round(0.75 * num_layers))
 
 

@@ -1,4 +1,4 @@
-"""i-vectors without labels (SPEC section 6), in torch, on CPU or GPU.
+"""i-vectors without labels (METHOD §6), in torch, on CPU or GPU.
 
 Recipe (Kaldi VoxCeleb v1 is the reference; differences are listed):
 

@@ -1,4 +1,4 @@
-"""Neuron sets from activation counts (SPEC section 4).
+"""Neuron sets from activation counts (METHOD §4).
 
 Notation, per layer l of width W with K = K_l activated neurons per frame:
 

@@ -1,4 +1,4 @@
-"""Evidence that the label-free classes mean what the method assumes (SPEC §3).
+"""Evidence that the label-free classes mean what the method assumes (METHOD §3).
 
 - SSL cluster x broad phone class composition, where the corpus has phone timings (the demo's MBROLA
   voices); the paper reports cluster 1 = 78% vowels, cluster 3 = 46% unvoiced + 33% voiced consonants.

@@ -1,6 +1,6 @@
 """Synthesize the demo corpus: many pseudo-speakers from the real-person voices of Debian's synthesizers.
 
-Voices (13 people, 4 female, 9 male; see ../shared/DATA-SOURCES.md):
+Voices (13 people, 4 female, 9 male; see the README, "What the demo does"):
 MBROLA us1 (F), us2, us3, en1 (M) driven by espeak-ng; flite awb, rms, kal16 (M) and slt (F); festival
 ked, rab, don diphone voices (M); pico en-US and en-GB (F).
 

@@ -1,4 +1,4 @@
-"""MelHuBERT (SPEC section 7): a HuBERT Transformer on normalised Kaldi log-Mel features.
+"""MelHuBERT (METHOD §7): a HuBERT Transformer on normalised Kaldi log-Mel features.
 
 Input pipeline (`extract_features`): per utterance, Kaldi-compatible fbank (torchaudio.compliance.kaldi,
 `n_mels` bins, 25 ms Hamming windows every 10 ms, snip_edges, dither 0) of the waveform scaled by 2**15;

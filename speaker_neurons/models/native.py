@@ -1,4 +1,4 @@
-"""The project's own model format (SPEC section 5): `save_upstream`, `load_native`.
+"""The project's own model format (METHOD §5): `save_upstream`, `load_native`.
 
 A native model is a folder with
 * `model.safetensors`: the state dict (our key names, feature statistics included for MelHuBERT);

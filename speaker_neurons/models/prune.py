@@ -1,4 +1,4 @@
-"""Structured FFN pruning (SPEC section 5): drop neurons of the feed-forward layers, keeping track of which
+"""Structured FFN pruning (METHOD §5): drop neurons of the feed-forward layers, keeping track of which
 neurons of the original, never-pruned model remain (`Upstream.kept_indices`)."""
 
 from __future__ import annotations

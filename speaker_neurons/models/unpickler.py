@@ -1,6 +1,6 @@
 """Read `torch.save` files without running code from them: `safe_torch_load(path)`.
 
-A checkpoint file is untrusted input (SPEC section 8): `torch.load(weights_only=False)` would run whatever
+A checkpoint file is untrusted input (METHOD §8): `torch.load(weights_only=False)` would run whatever
 callables the pickle names. `safe_torch_load` instead reads the torch zip container (and the pre-1.6
 "legacy" stream format) itself and unpickles with an allow-list:
 

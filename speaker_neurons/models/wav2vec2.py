@@ -1,4 +1,4 @@
-"""wav2vec 2.0 / HuBERT / WavLM upstream from a plain config dict (SPEC section 8).
+"""wav2vec 2.0 / HuBERT / WavLM upstream from a plain config dict (METHOD §8).
 
 Config keys mirror torchaudio's `wav2vec2_model` / `wavlm_model` keyword arguments, plus:
 

@@ -1,4 +1,4 @@
-"""MelHuBERT pre-training by masked prediction (SPEC section 7), in three parts:
+"""MelHuBERT pre-training by masked prediction (METHOD §7), in three parts:
 
 * `data`: features and k-means targets (`prepare_training_data`);
 * `masking`: HuBERT span masking;
@@ -6,8 +6,9 @@
 
 `pretrain_melhubert` builds a fresh MelHuBERT and runs the three; `continue_pretraining` trains a
 given model (a pruned one, any per-layer widths) with its parent's targets. Options and defaults: the
-`pretrain.train` section of the config schema (`speaker_neurons.config`). A second HuBERT iteration
-(re-clustering a model's hidden states) is out of scope; `speaker_neurons.kmeans` takes any features.
+`pretrain.train` section of the config schema (`speaker_neurons.config`). `second_iteration` is HuBERT's
+second iteration: a new model trained on targets from k-means of a first model's hidden states
+(docs/METHOD.md, section 7).
 """
 
 from __future__ import annotations
@@ -107,5 +108,60 @@ def continue_pretraining(
                                    parent_sha256=parent_sha256)
 
 
+@torch.no_grad()
+def hidden_state_targets(teacher, feats, layer: int, cfg: Mapping, threads: int | None = None):
+    """k-means (`cfg["n_clusters"]` and the `kmeans_*` keys) of `teacher`'s layer-`layer` hidden states
+    of each utterance's normalised features: (targets per utterance, centres (K, d), k-means record)."""
+    from speaker_neurons.kmeans import cluster_utterance_frames
+
+    teacher.eval()
+    hidden = [teacher.encode(f[None], return_ffn=False).hidden[layer][0].float() for f in feats]
+    targets, km = cluster_utterance_frames(
+        hidden, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=int(cfg["seed"]),
+        batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]),
+        n_init=int(cfg["kmeans_n_init"]), threads=threads)
+    centers = km.pop("centers")
+    km.pop("counts")
+    return [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in targets], centers, {**km, "teacher_layer": layer}
+
+
+def second_iteration(
+    teacher,
+    manifest_path: str | os.PathLike,
+    outputs: TrainOutputs | str | os.PathLike,
+    layer: int | None = None,
+    model_config: Mapping | None = None,
+    train_config: Mapping | None = None,
+    device: str | torch.device = "auto",
+    log: logging.Logger | str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """HuBERT's second iteration: a new MelHuBERT (same seed and architecture keys) trained by masked
+    prediction of the k-means clusters of `teacher`'s hidden states at `layer` (None: round(0.75 L),
+    as for the SSL clusters). The teacher's feature statistics are the new model's."""
+    from speaker_neurons.analysis.features import default_feature_layer
+    from speaker_neurons.models.melhubert import MelHuBERT
+
+    t0 = time.monotonic()
+    log, dev = _setup(log, threads, device)
+    cfg = resolve("pretrain.train", train_config)
+    outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
+    layer = default_feature_layer(teacher.num_layers) if layer is None else int(layer)
+    teacher = teacher.to("cpu").eval()
+    torch.manual_seed(int(cfg["seed"]))
+    model = MelHuBERT(resolve("pretrain.model", model_config))
+    model.set_feature_stats(teacher.feature_mean.cpu().numpy(), teacher.feature_std.cpu().numpy())
+    data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False,
+                                 threads=torch.get_num_threads())  # features only; the targets follow
+    targets, centers, km = hidden_state_targets(teacher, data.feats, layer, cfg, threads=torch.get_num_threads())
+    data = TrainingData(data.feats, targets, centers, km)
+    log.info("second iteration: %d targets from layer %d of the teacher, unigram entropy %.3f nats",
+             data.n_clusters, layer, data.unigram_entropy)
+    return train_masked_prediction(model, data, cfg, outputs, dev, log=log, t0=t0,
+                                   extra_summary={"manifest": str(manifest_path), "iteration": 2,
+                                                  "teacher_layer": layer})
+
+
 __all__ = ["DEFAULT_TRAIN_CONFIG", "DEMO_MODEL_CONFIG", "TrainOutputs", "TrainingData", "continue_pretraining",
-           "load_head", "pretrain_melhubert", "prepare_training_data", "train_masked_prediction"]
+           "hidden_state_targets", "load_head", "pretrain_melhubert", "prepare_training_data", "second_iteration",
+           "train_masked_prediction"]

@@ -1,4 +1,4 @@
-"""The masked-prediction training loop (SPEC section 7), for any MelHuBERT: a fresh one, or a given one
+"""The masked-prediction training loop (METHOD §7), for any MelHuBERT: a fresh one, or a given one
 with any per-layer FFN widths (a pruned model), started anew or continued from a training checkpoint.
 
 HuBERT span masking of the input frames (masked frames are set to zero through `frame_mask`); a linear

@@ -1,4 +1,4 @@
-"""HuBERT span masking of the input frames (SPEC section 7)."""
+"""HuBERT span masking of the input frames (METHOD §7)."""
 
 from __future__ import annotations
 
