@@ -363,6 +363,7 @@ def train_inputs(wildcards):
         "centers": f"{model_dir(m['root'])}/pretrain/kmeans_centers.npy",
         "head": head_of(m["parent"]),
         "manifest": MANIFEST,
+        **target_audio_input(wildcards),
     }
     if m["source"] == "iterative":
         base = f"{analysis_dir(m['parent'])}/ssl_k{m['k_ssl']}/neurons"
@@ -429,6 +430,25 @@ def corpus_kwargs():
             f"set it in config.yaml (or with --config)."
         )
     return kwargs
+
+
+if config["pretrain"]["train"]["targets_audio"] == "clean" and (
+    config["corpus"]["source"] != "demo"
+    or not config["corpus"]["demo"]["channel"]["enabled"]
+    or not config["corpus"]["demo"]["channel"]["keep_clean"]
+):
+    raise WorkflowError(
+        "Invalid configuration at key 'pretrain.train.targets_audio': clean takes the targets from the clean "
+        "copy of every utterance, which only the demo corpus with its channels has (corpus.source: demo, "
+        "corpus.demo.channel.enabled and keep_clean: true); use targets_audio: input for this corpus."
+    )
+
+
+def target_audio_input(wildcards):
+    """The corpus whose clean copies make the targets (pretrain.train.targets_audio: clean)."""
+    if config["pretrain"]["train"]["targets_audio"] == "clean":
+        return {"corpus": f"{RESULTS}/corpus/demo"}
+    return {}
 
 
 def demo_corpus_input(wildcards):

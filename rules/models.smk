@@ -6,6 +6,7 @@
 
 rule pretrain_melhubert:
     input:
+        unpack(target_audio_input),
         manifest=MANIFEST,
     output:
         model_dir=directory(f"{RESULTS}/models/{{model}}/model"),

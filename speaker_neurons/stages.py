@@ -186,9 +186,19 @@ def audio_qc(ctx: StageContext) -> dict:
 def pretrain_melhubert(ctx: StageContext) -> dict:
     from speaker_neurons.pretrain import pretrain_melhubert as pretrain
 
+    targets = _target_paths(ctx)
     return _resumable(ctx, lambda outs, resume_from: pretrain(
         ctx.inputs["manifest"], outs, model_config=ctx.params["model"], train_config=ctx.params["train"],
-        device=ctx.device, threads=ctx.threads, resume_from=resume_from))
+        device=ctx.device, threads=ctx.threads, resume_from=resume_from, target_paths=targets))
+
+
+def _target_paths(ctx: StageContext):
+    """The clean copies the targets come from (pretrain.train.targets_audio: clean), else None."""
+    from speaker_neurons.pretrain.data import clean_audio_paths
+
+    if ctx.params["train"]["targets_audio"] != "clean":
+        return None
+    return clean_audio_paths(ctx.inputs["corpus"])
 
 
 def _resumable(ctx: StageContext, train) -> dict:
@@ -552,7 +562,7 @@ def _continue(ctx: StageContext, model, parent_sha: str | None) -> dict:
     return _resumable(ctx, lambda outs, resume_from: continue_pretraining(
         model, ctx.inputs["manifest"], outs, centers, train_config=ctx.params["train"],
         head=load_head(ctx.inputs["head"]), device=ctx.device, threads=ctx.threads, parent_sha256=parent_sha,
-        resume_from=resume_from))
+        resume_from=resume_from, target_paths=_target_paths(ctx)))
 
 
 @stage

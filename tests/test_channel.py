@@ -127,7 +127,7 @@ def test_corpus_with_channels(tmp_path):
     rows = _tsv(tmp_path / "noisy" / "channels.tsv")
     utts = _tsv(tmp_path / "noisy" / "utterances.tsv")
     assert [r["utt_id"] for r in rows] == [u["utt_id"] for u in utts]  # one channel per utterance
-    assert list(rows[0]) == ["utt_id", *ch.CHANNEL_COLUMNS]
+    assert list(rows[0]) == ["utt_id", "clean_path", *ch.CHANNEL_COLUMNS]
     assert len({r["eq_freqs_hz"] for r in rows}) == len(rows)  # every utterance its own channel
     assert noisy["parameters"]["channel"]["snr_db"] == CFG["snr_db"]
     # the same utterances, durations, texts and phone timings; other audio
@@ -138,3 +138,52 @@ def test_corpus_with_channels(tmp_path):
         b, _ = sf.read(tmp_path / "noisy" / u["path"], dtype="int16")
         assert len(a) == len(b) and not np.array_equal(a, b)
         assert (tmp_path / "again" / u["path"]).read_bytes() == (tmp_path / "noisy" / u["path"]).read_bytes()
+    # the clean copy of each utterance (denoising targets) is the clean corpus' audio, byte for byte
+    for r, u in zip(rows, utts):
+        assert r["clean_path"] == "clean/" + u["path"][4:]
+        assert (tmp_path / "noisy" / r["clean_path"]).read_bytes() == (tmp_path / "clean" / u["path"]).read_bytes()
+
+
+@pytest.mark.skipif(bool(missing), reason=f"synthesizers not installed: {missing} (make setup)")
+def test_denoising_targets_come_from_the_clean_copies(tmp_path):
+    """targets_audio clean: the model reads the channel's audio and predicts the clusters of the clean copy."""
+    import torch
+
+    from speaker_neurons.data.manifest import demo_manifest, write_manifest
+    from speaker_neurons.kmeans import assign
+    from speaker_neurons.models.melhubert import MelHuBERT
+    from speaker_neurons.pretrain.data import clean_audio_paths, compute_features, normalise_features, \
+        prepare_training_data
+
+    synth.synthesize_corpus(tmp_path / "c", **SMALL, channel=CFG)
+    write_manifest(demo_manifest(tmp_path / "c"), tmp_path / "m.tsv")
+    cfg = {**defaults("pretrain.train"), "n_clusters": 8, "kmeans_max_frames": 5000, "progress": False,
+           "splits": None}
+    clean = clean_audio_paths(tmp_path / "c")
+    model = MelHuBERT({**defaults("pretrain.model"), "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 1,
+                       "pos_conv_kernel": 8, "pos_conv_groups": 2})
+    plain = prepare_training_data(tmp_path / "m.tsv", model, cfg, fit_stats=True)
+    denoise = prepare_training_data(tmp_path / "m.tsv", model, cfg, fit_stats=False, target_paths=clean)
+    assert all(torch.equal(a, b) for a, b in zip(plain.feats, denoise.feats))  # the same input
+    ids = sorted(clean)
+    raw, n10 = compute_features(model, [clean[u] for u in ids], progress=False)
+    clean_feats = normalise_features(model, raw, n10)
+    for f, t in zip(clean_feats, denoise.targets):  # every frame's target: its clean frame's nearest centre
+        assert np.array_equal(assign(f, denoise.centers), t.numpy())
+    assert any(not torch.equal(a, b) for a, b in zip(plain.targets, denoise.targets))
+    # continued training with given centres labels the clean copies too
+    again = prepare_training_data(tmp_path / "m.tsv", model, cfg, fit_stats=False, centers=denoise.centers,
+                                  target_paths=clean)
+    assert all(torch.equal(a, b) for a, b in zip(again.targets, denoise.targets))
+    with pytest.raises(ValueError, match="no clean audio"):
+        prepare_training_data(tmp_path / "m.tsv", model, cfg, fit_stats=False, target_paths={})
+
+
+def test_clean_targets_need_the_channels_table(tmp_path):
+    from speaker_neurons.pretrain.data import clean_audio_paths
+
+    with pytest.raises(FileNotFoundError, match="channels.tsv does not exist"):
+        clean_audio_paths(tmp_path)
+    (tmp_path / "channels.tsv").write_text("utt_id\tclean_path\na\t\n")
+    with pytest.raises(ValueError, match="keep_clean: true"):
+        clean_audio_paths(tmp_path)

@@ -527,6 +527,10 @@ def _synth_utterance(job: dict) -> dict:
         raise SynthesisError(f"{job['utt_id']}: no candidate sentence gave {lo}-{hi} s: {tried}")
     if len(tried) > 1:
         log.debug("%s: %d sentences tried for %s-%s s: %s", job["utt_id"], len(tried), lo, hi, tried)
+    if job.get("clean_path"):  # the utterance before its channel (denoising targets, docs/METHOD.md §12)
+        clean = Path(job["clean_path"])
+        clean.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(clean), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     if job.get("channel") is not None:  # session variability: this utterance's own recording channel
         y = ch.apply_channel(pcm.astype(np.float64) / 32768.0, job["channel"], SAMPLE_RATE)
         peak = float(np.abs(y).max())
@@ -611,6 +615,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
     jobs: list[dict] = []
     utt_rows: list[dict] = []
     shutil.rmtree(out_dir / "wav", ignore_errors=True)  # no stale audio from an earlier run
+    shutil.rmtree(out_dir / "clean", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         order = _stable_rng(seed, "split", spec.speaker).permutation(utterances_per_speaker)
@@ -627,7 +632,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
             chan = None if channel is None else ch.draw_channel(_stable_rng(seed, "channel", utt_id), channel)
             jobs.append({"utt_id": utt_id, "spec": asdict(spec), "candidates": (mid, shorter, longer),
                          "min_duration": float(min_duration), "max_duration": float(max_duration),
-                         "path": str(out_dir / rel), "channel": chan})
+                         "path": str(out_dir / rel), "channel": chan,
+                         "clean_path": str(out_dir / "clean" / rel[4:]) if chan and channel["keep_clean"] else ""})
             utt_rows.append({"utt_id": utt_id, "speaker": spec.speaker, "path": rel, "split": split_of[i]})
 
     # render
@@ -684,8 +690,10 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
     _write_tsv(out_dir / "phones.tsv", ["utt_id", "start", "end", "phone", "class"], phone_out)
     _write_tsv(out_dir / "frame_classes.tsv", ["utt_id", "labels"], frame_out)
     channels = {j["utt_id"]: j["channel"] for j in jobs if j["channel"] is not None}
-    _write_tsv(out_dir / "channels.tsv", ["utt_id", *ch.CHANNEL_COLUMNS],
-               [[u, *ch.format_row(c)] for u, c in channels.items()])
+    clean_of = {j["utt_id"]: str(Path(j["clean_path"]).relative_to(out_dir)) if j["clean_path"] else ""
+                for j in jobs}
+    _write_tsv(out_dir / "channels.tsv", ["utt_id", "clean_path", *ch.CHANNEL_COLUMNS],
+               [[u, clean_of[u], *ch.format_row(c)] for u, c in channels.items()])
 
     res = list(results.values())
     deficits = [r["mbrola_length_deficit_ms"] for r in res if "mbrola_length_deficit_ms" in r]

@@ -55,8 +55,10 @@ def pretrain_melhubert(
     return_model: bool = False,
     on_step: Callable[[int], None] | None = None,
     resume_from: str | os.PathLike | None = None,
+    target_paths: Mapping[str, str] | None = None,
 ):
     """Pre-train a new MelHuBERT (first iteration) on the manifest's training rows; returns the summary.
+    `target_paths` ({utt_id: clean audio}): denoising targets (`prepare_training_data`).
 
     `outputs`: a `TrainOutputs` (every path named) or a folder for the conventional layout.
     `model_config`: `MelHuBERT` keys (keys left out take the demo model's values, `DEMO_MODEL_CONFIG`);
@@ -72,7 +74,8 @@ def pretrain_melhubert(
     model = MelHuBERT(resolve("pretrain.model", model_config))
     log.info("pre-training a new MelHuBERT on %s -> %s (device %s, %d threads)", manifest_path, outputs.model_dir, dev,
              torch.get_num_threads())
-    data = prepare_training_data(manifest_path, model, cfg, fit_stats=True, threads=torch.get_num_threads())
+    data = prepare_training_data(manifest_path, model, cfg, fit_stats=True, threads=torch.get_num_threads(),
+                                 target_paths=dict(target_paths) if target_paths is not None else None)
     log.info("features and targets ready after %.1f s", time.monotonic() - t0)
     summary = train_masked_prediction(model, data, cfg, outputs, dev, resume_from=resume_from, log=log,
                                       on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)})
@@ -94,6 +97,7 @@ def continue_pretraining(
     on_step: Callable[[int], None] | None = None,
     resume_from: str | os.PathLike | None = None,
     parent_sha256: str | None = None,
+    target_paths: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Continue masked-prediction training of a given MelHuBERT (any per-layer FFN widths, its own
     feature statistics) on the targets of `centers` (its parent's k-means centres), with `head` (its
@@ -102,7 +106,8 @@ def continue_pretraining(
     log, dev = _setup(log, threads, device)
     cfg = resolve("pretrain.train", train_config)
     outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
-    data = prepare_training_data(manifest_path, model, cfg, fit_stats=False, centers=centers)
+    data = prepare_training_data(manifest_path, model, cfg, fit_stats=False, centers=centers,
+                                 target_paths=dict(target_paths) if target_paths is not None else None)
     return train_masked_prediction(model, data, cfg, outputs, dev, head=head, resume_from=resume_from, log=log,
                                    on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)},
                                    parent_sha256=parent_sha256)

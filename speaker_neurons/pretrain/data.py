@@ -140,12 +140,29 @@ def check_normalisation(model, paths: Sequence[str], feats: Sequence[torch.Tenso
             raise RuntimeError(f"cached normalised features differ from MelHuBERT.extract_features ({paths[i]})")
 
 
+def clean_audio_paths(corpus_dir) -> dict[str, str]:
+    """{utt_id: path} of the demo corpus' clean copies (channels.tsv, column clean_path)."""
+    from pathlib import Path
+
+    table = Path(corpus_dir) / "channels.tsv"
+    if not table.exists():
+        raise FileNotFoundError(f"{table} does not exist: pretrain.train.targets_audio: clean needs the demo corpus "
+                                "with its channels (corpus.demo.channel.enabled and keep_clean)")
+    df = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
+    if "clean_path" not in df.columns or (df["clean_path"] == "").any() or df.empty:
+        raise ValueError(f"{table} has no clean copy for some utterances: set corpus.demo.channel.keep_clean: true, "
+                         "or pretrain.train.targets_audio: input")
+    return {u: str(Path(corpus_dir) / p) for u, p in zip(df["utt_id"], df["clean_path"])}
+
+
 def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = True, centers: np.ndarray | None = None,
-                          threads: int | None = None) -> TrainingData:
+                          threads: int | None = None, target_paths: dict[str, str] | None = None) -> TrainingData:
     """Features and targets for masked prediction on the manifest rows `cfg` selects (`splits`,
     `max_utterances`, `seed`). `fit_stats`: install the corpus statistics in `model` (a new model);
     else use the model's own. `centers`: label frames with these k-means centres instead of fitting
-    `cfg["n_clusters"]` new ones (continued pre-training keeps its parent's targets)."""
+    `cfg["n_clusters"]` new ones (continued pre-training keeps its parent's targets).
+    `target_paths` ({utt_id: path}, `cfg["targets_audio"]` clean): the targets are the k-means clusters
+    of these files' features (normalised like the input), frame by frame, instead of the input's."""
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.kmeans import assign, cluster_utterance_frames
 
@@ -168,9 +185,21 @@ def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = Tru
     n_frames = int(sum(len(f) for f in feats))
     log.info("%d utterances, %d frames (%.2f h), feature dim %d", len(feats), n_frames,
              n_frames * model.stack * 0.010 / 3600, feats[0].shape[1])
+    target_feats = feats
+    if target_paths is not None:  # denoising: the targets come from the clean copy of each utterance
+        ids = [df["utt_id"].iloc[i] for i in keep]
+        missing = [u for u in ids if u not in target_paths]
+        if missing:
+            raise ValueError(f"no clean audio for {len(missing)} training utterance(s), e.g. {missing[:3]}")
+        raw_t, n10_t = compute_features(model, [target_paths[u] for u in ids], progress=bool(cfg["progress"]))
+        target_feats = normalise_features(model, raw_t, n10_t)
+        bad = [u for u, a, b in zip(ids, feats, target_feats) if len(a) != len(b)]
+        if bad:
+            raise ValueError(f"the clean copy of {bad[0]} has another length than the audio ({len(bad)} such)")
+        log.info("targets from the clean copies of the %d utterances (pretrain.train.targets_audio: clean)", len(ids))
     if centers is None:
         targets, km = cluster_utterance_frames(
-            feats, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=seed,
+            target_feats, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=seed,
             batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]),
             n_init=int(cfg["kmeans_n_init"]), threads=threads)
         centers = km.pop("centers")
@@ -179,7 +208,7 @@ def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = Tru
         centers = np.asarray(centers, dtype=np.float32)
         if centers.shape[1] != feats[0].shape[1]:
             raise ValueError(f"k-means centres have dimension {centers.shape[1]}, the features {feats[0].shape[1]}")
-        labels = assign(torch.cat(feats), centers)
+        labels = assign(torch.cat(target_feats), centers)
         targets = np.split(labels, np.cumsum([len(f) for f in feats])[:-1])
         km = {"given_centers": True, "total_frames": n_frames}
     data = TrainingData(feats, [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in targets], centers, km)
