@@ -147,8 +147,12 @@ def _voxceleb(tmp_path, write_audio):
 
 def test_voxceleb1_manifest(tmp_path, write_audio, package_logs):
     root, iden, meta = _voxceleb(tmp_path, write_audio)
+    with pytest.raises(ManifestError) as ei:  # iden_split lists a file that is on no disk: named, by default
+        voxceleb1_manifest(root, iden, meta)
+    assert str(iden) in str(ei.value) and "id10009/absent/00001.wav" in str(ei.value) and "skip_missing" in str(ei.value)
     with package_logs.at_level(logging.WARNING, logger="speaker_neurons"):
-        df = voxceleb1_manifest(root, iden, meta)
+        df = voxceleb1_manifest(root, iden, meta, skip_missing=True)
+    assert "1 utterance(s) listed in" in package_logs.text and "left out" in package_logs.text
     _check_schema(df)
     w = root / "wav"
     assert _rows(df) == {
@@ -167,10 +171,30 @@ def test_voxceleb1_manifest(tmp_path, write_audio, package_logs):
     assert "1 speaker(s) (1 utterances) not in" in package_logs.text
 
 
+def test_voxceleb1_two_archive_layout(tmp_path, write_audio):
+    """s3prl's layout: each released archive in its own folder, <root>/dev/wav and <root>/test/wav."""
+    root = tmp_path / "vox1"
+    write_audio(root / "dev/wav/id10001/1zcIwhmdeo4/00001.wav", seconds=1.0)
+    write_audio(root / "dev/wav/id10001/1zcIwhmdeo4/00002.wav", seconds=0.5)
+    write_audio(root / "test/wav/id10002/-a_B-c/00001.wav", seconds=0.75)
+    (tmp_path / "iden_split.txt").write_text("1 id10001/1zcIwhmdeo4/00001.wav\n2 id10001/1zcIwhmdeo4/00002.wav\n"
+                                             "3 id10002/-a_B-c/00001.wav\n")
+    (tmp_path / "vox1_meta.csv").write_text(META)
+    df = voxceleb1_manifest(root, tmp_path / "iden_split.txt", tmp_path / "vox1_meta.csv")
+    _check_schema(df)
+    got = {r.utt_id: (r.path, r.split) for r in df.itertuples()}
+    assert got == {"id10001-1zcIwhmdeo4-00001": (str(root / "dev/wav/id10001/1zcIwhmdeo4/00001.wav"), "train"),
+                   "id10001-1zcIwhmdeo4-00002": (str(root / "dev/wav/id10001/1zcIwhmdeo4/00002.wav"), "dev"),
+                   "id10002--a_B-c-00001": (str(root / "test/wav/id10002/-a_B-c/00001.wav"), "test")}
+    write_audio(root / "test/wav/id10001/1zcIwhmdeo4/00001.wav", seconds=1.0)  # the same file in both archives
+    with pytest.raises(ManifestError, match="is in two folders"):
+        voxceleb1_manifest(root, tmp_path / "iden_split.txt", tmp_path / "vox1_meta.csv")
+
+
 def test_voxceleb1_errors(tmp_path, write_audio):
     root, iden, meta = _voxceleb(tmp_path, write_audio)
-    with pytest.raises(FileNotFoundError, match="wav"):
-        voxceleb1_manifest(root / "wav", iden, meta)  # root must hold wav/
+    with pytest.raises(FileNotFoundError, match="dev/wav/... and test/wav/..."):
+        voxceleb1_manifest(root / "wav", iden, meta)  # root must hold wav/ (or dev/wav, test/wav)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         voxceleb1_manifest(tmp_path / "nowhere", iden, meta)
     iden.write_text("1 id10001/1zcIwhmdeo4/00001.wav\n4 id10001/1zcIwhmdeo4/00002.wav\n")

@@ -388,20 +388,24 @@ _VOX_SPLITS = {"1": "train", "2": "dev", "3": "test"}
 
 
 def voxceleb1_manifest(
-    root: str | os.PathLike, iden_split: str | os.PathLike, meta_csv: str | os.PathLike
+    root: str | os.PathLike, iden_split: str | os.PathLike, meta_csv: str | os.PathLike, skip_missing: bool = False
 ) -> pd.DataFrame:
-    """Manifest of VoxCeleb1 (`<root>/wav/<id1xxxx>/<youtube-id>/<nnnnn>.wav`).
+    """Manifest of VoxCeleb1, in either layout: `<root>/wav/<id1xxxx>/<youtube-id>/<nnnnn>.wav`, or each
+    released archive unpacked into its own folder, `<root>/dev/wav/...` and `<root>/test/wav/...` (as
+    s3prl keeps them); a path of iden_split.txt is resolved in whichever holds it.
 
     Rows are the wav files found on disk; `split` comes from iden_split.txt (`1|2|3 <id>/<yt>/<n>.wav`
     -> train/dev/test, "" for files it does not list); gender from vox1_meta.csv (TAB separated,
-    header `VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`). Unlisted files, listed-but-absent
-    files and speakers without metadata are counted in warnings. utt_id is `<id>-<yt>-<n>`.
+    header `VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`). A file listed in iden_split.txt but
+    on no disk is an error naming the first few (`skip_missing`: left out, with a count in the log).
+    Unlisted files and speakers without metadata are counted in warnings. utt_id is `<id>-<yt>-<n>`.
     """
     root_dir = _require_dir(root, "VoxCeleb1 root directory")
-    wav_dir = root_dir / "wav"
-    if not wav_dir.is_dir():
+    wav_dirs = [d for d in (root_dir / "wav", root_dir / "dev" / "wav", root_dir / "test" / "wav") if d.is_dir()]
+    if not wav_dirs:
         raise FileNotFoundError(
-            f"VoxCeleb1 wav folder not found: {wav_dir} (root must be the folder that holds wav/<id>/<yt>/<n>.wav)"
+            f"VoxCeleb1 wav folder not found under {root_dir}: root must hold wav/<id>/<yt>/<n>.wav, or dev/wav/... "
+            "and test/wav/... (each released archive unpacked into its own folder)"
         )
     split_file = _require_file(iden_split, "VoxCeleb1 iden_split.txt")
     meta_file = _require_file(meta_csv, "VoxCeleb1 vox1_meta.csv")
@@ -435,17 +439,19 @@ def voxceleb1_manifest(
             raise ManifestError(f"gender {g!r} of {sid.strip()!r} is not m or f", meta_file, i + 2)
         genders[sid.strip()] = ng
 
-    files = sorted(wav_dir.glob("*/*/*.wav"))
+    files = sorted(fp for d in wav_dirs for fp in d.glob("*/*/*.wav"))
     if not files:
-        raise ManifestError("no <id>/<youtube-id>/<n>.wav files found", wav_dir)
+        raise ManifestError("no <id>/<youtube-id>/<n>.wav files found", wav_dirs[0])
     rows = []
     unlisted = 0
     unknown: dict[str, int] = {}
-    seen = set()
+    seen: dict[str, Path] = {}
     for fp in files:
         spk, yt, n = fp.parent.parent.name, fp.parent.name, fp.stem
         rel = f"{spk}/{yt}/{fp.name}"
-        seen.add(rel)
+        if rel in seen:
+            raise ManifestError(f"{rel} is in two folders: {seen[rel]} and {fp}", root_dir)
+        seen[rel] = fp
         split = splits.get(rel)
         if split is None:
             unlisted += 1
@@ -455,11 +461,18 @@ def voxceleb1_manifest(
             unknown[spk] = unknown.get(spk, 0) + 1
             g = ""
         rows.append(dict(utt_id=f"{spk}-{yt}-{n}", path=str(fp), speaker=spk, gender=g, split=split))
-    absent = len(set(splits) - seen)
+    absent = sorted(set(splits) - set(seen))
     if unlisted:
-        log.warning("%d wav file(s) under %s are not in %s; their split is left empty", unlisted, wav_dir, split_file)
+        log.warning("%d wav file(s) under %s are not in %s; their split is left empty", unlisted,
+                    ", ".join(map(str, wav_dirs)), split_file)
+    if absent and not skip_missing:
+        raise ManifestError(
+            f"{len(absent)} file(s) listed here are in none of {', '.join(map(str, wav_dirs))}: "
+            f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}. Complete the download, or set "
+            "corpus.voxceleb1.skip_missing: true to leave them out", split_file)
     if absent:
-        log.info("%d utterance(s) listed in %s are not on disk (e.g. a partial download)", absent, split_file)
+        log.warning("%d utterance(s) listed in %s are not on disk and are left out (corpus.voxceleb1.skip_missing)",
+                    len(absent), split_file)
     if unknown:
         log.warning(
             "%d speaker(s) (%d utterances) not in %s; their gender is left empty: %s",
