@@ -29,6 +29,7 @@ rule build_manifest:
         provenance=f"{RESULTS}/manifest/provenance/build_manifest.json",
     params:
         corpus=corpus_kwargs(),
+        split=config["corpus"]["split"],
     log:
         f"{LOGS}/build_manifest.log",
     benchmark:

@@ -162,11 +162,14 @@ def synthesize_demo_corpus(ctx: StageContext) -> dict:
 
 @stage
 def build_manifest(ctx: StageContext) -> dict:
-    from speaker_neurons.data.manifest import build_manifest as build, write_manifest
+    from speaker_neurons.data.manifest import assign_splits, build_manifest as build, write_manifest
 
     df = build(**ctx.params["corpus"])
+    split = ctx.params["split"]
+    if split["fractions"] is not None:
+        df = assign_splits(df, split["fractions"], int(split["seed"]))
     write_manifest(df, ctx.out("manifest"))
-    return {"utterances": len(df)}
+    return {"utterances": len(df), "splits": df["split"].value_counts().to_dict()}
 
 
 @stage

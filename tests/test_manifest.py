@@ -425,3 +425,27 @@ def test_build_manifest_adapter(tmp_path, write_audio, run_adapter):
     df = read_manifest(out)
     assert list(df["utt_id"]) == ["spk00_000", "spk00_001", "spk01_000"]
     assert "3 utterances, 2 speakers" in log.read_text()
+
+
+def test_assign_splits_per_speaker_seeded():
+    from speaker_neurons.data.manifest import assign_splits
+
+    rows = [dict(utt_id=f"{s}-{i:02d}", path=f"/a/{s}-{i}.wav", speaker=s, gender="F", split="", duration=1.0,
+                 sample_rate=16000) for s, n in (("a", 10), ("b", 7), ("c", 3)) for i in range(n)]
+    rows.append(dict(utt_id="kept", path="/a/k.wav", speaker="a", gender="F", split="test", duration=1.0,
+                     sample_rate=16000))
+    rows.append(dict(utt_id="anon", path="/a/n.wav", speaker="", gender="", split="", duration=1.0, sample_rate=16000))
+    df = pd.DataFrame(rows)
+    out = assign_splits(df, [0.8, 0.1, 0.1], seed=0)
+    assert df["split"].tolist().count("") == 21  # a copy: the input is untouched
+    by = out[out["speaker"] != ""].groupby("speaker")["split"].apply(lambda s: s.value_counts().to_dict()).unstack()
+    assert by.loc["a"].to_dict() == {"train": 8, "dev": 1, "test": 2}  # 8/1/1 of its 10, plus the one it had
+    assert by.loc["b"].to_dict() == {"train": 5, "dev": 1, "test": 1}  # 5.6/0.7/0.7: largest remainders, one each
+    assert by.loc["c"].to_dict() == {"train": 1, "dev": 1, "test": 1}
+    assert out.set_index("utt_id").loc["kept", "split"] == "test" and out.set_index("utt_id").loc["anon", "split"] == ""
+    again = assign_splits(df.sample(frac=1, random_state=3), [0.8, 0.1, 0.1], seed=0)  # row order does not matter
+    assert again.set_index("utt_id")["split"].to_dict() == out.set_index("utt_id")["split"].to_dict()
+    other = assign_splits(df, [0.8, 0.1, 0.1], seed=1)
+    assert other["split"].tolist() != out["split"].tolist()
+    with pytest.raises(ValueError, match="three non-negative shares"):
+        assign_splits(df, [0.8, 0.2], seed=0)

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -532,6 +532,40 @@ def tsv_manifest(tsv: str | os.PathLike) -> pd.DataFrame:
         rows.append(dict(utt_id=ids[i], path=str(p), speaker=spk, gender=ng, split=split))
     check_unique_ids(pd.DataFrame(rows), src, line_offset=2)
     return _assemble(rows, f"TSV {src.name}")
+
+
+def assign_splits(df: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd.DataFrame:
+    """A seeded per-speaker split by utterance where the corpus gives none: each speaker's utterances
+    without a split (ordered by utt_id, then permuted by a generator of `seed` and the speaker) go
+    round(fraction x n) to train / dev / test (largest remainders; every part that asks for a share
+    gets an utterance while the speaker has three). Rows with a split or without a speaker keep theirs.
+    Returns a copy; the split is then part of the manifest, like a corpus' own."""
+    import hashlib
+
+    fr = np.asarray([float(f) for f in fractions], dtype=np.float64)
+    if len(fr) != 3 or (fr < 0).any() or fr.sum() <= 0:
+        raise ValueError(f"corpus.split.fractions must be three non-negative shares (train, dev, test), got {list(fractions)}")
+    fr = fr / fr.sum()
+    out = df.copy()
+    todo = (out["split"].fillna("").astype(str) == "") & (out["speaker"].fillna("").astype(str) != "")
+    names = np.array(["train", "dev", "test"])
+    for spk, idx in out[todo].sort_values("utt_id").groupby("speaker", sort=True).groups.items():
+        idx = out.loc[idx].sort_values("utt_id").index.to_numpy()
+        n = len(idx)
+        want = fr * n
+        counts = np.floor(want).astype(int)
+        for i in np.argsort(-(want - counts), kind="stable")[: n - counts.sum()]:
+            counts[i] += 1
+        for i in range(3):
+            if fr[i] > 0 and counts[i] == 0 and n >= 3:
+                j = int(np.argmax(counts))
+                counts[j] -= 1
+                counts[i] += 1
+        key = int.from_bytes(hashlib.sha256(f"{seed}:{spk}".encode()).digest()[:8], "little")
+        order = np.random.default_rng(key).permutation(n)
+        labels = np.repeat(names, counts)
+        out.loc[idx[order], "split"] = labels
+    return out
 
 
 BUILDERS: dict[str, Callable[..., pd.DataFrame]] = {
