@@ -46,6 +46,17 @@ SETTINGS: dict[str, list[str]] = {
                     "path: ITER2/model}]"],
     "speakers_96": ["corpus: {source: demo, demo: {n_speakers: 96, utterances_per_speaker: 12, split: [8, 2, 2]}}"],
     "corpus_x2": ["corpus: {source: demo, demo: {utterances_per_speaker: 48, split: [32, 8, 8]}}"],
+    # denoising targets: the k-means clusters of each utterance's clean copy (pretrain.train.targets_audio: clean)
+    "denoise": ["corpus: {source: demo, demo: {channel: {keep_clean: true}}}",
+                "pretrain: {train: {targets_audio: clean}}"],
+    "denoise_steps_700": ["corpus: {source: demo, demo: {channel: {keep_clean: true}}}",
+                          "pretrain: {train: {targets_audio: clean, max_steps: 700}}"],
+    "denoise_targets_512": ["corpus: {source: demo, demo: {channel: {keep_clean: true}}}",
+                            "pretrain: {train: {targets_audio: clean, n_clusters: 512}}"],
+    "denoise_lr_2e-3": ["corpus: {source: demo, demo: {channel: {keep_clean: true}}}",
+                        "pretrain: {train: {targets_audio: clean, lr: 0.002}}"],
+    "denoise_depth_6": ["corpus: {source: demo, demo: {channel: {keep_clean: true}}}",
+                        "pretrain: {train: {targets_audio: clean}, model: {num_layers: 6}}"],
     "crop_1s": ["sid: {crop_seconds: 1.0}"],
     "crop_2s": ["sid: {crop_seconds: 2.0}"],
     "crop_whole": ["sid: {crop_seconds: null}"],
@@ -81,6 +92,10 @@ def run_setting(name: str, overrides: list[str], out: Path, corpora: dict[str, P
         _copy(models[mkey] / "benchmarks" / MODEL, res / "benchmarks" / MODEL)
     wall = None
     pre_dir = res / "models" / MODEL / "pretrain"
+    ckpt = next((o.split("path: ")[1].rstrip("}]") for o in overrides if "source: checkpoint" in o and "ITER2" not in o),
+                None)
+    if ckpt:  # a model pre-trained elsewhere: its training record lies beside it
+        pre_dir = Path(ckpt).parent
     if name == "iteration_2":
         pre_dir = second_iteration_model(out, res / "iter2")
         overrides = [o.replace("ITER2", str(pre_dir)) for o in overrides]
@@ -128,7 +143,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results_levers"))
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                    help="also evaluate this native model folder (pre-trained elsewhere) as setting NAME")
     args = ap.parse_args(argv)
+    for spec in args.checkpoint:
+        label, path = spec.split("=", 1)
+        SETTINGS[label] = [f"models: [{{name: {MODEL}, kind: melhubert, source: checkpoint, format: native, "
+                           f"path: {Path(path).resolve()}}}]"]
+        args.settings.append(label)
     if args.list or not args.settings:
         for k, v in SETTINGS.items():
             print(f"{k:14s} {' '.join(v) or '(the demo as it is)'}")

@@ -342,7 +342,9 @@ def prune_params(wildcards):
         "parent_spec": upstream_spec(m["parent"]),
         "strategy": m["strategy"],
         "target": m["target"],
-        "seed": config["controls"]["seed"] if m.get("control") else config["prune"]["seed"],
+        "seed": (
+            config["controls"]["seed"] if m.get("control") else config["prune"]["seed"]
+        ),
         "k_ssl": m["k_ssl"],
     }
 

@@ -417,7 +417,7 @@ def test_build_manifest_adapter(tmp_path, write_audio, run_adapter):
     log = tmp_path / "results/logs/build_manifest.log"
     run_adapter(
         "build_manifest",
-        params={"corpus": {"source": "demo", "corpus_dir": str(d)}},
+        params={"corpus": {"source": "demo", "corpus_dir": str(d)}, "split": {"fractions": [0.8, 0.1, 0.1], "seed": 0}},
         output={"manifest": str(out)},
         log=[str(log)],
         threads=1,
