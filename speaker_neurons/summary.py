@@ -72,17 +72,18 @@ def difference_interval(a: Mapping[str, Any], b: Mapping[str, Any], z: float = 1
 
 
 def controls_verdict(dependence: tuple[float, float, float] | None, gap: tuple[float, float, float] | None,
-                     min_dependence: float, min_gap: float) -> str:
+                     min_dependence: float, min_gap: float, ffn_keep: float = 0.02) -> str:
     """In words: whether this model and task can show a difference between pruning strategies."""
     words = []
     if gap is not None and (gap[0] < min_gap or gap[1] <= 0):
-        words.append(f"the input alone (hidden_0) scores within {100 * max(gap[0], 0):.1f} points of all layers "
-                     f"(threshold {100 * min_gap:g}): the task is solved before the first Transformer layer")
+        words.append(f"all layers score {100 * gap[0]:+.1f} points [{100 * gap[1]:+.1f}, {100 * gap[2]:+.1f}] over the "
+                     f"input alone (hidden_0; threshold {100 * min_gap:g}): the Transformer adds nothing measurable "
+                     "to its input")
     if dependence is not None and (dependence[0] < min_dependence or dependence[1] <= 0):
-        words.append(f"removing {'' if dependence[0] >= 0 else 'all but a few '}FFN neurons changes SID by only "
-                     f"{100 * dependence[0]:+.1f} points [{100 * dependence[1]:+.1f}, {100 * dependence[2]:+.1f}] "
-                     f"(threshold {100 * min_dependence:g}): SID does not depend on the FFNs, so **a comparison of "
-                     "pruning strategies on this model and task cannot show anything**")
+        words.append(f"keeping {100 * ffn_keep:g}% of the FFN neurons costs SID only {100 * dependence[0]:+.1f} points "
+                     f"[{100 * dependence[1]:+.1f}, {100 * dependence[2]:+.1f}] (threshold {100 * min_dependence:g}): SID "
+                     "does not depend on the FFNs, so **a comparison of pruning strategies on this model and task "
+                     "cannot show anything**")
     if not words:
         return ("SID depends on the FFN neurons and the Transformer adds to its input: pruning strategies can "
                 "differ here")
@@ -204,7 +205,7 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
         g = "" if gap is None else (f"input-only gap {100 * gap[0]:+.1f} points [{100 * gap[1]:+.1f}, "
                                     f"{100 * gap[2]:+.1f}] (hidden_0 {100 * res['hidden_0']['test_accuracy']:.1f}%)")
         dtxt = "" if dep is None else f"FFN dependence {100 * dep[0]:+.1f} points [{100 * dep[1]:+.1f}, {100 * dep[2]:+.1f}]"
-        v = controls_verdict(dep, gap, min_dep, min_gap)
+        v = controls_verdict(dep, gap, min_dep, min_gap, float(controls.get("ffn_keep", 0.02)))
         add("controls", "verdict", m["name"], None, note=v)
         md.append(f"- **{m['name']}**: " + "; ".join(x for x in (dtxt, g) if x) + f". Verdict: {v}.")
         md += lines

@@ -84,7 +84,7 @@ def test_difference_interval_adds_seed_spread_and_test_sampling():
 @pytest.mark.parametrize("base,ctrl,h0,expect", [
     ([0.80, 0.81, 0.79], [0.50, 0.51, 0.49], [0.40, 0.40, 0.41], "can differ here"),
     ([0.80, 0.81, 0.79], [0.79, 0.80, 0.80], [0.40, 0.40, 0.41], "cannot show anything"),
-    ([0.80, 0.81, 0.79], [0.50, 0.51, 0.49], [0.79, 0.80, 0.80], "solved before the first Transformer layer"),
+    ([0.80, 0.81, 0.79], [0.50, 0.51, 0.49], [0.79, 0.80, 0.80], "adds nothing measurable to its input"),
 ])
 def test_controls_section(tmp_path, base, ctrl, h0, expect):
     def w(name, obj):
