@@ -321,7 +321,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
         pruned = table[table["strategy"] != "none"]
         for (parent, target, ls), g in pruned.groupby(["parent", "target", "layer_set"], sort=False):
             by = {r.strategy: r for r in g.itertuples(index=False)}
-            if "protected" not in by:
+            if "protected" not in by or ls == "hidden_0":  # hidden_0 is the input: no pruning changes it
                 continue
             for other in ("l1", "random"):
                 if other not in by:
