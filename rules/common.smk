@@ -434,11 +434,16 @@ def corpus_kwargs():
     return kwargs
 
 
-if config["pretrain"]["train"]["targets_audio"] == "clean" and (
-    config["corpus"]["source"] != "demo"
-    or not config["corpus"]["demo"]["channel"]["enabled"]
-    or not config["corpus"]["demo"]["channel"]["keep_clean"]
-):
+_HAS_CLEAN = (
+    config["corpus"]["source"] == "demo"
+    and config["corpus"]["demo"]["channel"]["enabled"]
+    and config["corpus"]["demo"]["channel"]["keep_clean"]
+)
+if (
+    config["pretrain"]["train"]["targets_audio"] == "auto"
+):  # resolved here, so every rule sees one value
+    config["pretrain"]["train"]["targets_audio"] = "clean" if _HAS_CLEAN else "input"
+if config["pretrain"]["train"]["targets_audio"] == "clean" and not _HAS_CLEAN:
     raise WorkflowError(
         "Invalid configuration at key 'pretrain.train.targets_audio': clean takes the targets from the clean "
         "copy of every utterance, which only the demo corpus with its channels has (corpus.source: demo, "

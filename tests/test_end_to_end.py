@@ -311,7 +311,7 @@ def test_erase_ablation_summary_and_report(two_runs, tmp_path):
         d = a / "models" / model / "analysis/ssl_k5/erase"
         t = pd.read_csv(d / "erase.tsv", sep="\t")
         assert {"none", "ssl_cluster", "ivector_cluster:0", "ivector_cluster:1"} == set(t["erased"])
-        assert set(t["kind"]) == {"unerased", "set", "random"} and set(t["layer_set"]) == {"all", "layers_1_L", "last"}
+        assert set(t["kind"]) == {"unerased", "set", "random"} and set(t["layer_set"]) == {"all", "layers_1_L", "last", "hidden_0"}
         assert (t[t["kind"] == "unerased"]["delta"] == 0).all()
         # every random control has as many neurons as its set
         for name, g in t[t["kind"] != "unerased"].groupby("erased"):
@@ -349,7 +349,8 @@ def test_controls_of_every_model(two_runs):
     for parent in ("demo", "w2v"):
         rec = json.loads((a / "models" / f"{parent}-noffn" / "prune.json").read_text())
         assert rec["strategy"] == "random" and rec["target"] == 0.02 and rec["protected_from"] == []
-        assert [v["kept"] for v in rec["layers"].values()] == [5, 5]  # round(0.02 x 256)
+        assert [v["kept"] for v in rec["layers"].values()] == [max(1, round(0.02 * v["width"]))
+                                                               for v in rec["layers"].values()]
         ctrl = json.loads((a / "models" / f"{parent}-noffn" / "analysis/sid/sid.json").read_text())
         base = json.loads((a / "models" / parent / "analysis/sid/sid.json").read_text())
         assert ctrl["lr_from"] == parent and ctrl["all"]["lr"] == base["all"]["lr"]
