@@ -13,6 +13,7 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     model=name_regex(MODEL_NAMES),
+    corpus=name_regex(USED_CORPORA),
     k=r"\d+",
 
 
@@ -20,6 +21,7 @@ include: "rules/corpus.smk"
 include: "rules/models.smk"
 include: "rules/ivectors.smk"
 include: "rules/analysis.smk"
+include: "rules/pr.smk"
 include: "rules/report.smk"
 
 

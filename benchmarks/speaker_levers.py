@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from speaker_neurons.summary import difference_interval  # noqa: E402
 
 MODEL = "melhubert_demo"
+SID_CORPUS = "demo_eval"  # the demo scores SID on its second synthesized corpus (stages.sid: auto)
 # name -> config overrides, one YAML mapping per key (written to <out>/<name>.yaml, given with --configfile)
 SETTINGS: dict[str, list[str]] = {
     "clean_corpus": ["corpus: {source: demo, demo: {channel: {enabled: false}}}"],
@@ -80,12 +81,11 @@ def _copy(src: Path, dst: Path) -> None:
 def run_setting(name: str, overrides: list[str], out: Path, corpora: dict[str, Path], models: dict[str, Path],
                 cores: int) -> dict:
     res = out / name
-    targets = [f"{res}/models/{MODEL}/analysis/sid/sid.json", f"{res}/models/{MODEL}-noffn/analysis/sid/sid.json"]
+    targets = [f"{res}/models/{MODEL}/sid/{SID_CORPUS}/sid.json", f"{res}/models/{MODEL}-noffn/sid/{SID_CORPUS}/sid.json"]
     key, mkey = corpus_key(overrides), model_key(overrides)
     if key in corpora:  # the same corpus: copy it, times and all
         res.mkdir(parents=True, exist_ok=True)
-        for part in ("corpus", "manifest", "qc"):
-            _copy(corpora[key] / part, res / part)
+        _copy(corpora[key] / "corpora", res / "corpora")
     if mkey in models:  # the same model (only SID differs): copy it and its pre-training record
         for part in ("model", "pretrain"):
             _copy(models[mkey] / "models" / MODEL / part, res / "models" / MODEL / part)
@@ -129,7 +129,7 @@ def second_iteration_model(out: Path, folder: Path) -> Path:
         if not (base / "models" / MODEL / "model").exists():
             sys.exit("iteration_2 needs the baseline setting's model: run `baseline` first")
         teacher = load_native(base / "models" / MODEL / "model")
-        second_iteration(teacher, base / "manifest" / "manifest.tsv", folder, device="cpu", threads=2)
+        second_iteration(teacher, base / "corpora" / "demo" / "manifest.tsv", folder, device="cpu", threads=2)
     return folder
 
 

@@ -220,13 +220,17 @@ rule compare_models:
         "../workflow_scripts/run_stage.py"
 
 
+# SID (and the erase ablation, which scores with its heads) on the SID corpus: results/models/<model>/sid/<corpus>/
+S = f"{RESULTS}/models/{{model}}/sid/{SID_CORPUS}"
+
+
 rule pool_layers:
     input:
         unpack(model_input),
-        manifest=MANIFEST,
+        manifest=SID_MANIFEST,
     output:
-        pooled=f"{A}/sid/pooled_layers.npz",
-        provenance=f"{A}/sid/provenance/pool_layers.json",
+        pooled=f"{S}/pooled_layers.npz",
+        provenance=f"{S}/provenance/pool_layers.json",
     params:
         compute_threads=config["upstream"]["threads"],
         upstream=model_params,
@@ -254,12 +258,13 @@ rule sid_eval:
         unpack(sid_inputs),
         pooled=rules.pool_layers.output.pooled,
     output:
-        result=f"{A}/sid/sid.json",
-        heads=f"{A}/sid/heads.safetensors",
-        provenance=f"{A}/sid/provenance/sid_eval.json",
+        result=f"{S}/sid.json",
+        heads=f"{S}/heads.safetensors",
+        provenance=f"{S}/provenance/sid_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],
         sid=config["sid"],
+        corpus=SID_CORPUS,
         lr_from_model=sid_lr_from,
         device="cpu",
     log:
@@ -279,7 +284,7 @@ rule sid_eval:
 rule erase_ablation:
     input:
         unpack(model_input),
-        manifest=MANIFEST,
+        manifest=SID_MANIFEST,
         pooled=rules.pool_layers.output.pooled,
         heads=rules.sid_eval.output.heads,
         clusters=rules.ivector_clusters.output.clusters,

@@ -1,16 +1,19 @@
-# Stage 1: audio in. The synthesized demo corpus, one manifest schema for every corpus, audio QC.
+# Stage 1: audio in, per corpus (results/corpora/<corpus>/). The synthesized demo corpora, one
+# manifest schema for every corpus (with its transcripts where it has them), audio QC.
 
 
 rule synthesize_demo_corpus:
     output:
-        corpus_dir=directory(f"{RESULTS}/corpus/demo"),
-        provenance=f"{RESULTS}/corpus/provenance/synthesize_demo_corpus.json",
+        corpus_dir=directory(f"{CORPORA}/{{corpus}}/audio"),
+        provenance=f"{CORPORA}/{{corpus}}/provenance/synthesize_demo_corpus.json",
+    wildcard_constraints:
+        corpus=name_regex(SYNTHESIZED),
     params:
-        demo=config["corpus"]["demo"],
+        demo=synth_params,
     log:
-        f"{LOGS}/synthesize_demo_corpus.log",
+        f"{LOGS}/corpora/{{corpus}}/synthesize_demo_corpus.log",
     benchmark:
-        f"{BENCH}/synthesize_demo_corpus.tsv"
+        f"{BENCH}/corpora/{{corpus}}/synthesize_demo_corpus.tsv"
     threads: config["upstream"]["threads"]
     resources:
         mem_mb=res("synthesize_demo_corpus", "mem_mb", 2000),
@@ -23,17 +26,18 @@ rule synthesize_demo_corpus:
 
 rule build_manifest:
     input:
-        unpack(demo_corpus_input),
+        unpack(corpus_audio_input),
     output:
-        manifest=f"{RESULTS}/manifest/manifest.raw.tsv",
-        provenance=f"{RESULTS}/manifest/provenance/build_manifest.json",
+        manifest=f"{CORPORA}/{{corpus}}/manifest.raw.tsv",
+        transcripts=f"{CORPORA}/{{corpus}}/transcripts.tsv",
+        provenance=f"{CORPORA}/{{corpus}}/provenance/build_manifest.json",
     params:
-        corpus=corpus_kwargs(),
-        split=config["corpus"]["split"],
+        corpus=corpus_params,
+        split=split_params,
     log:
-        f"{LOGS}/build_manifest.log",
+        f"{LOGS}/corpora/{{corpus}}/build_manifest.log",
     benchmark:
-        f"{BENCH}/build_manifest.tsv"
+        f"{BENCH}/corpora/{{corpus}}/build_manifest.tsv"
     threads: 1
     resources:
         mem_mb=res("build_manifest", "mem_mb", 2000),
@@ -48,15 +52,15 @@ rule audio_qc:
     input:
         manifest=rules.build_manifest.output.manifest,
     output:
-        manifest=MANIFEST,
-        report=f"{RESULTS}/qc/qc.tsv",
-        provenance=f"{RESULTS}/qc/provenance/audio_qc.json",
+        manifest=f"{CORPORA}/{{corpus}}/manifest.tsv",
+        report=f"{CORPORA}/{{corpus}}/qc.tsv",
+        provenance=f"{CORPORA}/{{corpus}}/provenance/audio_qc.json",
     params:
         qc=config["qc"],
     log:
-        f"{LOGS}/audio_qc.log",
+        f"{LOGS}/corpora/{{corpus}}/audio_qc.log",
     benchmark:
-        f"{BENCH}/audio_qc.tsv"
+        f"{BENCH}/corpora/{{corpus}}/audio_qc.tsv"
     threads: config["upstream"]["threads"]
     resources:
         mem_mb=res("audio_qc", "mem_mb", 4000),

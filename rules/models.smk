@@ -7,7 +7,7 @@
 rule pretrain_melhubert:
     input:
         unpack(target_audio_input),
-        manifest=MANIFEST,
+        manifest=PRETRAIN_MANIFEST,
     output:
         model_dir=directory(f"{RESULTS}/models/{{model}}/model"),
         head=f"{RESULTS}/models/{{model}}/pretrain/head.pt",

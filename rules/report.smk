@@ -18,11 +18,19 @@ rule summarize:
             caption="../report/sid_vs_width.rst",
             category="1. Summary",
         ),
+        pr_png=report(
+            f"{RESULTS}/pr_vs_width.png",
+            caption="../report/pr_vs_width.rst",
+            category="1. Summary",
+        ),
         provenance=f"{RESULTS}/provenance/summarize.json",
     params:
         models=summary_models(),
         k_ssl=SETS_K,
         controls=config["controls"],
+        corpora={
+            s: c for s, c in CAT.stages.items() if s != "pr" or config["pr"]["enabled"]
+        },
     log:
         f"{LOGS}/summarize.log",
     benchmark:

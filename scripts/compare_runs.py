@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 EXPECTED = {
-    "absolute paths": ["manifest/*.tsv", "*/hubert.tsv", "ivectors/ivectors.scp"],
-    "records that hash or name inputs": ["*provenance/*.json", "*/activation_counts.json", "corpus/demo/corpus.json"],
+    "absolute paths": ["corpora/*/manifest*.tsv", "*/hubert.tsv", "corpora/*/ivectors/ivectors.scp"],
+    "records that hash or name inputs": ["*provenance/*.json", "*/activation_counts.json", "corpora/*/audio/corpus.json"],
     "wall times": ["logs/*", "benchmarks/*", "*/pretrain/summary.json", "*/pretrain/train_log.tsv",
                    "*/pretrain/loss_curve.png", "*/checkpoints/*/state.pt"],  # state.pt: the log rows so far
 }

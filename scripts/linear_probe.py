@@ -1,5 +1,5 @@
 """An independent check of the SID controls: a logistic-regression speaker probe (scikit-learn, not the
-project's SUPERB head) on the pooled layers the workflow wrote (`analysis/sid/pooled_layers.npz`).
+project's SUPERB head) on the pooled layers the workflow wrote (`sid/<corpus>/pooled_layers.npz`).
 
 For each model given, it prints test accuracy (closed set: speakers with train segments) with a Wilson
 95% interval for: hidden_0 alone, each layer alone, and every layer concatenated; then, for the first
@@ -29,9 +29,11 @@ def probe(x_train, y_train, x_test, y_test, c: float) -> tuple[int, int]:
 
 
 def load(model_dir: Path):
-    path = model_dir / "analysis" / "sid" / "pooled_layers.npz"
-    if not path.exists():
-        sys.exit(f"{path} does not exist: run the workflow's pool_layers for {model_dir.name} first")
+    found = sorted((model_dir / "sid").glob("*/pooled_layers.npz"))
+    if len(found) != 1:
+        sys.exit(f"{model_dir / 'sid'} holds {len(found)} corpora's pooled_layers.npz, not one: run the workflow's "
+                 f"pool_layers for {model_dir.name} first (or keep one SID corpus there)")
+    path = found[0]
     with np.load(path) as z:
         return z["pooled"].astype(np.float64), z["speaker"].astype(str), z["split"].astype(str)
 

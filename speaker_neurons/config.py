@@ -65,3 +65,23 @@ def resolve(section: str, given: Mapping[str, Any] | None = None, exclude: tuple
         raise ValueError(f"unknown {section} config key(s) {unknown}; known: {sorted(cfg)} (see {SCHEMA_PATH.name})")
     cfg.update(copy.deepcopy(dict(given or {})))
     return cfg
+
+
+def _overlay(base: Any, given: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(given, Mapping):
+        out = copy.deepcopy(dict(base))
+        for k, v in given.items():
+            out[k] = _overlay(out[k], v) if k in out else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(given)
+
+
+def complete(given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A whole configuration with every default filled in, as Snakemake's validation fills it: the
+    schema's defaults overlaid with `given`, and each entry of `models` and `corpora` completed with
+    its item defaults (for programs and tests that build the catalogue without Snakemake)."""
+    cfg = _overlay(defaults(), dict(given or {}))
+    items = _schema()["properties"]["models"]["items"]
+    cfg["models"] = [_overlay(_defaults_of(items), m) for m in cfg["models"]]
+    cfg["corpora"] = [_overlay(defaults("corpus"), c) for c in cfg.get("corpora") or []]
+    return cfg

@@ -162,13 +162,17 @@ def synthesize_demo_corpus(ctx: StageContext) -> dict:
 
 @stage
 def build_manifest(ctx: StageContext) -> dict:
-    from speaker_neurons.data.manifest import assign_splits, build_manifest as build, write_manifest
+    from speaker_neurons.data.manifest import (assign_splits, build_manifest as build, read_transcripts,
+                                               write_manifest, write_transcripts)
 
     df = build(**ctx.params["corpus"])
     split = ctx.params["split"]
     if split["fractions"] is not None:
         df = assign_splits(df, split["fractions"], int(split["seed"]))
     write_manifest(df, ctx.out("manifest"))
+    if "transcripts" in ctx.outputs:
+        text = read_transcripts(**ctx.params["corpus"])
+        write_transcripts(text[text["utt_id"].isin(set(df["utt_id"]))], ctx.out("transcripts"))
     return {"utterances": len(df), "splits": df["split"].value_counts().to_dict()}
 
 
@@ -498,10 +502,56 @@ def sid_eval(ctx: StageContext) -> dict:
     result, picked = sid.evaluate(data, {k: sid.layer_set(k, L) for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
                                   epochs=int(cfg["epochs"]), fixed_lr=fixed)
     result["crop_seconds"] = cfg["crop_seconds"]
+    result["corpus"] = ctx.params.get("corpus")
     result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
     _json(ctx.out("result"), result)
     sid.save_heads(ctx.out("heads"), picked, cfg["seeds"])  # the erase ablation scores erased models with these
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}
+
+
+# ------------------------------------------------------------------------------------------- PR
+@stage
+def phone_targets(ctx: StageContext) -> dict:
+    """A corpus' transcripts through the lexicon: phone targets per utterance."""
+    from speaker_neurons.data.lexicon import phone_targets as make
+
+    return make(ctx.inputs["transcripts"], ctx.params["lexicon"] or None, bool(ctx.params["drop_oov"]),
+                ctx.out("phones"))
+
+
+@stage
+def pr_features(ctx: StageContext) -> dict:
+    """Every layer's frames of every utterance of the PR corpus, once per model (a temporary cache)."""
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.pr import extract_frame_features
+
+    rows = read_manifest(ctx.inputs["manifest"])
+    return extract_frame_features(_upstream(ctx), rows[rows["split"] != ""], ctx.outputs["frames"],
+                                  shard_mb=ctx.params["shard_mb"], max_batch_seconds=ctx.params["max_batch_seconds"])
+
+
+@stage
+def pr_eval(ctx: StageContext) -> dict:
+    """SUPERB PR of one model on its frame cache, per layer set (PER with intervals)."""
+    from speaker_neurons import sid
+    from speaker_neurons.data.lexicon import read_phone_targets
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.pr import FrameCache, train_and_evaluate
+
+    rows = read_manifest(ctx.inputs["manifest"])
+    L = FrameCache(ctx.inputs["frames"]).layers - 1
+    fixed = None
+    if ctx.inputs.get("lr_from"):  # sid.sweep: base: the rates picked for the model this one was derived from
+        base = json.loads(Path(ctx.inputs["lr_from"]).read_text())["layer_sets"]
+        fixed = {k: float(v["lr"]) for k, v in base.items()}
+    result = train_and_evaluate(ctx.inputs["frames"], read_phone_targets(ctx.inputs["phones"]),
+                                dict(zip(rows["utt_id"], rows["split"])),
+                                {k: sid.layer_set(k, L) for k in ctx.params["layer_sets"]}, ctx.params["pr"],
+                                device=ctx.device, fixed_lr=fixed)
+    result["corpus"] = ctx.params["corpus"]
+    result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
+    _json(ctx.out("result"), result)
+    return {k: v["test_per"] for k, v in result["layer_sets"].items()}
 
 
 @stage
@@ -551,7 +601,8 @@ def summarize(ctx: StageContext) -> dict:
 
     return build_summary(ctx.params["models"], ctx.inputs.get("quality"), ctx.inputs.get("purity"),
                          int(ctx.params["k_ssl"]), ctx.out("tsv"), ctx.out("md"), ctx.out("sid_png"),
-                         stability=ctx.inputs.get("stability"), controls=ctx.params["controls"])
+                         stability=ctx.inputs.get("stability"), controls=ctx.params["controls"],
+                         out_pr_png=ctx.out("pr_png"), corpora=ctx.params["corpora"])
 
 
 def _continue(ctx: StageContext, model, parent_sha: str | None) -> dict:

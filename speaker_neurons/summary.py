@@ -35,6 +35,7 @@ PAPER = {
     "sid_l1_pset": 0.5408,
     "sid_protected_pset": 0.6296,
     "erase_ssl_cluster": -0.0382,
+    "per_unpruned": 0.0817,  # Property Neurons, MelHuBERT (PR beside SID); 10.66 protected, 12.03 l1 at 577 rows
 }
 
 
@@ -123,6 +124,59 @@ def pruning_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pr_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (model with PR, layer set): parent, strategy, target, kept share, PER and its interval."""
+    rows = []
+    for m in models:
+        res = _read(m.get("pr"))
+        if res is None:
+            continue
+        rec = _read(m.get("prune"))
+        kept = rec["kept_total"] / rec["width_total"] if rec else 1.0
+        for ls, r in res["layer_sets"].items():
+            rows.append({"model": m["name"], "parent": m.get("parent") or m["name"],
+                         "strategy": m.get("strategy") or "none", "target": str(m.get("target") or "none"),
+                         "kept_share": kept, "layer_set": ls, "per": r["test_per"], "per_ci_low": r["test_ci95"][0],
+                         "per_ci_high": r["test_ci95"][1], "n_test": r.get("test_utterances"),
+                         "phones": r.get("test_phones"), "seeds": len(r["per_seed"]), "lr": r["lr"]})
+    return pd.DataFrame(rows)
+
+
+def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
+    """Per parent and layer set: PER against the kept share of FFN neurons, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from speaker_neurons.utils import save_figure
+
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no PR results in this run (pr.enabled: false)", ha="center", va="center")
+        ax.axis("off")
+        return save_figure(fig, png)
+    panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharex=True)
+    for j, (parent, ls) in enumerate(panels):
+        ax = axes[0][j]
+        sub = table[(table["parent"] == parent) & (table["layer_set"] == ls)]
+        base = sub[sub["strategy"] == "none"]
+        for strategy in [s for s in dict.fromkeys(sub["strategy"]) if s != "none"]:
+            s = pd.concat([base, sub[sub["strategy"] == strategy]]).sort_values("kept_share")
+            c = STRATEGY_COLOURS.get(strategy)
+            ax.plot(100 * s["kept_share"], 100 * s["per"], "o-", color=c, label=strategy)
+            ax.fill_between(100 * s["kept_share"], 100 * s["per_ci_low"], 100 * s["per_ci_high"], color=c, alpha=0.15)
+        ax.set_title(f"{parent}: PR head {ls}", fontsize="small")
+        ax.set_xlabel("FFN neurons kept (%)")
+    axes[0][0].set_ylabel("PER (%), 95% band (lower is better)")
+    axes[0][0].legend(fontsize="x-small")
+    return save_figure(fig, png)
+
+
+STRATEGY_COLOURS = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray", "control": "tab:green"}
+
+
 def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
     """Per parent and layer set: SID (top) and EER (bottom) against the kept share of FFN neurons."""
     import matplotlib
@@ -139,7 +193,7 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
         return save_figure(fig, png)
     panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.0), squeeze=False, sharex=True)
-    colours = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray", "control": "tab:green"}
+    colours = STRATEGY_COLOURS
     for j, (parent, ls) in enumerate(panels):
         sub = table[(table["parent"] == parent) & (table["layer_set"] == ls)]
         base = sub[sub["strategy"] == "none"]
@@ -212,22 +266,37 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
     return md + ([""] if md else [])
 
 
+# which stage's corpus each section of summary.tsv comes from
+SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrain", "neurons": "analysis",
+                 "sid": "sid", "pruning": "sid", "erase": "sid", "pr": "pr", "pr_pruning": "pr"}
+
+
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
                   k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike,
-                  stability: PathLike | None = None, controls: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  stability: PathLike | None = None, controls: Mapping[str, Any] | None = None,
+                  out_pr_png: PathLike | None = None, corpora: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`models`: dicts with name, source, and the paths this run has for it (None where absent):
-    sid (sid.json), prune (prune.json, pruned models), parent/strategy/target (pruned models),
-    neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain summary.json).
-    A model of strategy `control` is the FFN control of its parent (`controls`: the config section)."""
+    sid (sid.json), pr (pr.json), prune (prune.json, pruned models), parent/strategy/target (pruned
+    models), neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain
+    summary.json). A model of strategy `control` is the FFN control of its parent (`controls`: the
+    config section). `corpora`: the corpus of each stage (analysis, pretrain, sid, pr), written beside
+    every figure."""
     rows: list[dict[str, Any]] = []
+    corpora = dict(corpora or {})
 
     def add(section, metric, model, value, lo=None, hi=None, n=None, paper=None, note=""):
         rows.append({"section": section, "metric": metric, "model": model, "value": value, "ci_low": lo,
-                     "ci_high": hi, "n": n, "paper": paper, "note": note})
+                     "ci_high": hi, "n": n, "paper": paper, "note": note,
+                     "corpus": corpora.get(SECTION_STAGE.get(section, ""), "")})
 
     md: list[str] = ["# Summary of this run", "",
                      "The paper's figures are for MelHuBERT base on LibriSpeech / VoxCeleb1; a different model "
                      "or corpus is compared by direction, not by value. Intervals are 95%.", ""]
+    if corpora:
+        md += ["Corpora: " + "; ".join(f"{stage} on **{name}**" for stage, name in corpora.items())
+               + (" (the neurons are found on one corpus and evaluated on another, as in the paper)."
+                  if corpora.get("analysis") not in (corpora.get("sid"), corpora.get("pr")) else
+                  " (**an evaluation runs on the corpus the neurons are found on**: the paper separates them)."), ""]
     # ------------------------------------------------------------------ positive controls: the first thing to read
     ctrl_md = _controls_section(models, controls or {}, add)
     md += ctrl_md
@@ -332,6 +401,47 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                 md.append(f"- {parent}, target {target}, SID {ls}: protected {100 * a.sid:.1f}% vs {other} "
                           f"{100 * b.sid:.1f}% ({100 * (a.sid - b.sid):+.1f} points): {v}.")
         md.append("")
+    # ------------------------------------------------------------------ phoneme recognition and pruning
+    ptab = pr_table(models)
+    if out_pr_png is not None:
+        plot_pr_vs_width(ptab, out_pr_png)
+    if not ptab.empty:
+        md += ["## Phoneme recognition and pruning (what protecting speaker neurons costs)", "",
+               "PER (%) with 95% intervals over head seeds; lower is better.", "",
+               "| model | kept | PER all | PER layers 1..L | PER last | PER hidden_0 |", "|---|---|---|---|---|---|"]
+        for name, g in ptab.groupby("model", sort=False):
+            by = {r.layer_set: r for r in g.itertuples(index=False)}
+
+            def pcell(ls):
+                r = by.get(ls)
+                return "" if r is None else f"{100 * r.per:.1f} [{100 * r.per_ci_low:.1f}, {100 * r.per_ci_high:.1f}]"
+
+            md.append(f"| {name} | {100 * g.iloc[0].kept_share:.1f}% | {pcell('all')} | {pcell('layers_1_L')} | "
+                      f"{pcell('last')} | {pcell('hidden_0')} |")
+            for r in g.itertuples(index=False):
+                paper = None
+                if r.layer_set == "all":
+                    paper = {("none", "none"): PAPER["per_unpruned"]}.get((r.strategy, r.target))
+                add("pr", f"per_{r.layer_set}", r.model, r.per, r.per_ci_low, r.per_ci_high, r.n_test, paper=paper,
+                    note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}, {r.phones} test phones")
+        md += ["", "At equal widths (Property Neurons, MelHuBERT at 577 rows per layer: PER protected 10.66% vs l1 "
+               "12.03%, 8.17% unpruned):", ""]
+        for (parent, target, ls), g in ptab[ptab["strategy"] != "none"].groupby(["parent", "target", "layer_set"],
+                                                                                  sort=False):
+            by = {r.strategy: r for r in g.itertuples(index=False)}
+            if "protected" not in by or ls == "hidden_0":
+                continue
+            for other in ("l1", "random"):
+                if other not in by:
+                    continue
+                a, b = by["protected"], by[other]
+                # the paper's direction for PER: protected keeps it lower, so compare b > a
+                v = verdict(b.per, (b.per_ci_low, b.per_ci_high), a.per, (a.per_ci_low, a.per_ci_high))
+                add("pr_pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.per - b.per, note=v)
+                md.append(f"- {parent}, target {target}, PR {ls}: PER protected {100 * a.per:.1f}% vs {other} "
+                          f"{100 * b.per:.1f}% ({100 * (a.per - b.per):+.1f} points; a lower PER for protected is "
+                          f"the direction of Property Neurons): {v.replace('a > b', 'protected < ' + other).replace('a < b', 'protected > ' + other)}.")
+        md.append("")
     # ------------------------------------------------------------------ erase
     erased = [m for m in models if m.get("erase")]
     if erased:
@@ -355,9 +465,10 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                          for c, v in rec["all"].items()]
                 md.append(f"- {m['name']}, erase {name} ({rec['neurons']} neurons), SID all: " + "; ".join(parts) + ".")
         md.append("")
-    md += ["Figures: `sid_vs_width.png` here; per model `analysis/ssl_k*/erase/erase.png`, "
+    md += ["Figures: `sid_vs_width.png` and `pr_vs_width.png` here; per model `analysis/ssl_k*/erase/erase.png`, "
            "`analysis/ssl_k*/neuron_counts.png`; the HTML report: `snakemake --report report.html`.", ""]
-    out = pd.DataFrame(rows, columns=["section", "metric", "model", "value", "ci_low", "ci_high", "n", "paper", "note"])
+    out = pd.DataFrame(rows, columns=["section", "metric", "model", "value", "ci_low", "ci_high", "n", "paper", "note",
+                                      "corpus"])
     out.to_csv(out_tsv, sep="\t", index=False, float_format="%.6g")
     Path(out_md).write_text("\n".join(md))
     return {"rows": len(out), "models": len(models)}

@@ -343,14 +343,32 @@ _LS_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
 
 def librispeech_manifest(
-    split_dir: str | os.PathLike, speakers_txt: str | os.PathLike | None = None
+    split_dir: str | os.PathLike | None = None, speakers_txt: str | os.PathLike | None = None,
+    split_dirs: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Manifest of one LibriSpeech split folder (`<split>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac`).
+    """Manifest of one LibriSpeech split folder (`<split>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac`),
+    or of one folder per split (`split_dirs`: {train, dev, test} -> folder, e.g. train-clean-100,
+    dev-clean, test-clean as SUPERB PR uses them; each row's `split` is its folder's).
 
-    Genders come from SPEAKERS.TXT (empty/None: `<split_dir>/../SPEAKERS.TXT`, where the official
+    Genders come from SPEAKERS.TXT (empty/None: `<folder>/../SPEAKERS.TXT`, where the official
     archives put it); a speaker not listed there gets gender "" and is counted in a warning.
-    `split` is left empty (a LibriSpeech folder is one subset, not a train/dev/test split).
+    With `split_dir`, `split` is left empty (a LibriSpeech folder is one subset, not a train/dev/test split).
     """
+    dirs = {k: v for k, v in (split_dirs or {}).items() if v}
+    if dirs:
+        if split_dir:
+            raise ValueError("give split_dir or split_dirs, not both")
+        parts = []
+        for split in ("train", "dev", "test"):
+            if split in dirs:
+                part = librispeech_manifest(dirs[split], speakers_txt)
+                part["split"] = split
+                parts.append(part)
+        df = pd.concat(parts, ignore_index=True)
+        check_unique_ids(df, "LibriSpeech split_dirs")
+        return df
+    if not split_dir:
+        raise ValueError("LibriSpeech needs split_dir (one subset folder) or split_dirs (train/dev/test folders)")
     root = _require_dir(split_dir, "LibriSpeech split directory")
     if speakers_txt is None or str(speakers_txt).strip() == "":
         speakers_txt = root.parent / "SPEAKERS.TXT"
@@ -566,6 +584,46 @@ def assign_splits(df: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd
         labels = np.repeat(names, counts)
         out.loc[idx[order], "split"] = labels
     return out
+
+
+# ------------------------------------------------------------------------------------------- transcripts
+def read_transcripts(source: str, **kwargs) -> pd.DataFrame:
+    """The corpus' transcripts as `utt_id`, `text` (no rows for a corpus without any, e.g. VoxCeleb1):
+    the demo's `utterances.tsv` text column, LibriSpeech's `<spk>-<chap>.trans.txt` files
+    (`<utt_id> <TEXT>` lines), a TSV's optional `text` column (keyed like its manifest)."""
+    rows: list[tuple[str, str]] = []
+    if source == "demo":
+        utt = _read_tsv(_require_file(Path(kwargs["corpus_dir"]) / "utterances.tsv", "demo corpus utterance list"))
+        if "text" in utt.columns:
+            rows = list(zip(utt["utt_id"], utt["text"]))
+    elif source == "librispeech":
+        dirs = [v for v in (kwargs.get("split_dirs") or {}).values() if v] or [kwargs["split_dir"]]
+        for d in dirs:
+            for tf in sorted(Path(d).glob("*/*/*.trans.txt")):
+                with open(tf, encoding="utf-8") as f:
+                    for n, line in enumerate(f, 1):
+                        s = line.strip()
+                        if not s:
+                            continue
+                        utt_id, _, text = s.partition(" ")
+                        if not text:
+                            raise ManifestError(f"expected `<utt_id> <TEXT>`, got {s!r}", tf, n)
+                        rows.append((utt_id, text.strip()))
+    elif source == "tsv":
+        path = kwargs.get("path") or kwargs.get("tsv")
+        df = tsv_manifest(path)
+        src = _read_tsv(Path(path))
+        src.columns = [str(c).strip() for c in src.columns]
+        if "text" in src.columns:
+            rows = list(zip(df["utt_id"], src["text"].astype(str).str.strip()))
+    return pd.DataFrame(rows, columns=["utt_id", "text"])
+
+
+def write_transcripts(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df[["utt_id", "text"]].to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE, escapechar="\\")
+    return path
 
 
 BUILDERS: dict[str, Callable[..., pd.DataFrame]] = {

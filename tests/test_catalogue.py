@@ -1,0 +1,208 @@
+"""The catalogue of corpora and models (speaker_neurons.catalogue), in-process, without Snakemake:
+the names and chains a configuration expands into, the corpus of every stage, and the checks that
+stop a run before any job."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from speaker_neurons.catalogue import ConfigError, build_catalogue, check_leaks, find_leaks
+from speaker_neurons.config import complete
+
+
+def cat(**over):
+    return build_catalogue(complete(over))
+
+
+def _ls_folder(root, name, speakers=("11", "12"), utts=2, payload=b"x"):
+    """A LibriSpeech-shaped folder (files need not be real audio for the planning checks)."""
+    d = root / name
+    for spk in speakers:
+        ch = d / spk / "100"
+        ch.mkdir(parents=True)
+        lines = []
+        for u in range(utts):
+            (ch / f"{spk}-100-{u:04d}.flac").write_bytes(payload + f"{name}{spk}{u}".encode())
+            lines.append(f"{spk}-100-{u:04d} HELLO WORLD")
+        (ch / f"{spk}-100.trans.txt").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _vox_folder(root, files):
+    """A VoxCeleb1-shaped folder: wav/<id>/<yt>/<n>.wav with iden_split.txt (all test) and vox1_meta.csv."""
+    lines = []
+    for rel, data in files.items():
+        p = root / "wav" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        lines.append(f"3 {rel}")
+    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    (root / "vox1_meta.csv").write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n")
+    return {"root": str(root), "iden_split": str(root / "iden_split.txt"), "meta_csv": str(root / "vox1_meta.csv")}
+
+
+# ------------------------------------------------------------------------------------------- models
+def test_default_demo_expands_into_the_pruned_models_and_the_control():
+    c = cat()
+    names = list(c.models)
+    assert names[0] == "melhubert_demo"
+    pruned = [n for n, m in c.models.items() if m.source == "prune" and not m.control]
+    assert len(pruned) == 9 and "melhubert_demo-protected-pset" in pruned and "melhubert_demo-l1-keep0.5" in pruned
+    ctrl = c.models["melhubert_demo-noffn"]
+    assert ctrl.control and ctrl.strategy == "random" and ctrl.parent == "melhubert_demo" and ctrl.k_ssl is None
+    assert all(c.models[n].parent == "melhubert_demo" and c.models[n].k_ssl == 3 for n in pruned)
+    assert "melhubert_demo-noffn" not in c.analysed and "melhubert_demo-protected-pset" not in c.analysed
+    assert c.analysed == ["melhubert_demo"] and c.sets_k == 3
+
+
+def test_chains_of_continued_and_iterative_models():
+    c = cat(prune={"strategies": ["protected"], "targets": ["protected_size"], "continue": {"steps": 3},
+                   "iterative": {"enabled": True, "strategies": ["l1"], "rows_per_step": 256, "final_width": 512}})
+    cpt = c.models["melhubert_demo-protected-pset-cpt"]
+    assert cpt.source == "continue" and cpt.parent == "melhubert_demo-protected-pset" and cpt.root == "melhubert_demo"
+    assert cpt.target == "protected_size+cpt"
+    steps = [n for n, m in c.models.items() if m.source == "iterative"]
+    assert steps == ["melhubert_demo-l1-iter1", "melhubert_demo-l1-iter2"]  # 1024 -> 768 -> 512
+    assert c.models["melhubert_demo-l1-iter2"].parent == "melhubert_demo-l1-iter1"
+    assert c.root_of("melhubert_demo-l1-iter2") == "melhubert_demo"
+    assert c.head_of("melhubert_demo-protected-pset") == "melhubert_demo"  # pruned: the parent's head
+    assert c.head_of("melhubert_demo-l1-iter2") == "melhubert_demo-l1-iter2"
+    assert set(c.analysed) == {"melhubert_demo", *steps}  # iterative steps are always analysed
+
+
+@pytest.mark.parametrize("over, key, words", [
+    ({"models": [{"name": "a", "source": "pretrain"}, {"name": "a", "source": "pretrain"}]}, "models",
+     "name 'a' is listed twice"),
+    ({"models": [{"name": "h", "kind": "hubert"}]}, "models.0", "source checkpoint needs 'path'"),
+    ({"models": [{"name": "h", "kind": "hubert", "source": "pretrain"}]}, "models.0", "pre-trains MelHuBERT only"),
+    ({"models": [{"name": "m", "format": "melhubert", "path": "/x.ckpt"}]}, "models.0", "set 'mean_std'"),
+    ({"prune": {"parents": ["nope"]}}, "prune.parents", "'nope' is not the name"),
+    ({"prune": {"k_ssl": 5}}, "prune.k_ssl", "5 is not one of analysis.k_ssl"),
+    ({"models": [{"name": "melhubert_demo-noffn", "source": "pretrain"}, {"name": "melhubert_demo", "source": "pretrain"}]},
+     "models", "control model"),
+    ({"prune": {"protected_file": "/p.json", "iterative": {"enabled": True}}}, "prune.protected_file", "recomputes"),
+    ({"models": [{"name": "h", "kind": "hubert", "path": "/h.pt"}], "prune": {"continue": {"steps": 2}}},
+     "prune.continue.steps", "comes from 'h'"),
+    ({"erase": {"enabled": True}, "sid": {"enabled": False}}, "erase.enabled", "SID heads"),
+])
+def test_bad_model_configurations_name_the_key(over, key, words):
+    with pytest.raises(ConfigError, match=words) as exc:
+        cat(**over)
+    assert exc.value.key == key
+    assert str(exc.value).startswith(f"Invalid configuration at key '{key}'")
+
+
+# ------------------------------------------------------------------------------------------- corpora
+def test_demo_is_analysed_on_one_corpus_and_evaluated_on_another():
+    c = cat()
+    assert c.stages == {"analysis": "demo", "pretrain": "demo", "sid": "demo_eval", "pr": "demo_eval"}
+    ev, ana = c.corpora["demo_eval"], c.corpora["demo"]
+    assert ev.synthesized and ev.derived_from == "demo"
+    assert ev.settings["seed"] == ana.settings["seed"] + 1000  # other pseudo-speakers
+    assert {k: v for k, v in ev.settings.items() if k != "seed"} == {k: v for k, v in ana.settings.items() if k != "seed"}
+    assert c.targets_audio == "clean"  # the demo keeps clean copies: denoising targets
+    assert find_leaks(ana, ev) == []
+
+
+def test_one_corpus_configs_keep_working_and_are_said(tmp_path):
+    d = _ls_folder(tmp_path, "dev-clean")
+    (tmp_path / "SPEAKERS.TXT").write_text("11 | F | dev-clean | 1 | A\n12 | M | dev-clean | 1 | B\n")
+    cfg = complete({"corpus": {"source": "librispeech", "librispeech": {"split_dir": str(d)}}})
+    c = build_catalogue(cfg)
+    assert list(c.corpora) == ["librispeech"] and set(c.stages.values()) == {"librispeech"}
+    assert c.targets_audio == "input"
+    warnings = check_leaks(c, cfg)
+    assert any("sid is scored on the corpus the neurons are found on" in w for w in warnings)
+
+
+def test_stage_corpora_by_name(tmp_path):
+    vox = _vox_folder(tmp_path / "vox", {"id10001/yt/00001.wav": b"a"})
+    c = cat(corpora=[{"name": "vox", "source": "voxceleb1", "voxceleb1": vox}], stages={"sid": "vox", "pr": "demo"})
+    assert c.stages["sid"] == "vox" and c.stages["pr"] == "demo" and "demo_eval" not in c.corpora
+    assert c.evaluation_corpora == ["vox", "demo"]
+
+
+@pytest.mark.parametrize("over, key, words", [
+    ({"stages": {"sid": "nope"}}, "stages.sid", "no corpus is named 'nope'"),
+    ({"corpora": [{"name": "demo"}]}, "corpora.0.name", "used twice"),
+    ({"corpora": [{"source": "demo"}]}, "corpora.0.name", "needs a name"),
+    ({"corpora": [{"name": "v", "source": "voxceleb1"}]}, "corpora.0.voxceleb1.root", "corpus 'v'"),
+    ({"corpus": {"source": "librispeech"}}, "corpus.librispeech.split_dir", "names no folder"),
+    ({"corpus": {"source": "tsv"}}, "corpus.tsv.path", "is empty"),
+    ({"corpus": {"source": "librispeech", "librispeech": {"split_dir": "/a", "split_dirs": {"test": "/b"}}}},
+     "corpus.librispeech", "both split_dir and split_dirs"),
+    ({"corpus": {"source": "tsv", "tsv": {"path": "/a.tsv"}}, "pretrain": {"train": {"targets_audio": "clean"}}},
+     "pretrain.train.targets_audio", "has none"),
+])
+def test_bad_corpus_configurations_name_the_key(over, key, words):
+    with pytest.raises(ConfigError, match=words) as exc:
+        cat(**over)
+    assert exc.value.key == key
+
+
+def test_a_stage_whose_corpus_lacks_what_it_needs_is_named(tmp_path):
+    vox = _vox_folder(tmp_path / "vox", {"id10001/yt/00001.wav": b"a"})
+    with pytest.raises(ConfigError, match="needs transcripts, but corpus 'vox'") as exc:
+        cat(corpora=[{"name": "vox", "source": "voxceleb1", "voxceleb1": vox}], stages={"sid": "vox"})
+    assert exc.value.key == "stages.pr"  # PR follows SID's corpus unless told otherwise
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("path\n/a.wav\n")
+    with pytest.raises(ConfigError, match="SID needs speakers, but corpus 'mine'"):
+        cat(corpora=[{"name": "mine", "source": "tsv", "tsv": {"path": str(tsv)}}], stages={"sid": "mine", "pr": "demo"})
+    tsv.write_text("path\tspeaker\n/a.wav\ts1\n")
+    with pytest.raises(ConfigError, match="split.fractions"):
+        cat(corpora=[{"name": "mine", "source": "tsv", "tsv": {"path": str(tsv)}, "split": {"fractions": None}}],
+            stages={"sid": "mine", "pr": "demo"})
+    tsv.write_text("path\tspeaker\ttext\n/a.wav\ts1\thello\n")  # a text column makes it a PR corpus
+    c = cat(corpora=[{"name": "mine", "source": "tsv", "tsv": {"path": str(tsv)}}], stages={"sid": "mine"})
+    assert c.corpus("pr").name == "mine" and c.corpus("pr").has_transcripts
+
+
+# ------------------------------------------------------------------------------------------- leaks
+def test_leak_by_path_and_by_audio_bytes_is_named(tmp_path):
+    dev = _ls_folder(tmp_path / "LibriSpeech", "dev-clean")
+    (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").write_text("11 | F | dev-clean | 1 | A\n")
+    one = next(dev.glob("*/*/*.flac"))
+    vox = tmp_path / "vox"
+    files = {"id10001/yt/00001.wav": b"unrelated audio", "id10001/yt/00002.wav": one.read_bytes()}
+    cfg = complete({"corpus": {"name": "ls", "source": "librispeech", "librispeech": {"split_dir": str(dev)}},
+                    "corpora": [{"name": "vox", "source": "voxceleb1", "voxceleb1": _vox_folder(vox, files)}],
+                    "stages": {"sid": "vox", "pr": "ls"}, "pr": {"enabled": False}})
+    c = build_catalogue(cfg)
+    with pytest.raises(ConfigError, match="00002.wav \\(the same audio as .*" + one.name) as exc:
+        check_leaks(c, cfg)
+    assert exc.value.key == "stages.sid" and "00001.wav" not in str(exc.value)
+    # the same file reached through the evaluation corpus' own folder
+    (vox / "wav" / "id10001" / "yt" / "00002.wav").unlink()
+    (vox / "wav" / "id10001" / "yt" / "00002.wav").symlink_to(one)
+    with pytest.raises(ConfigError, match="the same file"):
+        check_leaks(c, cfg)
+    shutil.rmtree(vox)
+    _vox_folder(vox, {"id10001/yt/00001.wav": b"unrelated audio"})
+    assert check_leaks(c, cfg) == []
+
+
+def test_leak_between_librispeech_splits_only_counts_the_test_folder(tmp_path):
+    ls = tmp_path / "LibriSpeech"
+    dev = _ls_folder(ls, "dev-clean")
+    test = _ls_folder(ls, "test-clean", speakers=("21",))
+    train = _ls_folder(ls, "train-clean-100", speakers=("31",))
+    cfg = complete({"corpus": {"name": "ana", "source": "librispeech", "librispeech": {"split_dir": str(dev)}},
+                    "corpora": [{"name": "phones", "source": "librispeech",
+                                 "librispeech": {"split_dirs": {"train": str(train), "dev": str(dev), "test": str(test)}}}],
+                    "stages": {"sid": "phones", "pr": "phones"}})
+    c = build_catalogue(cfg)
+    assert check_leaks(c, cfg) == []  # dev-clean is PR's model selection split: a known, harmless overlap
+    cfg["corpora"][0]["librispeech"]["split_dirs"]["test"] = str(dev)
+    with pytest.raises(ConfigError, match="dev-clean"):
+        check_leaks(build_catalogue(cfg), cfg)
+
+
+def test_two_synthesized_corpora_with_the_same_settings_leak():
+    cfg = complete({"corpora": [{"name": "again", "source": "demo"}], "stages": {"sid": "again", "pr": "again"}})
+    with pytest.raises(ConfigError, match="same settings"):
+        check_leaks(build_catalogue(cfg), cfg)
+    cfg["corpora"][0]["demo"]["seed"] = 7
+    assert check_leaks(build_catalogue(cfg), cfg) == []

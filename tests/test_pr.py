@@ -1,0 +1,312 @@
+"""SUPERB phoneme recognition (METHOD §11a): edit distance, greedy CTC decoding, corpus-level PER and
+its bootstrap interval, the linear head, the frame cache, and CTC training on a synthetic task."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from speaker_neurons import pr
+from speaker_neurons.models.base import UpstreamOutput
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest, and on a shared 2-core machine much faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------- scoring
+def _levenshtein_reference(a, b):
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return d[-1][-1]
+
+
+@pytest.mark.parametrize("ref,hyp,dist", [
+    ("kitten", "sitting", 3),  # 2 substitutions + 1 insertion
+    ("flaw", "lawn", 2),  # 1 deletion + 1 insertion
+    ("abc", "abc", 0),
+    ("", "abc", 3),
+    ("abc", "", 3),
+    ("", "", 0),
+    ("abc", "cba", 2),
+    ("aaaa", "aa", 2),
+    ("ab", "ba", 2),  # no transpositions in Levenshtein
+    ("intention", "execution", 5),
+])
+def test_edit_distance_hand_cases(ref, hyp, dist):
+    assert pr.edit_distance([ord(c) for c in ref], [ord(c) for c in hyp]) == dist
+
+
+def test_edit_distance_against_plain_dynamic_programming():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.integers(0, 4, rng.integers(0, 12)).tolist()
+        b = rng.integers(0, 4, rng.integers(0, 12)).tolist()
+        assert pr.edit_distance(a, b) == _levenshtein_reference(a, b)
+
+
+def test_greedy_decode_merges_repeats_and_drops_blanks():
+    a, b, _ = 1, 2, 0
+    assert pr.greedy_decode([a, a, _, a, b, b, _]) == [a, a, b]
+    assert pr.greedy_decode([_, _, _]) == []
+    assert pr.greedy_decode([]) == []
+    assert pr.greedy_decode([b, b, 3, 3, _], drop=[3]) == [b]  # an end-of-sentence id is dropped too
+
+
+def test_per_is_corpus_level():
+    # utterance 1: 1 error in 10 phones; utterance 2: 2 errors in 2 phones
+    edits, ref = [1, 2], [10, 2]
+    assert pr.corpus_per(edits, ref) == pytest.approx(3 / 12)
+    assert pr.corpus_per(edits, ref) != pytest.approx(np.mean([1 / 10, 2 / 2]))
+    with pytest.raises(ValueError):
+        pr.corpus_per([0], [0])
+
+
+def test_bootstrap_interval_contains_point_and_shrinks():
+    rng = np.random.default_rng(1)
+    ref = rng.integers(20, 60, 40)
+    edits = rng.binomial(ref, 0.2)
+    point = pr.corpus_per(edits, ref)
+    lo, hi = pr.bootstrap_interval(edits, ref, 1000, 0)
+    assert lo < point < hi
+    assert pr.bootstrap_interval(edits, ref, 1000, 0) == (lo, hi)  # seeded
+    lo4, hi4 = pr.bootstrap_interval(np.tile(edits, 16), np.tile(ref, 16), 1000, 0)  # 16x the utterances
+    assert lo4 < point < hi4
+    assert (hi4 - lo4) < 0.5 * (hi - lo)  # ~1/4 the width in theory
+    # the resampling unit is the utterance: a corpus of one utterance has no spread
+    assert pr.bootstrap_interval([3], [10], 100, 0) == (0.3, 0.3)
+
+
+# ------------------------------------------------------------------------------------------- the head
+def test_head_is_affine_and_layer_weights_are_a_softmax():
+    torch.manual_seed(0)
+    head = pr.PRHead([0, 2, 3], dim=6, n_out=5, proj_dim=4)
+    with torch.no_grad():
+        head.layer_logits.copy_(torch.tensor([0.3, -1.0, 2.0]))
+    w = head.weights().detach()
+    assert torch.allclose(w, torch.exp(head.layer_logits) / torch.exp(head.layer_logits).sum())
+    assert float(w.sum()) == pytest.approx(1.0)
+    x, y = torch.randn(2, 7, 4, 6), torch.randn(2, 7, 4, 6)
+    zero = torch.zeros_like(x)
+    a, b = 1.7, -0.6
+    with torch.no_grad():
+        f = head
+        lhs = f(a * x + b * y)
+        rhs = a * f(x) + b * f(y) + (1 - a - b) * f(zero)  # affine: no activation between the linears
+        assert torch.allclose(lhs, rhs, atol=1e-5)
+        # the mix reads only the head's layers, with its weights
+        mixed = w[0] * x[:, :, 0] + w[1] * x[:, :, 2] + w[2] * x[:, :, 3]
+        assert torch.allclose(head.mix(x), mixed, atol=1e-6)
+    assert [type(m) for m in head.children()] == [nn.Linear, nn.Linear]
+
+
+# ------------------------------------------------------------------------------------------- feature cache
+class FakeUpstream(nn.Module):
+    """Frames of 160 samples; hidden_l[t] = features of frame t's own samples (no context, so batching
+    and padding change nothing), scaled per layer."""
+
+    num_layers, hidden_dim = 2, 4
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+
+    def frames_for(self, n):
+        return int(n) // 160
+
+    def forward(self, wavs, wav_lengths=None, return_ffn=True):
+        B, S = wavs.shape
+        T = S // 160
+        fr = wavs[:, : T * 160].reshape(B, T, 160)
+        base = torch.stack([fr.mean(-1), fr.std(-1), fr.max(-1).values, fr[..., 0]], -1)  # (B, T, 4)
+        lengths = torch.tensor([self.frames_for(n) for n in wav_lengths.tolist()])
+        return UpstreamOutput(hidden=[s * base + l for l, s in enumerate(self.scale)], lengths=lengths)
+
+
+def test_frame_cache_round_trip_in_several_shards(tmp_path):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, n in enumerate([3200, 4800, 1600, 8000, 6400, 3360]):
+        p = tmp_path / f"u{i}.wav"
+        sf.write(p, (0.2 * rng.standard_normal(n)).astype(np.float32), 16000, subtype="FLOAT")
+        rows.append({"utt_id": f"u{i}", "path": str(p), "duration": n / 16000})
+    m = pd.DataFrame(rows)
+    up = FakeUpstream()
+    # 171 frames x 3 layers x 4 x 2 bytes = 4104 bytes in shards of about 0.5 KiB (an utterance is 240-1200 bytes)
+    info = pr.extract_frame_features(up, m, tmp_path / "cache", shard_mb=0.5 / 1024, max_batch_seconds=1.0,
+                                     progress=False)
+    assert info["utterances"] == 6 and info["layers"] == 3 and info["dim"] == 4 and info["shards"] >= 3
+    shards = sorted((tmp_path / "cache").glob("shard_*.npy"))
+    assert len(shards) == info["shards"]
+    biggest = max(r["duration"] for r in rows) * 100 * 3 * 4 * 2
+    assert all(p.stat().st_size <= 0.5 * 1024 + biggest + 128 for p in shards)  # bounded: one shard at a time
+    cache = pr.FrameCache(tmp_path / "cache")
+    assert sorted(cache.utterances()) == sorted(m["utt_id"])
+    with torch.no_grad():
+        for r in rows:
+            w = torch.from_numpy(sf.read(r["path"], dtype="float32")[0])[None]
+            o = up(w, torch.tensor([w.shape[1]]))
+            direct = torch.stack(o.hidden, 1)[0].numpy().astype(np.float16)  # (L+1, T, d)
+            got = cache.get(r["utt_id"])
+            assert isinstance(cache.frames_major(r["utt_id"]), np.memmap) or \
+                isinstance(cache.frames_major(r["utt_id"]).base, np.memmap)
+            assert got.dtype == np.float16 and got.shape == direct.shape
+            np.testing.assert_array_equal(got, direct)
+    x, lengths = cache.batch(["u1", "u2"])
+    assert x.shape == (2, 30, 3, 4) and lengths.tolist() == [30, 10]
+    assert float(x[1, 10:].abs().sum()) == 0.0
+    np.testing.assert_array_equal(x[1, :10].numpy(), cache.frames_major("u2").astype(np.float32))
+
+
+def test_frame_cache_of_a_real_tiny_upstream(tmp_path):
+    import soundfile as sf
+    from test_models import tiny
+
+    model = tiny("melhubert")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, sec in enumerate([0.7, 1.3, 0.5]):
+        p = tmp_path / f"r{i}.wav"
+        sf.write(p, (0.1 * rng.standard_normal(int(sec * 16000))).astype(np.float32), 16000, subtype="FLOAT")
+        rows.append({"utt_id": f"r{i}", "path": str(p), "duration": sec})
+    info = pr.extract_frame_features(model, pd.DataFrame(rows), tmp_path / "c", shard_mb=64, max_batch_seconds=10.0,
+                                     progress=False)
+    assert info["layers"] == model.num_layers + 1 and info["shards"] == 1 and info["frame_period"] == 0.01
+    cache = pr.FrameCache(tmp_path / "c")
+    with torch.no_grad():
+        for r in rows:
+            w = torch.from_numpy(sf.read(r["path"], dtype="float32")[0])[None]
+            o = model(w, torch.tensor([w.shape[1]]), return_ffn=False)
+            direct = torch.stack(o.hidden, 1)[0].numpy()
+            got = cache.get(r["utt_id"]).astype(np.float32)
+            assert got.shape == direct.shape
+            np.testing.assert_allclose(got, direct, rtol=2e-3, atol=2e-3)  # float16, batched with padding
+
+
+def test_frame_cache_rejects_mismatched_shapes(tmp_path):
+    with pytest.raises(ValueError, match="do not match"):
+        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("b", np.zeros((2, 5, 4)))], tmp_path, 1.0)
+    with pytest.raises(ValueError, match="twice"):
+        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("a", np.zeros((3, 5, 4)))], tmp_path, 1.0)
+
+
+# ------------------------------------------------------------------------------------------- training
+INVENTORY = ["A", "B", "C", "D", "E", "F"]
+INFORMATIVE = 1
+
+
+def _synthetic(tmp_path, n_utts=(64, 16, 24), seed=0):
+    """Three layers of 8 dims; the phone of each frame is a one-hot in layer 1 (plus noise), layers 0 and 2
+    are noise; every phone lasts 2-4 frames, no phone follows itself."""
+    rng = np.random.default_rng(seed)
+    phones, splits, items = {}, {}, []
+    for sp, n in zip(("train", "dev", "test"), n_utts):
+        for i in range(n):
+            u = f"{sp}{i:03d}"
+            seq = [int(rng.integers(6))]
+            while len(seq) < rng.integers(4, 9):
+                seq.append(int((seq[-1] + rng.integers(1, 6)) % 6))
+            dur = rng.integers(2, 5, len(seq))
+            frames = np.repeat(seq, dur)
+            h = rng.standard_normal((3, len(frames), 8)).astype(np.float32)
+            h[INFORMATIVE] *= 0.3
+            h[INFORMATIVE, np.arange(len(frames)), frames] += 2.0
+            items.append((u, h))
+            phones[u] = [INVENTORY[p] for p in seq]
+            splits[u] = sp
+    pr.write_frame_cache(items, tmp_path / "cache", 0.05)
+    return tmp_path / "cache", phones, splits
+
+
+FAST = {"proj_dim": 32, "batch_size": 16, "bootstrap": 200}
+
+
+def test_ctc_training_learns_the_synthetic_task_and_its_layer(tmp_path):
+    cache, phones, splits = _synthetic(tmp_path, (48, 16, 24))
+    cfg = dict(FAST, learning_rates=[1e-2], seeds=[0], steps=100, eval_every=50)
+    res = pr.train_and_evaluate(cache, phones, splits, {"all": [0, 1, 2], "noise": [0, 2]}, cfg, INVENTORY)
+    assert res["vocabulary_size"] == 7 and res["splits"]["test"]["utterances"] == 24
+    r = res["layer_sets"]["all"]
+    chance = res["layer_sets"]["noise"]["test_per"]
+    assert r["test_per"] < 0.2 < chance
+    w = r["layer_weights"]
+    assert int(np.argmax(w)) == INFORMATIVE and w[INFORMATIVE] > 0.45
+    s = r["per_seed"][0]
+    assert s["ci95"][0] <= s["per"] <= s["ci95"][1]
+    assert s["best_step"] in (50, 100) and [c[0] for c in s["dev_curve"]] == [50, 100]
+    assert s["dev_per"] == min(c[1] for c in s["dev_curve"])
+    assert r["test_phones"] == sum(len(phones[u]) for u in phones if splits[u] == "test") == s["ref_phones"]
+    json.dumps(res)
+
+
+def test_sweep_seeds_and_determinism(tmp_path):
+    cache, phones, splits = _synthetic(tmp_path, (24, 8, 8))
+    cfg = dict(FAST, learning_rates=[1e-2, 1e-4], seeds=[0, 1], steps=20, eval_every=10)
+    sets = {"all": [0, 1, 2], "last": [2]}
+    a = pr.train_and_evaluate(cache, phones, splits, sets, cfg, INVENTORY)
+    b = pr.train_and_evaluate(cache, phones, splits, sets, cfg, INVENTORY)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    for nm, r in a["layer_sets"].items():
+        dev = {float(k): v for k, v in r["dev_per"].items()}
+        assert set(dev) == {1e-2, 1e-4} and r["lr"] == min(dev, key=lambda lr: (dev[lr], lr))
+        assert [p["seed"] for p in r["per_seed"]] == [0, 1]
+        assert r["test_per"] == pytest.approx(np.mean([p["per"] for p in r["per_seed"]]))
+        assert r["test_ci95"][0] <= r["test_per"] <= r["test_ci95"][1]
+        assert r["per_seed"][0]["dev_per"] == dev[r["lr"]]
+    assert a["layer_sets"]["last"]["layer_weights"] == [1.0]
+    # fixed rates (sid.sweep: base): no sweep for the named set, the same heads as the sweep's at that rate
+    c = pr.train_and_evaluate(cache, phones, splits, sets, cfg, INVENTORY, fixed_lr={"last": 1e-4})
+    assert c["layer_sets"]["last"]["lr"] == 1e-4 and not c["layer_sets"]["last"]["lr_swept"]
+    assert list(c["layer_sets"]["last"]["dev_per"]) == ["0.0001"]
+    assert c["layer_sets"]["all"] == a["layer_sets"]["all"] and a["layer_sets"]["all"]["lr_swept"]
+    assert c["layer_sets"]["last"]["dev_per"]["0.0001"] == a["layer_sets"]["last"]["dev_per"]["0.0001"]
+
+
+def test_a_head_trains_in_its_group_exactly_as_alone(tmp_path):
+    cache, phones, splits = _synthetic(tmp_path, (16, 4, 4))
+    from speaker_neurons.config import resolve
+
+    cfg = resolve("pr", dict(FAST, steps=6, eval_every=3))
+    ids = {p: i + 1 for i, p in enumerate(INVENTORY)}
+    corpus = pr._Corpus(pr.FrameCache(cache), {u: np.array([ids[p] for p in ph]) for u, ph in phones.items()}, None)
+    tr = sorted(u for u in phones if splits[u] == "train")
+    dv = sorted(u for u in phones if splits[u] == "dev")
+    a, b = pr.PRSpec("all", (0, 1, 2), 1e-2), pr.PRSpec("last", (2,), 1e-3)
+    together = pr.train_group(corpus, tr, dv, [a, b], 0, cfg, 7)
+    alone = pr.train_group(corpus, tr, dv, [b], 0, cfg, 7)
+    for k, v in together[1]["head"].state_dict().items():
+        assert torch.equal(v, alone[0]["head"].state_dict()[k])
+    assert together[1]["dev_curve"] == alone[0]["dev_curve"]
+    for r in together:  # the returned head is the best-dev checkpoint, not the last step's
+        (e, n), = pr._score([r["head"]], corpus, pr._eval_batches(corpus, dv, 16), "cpu")
+        assert pr.corpus_per(e, n) == r["dev_per"] == min(c[1] for c in r["dev_curve"])
+
+
+def test_eos_option_and_input_errors(tmp_path):
+    cache, phones, splits = _synthetic(tmp_path, (8, 4, 4))
+    cfg = dict(FAST, learning_rates=[1e-2], seeds=[0], steps=4, eval_every=2, eos=True)
+    res = pr.train_and_evaluate(cache, phones, splits, {"all": [0, 1, 2]}, cfg, INVENTORY)
+    assert res["vocabulary_size"] == 8 and res["eos"] is True
+    with pytest.raises(ValueError, match="not in the phone inventory"):
+        pr.train_and_evaluate(cache, dict(phones, train000=["ZZ"]), splits, {"all": [0]}, cfg, INVENTORY)
+    with pytest.raises(ValueError, match="no frames in the cache"):
+        pr.train_and_evaluate(cache, dict(phones, extra=["A"]), dict(splits, extra="test"), {"all": [0]}, cfg,
+                              INVENTORY)
+    with pytest.raises(ValueError, match="outside the cache"):
+        pr.train_and_evaluate(cache, phones, splits, {"all": [0, 3]}, cfg, INVENTORY)
+    with pytest.raises(ValueError, match="unknown pr config key"):
+        pr.train_and_evaluate(cache, phones, splits, {"all": [0]}, dict(cfg, step=3), INVENTORY)
