@@ -89,7 +89,7 @@ USED_CORPORA = list(
         [ANALYSIS_CORPUS]
         + ([CAT.stages["pretrain"]] if PRETRAINED else [])
         + ([SID_CORPUS] if config["sid"]["enabled"] else [])
-        + ([PR_CORPUS] if config["pr"]["enabled"] else [])
+        + ([PR_CORPUS] if CAT.pr_runs else [])
     )
 )
 SYNTHESIZED = [c for c in USED_CORPORA if CAT.corpora[c].synthesized]
@@ -335,7 +335,7 @@ def model_outputs(name):
     outs = [f"{base}/neuron_counts.tsv"] if analysed(name) else []
     if config["sid"]["enabled"]:
         outs.append(f"{sid_dir(name)}/sid.json")
-    if config["pr"]["enabled"]:
+    if CAT.pr_runs:
         outs.append(f"{pr_dir(name)}/pr.json")
     if erased(name):
         outs.append(f"{base}/ssl_k{SETS_K}/erase/erase.json")
@@ -374,7 +374,7 @@ def summary_models():
                 "sid": (
                     f"{sid_dir(name)}/sid.json" if config["sid"]["enabled"] else None
                 ),
-                "pr": (f"{pr_dir(name)}/pr.json" if config["pr"]["enabled"] else None),
+                "pr": (f"{pr_dir(name)}/pr.json" if CAT.pr_runs else None),
                 "prune": (
                     f"{model_dir(name)}/prune.json"
                     if m.source in ("prune", "iterative")

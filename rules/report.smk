@@ -28,9 +28,7 @@ rule summarize:
         models=summary_models(),
         k_ssl=SETS_K,
         controls=config["controls"],
-        corpora={
-            s: c for s, c in CAT.stages.items() if s != "pr" or config["pr"]["enabled"]
-        },
+        corpora={s: c for s, c in CAT.stages.items() if s != "pr" or CAT.pr_runs},
     log:
         f"{LOGS}/summarize.log",
     benchmark:

@@ -164,6 +164,8 @@ class Catalogue:
     analysed: list[str]  # models that get the label-free analysis
     sets_k: int  # the k_ssl whose neuron sets pruning and the erase ablation use
     targets_audio: str = "input"  # pretrain.train.targets_audio resolved: input | clean
+    notes: list[str] = field(default_factory=list)  # what the run leaves out, and why (said before any job)
+    pr_runs: bool = True  # pr.enabled, unless its corpus was not named and has no transcripts
 
     def corpus(self, stage: str) -> Corpus:
         return self.corpora[self.stages[stage]]
@@ -360,6 +362,12 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
                               "per-speaker split, choose another corpus for stages.sid, or set sid.enabled: false.")
     if config["pr"]["enabled"]:
         c = cat.corpus("pr")
+        named = config["stages"]["pr"] not in ("", "auto") or config["stages"]["sid"] not in ("", "auto")
+        if not c.has_transcripts and not named:  # a one-corpus config of a corpus without transcripts
+            cat.pr_runs = False
+            cat.notes.append(f"phoneme recognition is left out: corpus {c.name!r} (source {c.source}) has no "
+                             "transcripts; name a transcribed corpus in stages.pr to run it.")
+            return
         if not c.has_transcripts:
             raise ConfigError("stages.pr", f"phoneme recognition needs transcripts, but corpus {c.name!r} (source "
                                            f"{c.source}) has none; choose a transcribed corpus for stages.pr (demo, "
@@ -475,9 +483,9 @@ def check_leaks(cat: Catalogue, config: Mapping[str, Any]) -> list[str]:
     """Raise ConfigError when a test utterance of an evaluation corpus is an utterance of the analysis
     corpus; returns warnings (an evaluation on the analysis corpus itself is allowed, and said)."""
     analysis = cat.corpus("analysis")
-    warnings = []
+    warnings = list(cat.notes)
     for stage in ("sid", "pr"):
-        if not config[stage]["enabled"]:
+        if not config[stage]["enabled"] or (stage == "pr" and not cat.pr_runs):
             continue
         ev = cat.corpus(stage)
         if ev.name == analysis.name:

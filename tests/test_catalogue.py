@@ -206,3 +206,14 @@ def test_two_synthesized_corpora_with_the_same_settings_leak():
         check_leaks(build_catalogue(cfg), cfg)
     cfg["corpora"][0]["demo"]["seed"] = 7
     assert check_leaks(build_catalogue(cfg), cfg) == []
+
+
+def test_pr_is_left_out_with_a_note_for_an_unnamed_corpus_without_transcripts(tmp_path):
+    vox = _vox_folder(tmp_path / "vox", {"id10001/yt/00001.wav": b"a"})
+    cfg = complete({"corpus": {"source": "voxceleb1", "voxceleb1": vox}})
+    c = build_catalogue(cfg)
+    assert not c.pr_runs and any("phoneme recognition is left out" in n for n in c.notes)
+    assert any("left out" in w for w in check_leaks(c, cfg))
+    cfg["stages"]["pr"] = "voxceleb1"  # named: the user asked for it, so it is an error
+    with pytest.raises(ConfigError, match="needs transcripts"):
+        build_catalogue(cfg)

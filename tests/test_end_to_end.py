@@ -64,7 +64,7 @@ def two_runs(tmp_path_factory):
 
 
 def _deterministic_files(root: Path) -> list[Path]:
-    files = [Path("ivectors/clusters.tsv"), Path("ivectors/extractor_seeds.npz"), Path("ivectors/cluster_stability.json"),
+    files = [Path("corpora/demo/ivectors/clusters.tsv"), Path("corpora/demo/ivectors/extractor_seeds.npz"), Path("corpora/demo/ivectors/cluster_stability.json"),
              Path("models/demo/model/model.safetensors"),
              Path("models/demo/pretrain/head.pt"), Path("models/demo/pretrain/kmeans_centers.npy")]
     for model in ("demo", "w2v"):
@@ -83,39 +83,45 @@ def _deterministic_files(root: Path) -> list[Path]:
     files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
     for control in ("demo-noffn", "w2v-noffn"):  # the FFN controls of both models of the config
         files += [Path("models") / control / "model" / "model.safetensors", Path("models") / control / "prune.json"]
-    files += [Path("corpus/demo/channels.tsv")]
+    files += [Path("corpora/demo/audio/channels.tsv"), Path("corpora/demo_eval/audio/channels.tsv")]
+    files += [Path("corpora/demo_eval/phone_targets.tsv"), Path("models/demo/pr/demo_eval/pr.json"),
+              Path("models/demo-protected-pset/pr/demo_eval/pr.json")]
     return files
 
 
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = _deterministic_files(a)
-    assert len(files) == 80
+    assert len(files) == 84
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
 
 
 def test_cluster_stability_over_kmeans_and_extractor_seeds(two_runs):
     a, _ = two_runs
-    st = json.loads((a / "ivectors/cluster_stability.json").read_text())
+    st = json.loads((a / "corpora/demo/ivectors/cluster_stability.json").read_text())
     assert st["kmeans_seeds"]["seeds"] == [1, 2, 3, 4, 5] and len(st["kmeans_seeds"]["ari"]) == 5
     assert st["extractor_seeds"]["seeds"] == [1, 2] and len(st["extractor_seeds"]["ari"]) == 2
     aris = st["kmeans_seeds"]["ari"] + st["extractor_seeds"]["ari"]
     assert st["min_ari"] == min(aris) and st["stable"] == (min(aris) >= st["warn_below"])
-    with np.load(a / "ivectors/extractor_seeds.npz") as z:
+    with np.load(a / "corpora/demo/ivectors/extractor_seeds.npz") as z:
         assert z["ivectors"].shape[:2] == (2, len(z["utt_id"])) and z["seeds"].tolist() == [1, 2]
 
 
 def test_every_rule_logged_and_benchmarked(two_runs):
     a, _ = two_runs
-    for rule in ("synthesize_demo_corpus", "build_manifest", "audio_qc", "ivectors", "ivector_clusters",
-                 "compare_models"):
+    for rule in ("ivectors", "ivector_clusters", "compare_models"):
         assert (a / "logs" / f"{rule}.log").exists(), f"no log for {rule}"
         assert (a / "benchmarks" / f"{rule}.tsv").exists()
+    for corpus in ("demo", "demo_eval"):  # the analysis corpus and the evaluation corpus
+        for rule in ("synthesize_demo_corpus", "build_manifest", "audio_qc"):
+            assert (a / "logs" / "corpora" / corpus / f"{rule}.log").exists(), f"no log for {corpus}/{rule}"
+            assert (a / "benchmarks" / "corpora" / corpus / f"{rule}.tsv").exists()
+    assert (a / "logs" / "corpora" / "demo_eval" / "phone_targets.log").exists()
     for model in ("demo", "w2v"):
         rules = ["describe_model", "extract_features", "frame_kmeans_k3", "frame_kmeans_k5", "activation_stats_k3",
                  "neuron_sets_k3", "evidence_report_k3", "neuron_counts_summary"]
-        for rule in rules + (["pretrain_melhubert"] if model == "demo" else []):
+        for rule in rules + ["pool_layers", "sid_eval", "pr_features", "pr_eval"] + (["pretrain_melhubert"] if model == "demo" else []):
             assert (a / "logs" / model / f"{rule}.log").exists(), f"no log for {model}/{rule}"
             assert (a / "benchmarks" / model / f"{rule}.tsv").exists()
         log = (a / "logs" / model / "activation_stats_k3.log").read_text()
@@ -157,7 +163,7 @@ def test_labels_join_model_frames_and_hubert_export(two_runs):
     a, _ = two_runs
     d = a / "models/demo/analysis/ssl_k3"
     labels = load_labels(d / "labels.npz")
-    manifest = read_manifest(a / "manifest/manifest.tsv")
+    manifest = read_manifest(a / "corpora/demo/manifest.tsv")
     assert set(labels) == set(manifest["utt_id"])
     km_lines = (d / "hubert.km").read_text().splitlines()
     tsv_lines = (d / "hubert.tsv").read_text().splitlines()
@@ -184,8 +190,8 @@ def test_provenance_evidence_and_comparison(two_runs):
     ev = json.loads((a / "models/demo/analysis/ssl_k3/report/evidence.json").read_text())
     assert set(ev) == {"ssl_phone_composition_pct", "ssl_majority_class"}
     assert (a / "models/demo/analysis/ssl_k3/report/ssl_phone_composition.png").stat().st_size > 1000
-    assert (a / "ivectors/gender_purity.png").stat().st_size > 1000
-    q = json.loads((a / "ivectors/quality.json").read_text())
+    assert (a / "corpora/demo/ivectors/gender_purity.png").stat().st_size > 1000
+    q = json.loads((a / "corpora/demo/ivectors/quality.json").read_text())
     assert q["utterances"] == 48 and 0 <= q["sid_accuracy"] <= 1
     models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
     models = models[models["model"].isin(["demo", "w2v"])]  # the pruned models have rows of their own
@@ -237,9 +243,9 @@ def test_sid_of_every_model(two_runs):
     """SUPERB SID runs on every model (the base, the checkpoint, the pruned ones) from its pooled layers."""
     a, b = two_runs
     for name, layers in (("demo", 2), ("w2v", 2), ("demo-protected-pset", 2)):
-        d = a / "models" / name / "analysis" / "sid"
+        d = a / "models" / name / "sid" / "demo_eval"
         res = json.loads((d / "sid.json").read_text())
-        assert (d / "pooled_layers.npz").read_bytes() == (b / "models" / name / "analysis/sid/pooled_layers.npz").read_bytes()
+        assert (d / "pooled_layers.npz").read_bytes() == (b / "models" / name / "sid/demo_eval/pooled_layers.npz").read_bytes()
         with np.load(d / "pooled_layers.npz") as z:
             assert z["pooled"].shape[1] == layers + 1 and z["seg_id"].dtype.kind == "U"
         assert res["speakers"] == 8 and res["crop_seconds"] == 1.0
@@ -249,9 +255,34 @@ def test_sid_of_every_model(two_runs):
             assert r["test_ci95"][0] <= r["test_accuracy"] <= r["test_ci95"][1]
             assert 0 <= r["test_accuracy"] <= 1 and len(r["layer_weights"]) == len(chosen)
             # sid.sweep: base (the default): the pruned model trains at the rates picked for its parent
-            base = json.loads((a / "models/demo/analysis/sid/sid.json").read_text())[layer_set]
+            base = json.loads((a / "models/demo/sid/demo_eval/sid.json").read_text())[layer_set]
             assert r["lr_swept"] == (name != "demo-protected-pset")
             assert name != "demo-protected-pset" or (r["lr"] == base["lr"] and res["lr_from"] == "demo")
+
+
+def test_pr_of_every_model(two_runs):
+    """SUPERB PR runs on every model of the SID protocol, on the evaluation corpus (other pseudo-speakers
+    than the analysis corpus), derived models at their parent's rates; the frame caches are temporary."""
+    a, _ = two_runs
+    base = json.loads((a / "models/demo/pr/demo_eval/pr.json").read_text())
+    for name, layers in (("demo", 2), ("w2v", 2), ("demo-protected-pset", 2), ("demo-noffn", 2)):
+        d = a / "models" / name / "pr" / "demo_eval"
+        res = json.loads((d / "pr.json").read_text())
+        assert res["corpus"] == "demo_eval" and res["steps"] == 30 and not (d / "frames").exists()
+        assert res["splits"]["test"] > 0 and res["vocabulary_size"] == 70  # blank + 69 CMUdict phones
+        for layer_set, chosen in (("all", [0, 1, 2]), ("layers_1_L", [1, 2]), ("last", [2]), ("hidden_0", [0])):
+            r = res["layer_sets"][layer_set]
+            assert r["layers"] == chosen and len(r["per_seed"]) == 2 and r["lr"] in (0.01, 0.001)
+            assert r["test_ci95"][0] <= r["test_per"] <= r["test_ci95"][1] and r["test_per"] >= 0
+            assert r["lr_swept"] == (name in ("demo", "w2v"))
+            assert name in ("demo", "w2v") or (r["lr"] == base["layer_sets"][layer_set]["lr"] and res["lr_from"] == "demo")
+    # another seed: other pseudo-speakers (the same recorded voices, other perturbations), other texts
+    cols = ["pitch_semitones", "vtl_factor", "tempo"]
+    ana = pd.read_csv(a / "corpora/demo/audio/speakers.tsv", sep="\t").set_index("speaker")
+    ev = pd.read_csv(a / "corpora/demo_eval/audio/speakers.tsv", sep="\t").set_index("speaker")
+    assert len(ev) == 8 and not (ana.loc[ev.index, cols].values == ev[cols].values).all(axis=1).any()
+    texts = [set(pd.read_csv(a / f"corpora/{c}/transcripts.tsv", sep="\t")["text"]) for c in ("demo", "demo_eval")]
+    assert not texts[0] & texts[1]
 
 
 def test_continued_and_iterative_models(two_runs):
@@ -297,7 +328,7 @@ def test_continued_and_iterative_models(two_runs):
         parent_dir = a / "models" / prev / "model"
         assert model.parent_sha256 == rec["parent_sha256"] == sha256_paths([parent_dir])[str(parent_dir)]
         assert json.loads((a / "models" / name / "pretrain/summary.json").read_text())["steps"] == 3
-        assert (a / "models" / name / "analysis/sid/sid.json").exists()
+        assert (a / "models" / name / "sid/demo_eval/sid.json").exists()
         assert (a / "models" / name / "analysis/ssl_k5/neurons/ivector_cluster.json").exists()
         prev = name
 
@@ -317,14 +348,14 @@ def test_erase_ablation_summary_and_report(two_runs, tmp_path):
         for name, g in t[t["kind"] != "unerased"].groupby("erased"):
             assert g["neurons"].nunique() == 1
         # the unerased accuracy over all clusters is the SID head's own test accuracy (mean over seeds)
-        sid = json.loads((a / "models" / model / "analysis/sid/sid.json").read_text())
+        sid = json.loads((a / "models" / model / "sid/demo_eval/sid.json").read_text())
         base = t[(t["kind"] == "unerased") & (t["layer_set"] == "last") & (t["cluster"] == "all")]["accuracy"].iloc[0]
         assert base == pytest.approx(sid["last"]["test_accuracy"], abs=1e-6)
         assert (d / "erase.png").stat().st_size > 1000 and json.loads((d / "erase.json").read_text())["k_ssl"] == 5
     summary = pd.read_csv(a / "summary.tsv", sep="\t")
     assert {"ivectors", "neurons", "sid", "pruning", "erase"} <= set(summary["section"])
     row = summary[(summary["metric"] == "accuracy_all") & (summary["model"] == "demo-protected-pset")].iloc[0]
-    sid = json.loads((a / "models/demo-protected-pset/analysis/sid/sid.json").read_text())
+    sid = json.loads((a / "models/demo-protected-pset/sid/demo_eval/sid.json").read_text())
     assert row["value"] == pytest.approx(sid["all"]["test_accuracy"]) and row["paper"] == pytest.approx(0.6296)
     md = (a / "summary.md").read_text()
     assert "## Erase ablation" in md and "protected" in md and "demo-protected-iter2" in md
@@ -351,8 +382,8 @@ def test_controls_of_every_model(two_runs):
         assert rec["strategy"] == "random" and rec["target"] == 0.02 and rec["protected_from"] == []
         assert [v["kept"] for v in rec["layers"].values()] == [max(1, round(0.02 * v["width"]))
                                                                for v in rec["layers"].values()]
-        ctrl = json.loads((a / "models" / f"{parent}-noffn" / "analysis/sid/sid.json").read_text())
-        base = json.loads((a / "models" / parent / "analysis/sid/sid.json").read_text())
+        ctrl = json.loads((a / "models" / f"{parent}-noffn" / "sid/demo_eval/sid.json").read_text())
+        base = json.loads((a / "models" / parent / "sid/demo_eval/sid.json").read_text())
         assert ctrl["lr_from"] == parent and ctrl["all"]["lr"] == base["all"]["lr"]
         dep = t[(t["metric"] == "ffn_dependence_all") & (t["model"] == parent)].iloc[0]
         assert dep["value"] == pytest.approx(base["all"]["test_accuracy"] - ctrl["all"]["test_accuracy"], abs=1e-5)
@@ -362,5 +393,5 @@ def test_controls_of_every_model(two_runs):
         assert not (a / "models" / f"{parent}-noffn" / "analysis" / "ssl_k3").exists()  # no analysis of a control
     md = (a / "summary.md").read_text()
     assert md.index("## Positive controls") < md.index("## i-vector clusters")
-    channels = pd.read_csv(a / "corpus/demo/channels.tsv", sep="\t")
+    channels = pd.read_csv(a / "corpora/demo/audio/channels.tsv", sep="\t")
     assert len(channels) == 48 and channels["utt_id"].is_unique

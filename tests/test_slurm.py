@@ -105,7 +105,7 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
               if (local / rel).read_bytes() != (slurm / rel).read_bytes() and compare_runs.kind(rel) is None]
     assert differ == [], differ
     for must in ("summary.tsv", "models/melhubert_demo/model/model.safetensors",
-                 "models/melhubert_demo-protected-pset/analysis/sid/sid.json",
+                 "models/melhubert_demo-protected-pset/sid/demo_eval/sid.json",
                  "models/melhubert_demo/analysis/ssl_k3/erase/erase.tsv"):
         assert must in files_local
     # each rule's log says what ran where

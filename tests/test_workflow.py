@@ -134,7 +134,7 @@ def test_non_demo_source_without_paths_names_the_missing_key(tmp_path):
     res = run_snakemake("-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert "corpus.librispeech.split_dir is empty" in out, out
+    assert "Invalid configuration at key 'corpus.librispeech.split_dir'" in out and "names no folder" in out, out
 
 
 def _broken_corpus(root: Path, n_good: int = 12) -> Path:
@@ -165,15 +165,15 @@ def test_broken_files_are_reported_and_the_rest_goes_on(tmp_path):
     tsv = _broken_corpus(tmp_path)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"results: {tmp_path}/r\ncorpus: {{source: tsv, tsv: {{path: {tsv}}}}}\nqc: {{max_bad_fraction: 0.5}}\n")
-    res = run_snakemake("--cores", "1", "--configfile", str(cfg), "--", f"{tmp_path}/r/manifest/manifest.tsv")
+    res = run_snakemake("--cores", "1", "--configfile", str(cfg), "--", f"{tmp_path}/r/corpora/tsv/manifest.tsv")
     assert res.returncode == 0, res.stdout + res.stderr
     import pandas as pd
 
-    report = pd.read_csv(tmp_path / "r" / "qc" / "qc.tsv", sep="\t")
+    report = pd.read_csv(tmp_path / "r" / "corpora" / "tsv" / "qc.tsv", sep="\t")
     reasons = {Path(p).name: r.split()[0].rstrip(":") for p, r in zip(report["path"], report["reason"])}
     assert set(reasons) == {"notaudio.wav", "empty.wav", "short.wav", "nan.wav", "silent.wav"}
     assert reasons["short.wav"].startswith("too_short") and reasons["silent.wav"].startswith("silent")
-    kept = pd.read_csv(tmp_path / "r" / "manifest" / "manifest.tsv", sep="\t")
+    kept = pd.read_csv(tmp_path / "r" / "corpora" / "tsv" / "manifest.tsv", sep="\t")
     assert len(kept) == 12 and all(Path(p).name.startswith("good") for p in kept["path"])
 
 
@@ -181,10 +181,10 @@ def test_too_many_broken_files_stop_the_run_naming_the_report(tmp_path):
     tsv = _broken_corpus(tmp_path)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"results: {tmp_path}/r\ncorpus: {{source: tsv, tsv: {{path: {tsv}}}}}\n")
-    res = run_snakemake("--cores", "1", "--configfile", str(cfg), "--", f"{tmp_path}/r/manifest/manifest.tsv")
+    res = run_snakemake("--cores", "1", "--configfile", str(cfg), "--", f"{tmp_path}/r/corpora/tsv/manifest.tsv")
     assert res.returncode != 0
-    log = (tmp_path / "r" / "logs" / "audio_qc.log").read_text()
-    assert "qc.tsv" in log and not (tmp_path / "r" / "manifest" / "manifest.tsv").exists()
+    log = (tmp_path / "r" / "logs" / "corpora" / "tsv" / "audio_qc.log").read_text()
+    assert "qc.tsv" in log and not (tmp_path / "r" / "corpora" / "tsv" / "manifest.tsv").exists()
 
 
 def test_missing_checkpoint_is_named_before_any_job(tmp_path):

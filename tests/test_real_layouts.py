@@ -1,0 +1,190 @@
+"""The README's real-data protocol on folders laid out like the released corpora: a LibriSpeech-shaped
+analysis corpus (FLAC, trans.txt, SPEAKERS.TXT), a VoxCeleb1-shaped SID corpus in s3prl's layout
+(<root>/dev/wav and <root>/test/wav, iden_split.txt, vox1_meta.csv) and a LibriSpeech-shaped PR corpus
+with one folder per split, run end to end with a checkpoint model; a leak between the analysis corpus
+and an evaluation corpus stops the run before any job, naming the file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+WORDS = ["HELLO", "WORLD", "SPEECH", "APPLE", "GARDEN", "MORNING", "WATER", "YELLOW", "DOCTOR", "WINDOW", "SUMMER",
+         "BASKET", "CANDLE", "FISH", "MOUNTAIN", "RIVER"]
+W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2),
+                                                                      (32, 2, 2), (32, 2, 2)],
+           extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16,
+           encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=2, encoder_attention_dropout=0.0,
+           encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
+           encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
+
+
+def _voice(rng: np.random.Generator, f0: float, seconds: float, sr: int = 16000) -> np.ndarray:
+    """A crude voiced signal: harmonics of a wobbling f0 under a speaker-specific spectral tilt, plus noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    f = f0 * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    x = sum((0.6 ** k) * np.sin(k * phase + rng.uniform(0, 6)) for k in range(1, 8))
+    x *= 0.5 + 0.5 * np.abs(np.sin(2 * np.pi * rng.uniform(2, 4) * t))  # syllable-like envelope
+    x += 0.02 * rng.standard_normal(len(t))
+    return (0.25 * x / np.abs(x).max()).astype(np.float32)
+
+
+def _librispeech(root: Path, split: str, speakers: dict[str, float], utts: int, rng) -> Path:
+    d = root / split
+    for spk, f0 in speakers.items():
+        ch = d / spk / "100"
+        ch.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for u in range(utts):
+            uid = f"{spk}-100-{u:04d}"
+            sf.write(ch / f"{uid}.flac", _voice(rng, f0, rng.uniform(1.5, 2.5)), 16000)
+            lines.append(f"{uid} " + " ".join(rng.choice(WORDS, size=int(rng.integers(2, 5)))))
+        (ch / f"{spk}-100.trans.txt").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _voxceleb1(root: Path, speakers: dict[str, float], rng) -> dict[str, str]:
+    """s3prl's layout: utterances 0-3 train (1), 4 dev (2) in <root>/dev/wav; 5-6 test (3) in <root>/test/wav."""
+    lines, meta = [], ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
+    for i, (spk, f0) in enumerate(speakers.items()):
+        meta.append(f"{spk}\tName_{i}\t{'f' if f0 > 160 else 'm'}\tUSA\tdev")
+        for n in range(7):
+            split = "1" if n < 4 else ("2" if n == 4 else "3")
+            rel = f"{spk}/yt{i}/{n:05d}.wav"
+            p = root / ("test" if split == "3" else "dev") / "wav" / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(p, _voice(rng, f0, rng.uniform(1.5, 2.5)), 16000, subtype="PCM_16")
+            lines.append(f"{split} {rel}")
+    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    (root / "vox1_meta.csv").write_text("\n".join(meta) + "\n")
+    return {"root": str(root), "iden_split": str(root / "iden_split.txt"), "meta_csv": str(root / "vox1_meta.csv")}
+
+
+def _native_wav2vec2(folder: Path) -> Path:
+    import torch
+
+    from speaker_neurons.models import build_upstream, save_upstream
+
+    torch.manual_seed(7)
+    return save_upstream(build_upstream("wav2vec2", W2V).eval(), folder)
+
+
+def _config(tmp: Path, results: Path, vox: dict, extra: str = "") -> Path:
+    ls = tmp / "LibriSpeech"
+    cfg = tmp / "paper.yaml"
+    cfg.write_text(f"""results: {results}
+corpus:
+  name: dev_clean
+  source: librispeech
+  librispeech: {{split_dir: {ls / 'dev-clean'}}}
+corpora:
+  - name: vox1
+    source: voxceleb1
+    voxceleb1: {{root: {vox['root']}, iden_split: {vox['iden_split']}, meta_csv: {vox['meta_csv']}}}
+  - name: libriphone
+    source: librispeech
+    librispeech:
+      split_dirs: {{train: {ls / 'train-clean-100'}, dev: {ls / 'dev-clean'}, test: {ls / 'test-clean'}}}
+stages: {{analysis: dev_clean, sid: vox1, pr: libriphone}}
+models:
+  - {{name: w2v, kind: wav2vec2, path: {tmp / 'w2v'}, format: native}}
+upstream: {{device: cpu}}
+analysis: {{k_ssl: [3], max_frames: 20000}}
+ivector: {{ubm_components: 4, ivector_dim: 4, ubm_iters: 2, tv_iters: 2}}
+prune: {{strategies: [l1, protected, random], targets: [protected_size]}}
+sid: {{crop_seconds: 1.0, learning_rates: [0.01], seeds: [0, 1], epochs: 5}}
+pr: {{learning_rates: [0.01], seeds: [0, 1], steps: 20, eval_every: 10, batch_size: 8, bootstrap: 200}}
+erase: {{random_seeds: [0]}}
+{extra}""")
+    return cfg
+
+
+def _snakemake(*args, timeout=1500):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("real")
+    rng = np.random.default_rng(0)
+    ls = tmp / "LibriSpeech"
+    dev = {"1001": 110.0, "1002": 190.0, "1003": 130.0, "1004": 220.0}
+    _librispeech(ls, "dev-clean", dev, 4, rng)
+    _librispeech(ls, "train-clean-100", {"2001": 120.0, "2002": 200.0}, 6, rng)
+    _librispeech(ls, "test-clean", {"3001": 140.0, "3002": 210.0}, 3, rng)
+    (ls / "SPEAKERS.TXT").write_text(";ID | SEX | SUBSET | MINUTES | NAME\n" + "".join(
+        f"{s} | {'F' if f0 > 160 else 'M'} | x | 1.0 | Reader {s}\n"
+        for s, f0 in {**dev, "2001": 120.0, "2002": 200.0, "3001": 140.0, "3002": 210.0}.items()))
+    vox = _voxceleb1(tmp / "VoxCeleb1", {"id10001": 105.0, "id10002": 180.0, "id10003": 125.0, "id10004": 230.0}, rng)
+    _native_wav2vec2(tmp / "w2v")
+    return tmp, vox
+
+
+@pytest.fixture(scope="module")
+def run(corpora):
+    tmp, vox = corpora
+    results = tmp / "results"
+    res = _snakemake("--configfile", str(_config(tmp, results, vox)))
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return results
+
+
+def test_paper_protocol_runs_end_to_end_on_real_layouts(run):
+    s = pd.read_csv(run / "summary.tsv", sep="\t")
+    for strategy in ("l1", "protected", "random"):
+        model = f"w2v-{strategy}-pset"
+        sid = s[(s["section"] == "sid") & (s["metric"] == "accuracy_all") & (s["model"] == model)]
+        per = s[(s["section"] == "pr") & (s["metric"] == "per_all") & (s["model"] == model)]
+        assert len(sid) == 1 and len(per) == 1, model
+        for row in (sid.iloc[0], per.iloc[0]):
+            assert row["ci_low"] <= row["value"] <= row["ci_high"] and 0 <= row["value"] <= 1.5
+        assert sid.iloc[0]["corpus"] == "vox1" and per.iloc[0]["corpus"] == "libriphone"
+    assert set(s.loc[s["section"] == "ivectors", "corpus"]) == {"dev_clean"}
+    # every corpus has its own folder, and the SID corpus kept VoxCeleb1's splits from both archives
+    man = pd.read_csv(run / "corpora/vox1/manifest.tsv", sep="\t", keep_default_na=False)
+    assert man["split"].value_counts().to_dict() == {"train": 16, "dev": 4, "test": 8}
+    assert any("/test/wav/" in p for p in man["path"]) and any("/dev/wav/" in p for p in man["path"])
+    phones = pd.read_csv(run / "corpora/libriphone/manifest.tsv", sep="\t", keep_default_na=False)
+    assert phones["split"].value_counts().to_dict() == {"train": 12, "dev": 16, "test": 6}
+    targets = pd.read_csv(run / "corpora/libriphone/phone_targets.tsv", sep="\t")
+    assert len(targets) == 34 and targets["phones"].str.contains("1").all()  # ARPAbet with stress digits
+    import json
+
+    pr = json.loads((run / "models/w2v/pr/libriphone/pr.json").read_text())
+    assert pr["corpus"] == "libriphone" and pr["splits"]["test"] == 6
+    sid = json.loads((run / "models/w2v/sid/vox1/sid.json").read_text())
+    assert sid["corpus"] == "vox1" and sid["speakers"] == 4
+    assert not (run / "models/w2v/pr/libriphone/frames").exists()  # the frame cache is temporary
+    md = (run / "summary.md").read_text()
+    assert "analysis on **dev_clean**" in md and "sid on **vox1**" in md and "pr on **libriphone**" in md
+    assert "## Phoneme recognition and pruning" in md and (run / "pr_vs_width.png").stat().st_size > 0
+
+
+def test_a_leak_between_analysis_and_test_utterances_stops_before_any_job(corpora, tmp_path):
+    tmp, vox = corpora
+    leaked = tmp_path / "VoxLeak"
+    shutil.copytree(vox["root"], leaked)
+    victim = sorted((tmp / "LibriSpeech" / "dev-clean").glob("*/*/*.flac"))[0]
+    test_file = sorted((leaked / "test" / "wav").glob("*/*/*.wav"))[0]
+    data, sr = sf.read(victim)
+    test_file.unlink()
+    shutil.copy(victim, test_file)  # a dev-clean utterance's bytes as a VoxCeleb1 test file
+    vox2 = {"root": str(leaked), "iden_split": str(leaked / "iden_split.txt"), "meta_csv": str(leaked / "vox1_meta.csv")}
+    results = tmp_path / "results"
+    res = _snakemake("-n", "--configfile", str(_config(tmp, results, vox2)), timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "Invalid configuration at key 'stages.sid'" in out and test_file.name in out and victim.name in out, out
+    assert "Job stats" not in out and not results.exists()
