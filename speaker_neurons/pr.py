@@ -21,16 +21,22 @@ shards of at most about `pr.cache_shard_mb` MiB (frames x (L+1) x d, frame-major
 one contiguous slice) with `index.tsv` (utt_id, shard, offset, frames) and `cache.json`; training
 reads batches from memory-mapped shards (`FrameCache`), so neither stage holds the corpus in memory.
 
+Training: the heads of one seed (every layer set x rate of the sweep, or every layer set at its
+picked rate) train together as one stacked bank (`_HeadBank`): one mix, the two linears composed, one
+CTC call, one backward, then each head's own gradient clipping and Adam, exactly the updates of the
+plain recipe (tested against torch's CTCLoss, clip_grad_norm_ and Adam). The CTC loss is most of the
+cost on a CPU (`benchmarks/pr_heads.py`).
+
 Determinism: heads are initialised under `torch.manual_seed(seed)` and draw their batches from
-`numpy.random.default_rng(seed)`; heads of one seed share those batches and are otherwise independent
-(each its own Adam), so a head trains exactly as it would alone. Same cache, targets and config give
-the same result dict (on CPU; CUDA's CTC backward is not deterministic). Threads are the caller's.
+`numpy.random.default_rng(seed)`. Same cache, targets and config give the same result dict (on CPU;
+CUDA's CTC backward is not deterministic). Threads are the caller's.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +140,18 @@ class PRHead(nn.Module):
         return torch.einsum("k,btkd->btd", self.weights(), x[:, :, self.layers])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, L+1, d) -> (B, T, V) logits."""
+        """(B, T, L+1, d) -> (B, T, V) logits.
+
+        The two linears are composed before they meet the frames: classifier(projector(m)) equals
+        m @ (Wc Wp)^T + (Wc bp + bc), the same function of the same parameters (gradients flow through
+        the product), at V x d instead of (d + V) x proj_dim multiply-adds per frame (tested equal)."""
+        wc, wp = self.classifier.weight, self.projector.weight
+        weight = wc @ wp  # (V, d)
+        bias = wc @ self.projector.bias + self.classifier.bias
+        return torch.nn.functional.linear(self.mix(x), weight, bias)
+
+    def forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same logits through the two layers in turn (the reference `forward` is tested against)."""
         return self.classifier(self.projector(self.mix(x)))
 
 
@@ -337,50 +354,121 @@ def _score(heads: Sequence[PRHead], corpus: _Corpus, batches: Sequence[list[str]
     return [(np.asarray(e, dtype=np.int64), np.asarray(n, dtype=np.int64)) for e, n in out]
 
 
+class _HeadBank:
+    """Every head of one training group as stacked tensors, trained in one pass per step: one mix, one
+    composed linear, one CTC call, one backward, per-head gradient clipping and per-head Adam. Head h
+    starts exactly as `PRHead(layers_h, ...)` under `torch.manual_seed(seed)` and follows the same
+    updates as if trained alone (Adam is elementwise, the clip norm is the head's own); only the order
+    of float reductions differs (tested close to a lone head)."""
+
+    def __init__(self, specs: Sequence[PRSpec], seed: int, n_layers: int, dim: int, n_out: int, proj: int, device):
+        heads = []
+        for s in specs:
+            torch.manual_seed(int(seed))
+            heads.append(PRHead(s.layers, dim, n_out, proj))
+        self.specs = list(specs)
+        mask = torch.full((len(specs), n_layers), float("-inf"))
+        logits = torch.zeros(len(specs), n_layers)
+        for h, (s, head) in enumerate(zip(specs, heads)):
+            mask[h, list(s.layers)] = 0.0
+            logits[h, list(s.layers)] = head.layer_logits.detach()
+        self.mask = mask.to(device)
+        self.params = {
+            "logits": logits,
+            "wp": torch.stack([hd.projector.weight.detach() for hd in heads]),
+            "bp": torch.stack([hd.projector.bias.detach() for hd in heads]),
+            "wc": torch.stack([hd.classifier.weight.detach() for hd in heads]),
+            "bc": torch.stack([hd.classifier.bias.detach() for hd in heads]),
+        }
+        self.params = {k: v.clone().to(device).requires_grad_(True) for k, v in self.params.items()}
+        self.m = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.v = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.lr = torch.tensor([float(s.lr) for s in specs], device=device)
+        self.t = 0
+        self.dim, self.n_out, self.proj = dim, n_out, proj
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, L+1, d) -> (H, B, T, V)."""
+        p = self.params
+        w = torch.softmax(p["logits"] + self.mask, dim=1)  # (H, L+1): zero outside each head's layers
+        mixed = torch.einsum("hl,btld->hbtd", w, x)
+        weight = p["wc"] @ p["wp"]  # (H, V, d): the two linears composed
+        bias = torch.einsum("hvp,hp->hv", p["wc"], p["bp"]) + p["bc"]
+        return torch.einsum("hbtd,hvd->hbtv", mixed, weight) + bias[:, None, None, :]
+
+    def step(self, x, flat, lengths, tlen, clip: float) -> None:
+        H, B = len(self.specs), x.shape[0]
+        lp = torch.log_softmax(self.logits(x), -1)  # (H, B, T, V)
+        lp = lp.reshape(H * B, lp.shape[2], lp.shape[3]).transpose(0, 1)  # (T, H*B, V)
+        losses = nn.functional.ctc_loss(lp, flat.repeat(H), lengths.repeat(H), tlen.repeat(H), blank=0,
+                                        reduction="none", zero_infinity=True)
+        # CTCLoss(reduction="mean") per head: each sequence's loss over its target length, averaged
+        per_head = (losses / tlen.repeat(H).clamp_min(1).to(losses.dtype)).reshape(H, B).mean(1)
+        for g in self.params.values():
+            g.grad = None
+        per_head.sum().backward()
+        with torch.no_grad():
+            sq = sum(g.grad.reshape(H, -1).pow(2).sum(1) for g in self.params.values())
+            coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # clip_grad_norm_, per head
+            self.t += 1
+            b1, b2, eps = 0.9, 0.999, 1e-8
+            bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+            for k, p in self.params.items():
+                shape = (H,) + (1,) * (p.dim() - 1)
+                g = p.grad * coef.reshape(shape)
+                self.m[k].mul_(b1).add_(g, alpha=1 - b1)
+                self.v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (self.v[k].sqrt() / math.sqrt(bc2)).add_(eps)
+                p.sub_((self.lr / bc1).reshape(shape) * self.m[k] / denom)
+
+    def head(self, h: int) -> PRHead:
+        """Head h as a PRHead (its layers' logits; the mask made the others' weights zero)."""
+        s = self.specs[h]
+        out = PRHead(s.layers, self.dim, self.n_out, self.proj)
+        with torch.no_grad():
+            out.layer_logits.copy_(self.params["logits"][h, list(s.layers)])
+            out.projector.weight.copy_(self.params["wp"][h])
+            out.projector.bias.copy_(self.params["bp"][h])
+            out.classifier.weight.copy_(self.params["wc"][h])
+            out.classifier.bias.copy_(self.params["bc"][h])
+        return out.to(self.mask.device).eval()
+
+
 def train_group(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[str], specs: Sequence[PRSpec],
                 seed: int, cfg: Mapping[str, Any], n_out: int, device="cpu") -> list[dict[str, Any]]:
     """Train one head per spec, all of one seed (the same initial draw per layer set, the same batch
-    order), each with its own Adam; every `eval_every` steps and at the last step score dev and keep
-    the best-PER state (an earlier one on ties). Returns per spec: head (best state, eval mode),
-    dev_per, best_step, dev_curve [(step, per)]."""
+    order), stacked in a `_HeadBank` (each head's own clip and Adam); every `eval_every` steps and at
+    the last step score dev and keep the best-PER state (an earlier one on ties). Returns per spec:
+    head (best state, eval mode), dev_per, best_step, dev_curve [(step, per)]."""
+    import time
+
     steps, every, bs = int(cfg["steps"]), int(cfg["eval_every"]), int(cfg["batch_size"])
     clip, proj = float(cfg["grad_clip"]), int(cfg["proj_dim"])
-    heads, opts = [], []
-    for s in specs:
-        torch.manual_seed(int(seed))
-        heads.append(PRHead(s.layers, corpus.cache.dim, n_out, proj).to(device))
-        opts.append(torch.optim.Adam(heads[-1].parameters(), lr=float(s.lr)))
-    best = [{"dev_per": float("inf"), "best_step": 0, "state": None, "dev_curve": []} for _ in specs]
+    bank = _HeadBank(specs, seed, corpus.cache.layers, corpus.cache.dim, n_out, proj, device)
+    best = [{"dev_per": float("inf"), "best_step": 0, "head": None, "dev_curve": []} for _ in specs]
     dev_batches = _eval_batches(corpus, dev_utts, bs)
     batches = _batches(list(train_utts), bs, np.random.default_rng(int(seed)))
-    ctc = nn.CTCLoss(blank=0, reduction="mean", zero_infinity=True)
     eos = [] if corpus.eos_id is None else [corpus.eos_id]
+    t0 = time.monotonic()
     for step in range(1, steps + 1):
         utts = next(batches)
         x, lengths = corpus.cache.batch(utts)
-        x = x.to(device)
         tgt = [np.concatenate([corpus.targets[u], eos]).astype(np.int64) for u in utts]
         flat = torch.from_numpy(np.concatenate(tgt)).to(device)
-        tlen = torch.tensor([len(t) for t in tgt], dtype=torch.long)
-        for head, opt in zip(heads, opts):
-            head.train()
-            lp = torch.log_softmax(head(x), -1).transpose(0, 1)  # (T, B, V)
-            loss = ctc(lp, flat, lengths, tlen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(head.parameters(), clip)
-            opt.step()
+        tlen = torch.tensor([len(t) for t in tgt], dtype=torch.long, device=device)
+        bank.step(x.to(device), flat, lengths.to(device), tlen, clip)
         if step % every == 0 or step == steps:
-            for h, (e, n) in enumerate(_score([hd.eval() for hd in heads], corpus, dev_batches, device)):
+            heads = [bank.head(h) for h in range(len(specs))]
+            pers = []
+            for h, (e, n) in enumerate(_score(heads, corpus, dev_batches, device)):
                 per = corpus_per(e, n)
+                pers.append(per)
                 best[h]["dev_curve"].append([step, per])
                 if per < best[h]["dev_per"]:
-                    best[h].update(dev_per=per, best_step=step, state=copy.deepcopy(heads[h].state_dict()))
-    out = []
-    for head, b in zip(heads, best):
-        head.load_state_dict(b.pop("state"))
-        out.append({"head": head.eval(), **b})
-    return out
+                    best[h].update(dev_per=per, best_step=step, head=heads[h])
+            log.info("PR seed %d, step %d/%d (%.0f s): dev PER %s", seed, step, steps, time.monotonic() - t0,
+                     ", ".join(f"{s.layer_set}@{s.lr:g} {100 * p:.1f}%" for s, p in zip(specs, pers)))
+    return [{"head": b.pop("head"), **b} for b in best]
 
 
 def _split_utts(splits: Mapping[str, str], phones: Mapping[str, Sequence[str]], cache: FrameCache) -> tuple[dict, dict]:
