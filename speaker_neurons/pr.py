@@ -492,7 +492,8 @@ def _split_utts(splits: Mapping[str, str], phones: Mapping[str, Sequence[str]], 
 def train_and_evaluate(cache_dir: str | os.PathLike, phones: Mapping[str, Sequence[str]], splits: Mapping[str, str],
                        layer_sets: Mapping[str, Sequence[int]], cfg: Mapping[str, Any],
                        inventory: Sequence[str] | None = None, device="cpu",
-                       fixed_lr: Mapping[str, float] | None = None) -> dict[str, Any]:
+                       fixed_lr: Mapping[str, float] | None = None,
+                       heads_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """SUPERB PR for every layer set (METHOD §11a).
 
     cache_dir: the frame cache; phones: {utt: phones} (e.g. `lexicon.read_phone_targets`); splits:
@@ -558,6 +559,7 @@ def train_and_evaluate(cache_dir: str | os.PathLike, phones: Mapping[str, Sequen
                               "splits": counts, "train_infeasible": infeasible, "steps": int(cfg["steps"]),
                               "frames": {sp: int(sum(cache.frames(u) for u in utts[sp])) for sp in utts},
                               "layer_sets": {}}
+    heads_of: dict[str, list[tuple[int, PRHead]]] = {}
     for nm in names:
         layers = layers_of[nm]
         picked = [trained[(PRSpec(nm, layers, best_lr[nm]), sd)] for sd in seeds]
@@ -579,4 +581,60 @@ def train_and_evaluate(cache_dir: str | os.PathLike, phones: Mapping[str, Sequen
             "test_utterances": len(utts["test"]), "test_phones": n_test_phones}
         log.info("PR %s: PER %.2f%% [%.2f, %.2f] over %d seeds (lr %g, %d test utterances, %d phones)", nm, 100 * m,
                  100 * lo, 100 * hi, len(seeds), best_lr[nm], len(utts["test"]), n_test_phones)
+        heads_of[nm] = [(sd, r["head"]) for sd, r in zip(seeds, picked)]
+    if heads_path is not None:  # the erase ablation decodes erased models with these
+        save_heads(heads_path, heads_of, vocab)
     return result
+
+
+def save_heads(path: str | os.PathLike, heads: Mapping[str, Sequence[tuple[int, PRHead]]], vocab: Sequence[str]) -> None:
+    """The picked heads (per layer set, per seed) as safetensors; layers, seeds and the vocabulary in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for nm, hs in heads.items():
+        meta[nm] = {"layers": hs[0][1].layers, "seeds": [int(sd) for sd, _ in hs]}
+        for sd, h in hs:
+            for k, v in h.state_dict().items():
+                tensors[f"{nm}/{int(sd)}/{k}"] = v.detach().cpu().contiguous()
+    save_file(tensors, str(path), metadata={"heads": json.dumps(meta, sort_keys=True),
+                                            "vocabulary": json.dumps(list(vocab))})
+
+
+def load_heads(path: str | os.PathLike) -> tuple[dict[str, list[PRHead]], list[str]]:
+    """({layer set: [head per seed]}, vocabulary) as `save_heads` wrote them."""
+    from safetensors import safe_open
+
+    out: dict[str, list[PRHead]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta, vocab = json.loads(f.metadata()["heads"]), json.loads(f.metadata()["vocabulary"])
+        for nm, m in meta.items():
+            for sd in m["seeds"]:
+                sdict = {k.split("/", 2)[2]: f.get_tensor(k) for k in f.keys() if k.startswith(f"{nm}/{sd}/")}
+                pw, cw = sdict["projector.weight"], sdict["classifier.weight"]
+                h = PRHead(m["layers"], pw.shape[1], cw.shape[0], pw.shape[0])
+                h.load_state_dict(sdict)
+                out.setdefault(nm, []).append(h.eval())
+    return out, vocab
+
+
+@torch.no_grad()
+def utterance_edits(upstream, rows: pd.DataFrame, targets: Mapping[str, np.ndarray],
+                    heads: Mapping[str, Sequence[PRHead]], max_batch_seconds: float) -> dict[str, np.ndarray]:
+    """{layer set: (seeds, utterances) edit distances} of greedy decoding with `heads` on the upstream's
+    hidden states of `rows` (utt_id, path, duration), streamed batch by batch (nothing cached), in the
+    order of `rows`; `targets` are id sequences in the heads' vocabulary (blank 0)."""
+    from speaker_neurons.batching import audio_batches
+
+    device = next(upstream.parameters()).device
+    pos = {u: i for i, u in enumerate(rows["utt_id"])}
+    out = {nm: np.zeros((len(hs), len(rows)), dtype=np.int64) for nm, hs in heads.items()}
+    for batch in audio_batches(rows, max_batch_seconds=max_batch_seconds):
+        o = upstream(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
+        x = torch.stack([h.float() for h in o.hidden], 2)  # (B, T, L+1, d)
+        for nm, hs in heads.items():
+            for s, head in enumerate(hs):
+                pred = head.to(device)(x).argmax(-1).cpu().numpy()
+                for b, u in enumerate(batch.utt_ids):
+                    out[nm][s, pos[u]] = edit_distance(targets[u], greedy_decode(pred[b, : int(o.lengths[b])]))
+    return out
