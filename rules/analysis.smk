@@ -284,6 +284,7 @@ rule sid_eval:
 rule erase_ablation:
     input:
         unpack(model_input),
+        unpack(erase_pr_inputs),
         manifest=SID_MANIFEST,
         pooled=rules.pool_layers.output.pooled,
         heads=rules.sid_eval.output.heads,
@@ -298,6 +299,7 @@ rule erase_ablation:
             subcategory="{model}",
         ),
         summary=f"{K}/erase/erase.json",
+        pr_table=f"{K}/erase/erase_pr.tsv",
         plot=report(
             f"{K}/erase/erase.png",
             caption="../report/erase.rst",
@@ -311,6 +313,8 @@ rule erase_ablation:
         crop_seconds=config["sid"]["crop_seconds"],
         sets=config["erase"]["sets"],
         random_seeds=config["erase"]["random_seeds"],
+        pr_bootstrap=config["pr"]["bootstrap"],
+        pr_bootstrap_seed=config["pr"]["bootstrap_seed"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
         device=config["upstream"]["device"],
         title=lambda wc: f"{wc.model}: erase ablation (k_ssl={wc.k})",

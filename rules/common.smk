@@ -311,6 +311,17 @@ def pr_inputs(wildcards):
     return {}
 
 
+def erase_pr_inputs(wildcards):
+    """With PR, the erase ablation also decodes the erased models with the model's PR heads."""
+    if not CAT.pr_runs:
+        return {}
+    return {
+        "pr_heads": f"{pr_dir(wildcards.model)}/heads.safetensors",
+        "pr_manifest": PR_MANIFEST,
+        "phones": f"{CORPORA}/{PR_CORPUS}/phone_targets.tsv",
+    }
+
+
 def pr_lr_from(wildcards):
     return CAT.root_of(wildcards.model) if pr_inputs(wildcards) else ""
 

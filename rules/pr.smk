@@ -65,6 +65,7 @@ rule pr_eval:
         manifest=PR_MANIFEST,
     output:
         result=f"{P}/pr.json",
+        heads=f"{P}/heads.safetensors",
         provenance=f"{P}/provenance/pr_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],

@@ -123,6 +123,63 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
     return pd.DataFrame(rows)
 
 
+def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.ndarray],
+                    heads: Mapping[str, Sequence[Any]], sets: Mapping[str, Mapping[int, Sequence[int]]],
+                    random_seeds: Sequence[int], resamples: int, seed: int,
+                    max_batch_seconds: float = 60.0) -> pd.DataFrame:
+    """The erase ablation in phoneme recognition: one row per (erased set or its random control, PR
+    layer set): the PER of the unerased model's PR heads (`heads`, one per seed) decoding the erased
+    model on the PR test utterances `test_rows`, and its change against the unerased model, with a
+    paired bootstrap interval over utterances (each utterance's edits averaged over the head seeds)."""
+    from speaker_neurons.pr import bootstrap_interval, utterance_edits
+
+    widths = model.ffn_widths
+    ref = np.array([len(targets[u]) for u in test_rows["utt_id"]], dtype=np.float64)
+
+    def rows(label, kind, seed_, edits, base, sizes):
+        out = []
+        for ls, e in edits.items():
+            mean_e = e.mean(0)
+            diff = mean_e - base[ls].mean(0)
+            per, dper = float(mean_e.sum() / ref.sum()), float(diff.sum() / ref.sum())
+            lo, hi = bootstrap_interval(mean_e, ref, resamples, seed)
+            dlo, dhi = bootstrap_interval(diff, ref, resamples, seed)
+            out.append({"erased": label, "kind": kind, "random_seed": -1 if seed_ is None else int(seed_),
+                        "neurons": int(sum(sizes.values())), "layer_set": ls, "n": len(ref), "phones": int(ref.sum()),
+                        "per": per, "per_ci_low": lo, "per_ci_high": hi, "delta": dper, "delta_ci_low": dlo,
+                        "delta_ci_high": dhi})
+        return out
+
+    base = utterance_edits(model, test_rows, targets, heads, max_batch_seconds)
+    table = rows("none", "unerased", None, base, base, {})
+    for label, neurons in sets.items():
+        sizes = {int(l): len(set(v)) for l, v in neurons.items()}
+        variants = [("set", None, neurons)] + [("random", s, pruning.random_like(neurons, widths, s))
+                                               for s in random_seeds]
+        for kind, s, ns in variants:
+            erased = pruning.erase(copy.deepcopy(model), ns)
+            table += rows(label, kind, s, utterance_edits(erased, test_rows, targets, heads, max_batch_seconds),
+                          base, sizes)
+            log.info("PR: erased %s%s (%d neurons)", label, "" if s is None else f" random seed {s}",
+                     sum(sizes.values()))
+    return pd.DataFrame(table)
+
+
+def summarize_pr(table: pd.DataFrame) -> dict[str, Any]:
+    """Per erased set and PR layer set: the change in PER with its interval and its random controls' mean."""
+    out: dict[str, Any] = {}
+    for r in table[table["kind"] == "set"].itertuples(index=False):
+        ctrl = table[(table["kind"] == "random") & (table["erased"] == r.erased) & (table["layer_set"] == r.layer_set)]
+        out.setdefault(r.erased, {"neurons": int(r.neurons)})[r.layer_set] = {
+            "per": r.per, "delta_per": r.delta, "delta_ci95": [r.delta_ci_low, r.delta_ci_high], "n": int(r.n),
+            "random_delta_mean": float(ctrl["delta"].mean()) if len(ctrl) else None,
+            "random_delta_range": [float(ctrl["delta"].min()), float(ctrl["delta"].max())] if len(ctrl) else None}
+    base = table[table["kind"] == "unerased"]
+    out["unerased"] = {r.layer_set: {"per": r.per, "ci95": [r.per_ci_low, r.per_ci_high], "n": int(r.n)}
+                       for r in base.itertuples(index=False)}
+    return out
+
+
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     """Per erased set, layer set and cluster: the set's delta with its interval and its random controls'
     mean delta (min..max over seeds)."""

@@ -547,7 +547,7 @@ def pr_eval(ctx: StageContext) -> dict:
     result = train_and_evaluate(ctx.inputs["frames"], read_phone_targets(ctx.inputs["phones"]),
                                 dict(zip(rows["utt_id"], rows["split"])),
                                 {k: sid.layer_set(k, L) for k in ctx.params["layer_sets"]}, ctx.params["pr"],
-                                device=ctx.device, fixed_lr=fixed)
+                                device=ctx.device, fixed_lr=fixed, heads_path=ctx.out("heads"))
     result["corpus"] = ctx.params["corpus"]
     result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
     _json(ctx.out("result"), result)
@@ -583,6 +583,10 @@ def erase_ablation(ctx: StageContext) -> dict:
                                max_batch_seconds=p["max_batch_seconds"])
     table.to_csv(ctx.out("table"), sep="\t", index=False, float_format="%.6f")
     summary = erase.summarize(table)
+    if ctx.inputs.get("pr_heads"):  # the same sets erased, scored by phoneme recognition on the PR test split
+        summary["pr"] = _erase_pr(ctx, sets)
+    else:
+        Path(ctx.out("pr_table")).write_text("")
     summary["k_ssl"] = int(ctx.wildcards.get("k", -1)) if ctx.wildcards.get("k") else None
     _json(ctx.out("summary"), summary)
     erase.plot(table, ctx.out("plot"), title=p.get("title", ""))
@@ -592,6 +596,28 @@ def erase_ablation(ctx: StageContext) -> dict:
             log.info("erase %s, cluster %s: %+.2f points [%+.2f, %+.2f]; random %+.2f", name, c, 100 * v["delta"],
                      100 * v["delta_ci95"][0], 100 * v["delta_ci95"][1], 100 * (v["random_delta_mean"] or 0))
     return {"sets": list(sets), "test_segments": len(test)}
+
+
+def _erase_pr(ctx: StageContext, sets) -> dict:
+    import numpy as np
+
+    from speaker_neurons import erase
+    from speaker_neurons.data.lexicon import read_phone_targets
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.pr import load_heads
+
+    p = ctx.params
+    heads, vocab = load_heads(ctx.inputs["pr_heads"])
+    ids = {ph: i for i, ph in enumerate(vocab)}
+    phones = read_phone_targets(ctx.inputs["phones"])
+    rows = read_manifest(ctx.inputs["pr_manifest"])
+    rows = rows[(rows["split"] == "test") & rows["utt_id"].isin(set(phones))].reset_index(drop=True)
+    targets = {u: np.array([ids[ph] for ph in phones[u]], dtype=np.int64) for u in rows["utt_id"]}
+    table = erase.run_pr_ablation(_upstream(ctx), rows, targets, heads, sets, p["random_seeds"],
+                                  int(p["pr_bootstrap"]), int(p["pr_bootstrap_seed"]),
+                                  max_batch_seconds=p["max_batch_seconds"])
+    table.to_csv(ctx.out("pr_table"), sep="\t", index=False, float_format="%.6f")
+    return erase.summarize_pr(table)
 
 
 @stage

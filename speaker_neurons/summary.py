@@ -268,7 +268,7 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
 
 # which stage's corpus each section of summary.tsv comes from
 SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrain", "neurons": "analysis",
-                 "sid": "sid", "pruning": "sid", "erase": "sid", "pr": "pr", "pr_pruning": "pr"}
+                 "sid": "sid", "pruning": "sid", "erase": "sid", "pr": "pr", "pr_pruning": "pr", "erase_pr": "pr"}
 
 
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
@@ -449,8 +449,21 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                f"Paper: erasing the SSL-cluster neurons costs {-100 * PAPER['erase_ssl_cluster']:.2f} SID points.", ""]
     for m in erased:
         e = _read(m["erase"])
+        for name, rec in (e.get("pr") or {}).items():  # the same sets, scored by phoneme recognition
+            if name == "unerased":
+                continue
+            for ls, v in rec.items():
+                if ls == "neurons":
+                    continue
+                add("erase_pr", f"{name}|{ls}", m["name"], v["delta_per"], *v["delta_ci95"], v["n"],
+                    note=f"{rec['neurons']} neurons; random control {_pct(v['random_delta_mean'])} points of PER")
+            if "all" in rec:
+                v = rec["all"]
+                md.append(f"- {m['name']}, erase {name} ({rec['neurons']} neurons), PER all: "
+                          f"{100 * v['delta_per']:+.2f} [{100 * v['delta_ci95'][0]:+.2f}, {100 * v['delta_ci95'][1]:+.2f}] "
+                          f"points (random {100 * v['random_delta_mean']:+.2f}).")
         for name, rec in e.items():
-            if name in ("unerased", "k_ssl"):
+            if name in ("unerased", "k_ssl", "pr"):
                 continue
             for ls, by_cluster in rec.items():
                 if ls == "neurons":
