@@ -9,13 +9,18 @@ PYTEST_ARGS ?=
 REQS := requirements/constraints.txt requirements/base.txt requirements/test.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: demo test setup system-packages test-packages python-env lint clean-results
+.PHONY: demo test test-fast setup system-packages test-packages python-env lint clean-results
 
 demo: setup
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
 test: setup test-packages
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests only (about 2 minutes): every test marked `slow` (it runs Snakemake, synthesizes a
+# corpus or pre-trains) is left out; `make test` runs them all.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 setup: system-packages python-env
 

@@ -118,11 +118,23 @@ def _tsv(path):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+@pytest.fixture(scope="module")
+def channel_corpora(tmp_path_factory):
+    """(folder, summaries): the SMALL corpus synthesized clean, with channels, and with channels again on
+    one worker; read-only for the tests below."""
+    if missing:
+        pytest.skip(f"synthesizers not installed: {missing} (make setup)")
+    base = tmp_path_factory.mktemp("channels")
+    clean = synth.synthesize_corpus(base / "clean", **SMALL, channel={**CFG, "enabled": False})
+    noisy = synth.synthesize_corpus(base / "noisy", **SMALL, channel=CFG)
+    again = synth.synthesize_corpus(base / "again", **SMALL, channel=CFG, workers=1)
+    return base, (clean, noisy, again)
+
+
+@pytest.mark.slow  # synthesizes corpora
 @pytest.mark.skipif(bool(missing), reason=f"synthesizers not installed: {missing} (make setup)")
-def test_corpus_with_channels(tmp_path):
-    clean = synth.synthesize_corpus(tmp_path / "clean", **SMALL, channel={**CFG, "enabled": False})
-    noisy = synth.synthesize_corpus(tmp_path / "noisy", **SMALL, channel=CFG)
-    again = synth.synthesize_corpus(tmp_path / "again", **SMALL, channel=CFG, workers=1)
+def test_corpus_with_channels(channel_corpora):
+    tmp_path, (clean, noisy, again) = channel_corpora
     assert clean["channels"] is None and _tsv(tmp_path / "clean" / "channels.tsv") == []
     rows = _tsv(tmp_path / "noisy" / "channels.tsv")
     utts = _tsv(tmp_path / "noisy" / "utterances.tsv")
@@ -144,8 +156,9 @@ def test_corpus_with_channels(tmp_path):
         assert (tmp_path / "noisy" / r["clean_path"]).read_bytes() == (tmp_path / "clean" / u["path"]).read_bytes()
 
 
+@pytest.mark.slow  # synthesizes a corpus (the one of test_corpus_with_channels, shared)
 @pytest.mark.skipif(bool(missing), reason=f"synthesizers not installed: {missing} (make setup)")
-def test_denoising_targets_come_from_the_clean_copies(tmp_path):
+def test_denoising_targets_come_from_the_clean_copies(channel_corpora, tmp_path):
     """targets_audio clean: the model reads the channel's audio and predicts the clusters of the clean copy."""
     import torch
 
@@ -155,11 +168,11 @@ def test_denoising_targets_come_from_the_clean_copies(tmp_path):
     from speaker_neurons.pretrain.data import clean_audio_paths, compute_features, normalise_features, \
         prepare_training_data
 
-    synth.synthesize_corpus(tmp_path / "c", **SMALL, channel=CFG)
-    write_manifest(demo_manifest(tmp_path / "c"), tmp_path / "m.tsv")
+    corpus = channel_corpora[0] / "noisy"  # SMALL with channels (CFG), as this test synthesized it before
+    write_manifest(demo_manifest(corpus), tmp_path / "m.tsv")
     cfg = {**defaults("pretrain.train"), "n_clusters": 8, "kmeans_max_frames": 5000, "progress": False,
            "splits": None}
-    clean = clean_audio_paths(tmp_path / "c")
+    clean = clean_audio_paths(corpus)
     model = MelHuBERT({**defaults("pretrain.model"), "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64, "num_layers": 1,
                        "pos_conv_kernel": 8, "pos_conv_groups": 2})
     plain = prepare_training_data(tmp_path / "m.tsv", model, cfg, fit_stats=True)

@@ -6,7 +6,6 @@ sets are byte-identical between the runs."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, TINY, corpus_dir, skip_without_synthesizers, snakemake_cmd
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-NEEDED = ("espeak-ng", "mbrola", "flite", "festival", "pico2wave")
+pytestmark = pytest.mark.slow
 W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2),
                                                                       (32, 2, 2), (32, 2, 2)],
            extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16,
@@ -35,20 +33,29 @@ def _native_wav2vec2(folder: Path) -> Path:
     return save_upstream(build_upstream("wav2vec2", W2V).eval(), folder)
 
 
-def _run_chain(results: Path, extra: Path) -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(TINY), str(extra),
-         "--config", f"results={results}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
-    )
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+def _run_chains(extra: Path, *results: Path) -> None:
+    """The whole chain into each of `results`, the runs side by side (independent processes, each with
+    2 cores: a job's Python start-up in one overlaps the computing of the other on 2 CPUs)."""
+    procs = []
+    for r in results:
+        log = r.parent / f"{r.name}.log"
+        procs.append((subprocess.Popen(snakemake_cmd("--cores", "2", "--configfile", TINY, extra,
+                                                     "--config", f"results={r}"),
+                                       cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT), log))
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=2400)
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, log in procs:
+        assert proc.returncode == 0, log.read_text()[-8000:]
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    missing = [b for b in NEEDED if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"speech synthesizers missing ({', '.join(missing)}): run `make setup` as root")
+    skip_without_synthesizers()
     base = tmp_path_factory.mktemp("e2e")
     native = _native_wav2vec2(base / "w2v_native")
     extra = base / "models.yaml"
@@ -58,8 +65,7 @@ def two_runs(tmp_path_factory):
                      "        continue: {steps: 3}, iterative: {enabled: true, strategies: [protected], rows_per_step: 64,\n"
                      "        final_width: 128, steps_between: 3}}\n"
                      "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n")
-    _run_chain(base / "a", extra)
-    _run_chain(base / "b", extra)
+    _run_chains(extra, base / "a", base / "b")
     return base / "a", base / "b"
 
 
@@ -83,7 +89,7 @@ def _deterministic_files(root: Path) -> list[Path]:
     files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
     for control in ("demo-noffn", "w2v-noffn"):  # the FFN controls of both models of the config
         files += [Path("models") / control / "model" / "model.safetensors", Path("models") / control / "prune.json"]
-    files += [Path("corpora/demo/audio/channels.tsv"), Path("corpora/demo_eval/audio/channels.tsv")]
+    files += [corpus_dir(".", "demo") / "channels.tsv", corpus_dir(".", "demo_eval") / "channels.tsv"]
     files += [Path("corpora/demo_eval/phone_targets.tsv"), Path("models/demo/pr/demo_eval/pr.json"),
               Path("models/demo-protected-pset/pr/demo_eval/pr.json")]
     return files
@@ -269,7 +275,7 @@ def test_pr_of_every_model(two_runs):
         d = a / "models" / name / "pr" / "demo_eval"
         res = json.loads((d / "pr.json").read_text())
         assert res["corpus"] == "demo_eval" and res["steps"] == 30 and not (d / "frames").exists()
-        assert res["splits"]["test"] > 0 and res["vocabulary_size"] == 70  # blank + 69 CMUdict phones
+        assert res["splits"]["test"]["utterances"] > 0 and res["vocabulary_size"] == 70  # blank + 69 CMUdict phones
         for layer_set, chosen in (("all", [0, 1, 2]), ("layers_1_L", [1, 2]), ("last", [2]), ("hidden_0", [0])):
             r = res["layer_sets"][layer_set]
             assert r["layers"] == chosen and len(r["per_seed"]) == 2 and r["lr"] in (0.01, 0.001)
@@ -278,8 +284,8 @@ def test_pr_of_every_model(two_runs):
             assert name in ("demo", "w2v") or (r["lr"] == base["layer_sets"][layer_set]["lr"] and res["lr_from"] == "demo")
     # another seed: other pseudo-speakers (the same recorded voices, other perturbations), other texts
     cols = ["pitch_semitones", "vtl_factor", "tempo"]
-    ana = pd.read_csv(a / "corpora/demo/audio/speakers.tsv", sep="\t").set_index("speaker")
-    ev = pd.read_csv(a / "corpora/demo_eval/audio/speakers.tsv", sep="\t").set_index("speaker")
+    ana = pd.read_csv(corpus_dir(a, "demo") / "speakers.tsv", sep="\t").set_index("speaker")
+    ev = pd.read_csv(corpus_dir(a, "demo_eval") / "speakers.tsv", sep="\t").set_index("speaker")
     assert len(ev) == 8 and not (ana.loc[ev.index, cols].values == ev[cols].values).all(axis=1).any()
     texts = [set(pd.read_csv(a / f"corpora/{c}/transcripts.tsv", sep="\t")["text"]) for c in ("demo", "demo_eval")]
     assert not texts[0] & texts[1]
@@ -393,5 +399,5 @@ def test_controls_of_every_model(two_runs):
         assert not (a / "models" / f"{parent}-noffn" / "analysis" / "ssl_k3").exists()  # no analysis of a control
     md = (a / "summary.md").read_text()
     assert md.index("## Positive controls") < md.index("## i-vector clusters")
-    channels = pd.read_csv(a / "corpora/demo/audio/channels.tsv", sep="\t")
+    channels = pd.read_csv(corpus_dir(a, "demo") / "channels.tsv", sep="\t")
     assert len(channels) == 48 and channels["utt_id"].is_unique

@@ -537,9 +537,9 @@ def test_native_save_is_byte_identical_across_processes(tmp_path):
         "m = MelHuBERT({'num_layers': 1, 'hidden_dim': 16, 'num_heads': 2, 'ffn_dim': 32, 'pos_conv_kernel': 4, 'pos_conv_groups': 2})\n"
         "save_upstream(m, sys.argv[1])\n"
     )
-    outs = []
-    for i in range(5):
-        out = tmp_path / f"m{i}"
-        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
-        outs.append((out / "model.safetensors").read_bytes())
+    # five processes, each with its own hash seed, started side by side (each is mostly torch's import)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"m{i}")],
+                              env={**os.environ, "PYTHONHASHSEED": str(i)}) for i in range(5)]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 5
+    outs = [(tmp_path / f"m{i}" / "model.safetensors").read_bytes() for i in range(5)]
     assert all(o == outs[0] for o in outs)

@@ -178,6 +178,7 @@ def trained(tmp_path_factory):
     return manifest, out, summary, model
 
 
+@pytest.mark.slow  # pre-trains
 def test_pretrain_loss_falls(trained):
     _, out, summary, _ = trained
     assert summary["steps"] == 30 and summary["stopped_by"] == "max_steps"
@@ -189,6 +190,7 @@ def test_pretrain_loss_falls(trained):
     assert loss[-5:].mean() < loss[:5].mean() - 0.2, loss
 
 
+@pytest.mark.slow  # pre-trains
 def test_pretrain_outputs(trained):
     _, out, summary, _ = trained
     for name in ("model/model.safetensors", "model/config.json", "head.pt", "loss_curve.png", "summary.json",
@@ -204,6 +206,7 @@ def test_pretrain_outputs(trained):
     assert head["state_dict"]["weight"].shape == (16, 64)
 
 
+@pytest.mark.slow  # pre-trains
 def test_pretrained_model_reloads_identically(trained):
     from speaker_neurons.audio import load_audio
     from speaker_neurons.data.manifest import read_manifest
@@ -241,6 +244,7 @@ def _losses(path):
     return [r.split("\t")[:4] for r in path.read_text().splitlines()]  # step, loss, acc, lr (not the clock)
 
 
+@pytest.mark.slow  # pre-trains
 def test_slowed_down_run_ends_identical_to_a_fast_one(trained, tmp_path):
     """No result reads the clock: a run slowed by a sleep after every step writes the same model."""
     import time
@@ -259,6 +263,7 @@ def test_slowed_down_run_ends_identical_to_a_fast_one(trained, tmp_path):
     assert _losses(slow / "train_log.tsv") == _losses(out / "train_log.tsv")
 
 
+@pytest.mark.slow  # pre-trains
 def test_resume_from_checkpoint_equals_uninterrupted_run(trained, tmp_path):
     """Continuing from a checkpoint taken in the middle of an epoch gives the same model, head and
     per-step losses as the run that never stopped; a checkpoint of another config is refused."""
@@ -288,6 +293,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(trained, tmp_path):
                            resume_from=full / "checkpoints" / "step_10")
 
 
+@pytest.mark.slow  # pre-trains
 def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):
     import logging
 
@@ -302,6 +308,7 @@ def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):
     assert "STOPPED BY THE CLOCK" in package_logs.text
 
 
+@pytest.mark.slow  # pre-trains
 def test_continue_pretraining_a_pruned_model(trained, tmp_path):
     """The loop trains a given model with per-layer widths (a pruned one) on its parent's targets."""
     from speaker_neurons.models import load_native, prune_ffn

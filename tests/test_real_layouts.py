@@ -163,7 +163,7 @@ def test_paper_protocol_runs_end_to_end_on_real_layouts(run):
     import json
 
     pr = json.loads((run / "models/w2v/pr/libriphone/pr.json").read_text())
-    assert pr["corpus"] == "libriphone" and pr["splits"]["test"] == 6
+    assert pr["corpus"] == "libriphone" and pr["splits"]["test"]["utterances"] == 6
     sid = json.loads((run / "models/w2v/sid/vox1/sid.json").read_text())
     assert sid["corpus"] == "vox1" and sid["speakers"] == 4
     assert not (run / "models/w2v/pr/libriphone/frames").exists()  # the frame cache is temporary

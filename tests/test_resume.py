@@ -5,28 +5,24 @@ the targets' centres and every per-step loss (wall times aside)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import ONE_MODEL, ROOT, TINY, run_snakemake, seed_corpora, snakemake_cmd
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-SYNTH = ("espeak-ng", "mbrola", "flite", "festival", "pico2wave")
-EXTRA = "pretrain: {train: {max_steps: 40, checkpoint_every: 5}}\n"
+pytestmark = pytest.mark.slow
 
 
 def _target(results: Path) -> str:
     return str(results / "models/demo/pretrain/summary.json")
 
 
-def _cmd(results: Path, extra: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", _target(results), "--cores", "2", "--configfile", str(TINY), str(extra),
-            "--config", f"results={results}", "models=[{name: demo, kind: melhubert, source: pretrain}]", *more]
+def _args(results: Path, extra: Path, *more: str) -> list:
+    return [_target(results), "--cores", "2", "--configfile", TINY, extra, "--config", f"results={results}", ONE_MODEL,
+            *more]
 
 
 def _losses(path: Path) -> list[str]:
@@ -36,19 +32,15 @@ def _losses(path: Path) -> list[str]:
     return ["\t".join(r[:col] + r[col + 1:]) for r in rows]
 
 
-def test_sigkilled_pretraining_resumes_and_ends_byte_identical(tmp_path):
-    missing = [b for b in SYNTH if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"speech synthesizers missing ({', '.join(missing)}): run `make setup` as root")
-    extra = tmp_path / "extra.yaml"
-    extra.write_text(EXTRA)
-    plain, killed = tmp_path / "plain", tmp_path / "killed"
-    res = subprocess.run(_cmd(plain, extra), cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_sigkilled_pretraining_resumes_and_ends_byte_identical(plain_pretraining, tiny_corpora, tmp_path):
+    # the uninterrupted run of the same configuration (conftest.plain_pretraining, shared with test_slurm)
+    plain, extra = plain_pretraining
+    killed = tmp_path / "killed"
+    seed_corpora(tiny_corpora, killed)
 
     # the same run, killed (snakemake and its job, SIGKILL) once a checkpoint past the start exists
-    proc = subprocess.Popen(_cmd(killed, extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(snakemake_cmd(*_args(killed, extra)), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     scratch = killed / "resume/demo/pretrain_melhubert"
     deadline = time.monotonic() + 900
     while not (scratch / "step_10").exists():
@@ -60,9 +52,8 @@ def test_sigkilled_pretraining_resumes_and_ends_byte_identical(tmp_path):
     assert not (killed / "models/demo/pretrain/summary.json").exists()  # nothing a later run could take as done
     assert (scratch / "step_10" / "state.pt").exists()
 
-    subprocess.run(_cmd(killed, extra, "--unlock"), cwd=ROOT, capture_output=True, timeout=300)
-    res = subprocess.run(_cmd(killed, extra, "--rerun-incomplete"), cwd=ROOT, capture_output=True, text=True,
-                         timeout=1200)
+    run_snakemake(*_args(killed, extra, "--unlock"), timeout=300)
+    res = run_snakemake(*_args(killed, extra, "--rerun-incomplete"))
     assert res.returncode == 0, res.stderr[-3000:]
     log = (killed / "logs/demo/pretrain_melhubert.log").read_text()
     assert "RESUMING from" in log and "resumed from" in log

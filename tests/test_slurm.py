@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ONE_MODEL, ROOT, TINY, TINY_CORPORA, missing_synthesizers, seed_corpora, snakemake_cmd
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-SYNTH = ("espeak-ng", "mbrola", "flite", "festival", "pico2wave")
+pytestmark = pytest.mark.slow
 # the tiny chain, smaller still: one k, one pruned model, SID and the erase ablation with one seed
 EXTRA = ("analysis: {k_ssl: [3]}\n"
          "prune: {strategies: [protected], targets: [protected_size]}\n"
@@ -36,7 +35,7 @@ def _why_not() -> str | None:
         return f"SLURM packages missing ({', '.join(missing)}): run `make test` as root on Debian"
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         return "snakemake-executor-plugin-slurm is not installed (make setup)"
-    missing = [b for b in SYNTH if shutil.which(b) is None]
+    missing = missing_synthesizers()
     if missing:
         return f"speech synthesizers missing ({', '.join(missing)}): run `make setup` as root"
     return None
@@ -60,8 +59,21 @@ def cluster(tmp_path_factory):
 
 
 def _snakemake(args, env=None, timeout=1800):
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(snakemake_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _start(args, log: Path, env=None) -> subprocess.Popen:
+    """`snakemake ARGS` in the background, its output to `log` (to run beside a SLURM run)."""
+    return subprocess.Popen(snakemake_cmd(*args), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout=1800) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()[-6000:]
 
 
 def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
@@ -85,17 +97,21 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     assert "gpu" not in block  # rules that run no model never ask for one
 
 
-def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
+def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tiny_corpora, tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import compare_runs
 
     extra = tmp_path / "extra.yaml"
     extra.write_text(EXTRA)
     local, slurm = tmp_path / "local", tmp_path / "slurm"
-    res = _snakemake(["--cores", "2", "--configfile", str(TINY), str(extra), "--config", f"results={local}"])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # the local run (the session's shared corpora, synthesized by the workflow) beside the SLURM run,
+    # which synthesizes its own: the comparison below covers the corpora too
+    seed_corpora(tiny_corpora, local, TINY_CORPORA)
+    proc = _start(["--cores", "2", "--configfile", str(TINY), str(extra), "--config", f"results={local}"],
+                  tmp_path / "local.log")
     res = _snakemake(["--profile", "profiles/slurm", "--configfile", str(TINY), str(extra),
                       "--config", f"results={slurm}"], env=cluster)
+    _finish(proc, tmp_path / "local.log")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "slurm" in (res.stdout + res.stderr).lower()
     files_local = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
@@ -115,7 +131,7 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tmp_path):
     assert "SLURM job" not in (local / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
 
 
-def test_scancelled_pretraining_resumes_through_slurm(cluster, tmp_path):
+def test_scancelled_pretraining_resumes_through_slurm(cluster, plain_pretraining, tiny_corpora, tmp_path):
     """`scancel` of the pre-training job mid-training: the next run through the profile resumes from the
     last checkpoint and ends byte-identical to an uninterrupted local run."""
     import signal
@@ -123,20 +139,22 @@ def test_scancelled_pretraining_resumes_through_slurm(cluster, tmp_path):
 
     from test_resume import _losses
 
+    # the uninterrupted local run (conftest.plain_pretraining, shared with test_resume): the same
+    # pre-training (40 steps, a checkpoint every 5) of the same corpus; this run adds the SLURM EXTRA
+    plain, resume_extra = plain_pretraining
     extra = tmp_path / "extra.yaml"
-    extra.write_text(EXTRA + "pretrain: {train: {max_steps: 40, checkpoint_every: 5}}\n")
-    plain, cancelled = tmp_path / "plain", tmp_path / "cancelled"
+    extra.write_text(EXTRA + resume_extra.read_text())
+    cancelled = tmp_path / "cancelled"
+    seed_corpora(tiny_corpora, cancelled)
 
     def cmd(results, *more):
-        return [str(results / "models/melhubert_demo/pretrain/summary.json"), "--configfile", str(TINY), str(extra),
-                "--config", f"results={results}", *more]
+        return [str(results / "models/demo/pretrain/summary.json"), "--configfile", str(TINY), str(extra),
+                "--config", f"results={results}", ONE_MODEL, *more]
 
-    res = _snakemake(["--cores", "2", *cmd(plain)])
-    assert res.returncode == 0, res.stderr[-3000:]
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", *cmd(cancelled)],
+    proc = subprocess.Popen(snakemake_cmd("--profile", "profiles/slurm", *cmd(cancelled)),
                             cwd=ROOT, env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    scratch = cancelled / "resume/melhubert_demo/pretrain_melhubert"
+    scratch = cancelled / "resume/demo/pretrain_melhubert"
     deadline = time.monotonic() + 900
     while not (scratch / "step_10").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be cancelled"
@@ -149,11 +167,11 @@ def test_scancelled_pretraining_resumes_through_slurm(cluster, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not (cancelled / "models/melhubert_demo/pretrain/summary.json").exists()
+    assert not (cancelled / "models/demo/pretrain/summary.json").exists()
     res = _snakemake(["--profile", "profiles/slurm", *cmd(cancelled)], env=cluster)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "RESUMING from" in (cancelled / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
-    a, b = plain / "models/melhubert_demo", cancelled / "models/melhubert_demo"
+    assert "RESUMING from" in (cancelled / "logs/demo/pretrain_melhubert.log").read_text()
+    a, b = plain / "models/demo", cancelled / "models/demo"
     for rel in ("model/model.safetensors", "pretrain/head.pt", "pretrain/kmeans_centers.npy"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert _losses(a / "pretrain/train_log.tsv") == _losses(b / "pretrain/train_log.tsv")

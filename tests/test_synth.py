@@ -164,6 +164,7 @@ def test_missing_voices_named(monkeypatch, tmp_path):
 NEEDED = ["espeak-ng", "mbrola", "flite", "festival", "pico2wave"]
 missing = [p for p in NEEDED if shutil.which(p) is None]
 needs_synth = pytest.mark.skipif(bool(missing), reason=f"synthesizers not installed: {missing} (make setup)")
+slow = pytest.mark.slow  # synthesizes a corpus
 
 SMALL = dict(seed=5, n_speakers=6, utterances_per_speaker=3, min_duration=2.0, max_duration=8.0,
              split=(16, 4, 4), voices=["us1", "slt", "picous", "us2", "awb", "ked"])
@@ -184,6 +185,7 @@ def small_corpora(tmp_path_factory):
     return base / "a", base / "b", s2, s1
 
 
+@slow
 @needs_synth
 def test_small_corpus_layout(small_corpora):
     a, _, summary, _ = small_corpora
@@ -216,6 +218,7 @@ def test_small_corpus_layout(small_corpora):
     assert summary["counts"] == meta["counts"]
 
 
+@slow
 @needs_synth
 def test_small_corpus_phone_labels(small_corpora):
     a = small_corpora[0]
@@ -245,6 +248,7 @@ def test_small_corpus_phone_labels(small_corpora):
         assert ph.frame_labels(segs, len(x)) == labels
 
 
+@slow
 @needs_synth
 def test_same_seed_same_bytes(small_corpora):
     a, b, _, _ = small_corpora
@@ -278,6 +282,7 @@ def test_vtl_scales_mbrola_timings_exactly():
     assert synth.render("rms", "Hello.")[1] is None
 
 
+@slow
 @needs_synth
 def test_adapter(run_adapter, tmp_path):
     demo = dict(seed=1, n_speakers=2, utterances_per_speaker=2, min_duration=1.0, max_duration=8.0,

@@ -1,17 +1,22 @@
-"""The workflow as users meet it: dry run, lint, formatting, config validation."""
+"""The workflow as users meet it: dry run, lint, formatting, config validation.
+
+Tests that start Snakemake are marked `slow`; the configs that must stop before any job are each
+checked by a `snakemake -n` process of their own, the processes started side by side by one fixture."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SCHEMA = str(ROOT / "speaker_neurons" / "config.schema.yaml")
+slow = pytest.mark.slow
 
 
 def run_snakemake(*args, cwd=ROOT, timeout=300):
@@ -20,6 +25,59 @@ def run_snakemake(*args, cwd=ROOT, timeout=300):
     )
 
 
+BAD_CONFIGS = [
+    ("corpus: {source: librivox}", "Invalid configuration at key 'corpus.source'"),
+    ("qc: {max_bad_fraction: 2}", "Invalid configuration at key 'qc.max_bad_fraction'"),
+    ("qc: {min_duration: short}", "Invalid configuration at key 'qc.min_duration'"),
+    ("analysis: {k_ssl: 3}", "Invalid configuration at key 'analysis.k_ssl'"),
+    ("analysis: {topfraction: 0.01}", "Invalid configuration at key 'analysis'"),
+    ("ivector: {ubm_component: 8}", "Invalid configuration at key 'ivector'"),
+    ("ivector: {cmn: global}", "Invalid configuration at key 'ivector.cmn'"),
+    ("pretrain: {train: {max_step: 10}}", "Invalid configuration at key 'pretrain.train'"),
+    ("pretrain: {model: {frame_period: 30}}", "Invalid configuration at key 'pretrain.model.frame_period'"),
+    ("models: [{name: 1x, source: pretrain}]", "Invalid configuration at key 'models.0.name'"),
+    ("models: [{name: rel, kind: melhubert, path: CKPT}]", "set 'mean_std'"),
+    ("models: [{name: rel, kind: melhubert, format: melhubert, path: CKPT}]", "set 'mean_std'"),
+    ("models: [{name: a, source: pretrain}, {name: a, source: pretrain}]", "name 'a' is listed twice"),
+    ("models: [{name: h, kind: hubert}]", "source checkpoint needs 'path'"),
+    ("upstream: {kind: hubert, path: /models/hubert.pt}", "Invalid configuration at key 'upstream.kind'"),
+]
+# configs of other tests below that must stop before any job, each written under its own folder
+OTHER_STOPPING = {
+    "librispeech_without_paths": "corpus: {source: librispeech}",
+    "missing_checkpoint": "models: [{name: hub, kind: hubert, path: DIR/nope/hubert_base.pt}]",
+}
+
+
+@pytest.fixture(scope="module")
+def stopping_dry_runs(tmp_path_factory):
+    """{case: (its folder, the CompletedProcess of `snakemake -n --configfile <its config>`)} for every
+    config that must stop before any job: one process per config, three at a time (each process is
+    mostly Snakemake's single-threaded start-up, so they share 2 CPUs well)."""
+    base = tmp_path_factory.mktemp("stopping")
+    cases = {}
+    for i, (override, _) in enumerate(BAD_CONFIGS):
+        d = base / f"bad{i:02d}"
+        d.mkdir()
+        ckpt = d / "melhubert.ckpt"  # a released MelHuBERT file (not read by a dry run)
+        ckpt.write_bytes(b"")
+        cases[override] = (d, override.replace("CKPT", str(ckpt)))
+    for name, body in OTHER_STOPPING.items():
+        d = base / name
+        d.mkdir()
+        cases[name] = (d, body.replace("DIR", str(d)))
+
+    def run(case):
+        d, body = cases[case]
+        cfg = d / "c.yaml"
+        cfg.write_text(f"results: {d}/results\n{body}\n")
+        return case, (d, run_snakemake("-n", "--configfile", str(cfg)))
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, cases))
+
+
+@slow
 def test_dry_run_default_config_is_clean(tmp_path):
     res = run_snakemake("-n", "--config", f"results={tmp_path}/results")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -28,6 +86,7 @@ def test_dry_run_default_config_is_clean(tmp_path):
         assert rule in out, f"rule {rule} missing from the dry run"
 
 
+@slow
 def test_lint_is_clean():
     res = run_snakemake("--lint")
     out = res.stdout + res.stderr
@@ -44,36 +103,14 @@ def test_rules_are_snakefmt_formatted():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("corpus: {source: librivox}", "Invalid configuration at key 'corpus.source'"),
-        ("qc: {max_bad_fraction: 2}", "Invalid configuration at key 'qc.max_bad_fraction'"),
-        ("qc: {min_duration: short}", "Invalid configuration at key 'qc.min_duration'"),
-        ("analysis: {k_ssl: 3}", "Invalid configuration at key 'analysis.k_ssl'"),
-        ("analysis: {topfraction: 0.01}", "Invalid configuration at key 'analysis'"),
-        ("ivector: {ubm_component: 8}", "Invalid configuration at key 'ivector'"),
-        ("ivector: {cmn: global}", "Invalid configuration at key 'ivector.cmn'"),
-        ("pretrain: {train: {max_step: 10}}", "Invalid configuration at key 'pretrain.train'"),
-        ("pretrain: {model: {frame_period: 30}}", "Invalid configuration at key 'pretrain.model.frame_period'"),
-        ("models: [{name: 1x, source: pretrain}]", "Invalid configuration at key 'models.0.name'"),
-        ("models: [{name: rel, kind: melhubert, path: CKPT}]", "set 'mean_std'"),
-        ("models: [{name: rel, kind: melhubert, format: melhubert, path: CKPT}]", "set 'mean_std'"),
-        ("models: [{name: a, source: pretrain}, {name: a, source: pretrain}]", "name 'a' is listed twice"),
-        ("models: [{name: h, kind: hubert}]", "source checkpoint needs 'path'"),
-        ("upstream: {kind: hubert, path: /models/hubert.pt}", "Invalid configuration at key 'upstream.kind'"),
-    ],
-)
-def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, message):
-    ckpt = tmp_path / "melhubert.ckpt"  # a released MelHuBERT file (not read by a dry run)
-    ckpt.write_bytes(b"")
-    cfg = tmp_path / "bad.yaml"
-    cfg.write_text(f"results: {tmp_path}/results\n{override.replace('CKPT', str(ckpt))}\n")
-    res = run_snakemake("-n", "--configfile", str(cfg))
+@slow
+@pytest.mark.parametrize("override, message", BAD_CONFIGS)
+def test_bad_config_stops_before_any_job_naming_the_key(stopping_dry_runs, override, message):
+    d, res = stopping_dry_runs[override]
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert message in out, out
-    assert "Job stats" not in out and not (tmp_path / "results").exists()
+    assert "Job stats" not in out and not (d / "results").exists()
     if override.startswith("upstream"):  # the old single-model key points to its replacement
         assert "models: [{name:" in out
 
@@ -128,10 +165,9 @@ def test_package_defaults_come_from_the_schema():
         config.resolve("pretrain.train", {"max_step": 3})
 
 
-def test_non_demo_source_without_paths_names_the_missing_key(tmp_path):
-    cfg = tmp_path / "libri.yaml"
-    cfg.write_text(f"results: {tmp_path}/results\ncorpus: {{source: librispeech}}\n")
-    res = run_snakemake("-n", "--configfile", str(cfg))
+@slow
+def test_non_demo_source_without_paths_names_the_missing_key(stopping_dry_runs):
+    _, res = stopping_dry_runs["librispeech_without_paths"]  # corpus: {source: librispeech}, no paths
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "Invalid configuration at key 'corpus.librispeech.split_dir'" in out and "names no folder" in out, out
@@ -161,6 +197,7 @@ def _broken_corpus(root: Path, n_good: int = 12) -> Path:
     return tsv
 
 
+@slow
 def test_broken_files_are_reported_and_the_rest_goes_on(tmp_path):
     tsv = _broken_corpus(tmp_path)
     cfg = tmp_path / "c.yaml"
@@ -177,6 +214,7 @@ def test_broken_files_are_reported_and_the_rest_goes_on(tmp_path):
     assert len(kept) == 12 and all(Path(p).name.startswith("good") for p in kept["path"])
 
 
+@slow
 def test_too_many_broken_files_stop_the_run_naming_the_report(tmp_path):
     tsv = _broken_corpus(tmp_path)
     cfg = tmp_path / "c.yaml"
@@ -187,14 +225,14 @@ def test_too_many_broken_files_stop_the_run_naming_the_report(tmp_path):
     assert "qc.tsv" in log and not (tmp_path / "r" / "corpora" / "tsv" / "manifest.tsv").exists()
 
 
-def test_missing_checkpoint_is_named_before_any_job(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"results: {tmp_path}/r\nmodels: [{{name: hub, kind: hubert, path: {tmp_path}/nope/hubert_base.pt}}]\n")
-    res = run_snakemake("-n", "--configfile", str(cfg))
+@slow
+def test_missing_checkpoint_is_named_before_any_job(stopping_dry_runs):
+    d, res = stopping_dry_runs["missing_checkpoint"]  # models: [{name: hub, kind: hubert, path: <d>/nope/...}]
     out = res.stdout + res.stderr
-    assert res.returncode != 0 and f"{tmp_path}/nope/hubert_base.pt" in out and "Missing input" in out
+    assert res.returncode != 0 and f"{d}/nope/hubert_base.pt" in out and "Missing input" in out
 
 
+@slow
 def test_two_models_plan_side_by_side(tmp_path):
     """Each listed model gets its own analysis jobs under results/models/<name>/, and a cross-model
     table joins them."""
