@@ -116,7 +116,7 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
         variants = [("set", None, neurons)] + [("random", s, pruning.random_like(neurons, widths, s))
                                                for s in random_seeds]
         for kind, seed, ns in variants:
-            erased = pruning.erase(copy.deepcopy(model), ns)
+            erased = copy.deepcopy(model).erase_ffn(ns)
             rows += _rows(label, kind, seed, score(erased), base, groups, sizes)
             log.info("erased %s%s (%d neurons)", label, "" if seed is None else f" random seed {seed}",
                      sum(sizes.values()))
@@ -157,7 +157,7 @@ def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.nda
         variants = [("set", None, neurons)] + [("random", s, pruning.random_like(neurons, widths, s))
                                                for s in random_seeds]
         for kind, s, ns in variants:
-            erased = pruning.erase(copy.deepcopy(model), ns)
+            erased = copy.deepcopy(model).erase_ffn(ns)
             table += rows(label, kind, s, utterance_edits(erased, test_rows, targets, heads, max_batch_seconds),
                           base, sizes)
             log.info("PR: erased %s%s (%d neurons)", label, "" if s is None else f" random seed {s}",

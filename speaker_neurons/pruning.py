@@ -1,6 +1,7 @@
 """Which FFN neurons to keep (METHOD §5): importance, strategies and targets.
 
-* importance of neuron j of a layer: `||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1`, ranked within the layer;
+* importance of neuron j of a layer (`Upstream.ffn_importance`): `||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1`,
+  ranked within the layer;
 * strategies, each removing the same number of neurons per layer for a fair comparison:
   `l1` keeps the most important; `protected` keeps the protected set first, then the most important of
   the rest (when the target keeps fewer neurons than the protected set, the most important protected
@@ -8,12 +9,13 @@
 * targets: `protected_size` (keep exactly as many neurons per layer as the protected set has: the
   paper's one-shot setting) or a kept fraction of each layer's current width.
 
-`erase` is the ablation without retraining: the W2 columns of a set are zeroed, so those neurons no
-longer write to the residual stream while the model keeps its shape.
+This module is policy only: the importance of a neuron (`FeedForward.importance`), the removal
+(`Upstream.prune_ffn`) and the erase of the ablation (`Upstream.erase_ffn`: W2 columns zeroed, the
+shape kept) are methods of the model.
 
 Indices are the model's current neurons (0..width-1), as in the neuron sets computed on that model.
 Ties in importance go to the lower index, so a plan is a pure function of the weights, the sets and
-the seed. The removal itself is `speaker_neurons.models.prune_ffn`.
+the seed.
 """
 
 from __future__ import annotations
@@ -22,21 +24,8 @@ import hashlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 STRATEGIES = ("l1", "protected", "random")
-
-
-def importance(model) -> dict[int, np.ndarray]:
-    """Per 1-based layer, float64 (width,): ||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1."""
-    out = {}
-    with torch.no_grad():
-        for l, ff in enumerate(model.feed_forwards(), start=1):
-            w1 = ff.intermediate_dense.weight.detach().double().cpu()
-            b1 = ff.intermediate_dense.bias.detach().double().cpu()
-            w2 = ff.output_dense.weight.detach().double().cpu()
-            out[l] = (w1.abs().sum(1) + b1.abs() + w2.abs().sum(0)).numpy()
-    return out
 
 
 def _layer_seed(seed: int, layer: int) -> int:
@@ -89,7 +78,7 @@ def plan(model, strategy: str, target: str | float, protected: Mapping[int, Sequ
     if strategy == "protected" and protected is None:
         raise ValueError("strategy protected needs a protected set")
     widths = model.ffn_widths
-    scores = importance(model)
+    scores = model.ffn_importance()
     keep_n = dict(keep_widths) if keep_widths is not None else kept_widths(widths, target, protected)
     keep: dict[int, list[int]] = {}
     layers: dict[str, dict[str, int]] = {}
@@ -129,21 +118,6 @@ def union_of_sets(paths: Sequence[str]) -> dict[int, list[int]]:
         for l, idx in read_neuron_set(p).items():
             out.setdefault(l, set()).update(idx)
     return {l: sorted(v) for l, v in sorted(out.items())}
-
-
-def erase(model, neurons: Mapping[int, Sequence[int]]):
-    """Zero the W2 columns of the given neurons (per 1-based layer), in place; returns the model."""
-    ffs = model.feed_forwards()
-    with torch.no_grad():
-        for l, idx in neurons.items():
-            idx = sorted({int(j) for j in idx})
-            if not 1 <= int(l) <= len(ffs):
-                raise ValueError(f"layer {l} out of range 1..{len(ffs)}")
-            w2 = ffs[int(l) - 1].output_dense.weight
-            if idx and (idx[0] < 0 or idx[-1] >= w2.shape[1]):
-                raise ValueError(f"layer {l}: neuron indices must lie in 0..{w2.shape[1] - 1}")
-            w2[:, idx] = 0.0
-    return model
 
 
 def random_like(neurons: Mapping[int, Sequence[int]], widths: Sequence[int], seed: int) -> dict[int, list[int]]:

@@ -6,6 +6,8 @@ sets are byte-identical between the runs."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +43,16 @@ def _run_chains(extra: Path, *results: Path) -> None:
         log = r.parent / f"{r.name}.log"
         procs.append((subprocess.Popen(snakemake_cmd("--cores", "2", "--configfile", TINY, extra,
                                                      "--config", f"results={r}"),
-                                       cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT), log))
+                                       cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                       start_new_session=True), log))
     try:
         for proc, _ in procs:
             proc.wait(timeout=2400)
     finally:
         for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
+            if proc.poll() is None:  # snakemake and its running jobs
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     for proc, log in procs:
         assert proc.returncode == 0, log.read_text()[-8000:]
 

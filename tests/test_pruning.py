@@ -9,19 +9,20 @@ import torch
 
 from speaker_neurons import pruning
 from speaker_neurons.models import prune_ffn
+from speaker_neurons.models.base import Upstream
 from test_models import tiny  # the tiny random MelHuBERT / wav2vec2 configs of the model tests
 
 
-class _Dense:
-    def __init__(self, weight, bias):
-        self.weight = torch.tensor(weight, dtype=torch.float32)
-        self.bias = torch.tensor(bias, dtype=torch.float32)
+def _ff(w1, b1, w2):
+    """A real FeedForward (d = 2, 4 neurons) with the given weights."""
+    from speaker_neurons.models.components import FeedForward
 
-
-class _FF:
-    def __init__(self, w1, b1, w2):
-        self.intermediate_dense = _Dense(w1, b1)
-        self.output_dense = _Dense(w2, [0.0] * len(w2))
+    ff = FeedForward(2, 4)
+    with torch.no_grad():
+        ff.intermediate_dense.weight.copy_(torch.tensor(w1, dtype=torch.float32))
+        ff.intermediate_dense.bias.copy_(torch.tensor(b1, dtype=torch.float32))
+        ff.output_dense.weight.copy_(torch.tensor(w2, dtype=torch.float32))
+    return ff
 
 
 class _Model:
@@ -33,10 +34,12 @@ class _Model:
         b1 = [0, -1, 0, 0]
         w2 = [[1, 0, 0.5, 2], [0, 0, 0, 0]]
         # layer 2: all equal (ties go to the lower index)
-        self._ffs = [_FF(w1, b1, w2), _FF([[1, 0]] * 4, [0] * 4, [[1, 1, 1, 1], [0, 0, 0, 0]])]
+        self._ffs = [_ff(w1, b1, w2), _ff([[1, 0]] * 4, [0] * 4, [[1, 1, 1, 1], [0, 0, 0, 0]])]
 
     def feed_forwards(self):
         return self._ffs
+
+    ffn_importance = Upstream.ffn_importance  # the model's own method, over these layers
 
     @property
     def ffn_widths(self):
@@ -44,9 +47,10 @@ class _Model:
 
 
 def test_importance_by_hand():
-    imp = pruning.importance(_Model())
+    imp = _Model().ffn_importance()
     assert imp[1].tolist() == [2.0, 3.0, 1.0, 5.0]
     assert imp[2].tolist() == [2.0, 2.0, 2.0, 2.0]
+    assert _Model().feed_forwards()[0].importance().dtype == torch.float64
 
 
 def test_strategies_remove_the_same_number_and_protect():
@@ -114,7 +118,7 @@ def test_pruned_model_equals_the_parent_with_removed_neurons_silenced(kind):
 def test_erase_equals_pruning_the_same_neurons(kind):
     """Zeroing W2 columns silences exactly those neurons: the output equals the model pruned of them."""
     gone = {1: [0, 3, 7], 2: [2]}
-    erased = pruning.erase(tiny(kind), gone)
+    erased = tiny(kind).erase_ffn(gone)
     keep = {l: [j for j in range(w) if j not in gone[l]] for l, w in enumerate(erased.ffn_widths, start=1)}
     pruned = prune_ffn(tiny(kind), keep)
     assert erased.ffn_widths == tiny(kind).ffn_widths  # the shape is kept
@@ -127,7 +131,7 @@ def test_erase_equals_pruning_the_same_neurons(kind):
     ctrl = pruning.random_like(gone, erased.ffn_widths, seed=4)
     assert {l: len(v) for l, v in ctrl.items()} == {1: 3, 2: 1} and ctrl == pruning.random_like(gone, erased.ffn_widths, 4)
     with pytest.raises(ValueError, match="0.."):
-        pruning.erase(tiny(kind), {1: [10_000]})
+        tiny(kind).erase_ffn({1: [10_000]})
 
 
 def test_iterative_step_widths_and_plan():

@@ -64,15 +64,19 @@ def _snakemake(args, env=None, timeout=1800):
 
 def _start(args, log: Path, env=None) -> subprocess.Popen:
     """`snakemake ARGS` in the background, its output to `log` (to run beside a SLURM run)."""
-    return subprocess.Popen(snakemake_cmd(*args), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(snakemake_cmd(*args), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen, log: Path, timeout=1800) -> None:
+    import signal
+
     try:
         proc.wait(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # snakemake and its running jobs
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, log.read_text()[-6000:]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     return torch.device(device)
+
+
+def layer_index(k) -> int:
+    """A 1-based layer key of a `keep` / `kept_indices` mapping (int or its string, as in JSON) as an int."""
+    try:
+        return int(k)
+    except (TypeError, ValueError):
+        raise ValueError(f"layer keys must be 1-based integers, got {k!r}") from None
+
+
+def current_kept_indices(model: "Upstream") -> dict[int, list[int]]:
+    """Original indices of the current neurons, per 1-based layer (identity for a never-pruned model)."""
+    if model.kept_indices is not None:
+        return {int(k): list(v) for k, v in model.kept_indices.items()}
+    return {l + 1: list(range(w)) for l, w in enumerate(model.ffn_widths)}
 
 
 @dataclass
@@ -81,6 +96,47 @@ class Upstream(nn.Module):
 
     def feed_forwards(self) -> list[FeedForward]:
         return [layer.feed_forward for layer in self.transformer.layers]
+
+    # ---- FFN surgery (docs/METHOD.md section 5), per 1-based layer, by current neuron index
+    def _ffn(self, layer) -> FeedForward:
+        ffs, l = self.feed_forwards(), layer_index(layer)
+        if not 1 <= l <= len(ffs):
+            raise ValueError(f"layer {l} out of range 1..{len(ffs)}")
+        return ffs[l - 1]
+
+    def ffn_importance(self) -> dict[int, "np.ndarray"]:
+        """Per 1-based layer, float64 (width,): each neuron's ||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1."""
+        return {l: ff.importance().numpy() for l, ff in enumerate(self.feed_forwards(), start=1)}
+
+    def prune_ffn(self, keep: Mapping[Any, Sequence[int]]) -> "Upstream":
+        """Keep only the listed neurons (current indices, sorted, unique) of the given layers, in place;
+        `kept_indices` follows them back to the never-pruned model. Returns the model."""
+        plan = {layer_index(k): [int(i) for i in v] for k, v in keep.items()}
+        for l, idx in plan.items():  # every layer checked before any is cut
+            ff = self._ffn(l)
+            if not idx:
+                raise ValueError(f"layer {l}: cannot keep zero neurons")
+            if any(b <= a for a, b in zip(idx, idx[1:])):
+                raise ValueError(f"layer {l}: kept indices must be sorted and unique")
+            if idx[0] < 0 or idx[-1] >= ff.width:
+                raise ValueError(f"layer {l}: kept indices must lie in 0..{ff.width - 1}")
+        if self.kept_indices is None and self.original_ffn_widths is None:
+            self.original_ffn_widths = list(self.ffn_widths)
+        kept = current_kept_indices(self)
+        for l, idx in plan.items():
+            self._ffn(l).keep_(idx)
+            kept[l] = [kept[l][j] for j in idx]
+        self.kept_indices = kept
+        return self
+
+    def erase_ffn(self, neurons: Mapping[Any, Sequence[int]]) -> "Upstream":
+        """Silence the given neurons (their W2 columns zeroed), in place, keeping every shape; returns the model."""
+        for l, idx in neurons.items():
+            try:
+                self._ffn(l).zero_out_(idx)
+            except ValueError as exc:
+                raise ValueError(f"layer {l}: {exc}") from None
+        return self
 
     @property
     def config(self) -> dict[str, Any]:

@@ -387,6 +387,51 @@ class FeedForward(nn.Module):
     def width(self) -> int:
         return self.intermediate_dense.out_features
 
+    # ---- surgery (docs/METHOD.md section 5): the neurons of this layer, by current index
+    @torch.no_grad()
+    def importance(self) -> Tensor:
+        """float64 (width,): ||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1 of every neuron j."""
+        w1 = self.intermediate_dense.weight.detach().double().cpu()
+        b1 = self.intermediate_dense.bias.detach().double().cpu()
+        w2 = self.output_dense.weight.detach().double().cpu()
+        return w1.abs().sum(1) + b1.abs() + w2.abs().sum(0)
+
+    def _check(self, idx) -> list[int]:
+        idx = sorted({int(j) for j in idx})
+        if idx and (idx[0] < 0 or idx[-1] >= self.width):
+            raise ValueError(f"neuron indices must lie in 0..{self.width - 1}")
+        return idx
+
+    def keep_(self, idx) -> "FeedForward":
+        """Keep only neurons `idx` (sorted, unique current indices), in place: rows of W1 and b1, columns of
+        W2; b2 stays. Parameters keep their device, dtype and requires_grad."""
+        idx = [int(i) for i in idx]
+        if not idx:
+            raise ValueError("cannot keep zero neurons")
+        if any(b <= a for a, b in zip(idx, idx[1:])):
+            raise ValueError("kept indices must be sorted and unique")
+        self._check(idx)
+        w1, b1, w2, b2 = (self.intermediate_dense.weight, self.intermediate_dense.bias, self.output_dense.weight,
+                          self.output_dense.bias)
+        i = torch.tensor(idx, dtype=torch.long, device=w1.device)
+        new1 = nn.Linear(w1.shape[1], len(idx), device=w1.device, dtype=w1.dtype)
+        new2 = nn.Linear(len(idx), w2.shape[0], device=w2.device, dtype=w2.dtype)
+        with torch.no_grad():
+            new1.weight.copy_(w1.index_select(0, i))
+            new1.bias.copy_(b1.index_select(0, i))
+            new2.weight.copy_(w2.index_select(1, i))
+            new2.bias.copy_(b2)
+        for new, old in ((new1.weight, w1), (new1.bias, b1), (new2.weight, w2), (new2.bias, b2)):
+            new.requires_grad_(old.requires_grad)
+        self.intermediate_dense, self.output_dense = new1, new2
+        return self
+
+    @torch.no_grad()
+    def zero_out_(self, idx) -> "FeedForward":
+        """Silence neurons `idx` without changing the shape: their W2 columns set to zero, in place."""
+        self.output_dense.weight[:, self._check(idx)] = 0.0
+        return self
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a = F.gelu(self.intermediate_dense(x))
         h = F.dropout(a, self.activation_dropout, True) if (self.training and self.activation_dropout > 0) else a
