@@ -101,7 +101,6 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
     SID heads per layer set (one per seed)."""
     if (labels < 0).any():
         raise ValueError("run_ablation scores enrolled speakers only (labels >= 0)")
-    widths = model.ffn_widths
     cache: dict = {}  # the segments' features, computed once for every variant (where the model slices them)
 
     def score(m) -> dict[str, np.ndarray]:
@@ -111,16 +110,23 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
 
     base = score(model)
     rows = _rows("none", "unerased", None, base, base, groups, {})
+    for label, sizes, kind, seed, erased in _variants(model, sets, random_seeds):
+        rows += _rows(label, kind, seed, score(erased), base, groups, sizes)
+    return pd.DataFrame(rows)
+
+
+def _variants(model, sets: Mapping[str, Mapping[int, Sequence[int]]], random_seeds: Sequence[int]):
+    """(set name, per-layer sizes, kind, random seed, erased copy of the model) for every set and, after
+    it, its seeded random controls of the same per-layer sizes."""
+    widths = model.ffn_widths
     for label, neurons in sets.items():
         sizes = {int(l): len(set(v)) for l, v in neurons.items()}
         variants = [("set", None, neurons)] + [("random", s, pruning.random_like(neurons, widths, s))
                                                for s in random_seeds]
         for kind, seed, ns in variants:
-            erased = copy.deepcopy(model).erase_ffn(ns)
-            rows += _rows(label, kind, seed, score(erased), base, groups, sizes)
-            log.info("erased %s%s (%d neurons)", label, "" if seed is None else f" random seed {seed}",
+            log.info("erasing %s%s (%d neurons)", label, "" if seed is None else f" random seed {seed}",
                      sum(sizes.values()))
-    return pd.DataFrame(rows)
+            yield label, sizes, kind, seed, copy.deepcopy(model).erase_ffn(ns)
 
 
 def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.ndarray],
@@ -133,7 +139,6 @@ def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.nda
     paired bootstrap interval over utterances (each utterance's edits averaged over the head seeds)."""
     from speaker_neurons.pr import bootstrap_interval, utterance_edits
 
-    widths = model.ffn_widths
     ref = np.array([len(targets[u]) for u in test_rows["utt_id"]], dtype=np.float64)
 
     def rows(label, kind, seed_, edits, base, sizes):
@@ -152,16 +157,8 @@ def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.nda
 
     base = utterance_edits(model, test_rows, targets, heads, max_batch_seconds)
     table = rows("none", "unerased", None, base, base, {})
-    for label, neurons in sets.items():
-        sizes = {int(l): len(set(v)) for l, v in neurons.items()}
-        variants = [("set", None, neurons)] + [("random", s, pruning.random_like(neurons, widths, s))
-                                               for s in random_seeds]
-        for kind, s, ns in variants:
-            erased = copy.deepcopy(model).erase_ffn(ns)
-            table += rows(label, kind, s, utterance_edits(erased, test_rows, targets, heads, max_batch_seconds),
-                          base, sizes)
-            log.info("PR: erased %s%s (%d neurons)", label, "" if s is None else f" random seed {s}",
-                     sum(sizes.values()))
+    for label, sizes, kind, s, erased in _variants(model, sets, random_seeds):
+        table += rows(label, kind, s, utterance_edits(erased, test_rows, targets, heads, max_batch_seconds), base, sizes)
     return pd.DataFrame(table)
 
 

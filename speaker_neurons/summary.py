@@ -142,8 +142,14 @@ def pr_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
-    """Per parent and layer set: PER against the kept share of FFN neurons, one line per strategy."""
+STRATEGY_COLOURS = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray", "control": "tab:green"}
+
+
+def plot_vs_width(table: pd.DataFrame, png: PathLike, value: str, task: str, ylabel: str, empty: str,
+                  eer: bool = False) -> Path:
+    """Per parent and layer set: `value` (with its `<value>_ci_low/high` band) against the kept share
+    of FFN neurons, one line per strategy from the unpruned model (a black square); with `eer`, a
+    second row of verification EER."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,69 +159,47 @@ def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
 
     if table.empty:
         fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no PR results in this run (pr.enabled: false)", ha="center", va="center")
+        ax.text(0.5, 0.5, empty, ha="center", va="center")
         ax.axis("off")
         return save_figure(fig, png)
     panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharex=True)
+    rows = 2 if eer else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(4.2 * len(panels), 3.2 * rows), squeeze=False, sharex=True)
+    lo, hi = f"{value}_ci_low", f"{value}_ci_high"
     for j, (parent, ls) in enumerate(panels):
-        ax = axes[0][j]
         sub = table[(table["parent"] == parent) & (table["layer_set"] == ls)]
         base = sub[sub["strategy"] == "none"]
         for strategy in [s for s in dict.fromkeys(sub["strategy"]) if s != "none"]:
             s = pd.concat([base, sub[sub["strategy"] == strategy]]).sort_values("kept_share")
             c = STRATEGY_COLOURS.get(strategy)
-            ax.plot(100 * s["kept_share"], 100 * s["per"], "o-", color=c, label=strategy)
-            ax.fill_between(100 * s["kept_share"], 100 * s["per_ci_low"], 100 * s["per_ci_high"], color=c, alpha=0.15)
-        ax.set_title(f"{parent}: PR head {ls}", fontsize="small")
-        ax.set_xlabel("FFN neurons kept (%)")
-    axes[0][0].set_ylabel("PER (%), 95% band (lower is better)")
+            axes[0][j].plot(100 * s["kept_share"], 100 * s[value], "o-", color=c, label=strategy)
+            axes[0][j].fill_between(100 * s["kept_share"], 100 * s[lo], 100 * s[hi], color=c, alpha=0.15)
+            if eer:
+                e = s.dropna(subset=["eer"])
+                axes[1][j].plot(100 * e["kept_share"], 100 * e["eer"].astype(float), "o-", color=c, label=strategy)
+        if len(base):
+            b = base.iloc[0]
+            axes[0][j].errorbar([100.0], [100 * b[value]], yerr=[[100 * (b[value] - b[lo])], [100 * (b[hi] - b[value])]],
+                                fmt="ks", label="unpruned", capsize=3)
+        axes[0][j].set_title(f"{parent}: {task} head {ls}", fontsize="small")
+        axes[rows - 1][j].set_xlabel("FFN neurons kept (%)")
+    axes[0][0].set_ylabel(ylabel)
+    if eer:
+        axes[1][0].set_ylabel("verification EER (%)")
     axes[0][0].legend(fontsize="x-small")
     return save_figure(fig, png)
-
-
-STRATEGY_COLOURS = {"l1": "tab:blue", "protected": "tab:red", "random": "tab:gray", "control": "tab:green"}
 
 
 def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
     """Per parent and layer set: SID (top) and EER (bottom) against the kept share of FFN neurons."""
-    import matplotlib
+    return plot_vs_width(table, png, "sid", "SID", "SID test accuracy (%), 95% band",
+                         "no SID results in this run (sid.enabled: false)", eer=True)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from speaker_neurons.utils import save_figure
-
-    if table.empty:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no SID results in this run (sid.enabled: false)", ha="center", va="center")
-        ax.axis("off")
-        return save_figure(fig, png)
-    panels = [(p, ls) for p in dict.fromkeys(table["parent"]) for ls in dict.fromkeys(table["layer_set"])]
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.0), squeeze=False, sharex=True)
-    colours = STRATEGY_COLOURS
-    for j, (parent, ls) in enumerate(panels):
-        sub = table[(table["parent"] == parent) & (table["layer_set"] == ls)]
-        base = sub[sub["strategy"] == "none"]
-        for strategy in [s for s in dict.fromkeys(sub["strategy"]) if s != "none"]:
-            s = pd.concat([base, sub[sub["strategy"] == strategy]]).sort_values("kept_share")
-            c = colours.get(strategy)
-            axes[0][j].plot(100 * s["kept_share"], 100 * s["sid"], "o-", color=c, label=strategy)
-            axes[0][j].fill_between(100 * s["kept_share"], 100 * s["sid_ci_low"], 100 * s["sid_ci_high"], color=c,
-                                    alpha=0.15)
-            e = s.dropna(subset=["eer"])
-            axes[1][j].plot(100 * e["kept_share"], 100 * e["eer"].astype(float), "o-", color=c, label=strategy)
-        if len(base):
-            b = base.iloc[0]
-            axes[0][j].errorbar([100.0], [100 * b["sid"]], yerr=[[100 * (b["sid"] - b["sid_ci_low"])],
-                                                                 [100 * (b["sid_ci_high"] - b["sid"])]],
-                                fmt="ks", label="unpruned", capsize=3)
-        axes[0][j].set_title(f"{parent}: SID head {ls}", fontsize="small")
-        axes[1][j].set_xlabel("FFN neurons kept (%)")
-    axes[0][0].set_ylabel("SID test accuracy (%), 95% band")
-    axes[1][0].set_ylabel("verification EER (%)")
-    axes[0][0].legend(fontsize="x-small")
-    return save_figure(fig, png)
+def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
+    """Per parent and layer set: PER against the kept share of FFN neurons (lower is better)."""
+    return plot_vs_width(table, png, "per", "PR", "PER (%), 95% band (lower is better)",
+                         "no PR results in this run (pr.enabled: false)")
 
 
 def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str, Any], add) -> list[str]:

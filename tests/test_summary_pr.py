@@ -1,0 +1,60 @@
+"""Phoneme recognition in the run's summary, from hand-made stage outputs: the PER table per strategy
+and width, the verdicts in the direction of Property Neurons (protected keeps PER lower), the erase
+ablation's PER change, and the corpus of every figure."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from speaker_neurons import summary
+
+
+def _pr(per, lo, hi):
+    rec = {"test_per": per, "test_ci95": [lo, hi], "lr": 0.01, "per_seed": [{"per": per}, {"per": per}],
+           "test_utterances": 50, "test_phones": 1500}
+    return {"corpus": "ev", "layer_sets": {"all": rec, "last": dict(rec, test_per=per + 0.1, test_ci95=[lo + 0.1, hi + 0.1])}}
+
+
+def test_pr_rows_verdicts_and_corpora(tmp_path):
+    def w(name, obj):
+        (tmp_path / name).write_text(json.dumps(obj))
+        return str(tmp_path / name)
+
+    erase = {"k_ssl": 3, "unerased": {}, "pr": {"ssl_cluster": {"neurons": 12, "all": {
+        "per": 0.33, "delta_per": 0.03, "delta_ci95": [0.01, 0.05], "n": 50, "random_delta_mean": 0.005,
+        "random_delta_range": [0.0, 0.01]}}, "unerased": {"all": {"per": 0.3, "ci95": [0.28, 0.32], "n": 50}}}}
+    models = [{"name": "m", "source": "pretrain", "pr": w("m.json", _pr(0.30, 0.28, 0.32)), "erase": w("e.json", erase)}]
+    for strategy, per in (("l1", 0.50), ("protected", 0.40), ("random", 0.60)):
+        models.append({"name": f"m-{strategy}-pset", "source": "prune", "parent": "m", "strategy": strategy,
+                       "target": "protected_size", "pr": w(f"{strategy}.json", _pr(per, per - 0.02, per + 0.02)),
+                       "prune": w(f"{strategy}.prune.json", {"kept_total": 30, "width_total": 100,
+                                                             "protected_lost_total": 0})})
+    corpora = {"analysis": "ana", "pretrain": "ana", "sid": "ev", "pr": "ev"}
+    summary.build_summary(models, None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
+                          out_pr_png=tmp_path / "p.png", corpora=corpora)
+    t = pd.read_csv(tmp_path / "s.tsv", sep="\t", keep_default_na=False)
+    row = t[(t["section"] == "pr") & (t["metric"] == "per_all") & (t["model"] == "m")].iloc[0]
+    assert float(row["value"]) == pytest.approx(0.30) and float(row["paper"]) == pytest.approx(0.0817)
+    assert row["corpus"] == "ev" and int(row["n"]) == 50
+    d = t[(t["section"] == "pr_pruning") & (t["metric"] == "protected_minus_l1_all")].iloc[0]
+    assert float(d["value"]) == pytest.approx(-0.10) and d["note"].startswith("holds")  # protected keeps PER lower
+    r = t[(t["section"] == "pr_pruning") & (t["metric"] == "protected_minus_random_last")].iloc[0]
+    assert r["note"].startswith("holds")
+    e = t[t["section"] == "erase_pr"].iloc[0]
+    assert float(e["value"]) == pytest.approx(0.03) and e["metric"] == "ssl_cluster|all" and e["corpus"] == "ev"
+    md = (tmp_path / "s.md").read_text()
+    assert "analysis on **ana**" in md and "as in the paper" in md
+    assert "| m-l1-pset | 30.0% | 50.0 [48.0, 52.0] | " in md
+    assert "PER protected 40.0% vs l1 50.0% (-10.0 points" in md and "holds: protected < l1" in md
+    assert "erase ssl_cluster (12 neurons), PER all: +3.00 [+1.00, +5.00] points (random +0.50)" in md
+    assert (tmp_path / "p.png").stat().st_size > 5000
+
+
+def test_an_evaluation_on_the_analysis_corpus_is_said(tmp_path):
+    summary.build_summary([], None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
+                          out_pr_png=tmp_path / "p.png", corpora={"analysis": "c", "pretrain": "c", "sid": "c"})
+    assert "**an evaluation runs on the corpus the neurons are found on**" in (tmp_path / "s.md").read_text()
+    assert (tmp_path / "p.png").exists()
