@@ -5,7 +5,7 @@ Every setting is a set of `--config` overrides of the demo. Each runs the workfl
 folder up to the SID of the pre-trained model and of its `-noffn` control (no i-vectors, analysis or
 pruning strategies are needed for the controls), then the table prints, per setting: SID all layers,
 SID hidden_0, SID of the control, the input-only gap and the FFN dependence with their 95% intervals
-(speaker_neurons.summary.difference_interval), the masked-frame accuracy and the wall time of the
+(speaker_neurons.statistics.difference_interval), the masked-frame accuracy and the wall time of the
 pre-training job.
 
     .venv/bin/python benchmarks/speaker_levers.py --out /tmp/levers baseline steps_1400 ...
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speaker_neurons.summary import difference_interval  # noqa: E402
+from speaker_neurons.statistics import difference_interval  # noqa: E402
 
 MODEL = "melhubert_demo"
 SID_CORPUS = "demo_eval"  # the demo scores SID on its second synthesized corpus (stages.sid: auto)

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from speaker_neurons.evaluation import wilson_interval
+from speaker_neurons.statistics import wilson_interval
 
 
 def probe(x_train, y_train, x_test, y_test, c: float) -> tuple[int, int]:

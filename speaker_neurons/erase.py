@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,7 +28,7 @@ import pandas as pd
 import torch
 
 from speaker_neurons import pruning, sid
-from speaker_neurons.evaluation import wilson_interval
+from speaker_neurons.statistics import bootstrap_interval, paired_delta, wilson_interval
 from speaker_neurons.utils import get_logger, save_figure
 
 log = get_logger("erase")
@@ -51,20 +50,6 @@ def erase_sets(ssl_cluster_json: str | Path | None, ivector_cluster_json: str | 
         for g, layers in sorted(rec["groups"].items(), key=lambda kv: int(kv[0])):
             out[f"ivector_cluster:{int(g)}"] = {int(l): list(v) for l, v in layers.items()}
     return out
-
-
-def paired_delta(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
-    """Mean of after - before over segments (each a row's mean over head seeds; arrays (seeds, n) of
-    0/1) with a Student-t 95% interval."""
-    from scipy import stats
-
-    d = np.asarray(after, dtype=np.float64).mean(0) - np.asarray(before, dtype=np.float64).mean(0)
-    n = len(d)
-    if n == 0:
-        return {"delta": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
-    m = float(d.mean())
-    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return {"delta": m, "ci95": [m - half, m + half], "n": int(n)}
 
 
 def _correct(heads: Sequence[sid.SIDHead], pooled: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -137,7 +122,7 @@ def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.nda
     layer set): the PER of the unerased model's PR heads (`heads`, one per seed) decoding the erased
     model on the PR test utterances `test_rows`, and its change against the unerased model, with a
     paired bootstrap interval over utterances (each utterance's edits averaged over the head seeds)."""
-    from speaker_neurons.pr import bootstrap_interval, utterance_edits
+    from speaker_neurons.pr import utterance_edits
 
     ref = np.array([len(targets[u]) for u in test_rows["utt_id"]], dtype=np.float64)
 

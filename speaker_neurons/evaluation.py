@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from speaker_neurons.statistics import eer_interval, wilson_interval
 from speaker_neurons.utils import get_logger
 
 log = get_logger("evaluation")
@@ -83,26 +84,6 @@ def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
     # crossing between k-1 and k
     t = d[k - 1] / (d[k - 1] - d[k])
     return float(fa[k - 1] + t * (fa[k] - fa[k - 1]))
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (nan, nan) for n = 0."""
-    import math
-
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (centre - half, centre + half)
-
-
-def eer_interval(eer: float, target_trials: int) -> tuple[float, float]:
-    """95% interval of an EER: the Wilson interval of a miss rate of `eer` over the target trials (the
-    scarcer kind, which binds the estimate). Trials that share an utterance are not independent, so
-    the true interval is wider; read it as a lower bound on the uncertainty."""
-    return wilson_interval(int(round(eer * target_trials)), int(target_trials))
 
 
 def embedding_quality(utt_ids: Sequence[str], vectors: np.ndarray, manifest: pd.DataFrame, what: str = "embedding") -> dict[str, Any]:

@@ -13,7 +13,7 @@ Decoding is greedy: the argmax of every frame, repeats merged, blanks (and end-o
 dropped. PER = total edit distance / total reference phones over the test split (corpus level, not a
 mean of per-utterance rates), with a 95% percentile bootstrap interval over test utterances
 (`pr.bootstrap` resamples from `pr.bootstrap_seed`), for each of `pr.seeds` heads at the picked rate;
-their mean gets a Student-t interval (`speaker_neurons.sid.mean_interval`).
+their mean gets a Student-t interval (`speaker_neurons.statistics`).
 
 Features: a head needs every layer's frames of every utterance, many passes over them. The upstream
 runs once (`extract_frame_features`) and writes the stacked hidden states as float16 into `.npy`
@@ -34,7 +34,6 @@ CUDA's CTC backward is not deterministic). Threads are the caller's.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -47,6 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from speaker_neurons.statistics import bootstrap_interval
 from speaker_neurons.utils import get_logger
 
 log = get_logger("pr")
@@ -99,25 +99,6 @@ def corpus_per(edits: Sequence[int], ref_lens: Sequence[int]) -> float:
     if total == 0:
         raise ValueError("PER of a corpus with no reference phones")
     return float(np.sum(edits)) / total
-
-
-def bootstrap_interval(edits: Sequence[int], ref_lens: Sequence[int], resamples: int, seed: int,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the corpus PER: resample utterances with replacement
-    (`resamples` times, `numpy.random.default_rng(seed)`), recompute sum(edits) / sum(ref_lens)."""
-    e = np.asarray(edits, dtype=np.float64)
-    n = np.asarray(ref_lens, dtype=np.float64)
-    if len(e) == 0:
-        raise ValueError("bootstrap interval of no utterances")
-    rng = np.random.default_rng(int(seed))
-    stats = np.empty(int(resamples))
-    chunk = max(1, 2_000_000 // len(e))  # bounded memory on large test sets
-    for s in range(0, int(resamples), chunk):
-        idx = rng.integers(0, len(e), size=(min(chunk, int(resamples) - s), len(e)))
-        stats[s : s + len(idx)] = e[idx].sum(1) / np.maximum(n[idx].sum(1), 1.0)
-    a = (1.0 - level) / 2
-    lo, hi = np.quantile(stats, [a, 1.0 - a])
-    return float(lo), float(hi)
 
 
 # ------------------------------------------------------------------------------------------- the head
@@ -509,7 +490,7 @@ def train_and_evaluate(cache_dir: str | os.PathLike, phones: Mapping[str, Sequen
     rate, per_seed [seed, per, ci95 (bootstrap), edits, ref_phones, best_step, dev_per, dev_curve],
     test_per (mean over seeds) with test_ci95 (t-interval), layer_weights (first seed), test counts}."""
     from speaker_neurons.config import resolve
-    from speaker_neurons.sid import mean_interval
+    from speaker_neurons.statistics import mean_interval
 
     cfg = resolve("pr", cfg)
     if inventory is None:

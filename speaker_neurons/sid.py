@@ -20,7 +20,6 @@ over all test segment pairs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -29,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from speaker_neurons.evaluation import wilson_interval
+from speaker_neurons.statistics import eer_interval, mean_interval, wilson_interval
 from speaker_neurons.utils import get_logger
 
 log = get_logger("sid")
@@ -196,18 +195,6 @@ class SIDHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- intervals
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t 95% interval of the mean over seeds (a point when one seed)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    m = float(x.mean())
-    if len(x) < 2:
-        return (m, m, m)
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return (m, m - half, m + half)
-
-
 # ------------------------------------------------------------------------------------------- training
 @dataclass
 class SIDData:
@@ -354,7 +341,7 @@ def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarr
 def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[str, Any]:
     """EER of cosine scores of the head's 256-d embeddings over all pairs of the split's segments
     (enrolled or not: verification needs no enrolment), with the trial counts."""
-    from speaker_neurons.evaluation import build_trials, eer_interval, equal_error_rate
+    from speaker_neurons.evaluation import build_trials, equal_error_rate
 
     sel = np.flatnonzero(data.split == split)
     with torch.no_grad():

@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from speaker_neurons.statistics import difference_interval
+
 PathLike = str | os.PathLike
 
 # The published figures (docs/METHOD.md), as fractions like every value of summary.tsv: MelHuBERT base, k_ssl = 3,
@@ -50,26 +52,6 @@ def verdict(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) ->
     if a < b:
         return "opposite direction, but the intervals overlap"
     return "no difference"
-
-
-def difference_interval(a: Mapping[str, Any], b: Mapping[str, Any], z: float = 1.959963984540054
-                        ) -> tuple[float, float, float]:
-    """(difference, low, high) of two SID results' mean test accuracies (`sid.json` entries).
-
-    The variance adds, for each side, the spread over head seeds (s^2 / seeds) and the binomial
-    sampling of its test segments (p (1 - p) / n), as if the two were independent: where both score
-    the same segments (one model's two layer sets, or a model and its control) their errors are
-    positively correlated and the interval is conservative."""
-    var, means = 0.0, []
-    for r in (a, b):
-        acc = np.array([s["accuracy"] for s in r["per_seed"]], dtype=np.float64)
-        n = int(r["per_seed"][0]["n"])
-        p = float(acc.mean())
-        means.append(p)
-        var += (acc.var(ddof=1) / len(acc) if len(acc) > 1 else 0.0) + p * (1 - p) / max(n, 1)
-    d = means[0] - means[1]
-    half = z * float(np.sqrt(var))
-    return d, d - half, d + half
 
 
 def controls_verdict(dependence: tuple[float, float, float] | None, gap: tuple[float, float, float] | None,

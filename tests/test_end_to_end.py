@@ -278,7 +278,7 @@ def test_pr_of_every_model(two_runs):
     for name, layers in (("demo", 2), ("w2v", 2), ("demo-protected-pset", 2), ("demo-noffn", 2)):
         d = a / "models" / name / "pr" / "demo_eval"
         res = json.loads((d / "pr.json").read_text())
-        assert res["corpus"] == "demo_eval" and res["steps"] == 30 and not (d / "frames").exists()
+        assert res["corpus"] == "demo_eval" and res["steps"] == 10 and not (d / "frames").exists()
         assert res["splits"]["test"]["utterances"] > 0 and res["vocabulary_size"] == 70  # blank + 69 CMUdict phones
         for layer_set, chosen in (("all", [0, 1, 2]), ("layers_1_L", [1, 2]), ("last", [2]), ("hidden_0", [0])):
             r = res["layer_sets"][layer_set]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from speaker_neurons import erase, sid
+from speaker_neurons import erase, sid, statistics
 from test_models import tiny
 from test_sid import _manifest
 
@@ -33,7 +33,7 @@ def test_paired_delta_against_a_direct_computation():
     before = np.array([[1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 1]])
     after = np.array([[0, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 1]])
     d = after.mean(0) - before.mean(0)  # per segment: [-0.5, 0, 0, -1, -0.5, 0]
-    res = erase.paired_delta(before, after)
+    res = statistics.paired_delta(before, after)
     half = 2.570581835636314 * d.std(ddof=1) / math.sqrt(6)  # t(0.975, 5)
     assert res["delta"] == pytest.approx(-2 / 6) and res["n"] == 6
     assert res["ci95"] == pytest.approx([-2 / 6 - half, -2 / 6 + half])

@@ -396,7 +396,8 @@ def test_embedding_quality_counts_only_enrolled_speakers_and_gives_intervals():
     """Test utterances of a speaker with no training utterance are not identification errors."""
     import pandas as pd
 
-    from speaker_neurons.evaluation import embedding_quality, wilson_interval
+    from speaker_neurons.evaluation import embedding_quality
+    from speaker_neurons.statistics import wilson_interval
 
     rng = np.random.default_rng(0)
     centres = {s: rng.normal(size=6) * 4 for s in ("a", "b", "c", "ghost")}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from speaker_neurons import pr
+from speaker_neurons import pr, statistics
 from speaker_neurons.models.base import UpstreamOutput
 
 
@@ -79,14 +79,14 @@ def test_bootstrap_interval_contains_point_and_shrinks():
     ref = rng.integers(20, 60, 40)
     edits = rng.binomial(ref, 0.2)
     point = pr.corpus_per(edits, ref)
-    lo, hi = pr.bootstrap_interval(edits, ref, 1000, 0)
+    lo, hi = statistics.bootstrap_interval(edits, ref, 1000, 0)
     assert lo < point < hi
-    assert pr.bootstrap_interval(edits, ref, 1000, 0) == (lo, hi)  # seeded
-    lo4, hi4 = pr.bootstrap_interval(np.tile(edits, 16), np.tile(ref, 16), 1000, 0)  # 16x the utterances
+    assert statistics.bootstrap_interval(edits, ref, 1000, 0) == (lo, hi)  # seeded
+    lo4, hi4 = statistics.bootstrap_interval(np.tile(edits, 16), np.tile(ref, 16), 1000, 0)  # 16x the utterances
     assert lo4 < point < hi4
     assert (hi4 - lo4) < 0.5 * (hi - lo)  # ~1/4 the width in theory
     # the resampling unit is the utterance: a corpus of one utterance has no spread
-    assert pr.bootstrap_interval([3], [10], 100, 0) == (0.3, 0.3)
+    assert statistics.bootstrap_interval([3], [10], 100, 0) == (0.3, 0.3)
 
 
 # ------------------------------------------------------------------------------------------- the head

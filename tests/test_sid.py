@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from speaker_neurons import sid
+from speaker_neurons import sid, statistics
 from test_models import tiny
 
 
@@ -61,9 +61,9 @@ def test_intervals_against_direct_computation():
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert (lo, hi) == pytest.approx((centre - half, centre + half)) and lo == pytest.approx(0.4902, abs=1e-4)
-    m, lo, hi = sid.mean_interval([0.5, 0.6, 0.7])
+    m, lo, hi = statistics.mean_interval([0.5, 0.6, 0.7])
     assert m == pytest.approx(0.6) and hi - m == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
-    assert sid.mean_interval([0.4]) == (0.4, 0.4, 0.4)
+    assert statistics.mean_interval([0.4]) == (0.4, 0.4, 0.4)
 
 
 def _planted(layer, n_spk=6, per=24, L=3, d=8, seed=0):

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from speaker_neurons import summary
+from speaker_neurons import statistics, summary
 
 
 @pytest.mark.parametrize("a,a_ci,b,b_ci,expect", [
@@ -73,12 +73,12 @@ def test_difference_interval_adds_seed_spread_and_test_sampling():
     import math
 
     a, b = _seeds([0.80, 0.82, 0.84], 400), _seeds([0.60, 0.60, 0.60], 400)
-    d, lo, hi = summary.difference_interval(a, b)
+    d, lo, hi = statistics.difference_interval(a, b)
     var = (0.02 ** 2) / 3 + 0.82 * 0.18 / 400 + 0.6 * 0.4 / 400  # s^2 / seeds (ddof 1) + binomial, both sides
     assert d == pytest.approx(0.22)
     assert hi - d == pytest.approx(1.959963984540054 * math.sqrt(var)) and d - lo == pytest.approx(hi - d)
     # more test segments, narrower
-    assert summary.difference_interval(_seeds([0.8] * 3, 4000), _seeds([0.6] * 3, 4000))[1] > lo
+    assert statistics.difference_interval(_seeds([0.8] * 3, 4000), _seeds([0.6] * 3, 4000))[1] > lo
 
 
 @pytest.mark.parametrize("base,ctrl,h0,expect", [

@@ -104,7 +104,7 @@ class Upstream(nn.Module):
             raise ValueError(f"layer {l} out of range 1..{len(ffs)}")
         return ffs[l - 1]
 
-    def ffn_importance(self) -> dict[int, "np.ndarray"]:
+    def ffn_importance(self) -> dict[int, Any]:
         """Per 1-based layer, float64 (width,): each neuron's ||W1[j,:]||_1 + |b1[j]| + ||W2[:,j]||_1."""
         return {l: ff.importance().numpy() for l, ff in enumerate(self.feed_forwards(), start=1)}
 
