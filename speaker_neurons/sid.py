@@ -297,12 +297,6 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int = 30, batc
     return heads
 
 
-def train_head(data: SIDData, layers: Sequence[int], lr: float, seed: int, epochs: int = 30,
-               batch_size: int = 64) -> SIDHead:
-    """One head: Adam on the train segments, `epochs` passes in seeded order."""
-    return train_heads(data, [HeadSpec(tuple(layers), float(lr), int(seed))], epochs, batch_size)[0]
-
-
 def closed_set(data: SIDData, split: str) -> np.ndarray:
     """Indices of `split` segments of enrolled speakers: closed-set identification counts only these."""
     return np.flatnonzero((data.split == split) & (data.labels >= 0))
@@ -321,23 +315,6 @@ def accuracy(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None
 
 
 @torch.no_grad()
-def accuracy_by_group(head: SIDHead, data: SIDData, split: str, groups: np.ndarray,
-                      pooled: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
-    """Accuracy of the split's enrolled segments per group id (e.g. the i-vector cluster of each
-    segment's utterance; -1 = none), with Wilson intervals: an erase should cost its own cluster more
-    than the others. `pooled` as in `accuracy`."""
-    sel = closed_set(data, split)
-    x = data.pooled if pooled is None else pooled
-    pred = head(torch.from_numpy(np.ascontiguousarray(x[sel]))).argmax(1).numpy()
-    ok = pred == data.labels[sel]
-    out = {}
-    for g in sorted(set(groups[sel].tolist()) - {-1}):
-        m = groups[sel] == g
-        c, n = int(ok[m].sum()), int(m.sum())
-        out[int(g)] = {"accuracy": c / n, "correct": c, "n": n, "ci95": list(wilson_interval(c, n))}
-    return out
-
-
 def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[str, Any]:
     """EER of cosine scores of the head's 256-d embeddings over all pairs of the split's segments
     (enrolled or not: verification needs no enrolment), with the trial counts."""

@@ -47,8 +47,9 @@ def test_ablation_on_a_tiny_model(tmp_path):
     labels = np.array([int(s[1]) for s in segs["speaker"]])
     split = np.where(np.arange(len(segs)) % 3 == 0, "test", "train")
     data = sid.SIDData(pooled, labels, split, ["s0", "s1"])
-    heads = {"all": [sid.train_head(data, range(model.num_layers + 1), 1e-2, seed=s, epochs=5) for s in (0, 1)],
-             "last": [sid.train_head(data, [model.num_layers], 1e-2, seed=0, epochs=5)]}
+    everything = tuple(range(model.num_layers + 1))
+    heads = {"all": sid.train_heads(data, [sid.HeadSpec(everything, 1e-2, s) for s in (0, 1)], epochs=5),
+             "last": sid.train_heads(data, [sid.HeadSpec((model.num_layers,), 1e-2, 0)], epochs=5)}
     test = segs[split == "test"].reset_index(drop=True)
     groups = np.array([i % 2 for i in range(len(test))])
     W = model.ffn_widths

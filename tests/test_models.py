@@ -294,7 +294,7 @@ def test_prune_save_reload(kind, tmp_path):
     assert again.kept_indices[2] == back.kept_indices[2] and again.parent_sha256 == "ab" * 32
     assert again.ffn_widths == [20, 3]
     # through the generic loader and describe
-    m2 = load_upstream({"kind": "pruned", "path": str(tmp_path / "again"), "format": "auto"}, device="cpu")
+    m2 = load_upstream({"kind": "auto", "path": str(tmp_path / "again"), "format": "auto"}, device="cpu")
     assert m2.ffn_widths == [20, 3]
     info = describe(tmp_path / "again")
     assert info["format"] == "native" and info["ffn_widths"] == [20, 3] and info["original_ffn_widths"] == [48, 48]

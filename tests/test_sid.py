@@ -92,32 +92,16 @@ def test_the_head_finds_the_speaker_layer_and_layer_sets_matter():
 
 def test_fixed_learning_rates_skip_the_sweep_and_train_as_alone():
     """sid.sweep: base hands a derived model its base model's rates: no sweep for those sets, every seed
-    at that rate, each head as `train_head` trains it alone; sets without a fixed rate still sweep."""
+    at that rate, each head as `train_heads` trains it alone; sets without a fixed rate still sweep."""
     data = _planted(layer=1)
     sets = {"all": [0, 1, 2, 3], "last": [3]}
     res, heads = sid.evaluate(data, sets, lrs=[1e-1, 1e-2, 1e-3], seeds=[0, 1], epochs=8, fixed_lr={"all": 1e-3})
     assert res["all"]["lr"] == 1e-3 and res["all"]["lr_swept"] is False and list(res["all"]["dev_accuracy"]) == ["0.001"]
     assert res["last"]["lr_swept"] is True and len(res["last"]["dev_accuracy"]) == 3
     for sd, head in zip([0, 1], heads["all"]):
-        alone = sid.train_head(data, sets["all"], 1e-3, seed=sd, epochs=8)
+        alone, = sid.train_heads(data, [sid.HeadSpec(tuple(sets["all"]), 1e-3, sd)], epochs=8)
         assert torch.allclose(head.projector.weight, alone.projector.weight, atol=1e-6)
         assert res["all"]["per_seed"][sd]["correct"] == sid.accuracy(alone, data, "test")[0]
-
-
-def test_accuracy_by_group_against_a_direct_count():
-    data = _planted(layer=1)
-    head = sid.train_head(data, [0, 1, 2, 3], 1e-2, seed=0, epochs=20)
-    groups = (data.labels % 2).astype(np.int64)  # two "clusters" of speakers
-    groups[np.flatnonzero(data.split == "test")[:3]] = -1  # segments without a cluster are left out
-    res = sid.accuracy_by_group(head, data, "test", groups)
-    sel = np.flatnonzero(data.split == "test")
-    with torch.no_grad():
-        pred = head(torch.from_numpy(data.pooled[sel])).argmax(1).numpy()
-    for g in (0, 1):
-        m = groups[sel] == g
-        assert res[g]["n"] == int(m.sum()) and res[g]["correct"] == int((pred[m] == data.labels[sel][m]).sum())
-        assert res[g]["ci95"][0] <= res[g]["accuracy"] <= res[g]["ci95"][1]
-    assert set(res) == {0, 1} and res[0]["n"] + res[1]["n"] == len(sel) - 3
 
 
 def _reference_head(data, layers, lr, seed, epochs, batch_size=64):
@@ -151,7 +135,7 @@ def test_heads_trained_together_equal_each_trained_alone_with_torch_adam():
             assert float((head(x) - ref(x)).abs().max()) < 1e-4
             assert torch.allclose(head.weights(), ref.weights(), atol=1e-5)
     # different specs give different heads (the bank does not share state between heads)
-    other = sid.train_head(data, [0, 1, 2, 3], 1e-1, 0, epochs=4)
+    other, = sid.train_heads(data, [sid.HeadSpec((0, 1, 2, 3), 1e-1, 0)], epochs=4)
     with torch.no_grad():
         assert float((bank[0](x) - other(x)).abs().max()) > 1e-3
 

@@ -165,9 +165,6 @@ class Upstream(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def to_device(self, device: str | torch.device | None = "auto") -> "Upstream":
-        return self.to(resolve_device(device))
-
     def forward(self, wavs: Tensor, wav_lengths: Optional[Tensor] = None, return_ffn: bool = True,
                 ffn_hook: Optional[FFNHook] = None) -> UpstreamOutput:  # pragma: no cover - abstract
         raise NotImplementedError

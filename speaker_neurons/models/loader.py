@@ -1,7 +1,7 @@
 """One entry point for every upstream model file: `load_upstream(spec)`, `describe(path)`.
 
 A spec is the config entry `{kind, path, format}`:
-* `kind`: `melhubert` | `wav2vec2` | `hubert` | `wavlm` | `pruned` (a native folder of any kind) | `auto`;
+* `kind`: `melhubert` | `wav2vec2` | `hubert` | `wavlm` | `auto` (a native folder, pruned or not, says its own kind);
 * `format`: `auto` | `native` (folder: config.json + model.safetensors) | `melhubert` (released torch file) |
   `fairseq` (`.pt` pickle) | `hf` (Hugging Face folder);
 * `mean_std`: a MelHuBERT `mean-std.npy`, required for released MelHuBERT checkpoints (they carry no feature
@@ -27,7 +27,7 @@ from speaker_neurons.models.unpickler import safe_torch_load
 
 log = logging.getLogger("speaker_neurons.models.loader")
 
-KINDS = ("melhubert", "wav2vec2", "hubert", "wavlm", "pruned", "auto")
+KINDS = ("melhubert", "wav2vec2", "hubert", "wavlm", "auto")
 FORMATS = ("auto", "native", "melhubert", "fairseq", "hf")
 
 
@@ -80,8 +80,8 @@ def _load(spec: Mapping[str, Any], device="auto", require_mean_std: bool = True)
     if fmt not in FORMATS:
         raise CheckpointError(path, f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     obj = None
-    if fmt == "auto" or kind == "pruned":
-        fmt, obj = detect_format(path, "auto" if kind == "pruned" else kind)
+    if fmt == "auto":
+        fmt, obj = detect_format(path, kind)
     elif not path.exists():
         raise CheckpointError(path, "no such file or folder")
 
@@ -118,7 +118,7 @@ def _load(spec: Mapping[str, Any], device="auto", require_mean_std: bool = True)
     else:  # pragma: no cover - guarded above
         raise CheckpointError(path, f"unknown format {fmt!r}")
 
-    if kind not in ("auto", "pruned") and _kind_family(kind) != _kind_family(model.kind):
+    if kind != "auto" and _kind_family(kind) != _kind_family(model.kind):
         raise CheckpointError(path, f"the spec says kind {kind!r} but the file holds a {model.kind} model")
     if kind in WAV2VEC2_FAMILY and kind != model.kind:
         log.warning("%s: spec kind %s, file holds a %s model", path, kind, model.kind)
