@@ -84,14 +84,7 @@ ITERATIVE = CAT.of_source("iterative")
 ANALYSED = CAT.analysed
 
 # the corpora a stage of this run reads (a configured corpus no stage uses is left alone)
-USED_CORPORA = list(
-    dict.fromkeys(
-        [ANALYSIS_CORPUS]
-        + ([CAT.stages["pretrain"]] if PRETRAINED else [])
-        + ([SID_CORPUS] if config["sid"]["enabled"] else [])
-        + ([PR_CORPUS] if CAT.pr_runs else [])
-    )
-)
+USED_CORPORA = CAT.used
 SYNTHESIZED = [c for c in USED_CORPORA if CAT.corpora[c].synthesized]
 
 

@@ -184,6 +184,8 @@ class Catalogue:
     def of_source(self, *sources: str) -> list[str]:
         return [n for n, m in self.models.items() if m.source in sources]
 
+    used: list[str] = field(default_factory=list)  # the corpora a stage of this run reads, in stage order
+
     @property
     def evaluation_corpora(self) -> list[str]:
         return list(dict.fromkeys(self.stages[s] for s in ("sid", "pr")))
@@ -334,7 +336,33 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
     cat = Catalogue(corpora=corpora, stages=stages, models=models, analysed=analysed, sets_k=sets_k,
                     targets_audio=targets)
     check_stage_needs(cat, config)
+    sid_on = config["sid"]["enabled"]
+    cat.used = list(dict.fromkeys([stages["analysis"]]
+                                  + ([stages["pretrain"]] if cat.of_source("pretrain") else [])
+                                  + ([stages["sid"]] if sid_on else []) + ([stages["pr"]] if cat.pr_runs else [])))
+    for name in cat.used:
+        _check_paths(corpora[name], "corpus" if name == first.name else f"corpora.{_entry_index(config, name)}")
     return cat
+
+
+def _entry_index(config: Mapping[str, Any], name: str) -> int:
+    return next((i for i, e in enumerate(config.get("corpora") or []) if e.get("name") == name), 0)
+
+
+def _check_paths(c: Corpus, key: str) -> None:
+    """Before any job: every folder and file a used corpus names exists."""
+    if c.source == "demo" or c.derived_from:
+        return
+    s = c.settings
+    named = {"librispeech": [("split_dir", s.get("split_dir"))]
+                            + [(f"split_dirs.{k}", v) for k, v in (s.get("split_dirs") or {}).items()]
+                            + [("speakers_txt", s.get("speakers_txt"))],
+             "voxceleb1": [(k, s.get(k)) for k in ("root", "iden_split", "meta_csv")],
+             "tsv": [("path", s.get("path"))]}[c.source]
+    for k, v in named:
+        if v and not Path(v).exists():
+            raise ConfigError(f"{key}.{c.source}.{k}", f"corpus {c.name!r}: {v} does not exist; fix the path "
+                                                       "(every path of a corpus is checked before any job).")
 
 
 def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:

@@ -217,3 +217,17 @@ def test_pr_is_left_out_with_a_note_for_an_unnamed_corpus_without_transcripts(tm
     cfg["stages"]["pr"] = "voxceleb1"  # named: the user asked for it, so it is an error
     with pytest.raises(ConfigError, match="needs transcripts"):
         build_catalogue(cfg)
+
+
+def test_a_missing_corpus_path_is_named_before_any_job(tmp_path):
+    d = _ls_folder(tmp_path, "dev-clean")
+    with pytest.raises(ConfigError, match=f"corpus 'vox': {tmp_path}/nope does not exist") as exc:
+        cat(corpus={"source": "librispeech", "librispeech": {"split_dir": str(d)}},
+            corpora=[{"name": "vox", "source": "voxceleb1",
+                      "voxceleb1": {"root": str(tmp_path / "nope"), "iden_split": "/x", "meta_csv": "/y"}}],
+            stages={"sid": "vox", "pr": "librispeech"})
+    assert exc.value.key == "corpora.0.voxceleb1.root"
+    # a configured corpus that no stage uses is not read
+    c = cat(corpora=[{"name": "vox", "source": "voxceleb1",
+                      "voxceleb1": {"root": str(tmp_path / "nope"), "iden_split": "/x", "meta_csv": "/y"}}])
+    assert c.used == ["demo", "demo_eval"]
