@@ -16,19 +16,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from test_end_to_end import _native_wav2vec2  # the same small wav2vec2-style checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 WORDS = ["HELLO", "WORLD", "SPEECH", "APPLE", "GARDEN", "MORNING", "WATER", "YELLOW", "DOCTOR", "WINDOW", "SUMMER",
          "BASKET", "CANDLE", "FISH", "MOUNTAIN", "RIVER"]
-W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2),
-                                                                      (32, 2, 2), (32, 2, 2)],
-           extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16,
-           encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=2, encoder_attention_dropout=0.0,
-           encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
-           encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
-
-
 def _voice(rng: np.random.Generator, f0: float, seconds: float, sr: int = 16000) -> np.ndarray:
     """A crude voiced signal: harmonics of a wobbling f0 under a speaker-specific spectral tilt, plus noise."""
     t = np.arange(int(seconds * sr)) / sr
@@ -69,15 +63,6 @@ def _voxceleb1(root: Path, speakers: dict[str, float], rng) -> dict[str, str]:
     (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
     (root / "vox1_meta.csv").write_text("\n".join(meta) + "\n")
     return {"root": str(root), "iden_split": str(root / "iden_split.txt"), "meta_csv": str(root / "vox1_meta.csv")}
-
-
-def _native_wav2vec2(folder: Path) -> Path:
-    import torch
-
-    from speaker_neurons.models import build_upstream, save_upstream
-
-    torch.manual_seed(7)
-    return save_upstream(build_upstream("wav2vec2", W2V).eval(), folder)
 
 
 def _config(tmp: Path, results: Path, vox: dict, extra: str = "") -> Path:
