@@ -57,6 +57,7 @@ rule ivector_clusters:
         seed=config["analysis"]["seed"],
         n_init=config["analysis"]["ivector_n_init"],
         stability_runs=config["analysis"]["stability_runs"],
+        stability_warn_below=config["analysis"]["stability_warn_below"],
     log:
         f"{LOGS}/ivector_clusters.log",
     benchmark:

@@ -209,44 +209,15 @@ def _target_paths(ctx: StageContext):
 
 
 def _resumable(ctx: StageContext, train) -> dict:
-    """Run `train(outputs, resume_from)` so that a killed job resumes instead of starting again.
-
-    Snakemake deletes a failed job's declared outputs before it runs again, so the checkpoints are
-    written to a scratch folder that is deliberately not an output (params.resume_dir, under
-    results/resume/): a rerun resumes from its newest complete checkpoint (same weights, optimiser,
-    schedule and random generators: the end is byte-identical to an uninterrupted run), a checkpoint
-    of another config is discarded, and on success the checkpoints move to the declared folder and
-    the scratch folder goes."""
-    import re
-    import shutil
-
+    """Run `train(outputs, resume_from)` resumably (`pretrain.loop.run_resumable`), its checkpoints in
+    params.resume_dir until it succeeds."""
     from speaker_neurons.pretrain import TrainOutputs
+    from speaker_neurons.pretrain.loop import run_resumable
 
     o = ctx.outputs
-    scratch = Path(ctx.params["resume_dir"]) if ctx.params.get("resume_dir") else Path(o["checkpoints"])
-    scratch.mkdir(parents=True, exist_ok=True)
-    done = sorted((p for p in scratch.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: int(p.name[5:]))
-    resume_from = done[-1] if done else None
     outs = TrainOutputs(o["model_dir"], o["head"], o["summary"], o["train_log"], o["loss_curve"], o["kmeans_centers"],
-                        scratch)
-    if resume_from is not None:
-        log.info("RESUMING from %s (a checkpoint of a job that did not finish)", resume_from)
-    try:
-        summary = train(outs, resume_from)
-    except ValueError as e:
-        if resume_from is None or "another training config" not in str(e):
-            raise
-        log.warning("%s; starting again", e)
-        shutil.rmtree(scratch)
-        scratch.mkdir(parents=True)
-        summary = train(outs, None)
-    if scratch != Path(o["checkpoints"]):
-        final = Path(o["checkpoints"])
-        if final.exists():
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(scratch), str(final))
-    return {**summary, "resumed_from_step": int(resume_from.name[5:]) if resume_from else None}
+                        o["checkpoints"])
+    return run_resumable(train, outs, ctx.params.get("resume_dir"))
 
 
 @stage
@@ -309,44 +280,23 @@ def ivector_clusters(ctx: StageContext) -> dict:
     """k-means on the i-vectors (`clusters`: utt_id, cluster) and the clusters against gender."""
     import numpy as np
 
-    from speaker_neurons.analysis.clusters import (cluster_utterances, extractor_stability, partition_stability,
-                                                   write_utterance_clusters)
+    from speaker_neurons.analysis.clusters import cluster_stability, cluster_utterances, write_utterance_clusters
     from speaker_neurons.analysis.ivector import read_ivectors
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest
 
-    k, seed, n_init = int(ctx.params["k"]), int(ctx.params["seed"]), int(ctx.params.get("n_init", 100))
+    p = ctx.params
     utt_ids, vecs = read_ivectors(ctx.inputs["scp"])
     vecs = np.asarray(vecs)
-    labels = cluster_utterances(list(utt_ids), vecs, k, seed, n_init)
+    labels = cluster_utterances(list(utt_ids), vecs, int(p["k"]), int(p["seed"]), int(p["n_init"]))
     write_utterance_clusters(labels, ctx.out("clusters"))
     purity = write_gender_purity(labels, read_manifest(ctx.inputs["manifest"]), ctx.out("purity_tsv"), ctx.out("purity_png"))
-    chosen = np.array([labels[u] for u in utt_ids])
-    # stability: the partitions of other k-means seeds and of extractors trained with other seeds
-    runs = int(ctx.params.get("stability_runs", 5))
-    stab = {"kmeans_seeds": partition_stability(vecs, chosen, k, [seed + 1 + i for i in range(runs)], n_init)}
-    if ctx.inputs.get("other_seeds"):
-        with np.load(ctx.inputs["other_seeds"]) as z:
-            if z["utt_id"].tolist() != list(utt_ids):
-                raise ValueError(f"{ctx.inputs['other_seeds']} holds other utterances than {ctx.inputs['scp']}; "
-                                 "re-run rule ivectors")
-            stab["extractor_seeds"] = extractor_stability(z["ivectors"], z["seeds"].tolist(), chosen, k, seed, n_init)
-    threshold = float(ctx.params.get("stability_warn", 0.9))
-    aris = [a for part in stab.values() for a in part["ari"]]
-    stab.update(k=k, n_init=n_init, warn_below=threshold, min_ari=min(aris) if aris else None,
-                stable=not aris or min(aris) >= threshold)
+    stab = cluster_stability(vecs, utt_ids, np.array([labels[u] for u in utt_ids]), int(p["k"]), int(p["seed"]),
+                             int(p["n_init"]), int(p["stability_runs"]), p["stability_warn_below"],
+                             ctx.inputs.get("other_seeds") or None)
     _json(ctx.out("stability"), stab)
-    for what, part in stab.items():
-        if isinstance(part, dict) and part["ari"]:
-            log.info("adjusted Rand index against the chosen partition, other %s %s: %s", what.replace("_", " "),
-                     part["seeds"], ", ".join(f"{a:.3f}" for a in part["ari"]))
-    if not stab["stable"]:
-        log.warning("UNSTABLE i-vector clusters: other k-means seeds or other i-vector extractor seeds give partitions "
-                    "with adjusted Rand index down to %.2f against this one; the neuron sets rest on these clusters. "
-                    "Try more analysis.ivector_n_init or other i-vector sizes (ivector.ubm_components, "
-                    "ivector.ivector_dim)", stab["min_ari"])
-    return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
-            "stability": stab}
+    return {"k": int(p["k"]), "sizes": np.bincount(list(labels.values()), minlength=int(p["k"])).tolist(),
+            "gender_purity": purity, "stability": stab}
 
 
 # ------------------------------------------------------------------------------------------- analysis

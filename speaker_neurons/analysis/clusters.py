@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,35 @@ def extractor_stability(other_vectors: np.ndarray, seeds, labels: np.ndarray, k:
     (`other_vectors[i]`: (U, dim), the same utterances in the same order, from an extractor trained with
     `seeds[i]`), each clustered exactly as the chosen one was (`cluster_utterances`, same k-means seed)."""
     return _agreement(labels, list(other_vectors), [seed] * len(other_vectors), k, n_init, seeds)
+
+
+def cluster_stability(vectors: np.ndarray, utt_ids: Sequence[str], chosen: np.ndarray, k: int, seed: int, n_init: int,
+                      runs: int, warn_below: float, other_seeds_npz: str | Path | None = None) -> dict:
+    """How stable the chosen i-vector partition is: its adjusted Rand index against the partitions of
+    `runs` other k-means seeds (seed + 1, ...) and, given `other_seeds_npz` (utt_id, seeds, ivectors),
+    of extractors trained with other seeds; `stable` is False when any falls below `warn_below`
+    (analysis.stability_warn_below), which is logged as a warning."""
+    stab = {"kmeans_seeds": partition_stability(vectors, chosen, k, [seed + 1 + i for i in range(runs)], n_init)}
+    if other_seeds_npz:
+        with np.load(other_seeds_npz) as z:
+            if z["utt_id"].tolist() != list(utt_ids):
+                raise ValueError(f"{other_seeds_npz} holds other utterances than the i-vectors clustered; re-run "
+                                 "rule ivectors")
+            stab["extractor_seeds"] = extractor_stability(z["ivectors"], z["seeds"].tolist(), chosen, k, seed, n_init)
+    aris = [a for part in stab.values() for a in part["ari"]]
+    stab.update(k=k, n_init=n_init, warn_below=float(warn_below), min_ari=min(aris) if aris else None,
+                stable=not aris or min(aris) >= float(warn_below))
+    for what in ("kmeans_seeds", "extractor_seeds"):
+        part = stab.get(what)
+        if part and part["ari"]:
+            log.info("adjusted Rand index against the chosen partition, other %s %s: %s", what.replace("_", " "),
+                     part["seeds"], ", ".join(f"{a:.3f}" for a in part["ari"]))
+    if not stab["stable"]:
+        log.warning("UNSTABLE i-vector clusters: other k-means seeds or other i-vector extractor seeds give partitions "
+                    "with adjusted Rand index down to %.2f against this one; the neuron sets rest on these clusters. "
+                    "Try more analysis.ivector_n_init or other i-vector sizes (ivector.ubm_components, "
+                    "ivector.ivector_dim)", stab["min_ari"])
+    return stab
 
 
 def write_utterance_clusters(labels: dict[str, int], path: str | Path) -> None:

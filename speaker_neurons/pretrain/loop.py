@@ -43,6 +43,10 @@ from speaker_neurons.utils import get_logger
 LOG_HEADER = "step\tloss\tmasked_acc\tlr\telapsed_s\tepoch\tmasked_frames\tgrad_norm\n"
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint written by a run of another training config or other targets: it cannot continue this one."""
+
+
 @dataclass
 class TrainOutputs:
     """Every file a training run writes; the caller (a rule) names them."""
@@ -227,7 +231,7 @@ def train_masked_prediction(
         ck = Path(resume_from)
         state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
         if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"{ck}: this checkpoint comes from another training config or other targets "
+            raise CheckpointMismatch(f"{ck}: this checkpoint comes from another training config or other targets "
                              f"({state.get('fingerprint')} != {fingerprint}); it cannot continue this run")
         resumed = load_native(ck)
         model.load_state_dict(resumed.state_dict())
@@ -369,3 +373,40 @@ def train_masked_prediction(
              summary["first_masked_acc"] or float("nan"), summary["last_masked_acc"] or float("nan"),
              summary["total_seconds"])
     return summary
+
+
+def run_resumable(train, outs: TrainOutputs, scratch: str | os.PathLike | None) -> dict:
+    """Run `train(outputs, resume_from)` so that a killed job resumes instead of starting again.
+
+    A workflow deletes a failed job's declared outputs before it runs again, so the checkpoints go to
+    `scratch`, a folder that is not an output: a rerun resumes from its newest complete `step_<n>`
+    checkpoint (same weights, optimiser, schedule and random generators: the end is byte-identical to
+    an uninterrupted run); a checkpoint of another config (`CheckpointMismatch`) is discarded and the
+    run starts again; on success the checkpoints move to `outs.checkpoints` and `scratch` goes.
+    `scratch` None: the checkpoints are written where they end."""
+    import re
+
+    final = Path(outs.checkpoints)
+    scratch = Path(scratch) if scratch else final
+    scratch.mkdir(parents=True, exist_ok=True)
+    done = sorted((p for p in scratch.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: int(p.name[5:]))
+    resume_from = done[-1] if done else None
+    work = TrainOutputs(outs.model_dir, outs.head, outs.summary, outs.train_log, outs.loss_curve, outs.kmeans_centers,
+                        scratch)
+    log = get_logger("pretrain")
+    if resume_from is not None:
+        log.info("RESUMING from %s (a checkpoint of a job that did not finish)", resume_from)
+    try:
+        summary = train(work, resume_from)
+    except CheckpointMismatch as e:
+        log.warning("%s; starting again", e)
+        shutil.rmtree(scratch)
+        scratch.mkdir(parents=True)
+        resume_from = None
+        summary = train(work, None)
+    if scratch != final:
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(scratch), str(final))
+    return {**summary, "resumed_from_step": int(resume_from.name[5:]) if resume_from else None}
