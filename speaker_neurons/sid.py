@@ -20,7 +20,9 @@ over all test segment pairs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,6 +48,21 @@ def layer_set(name: str, num_layers: int) -> list[int]:
     if name not in sets:
         raise ValueError(f"unknown SID layer set {name!r}; known: {', '.join(LAYER_SETS)}")
     return sets[name]
+
+
+def layer_sets(names: Sequence[str], num_layers: int) -> dict[str, list[int]]:
+    """{name: hidden-state indices} of the configured layer sets (sid.layer_sets) for `num_layers` layers."""
+    return {n: layer_set(n, num_layers) for n in names}
+
+
+def rates_of(result_json: str | os.PathLike, names: Sequence[str]) -> dict[str, float]:
+    """The learning rate picked for each of `names` in a model's sid.json or pr.json (sid.sweep: base
+    hands a derived model the rates of the model it comes from)."""
+    import json
+
+    rec = json.loads(Path(result_json).read_text())
+    rec = rec.get("layer_sets", rec)  # pr.json nests its sets
+    return {n: float(rec[n]["lr"]) for n in names if isinstance(rec.get(n), dict) and "lr" in rec[n]}
 
 
 # ------------------------------------------------------------------------------------------- segments
@@ -217,6 +234,14 @@ def make_data(pooled: np.ndarray, segs: pd.DataFrame) -> SIDData:
     spk = segs["speaker"].astype(str).to_numpy()
     labels = np.array([index.get(s, -1) for s in spk], dtype=np.int64)
     return SIDData(pooled, labels, segs["split"].astype(str).to_numpy(), speakers, spk)
+
+
+def load_pooled(path: str | os.PathLike) -> tuple[SIDData, int]:
+    """(the SID data, the number of layers L) of a `pooled_layers.npz` that rule pool_layers wrote."""
+    with np.load(path) as z:
+        segs = pd.DataFrame({"seg_id": z["seg_id"], "speaker": z["speaker"], "split": z["split"]})
+        pooled = z["pooled"]
+    return make_data(pooled, segs), pooled.shape[1] - 1
 
 
 @dataclass(frozen=True)

@@ -432,28 +432,15 @@ def pool_layers(ctx: StageContext) -> dict:
 @stage
 def sid_eval(ctx: StageContext) -> dict:
     """SUPERB SID (and EER) of one model on its pooled layers, per layer set."""
-    import numpy as np
-    import pandas as pd
-
     from speaker_neurons import sid
 
     cfg = ctx.params["sid"]
-    with np.load(ctx.inputs["pooled"]) as z:
-        segs = pd.DataFrame({"seg_id": z["seg_id"], "speaker": z["speaker"], "split": z["split"]})
-        pooled = z["pooled"]
-    data = sid.make_data(pooled, segs)
-    L = pooled.shape[1] - 1
-    fixed = None
-    if ctx.inputs.get("lr_from"):  # sid.sweep: base: the rates picked for the model this one was derived from
-        with open(ctx.inputs["lr_from"]) as f:
-            base = json.load(f)
-        fixed = {k: float(base[k]["lr"]) for k in cfg["layer_sets"] if isinstance(base.get(k), dict) and "lr" in base[k]}
-        log.info("learning rates of %s (sid.sweep: base): %s", ctx.inputs["lr_from"], fixed)
-    result, picked = sid.evaluate(data, {k: sid.layer_set(k, L) for k in cfg["layer_sets"]}, cfg["learning_rates"], cfg["seeds"],
+    data, L = sid.load_pooled(ctx.inputs["pooled"])
+    fixed = sid.rates_of(ctx.inputs["lr_from"], cfg["layer_sets"]) if ctx.inputs.get("lr_from") else None
+    result, picked = sid.evaluate(data, sid.layer_sets(cfg["layer_sets"], L), cfg["learning_rates"], cfg["seeds"],
                                   epochs=int(cfg["epochs"]), fixed_lr=fixed)
-    result["crop_seconds"] = cfg["crop_seconds"]
-    result["corpus"] = ctx.params.get("corpus")
-    result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
+    result.update(crop_seconds=cfg["crop_seconds"], corpus=ctx.params["corpus"],
+                  lr_from=ctx.params["lr_from_model"] if fixed else None)
     _json(ctx.out("result"), result)
     sid.save_heads(ctx.out("heads"), picked, cfg["seeds"])  # the erase ablation scores erased models with these
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}
@@ -488,18 +475,13 @@ def pr_eval(ctx: StageContext) -> dict:
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.pr import FrameCache, train_and_evaluate
 
-    rows = read_manifest(ctx.inputs["manifest"])
-    L = FrameCache(ctx.inputs["frames"]).layers - 1
-    fixed = None
-    if ctx.inputs.get("lr_from"):  # sid.sweep: base: the rates picked for the model this one was derived from
-        base = json.loads(Path(ctx.inputs["lr_from"]).read_text())["layer_sets"]
-        fixed = {k: float(v["lr"]) for k, v in base.items()}
+    rows, names = read_manifest(ctx.inputs["manifest"]), ctx.params["layer_sets"]
+    fixed = sid.rates_of(ctx.inputs["lr_from"], names) if ctx.inputs.get("lr_from") else None
     result = train_and_evaluate(ctx.inputs["frames"], read_phone_targets(ctx.inputs["phones"]),
                                 dict(zip(rows["utt_id"], rows["split"])),
-                                {k: sid.layer_set(k, L) for k in ctx.params["layer_sets"]}, ctx.params["pr"],
+                                sid.layer_sets(names, FrameCache(ctx.inputs["frames"]).layers - 1), ctx.params["pr"],
                                 device=ctx.device, fixed_lr=fixed, heads_path=ctx.out("heads"))
-    result["corpus"] = ctx.params["corpus"]
-    result["lr_from"] = ctx.params.get("lr_from_model") if fixed else None
+    result.update(corpus=ctx.params["corpus"], lr_from=ctx.params["lr_from_model"] if fixed else None)
     _json(ctx.out("result"), result)
     return {k: v["test_per"] for k, v in result["layer_sets"].items()}
 
@@ -509,7 +491,6 @@ def erase_ablation(ctx: StageContext) -> dict:
     """Erase neuron sets (W2 columns zeroed, no retraining) and score with the unerased model's SID heads:
     accuracy per i-vector cluster against seeded random sets of the same per-layer sizes."""
     import numpy as np
-    import pandas as pd
 
     from speaker_neurons import erase, sid
     from speaker_neurons.analysis.clusters import read_utterance_clusters
