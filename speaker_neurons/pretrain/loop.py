@@ -43,6 +43,14 @@ from speaker_neurons.utils import get_logger
 LOG_HEADER = "step\tloss\tmasked_acc\tlr\telapsed_s\tepoch\tmasked_frames\tgrad_norm\n"
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's own check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # unknown: no warning
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint written by a run of another training config or other targets: it cannot continue this one."""
 
@@ -252,6 +260,12 @@ def train_masked_prediction(
     use_amp = (device.type == "cuda") if cfg["amp"] == "auto" else bool(cfg["amp"])
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else (lambda: torch.autocast(device.type, enabled=False))
     n_params = sum(q.numel() for q in model.parameters())
+    if use_amp and device.type == "cpu" and not _native_bf16():
+        log.warning("pretrain.train.amp is on but this CPU has no native bf16 (torch's CPU capability: %s; no "
+                    "AVX512-BF16 or AMX): torch emulates it, far slower than float32 (README, section on the demo's "
+                    "time). Set pretrain.train.amp: false here (a model trained in float32 differs from the "
+                    "bf16 one in its last bits, so compare figures, not bytes, across the two)",
+                    torch.backends.cpu.get_cpu_capability())
     log.info("model: %d layers, d=%d, FFN widths %s, %.2f M parameters; head %d -> %d; amp %s", model.num_layers,
              model.hidden_dim, model.ffn_widths, n_params / 1e6, model.hidden_dim, data.n_clusters, use_amp)
 
