@@ -578,8 +578,9 @@ def save_heads(path: str | os.PathLike, heads: Mapping[str, Sequence[tuple[int, 
         for sd, h in hs:
             for k, v in h.state_dict().items():
                 tensors[f"{nm}/{int(sd)}/{k}"] = v.detach().cpu().contiguous()
-    save_file(tensors, str(path), metadata={"heads": json.dumps(meta, sort_keys=True),
-                                            "vocabulary": json.dumps(list(vocab))})
+    # one metadata key: safetensors writes a metadata map in an order that varies between processes
+    save_file(tensors, str(path), metadata={"heads": json.dumps({"sets": meta, "vocabulary": list(vocab)},
+                                                                sort_keys=True)})
 
 
 def load_heads(path: str | os.PathLike) -> tuple[dict[str, list[PRHead]], list[str]]:
@@ -588,7 +589,8 @@ def load_heads(path: str | os.PathLike) -> tuple[dict[str, list[PRHead]], list[s
 
     out: dict[str, list[PRHead]] = {}
     with safe_open(str(path), framework="pt") as f:
-        meta, vocab = json.loads(f.metadata()["heads"]), json.loads(f.metadata()["vocabulary"])
+        rec = json.loads(f.metadata()["heads"])
+        meta, vocab = rec["sets"], rec["vocabulary"]
         for nm, m in meta.items():
             for sd in m["seeds"]:
                 sdict = {k.split("/", 2)[2]: f.get_tensor(k) for k in f.keys() if k.startswith(f"{nm}/{sd}/")}

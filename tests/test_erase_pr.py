@@ -80,3 +80,32 @@ def test_pr_ablation_on_a_tiny_model(setup):
     ctrl = table[(table["kind"] == "random") & (table["erased"] == "some") & (table["layer_set"] == "all")]["delta"]
     assert summary["some"]["all"]["random_delta_mean"] == pytest.approx(float(ctrl.mean()))
     assert summary["some"]["all"]["delta_per"] == some["delta"] and set(summary) == {"some", "empty", "unerased"}
+
+
+def test_saved_heads_are_byte_identical_across_processes(setup, tmp_path):
+    """Two processes (other hash seeds) write the same file: one metadata key, sorted JSON."""
+    import subprocess
+    import sys
+
+    model, _, _, heads = setup
+    torch.save({k: [h.state_dict() for h in v] for k, v in heads.items()}, tmp_path / "h.pt")
+    code = ("import sys, torch; from speaker_neurons import pr\n"
+            "sd = torch.load(sys.argv[1])\n"
+            "hs = {}\n"
+            "for k, v in sd.items():\n"
+            "    hs[k] = []\n"
+            "    for i, s in enumerate(v):\n"
+            "        h = pr.PRHead([0] if k == 'last' else list(range(len(s['layer_logits']))), s['projector.weight'].shape[1], "
+            "s['classifier.weight'].shape[0], s['projector.weight'].shape[0]); h.load_state_dict(s); hs[k].append((i, h))\n"
+            "pr.save_heads(sys.argv[2], hs, ['<blank>', 'A', 'B', 'C', 'D', 'E'])\n")
+    outs = []
+    for i, seed in enumerate(("1", "2", "3", "4")):
+        out = tmp_path / f"h{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "h.pt"), str(out)], check=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        outs.append(out.read_bytes())
+    assert all(o == outs[0] for o in outs)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "h0.safetensors"), framework="pt") as f:
+        assert list(f.metadata()) == ["heads"]  # a single key: no map order to vary
