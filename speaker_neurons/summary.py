@@ -81,6 +81,14 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}"
 
 
+def _cell(row, value: str) -> str:
+    """'value [low, high]' in percent of a table row's `value` and its interval ('' without a row)."""
+    if row is None:
+        return ""
+    v, lo, hi = (getattr(row, f) for f in (value, f"{value}_ci_low", f"{value}_ci_high"))
+    return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def pruning_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per (model with SID, layer set): parent, strategy, target, kept share, SID and EER.
     An unpruned model is its own parent with strategy `none` and kept share 1."""
@@ -338,8 +346,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
             r0 = g.iloc[0]
 
             def cell(ls):
-                r = by.get(ls)
-                return "" if r is None else f"{100 * r.sid:.1f} [{100 * r.sid_ci_low:.1f}, {100 * r.sid_ci_high:.1f}]"
+                return _cell(by.get(ls), "sid")
 
             md.append(f"| {name} | {100 * r0.kept_share:.1f}% | {cell('all')} | {cell('layers_1_L')} | {cell('last')} | {cell('hidden_0')} | "
                       f"{_pct(by['all'].eer) if 'all' in by else ''} |")
@@ -379,8 +386,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
             by = {r.layer_set: r for r in g.itertuples(index=False)}
 
             def pcell(ls):
-                r = by.get(ls)
-                return "" if r is None else f"{100 * r.per:.1f} [{100 * r.per_ci_low:.1f}, {100 * r.per_ci_high:.1f}]"
+                return _cell(by.get(ls), "per")
 
             md.append(f"| {name} | {100 * g.iloc[0].kept_share:.1f}% | {pcell('all')} | {pcell('layers_1_L')} | "
                       f"{pcell('last')} | {pcell('hidden_0')} |")
