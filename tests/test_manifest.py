@@ -449,3 +449,14 @@ def test_assign_splits_per_speaker_seeded():
     assert other["split"].tolist() != out["split"].tolist()
     with pytest.raises(ValueError, match="three non-negative shares"):
         assign_splits(df, [0.8, 0.2], seed=0)
+
+
+def test_tsv_transcripts_are_keyed_like_the_manifest_without_reading_audio(tmp_path):
+    """read_transcripts of a TSV takes the manifest's utt_ids (given or derived) and opens no audio file."""
+    from speaker_neurons.data.manifest import read_transcripts
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "l.tsv").write_text("path\ttext\na/x.wav\thello world\nb/x.wav\tgood morning\n")  # not even files
+    t = read_transcripts("tsv", path=str(tmp_path / "l.tsv"))
+    assert t.values.tolist() == [["a-x", "hello world"], ["b-x", "good morning"]]

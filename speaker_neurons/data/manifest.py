@@ -511,10 +511,8 @@ def _derive_utt_ids(paths: list[Path]) -> list[str]:
     return [re.sub(r"\s+", "_", i) for i in ids]
 
 
-def tsv_manifest(tsv: str | os.PathLike) -> pd.DataFrame:
-    """Manifest from a generic TSV with a header: `path` required; `speaker`, `gender`, `utt_id`,
-    `split` optional (other columns ignored). Relative paths are resolved against the TSV's folder;
-    without `utt_id`, ids are derived from the paths (see `_derive_utt_ids`)."""
+def _tsv_rows(tsv: str | os.PathLike) -> tuple[Path, pd.DataFrame, list[Path], list[str]]:
+    """(file, its table, each row's absolute path, each row's utt_id) of a generic TSV, reading no audio."""
     src = _require_file(tsv, "audio list TSV")
     df = _read_tsv(src)
     df.columns = [str(c).strip() for c in df.columns]
@@ -522,18 +520,25 @@ def tsv_manifest(tsv: str | os.PathLike) -> pd.DataFrame:
         raise ManifestError(f"header {list(df.columns)} has no 'path' column (required)", src, 1)
     if len(df) == 0:
         raise ManifestError("lists no audio files", src)
-    extra = [c for c in df.columns if c not in ("path", "speaker", "gender", "utt_id", "split")]
-    if extra:
-        log.info("%s: ignoring column(s) %s", src, extra)
-    base = src.parent
     paths: list[Path] = []
     for i, p in enumerate(df["path"]):
         p = p.strip()
         if not p:
             raise ManifestError("empty path", src, i + 2)
         q = Path(p).expanduser()
-        paths.append(q if q.is_absolute() else (base / q).resolve())
+        paths.append(q if q.is_absolute() else (src.parent / q).resolve())
     ids = [s.strip() for s in df["utt_id"]] if "utt_id" in df.columns else _derive_utt_ids(paths)
+    return src, df, paths, ids
+
+
+def tsv_manifest(tsv: str | os.PathLike) -> pd.DataFrame:
+    """Manifest from a generic TSV with a header: `path` required; `speaker`, `gender`, `utt_id`,
+    `split` optional (other columns ignored). Relative paths are resolved against the TSV's folder;
+    without `utt_id`, ids are derived from the paths (see `_derive_utt_ids`)."""
+    src, df, paths, ids = _tsv_rows(tsv)
+    extra = [c for c in df.columns if c not in ("path", "speaker", "gender", "utt_id", "split", "text")]
+    if extra:
+        log.info("%s: ignoring column(s) %s", src, extra)
     rows = []
     for i, p in enumerate(paths):
         line = i + 2
@@ -610,12 +615,9 @@ def read_transcripts(source: str, **kwargs) -> pd.DataFrame:
                             raise ManifestError(f"expected `<utt_id> <TEXT>`, got {s!r}", tf, n)
                         rows.append((utt_id, text.strip()))
     elif source == "tsv":
-        path = kwargs.get("path") or kwargs.get("tsv")
-        df = tsv_manifest(path)
-        src = _read_tsv(Path(path))
-        src.columns = [str(c).strip() for c in src.columns]
-        if "text" in src.columns:
-            rows = list(zip(df["utt_id"], src["text"].astype(str).str.strip()))
+        _, df, _, ids = _tsv_rows(kwargs.get("path") or kwargs.get("tsv"))
+        if "text" in df.columns:
+            rows = list(zip(ids, df["text"].astype(str).str.strip()))
     return pd.DataFrame(rows, columns=["utt_id", "text"])
 
 
