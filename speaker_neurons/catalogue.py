@@ -166,6 +166,7 @@ class Catalogue:
     targets_audio: str = "input"  # pretrain.train.targets_audio resolved: input | clean
     notes: list[str] = field(default_factory=list)  # what the run leaves out, and why (said before any job)
     pr_runs: bool = True  # pr.enabled, unless its corpus was not named and has no transcripts
+    used: list[str] = field(default_factory=list)  # the corpora a stage of this run reads, in stage order
 
     def corpus(self, stage: str) -> Corpus:
         return self.corpora[self.stages[stage]]
@@ -184,11 +185,6 @@ class Catalogue:
     def of_source(self, *sources: str) -> list[str]:
         return [n for n, m in self.models.items() if m.source in sources]
 
-    used: list[str] = field(default_factory=list)  # the corpora a stage of this run reads, in stage order
-
-    @property
-    def evaluation_corpora(self) -> list[str]:
-        return list(dict.fromkeys(self.stages[s] for s in ("sid", "pr")))
 
 
 def _check_models(entries: list[Mapping[str, Any]]) -> dict[str, Model]:

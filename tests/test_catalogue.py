@@ -121,7 +121,7 @@ def test_stage_corpora_by_name(tmp_path):
     vox = _vox_folder(tmp_path / "vox", {"id10001/yt/00001.wav": b"a"})
     c = cat(corpora=[{"name": "vox", "source": "voxceleb1", "voxceleb1": vox}], stages={"sid": "vox", "pr": "demo"})
     assert c.stages["sid"] == "vox" and c.stages["pr"] == "demo" and "demo_eval" not in c.corpora
-    assert c.evaluation_corpora == ["vox", "demo"]
+    assert c.used == ["demo", "vox"]  # the analysis corpus (also pre-training and PR), then SID's
 
 
 @pytest.mark.parametrize("over, key, words", [

@@ -451,9 +451,15 @@ def test_assign_splits_per_speaker_seeded():
         assign_splits(df, [0.8, 0.2], seed=0)
 
 
-def test_tsv_transcripts_are_keyed_like_the_manifest_without_reading_audio(tmp_path):
+def test_tsv_transcripts_are_keyed_like_the_manifest_without_reading_audio(tmp_path, monkeypatch):
     """read_transcripts of a TSV takes the manifest's utt_ids (given or derived) and opens no audio file."""
+    from speaker_neurons.data import manifest
     from speaker_neurons.data.manifest import read_transcripts
+
+    def no_audio(path):
+        raise AssertionError(f"read the audio header of {path}")
+
+    monkeypatch.setattr(manifest, "_audio_header", no_audio)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
