@@ -89,6 +89,19 @@ def _cell(row, value: str) -> str:
     return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def _protected_pairs(table: pd.DataFrame):
+    """(parent, target, layer set, other strategy, protected row, other row) for every width where the
+    protected strategy and l1 or random were both run; hidden_0 is left out (no pruning changes it)."""
+    for (parent, target, ls), g in table[table["strategy"] != "none"].groupby(["parent", "target", "layer_set"],
+                                                                               sort=False):
+        by = {r.strategy: r for r in g.itertuples(index=False)}
+        if "protected" not in by or ls == "hidden_0":
+            continue
+        for other in ("l1", "random"):
+            if other in by:
+                yield parent, target, ls, other, by["protected"], by[other]
+
+
 def pruning_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per (model with SID, layer set): parent, strategy, target, kept share, SID and EER.
     An unpruned model is its own parent with strategy `none` and kept share 1."""
@@ -360,19 +373,11 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                     paper=paper, note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}")
                 add("sid", f"eer_{r.layer_set}", r.model, r.eer, r.eer_ci_low, r.eer_ci_high, n=r.trials)
         md += ["", "Pruning at equal widths (the paper: protected 62.96% vs l1 54.08% at its protected-set size):", ""]
-        pruned = table[table["strategy"] != "none"]
-        for (parent, target, ls), g in pruned.groupby(["parent", "target", "layer_set"], sort=False):
-            by = {r.strategy: r for r in g.itertuples(index=False)}
-            if "protected" not in by or ls == "hidden_0":  # hidden_0 is the input: no pruning changes it
-                continue
-            for other in ("l1", "random"):
-                if other not in by:
-                    continue
-                a, b = by["protected"], by[other]
-                v = verdict(a.sid, (a.sid_ci_low, a.sid_ci_high), b.sid, (b.sid_ci_low, b.sid_ci_high))
-                add("pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.sid - b.sid, note=v)
-                md.append(f"- {parent}, target {target}, SID {ls}: protected {100 * a.sid:.1f}% vs {other} "
-                          f"{100 * b.sid:.1f}% ({100 * (a.sid - b.sid):+.1f} points): {v}.")
+        for parent, target, ls, other, a, b in _protected_pairs(table):
+            v = verdict(a.sid, (a.sid_ci_low, a.sid_ci_high), b.sid, (b.sid_ci_low, b.sid_ci_high))
+            add("pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.sid - b.sid, note=v)
+            md.append(f"- {parent}, target {target}, SID {ls}: protected {100 * a.sid:.1f}% vs {other} "
+                      f"{100 * b.sid:.1f}% ({100 * (a.sid - b.sid):+.1f} points): {v}.")
         md.append("")
     # ------------------------------------------------------------------ phoneme recognition and pruning
     ptab = pr_table(models)
@@ -398,21 +403,13 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                     note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}, {r.phones} test phones")
         md += ["", "At equal widths (Property Neurons, MelHuBERT at 577 rows per layer: PER protected 10.66% vs l1 "
                "12.03%, 8.17% unpruned):", ""]
-        for (parent, target, ls), g in ptab[ptab["strategy"] != "none"].groupby(["parent", "target", "layer_set"],
-                                                                                  sort=False):
-            by = {r.strategy: r for r in g.itertuples(index=False)}
-            if "protected" not in by or ls == "hidden_0":
-                continue
-            for other in ("l1", "random"):
-                if other not in by:
-                    continue
-                a, b = by["protected"], by[other]
-                # the paper's direction for PER: protected keeps it lower, so compare b > a
-                v = verdict(b.per, (b.per_ci_low, b.per_ci_high), a.per, (a.per_ci_low, a.per_ci_high))
-                add("pr_pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.per - b.per, note=v)
-                md.append(f"- {parent}, target {target}, PR {ls}: PER protected {100 * a.per:.1f}% vs {other} "
-                          f"{100 * b.per:.1f}% ({100 * (a.per - b.per):+.1f} points; a lower PER for protected is "
-                          f"the direction of Property Neurons): {v.replace('a > b', 'protected < ' + other).replace('a < b', 'protected > ' + other)}.")
+        for parent, target, ls, other, a, b in _protected_pairs(ptab):
+            # the paper's direction for PER: protected keeps it lower, so compare b > a
+            v = verdict(b.per, (b.per_ci_low, b.per_ci_high), a.per, (a.per_ci_low, a.per_ci_high))
+            add("pr_pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.per - b.per, note=v)
+            md.append(f"- {parent}, target {target}, PR {ls}: PER protected {100 * a.per:.1f}% vs {other} "
+                      f"{100 * b.per:.1f}% ({100 * (a.per - b.per):+.1f} points; a lower PER for protected is "
+                      f"the direction of Property Neurons): {v.replace('a > b', 'protected < ' + other).replace('a < b', 'protected > ' + other)}.")
         md.append("")
     # ------------------------------------------------------------------ erase
     erased = [m for m in models if m.get("erase")]
