@@ -76,6 +76,7 @@ def child(corpus_dir: str, n: int) -> None:
     import pandas as pd
 
     from speaker_neurons.analysis.stats import activation_statistics
+    from speaker_neurons.config import defaults
 
     torch.set_num_threads(2)
     d = Path(corpus_dir)
@@ -85,7 +86,9 @@ def child(corpus_dir: str, n: int) -> None:
               for i, (u, dur) in enumerate(zip(manifest["utt_id"], manifest["duration"]))}
     clusters = {u: i % 2 for i, u in enumerate(manifest["utt_id"])}
     start = time.perf_counter()
-    activation_statistics(model, manifest, labels, clusters, 3, 2, 0.01, d / f"counts_{n}.npz", progress=False)
+    analysis = defaults("analysis")
+    activation_statistics(model, manifest, labels, clusters, 3, 2, 0.01, d / f"counts_{n}.npz", progress=False,
+                          max_mismatch=analysis["max_label_mismatch"], max_batch_seconds=analysis["max_batch_seconds"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"n": n, "peak_mib": peak, "seconds": time.perf_counter() - start}))
 

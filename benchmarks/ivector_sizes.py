@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     base = defaults("ivector")
     base.pop("kaldi_ivectors", None)
     t0 = time.monotonic()
-    utt_ids, feats, _ = iv.extract_features(((r.utt_id, load_audio(r.path)[0]) for r in manifest.itertuples()),
+    utt_ids, feats, _ = iv.extract_features(((r.utt_id, load_audio(r.path, base["sample_rate"])[0])
+                                             for r in manifest.itertuples()),
                                             base, progress=False)
     print(f"features of {len(utt_ids)} utterances in {time.monotonic() - t0:.1f} s", flush=True)
     print("| UBM | dim | purity seed 0 (%) | lowest purity over seeds (%) | ARI vs seed 0 (min / mean) | s |")

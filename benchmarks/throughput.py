@@ -54,6 +54,7 @@ def _sync(device: str) -> None:
 
 def stats_pass(manifest: pd.DataFrame, device: str, out: Path, max_batch_seconds: float) -> float:
     from speaker_neurons.analysis.stats import activation_statistics
+    from speaker_neurons.config import defaults
     from speaker_neurons.models.melhubert import MelHuBERT
 
     torch.manual_seed(0)
@@ -63,12 +64,13 @@ def stats_pass(manifest: pd.DataFrame, device: str, out: Path, max_batch_seconds
               for u, d in zip(manifest["utt_id"], manifest["duration"])}
     clusters = {u: i % 2 for i, u in enumerate(manifest["utt_id"])}
     # warm-up on one utterance (CUDA context, kernels), then the whole corpus
+    mismatch = defaults("analysis")["max_label_mismatch"]
     activation_statistics(model, manifest.head(1), labels, clusters, 3, 2, 0.01, out / "warm.npz", progress=False,
-                          max_batch_seconds=max_batch_seconds)
+                          max_mismatch=mismatch, max_batch_seconds=max_batch_seconds)
     _sync(device)
     start = time.perf_counter()
     activation_statistics(model, manifest, labels, clusters, 3, 2, 0.01, out / "counts.npz", progress=False,
-                          max_batch_seconds=max_batch_seconds)
+                          max_mismatch=mismatch, max_batch_seconds=max_batch_seconds)
     _sync(device)
     return time.perf_counter() - start
 
@@ -77,7 +79,8 @@ def ivector_pass(manifest: pd.DataFrame, device: str) -> dict[str, float]:
     from speaker_neurons.analysis import ivector as iv
     from speaker_neurons.audio import load_audio
 
-    items = [(r.utt_id, load_audio(r.path)[0]) for r in manifest.itertuples(index=False)]
+    items = [(r.utt_id, load_audio(r.path, iv.DEFAULT_IVECTOR_CONFIG["sample_rate"])[0])
+             for r in manifest.itertuples(index=False)]
     iv.extract_ivectors(items[:2], {"ubm_components": 4, "ivector_dim": 2, "ubm_iters": 1, "tv_iters": 1},
                         device=device, progress=False)  # warm-up
     _sync(device)

@@ -163,12 +163,10 @@ rule evidence_report:
 
 rule neuron_counts_summary:
     input:
-        tables=expand(f"{K}/neuron_counts.tsv", k=K_SSL, allow_missing=True),
+        unpack(k_tables),
     output:
         table=f"{A}/neuron_counts.tsv",
         provenance=f"{A}/provenance/neuron_counts_summary.json",
-    params:
-        k_ssl=K_SSL,
     log:
         f"{LOGS}/{{model}}/neuron_counts_summary.log",
     benchmark:
@@ -185,15 +183,7 @@ rule neuron_counts_summary:
 
 rule compare_models:
     input:
-        tables=expand(
-            f"{RESULTS}/models/{{model}}/analysis/neuron_counts.tsv", model=ANALYSED
-        ),
-        evidence=expand(
-            f"{RESULTS}/models/{{model}}/analysis/ssl_k{{k}}/report/evidence.json",
-            model=ANALYSED,
-            k=K_SSL,
-        ),
-        describe=expand(f"{RESULTS}/models/{{model}}/model_info.json", model=ANALYSED),
+        unpack(compare_inputs),
     output:
         counts=f"{COMPARISON}/neuron_counts.tsv",
         models=f"{COMPARISON}/models.tsv",
@@ -203,9 +193,6 @@ rule compare_models:
             category="2. Neurons",
         ),
         provenance=f"{COMPARISON}/provenance/compare_models.json",
-    params:
-        models=ANALYSED,
-        evidence_keys=[[m, k] for m in ANALYSED for k in K_SSL],
     log:
         f"{LOGS}/compare_models.log",
     benchmark:
@@ -310,7 +297,6 @@ rule erase_ablation:
     params:
         compute_threads=config["upstream"]["threads"],
         upstream=model_params,
-        crop_seconds=config["sid"]["crop_seconds"],
         sets=config["erase"]["sets"],
         random_seeds=config["erase"]["random_seeds"],
         pr_bootstrap=config["pr"]["bootstrap"],

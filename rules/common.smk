@@ -38,7 +38,9 @@ try:
 except WorkflowError as exc:
     raise WorkflowError(_config_error(exc)) from None
 
+from speaker_neurons.analysis.neuron_sets import SET_NAMES as NEURON_SETS
 from speaker_neurons.catalogue import ConfigError, build_catalogue, check_leaks
+from speaker_neurons.summary import MODEL_FILES
 
 try:
     CAT = build_catalogue(config)
@@ -61,15 +63,6 @@ PR_MANIFEST = f"{CORPORA}/{PR_CORPUS}/manifest.tsv"
 IVECTORS = f"{CORPORA}/{ANALYSIS_CORPUS}/ivectors"
 COMPARISON = f"{RESULTS}/comparison"
 K_SSL = config["analysis"]["k_ssl"]
-NEURON_SETS = [
-    "ssl_cluster",
-    "ivector_cluster",
-    "union",
-    "unconditioned",
-    "per_cluster",
-    "ssl_cluster_tested",
-    "ivector_cluster_tested",
-]
 # ---------------------------------------------------------------------------------- models
 # A model is a name and a folder: results/models/<name>/ (speaker_neurons.catalogue expands the config
 # into them). Its weights are the checkpoint at `path` (source: checkpoint) or a native folder
@@ -99,15 +92,12 @@ def model_path(name):
 
 
 def upstream_spec(name):
-    """The dict speaker_neurons.models.load_upstream builds the model from."""
+    """How speaker_neurons.models.load_upstream builds the model (its weights are the rule's input)."""
     m = MODELS[name]
     if m.source == "checkpoint":
-        spec = {"kind": m.kind, "path": m.path, "format": m.format}
-        if m.mean_std:
-            spec["mean_std"] = m.mean_std
-        return spec
+        return {"kind": m.kind, "format": m.format}
     kind = "melhubert" if m.source == "pretrain" else "auto"
-    return {"kind": kind, "path": model_path(name), "format": "native"}
+    return {"kind": kind, "format": "native"}
 
 
 def model_input(wildcards):
@@ -121,6 +111,11 @@ def model_input(wildcards):
 
 def model_params(wildcards):
     return upstream_spec(wildcards.model)
+
+
+def parent_params(wildcards):
+    """How the parent of a derived model is built (its weights are the rule's input `parent`)."""
+    return upstream_spec(MODELS[wildcards.model].parent)
 
 
 def name_regex(names):
@@ -145,7 +140,6 @@ def prune_params(wildcards):
     m = MODELS[wildcards.model]
     return {
         "parent": m.parent,
-        "parent_spec": upstream_spec(m.parent),
         "strategy": m.strategy,
         "target": m.target,
         "seed": config["controls"]["seed"] if m.control else config["prune"]["seed"],
@@ -183,17 +177,11 @@ def train_config(section):
     }
 
 
-def continue_params(wildcards):
-    m = MODELS[wildcards.model]
-    return {"parent": m.parent, "parent_spec": upstream_spec(m.parent)}
-
-
 def iterative_params(wildcards):
     m = MODELS[wildcards.model]
     it = config["prune"]["iterative"]
     return {
         "parent": m.parent,
-        "parent_spec": upstream_spec(m.parent),
         "strategy": m.strategy,
         "index": m.index,
         "rows_per_step": it["rows_per_step"],
@@ -334,6 +322,27 @@ def erased(name):
     return config["erase"]["enabled"] and not MODELS[name].derived
 
 
+def k_tables(wildcards):
+    """One model's neuron-count table of every k_ssl, named table/k<k>."""
+    base = analysis_dir(wildcards.model)
+    return {f"table/k{k}": f"{base}/ssl_k{k}/neuron_counts.tsv" for k in K_SSL}
+
+
+def compare_inputs(wildcards):
+    """Every analysed model's tables (table/<model>), card (info/<model>) and evidence (evidence/<model>/k<k>)."""
+    out = {}
+    for m in ANALYSED:
+        out[f"table/{m}"] = f"{analysis_dir(m)}/neuron_counts.tsv"
+        out[f"info/{m}"] = f"{model_dir(m)}/model_info.json"
+        out.update(
+            {
+                f"evidence/{m}/k{k}": f"{analysis_dir(m)}/ssl_k{k}/report/evidence.json"
+                for k in K_SSL
+            }
+        )
+    return out
+
+
 def model_outputs(name):
     base = analysis_dir(name)
     outs = [f"{base}/neuron_counts.tsv"] if analysed(name) else []
@@ -363,56 +372,45 @@ def all_outputs():
 
 # ---------------------------------------------------------------------------------- summary and report
 def summary_models():
-    """Per model, what the summary reads (paths of this run; None where the run makes none) and the
-    corpus each figure comes from."""
-    out = []
-    for name, m in MODELS.items():
-        base = analysis_dir(name)
-        out.append(
-            {
-                "name": name,
-                "source": m.source,
-                "parent": m.parent,
-                "strategy": "control" if m.control else m.strategy,
-                "target": m.target,
-                "sid": (
-                    f"{sid_dir(name)}/sid.json" if config["sid"]["enabled"] else None
-                ),
-                "pr": (f"{pr_dir(name)}/pr.json" if CAT.pr_runs else None),
-                "prune": (
-                    f"{model_dir(name)}/prune.json"
-                    if m.source in ("prune", "iterative")
-                    else (
-                        f"{model_dir(m.parent)}/prune.json"
-                        if m.source == "continue"
-                        else None
-                    )
-                ),
-                "neuron_counts": (
-                    f"{base}/neuron_counts.tsv" if analysed(name) else None
-                ),
-                "erase": (
-                    f"{base}/ssl_k{SETS_K}/erase/erase.json" if erased(name) else None
-                ),
-                "pretrain": (
-                    f"{model_dir(name)}/pretrain/summary.json"
-                    if m.trained_here
-                    else None
-                ),
-            }
-        )
-    return out
+    """Per model, what the summary says of it (its files are the rule's inputs, named <file>/<model>)."""
+    return [
+        {
+            "name": name,
+            "source": m.source,
+            "parent": m.parent,
+            "strategy": "control" if m.control else m.strategy,
+            "target": m.target,
+        }
+        for name, m in MODELS.items()
+    ]
+
+
+def summary_files(name):
+    """A model's files the summary reads (speaker_neurons.summary.MODEL_FILES), None where the run makes none."""
+    m = MODELS[name]
+    base = analysis_dir(name)
+    prune = {"prune": name, "iterative": name, "continue": m.parent}.get(m.source)
+    files = {
+        "sid": f"{sid_dir(name)}/sid.json" if config["sid"]["enabled"] else None,
+        "pr": f"{pr_dir(name)}/pr.json" if CAT.pr_runs else None,
+        "prune": f"{model_dir(prune)}/prune.json" if prune else None,
+        "neuron_counts": f"{base}/neuron_counts.tsv" if analysed(name) else None,
+        "erase": f"{base}/ssl_k{SETS_K}/erase/erase.json" if erased(name) else None,
+        "pretrain": (
+            f"{model_dir(name)}/pretrain/summary.json" if m.trained_here else None
+        ),
+    }
+    return {kind: files[kind] for kind in MODEL_FILES}
 
 
 def summary_inputs(wildcards):
-    files = [
-        p
-        for m in summary_models()
-        for k, p in m.items()
-        if k in ("sid", "pr", "prune", "neuron_counts", "erase", "pretrain") and p
-    ]
     out = {
-        "models": files,
+        f"{kind}/{name}": path
+        for name in MODELS
+        for kind, path in summary_files(name).items()
+        if path
+    }
+    out |= {
         "purity": f"{IVECTORS}/gender_purity.tsv",
         "stability": f"{IVECTORS}/cluster_stability.json",
     }

@@ -78,6 +78,7 @@ rule prune_model:
     wildcard_constraints:
         model=name_regex(PRUNED),
     params:
+        upstream=parent_params,
         prune=prune_params,
         device="cpu",
     log:
@@ -117,7 +118,7 @@ rule continue_pretraining:
         resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/continue_pretraining",
         compute_threads=config["upstream"]["threads"],
         train=train_config("continue"),
-        continued=continue_params,
+        upstream=parent_params,
         device=config["upstream"]["device"],
     log:
         f"{LOGS}/{{model}}/continue_pretraining.log",
@@ -159,6 +160,7 @@ rule iterative_step:
         resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/iterative_step",
         compute_threads=config["upstream"]["threads"],
         train=train_config("iterative"),
+        upstream=parent_params,
         step=iterative_params,
         device=config["upstream"]["device"],
     log:

@@ -12,7 +12,6 @@ rule phone_targets:
         phones=f"{CORPORA}/{{corpus}}/phone_targets.tsv",
         provenance=f"{CORPORA}/{{corpus}}/provenance/phone_targets.json",
     params:
-        lexicon=config["pr"]["lexicon"],
         drop_oov=config["pr"]["drop_oov"],
     log:
         f"{LOGS}/corpora/{{corpus}}/phone_targets.log",

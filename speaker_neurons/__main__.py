@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from speaker_neurons.config import key as config_key
+
 EXIT_USAGE = 2
-#: model file formats (speaker_neurons.models.loader.FORMATS; kept here so `--help` does not import torch)
-FORMATS = ("auto", "native", "melhubert", "fairseq", "hf")
+#: a model file's format: the schema's `models[].format`, its choices and default (read without importing torch)
+FORMAT = config_key("models[].format")
 MEAN_STD_HELP = "MelHuBERT mean-std.npy (required to compute features of a released MelHuBERT checkpoint)"
 
 
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="kind, layers, per-layer FFN widths and parameter counts of a model")
     d.add_argument("path", help="native folder, MelHuBERT / fairseq checkpoint or Hugging Face folder")
-    d.add_argument("--format", default="auto", choices=FORMATS)
+    d.add_argument("--format", default=FORMAT["default"], choices=FORMAT["enum"])
     d.add_argument("--mean-std", default=None, help=MEAN_STD_HELP)
     d.add_argument("--json", action="store_true", help="print JSON")
     d.set_defaults(func=cmd_describe)
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("path", help="model (as for describe)")
     u.add_argument("audio", help="audio file (any sample rate; resampled to 16 kHz, downmixed to mono)")
     u.add_argument("out", help="output .npz: hidden_0..hidden_L (frames x d), ffn_1..ffn_L (frames x width)")
-    u.add_argument("--format", default="auto", choices=FORMATS)
+    u.add_argument("--format", default=FORMAT["default"], choices=FORMAT["enum"])
     u.add_argument("--mean-std", default=None, help=MEAN_STD_HELP)
     u.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
     u.set_defaults(func=cmd_dump)

@@ -102,7 +102,7 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return y.numpy().astype(np.float32, copy=False)
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> tuple[np.ndarray, int]:
+def load_audio(path: str | os.PathLike, target_sr: int) -> tuple[np.ndarray, int]:
     """Decode `path`, downmix to mono (mean), resample to `target_sr`.
 
     Returns (float32 1-D array at target_sr, native sample rate of the file).

@@ -65,13 +65,14 @@ class Batch:
 
 def audio_batches(
     manifest: pd.DataFrame,
-    max_batch_seconds: float = 60.0,
+    max_batch_seconds: float,
+    sample_rate: int,
     max_batch_size: int = 16,
-    sample_rate: int = 16000,
     prefetch: int = 2,
 ) -> Iterator[Batch]:
     """The manifest's utterances in padded batches, shortest first (little padding, deterministic
-    order: duration, then utterance id), at most `max_batch_seconds` of padded audio each.
+    order: duration, then utterance id), at most `max_batch_seconds` of padded audio each, decoded at
+    `sample_rate` (the model's).
 
     Rows with `start` / `end` columns (samples) are segments of their file: each file of a batch is
     decoded once however many of its segments the batch holds."""

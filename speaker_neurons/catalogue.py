@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 EVAL_SEED_OFFSET = 1000
-STAGES = ("analysis", "pretrain", "sid", "pr")
 # what each source can give a stage: speakers (SID), splits (SID; a seeded split makes them where the
 # corpus has none), transcripts (PR)
 TRANSCRIBED_SOURCES = ("demo", "librispeech", "tsv")
@@ -58,13 +57,12 @@ class Corpus:
     @property
     def has_clean(self) -> bool:
         """The demo with its channels keeps each utterance's clean copy (denoising targets)."""
-        ch = self.settings.get("channel", {}) if self.synthesized else {}
-        return bool(self.synthesized and ch.get("enabled") and ch.get("keep_clean"))
+        return bool(self.synthesized and self.settings["channel"]["enabled"] and self.settings["channel"]["keep_clean"])
 
     @property
     def has_transcripts(self) -> bool:
         if self.source == "tsv":
-            return "text" in _tsv_columns(self.settings.get("path", ""))
+            return "text" in _tsv_columns(self.settings["path"])
         return self.source in TRANSCRIBED_SOURCES
 
     def builder_kwargs(self, corpus_dir: str | None = None) -> dict[str, Any]:
@@ -94,21 +92,21 @@ def _corpus(entry: Mapping[str, Any], key: str) -> Corpus:
 
     full = _merge(defaults("corpus"), entry)  # entries of `corpora` get the defaults of `corpus`
     source = full["source"]
-    name = full.get("name") or source
+    name = full["name"] or source
     settings = full[source]
     if source == "librispeech":
-        dirs = settings.get("split_dirs") or {}
-        if not settings.get("split_dir") and not any(dirs.values()):
+        dirs = settings["split_dirs"]
+        if not settings["split_dir"] and not any(dirs.values()):
             raise ConfigError(f"{key}.librispeech.split_dir",
                               f"corpus {name!r} is LibriSpeech but names no folder: set split_dir (one subset, e.g. "
                               ".../LibriSpeech/dev-clean) or split_dirs {{train, dev, test}} (e.g. train-clean-100, "
                               "dev-clean, test-clean).")
-        if settings.get("split_dir") and any(dirs.values()):
+        if settings["split_dir"] and any(dirs.values()):
             raise ConfigError(f"{key}.librispeech", f"corpus {name!r} sets both split_dir and split_dirs; set one.")
     elif source != "demo":
         required = {"voxceleb1": ("root", "iden_split", "meta_csv"), "tsv": ("path",)}[source]
         for k in required:
-            if not settings.get(k):
+            if not settings[k]:
                 raise ConfigError(f"{key}.{source}.{k}",
                                   f"corpus {name!r} has source {source!r} but {key}.{source}.{k} is empty: set it in "
                                   "your config (or with --config).")
@@ -283,8 +281,8 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
     """The corpora, the corpus of every stage and the models of a resolved configuration."""
     first = _corpus(config["corpus"], "corpus")
     corpora = {first.name: first}
-    for i, entry in enumerate(config.get("corpora") or []):
-        if not entry.get("name"):
+    for i, entry in enumerate(config["corpora"]):
+        if not entry["name"]:
             raise ConfigError(f"corpora.{i}.name", "every entry of corpora needs a name (its folder under results/corpora/).")
         c = _corpus(entry, f"corpora.{i}")
         if c.name in corpora:
@@ -342,7 +340,7 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
 
 
 def _entry_index(config: Mapping[str, Any], name: str) -> int:
-    return next((i for i, e in enumerate(config.get("corpora") or []) if e.get("name") == name), 0)
+    return next((i for i, e in enumerate(config["corpora"]) if e["name"] == name), 0)
 
 
 def _check_paths(c: Corpus, key: str) -> None:
@@ -350,11 +348,11 @@ def _check_paths(c: Corpus, key: str) -> None:
     if c.source == "demo" or c.derived_from:
         return
     s = c.settings
-    named = {"librispeech": [("split_dir", s.get("split_dir"))]
-                            + [(f"split_dirs.{k}", v) for k, v in (s.get("split_dirs") or {}).items()]
-                            + [("speakers_txt", s.get("speakers_txt"))],
-             "voxceleb1": [(k, s.get(k)) for k in ("root", "iden_split", "meta_csv")],
-             "tsv": [("path", s.get("path"))]}[c.source]
+    if c.source == "librispeech":
+        named = ([("split_dir", s["split_dir"])] + [(f"split_dirs.{k}", v) for k, v in s["split_dirs"].items()]
+                 + [("speakers_txt", s["speakers_txt"])])
+    else:
+        named = [(k, s[k]) for k in {"voxceleb1": ("root", "iden_split", "meta_csv"), "tsv": ("path",)}[c.source]]
     for k, v in named:
         if v and not Path(v).exists():
             raise ConfigError(f"{key}.{c.source}.{k}", f"corpus {c.name!r}: {v} does not exist; fix the path "
@@ -374,9 +372,9 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
                           f"pre-training corpus {pretrain_corpus.name!r} has none: use targets_audio: input.")
     if config["sid"]["enabled"]:
         c = cat.corpus("sid")
-        fractions = c.split.get("fractions")
-        if c.source == "tsv" and "speaker" not in _tsv_columns(c.settings.get("path", "")):
-            raise ConfigError("stages.sid", f"SID needs speakers, but corpus {c.name!r} ({c.settings.get('path')}) has "
+        fractions = c.split["fractions"]
+        if c.source == "tsv" and "speaker" not in _tsv_columns(c.settings["path"]):
+            raise ConfigError("stages.sid", f"SID needs speakers, but corpus {c.name!r} ({c.settings['path']}) has "
                                             "no `speaker` column; add one, choose another corpus for stages.sid, or "
                                             "set sid.enabled: false.")
         if c.source in ("librispeech", "tsv") and fractions is None and not _has_own_splits(c):
@@ -396,7 +394,7 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
             raise ConfigError("stages.pr", f"phoneme recognition needs transcripts, but corpus {c.name!r} (source "
                                            f"{c.source}) has none; choose a transcribed corpus for stages.pr (demo, "
                                            "LibriSpeech, or a TSV with a `text` column), or set pr.enabled: false.")
-        if c.source in ("librispeech", "tsv") and c.split.get("fractions") is None and not _has_own_splits(c):
+        if c.source in ("librispeech", "tsv") and c.split["fractions"] is None and not _has_own_splits(c):
             raise ConfigError(f"corpus {c.name!r} split.fractions",
                               f"phoneme recognition needs a train/dev/test split, but corpus {c.name!r} has none and "
                               "its split.fractions is null; set fractions or (LibriSpeech) split_dirs.")
@@ -404,9 +402,9 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
 
 def _has_own_splits(c: Corpus) -> bool:
     if c.source == "librispeech":
-        return any((c.settings.get("split_dirs") or {}).values())
+        return any(c.settings["split_dirs"].values())
     if c.source == "tsv":
-        return "split" in _tsv_columns(c.settings.get("path", ""))
+        return "split" in _tsv_columns(c.settings["path"])
     return True
 
 
@@ -416,7 +414,7 @@ def _audio_files(c: Corpus, test_only: bool) -> list[Path]:
     `test_only`, the files that can be test utterances (all of them where the split is made later)."""
     s = c.settings
     if c.source == "librispeech":
-        dirs = {k: v for k, v in (s.get("split_dirs") or {}).items() if v}
+        dirs = {k: v for k, v in s["split_dirs"].items() if v}
         if dirs:
             chosen = [dirs["test"]] if test_only and "test" in dirs else list(dirs.values())
         else:

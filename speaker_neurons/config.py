@@ -51,6 +51,26 @@ def _defaults_of(node: Mapping[str, Any]) -> Any:
     return out
 
 
+def key(path: str) -> dict[str, Any]:
+    """The schema of one config key (a copy), by dotted path; `name[]` steps into an array's items, e.g.
+    `key("models[].format")["enum"]`, `key("sid.layer_sets[]")["enum"]`."""
+    node = _schema()
+    for part in path.split("."):
+        items = part.endswith("[]")
+        try:
+            node = node["properties"][part[:-2] if items else part]
+        except KeyError:
+            raise KeyError(f"no config key {path!r} in {SCHEMA_PATH}") from None
+        if items:
+            node = node["items"]
+    return copy.deepcopy(node)
+
+
+def choices(path: str) -> tuple:
+    """The values a config key allows (its schema `enum`, in the schema's order), e.g. `choices("ivector.cmn")`."""
+    return tuple(key(path)["enum"])
+
+
 def defaults(section: str | None = None) -> dict[str, Any]:
     """Every default of a section (dotted path, e.g. "pretrain.train"; None = the whole config)."""
     return _defaults_of(_section_schema(section))

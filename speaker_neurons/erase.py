@@ -78,7 +78,7 @@ def _rows(label: str, kind: str, seed: int | None, correct: Mapping[str, np.ndar
 
 def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.ndarray,
                  heads: Mapping[str, Sequence[sid.SIDHead]], sets: Mapping[str, Mapping[int, Sequence[int]]],
-                 random_seeds: Sequence[int], max_batch_seconds: float = 60.0) -> pd.DataFrame:
+                 random_seeds: Sequence[int], max_batch_seconds: float) -> pd.DataFrame:
     """One row per (erased set or its random control, layer set, cluster): accuracy and its change.
 
     `test_segs`: the segments to score (rows as `sid.segments` makes them), `labels` their enrolled
@@ -117,7 +117,7 @@ def _variants(model, sets: Mapping[str, Mapping[int, Sequence[int]]], random_see
 def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.ndarray],
                     heads: Mapping[str, Sequence[Any]], sets: Mapping[str, Mapping[int, Sequence[int]]],
                     random_seeds: Sequence[int], resamples: int, seed: int,
-                    max_batch_seconds: float = 60.0) -> pd.DataFrame:
+                    max_batch_seconds: float) -> pd.DataFrame:
     """The erase ablation in phoneme recognition: one row per (erased set or its random control, PR
     layer set): the PER of the unerased model's PR heads (`heads`, one per seed) decoding the erased
     model on the PR test utterances `test_rows`, and its change against the unerased model, with a
@@ -215,3 +215,56 @@ def plot(table: pd.DataFrame, png: str | Path, title: str = "") -> Path:
     axes[0][0].legend(fontsize="x-small", title="solid: set, hatched: random", title_fontsize="x-small")
     fig.suptitle(title or "Erase ablation", fontsize="small")
     return save_figure(fig, png)
+
+
+# ------------------------------------------------------------------------------------------- for the workflow
+def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mapping[str, Mapping[int, Sequence[int]]],
+        random_seeds: Sequence[int], max_batch_seconds: float, out_table, out_summary, out_plot, out_pr_table,
+        title: str, k_ssl: int | None, pr: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The erase ablation of `model` on the test segments of its pooled file (`sid.read_segments`) with
+    the SID heads `sid_heads`, accuracy per i-vector cluster (`clusters_tsv`); with `pr` (heads, manifest,
+    phones, bootstrap, bootstrap_seed) the same sets decoded by the PR heads on the PR test split (else
+    `out_pr_table` is left empty). Writes the tables, the summary JSON and the plot."""
+    from speaker_neurons.analysis.clusters import read_utterance_clusters
+
+    segs = sid.read_segments(pooled_path, manifest_path)
+    data = sid.make_data(np.empty((len(segs), 0, 0), dtype=np.float32), segs)  # labels and splits only
+    sel = sid.closed_set(data, "test")
+    test = segs.iloc[sel].reset_index(drop=True)
+    clusters = read_utterance_clusters(clusters_tsv)
+    groups = np.array([clusters.get(u, -1) for u in test["utt_id"]], dtype=np.int64)
+    heads = {ls: [h for _, h in hs] for ls, hs in sid.load_heads(sid_heads).items()}
+    table = run_ablation(model, test, data.labels[sel], groups, heads, sets, random_seeds,
+                         max_batch_seconds=max_batch_seconds)
+    table.to_csv(out_table, sep="\t", index=False, float_format="%.6f")
+    summary = summarize(table)
+    if pr is not None:
+        summary["pr"] = _pr_ablation(model, pr, sets, random_seeds, max_batch_seconds, out_pr_table)
+    else:
+        Path(out_pr_table).write_text("")
+    summary["k_ssl"] = k_ssl
+    Path(out_summary).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    plot(table, out_plot, title=title)
+    for name in sets:
+        s = summary[name].get("all") or summary[name].get(next(iter(heads))) or {}
+        for c, v in s.items():
+            log.info("erase %s, cluster %s: %+.2f points [%+.2f, %+.2f]; random %+.2f", name, c, 100 * v["delta"],
+                     100 * v["delta_ci95"][0], 100 * v["delta_ci95"][1], 100 * (v["random_delta_mean"] or 0))
+    return {"sets": list(sets), "test_segments": len(test)}
+
+
+def _pr_ablation(model, pr: Mapping[str, Any], sets, random_seeds, max_batch_seconds, out_table) -> dict[str, Any]:
+    from speaker_neurons.data.lexicon import read_phone_targets
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.pr import load_heads
+
+    heads, vocab = load_heads(pr["heads"])
+    ids = {ph: i for i, ph in enumerate(vocab)}
+    phones = read_phone_targets(pr["phones"])
+    rows = read_manifest(pr["manifest"])
+    rows = rows[(rows["split"] == "test") & rows["utt_id"].isin(set(phones))].reset_index(drop=True)
+    targets = {u: np.array([ids[ph] for ph in phones[u]], dtype=np.int64) for u in rows["utt_id"]}
+    table = run_pr_ablation(model, rows, targets, heads, sets, random_seeds, int(pr["bootstrap"]),
+                            int(pr["bootstrap_seed"]), max_batch_seconds=max_batch_seconds)
+    table.to_csv(out_table, sep="\t", index=False, float_format="%.6f")
+    return summarize_pr(table)

@@ -26,8 +26,8 @@ def sample_indices(total: int, max_frames: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(total, size=int(max_frames), replace=False))
 
 
-def fit_kmeans(frames: np.ndarray, k: int, seed: int = 0, batch_size: int = 10_000, max_iter: int = 100,
-               n_init: int = 3, threads: int | None = None):
+def fit_kmeans(frames: np.ndarray, k: int, *, seed: int, batch_size: int, max_iter: int, n_init: int,
+               threads: int | None = None):
     """Seeded mini-batch k-means on (N, F) frames (early stop after 10 mini-batches without
     improvement, or `max_iter` passes; best of `n_init` initialisations). `threads` caps the BLAS /
     OpenMP threads scikit-learn uses. Returns the fitted estimator."""
@@ -60,11 +60,12 @@ def assign(frames: np.ndarray | torch.Tensor, centers: np.ndarray, chunk: int = 
 def cluster_utterance_frames(
     feature_list: Sequence[np.ndarray | torch.Tensor],
     n_clusters: int,
-    max_frames: int = 100_000,
-    seed: int = 0,
-    batch_size: int = 10_000,
-    max_iter: int = 100,
-    n_init: int = 3,
+    *,
+    max_frames: int,
+    seed: int,
+    batch_size: int,
+    max_iter: int,
+    n_init: int,
     threads: int | None = None,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Cluster the frames of per-utterance features (each (T_i, F)) and label every frame.

@@ -221,7 +221,7 @@ def extract_frame_features(upstream, manifest_rows: pd.DataFrame, out_dir: str |
     bar = tqdm(total=len(manifest_rows), desc="PR frame features", unit="utt", disable=not progress, mininterval=5)
 
     def items() -> Iterator[tuple[str, np.ndarray]]:
-        for batch in audio_batches(manifest_rows, max_batch_seconds=max_batch_seconds):
+        for batch in audio_batches(manifest_rows, max_batch_seconds, upstream.sample_rate):
             o = upstream(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
             stacked = torch.stack([h.detach() for h in o.hidden], 1)  # (B, L+1, T, d)
             for i, u in enumerate(batch.utt_ids):
@@ -612,7 +612,7 @@ def utterance_edits(upstream, rows: pd.DataFrame, targets: Mapping[str, np.ndarr
     device = next(upstream.parameters()).device
     pos = {u: i for i, u in enumerate(rows["utt_id"])}
     out = {nm: np.zeros((len(hs), len(rows)), dtype=np.int64) for nm, hs in heads.items()}
-    for batch in audio_batches(rows, max_batch_seconds=max_batch_seconds):
+    for batch in audio_batches(rows, max_batch_seconds, upstream.sample_rate):
         o = upstream(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
         x = torch.stack([h.float() for h in o.hidden], 2)  # (B, T, L+1, d)
         for nm, hs in heads.items():
@@ -621,3 +621,35 @@ def utterance_edits(upstream, rows: pd.DataFrame, targets: Mapping[str, np.ndarr
                 for b, u in enumerate(batch.utt_ids):
                     out[nm][s, pos[u]] = edit_distance(targets[u], greedy_decode(pred[b, : int(o.lengths[b])]))
     return out
+
+
+# ------------------------------------------------------------------------------------------- for the workflow
+def cache_corpus(upstream, manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, shard_mb: float,
+                 max_batch_seconds: float) -> dict:
+    """`extract_frame_features` of every utterance of a manifest that has a split."""
+    from speaker_neurons.data.manifest import read_manifest
+
+    rows = read_manifest(manifest_path)
+    return extract_frame_features(upstream, rows[rows["split"] != ""], out_dir, shard_mb=shard_mb,
+                                  max_batch_seconds=max_batch_seconds)
+
+
+def run_pr(frames: str | os.PathLike, phones_tsv: str | os.PathLike, manifest_path: str | os.PathLike,
+           layer_set_names: Sequence[str], cfg: Mapping[str, Any], lr_from: str | os.PathLike | None, corpus: str,
+           lr_from_model: str | None, out_result: str | os.PathLike, out_heads: str | os.PathLike,
+           device="cpu") -> dict[str, float]:
+    """SUPERB PR of one model on its frame cache, per layer set (`train_and_evaluate`), with the splits
+    of the manifest and, given `lr_from` (the root model's pr.json), the learning rates picked there.
+    Writes the result (JSON, with the corpus it was scored on) and the heads."""
+    from speaker_neurons import sid
+    from speaker_neurons.data.lexicon import read_phone_targets
+    from speaker_neurons.data.manifest import read_manifest
+
+    rows = read_manifest(manifest_path)
+    fixed = sid.rates_of(lr_from, layer_set_names) if lr_from else None
+    result = train_and_evaluate(frames, read_phone_targets(phones_tsv), dict(zip(rows["utt_id"], rows["split"])),
+                                sid.layer_sets(layer_set_names, FrameCache(frames).layers - 1), cfg, device=device,
+                                fixed_lr=fixed, heads_path=out_heads)
+    result.update(corpus=corpus, lr_from=lr_from_model if fixed else None)
+    Path(out_result).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    return {k: v["test_per"] for k, v in result["layer_sets"].items()}

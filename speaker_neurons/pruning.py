@@ -21,6 +21,7 @@ the seed.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -69,8 +70,8 @@ def iterative_steps(width: int, rows_per_step: int, final_width: int) -> int:
     return max(0, -(-(int(width) - int(final_width)) // int(rows_per_step)))
 
 
-def plan(model, strategy: str, target: str | float, protected: Mapping[int, Sequence[int]] | None = None,
-         seed: int = 0, keep_widths: Mapping[int, int] | None = None) -> tuple[dict[int, list[int]], dict[str, Any]]:
+def plan(model, strategy: str, target: str | float, protected: Mapping[int, Sequence[int]] | None = None, *,
+         seed: int, keep_widths: Mapping[int, int] | None = None) -> tuple[dict[int, list[int]], dict[str, Any]]:
     """(neurons to keep per layer, sorted current indices; the per-layer record for `prune.json`).
     `keep_widths` (per 1-based layer) replaces the widths the target gives (iterative pruning)."""
     if strategy not in STRATEGIES:
@@ -124,3 +125,34 @@ def random_like(neurons: Mapping[int, Sequence[int]], widths: Sequence[int], see
     """A seeded random set with the same number of neurons per layer (the control of an erase)."""
     return {int(l): sorted(np.random.default_rng(_layer_seed(seed, int(l))).choice(
         widths[int(l) - 1], size=len(set(idx)), replace=False).tolist()) for l, idx in neurons.items()}
+
+
+def prune(model, strategy: str, target: str | float, protected_paths: Sequence[str], seed: int, *, parent: str,
+          parent_sha256: str | None, k_ssl: int, keep_widths: Mapping[int, int] | None = None,
+          **extra: Any) -> dict[str, Any]:
+    """Plan (`plan`) and apply (`model.prune_ffn`) structured FFN pruning with the union of the neuron-set
+    files `protected_paths` as the protected set; returns the record for `prune.json` (per layer: width,
+    kept, removed, protected kept / lost; the parent, its sha256 and the set files by their place in the
+    parent's analysis, no absolute path: two runs write the same bytes). `extra` goes into the record."""
+    from speaker_neurons.utils import get_logger
+
+    keep, record = plan(model, strategy, target, union_of_sets(protected_paths), seed=int(seed),
+                        keep_widths=keep_widths)
+    model.prune_ffn(keep)
+    record.update(parent=parent, parent_sha256=parent_sha256, k_ssl=k_ssl, **extra,
+                  protected_from=["/".join(Path(x).parts[-3:]) for x in protected_paths], ffn_widths=model.ffn_widths)
+    get_logger("pruning").info("%s: kept %d of %d FFN neurons (%s, %s), widths %s; protected neurons lost: %d",
+                               parent, record["kept_total"], record["width_total"], strategy, target,
+                               model.ffn_widths, record["protected_lost_total"])
+    return record
+
+
+def iterative_prune(model, step: Mapping[str, Any], protected_paths: Sequence[str],
+                    parent_sha256: str | None) -> dict[str, Any]:
+    """One step of iterative pruning (`step`: strategy, index, rows_per_step, final_width, seed, parent,
+    k_ssl): `rows_per_step` fewer neurons per layer, never below `final_width`, seeded by seed + index."""
+    widths = step_widths(model.ffn_widths, step["rows_per_step"], step["final_width"])
+    target = f"-{step['rows_per_step']} per layer (floor {step['final_width']})"
+    return prune(model, step["strategy"], target, protected_paths, int(step["seed"]) + int(step["index"]),
+                 parent=step["parent"], parent_sha256=parent_sha256, k_ssl=step["k_ssl"], keep_widths=widths,
+                 step=step["index"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,16 +38,16 @@ log = get_logger("sid")
 # The layer sets a SID head can read (config sid.layer_sets), defined once: all = SUPERB's
 # hidden_0..hidden_L; layers_1_L = the layer outputs only; last = hidden_L, where pruning acts most;
 # hidden_0 = the input of layer 1 alone, which no FFN pruning touches (the input-only control).
-LAYER_SETS = ("all", "layers_1_L", "last", "hidden_0")
+_LAYER_SETS = {"all": lambda L: list(range(L + 1)), "layers_1_L": lambda L: list(range(1, L + 1)),
+               "last": lambda L: [L], "hidden_0": lambda L: [0]}
+LAYER_SETS = tuple(_LAYER_SETS)
 
 
 def layer_set(name: str, num_layers: int) -> list[int]:
     """The hidden-state indices of layer set `name` for a model of `num_layers` layers."""
-    L = int(num_layers)
-    sets = {"all": list(range(L + 1)), "layers_1_L": list(range(1, L + 1)), "last": [L], "hidden_0": [0]}
-    if name not in sets:
+    if name not in _LAYER_SETS:
         raise ValueError(f"unknown SID layer set {name!r}; known: {', '.join(LAYER_SETS)}")
-    return sets[name]
+    return _LAYER_SETS[name](int(num_layers))
 
 
 def layer_sets(names: Sequence[str], num_layers: int) -> dict[str, list[int]]:
@@ -66,8 +66,9 @@ def rates_of(result_json: str | os.PathLike, names: Sequence[str]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------- segments
-def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: int = 16000) -> pd.DataFrame:
-    """One row per segment: seg_id, utt_id, path, speaker, split, start, end (samples), sorted."""
+def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: int) -> pd.DataFrame:
+    """One row per segment: seg_id, utt_id, path, speaker, split, start, end (samples at `sample_rate`, the
+    rate the audio is decoded at: the model's), sorted."""
     rows = []
     for r in manifest.sort_values("utt_id", kind="stable").itertuples(index=False):
         n = int(round(float(r.duration) * sample_rate))
@@ -82,7 +83,7 @@ def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: in
 
 
 @torch.inference_mode()
-def pool_layer_means(model, segs: pd.DataFrame, max_batch_seconds: float = 60.0, max_batch_size: int = 32,
+def pool_layer_means(model, segs: pd.DataFrame, *, max_batch_seconds: float, max_batch_size: int = 32,
                      progress: bool = True, feature_cache: dict | None = None) -> np.ndarray:
     """(segments, L+1, d) float32: each hidden layer's mean over the segment's valid frames.
 
@@ -114,9 +115,9 @@ def _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, d
     from speaker_neurons.batching import audio_batches
 
     items = pd.DataFrame({"utt_id": segs["seg_id"], "path": segs["path"], "start": segs["start"],
-                          "end": segs["end"], "duration": (segs["end"] - segs["start"]) / 16000.0})
+                          "end": segs["end"], "duration": (segs["end"] - segs["start"]) / model.sample_rate})
     row = {s: i for i, s in enumerate(segs["seg_id"])}
-    for batch in audio_batches(items, max_batch_seconds=max_batch_seconds, max_batch_size=max_batch_size):
+    for batch in audio_batches(items, max_batch_seconds, model.sample_rate, max_batch_size=max_batch_size):
         idx = [row[s] for s in batch.utt_ids]
         _pool_into(out, idx, model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False))
         bar.update(len(idx))
@@ -152,14 +153,14 @@ def _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar
     seconds = 0.0
     for path, rows in by_path.items():
         if any(i not in feats for i in rows):
-            wav = torch.from_numpy(load_audio(path)[0])
+            wav = torch.from_numpy(load_audio(path, model.sample_rate)[0])
             bounds = [(int(starts[i]), int(ends[i])) for i in rows]
             sliced = model.segment_features(wav.to(device), bounds)
             if sliced is None:  # not sliceable exactly: each crop's own features, as the audio path computes them
                 sliced = [model.extract_features(wav[s:e].reshape(1, -1).to(device))[0][0] for s, e in bounds]
             feats.update({i: f.cpu() for i, f in zip(rows, sliced)})
         for i in rows:
-            dur = (ends[i] - starts[i]) / 16000.0
+            dur = (ends[i] - starts[i]) / model.sample_rate
             if pending and (len(pending) >= max_batch_size or seconds + dur > max_batch_seconds):
                 flush()
                 seconds = 0.0
@@ -265,7 +266,7 @@ def _bank_init(specs: Sequence[HeadSpec], K: int, d: int, n: int) -> dict[str, t
     return {k: torch.stack(v).clone().requires_grad_(True) for k, v in parts.items()}
 
 
-def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int = 30, batch_size: int = 64) -> list[SIDHead]:
+def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_size: int = 64) -> list[SIDHead]:
     """Train many SID heads at once, each exactly as if alone: its own initialisation and sample order
     (from its seed), its own Adam state and learning rate, its own layers (the others masked out of
     its softmax). Heads share nothing, so one stacked pass replaces len(specs) small loops: the whole
@@ -356,7 +357,7 @@ def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[
 
 
 def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],
-             epochs: int = 30, fixed_lr: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
+             epochs: int, fixed_lr: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
     """Per layer set: the learning rate picked on dev accuracy of the first seed's heads, then the other
     seeds at that rate (each group of heads trained at once, `train_heads`); test accuracy per seed at that rate with Wilson intervals, their
     mean with a t-interval, the layer weights, and the verification EER of the first seed's head.
@@ -449,3 +450,62 @@ def load_heads(path) -> dict[str, list[tuple[int, SIDHead]]]:
                 h.load_state_dict(sdict)
                 out.setdefault(nm, []).append((int(sd), h.eval()))
     return out
+
+
+# ------------------------------------------------------------------------------------------- for the workflow
+#: The segment columns a pooled file keeps (the audio paths stay in the manifest: joined by utt_id).
+POOLED_SEGMENT_COLUMNS = ("seg_id", "utt_id", "speaker", "split", "start", "end")
+
+
+def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | None, out: str | os.PathLike,
+                 max_batch_seconds: float) -> dict[str, Any]:
+    """Each hidden layer's mean over every segment of the manifest (the SID heads' input), with the
+    segments themselves, as one npz (fixed-width strings and integers: no pickled objects)."""
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.utils import save_npz
+
+    segs = segments(read_manifest(manifest_path), crop_seconds, model.sample_rate)
+    check_splits(segs, str(manifest_path))
+    pooled = pool_layer_means(model, segs, max_batch_seconds=max_batch_seconds)
+    cols = {c: (segs[c].to_numpy(np.int64) if c in ("start", "end") else np.asarray(segs[c].astype(str).tolist(), dtype=str))
+            for c in POOLED_SEGMENT_COLUMNS}
+    save_npz(out, {"pooled": pooled, **cols})
+    return {"segments": len(segs), "shape": list(pooled.shape)}
+
+
+def read_segments(pooled_path: str | os.PathLike, manifest_path: str | os.PathLike) -> pd.DataFrame:
+    """The segments a pooled file was made from (rows as `segments` makes them), their audio paths
+    joined from the manifest by utt_id."""
+    from speaker_neurons.data.manifest import read_manifest
+
+    with np.load(pooled_path) as z:
+        absent = [c for c in POOLED_SEGMENT_COLUMNS if c not in z.files]
+        if absent:
+            raise ValueError(f"{pooled_path} has no segment column(s) {absent} (written by an older version); "
+                             "re-run rule pool_layers")
+        segs = pd.DataFrame({c: z[c] for c in POOLED_SEGMENT_COLUMNS})
+    manifest = read_manifest(manifest_path)
+    paths = dict(zip(manifest["utt_id"].astype(str), manifest["path"].astype(str)))
+    missing = sorted(set(segs["utt_id"]) - set(paths))
+    if missing:
+        raise ValueError(f"{pooled_path} holds utterances that {manifest_path} lacks ({len(missing)}, e.g. "
+                         f"{', '.join(missing[:5])}); re-run rule pool_layers")
+    segs.insert(2, "path", segs["utt_id"].map(paths))
+    return segs
+
+
+def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str | os.PathLike | None, corpus: str,
+            lr_from_model: str | None, out_result: str | os.PathLike, out_heads: str | os.PathLike) -> dict[str, float]:
+    """SUPERB SID (and EER) on a pooled file, per layer set of `cfg` (the config's `sid` section); with
+    `lr_from` (the root model's sid.json) the learning rates picked there. Writes the result (JSON, with
+    the corpus it was scored on) and the picked heads (the erase ablation scores erased models with them)."""
+    import json
+
+    data, L = load_pooled(pooled_path)
+    fixed = rates_of(lr_from, cfg["layer_sets"]) if lr_from else None
+    result, picked = evaluate(data, layer_sets(cfg["layer_sets"], L), cfg["learning_rates"], cfg["seeds"],
+                              epochs=int(cfg["epochs"]), fixed_lr=fixed)
+    result.update(crop_seconds=cfg["crop_seconds"], corpus=corpus, lr_from=lr_from_model if fixed else None)
+    Path(out_result).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    save_heads(out_heads, picked, cfg["seeds"])
+    return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

@@ -55,7 +55,7 @@ def verdict(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) ->
 
 
 def controls_verdict(dependence: tuple[float, float, float] | None, gap: tuple[float, float, float] | None,
-                     min_dependence: float, min_gap: float, ffn_keep: float = 0.02) -> str:
+                     min_dependence: float, min_gap: float, ffn_keep: float) -> str:
     """In words: whether this model and task can show a difference between pruning strategies."""
     words = []
     if gap is not None and (gap[0] < min_gap or gap[1] <= 0):
@@ -210,7 +210,7 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
     its control), for each layer set both have; rows in the table and lines of summary.md."""
     sids = {m["name"]: _read(m.get("sid")) for m in models if m.get("sid")}
     ctrl_of = {m["parent"]: m["name"] for m in models if m.get("strategy") == "control"}
-    min_dep, min_gap = float(controls.get("min_ffn_dependence", 0.0)), float(controls.get("min_input_gap", 0.0))
+    min_dep, min_gap = float(controls["min_ffn_dependence"]), float(controls["min_input_gap"])
     md: list[str] = []
     for m in models:
         res = sids.get(m["name"])
@@ -232,7 +232,7 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
                 note=f"SID {100 * res[ls]['test_accuracy']:.2f} - SID of {ctrl_of[m['name']]} "
                      f"{100 * ctrl[ls]['test_accuracy']:.2f}")
             lines.append(f"  - SID {ls}: {100 * res[ls]['test_accuracy']:.1f}% unpruned, "
-                         f"{100 * ctrl[ls]['test_accuracy']:.1f}% with {100 * float(controls.get('ffn_keep', 0)):g}% "
+                         f"{100 * ctrl[ls]['test_accuracy']:.1f}% with {100 * float(controls['ffn_keep']):g}% "
                          f"of the FFN neurons: dependence {100 * d[0]:+.1f} points [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
             if ls == "all":
                 dep = d
@@ -246,7 +246,7 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
         g = "" if gap is None else (f"input-only gap {100 * gap[0]:+.1f} points [{100 * gap[1]:+.1f}, "
                                     f"{100 * gap[2]:+.1f}] (hidden_0 {100 * res['hidden_0']['test_accuracy']:.1f}%)")
         dtxt = "" if dep is None else f"FFN dependence {100 * dep[0]:+.1f} points [{100 * dep[1]:+.1f}, {100 * dep[2]:+.1f}]"
-        v = controls_verdict(dep, gap, min_dep, min_gap, float(controls.get("ffn_keep", 0.02)))
+        v = controls_verdict(dep, gap, min_dep, min_gap, float(controls["ffn_keep"]))
         add("controls", "verdict", m["name"], None, note=v)
         md.append(f"- **{m['name']}**: " + "; ".join(x for x in (dtxt, g) if x) + f". Verdict: {v}.")
         md += lines
@@ -254,13 +254,16 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
 
 
 # which stage's corpus each section of summary.tsv comes from
+#: The files of a model the summary reads (each a key of the model dicts `build_summary` takes).
+MODEL_FILES = ("sid", "pr", "prune", "neuron_counts", "erase", "pretrain")
+
 SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrain", "neurons": "analysis",
                  "sid": "sid", "pruning": "sid", "erase": "sid", "pr": "pr", "pr_pruning": "pr", "erase_pr": "pr"}
 
 
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
                   k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike,
-                  stability: PathLike | None = None, controls: Mapping[str, Any] | None = None,
+                  stability: PathLike | None = None, *, controls: Mapping[str, Any],
                   out_pr_png: PathLike | None = None, corpora: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`models`: dicts with name, source, and the paths this run has for it (None where absent):
     sid (sid.json), pr (pr.json), prune (prune.json, pruned models), parent/strategy/target (pruned
@@ -285,7 +288,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                   if corpora.get("analysis") not in (corpora.get("sid"), corpora.get("pr")) else
                   " (**an evaluation runs on the corpus the neurons are found on**: the paper separates them)."), ""]
     # ------------------------------------------------------------------ positive controls: the first thing to read
-    ctrl_md = _controls_section(models, controls or {}, add)
+    ctrl_md = _controls_section(models, controls, add)
     md += ctrl_md
     # ------------------------------------------------------------------ corpus: i-vectors and clusters
     q = _read(ivector_quality)
@@ -319,7 +322,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
             note=f"{label} {part['seeds']}, {st['n_init']} k-means initialisations each")
         md.append(f"- stability over {len(part['ari'])} other {label}: adjusted Rand index "
                   f"{min(part['ari']):.3f}-{max(part['ari']):.3f} against this partition"
-                  + ("." if min(part["ari"]) >= st.get("warn_below", 0.9) else
+                  + ("." if min(part["ari"]) >= st["warn_below"] else
                      " (**UNSTABLE**: the neuron sets rest on these clusters)."))
     md.append("")
     # ------------------------------------------------------------------ neurons and pre-training

@@ -9,21 +9,24 @@ import torch
 
 from speaker_neurons.analysis.clusters import align_labels, cluster_utterances, sample_frames
 from speaker_neurons.analysis.report import gender_purity, phone_composition
+from speaker_neurons.config import complete
+
+DEFAULTS = complete({})
 
 
 def test_align_labels_truncates_small_mismatches_and_counts_them():
     lab = np.array([0, 1, 2, 1, 0], dtype=np.int16)
-    out, cut = align_labels(lab, 5, "u")
+    out, cut = align_labels(lab, 5, "u", max_mismatch=2)
     assert out.tolist() == [0, 1, 2, 1, 0] and not cut
-    out, cut = align_labels(lab, 4, "u")  # one label too many: dropped
+    out, cut = align_labels(lab, 4, "u", max_mismatch=2)  # one label too many: dropped
     assert out.tolist() == [0, 1, 2, 1] and cut
-    out, cut = align_labels(lab, 7, "u")  # two model frames without a label: not counted (-1)
+    out, cut = align_labels(lab, 7, "u", max_mismatch=2)  # two model frames without a label: not counted (-1)
     assert out.tolist() == [0, 1, 2, 1, 0, -1, -1] and cut
 
 
 def test_align_labels_refuses_a_larger_mismatch_naming_the_utterance():
     with pytest.raises(ValueError, match="utt-7.*5 frame labels for 8 model frames"):
-        align_labels(np.zeros(5, dtype=np.int16), 8, "utt-7")
+        align_labels(np.zeros(5, dtype=np.int16), 8, "utt-7", max_mismatch=2)
 
 
 def test_utterance_clusters_are_numbered_by_size_and_seeded():
@@ -32,9 +35,9 @@ def test_utterance_clusters_are_numbered_by_size_and_seeded():
     small = rng.normal(-3, 0.1, (10, 4))
     ids = [f"u{i}" for i in range(40)]
     vecs = np.concatenate([small, big])  # the small cluster comes first in the input
-    lab = cluster_utterances(ids, vecs, k=2, seed=0)
+    lab = cluster_utterances(ids, vecs, k=2, seed=0, n_init=DEFAULTS["analysis"]["ivector_n_init"])
     assert {lab[f"u{i}"] for i in range(10)} == {1} and {lab[f"u{i}"] for i in range(10, 40)} == {0}
-    assert lab == cluster_utterances(ids, vecs, k=2, seed=0)
+    assert lab == cluster_utterances(ids, vecs, k=2, seed=0, n_init=DEFAULTS["analysis"]["ivector_n_init"])
 
 
 def test_phone_composition_maps_20ms_frames_to_the_first_10ms_frame():
@@ -88,7 +91,8 @@ def test_activation_pass_counts_equal_a_direct_computation(tmp_path):
         labels[f"u{i}"] = rng.integers(0, 3, t + (1 if i == 1 else 0)).astype(np.int16)  # one off-by-one
         clusters[f"u{i}"] = i % 2
     info = activation_statistics(model, pd.DataFrame(rows), labels, clusters, k_ssl=3, k_ivector=2,
-                                 top_fraction=0.05, out_npz=tmp_path / "c.npz", progress=False)
+                                 top_fraction=0.05, out_npz=tmp_path / "c.npz", max_mismatch=1,
+                                 max_batch_seconds=DEFAULTS["analysis"]["max_batch_seconds"], progress=False)
     assert info["truncated_utterances"] == 1
     z = np.load(tmp_path / "c.npz")
     for layer, width in ((1, 64), (2, 48)):
@@ -136,8 +140,11 @@ def test_cuda_and_cpu_give_the_same_neuron_sets(tmp_path):
     sets = {}
     for dev in ("cpu", "cuda"):
         activation_statistics(model.to(dev), pd.DataFrame(rows), labels, clusters, k_ssl=3, k_ivector=2,
-                              top_fraction=0.05, out_npz=tmp_path / f"{dev}.npz", progress=False)
-        sets[dev] = compute_neuron_sets(load_counts(tmp_path / f"{dev}.npz"), rho=0.8)
+                              top_fraction=0.05, out_npz=tmp_path / f"{dev}.npz",
+                              max_mismatch=DEFAULTS["analysis"]["max_label_mismatch"],
+                              max_batch_seconds=DEFAULTS["analysis"]["max_batch_seconds"], progress=False)
+        sets[dev] = compute_neuron_sets(load_counts(tmp_path / f"{dev}.npz"), rho=DEFAULTS["analysis"]["rho"],
+                                        fdr=DEFAULTS["analysis"]["fdr"])
     with np.load(tmp_path / "cpu.npz") as a, np.load(tmp_path / "cuda.npz") as b:
         layers = [k for k in a.files if k.startswith("counts_l")]
         differing = sum(int((a[k] != b[k]).sum()) for k in layers)

@@ -13,7 +13,7 @@ from speaker_neurons.audio import AudioError, kaldi_num_frames, load_audio
 def test_mono_16k_pcm_is_returned_unchanged(tmp_path, write_audio):
     p = write_audio(tmp_path / "a.wav", seconds=0.5)
     ref, _ = sf.read(p, dtype="float32")
-    x, sr = load_audio(p)
+    x, sr = load_audio(p, 16000)
     assert sr == 16000
     assert x.dtype == np.float32 and x.ndim == 1
     assert x.shape == (8000,)
@@ -24,7 +24,7 @@ def test_mono_16k_pcm_is_returned_unchanged(tmp_path, write_audio):
 def test_stereo_is_downmixed_by_mean(tmp_path, write_audio):
     data = np.stack([np.full(1600, 0.5), np.full(1600, 0.1)], axis=1).astype(np.float32)
     p = write_audio(tmp_path / "st.wav", data=data, subtype="FLOAT")
-    x, sr = load_audio(p)
+    x, sr = load_audio(p, 16000)
     assert sr == 16000 and x.shape == (1600,)
     np.testing.assert_allclose(x, 0.3, atol=1e-7)
 
@@ -35,7 +35,7 @@ def test_resample_44k_stereo_to_16k(tmp_path, write_audio):
     left = 0.4 * np.sin(2 * np.pi * 440.0 * t)
     data = np.stack([left, 0.5 * left], axis=1).astype(np.float32)
     p = write_audio(tmp_path / "b.wav", data=data, sr=44100, subtype="FLOAT")
-    x, sr = load_audio(p)
+    x, sr = load_audio(p, 16000)
     assert sr == 44100  # the native rate is reported
     assert x.shape == (math.ceil(n * 16000 / 44100),)
     expected = taf.resample(torch.from_numpy(data.mean(axis=1)), 44100, 16000).numpy()
@@ -53,14 +53,14 @@ def test_target_sr_other_than_16k(tmp_path, write_audio):
 
 def test_flac_is_read(tmp_path, write_audio):
     p = write_audio(tmp_path / "d.flac", seconds=0.25)
-    x, sr = load_audio(p)
+    x, sr = load_audio(p, 16000)
     assert sr == 16000 and x.shape == (4000,)
 
 
 def test_missing_file(tmp_path):
     p = tmp_path / "nope.wav"
     with pytest.raises(AudioError) as ei:
-        load_audio(p)
+        load_audio(p, 16000)
     e = ei.value
     assert e.code == "missing" and e.path == str(p)
     assert str(p) in str(e) and "not found" in str(e)
@@ -70,7 +70,7 @@ def test_text_file_is_not_audio(tmp_path):
     p = tmp_path / "fake.wav"
     p.write_text("this is not audio\n")
     with pytest.raises(AudioError) as ei:
-        load_audio(p)
+        load_audio(p, 16000)
     e = ei.value
     assert e.code == "unreadable"
     assert str(p) in str(e) and "not a readable audio file" in e.reason
@@ -80,14 +80,14 @@ def test_text_file_is_not_audio(tmp_path):
 def test_empty_and_non_finite_files(tmp_path, write_audio):
     empty = write_audio(tmp_path / "empty.wav", data=np.zeros(0, np.float32))
     with pytest.raises(AudioError) as ei:
-        load_audio(empty)
+        load_audio(empty, 16000)
     assert ei.value.code == "empty" and empty in str(ei.value)
 
     data = np.full(1600, 0.1, np.float32)
     data[[5, 9]] = [np.nan, np.inf]
     bad = write_audio(tmp_path / "nan.wav", data=data, subtype="FLOAT")
     with pytest.raises(AudioError) as ei:
-        load_audio(bad)
+        load_audio(bad, 16000)
     assert ei.value.code == "non_finite" and "2 of 1600" in ei.value.reason
 
 

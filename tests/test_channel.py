@@ -110,7 +110,8 @@ def test_bad_channel_config_is_named(key, value, match):
 # ---- in the corpus ---------------------------------------------------------------------------------
 NEEDED = ["espeak-ng", "mbrola", "flite", "festival", "pico2wave"]
 missing = [p for p in NEEDED if shutil.which(p) is None]
-SMALL = dict(seed=5, n_speakers=4, utterances_per_speaker=3, split=(1, 1, 1), voices=["us1", "slt", "us2", "awb"])
+SMALL = dict(seed=5, n_speakers=4, utterances_per_speaker=3, split=(1, 1, 1), voices=["us1", "slt", "us2", "awb"],
+             min_duration=defaults("corpus.demo")["min_duration"], max_duration=defaults("corpus.demo")["max_duration"])
 
 
 def _tsv(path):

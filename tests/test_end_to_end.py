@@ -159,7 +159,8 @@ def test_neuron_sets_recompute_from_the_counts(two_runs):
 
     a, _ = two_runs
     d = a / "models/demo/analysis/ssl_k3"
-    again = recompute_from_npz(d / "activation_counts.npz", rho=0.8)
+    params = json.loads((d / "neurons" / "ivector_cluster.json").read_text())["params"]
+    again = recompute_from_npz(d / "activation_counts.npz", rho=params["rho"], fdr=params["fdr"])
     for name in ("ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster"):
         saved = json.loads((d / "neurons" / f"{name}.json").read_text())
         assert saved["set"] == name and saved["params"]["rho"] == 0.8

@@ -51,7 +51,7 @@ def test_heads_round_trip_and_streamed_edits_equal_a_direct_decode(setup, tmp_pa
 
     with torch.no_grad():
         for i, u in enumerate(man["utt_id"]):  # one utterance at a time: no padding at all
-            b = next(iter(audio_batches(man.iloc[[i]], max_batch_seconds=10.0)))
+            b = next(iter(audio_batches(man.iloc[[i]], 10.0, model.sample_rate)))
             o = model(b.wavs, b.lengths, return_ffn=False)
             x = torch.stack(o.hidden, 2)
             for s, h in enumerate(heads["last"]):

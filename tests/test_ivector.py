@@ -18,6 +18,10 @@ from scipy.optimize import linear_sum_assignment
 from speaker_neurons.analysis import ivector as iv
 from speaker_neurons import evaluation as ev
 from speaker_neurons.analysis.kaldi_io_utils import KaldiIOError, kaldi_io_module
+from speaker_neurons.config import complete
+
+DEFAULTS = complete({})
+N_INIT = DEFAULTS["analysis"]["ivector_n_init"]
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +88,11 @@ def test_gmm_em_recovers_planted_mixture():
     sd = rng.uniform(0.5, 1.5, (C, D))
     z = rng.choice(C, n, p=w)
     X = mu[z] + sd[z] * rng.normal(size=(n, D))
-    gmm = iv.train_diag_gmm(torch.tensor(X, dtype=torch.float32), C, num_iters=20, seed=0)
+    cfg = DEFAULTS["ivector"]
+    gmm = iv.train_diag_gmm(torch.tensor(X, dtype=torch.float32), C, num_iters=20, seed=0,
+                            var_floor=cfg["ubm_var_floor"], min_occupancy=cfg["ubm_min_occupancy"],
+                            init_frames=cfg["ubm_init_frames"], kmeans_iters=cfg["ubm_kmeans_iters"],
+                            kmeans_restarts=cfg["ubm_kmeans_restarts"], chunk=cfg["frame_chunk"])
     perm = _match(gmm.means.numpy(), mu)
     # tolerances: means within 0.1 (sd <= 1.5, >= 3000 frames each), weights within 0.01,
     # variances within 10 % of the truth
@@ -422,9 +430,9 @@ def test_partition_stability_of_utterance_clusters():
     rng = np.random.default_rng(0)
     two = np.concatenate([rng.normal(size=(40, 3)) + [6, 0, 0], rng.normal(size=(40, 3)) - [6, 0, 0]])
     ids = [f"u{i}" for i in range(80)]
-    lab = cluster_utterances(ids, two, 2, seed=0)
+    lab = cluster_utterances(ids, two, 2, seed=0, n_init=N_INIT)
     assert sorted(set(lab.values())) == [0, 1] and len({lab[i] for i in ids[:40]}) == 1
-    st = partition_stability(two, np.array([lab[i] for i in ids]), 2, [1, 2, 3])
+    st = partition_stability(two, np.array([lab[i] for i in ids]), 2, [1, 2, 3], n_init=N_INIT)
     assert st["ari"] == [1.0, 1.0, 1.0] and st["min_ari"] == 1.0
     blob = rng.normal(size=(80, 6))  # no structure: partitions move with the seed at one initialisation
     lab = cluster_utterances(ids, blob, 2, seed=0, n_init=1)
@@ -440,7 +448,7 @@ def test_extractor_stability_clusters_each_extractor_like_the_chosen_one():
     rng = np.random.default_rng(1)
     ids = [f"u{i}" for i in range(80)]
     two = np.concatenate([rng.normal(size=(40, 3)) + [6, 0, 0], rng.normal(size=(40, 3)) - [6, 0, 0]])
-    labels = np.array([cluster_utterances(ids, two, 2, seed=0)[i] for i in ids])
+    labels = np.array([cluster_utterances(ids, two, 2, seed=0, n_init=N_INIT)[i] for i in ids])
     rotated = two @ np.linalg.qr(rng.normal(size=(3, 3)))[0]  # another extractor: the same structure, other axes
     flipped = two * [-1, 1, 1]  # cluster ids swapped: the same partition
     half = rng.normal(size=(80, 3))

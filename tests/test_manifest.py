@@ -148,7 +148,7 @@ def _voxceleb(tmp_path, write_audio):
 def test_voxceleb1_manifest(tmp_path, write_audio, package_logs):
     root, iden, meta = _voxceleb(tmp_path, write_audio)
     with pytest.raises(ManifestError) as ei:  # iden_split lists a file that is on no disk: named, by default
-        voxceleb1_manifest(root, iden, meta)
+        voxceleb1_manifest(root, iden, meta, skip_missing=False)
     assert str(iden) in str(ei.value) and "id10009/absent/00001.wav" in str(ei.value) and "skip_missing" in str(ei.value)
     with package_logs.at_level(logging.WARNING, logger="speaker_neurons"):
         df = voxceleb1_manifest(root, iden, meta, skip_missing=True)
@@ -180,7 +180,7 @@ def test_voxceleb1_two_archive_layout(tmp_path, write_audio):
     (tmp_path / "iden_split.txt").write_text("1 id10001/1zcIwhmdeo4/00001.wav\n2 id10001/1zcIwhmdeo4/00002.wav\n"
                                              "3 id10002/-a_B-c/00001.wav\n")
     (tmp_path / "vox1_meta.csv").write_text(META)
-    df = voxceleb1_manifest(root, tmp_path / "iden_split.txt", tmp_path / "vox1_meta.csv")
+    df = voxceleb1_manifest(root, tmp_path / "iden_split.txt", tmp_path / "vox1_meta.csv", skip_missing=False)
     _check_schema(df)
     got = {r.utt_id: (r.path, r.split) for r in df.itertuples()}
     assert got == {"id10001-1zcIwhmdeo4-00001": (str(root / "dev/wav/id10001/1zcIwhmdeo4/00001.wav"), "train"),
@@ -188,23 +188,23 @@ def test_voxceleb1_two_archive_layout(tmp_path, write_audio):
                    "id10002--a_B-c-00001": (str(root / "test/wav/id10002/-a_B-c/00001.wav"), "test")}
     write_audio(root / "test/wav/id10001/1zcIwhmdeo4/00001.wav", seconds=1.0)  # the same file in both archives
     with pytest.raises(ManifestError, match="is in two folders"):
-        voxceleb1_manifest(root, tmp_path / "iden_split.txt", tmp_path / "vox1_meta.csv")
+        voxceleb1_manifest(root, tmp_path / "iden_split.txt", tmp_path / "vox1_meta.csv", skip_missing=False)
 
 
 def test_voxceleb1_errors(tmp_path, write_audio):
     root, iden, meta = _voxceleb(tmp_path, write_audio)
     with pytest.raises(FileNotFoundError, match="dev/wav/... and test/wav/..."):
-        voxceleb1_manifest(root / "wav", iden, meta)  # root must hold wav/ (or dev/wav, test/wav)
+        voxceleb1_manifest(root / "wav", iden, meta, skip_missing=False)  # root must hold wav/ (or dev/wav, test/wav)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        voxceleb1_manifest(tmp_path / "nowhere", iden, meta)
+        voxceleb1_manifest(tmp_path / "nowhere", iden, meta, skip_missing=False)
     iden.write_text("1 id10001/1zcIwhmdeo4/00001.wav\n4 id10001/1zcIwhmdeo4/00002.wav\n")
     with pytest.raises(ManifestError) as ei:
-        voxceleb1_manifest(root, iden, meta)
+        voxceleb1_manifest(root, iden, meta, skip_missing=False)
     assert str(iden) in str(ei.value) and "line 2" in str(ei.value)
     iden.write_text("1 id10001/1zcIwhmdeo4/00001.wav\n")
     meta.write_text(META.replace("\t", ","))  # comma separated: not the real format
     with pytest.raises(ManifestError, match="TAB separated"):
-        voxceleb1_manifest(root, iden, meta)
+        voxceleb1_manifest(root, iden, meta, skip_missing=False)
 
 
 # --------------------------------------------------------------------------------------- TSV
@@ -405,7 +405,7 @@ def test_build_manifest_dispatch(tmp_path, write_audio):
     assert len(build_manifest("librispeech", split_dir=str(split), speakers_txt="")) == 4
     with pytest.raises(ValueError, match="unknown corpus source 'libri'"):
         build_manifest("libri", split_dir=str(split))
-    with pytest.raises(TypeError, match="missing \\['iden_split', 'meta_csv'\\]"):
+    with pytest.raises(TypeError, match="missing \\['iden_split', 'meta_csv', 'skip_missing'\\]"):
         build_manifest("voxceleb1", root=str(tmp_path))
     with pytest.raises(TypeError, match="unexpected \\['seed'\\]"):
         build_manifest("demo", corpus_dir=str(d), seed=0)
@@ -418,13 +418,14 @@ def test_build_manifest_adapter(tmp_path, write_audio, run_adapter):
     run_adapter(
         "build_manifest",
         params={"corpus": {"source": "demo", "corpus_dir": str(d)}, "split": {"fractions": [0.8, 0.1, 0.1], "seed": 0}},
-        output={"manifest": str(out)},
+        output={"manifest": str(out), "transcripts": str(tmp_path / "results/manifest/transcripts.tsv")},
         log=[str(log)],
         threads=1,
     )
     df = read_manifest(out)
     assert list(df["utt_id"]) == ["spk00_000", "spk00_001", "spk01_000"]
     assert "3 utterances, 2 speakers" in log.read_text()
+    assert (tmp_path / "results/manifest/transcripts.tsv").read_text().startswith("utt_id\ttext")
 
 
 def test_assign_splits_per_speaker_seeded():

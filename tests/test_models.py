@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from speaker_neurons.config import complete
 from speaker_neurons.models import (
     CheckpointError,
     build_upstream,
@@ -23,6 +24,9 @@ from speaker_neurons.models import (
 from speaker_neurons.models.base import resolve_device
 from speaker_neurons.models.melhubert import MelHuBERT, fbank_frames
 from speaker_neurons.models.wav2vec2 import Wav2Vec2Upstream
+
+#: a `models` entry with the schema's defaults (kind auto, format auto, ...): what load_upstream reads
+ENTRY = complete({"models": [{"name": "m"}]})["models"][0]
 
 TOL = 1e-4
 CONV = [(16, 10, 5), (16, 3, 2), (16, 2, 2)]
@@ -294,9 +298,9 @@ def test_prune_save_reload(kind, tmp_path):
     assert again.kept_indices[2] == back.kept_indices[2] and again.parent_sha256 == "ab" * 32
     assert again.ffn_widths == [20, 3]
     # through the generic loader and describe
-    m2 = load_upstream({"kind": "auto", "path": str(tmp_path / "again"), "format": "auto"}, device="cpu")
+    m2 = load_upstream({**ENTRY, "kind": "auto", "path": str(tmp_path / "again"), "format": "auto"}, device="cpu")
     assert m2.ffn_widths == [20, 3]
-    info = describe(tmp_path / "again")
+    info = describe(tmp_path / "again", "auto")
     assert info["format"] == "native" and info["ffn_widths"] == [20, 3] and info["original_ffn_widths"] == [48, 48]
 
 
@@ -390,7 +394,8 @@ def test_melhubert_released_format(fp, tmp_path):
     torch.save(ckpt, path)
     ms = tmp_path / "mean-std.npy"
     np.save(ms, np.stack([mean.numpy(), std.numpy()]))
-    loaded = load_upstream({"kind": "melhubert", "path": str(path), "format": "auto", "mean_std": str(ms)}, device="cpu")
+    loaded = load_upstream({**ENTRY, "kind": "melhubert", "path": str(path), "format": "auto", "mean_std": str(ms)},
+                           device="cpu")
     assert loaded.config["frame_period"] == fp and loaded.ffn_widths == [48, 48]
     x = torch.randn(2, 5000) * 0.1
     with torch.no_grad():
@@ -400,19 +405,19 @@ def test_melhubert_released_format(fp, tmp_path):
     # format sniffing without a kind, and the "melhubert" config key
     ckpt["Upstream_Config"] = {"melhubert": hp}
     torch.save(ckpt, path)
-    assert describe(path)["kind"] == "melhubert"
+    assert describe(path, "auto")["kind"] == "melhubert"
 
     # a tensor that maps to nothing is named
     bad = dict(ckpt, model=dict(ckpt["model"], **{"encoder.layers.0.self_attn.bias_k": torch.zeros(1, 1, 32)}))
     torch.save(bad, path)
     with pytest.raises(CheckpointError, match="bias_k"):
-        load_upstream({"kind": "melhubert", "path": str(path)})
+        load_upstream({**ENTRY, "kind": "melhubert", "path": str(path)}, device="cpu")
     # a missing tensor is named
     sd = dict(ckpt["model"])
     del sd["encoder.layers.1.fc2.bias"]
     torch.save(dict(ckpt, model=sd), path)
     with pytest.raises(CheckpointError, match=r"missing.*layers\.1\.feed_forward\.output_dense\.bias"):
-        load_upstream({"kind": "melhubert", "path": str(path)})
+        load_upstream({**ENTRY, "kind": "melhubert", "path": str(path)}, device="cpu")
 
 
 def test_melhubert_released_row_pruned(tmp_path):
@@ -423,7 +428,7 @@ def test_melhubert_released_row_pruned(tmp_path):
           "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4}
     torch.save({"Upstream_Config": {"melhubert": hp}, "model": to_released(model)}, tmp_path / "p.ckpt")
     np.save(tmp_path / "mean-std.npy", np.stack([np.zeros(40), np.ones(40)]))
-    loaded = load_upstream({"kind": "melhubert", "path": str(tmp_path / "p.ckpt"),
+    loaded = load_upstream({**ENTRY, "kind": "melhubert", "path": str(tmp_path / "p.ckpt"),
                             "mean_std": str(tmp_path / "mean-std.npy")}, device="cpu")
     assert loaded.ffn_widths == [24, 30]
 
@@ -431,20 +436,20 @@ def test_melhubert_released_row_pruned(tmp_path):
 # ------------------------------------------------------------------------------------- loader misc
 def test_loader_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
-        load_upstream({"path": str(tmp_path / "nope.pt")})
+        load_upstream({**ENTRY, "path": str(tmp_path / "nope.pt")}, device="cpu")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="junk.pt"):
-        load_upstream({"path": str(junk)})
+        load_upstream({**ENTRY, "path": str(junk)}, device="cpu")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
-        describe(tmp_path / "other.pt")
+        describe(tmp_path / "other.pt", "auto")
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
-        describe(tmp_path / "emptydir")
+        describe(tmp_path / "emptydir", "auto")
     d = save_upstream(tiny("melhubert10"), tmp_path / "m")
     with pytest.raises(CheckpointError, match="kind 'wavlm'"):
-        load_upstream({"kind": "wavlm", "path": str(d), "format": "native"})
+        load_upstream({**ENTRY, "kind": "wavlm", "path": str(d), "format": "native"}, device="cpu")
     with pytest.raises(ValueError, match="unknown model kind"):
         build_upstream("bert", {})
 
@@ -490,7 +495,7 @@ def test_fairseq_dispatch(mtype, tmp_path, monkeypatch):
     monkeypatch.setattr(fc, "read_fairseq_checkpoint", fake_reader)
     path = tmp_path / "model.pt"
     torch.save({"model": {}, "cfg": {"model": {}}}, path)
-    model = load_upstream({"kind": "auto", "path": str(path)}, device="cpu")
+    model = load_upstream({**ENTRY, "kind": "auto", "path": str(path)}, device="cpu")
     assert calls == [str(path)] and model.kind == mtype
     x = torch.randn(1, 2500)
     with torch.no_grad():
@@ -499,7 +504,7 @@ def test_fairseq_dispatch(mtype, tmp_path, monkeypatch):
     for a, b in zip(got.hidden[1:], want):
         assert max_err(a, b) <= TOL
     with pytest.raises(CheckpointError, match="kind 'melhubert'"):
-        load_upstream({"kind": "melhubert", "path": str(path), "format": "fairseq"})
+        load_upstream({**ENTRY, "kind": "melhubert", "path": str(path), "format": "fairseq"}, device="cpu")
 
 
 def test_hf_dispatch(tmp_path, monkeypatch):
@@ -514,14 +519,14 @@ def test_hf_dispatch(tmp_path, monkeypatch):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "wav2vec2", "architectures": ["Wav2Vec2Model"]}))
     (d / "model.safetensors").write_bytes(b"")
-    info = describe(d)
+    info = describe(d, "auto")
     assert info["format"] == "hf" and info["kind"] == "wav2vec2" and info["ffn_widths"] == [48, 48]
     # a state dict that does not fit is reported with the folder's name and the key
     sd = dict(ref.state_dict())
     sd.pop("encoder.transformer.layers.1.final_layer_norm.bias")
     fake.read_hf_folder = lambda path: (dict(cfg, model_type="wav2vec2"), sd)
     with pytest.raises(CheckpointError, match=r"hf: .*missing.*layers\.1\.final_layer_norm\.bias"):
-        load_upstream({"kind": "wav2vec2", "path": str(d), "format": "hf"})
+        load_upstream({**ENTRY, "kind": "wav2vec2", "path": str(d), "format": "hf"}, device="cpu")
 
 
 def test_native_save_is_byte_identical_across_processes(tmp_path):

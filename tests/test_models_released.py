@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_models import MEL_TINY, to_released  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_models import ENTRY, MEL_TINY, to_released  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from speaker_neurons.__main__ import main
 from speaker_neurons.models import CheckpointError, describe, load_upstream, save_upstream
@@ -38,7 +38,7 @@ def released(tmp_path_factory):
 def test_load_without_mean_std_is_an_error(released, spec):
     ckpt, _, _ = released
     with pytest.raises(CheckpointError, match="mean_std") as info:
-        load_upstream(dict(spec, path=str(ckpt)), device="cpu")
+        load_upstream(dict(ENTRY, **spec, path=str(ckpt)), device="cpu")
     err = info.value
     assert err.path == str(ckpt) and err.key == "mean_std"
     assert str(err).startswith(f"{ckpt}: a released MelHuBERT checkpoint stores no fbank normalisation")
@@ -47,7 +47,7 @@ def test_load_without_mean_std_is_an_error(released, spec):
 
 def test_load_with_mean_std(released):
     ckpt, ms, model = released
-    loaded = load_upstream({"kind": "melhubert", "path": str(ckpt), "mean_std": str(ms)}, device="cpu")
+    loaded = load_upstream({**ENTRY, "kind": "melhubert", "path": str(ckpt), "mean_std": str(ms)}, device="cpu")
     assert torch.allclose(loaded.feature_mean, model.feature_mean) and torch.allclose(loaded.feature_std, model.feature_std)
     x = torch.randn(1, 4000) * 0.1
     with torch.no_grad():
@@ -57,19 +57,19 @@ def test_load_with_mean_std(released):
 
 def test_native_folder_needs_no_mean_std(released, tmp_path):
     ckpt, ms, model = released
-    loaded = load_upstream({"kind": "melhubert", "path": str(ckpt), "mean_std": str(ms)}, device="cpu")
+    loaded = load_upstream({**ENTRY, "kind": "melhubert", "path": str(ckpt), "mean_std": str(ms)}, device="cpu")
     folder = save_upstream(loaded, tmp_path / "native")
-    again = load_upstream({"kind": "melhubert", "path": str(folder)}, device="cpu")
+    again = load_upstream({**ENTRY, "kind": "melhubert", "path": str(folder)}, device="cpu")
     assert torch.equal(again.feature_mean, loaded.feature_mean) and torch.equal(again.feature_std, loaded.feature_std)
-    assert "note" not in describe(folder)
+    assert "note" not in describe(folder, "auto")
 
 
 def test_describe_without_mean_std_notes_it(released, capsys):
     ckpt, ms, _ = released
-    info = describe(ckpt)
+    info = describe(ckpt, "auto")
     assert info["format"] == "melhubert" and info["ffn_widths"] == [48, 48]
     assert "mean_std" in info["note"]
-    assert "note" not in describe(ckpt, mean_std=str(ms))
+    assert "note" not in describe(ckpt, "auto", mean_std=str(ms))
     assert main(["describe", str(ckpt)]) == 0
     out = capsys.readouterr().out
     assert "layers:      2" in out and "note: features need mean_std" in out

@@ -32,6 +32,10 @@ from speaker_neurons.analysis.neuron_sets import (
     union,
     write_neuron_sets,
 )
+from speaker_neurons.config import complete
+
+DEFAULTS = complete({})
+RHO, FDR = DEFAULTS["analysis"]["rho"], DEFAULTS["analysis"]["fdr"]
 
 # ------------------------------------------------------------------------------------------------
 # A hand-computed layer. k_ivector = 2, k_ssl = 3, classes (g, c) in the order of classes_table:
@@ -90,14 +94,14 @@ def test_hand_named_definitions(name, func):
 
 
 def test_hand_groups():
-    g = layer_groups("ivector_cluster", COUNTS, FRAMES, CLASSES, K, 0.8)
+    g = layer_groups("ivector_cluster", COUNTS, FRAMES, CLASSES, K, 0.8, FDR)
     assert {k: np.flatnonzero(v).tolist() for k, v in g.items()} == {0: [0], 1: [5]}
-    g = layer_groups("ssl_cluster", COUNTS, FRAMES, CLASSES, K, 0.8)
+    g = layer_groups("ssl_cluster", COUNTS, FRAMES, CLASSES, K, 0.8, FDR)
     assert {k: np.flatnonzero(v).tolist() for k, v in g.items()} == {0: [7], 1: [6], 2: []}
-    g = layer_groups("unconditioned", COUNTS, FRAMES, CLASSES, K, 0.8)
+    g = layer_groups("unconditioned", COUNTS, FRAMES, CLASSES, K, 0.8, FDR)
     assert {k: np.flatnonzero(v).tolist() for k, v in g.items()} == {0: [0, 7], 1: [5]}
     # per_cluster: j4 is exclusive to g0 in c0 and to g1 in c1 -> listed under both groups
-    g = layer_groups("per_cluster", COUNTS, FRAMES, CLASSES, K, 0.8)
+    g = layer_groups("per_cluster", COUNTS, FRAMES, CLASSES, K, 0.8, FDR)
     assert {k: np.flatnonzero(v).tolist() for k, v in g.items()} == {0: [0, 2, 4, 7], 1: [4, 5]}
 
 
@@ -115,7 +119,7 @@ def test_hand_rho_variants():
 def test_compute_neuron_sets_on_hand_counts():
     data = CountsData([COUNTS, COUNTS[:, ::-1].copy()], FRAMES, CLASSES, {"top_fraction": 0.25})
     assert data.K == [2, 2]
-    sets = compute_neuron_sets(data, rho=0.8)
+    sets = compute_neuron_sets(data, rho=0.8, fdr=FDR)
     assert list(sets) == list(SET_NAMES)
     for name, exp in EXPECTED.items():
         assert sets[name][1] == exp
@@ -186,9 +190,9 @@ def test_empty_class_is_never_above(caplog, monkeypatch):
     assert np.flatnonzero(ivector_cluster(counts, frames, CLASSES, K, 0.8)).tolist() == [0, 1]
     data = CountsData([counts], frames, CLASSES, {"top_fraction": 0.25})
     with caplog.at_level("WARNING"):
-        compute_neuron_sets(data)
+        compute_neuron_sets(data, RHO, FDR)
     assert "no frames" in caplog.text
-    assert neuron_set_params(data)["empty_classes"] == [[1, 2]]
+    assert neuron_set_params(data, RHO, FDR)["empty_classes"] == [[1, 2]]
 
 
 # ------------------------------------------------------------------------------------------------ planted
@@ -236,7 +240,7 @@ def test_planted_neurons_full_path():
     assert (data.frames > 300).all()
     c1 = data.counts[0]
     assert c1[:, 20].sum() == 0 and c1[:, 21].sum() == 0
-    sets, groups = compute_neuron_sets(data, rho=0.8, return_groups=True)
+    sets, groups = compute_neuron_sets(data, rho=0.8, fdr=FDR, return_groups=True)
     ivn, ssln = set(sets["ivector_cluster"][1]), set(sets["ssl_cluster"][1])
     assert ivn == {7}
     assert groups["ivector_cluster"][1] == {0: [7], 1: []}
@@ -261,12 +265,12 @@ def test_write_read_plot_and_recompute(tmp_path):
     with open(npz, "wb") as f:
         np.savez(f, counts_l1=COUNTS, counts_l2=COUNTS[:, ::-1], frames=FRAMES, classes=CLASSES)
     (tmp_path / "activation_counts.json").write_text(json.dumps({"top_fraction": 0.25, "K": [2, 2]}))
-    sets = recompute_from_npz(npz, rho=0.8)
+    sets = recompute_from_npz(npz, rho=0.8, fdr=FDR)
     assert {n: sets[n][1] for n in EXPECTED} == EXPECTED
     assert set(sets) == set(EXPECTED) | {"ssl_cluster_tested", "ivector_cluster_tested"}
     data = load_counts(npz)
-    sets, groups = compute_neuron_sets(data, rho=0.8, return_groups=True)
-    params = neuron_set_params(data, rho=0.8)
+    sets, groups = compute_neuron_sets(data, rho=0.8, fdr=FDR, return_groups=True)
+    params = neuron_set_params(data, rho=0.8, fdr=FDR)
     assert params["rho"] == 0.8 and params["rho_fraction"] == "4/5" and params["K"] == [2, 2]
     set_paths = {name: tmp_path / "out" / "neurons" / f"{name}.json" for name in sets}
     paths = write_neuron_sets(sets, set_paths, params, tmp_path / "out" / "neuron_counts.tsv", groups)
@@ -290,7 +294,7 @@ def test_write_read_plot_and_recompute(tmp_path):
 def test_unknown_set_name():
     data = CountsData([COUNTS], FRAMES, CLASSES, {"top_fraction": 0.25})
     with pytest.raises(ValueError):
-        compute_neuron_sets(data, sets=["speaker"])
+        compute_neuron_sets(data, RHO, FDR, sets=["speaker"])
 
 
 # ---------------------------------------------------------------------------------- tested sets
@@ -357,7 +361,7 @@ def test_tested_sets_follow_the_same_group_logic():
                        [300, 0, 50, 50, 100, 100],
                        [0, 300, 50, 50, 100, 100],
                        [0, 1, 0, 0, 0, 0]])  # (1, 1) has 1 frame: neuron 1 "above" on no evidence
-    plain = layer_groups("ivector_cluster", counts, frames, classes, 1, rho=1.0)
+    plain = layer_groups("ivector_cluster", counts, frames, classes, 1, rho=1.0, fdr=0.05)
     tested = layer_groups("ivector_cluster_tested", counts, frames, classes, 1, rho=1.0, fdr=0.05)
     assert np.flatnonzero(plain[0]).tolist() == [0] and np.flatnonzero(plain[1]).tolist() == [1]
     # cluster 1's neuron 1 needs every SSL class significant (rho = 1): (1, 1) with 1 frame is not

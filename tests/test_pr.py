@@ -135,7 +135,7 @@ class FakeUpstream(nn.Module):
     """Frames of 160 samples; hidden_l[t] = features of frame t's own samples (no context, so batching
     and padding change nothing), scaled per layer."""
 
-    num_layers, hidden_dim = 2, 4
+    num_layers, hidden_dim, sample_rate = 2, 4, 16000
 
     def __init__(self):
         super().__init__()

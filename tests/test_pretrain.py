@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from speaker_neurons.batching import length_batches as make_batches
+from speaker_neurons.config import complete
 from speaker_neurons.kmeans import cluster_utterance_frames as kmeans_targets
 from speaker_neurons.pretrain.loop import lr_at
 from speaker_neurons.pretrain.masking import expected_mask_fraction, span_mask
+
+TRAIN = complete({})["pretrain"]["train"]
+MIN_MASKS = TRAIN["min_masks"]
 
 
 def _runs(row: np.ndarray) -> list[int]:
@@ -23,10 +27,10 @@ def _runs(row: np.ndarray) -> list[int]:
 
 # ------------------------------------------------------------------------------------------ masking
 def test_span_mask_fraction_matches():
-    m = span_mask([3000] * 16, mask_prob=0.7, mask_length=5, rng=0)
+    m = span_mask([3000] * 16, mask_prob=0.7, mask_length=5, min_masks=MIN_MASKS, rng=0)
     frac = m.float().mean().item()
     assert abs(frac - expected_mask_fraction(0.7, 5)) < 0.02
-    m = span_mask([3000] * 16, mask_prob=0.3, mask_length=5, rng=0)
+    m = span_mask([3000] * 16, mask_prob=0.3, mask_length=5, min_masks=MIN_MASKS, rng=0)
     assert abs(m.float().mean().item() - expected_mask_fraction(0.3, 5)) < 0.02
 
 
@@ -36,7 +40,7 @@ def test_span_mask_spans_have_mask_length():
     for row in m:
         assert _runs(row) == [5]
     # sparse masks: every run is a union of whole spans (>= 5), and isolated spans are exactly 5
-    m = span_mask([4000] * 4, mask_prob=0.1, mask_length=5, rng=2).numpy()
+    m = span_mask([4000] * 4, mask_prob=0.1, mask_length=5, min_masks=MIN_MASKS, rng=2).numpy()
     runs = sum((_runs(r) for r in m), [])
     assert min(runs) >= 5
     assert np.mean(np.array(runs) == 5) > 0.8
@@ -44,7 +48,7 @@ def test_span_mask_spans_have_mask_length():
 
 def test_span_mask_never_masks_padding():
     lengths = torch.tensor([10, 37, 3, 100, 5])
-    m = span_mask(lengths, 120, mask_prob=0.9, mask_length=5, rng=3)
+    m = span_mask(lengths, 120, mask_prob=0.9, mask_length=5, min_masks=MIN_MASKS, rng=3)
     assert m.shape == (5, 120) and m.dtype == torch.bool
     for b, n in enumerate(lengths.tolist()):
         assert not m[b, n:].any()
@@ -54,9 +58,10 @@ def test_span_mask_never_masks_padding():
 
 
 def test_span_mask_seeded():
-    a = span_mask([300, 250, 120], mask_prob=0.7, rng=7)
-    b = span_mask([300, 250, 120], mask_prob=0.7, rng=np.random.default_rng(7))
-    c = span_mask([300, 250, 120], mask_prob=0.7, rng=8)
+    kw = dict(mask_prob=0.7, mask_length=TRAIN["mask_length"], min_masks=MIN_MASKS)
+    a = span_mask([300, 250, 120], rng=7, **kw)
+    b = span_mask([300, 250, 120], rng=np.random.default_rng(7), **kw)
+    c = span_mask([300, 250, 120], rng=8, **kw)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -74,7 +79,7 @@ def _blobs(seed=0, k=6, per=300, dim=8):
 
 def test_kmeans_targets_deterministic_by_seed():
     utts = _blobs()
-    kw = dict(max_frames=1000, batch_size=256, n_init=2, threads=1)
+    kw = dict(max_frames=1000, batch_size=256, max_iter=TRAIN["kmeans_max_iter"], n_init=2, threads=1)
     t1, i1 = kmeans_targets(utts, 6, seed=3, **kw)
     t2, i2 = kmeans_targets([torch.from_numpy(u) for u in utts], 6, seed=3, **kw)
     assert [len(t) for t in t1] == [len(u) for u in utts]
@@ -217,7 +222,7 @@ def test_pretrained_model_reloads_identically(trained):
     model = load_native(out / "model")
     model.eval()
     path = read_manifest(manifest)["path"].iloc[-1]
-    wav, _ = load_audio(path)
+    wav, _ = load_audio(path, model.sample_rate)
     w = torch.from_numpy(wav)[None]
     lens = torch.tensor([w.shape[1]])
     with torch.no_grad():

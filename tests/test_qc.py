@@ -6,9 +6,26 @@ import pandas as pd
 import pytest
 import soundfile
 
+from speaker_neurons.config import complete
 from speaker_neurons.data import qc as qc_mod
 from speaker_neurons.data.manifest import COLUMNS, ManifestError, read_manifest, write_manifest
-from speaker_neurons.data.qc import QCError, run_qc
+from speaker_neurons.data.qc import QCError
+
+QC = complete({})["qc"]
+QC_ARGS = {"min_duration": QC["min_duration"], "max_bad_fraction": QC["max_bad_fraction"], "target_sr": QC["sample_rate"],
+           "keep_truncated": QC["keep_truncated"], "silence_peak": QC["silence_peak"]}
+
+
+def run_qc(df, report, **kw):
+    """`qc.run_qc` with the config's qc section, `kw` overriding it."""
+    return qc_mod.run_qc(df, report, **{**QC_ARGS, **kw})
+
+
+def check_file(path, **kw):
+    """`qc.check_file` with the config's qc section, `kw` overriding it."""
+    args = {**QC_ARGS, **kw}
+    args.pop("max_bad_fraction")
+    return qc_mod.check_file(path, **args)
 
 
 def _manifest(paths, ids=None):
@@ -218,7 +235,7 @@ def test_audio_qc_adapter(tmp_path, write_audio, run_adapter):
         "audio_qc",
         input={"manifest": str(raw)},
         output={"manifest": str(out), "report": str(report), "provenance": str(tmp_path / "qc/provenance/audio_qc.json")},
-        params={"qc": {"min_duration": 0.5, "max_bad_fraction": 0.3, "sample_rate": 16000}},
+        params={"qc": {**QC, "min_duration": 0.5, "max_bad_fraction": 0.3}},
         log=[str(log)],
         threads=2,
     )
@@ -244,7 +261,7 @@ def _wav_with_short_data(path, declared_s, present_s, sr=16000):
 
 
 def test_truncated_wav_is_named_and_rejected_or_kept_on_request(tmp_path):
-    from speaker_neurons.data.qc import check_file, container_problem, run_qc
+    from speaker_neurons.data.qc import container_problem
 
     bad = tmp_path / "trunc.wav"
     _wav_with_short_data(bad, 4.0, 1.0)
@@ -269,8 +286,6 @@ def test_truncated_flac_is_not_silently_accepted(tmp_path):
     """A FLAC cut short: libsndfile stops at the broken frame, so the file is rejected, never read as
     the shorter part."""
     import soundfile as sf
-
-    from speaker_neurons.data.qc import check_file
 
     x = (0.1 * np.random.default_rng(1).standard_normal(48000)).astype(np.float32)
     p = tmp_path / "a.flac"

@@ -29,16 +29,16 @@ def _manifest(tmp_path, durations, sr=16000):
 def test_segments_crop_and_drop_short_remainders(tmp_path):
     m = pd.DataFrame({"utt_id": ["a", "b"], "path": ["a.wav", "b.wav"], "speaker": ["x", "y"],
                       "split": ["train", "test"], "duration": [2.3, 2.6]})
-    segs = sid.segments(m, 1.0)
+    segs = sid.segments(m, 1.0, 16000)
     assert segs["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1", "b#2"]
     assert segs["end"].tolist() == [16000, 32000, 16000, 32000, 41600]
-    assert sid.segments(m, None)["end"].tolist() == [36800, 41600]
+    assert sid.segments(m, None, 16000)["end"].tolist() == [36800, 41600]
 
 
 @pytest.mark.parametrize("kind", ["melhubert", "wav2vec2"])
 def test_pooled_shortcut_equals_the_frame_level_head(kind, tmp_path):
     model = tiny(kind)
-    segs = sid.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6)
+    segs = sid.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6, model.sample_rate)
     pooled = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
     torch.manual_seed(0)
     head = sid.SIDHead(list(range(model.num_layers + 1)), model.hidden_dim, 5)
@@ -48,7 +48,7 @@ def test_pooled_shortcut_equals_the_frame_level_head(kind, tmp_path):
         for i, r in segs.iterrows():  # one segment at a time, through the frames
             from speaker_neurons.audio import load_audio
 
-            w = torch.from_numpy(load_audio(r.path)[0][r.start : r.end].copy())[None]
+            w = torch.from_numpy(load_audio(r.path, model.sample_rate)[0][r.start : r.end].copy())[None]
             out = model(w, torch.tensor([w.shape[1]]), return_ffn=False)
             slow = head.forward_frames(out.hidden, out.frame_mask())
             assert float((slow[0] - fast[i]).abs().max()) < 1e-4
@@ -176,12 +176,12 @@ def test_sid_needs_speakers_and_every_split():
     m = pd.DataFrame({"utt_id": ["a", "b", "c"], "path": ["a.wav"] * 3, "speaker": ["x", "y", "x"],
                       "split": ["train", "test", "train"], "duration": [1.0] * 3})
     with pytest.raises(ValueError, match="m.tsv: .* no dev segments.*sid.enabled: false"):
-        sid.check_splits(sid.segments(m, None), "m.tsv")
+        sid.check_splits(sid.segments(m, None, 16000), "m.tsv")
     m["split"] = ["train", "dev", "test"]
-    sid.check_splits(sid.segments(m, None), "m.tsv")
+    sid.check_splits(sid.segments(m, None, 16000), "m.tsv")
     m["speaker"] = ""
     with pytest.raises(ValueError, match="no speaker names"):
-        sid.check_splits(sid.segments(m, None), "m.tsv")
+        sid.check_splits(sid.segments(m, None, 16000), "m.tsv")
 
 
 @pytest.mark.parametrize("frame_period,crop", [(20, 0.6), (10, 0.35), (20, 0.25)])
@@ -192,9 +192,9 @@ def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, 
 
     model = tiny("melhubert20" if frame_period == 20 else "melhubert")
     man = _manifest(tmp_path, [1.31, 0.93, 2.07])
-    segs = sid.segments(man, crop)
+    segs = sid.segments(man, crop, model.sample_rate)
     for path, g in segs.groupby("path"):
-        wav = torch.from_numpy(load_audio(path)[0])
+        wav = torch.from_numpy(load_audio(path, model.sample_rate)[0])
         bounds = list(zip(g["start"], g["end"]))
         sliced = model.segment_features(wav, bounds)
         assert (sliced is None) == (frame_period == 20 and crop == 0.25)
@@ -212,3 +212,27 @@ def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, 
     slow = np.zeros_like(fast)
     sid._pool_from_audio(model, segs, slow, 2.0, 32, __import__("tqdm").tqdm(disable=True), torch.device("cpu"))
     assert float(np.abs(fast - slow).max()) < 1e-4
+
+
+def test_a_pooled_file_keeps_its_segments_and_joins_paths_by_utterance(tmp_path):
+    """The erase ablation reads the segments from the pooled file (not rebuilt from the config), the audio
+    paths joined from the manifest by utt_id; a manifest without those utterances is named."""
+    from speaker_neurons.data.manifest import write_manifest
+
+    model = tiny("melhubert")
+    m = _manifest(tmp_path, [1.3, 0.7, 2.1, 1.6, 1.2, 1.9])
+    m["split"] = ["train", "train", "dev", "dev", "test", "test"]
+    m["gender"], m["sample_rate"] = "F", 16000
+    write_manifest(m, tmp_path / "m.tsv")
+    info = sid.pool_to_file(model, tmp_path / "m.tsv", 0.6, tmp_path / "pooled.npz", max_batch_seconds=2.0)
+    want = sid.segments(m, 0.6, model.sample_rate)
+    assert info["segments"] == len(want)
+    reversed_manifest = m.iloc[::-1].reset_index(drop=True)  # the join is by utt_id, not by row order
+    write_manifest(reversed_manifest, tmp_path / "r.tsv")
+    got = sid.read_segments(tmp_path / "pooled.npz", tmp_path / "r.tsv")
+    pd.testing.assert_frame_equal(got[list(want.columns)].astype(str), want.astype(str))
+    data, L = sid.load_pooled(tmp_path / "pooled.npz")
+    assert L == model.num_layers and data.pooled.shape[0] == len(want)
+    write_manifest(m[m["utt_id"] != "u4"], tmp_path / "short.tsv")
+    with pytest.raises(ValueError, match="short.tsv.*u4"):
+        sid.read_segments(tmp_path / "pooled.npz", tmp_path / "short.tsv")

@@ -76,17 +76,6 @@ def test_every_rule_has_a_stage_and_declares_its_provenance():
         assert "run_stage.py" in block and "provenance=" in block, name
 
 
-def test_the_rules_declare_exactly_the_package_neuron_sets():
-    import re
-    from pathlib import Path
-
-    from speaker_neurons.analysis.neuron_sets import SET_NAMES
-
-    text = (Path(__file__).resolve().parents[1] / "rules" / "common.smk").read_text()
-    block = re.search(r"^NEURON_SETS = \[(.*?)\]", text, flags=re.M | re.S).group(1)
-    assert tuple(re.findall(r'"(\w+)"', block)) == SET_NAMES
-
-
 def test_progress_bars_go_to_the_rule_log(tmp_path, package_logs):
     """A batch job has no terminal: what a stage writes to stderr (tqdm's bars) lands in its log too."""
     import sys
@@ -109,3 +98,92 @@ def test_progress_bars_go_to_the_rule_log(tmp_path, package_logs):
         del stages.STAGES["bars"]
     log = (tmp_path / "bars.log").read_text()
     assert "stage bars" in log and "counting frames: 100%" in log and "3/3" in log
+
+
+def test_every_stage_is_one_call_into_the_package():
+    """No stage holds domain logic: each is a short adapter (at most 12 lines of body)."""
+    import inspect
+
+    long = {}
+    for name, fn in stages.STAGES.items():
+        body = [ln for ln in inspect.getsource(fn).splitlines() if ln.strip()]
+        body = body[body.index(next(ln for ln in body if ln.startswith("def "))) + 1:]
+        if len(body) > 12:
+            long[name] = len(body)
+    assert not long, f"stages longer than 12 lines: {long}"
+
+
+def test_inputs_are_joined_by_name_and_the_model_comes_from_its_input(tmp_path):
+    """`ctx.keyed` gives the inputs named <prefix>/<key> whatever their order; `ctx.model` loads the
+    weights of the declared input (not a path in the params)."""
+    import torch
+
+    from test_models import tiny
+
+    from speaker_neurons.models import load_upstream, save_upstream
+
+    ctx = stages.StageContext("x", {"evidence/b/k3": "3.json", "table/a": "a.tsv", "evidence/a/k5": "5.json",
+                                    "table/b": "b.tsv", "manifest": "m.tsv"}, {}, {})
+    assert ctx.keyed("table") == {"a": "a.tsv", "b": "b.tsv"}
+    assert ctx.keyed("evidence") == {"b/k3": "3.json", "a/k5": "5.json"}
+    assert ctx.keyed("manifest") == {}
+
+    a = tiny("melhubert")
+    save_upstream(a, tmp_path / "a")
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)
+    save_upstream(a, tmp_path / "b")
+    ctx = stages.StageContext("x", {"model": str(tmp_path / "b")}, {},
+                              {"upstream": {"kind": "melhubert", "format": "native"}}, device="cpu")
+    got = ctx.model()
+    want = load_upstream({"kind": "melhubert", "format": "native", "path": str(tmp_path / "b")}, device="cpu")
+    other = load_upstream({"kind": "melhubert", "format": "native", "path": str(tmp_path / "a")}, device="cpu")
+    w = dict(got.named_parameters())
+    assert all(torch.equal(v, dict(want.named_parameters())[k]) for k, v in w.items())
+    assert not all(torch.equal(v, dict(other.named_parameters())[k]) for k, v in w.items())
+
+
+def _in_a_fresh_process(code: str) -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_a_stage_that_runs_no_model_starts_without_torch(tmp_path):
+    """A job's start-up is mostly importing torch: the stages that run no model (tables, sets, reports)
+    never load it; and their inputs are joined by key (table/k5 first, the table still in k order)."""
+    for k, n in ((3, 7), (5, 2)):
+        (tmp_path / f"k{k}.tsv").write_text(f"layer\tssl_cluster\n1\t{n}\ntotal\t{n}\n")
+    outs = {"table": str(tmp_path / "all.tsv"), "provenance": str(tmp_path / "prov.json")}
+    _in_a_fresh_process(f"""
+import sys
+from speaker_neurons.stages import run_stage
+run_stage("neuron_counts_summary", {{"table/k5": {str(tmp_path / "k5.tsv")!r}, "table/k3": {str(tmp_path / "k3.tsv")!r}}},
+          {outs!r}, {{}}, log_path={str(tmp_path / "l.log")!r}, threads=1, config={{"upstream": {{"device": "auto"}}}})
+assert "torch" not in sys.modules, "torch was loaded"
+""")
+    rows = (tmp_path / "all.tsv").read_text().splitlines()
+    assert rows == ["k_ssl\tlayer\tssl_cluster", "3\t1\t7", "3\ttotal\t7", "5\t1\t2", "5\ttotal\t2"]
+    assert "no device (it runs no model)" in (tmp_path / "l.log").read_text()
+
+
+def test_a_stage_that_loads_torch_itself_gets_the_configured_threads(tmp_path):
+    """torch not loaded when the stage starts: it reads the thread count from the environment when the
+    stage imports it (1 here, not the machine's default)."""
+    _in_a_fresh_process(f"""
+import sys
+from speaker_neurons import stages
+
+def probe(ctx):
+    import torch
+    ctx.out("result").write_text(str(torch.get_num_threads()))
+    return {{}}
+
+stages.STAGES["probe"] = probe
+assert "torch" not in sys.modules
+stages.run_stage("probe", {{}}, {{"result": {str(tmp_path / "n.txt")!r}}}, {{"compute_threads": 1}},
+                 log_path={str(tmp_path / "l.log")!r}, threads=2)
+""")
+    assert (tmp_path / "n.txt").read_text() == "1"

@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 
 from speaker_neurons import statistics, summary
+from speaker_neurons.config import complete
+
+CONTROLS = complete({})["controls"]
 
 
 @pytest.mark.parametrize("a,a_ci,b,b_ci,expect", [
@@ -42,7 +45,7 @@ def test_build_summary(tmp_path):
                                                              "protected_lost_total": 0})})
     (tmp_path / "purity.tsv").write_text("ivector_cluster\tF\tM\tmajority\tpurity\n0\t90\t10\tF\t0.9\n1\t5\t95\tM\t0.95\n")
     out = summary.build_summary(models, None, tmp_path / "purity.tsv", 3, tmp_path / "s.tsv", tmp_path / "s.md",
-                                tmp_path / "s.png")
+                                tmp_path / "s.png", controls=CONTROLS)
     t = pd.read_csv(tmp_path / "s.tsv", sep="\t")
     assert out["rows"] == len(t)
     row = t[(t["metric"] == "accuracy_all") & (t["model"] == "m-protected-pset")].iloc[0]

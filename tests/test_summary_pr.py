@@ -10,6 +10,9 @@ import pandas as pd
 import pytest
 
 from speaker_neurons import summary
+from speaker_neurons.config import complete
+
+CONTROLS = complete({})["controls"]
 
 
 def _pr(per, lo, hi):
@@ -34,7 +37,7 @@ def test_pr_rows_verdicts_and_corpora(tmp_path):
                                                              "protected_lost_total": 0})})
     corpora = {"analysis": "ana", "pretrain": "ana", "sid": "ev", "pr": "ev"}
     summary.build_summary(models, None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
-                          out_pr_png=tmp_path / "p.png", corpora=corpora)
+                          controls=CONTROLS, out_pr_png=tmp_path / "p.png", corpora=corpora)
     t = pd.read_csv(tmp_path / "s.tsv", sep="\t", keep_default_na=False)
     row = t[(t["section"] == "pr") & (t["metric"] == "per_all") & (t["model"] == "m")].iloc[0]
     assert float(row["value"]) == pytest.approx(0.30) and float(row["paper"]) == pytest.approx(0.0817)
@@ -55,6 +58,7 @@ def test_pr_rows_verdicts_and_corpora(tmp_path):
 
 def test_an_evaluation_on_the_analysis_corpus_is_said(tmp_path):
     summary.build_summary([], None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
-                          out_pr_png=tmp_path / "p.png", corpora={"analysis": "c", "pretrain": "c", "sid": "c"})
+                          controls=CONTROLS, out_pr_png=tmp_path / "p.png",
+                          corpora={"analysis": "c", "pretrain": "c", "sid": "c"})
     assert "**an evaluation runs on the corpus the neurons are found on**" in (tmp_path / "s.md").read_text()
     assert (tmp_path / "p.png").exists()

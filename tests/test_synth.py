@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from speaker_neurons.config import defaults
 from speaker_neurons.data import phones as ph
 from speaker_neurons.data import synth
 from speaker_neurons.data.text import SentenceGenerator, generate_sentences, vocabulary
+
+DEMO = defaults("corpus.demo")
 
 # ---- pure units -------------------------------------------------------------------------------------
 
@@ -79,7 +82,7 @@ def test_split_counts(n, split, expect):
 
 
 def test_plan_speakers_default():
-    specs = synth.plan_speakers(48, seed=0)
+    specs = synth.plan_speakers(48, None, seed=0)
     ids = [s.speaker for s in specs]
     assert ids == sorted(ids) and len(set(ids)) == 48
     assert sum(s.gender == "F" for s in specs) == 24
@@ -107,16 +110,16 @@ def test_plan_speakers_default():
     for s in specs:
         if s.voice == "rms":
             assert s.pitch_semitones == pytest.approx(-12 * np.log2(s.vtl_factor), abs=1e-3)
-    assert synth.plan_speakers(48, seed=0) == specs
-    assert synth.plan_speakers(48, seed=1) != specs
+    assert synth.plan_speakers(48, None, seed=0) == specs
+    assert synth.plan_speakers(48, None, seed=1) != specs
 
 
 def test_plan_speakers_subset_and_errors():
     specs = synth.plan_speakers(6, ["us1", "slt", "picous", "us2", "awb", "ked"], seed=3)
     assert [s.speaker for s in specs] == ["f01_us1", "f02_slt", "f03_picous", "m01_us2", "m02_awb", "m03_ked"]
-    assert [s.gender for s in synth.plan_speakers(3, ["us2", "awb"])] == ["M", "M", "M"]
+    assert [s.gender for s in synth.plan_speakers(3, ["us2", "awb"], seed=0)] == ["M", "M", "M"]
     with pytest.raises(ValueError, match="unknown voice"):
-        synth.plan_speakers(4, ["us1", "nope"])
+        synth.plan_speakers(4, ["us1", "nope"], seed=0)
 
 
 def test_sentence_generator():
@@ -149,7 +152,7 @@ def test_missing_voices_named(monkeypatch, tmp_path):
     monkeypatch.setattr(synth, "FESTIVAL_VOICE_DIR", tmp_path / "festival")
     monkeypatch.setattr(synth, "PICO_LANG_DIR", tmp_path / "pico")
     with pytest.raises(synth.SynthesizerMissingError) as e:
-        synth.synthesize_corpus(tmp_path / "out", n_speakers=3, utterances_per_speaker=1,
+        synth.synthesize_corpus(tmp_path / "out", **{**DEMO, "n_speakers": 3, "utterances_per_speaker": 1},
                                 voices=["us2", "rab", "picogb"])
     msg = str(e.value)
     assert "MBROLA voice us2" in msg and "mbrola-us2" in msg
@@ -167,7 +170,7 @@ needs_synth = pytest.mark.skipif(bool(missing), reason=f"synthesizers not instal
 slow = pytest.mark.slow  # synthesizes a corpus
 
 SMALL = dict(seed=5, n_speakers=6, utterances_per_speaker=3, min_duration=2.0, max_duration=8.0,
-             split=(16, 4, 4), voices=["us1", "slt", "picous", "us2", "awb", "ked"])
+             split=(16, 4, 4), channel=None, voices=["us1", "slt", "picous", "us2", "awb", "ked"])
 
 
 def _tsv(path):
@@ -285,7 +288,7 @@ def test_vtl_scales_mbrola_timings_exactly():
 @slow
 @needs_synth
 def test_adapter(run_adapter, tmp_path):
-    demo = dict(seed=1, n_speakers=2, utterances_per_speaker=2, min_duration=1.0, max_duration=8.0,
+    demo = dict(DEMO, seed=1, n_speakers=2, utterances_per_speaker=2, min_duration=1.0, max_duration=8.0,
                 split=[1, 1, 0], voices=["us1", "kal16"])
     run_adapter("synthesize_demo_corpus", log=[str(tmp_path / "log.txt")],
                 output={"corpus_dir": str(tmp_path / "demo")}, params={"demo": demo}, threads=1)

@@ -121,7 +121,8 @@ def test_schema_fills_defaults_for_keys_left_out():
     config: dict = {}
     validate(config, SCHEMA)
     assert config["corpus"]["source"] == "demo"
-    assert config["qc"] == {"min_duration": 0.5, "max_bad_fraction": 0.05, "sample_rate": 16000, "keep_truncated": False}
+    assert config["qc"] == {"min_duration": 0.5, "max_bad_fraction": 0.05, "sample_rate": 16000, "keep_truncated": False,
+                            "silence_peak": 1e-6}
     assert config["analysis"]["k_ssl"] == [3] and config["analysis"]["rho"] == 0.8
     assert config["analysis"]["top_fraction"] == 0.01 and config["analysis"]["k_ivector"] == 2
 
@@ -156,13 +157,21 @@ def test_package_defaults_come_from_the_schema():
     model = props["pretrain"]["properties"]["model"]["properties"]
     assert DEMO_MODEL_CONFIG == {k: v["default"] for k, v in model.items()}
     assert set(model) <= set(MELHUBERT_DEFAULTS)  # every schema key is one the model accepts
-    from speaker_neurons.__main__ import FORMATS as CLI_FORMATS
-    from speaker_neurons.models.loader import FORMATS
-
-    entry = props["models"]["items"]["properties"]
-    assert set(CLI_FORMATS) == set(FORMATS) == set(entry["format"]["enum"])  # three lists, one truth
     with pytest.raises(ValueError, match="max_step"):
         config.resolve("pretrain.train", {"max_step": 3})
+
+
+def test_the_package_lists_are_the_schema_enums():
+    """A name list the package defines (with what each name means) is the one the schema allows."""
+    from speaker_neurons import pruning, sid
+    from speaker_neurons.analysis.neuron_sets import SET_NAMES
+    from speaker_neurons.config import choices
+    from speaker_neurons.data.manifest import BUILDERS
+
+    assert SET_NAMES == choices("prune.protected_sets[]") and set(choices("erase.sets[]")) <= set(SET_NAMES)
+    assert sid.LAYER_SETS == choices("sid.layer_sets[]")
+    assert pruning.STRATEGIES == choices("prune.strategies[]")
+    assert set(BUILDERS) == set(choices("corpus.source"))
 
 
 @slow

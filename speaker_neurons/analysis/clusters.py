@@ -13,15 +13,22 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from speaker_neurons.analysis.features import iter_feature_shards
-from speaker_neurons.kmeans import assign, fit_kmeans, sample_indices
 from speaker_neurons.utils import get_logger, save_npz
 
 log = get_logger("clusters")
 
+#: The fit settings of the frame k-means (`speaker_neurons.kmeans.fit_kmeans`); analysis.max_frames and
+#: analysis.seed are the config's, these are not config keys.
+FRAME_KMEANS_FIT = {"batch_size": 10_000, "max_iter": 100, "n_init": 3}
+# (torch, through speaker_neurons.kmeans, is imported by the functions that compute: reading labels and
+# clusters does not need it, so the jobs that only read them start fast)
+
 
 def sample_frames(feature_dir: str | Path, max_frames: int, seed: int) -> np.ndarray:
     """At most `max_frames` frames drawn uniformly without replacement (seeded), as float32."""
+    from speaker_neurons.analysis.features import iter_feature_shards
+    from speaker_neurons.kmeans import sample_indices
+
     index = pd.read_csv(Path(feature_dir) / "index.tsv", sep="\t")
     keep = sample_indices(int(index["frames"].sum()), max_frames, seed)
     parts = []
@@ -37,13 +44,18 @@ def sample_frames(feature_dir: str | Path, max_frames: int, seed: int) -> np.nda
     return np.concatenate(parts, axis=0)
 
 
-def fit_frame_kmeans(feature_dir: str | Path, k: int, max_frames: int = 1_000_000, seed: int = 0, threads: int | None = None):
+def fit_frame_kmeans(feature_dir: str | Path, k: int, max_frames: int, seed: int, threads: int | None = None):
     """The package's frame k-means (speaker_neurons.kmeans) on a seeded sample of frames."""
-    return fit_kmeans(sample_frames(feature_dir, max_frames, seed), k, seed=seed, threads=threads)
+    from speaker_neurons.kmeans import fit_kmeans
+
+    return fit_kmeans(sample_frames(feature_dir, max_frames, seed), k, seed=seed, threads=threads, **FRAME_KMEANS_FIT)
 
 
 def assign_frames(feature_dir: str | Path, centroids: np.ndarray) -> dict[str, np.ndarray]:
     """Nearest-centroid label of every frame, per utterance (int16)."""
+    from speaker_neurons.analysis.features import iter_feature_shards
+    from speaker_neurons.kmeans import assign
+
     labels: dict[str, np.ndarray] = {}
     for utt_ids, feats, lengths in iter_feature_shards(feature_dir):
         lab = assign(feats, centroids).astype(np.int16)
@@ -87,7 +99,7 @@ def export_hubert(labels: dict[str, np.ndarray], manifest: pd.DataFrame, tsv_pat
 
 def run_frame_clustering(feature_dir: str | Path, manifest_path: str | Path, k: int, labels_npz: str | Path,
                          centroids_npy: str | Path, hubert_tsv: str | Path, hubert_km: str | Path, kmeans_json: str | Path,
-                         max_frames: int = 1_000_000, seed: int = 0, threads: int | None = None) -> dict:
+                         max_frames: int, seed: int, threads: int | None = None) -> dict:
     """Fit, label every frame, and write the given files: labels (npz, one int16 array per
     utterance), centroids (npy), the HuBERT .tsv/.km pair and a JSON summary."""
     from speaker_neurons.data.manifest import read_manifest
@@ -104,7 +116,7 @@ def run_frame_clustering(feature_dir: str | Path, manifest_path: str | Path, k: 
     return info
 
 
-def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: int = 0, n_init: int = 100) -> dict[str, int]:
+def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: int, n_init: int) -> dict[str, int]:
     """k-means on utterance vectors (i-vectors), the best of `n_init` initialisations by the k-means
     objective; clusters renumbered by size (largest = 0) so the numbering does not depend on the
     initialisation. The k = 2 objective of small i-vectors has several near-equal optima: with 10
@@ -134,7 +146,7 @@ def _agreement(labels: np.ndarray, vector_sets, kmeans_seeds, k: int, n_init: in
             "mean_ari": float(np.mean(aris)) if aris else None}
 
 
-def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, n_init: int = 100) -> dict:
+def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, n_init: int) -> dict:
     """Adjusted Rand index between `labels` and the partition `cluster_utterances` gives with each of
     `seeds`: 1 = the same partition, about 0 = unrelated. Labels are used nowhere."""
     seeds = list(seeds)
@@ -142,7 +154,7 @@ def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, 
 
 
 def extractor_stability(other_vectors: np.ndarray, seeds, labels: np.ndarray, k: int, seed: int,
-                        n_init: int = 100) -> dict:
+                        n_init: int) -> dict:
     """Adjusted Rand index between `labels` and the partition of each other extractor's i-vectors
     (`other_vectors[i]`: (U, dim), the same utterances in the same order, from an extractor trained with
     `seeds[i]`), each clustered exactly as the chosen one was (`cluster_utterances`, same k-means seed)."""
@@ -192,7 +204,7 @@ def read_utterance_clusters(path: str | Path) -> dict[str, int]:
     return dict(zip(df["utt_id"], df["cluster"].astype(int)))
 
 
-def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: int = 2) -> tuple[np.ndarray, bool]:
+def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: int) -> tuple[np.ndarray, bool]:
     """Join frame labels to `n_frames` model frames of one utterance by frame index.
 
     Lengths that differ by at most `max_mismatch` (different front ends) are truncated to the
@@ -209,3 +221,27 @@ def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: i
     m = min(len(labels), n_frames)
     out[:m] = labels[:m]
     return out, diff != 0
+
+
+def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds_npz: str | Path | None,
+                         params: dict, out_clusters: str | Path, out_purity_tsv: str | Path,
+                         out_purity_png: str | Path, out_stability: str | Path) -> dict:
+    """k-means of the i-vectors (`clusters.tsv`), the clusters against gender (where the manifest has it)
+    and their stability (JSON). `params`: k, seed, n_init, stability_runs, stability_warn_below."""
+    import json
+
+    from speaker_neurons.analysis.ivector import read_ivectors
+    from speaker_neurons.analysis.report import write_gender_purity
+    from speaker_neurons.data.manifest import read_manifest
+
+    k, seed, n_init = int(params["k"]), int(params["seed"]), int(params["n_init"])
+    utt_ids, vecs = read_ivectors(scp)
+    vecs = np.asarray(vecs)
+    labels = cluster_utterances(list(utt_ids), vecs, k, seed, n_init)
+    write_utterance_clusters(labels, out_clusters)
+    purity = write_gender_purity(labels, read_manifest(manifest_path), out_purity_tsv, out_purity_png)
+    stab = cluster_stability(vecs, utt_ids, np.array([labels[u] for u in utt_ids]), k, seed, n_init,
+                             int(params["stability_runs"]), params["stability_warn_below"], other_seeds_npz or None)
+    Path(out_stability).write_text(json.dumps(stab, indent=2, sort_keys=True, default=str) + "\n")
+    return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
+            "stability": stab}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -37,18 +37,17 @@ def _phone_purity(evidence: Mapping) -> float | None:
     return round(float(np.mean([v["pct"] for v in maj.values()])), 2)
 
 
-def compare_models(models: Sequence[str], tables: Sequence[str | os.PathLike],
-                   evidence: Mapping[tuple[str, int], str | os.PathLike], describe: Sequence[str | os.PathLike],
-                   counts_tsv, models_tsv, plot_png) -> dict:
-    """`tables[i]`, `describe[i]`: model i's stacked neuron counts and `describe` JSON; `evidence`:
-    the evidence JSON of each (model, k_ssl)."""
+def compare_models(tables: Mapping[str, str | os.PathLike], evidence: Mapping[tuple[str, int], str | os.PathLike],
+                   describe: Mapping[str, str | os.PathLike], counts_tsv, models_tsv, plot_png) -> dict:
+    """`tables[model]`, `describe[model]`: a model's stacked neuron counts and `describe` JSON (one row
+    group per model, in the order of `tables`); `evidence[(model, k_ssl)]`: its evidence JSON."""
     long = []
     rows = []
-    for name, table, info_path in zip(models, tables, describe):
+    for name, table in tables.items():
         df = pd.read_csv(table, sep="\t", dtype={"layer": str})
         df.insert(0, "model", name)
         long.append(df)
-        info = json.loads(Path(info_path).read_text())
+        info = json.loads(Path(describe[name]).read_text())
         for k in sorted(df["k_ssl"].unique()):
             ev = json.loads(Path(evidence[(name, int(k))]).read_text())
             total = df[(df["k_ssl"] == k) & (df["layer"] == "total")].iloc[0]
@@ -63,7 +62,7 @@ def compare_models(models: Sequence[str], tables: Sequence[str | os.PathLike],
     table = pd.DataFrame(rows)
     table.to_csv(models_tsv, sep="\t", index=False)
     _plot_totals(table, Path(plot_png))
-    return {"models": list(models), "rows": len(table)}
+    return {"models": list(tables), "rows": len(table)}
 
 
 def _plot_totals(table: pd.DataFrame, path: Path) -> None:

@@ -38,15 +38,18 @@ def frame_period(model) -> float:
 def extract_layer_features(
     model,
     manifest: pd.DataFrame,
-    layer: int,
+    layer: int | str | None,
     out_dir: str | Path,
     shard_frames: int = 500_000,
-    max_batch_seconds: float = 60.0,
+    *,
+    max_batch_seconds: float,
     progress: bool = True,
 ) -> dict:
-    """Write the hidden states of `layer` for every utterance into float16 shards under `out_dir`."""
+    """Write the hidden states of `layer` for every utterance into float16 shards under `out_dir`
+    (`layer` "auto" or None: `default_feature_layer`)."""
     from tqdm import tqdm
 
+    layer = default_feature_layer(model.num_layers) if layer in (None, "auto") else int(layer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not 0 <= layer <= model.num_layers:
@@ -74,7 +77,7 @@ def extract_layer_features(
         buf, ids, lens, buffered = [], [], [], 0
 
     bar = tqdm(total=len(manifest), desc=f"layer-{layer} features", unit="utt", disable=not progress)
-    for batch in audio_batches(manifest, max_batch_seconds=max_batch_seconds):
+    for batch in audio_batches(manifest, max_batch_seconds, model.sample_rate):
         out = model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
         hid = out.hidden[layer]
         for i, u in enumerate(batch.utt_ids):

@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from speaker_neurons.analysis.kaldi_io_utils import read_vectors, write_vectors
+from speaker_neurons.config import choices as config_choices
 from speaker_neurons.config import defaults as config_defaults
 from speaker_neurons.config import resolve as config_resolve
 
@@ -87,8 +88,8 @@ DEFAULT_IVECTOR_CONFIG.pop("kaldi_ivectors", None)
 def resolve_ivector_config(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The schema's defaults overlaid with `config`; an unknown key raises naming it."""
     cfg = config_resolve("ivector", config, exclude=("kaldi_ivectors",))
-    if cfg["cmn"] not in ("sliding", "utterance", "none"):
-        raise ValueError(f"cmn must be sliding|utterance|none, got {cfg['cmn']!r}")
+    if cfg["cmn"] not in config_choices("ivector.cmn"):
+        raise ValueError(f"cmn must be {'|'.join(config_choices('ivector.cmn'))}, got {cfg['cmn']!r}")
     for k in ("ubm_components", "ivector_dim", "ubm_iters", "tv_iters", "num_ceps", "num_mel_bins"):
         if int(cfg[k]) < (0 if k.endswith("iters") else 1):
             raise ValueError(f"{k} must be positive, got {cfg[k]!r}")
@@ -156,10 +157,10 @@ def kaldi_mfcc(waveform: np.ndarray | torch.Tensor, cfg: dict[str, Any], device=
 
 def compute_vad(
     log_energy: torch.Tensor,
-    energy_threshold: float = 5.5,
-    energy_mean_scale: float = 0.5,
-    frames_context: int = 2,
-    proportion_threshold: float = 0.12,
+    energy_threshold: float,
+    energy_mean_scale: float,
+    frames_context: int,
+    proportion_threshold: float,
 ) -> torch.Tensor:
     """Kaldi `compute-vad`: (T,) bool. A frame is voiced when at least `proportion_threshold` of the
     frames within +-`frames_context` (clipped to the utterance) have log energy above
@@ -199,7 +200,7 @@ def _delta_scales(order: int, window: int) -> tuple[torch.Tensor, ...]:
     return tuple(scales)
 
 
-def add_deltas(feats: torch.Tensor, order: int = 2, window: int = 2) -> torch.Tensor:
+def add_deltas(feats: torch.Tensor, order: int, window: int) -> torch.Tensor:
     """Kaldi `add-deltas`: (T, D) -> (T, D * (order + 1)); edge frames are replicated."""
     T, D = feats.shape
     if order == 0 or T == 0:
@@ -214,7 +215,7 @@ def add_deltas(feats: torch.Tensor, order: int = 2, window: int = 2) -> torch.Te
     return torch.cat(outs, dim=1).to(feats.dtype)
 
 
-def sliding_cmn(feats: torch.Tensor, window: int = 300, norm_vars: bool = False) -> torch.Tensor:
+def sliding_cmn(feats: torch.Tensor, window: int, norm_vars: bool) -> torch.Tensor:
     """Kaldi `apply-cmvn-sliding --center=true`: subtract the mean of a `window`-frame window centred
     on each frame, shifted to lie inside the utterance (the whole utterance when it is shorter)."""
     T, D = feats.shape
@@ -240,7 +241,7 @@ def sliding_cmn(feats: torch.Tensor, window: int = 300, norm_vars: bool = False)
     return out.to(feats.dtype)
 
 
-def utterance_cmn(feats: torch.Tensor, norm_vars: bool = False) -> torch.Tensor:
+def utterance_cmn(feats: torch.Tensor, norm_vars: bool) -> torch.Tensor:
     if feats.shape[0] == 0:
         return feats
     x = feats.to(torch.float64)
@@ -376,14 +377,15 @@ def _kmeanspp_init(x: torch.Tensor, k: int, gen: torch.Generator, lloyd_iters: i
 def train_diag_gmm(
     frames: torch.Tensor,
     num_components: int,
-    num_iters: int = 10,
-    seed: int = 0,
-    var_floor: float = 1e-3,
-    min_occupancy: float = 3.0,
-    init_frames: int = 20_000,
-    kmeans_iters: int = 10,
-    kmeans_restarts: int = 3,
-    chunk: int = 65536,
+    *,
+    num_iters: int,
+    seed: int,
+    var_floor: float,
+    min_occupancy: float,
+    init_frames: int,
+    kmeans_iters: int,
+    kmeans_restarts: int,
+    chunk: int,
     device="cpu",
     progress: bool = False,
 ) -> DiagGMM:
@@ -871,3 +873,38 @@ def read_ivectors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if len(dims) != 1:
         raise ValueError(f"i-vectors in {path} have differing dimensions {sorted(dims)}")
     return keys, np.stack(vecs).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# For the workflow
+
+
+def run_ivectors(manifest_path: str | os.PathLike, config: dict[str, Any], n_other_extractors: int,
+                 ark: str | os.PathLike, scp: str | os.PathLike, extractor_out: str | os.PathLike,
+                 other_seeds_out: str | os.PathLike, quality_out: str | os.PathLike, device="cpu",
+                 num_threads: int | None = None) -> dict[str, Any]:
+    """i-vectors of every utterance of a manifest (no labels used) as a Kaldi ark/scp, the i-vectors of
+    `n_other_extractors` extractors trained with the next seeds (the cluster stability check: an npz of
+    utt_id, seeds, ivectors (seeds, U, dim)), and their quality where the manifest has speakers and a
+    train/test split (labels used only to score), as JSON. `config`: the `ivector` section."""
+    import json
+
+    from speaker_neurons.audio import load_audio
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.evaluation import embedding_quality
+    from speaker_neurons.utils import save_npz
+
+    cfg = {k: v for k, v in config.items() if k != "kaldi_ivectors"}
+    manifest = read_manifest(manifest_path)
+    items = ((row.utt_id, load_audio(row.path, cfg["sample_rate"])[0]) for row in manifest.itertuples(index=False))
+    seeds = [int(cfg["seed"]) + 1 + i for i in range(int(n_other_extractors))]
+    utt_ids, vecs, info = extract_ivectors(items, cfg, device=device, model_out=extractor_out, num_threads=num_threads,
+                                           return_info=True, other_seeds=seeds)
+    write_ivectors(utt_ids, vecs, ark, scp)
+    others = info["other_seeds"]
+    stack = np.stack([others[s] for s in seeds]) if seeds else np.zeros((0, *vecs.shape), np.float32)
+    save_npz(other_seeds_out, {"utt_id": np.asarray(list(utt_ids), dtype=str),
+                               "seeds": np.asarray(seeds, dtype=np.int64), "ivectors": stack})
+    quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": info["config"]}
+    Path(quality_out).write_text(json.dumps(quality, indent=2, sort_keys=True, default=str) + "\n")
+    return quality

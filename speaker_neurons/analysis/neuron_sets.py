@@ -36,11 +36,12 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from speaker_neurons.analysis.counts import CountsData, load_counts
+if TYPE_CHECKING:  # the counts module imports torch; the workflow imports SET_NAMES from here without it
+    from speaker_neurons.analysis.counts_data import CountsData
 
 __all__ = [
     "SET_NAMES",
@@ -71,8 +72,6 @@ log = logging.getLogger("speaker_neurons.analysis.neuron_sets")
 
 SET_NAMES: tuple[str, ...] = ("ssl_cluster", "ivector_cluster", "union", "unconditioned", "per_cluster",
                                "ssl_cluster_tested", "ivector_cluster_tested")
-#: the FDR level of the tested sets unless told otherwise (config analysis.fdr)
-DEFAULT_FDR = 0.05
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,7 +127,7 @@ def benjamini_hochberg(p: np.ndarray, q: float) -> np.ndarray:
     return (p <= cutoff)
 
 
-def above_baseline_tested(counts: np.ndarray, frames: np.ndarray, K: int, fdr: float = DEFAULT_FDR) -> np.ndarray:
+def above_baseline_tested(counts: np.ndarray, frames: np.ndarray, K: int, fdr: float) -> np.ndarray:
     """Bool ``(classes, W)``: neurons whose activation count in class c is significantly above the
     baseline K / W: one-sided binomial test of ``counts[c, j]`` successes in ``frames[c]`` trials
     against ``p0 = K / W`` (p-value ``P(X >= counts[c, j])``), with the Benjamini-Hochberg
@@ -217,7 +216,7 @@ def _check(counts, frames, classes):
     return counts, frames, classes
 
 
-def layer_groups(name: str, counts, frames, classes, K: int, rho=0.8, fdr: float = DEFAULT_FDR) -> dict[int, np.ndarray]:
+def layer_groups(name: str, counts, frames, classes, K: int, rho: float, fdr: float) -> dict[int, np.ndarray]:
     """Per group (SSL cluster for ``ssl_cluster``, i-vector cluster otherwise), the bool (W,) mask of
     the neurons of set ``name`` that are exclusive to that group. The set is the OR over groups.
     ``<name>_tested``: the same definition with "above baseline" replaced by the significance test
@@ -264,7 +263,7 @@ def _layer_groups(name, counts, frames, classes, K, rho, above_fn) -> dict[int, 
 
 
 def _set(name, counts, frames, classes, K, rho) -> np.ndarray:
-    groups = layer_groups(name, counts, frames, classes, K, rho)
+    groups = _layer_groups(name, *_check(counts, frames, classes), K, rho, above_baseline)
     W = np.asarray(counts).shape[1]
     out = np.zeros(W, dtype=bool)
     for m in groups.values():
@@ -272,28 +271,28 @@ def _set(name, counts, frames, classes, K, rho) -> np.ndarray:
     return out
 
 
-def ssl_cluster(counts, frames, classes, K, rho=0.8) -> np.ndarray:
+def ssl_cluster(counts, frames, classes, K, rho) -> np.ndarray:
     """SSLN: pool over i-vector clusters, ``A(c)`` per SSL cluster c, then
     ``E = {j : j in A(c) for exactly one c}`` (a one-class group meets any rho iff above)."""
     return _set("ssl_cluster", counts, frames, classes, K, rho)
 
 
-def ivector_cluster(counts, frames, classes, K, rho=0.8) -> np.ndarray:
+def ivector_cluster(counts, frames, classes, K, rho) -> np.ndarray:
     """IVN: ``N(G_g) = {j : #{c : j in A((g, c))} / |G_g| >= rho}``, ``E`` over the groups g."""
     return _set("ivector_cluster", counts, frames, classes, K, rho)
 
 
-def union(counts, frames, classes, K, rho=0.8) -> np.ndarray:
+def union(counts, frames, classes, K, rho) -> np.ndarray:
     """``N(G_g) = {j : j in A((g, c)) for some c}``, then ``E`` over g (rho is not used)."""
     return _set("union", counts, frames, classes, K, rho)
 
 
-def unconditioned(counts, frames, classes, K, rho=0.8) -> np.ndarray:
+def unconditioned(counts, frames, classes, K, rho) -> np.ndarray:
     """Pool over SSL clusters, ``A(g)`` per i-vector cluster g, ``E = {j in exactly one A(g)}``."""
     return _set("unconditioned", counts, frames, classes, K, rho)
 
 
-def per_cluster(counts, frames, classes, K, rho=0.8) -> np.ndarray:
+def per_cluster(counts, frames, classes, K, rho) -> np.ndarray:
     """``U_c E_c`` with ``E_c = {j : j in A((g, c)) for exactly one g}`` (rho is not used)."""
     return _set("per_cluster", counts, frames, classes, K, rho)
 
@@ -303,10 +302,10 @@ def per_cluster(counts, frames, classes, K, rho=0.8) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 def compute_neuron_sets(
     counts_data: CountsData,
-    rho=0.8,
+    rho: float,
+    fdr: float,
     sets: Iterable[str] = SET_NAMES,
     return_groups: bool = False,
-    fdr: float = DEFAULT_FDR,
 ):
     """``{set: {layer (1-based int): sorted list of neuron indices}}`` for every layer of the counts.
 
@@ -338,7 +337,7 @@ def compute_neuron_sets(
     return (out, grp) if return_groups else out
 
 
-def neuron_set_params(counts_data: CountsData, rho=0.8, fdr: float = DEFAULT_FDR) -> dict:
+def neuron_set_params(counts_data: CountsData, rho: float, fdr: float) -> dict:
     """The parameters recorded in every ``neurons/<set>.json``."""
     r = as_fraction(rho)
     return {
@@ -472,14 +471,43 @@ def plot_neuron_counts(tsv_or_dict, png_path: str | os.PathLike, title: str | No
     return save_figure(fig, png_path)
 
 
-def recompute_from_npz(npz_path: str | os.PathLike, rho=0.8, sets: Iterable[str] = SET_NAMES):
+def recompute_from_npz(npz_path: str | os.PathLike, rho: float, fdr: float, sets: Iterable[str] = SET_NAMES):
     """Recompute the neuron sets from a saved ``activation_counts.npz`` (+ its JSON) alone::
 
         from speaker_neurons.analysis.neuron_sets import recompute_from_npz
-        sets = recompute_from_npz("activation_counts.npz", rho=0.8)
+        sets = recompute_from_npz("activation_counts.npz", rho=0.8, fdr=0.05)  # analysis.rho, analysis.fdr
         sets["ivector_cluster"][1]   # sorted neuron indices of layer 1
 
     Equivalent by hand, per layer l: ``W = counts_l<l>.shape[1]``, ``K = json["K"][l-1]``,
     ``above = counts * W > K * frames[:, None]``, then the definitions of this module.
     """
-    return compute_neuron_sets(load_counts(npz_path), rho=rho, sets=sets)
+    from speaker_neurons.analysis.counts_data import load_counts
+
+    return compute_neuron_sets(load_counts(npz_path), rho=rho, fdr=fdr, sets=sets)
+
+
+def run_neuron_sets(counts_npz: str | os.PathLike, counts_json: str | os.PathLike,
+                    set_paths: Sequence[str | os.PathLike], rho, fdr: float, table: str | os.PathLike,
+                    plot: str | os.PathLike, tested_table: str | os.PathLike, title: str | None) -> dict[str, int]:
+    """Every set named by `set_paths` (one `<set>.json` each) from the activation counts, the layer x set
+    table and its plot, and the rho sets against their tested twins (`tested_table`). Returns the totals."""
+    import pandas as pd
+
+    from speaker_neurons.analysis.counts_data import load_counts
+    from speaker_neurons.utils import get_logger
+
+    log = get_logger("neuron_sets")
+    data = load_counts(counts_npz, counts_json)
+    paths = {Path(p).stem: Path(p) for p in set_paths}
+    result, groups = compute_neuron_sets(data, rho=rho, sets=list(paths), return_groups=True, fdr=fdr)
+    write_neuron_sets(result, paths, neuron_set_params(data, rho=rho, fdr=fdr), table, groups=groups)
+    plot_neuron_counts(table, plot, title=title)
+    comparison = pd.DataFrame(tested_vs_rho(result), columns=["set", "layer", "rho_set", "tested_set", "both",
+                                                               "rho_surviving_pct"])
+    comparison.to_csv(tested_table, sep="\t", index=False)
+    for r in comparison[comparison["layer"] == "total"].itertuples(index=False):
+        log.info("%s: rho set %d, tested set %d (FDR %g), both %d: %s%% of the rho set survives the test", r.set,
+                 r.rho_set, r.tested_set, fdr, r.both, r.rho_surviving_pct)
+    totals = {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
+    log.info("neuron totals: %s", totals)
+    return totals

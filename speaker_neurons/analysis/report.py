@@ -9,6 +9,7 @@ Each table is written as TSV and drawn as a PNG (files that say so where the cor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,19 @@ def write_gender_purity(utt_clusters, manifest, tsv_path, png_path) -> dict | No
     pur.to_csv(tsv_path, sep="\t", float_format="%.4f")
     _bar_png(pur[["F", "M"]], Path(png_path), "i-vector clusters by gender", "i-vector cluster")
     return {int(c): {"majority": r["majority"], "purity": float(r["purity"])} for c, r in pur.iterrows()}
+
+
+def evidence_report(feature_dir: str | os.PathLike, labels_npz: str | os.PathLike, corpus_dir: str | os.PathLike | None,
+                    tsv_path, png_path, summary_json) -> dict:
+    """SSL clusters (frame labels) against the broad phone classes of the corpus' `frame_classes.tsv`
+    (where the corpus has one: the demo's), at the frame period of the features; the summary as JSON."""
+    import json
+
+    from speaker_neurons.analysis.clusters import load_labels
+
+    frame_period = json.loads((Path(feature_dir) / "features.json").read_text())["frame_period"]
+    fc_path = Path(corpus_dir) / "frame_classes.tsv" if corpus_dir else None
+    fc = read_frame_classes(fc_path) if fc_path and fc_path.exists() else None
+    summary = write_phone_composition(load_labels(labels_npz), fc, frame_period, tsv_path, png_path)
+    Path(summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return summary

@@ -36,8 +36,9 @@ def activation_statistics(
     out_npz: str | Path,
     meta: dict | None = None,
     out_json: str | Path | None = None,
-    max_mismatch: int = 2,
-    max_batch_seconds: float = 60.0,
+    *,
+    max_mismatch: int,
+    max_batch_seconds: float,
     progress: bool = True,
 ) -> dict:
     """Count, per layer, how often each neuron is among the top-K (by |a|) of a frame, per class.
@@ -56,7 +57,7 @@ def activation_statistics(
     counter = ActivationCounter(k_ivector * k_ssl, list(model.ffn_widths), top_fraction, device=device)
     truncated = 0
     bar = tqdm(total=len(usable), desc="activation counts", unit="utt", disable=not progress)
-    for batch in audio_batches(usable, max_batch_seconds=max_batch_seconds):
+    for batch in audio_batches(usable, max_batch_seconds, model.sample_rate):
         n_frames = [model.frames_for(int(n)) for n in batch.lengths]
         class_ids = torch.full((len(batch.utt_ids), max(n_frames)), -1, dtype=torch.long)
         for i, (u, n) in enumerate(zip(batch.utt_ids, n_frames)):

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -406,7 +406,7 @@ _VOX_SPLITS = {"1": "train", "2": "dev", "3": "test"}
 
 
 def voxceleb1_manifest(
-    root: str | os.PathLike, iden_split: str | os.PathLike, meta_csv: str | os.PathLike, skip_missing: bool = False
+    root: str | os.PathLike, iden_split: str | os.PathLike, meta_csv: str | os.PathLike, skip_missing: bool
 ) -> pd.DataFrame:
     """Manifest of VoxCeleb1, in either layout: `<root>/wav/<id1xxxx>/<youtube-id>/<nnnnn>.wav`, or each
     released archive unpacked into its own folder, `<root>/dev/wav/...` and `<root>/test/wav/...` (as
@@ -602,7 +602,7 @@ def read_transcripts(source: str, **kwargs) -> pd.DataFrame:
         if "text" in utt.columns:
             rows = list(zip(utt["utt_id"], utt["text"]))
     elif source == "librispeech":
-        dirs = [v for v in (kwargs.get("split_dirs") or {}).values() if v] or [kwargs["split_dir"]]
+        dirs = [v for v in kwargs["split_dirs"].values() if v] or [kwargs["split_dir"]]
         for d in dirs:
             for tf in sorted(Path(d).glob("*/*/*.trans.txt")):
                 with open(tf, encoding="utf-8") as f:
@@ -662,3 +662,16 @@ def build_manifest(source: str, **kwargs) -> pd.DataFrame:
             + (f"; missing {missing}" if missing else "")
         )
     return fn(**kwargs)
+
+
+def make_manifest(corpus: Mapping[str, Any], split: Mapping[str, Any], out_manifest: str | os.PathLike,
+                  out_transcripts: str | os.PathLike) -> dict:
+    """A corpus' manifest (`corpus`: the keyword arguments of `build_manifest`), with a seeded split by
+    utterance where `split.fractions` asks for one, and its transcripts (the manifest's utterances only)."""
+    df = build_manifest(**corpus)
+    if split["fractions"] is not None:
+        df = assign_splits(df, split["fractions"], int(split["seed"]))
+    write_manifest(df, out_manifest)
+    text = read_transcripts(**corpus)
+    write_transcripts(text[text["utt_id"].isin(set(df["utt_id"]))], out_transcripts)
+    return {"utterances": len(df), "splits": df["split"].value_counts().to_dict(), "transcripts": int(len(text))}

@@ -14,9 +14,9 @@ with a reason written to `qc.tsv`, when it is
 - `non_finite`  : it holds NaN or infinite samples (float files);
 - `too_short`   : shorter than `min_duration` seconds (measured on the resampled mono signal);
 - `silent`      : digital silence: the peak |x| of the resampled mono signal is below
-                  `SILENCE_PEAK` = 1e-6 (about -120 dBFS). That is below one 16-bit LSB
-                  (3.05e-5), so an integer PCM file is rejected only when every sample is
-                  exactly zero; float files with a vanishing peak are caught as well.
+                  `silence_peak` (qc.silence_peak, 1e-6 = about -120 dBFS by default). That is
+                  below one 16-bit LSB (3.05e-5), so an integer PCM file is rejected only when
+                  every sample is exactly zero; float files with a vanishing peak are caught as well.
 
 `qc.tsv` has the columns `utt_id path reason` and always a header. Accepted rows keep their order
 and get `duration` (resampled length / target_sr, 3 decimals) and `sample_rate` (the file's native
@@ -30,6 +30,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,6 @@ from speaker_neurons.data.manifest import ManifestError, check_unique_ids
 
 log = logging.getLogger("speaker_neurons.qc")
 
-SILENCE_PEAK = 1e-6
 REPORT_COLUMNS = ("utt_id", "path", "reason")
 
 __all__ = ["QCError", "SILENCE_PEAK", "REPORT_COLUMNS", "check_file", "run_qc"]
@@ -100,8 +100,8 @@ def container_problem(path: str | os.PathLike, decoded_frames: int | None = None
     return None
 
 
-def check_file(path: str | os.PathLike, min_duration: float = 0.5, target_sr: int = 16000,
-               keep_truncated: bool = False):
+def check_file(path: str | os.PathLike, min_duration: float, target_sr: int, keep_truncated: bool,
+               silence_peak: float):
     """Decode one file once. Returns (None, duration_s, native_sr) if usable, else (reason, None, None)."""
     try:
         x, sr = load_audio(path, target_sr)
@@ -117,8 +117,8 @@ def check_file(path: str | os.PathLike, min_duration: float = 0.5, target_sr: in
     if duration < min_duration:
         return f"too_short: {duration:.3f} s < min_duration {min_duration:g} s", None, None
     peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak < SILENCE_PEAK:
-        return f"silent: digital silence (peak |x| = {peak:.3g} < {SILENCE_PEAK:g})", None, None
+    if peak < silence_peak:
+        return f"silent: digital silence (peak |x| = {peak:.3g} < {silence_peak:g})", None, None
     return None, duration, sr
 
 
@@ -139,11 +139,13 @@ def _write_report(path: Path, rows: list[tuple[str, str, str]]) -> None:
 def run_qc(
     manifest_df: pd.DataFrame,
     report_path: str | os.PathLike,
-    min_duration: float = 0.5,
-    max_bad_fraction: float = 0.05,
-    target_sr: int = 16000,
+    *,
+    min_duration: float,
+    max_bad_fraction: float,
+    target_sr: int,
+    keep_truncated: bool,
+    silence_peak: float,
     workers: int | None = None,
-    keep_truncated: bool = False,
 ) -> pd.DataFrame:
     """Check every file of `manifest_df`; write `report_path` (qc.tsv); return the accepted rows.
 
@@ -173,7 +175,7 @@ def run_qc(
     from tqdm import tqdm
 
     def job(p: str):
-        return check_file(p, min_duration, target_sr, keep_truncated)
+        return check_file(p, min_duration, target_sr, keep_truncated, silence_peak)
 
     bar = tqdm(total=n, desc="audio QC", unit="file", disable=None, mininterval=2.0)
     results = []
@@ -226,3 +228,15 @@ def run_qc(
     out["duration"] = durations[keep]
     out["sample_rate"] = pd.array([r for r, k in zip(rates, keep) if k], dtype="Int64")
     return out.reset_index(drop=True)
+
+
+def qc_manifest(manifest_path: str | os.PathLike, report_path: str | os.PathLike, out_manifest: str | os.PathLike,
+                qc: Mapping[str, Any], workers: int | None) -> dict:
+    """`run_qc` on a manifest file with the config's `qc` section; writes the accepted rows to `out_manifest`."""
+    from speaker_neurons.data.manifest import read_manifest, write_manifest
+
+    accepted = run_qc(read_manifest(manifest_path), report_path, min_duration=qc["min_duration"],
+                      max_bad_fraction=qc["max_bad_fraction"], target_sr=qc["sample_rate"], workers=workers,
+                      keep_truncated=qc["keep_truncated"], silence_peak=qc["silence_peak"])
+    write_manifest(accepted, out_manifest)
+    return {"accepted": len(accepted)}

@@ -192,7 +192,7 @@ def _voice_params(voice: Voice, k: int, seed: int) -> list[tuple[float, float, f
     return out
 
 
-def plan_speakers(n_speakers: int, voices: Sequence[str] | None = None, seed: int = 0) -> list[SpeakerSpec]:
+def plan_speakers(n_speakers: int, voices: Sequence[str] | None, seed: int) -> list[SpeakerSpec]:
     """Pseudo-speakers: half of them female when both genders are available, spread round-robin over the
     voices of each gender in the given order; ids `f01_us1`, ..., `m24_don` (sortable)."""
     names = list(voices) if voices is not None else list(DEFAULT_VOICES)
@@ -576,10 +576,10 @@ def _fmt(x: float, nd: int) -> str:
     return f"{x:.{nd}f}"
 
 
-def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int = 48,
-                      utterances_per_speaker: int = 24, min_duration: float = 2.0, max_duration: float = 8.0,
-                      split: Sequence[int] = (16, 4, 4), workers: int = 2,
-                      voices: Sequence[str] | None = None, channel: Mapping[str, Any] | None = None) -> dict:
+def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int, utterances_per_speaker: int,
+                      min_duration: float, max_duration: float, split: Sequence[int],
+                      channel: Mapping[str, Any] | None, workers: int = 2,
+                      voices: Sequence[str] | None = None) -> dict:
     """Build the demo corpus in `out_dir` (see docs/DESIGN.md, "Demo corpus"); returns a summary dict.
 
     `voices`: voice names from `VOICES` (default: all 13, in `DEFAULT_VOICES` order). `channel`: the
@@ -587,7 +587,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, seed: int = 0, n_speakers: int
     `enabled: false` = every utterance as the synthesizer made it. Same arguments, same bytes. Raises
     `SynthesizerMissingError` before any work when a program or voice is missing.
     """
-    if channel is not None and not channel.get("enabled", True):
+    if channel is not None and not channel["enabled"]:
         channel = None
     if channel is not None:
         ch.check_config(channel, SAMPLE_RATE)

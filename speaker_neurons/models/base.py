@@ -14,7 +14,7 @@ from speaker_neurons.models.components import FeedForward, FFNHook, Transformer,
 from speaker_neurons.models.errors import CheckpointError, listing
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N` or a torch.device."""
     if isinstance(device, torch.device):
         return device

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from speaker_neurons.config import choices
 from speaker_neurons.models.base import Upstream, resolve_device
 from speaker_neurons.models.errors import CheckpointError
 from speaker_neurons.models.hf import is_hf_folder
@@ -27,8 +28,9 @@ from speaker_neurons.models.unpickler import safe_torch_load
 
 log = logging.getLogger("speaker_neurons.models.loader")
 
-KINDS = ("melhubert", "wav2vec2", "hubert", "wavlm", "auto")
-FORMATS = ("auto", "native", "melhubert", "fairseq", "hf")
+#: the model kinds and file formats a `models` entry may name (the schema's enums)
+KINDS = choices("models[].kind")
+FORMATS = choices("models[].format")
 
 
 def _sniff_pickle(obj: Any) -> Optional[str]:
@@ -40,7 +42,7 @@ def _sniff_pickle(obj: Any) -> Optional[str]:
     return None
 
 
-def detect_format(path: str | os.PathLike, kind: str = "auto") -> tuple[str, Any]:
+def detect_format(path: str | os.PathLike, kind: str) -> tuple[str, Any]:
     """(format, already-loaded object or None). Raises CheckpointError naming the path when unknown."""
     p = Path(path)
     if not p.exists():
@@ -69,12 +71,12 @@ def _kind_family(kind: str) -> str:
     return "melhubert" if kind == "melhubert" else "wav2vec2"
 
 
-def _load(spec: Mapping[str, Any], device="auto", require_mean_std: bool = True) -> tuple[Upstream, str]:
+def _load(spec: Mapping[str, Any], device, require_mean_std: bool = True) -> tuple[Upstream, str]:
     if "path" not in spec or not spec["path"]:
         raise CheckpointError(None, "model spec has no 'path'")
     path = Path(str(spec["path"]))
-    kind = str(spec.get("kind") or "auto")
-    fmt = str(spec.get("format") or "auto")
+    kind = str(spec["kind"])
+    fmt = str(spec["format"])
     if kind not in KINDS:
         raise CheckpointError(path, f"unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
     if fmt not in FORMATS:
@@ -125,12 +127,12 @@ def _load(spec: Mapping[str, Any], device="auto", require_mean_std: bool = True)
     return model.to(resolve_device(device)).eval(), fmt
 
 
-def load_upstream(spec: Mapping[str, Any], device: str | torch.device = "auto") -> Upstream:
+def load_upstream(spec: Mapping[str, Any], device: str | torch.device) -> Upstream:
     """Load the model a spec names, in eval mode on `device` (`auto` | `cpu` | `cuda`)."""
     return _load(spec, device)[0]
 
 
-def describe(path: str | os.PathLike, format: str = "auto", mean_std: Optional[str] = None) -> dict[str, Any]:
+def describe(path: str | os.PathLike, format: str, mean_std: Optional[str] = None) -> dict[str, Any]:
     """What a model file is: format, kind, layers, hidden size, per-layer FFN widths, parameter counts.
 
     A released MelHuBERT checkpoint is described without its `mean_std` (the structure does not need it);

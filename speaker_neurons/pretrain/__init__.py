@@ -49,7 +49,8 @@ def pretrain_melhubert(
     outputs: TrainOutputs | str | os.PathLike,
     model_config: Mapping | None = None,
     train_config: Mapping | None = None,
-    device: str | torch.device = "auto",
+    *,
+    device: str | torch.device,
     log: logging.Logger | str | os.PathLike | None = None,
     threads: int | None = None,
     return_model: bool = False,
@@ -91,7 +92,8 @@ def continue_pretraining(
     centers: np.ndarray,
     train_config: Mapping | None = None,
     head: torch.nn.Linear | None = None,
-    device: str | torch.device = "auto",
+    *,
+    device: str | torch.device,
     log: logging.Logger | str | os.PathLike | None = None,
     threads: int | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -137,7 +139,8 @@ def second_iteration(
     layer: int | None = None,
     model_config: Mapping | None = None,
     train_config: Mapping | None = None,
-    device: str | torch.device = "auto",
+    *,
+    device: str | torch.device,
     log: logging.Logger | str | os.PathLike | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
@@ -170,3 +173,44 @@ def second_iteration(
 __all__ = ["DEFAULT_TRAIN_CONFIG", "DEMO_MODEL_CONFIG", "TrainOutputs", "TrainingData", "continue_pretraining",
            "hidden_state_targets", "load_head", "pretrain_melhubert", "prepare_training_data", "second_iteration",
            "train_masked_prediction"]
+
+
+# ------------------------------------------------------------------------------------------- for the workflow
+def target_paths(train_config: Mapping, corpus_dir: str | os.PathLike | None) -> dict[str, str] | None:
+    """The clean copies the targets come from (`targets_audio: clean`: the demo corpus' channels.tsv), else None."""
+    from speaker_neurons.pretrain.data import clean_audio_paths
+
+    if train_config["targets_audio"] != "clean":
+        return None
+    if corpus_dir is None:
+        raise ValueError("pretrain.train.targets_audio: clean needs the synthesized corpus' folder as an input")
+    return clean_audio_paths(corpus_dir)
+
+
+def pretrain_resumable(manifest_path, outputs: Mapping[str, Any], model_config: Mapping, train_config: Mapping,
+                       scratch, device, threads: int, corpus_dir=None) -> dict[str, Any]:
+    """`pretrain_melhubert` into a rule's named outputs, resumable (`loop.run_resumable`, checkpoints in
+    `scratch` until it succeeds)."""
+    from speaker_neurons.pretrain.loop import run_resumable
+
+    targets = target_paths(train_config, corpus_dir)
+    return run_resumable(lambda outs, resume_from: pretrain_melhubert(
+        manifest_path, outs, model_config=model_config, train_config=train_config, device=device, threads=threads,
+        resume_from=resume_from, target_paths=targets), TrainOutputs.of(outputs), scratch)
+
+
+def continue_resumable(model, manifest_path, outputs: Mapping[str, Any], centers_path, head_path,
+                       train_config: Mapping, scratch, device, threads: int, parent_sha256: str | None,
+                       corpus_dir=None) -> dict[str, Any]:
+    """`continue_pretraining` of `model` on the root's k-means centres (`centers_path`) from the head at
+    `head_path`, into a rule's named outputs, resumable like pre-training."""
+    from speaker_neurons.pretrain.loop import run_resumable
+
+    centers, targets = np.load(centers_path), target_paths(train_config, corpus_dir)
+    summary = run_resumable(lambda outs, resume_from: continue_pretraining(  # a fresh head for each start
+        model, manifest_path, outs, centers, train_config=train_config, head=load_head(head_path), device=device,
+        threads=threads,
+        parent_sha256=parent_sha256, resume_from=resume_from, target_paths=targets), TrainOutputs.of(outputs), scratch)
+    get_logger("pretrain").info("continued for %d steps: loss %.3f -> %.3f", summary["steps"],
+                                summary.get("first_loss") or float("nan"), summary.get("last_loss") or float("nan"))
+    return summary

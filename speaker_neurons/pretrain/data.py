@@ -63,8 +63,9 @@ def select_rows(df: pd.DataFrame, splits: Sequence[str] | None, max_utts: int | 
 
 def _load(path: str) -> torch.Tensor:
     from speaker_neurons.audio import load_audio
+    from speaker_neurons.models.melhubert import MelHuBERT
 
-    wav, _ = load_audio(path, target_sr=16000)
+    wav, _ = load_audio(path, target_sr=MelHuBERT.sample_rate)
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None]
 
 

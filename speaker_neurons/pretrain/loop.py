@@ -26,9 +26,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,11 @@ class TrainOutputs:
         d = Path(out_dir)
         return cls(d / "model", d / "head.pt", d / "summary.json", d / "train_log.tsv", d / "loss_curve.png",
                    d / "kmeans_centers.npy", d / "checkpoints")
+
+    @classmethod
+    def of(cls, outputs: Mapping[str, Any]) -> "TrainOutputs":
+        """From a rule's named outputs (one per field, e.g. `model_dir`, `head`; others are ignored)."""
+        return cls(**{f.name: outputs[f.name] for f in fields(cls)})
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -190,7 +195,8 @@ def _batch_tensors(batch, data: TrainingData, lengths, crop, rng, cfg):
     for b, (fx, fy) in enumerate(segs):
         x[b, : len(fx)] = fx
         y[b, : len(fy)] = fy
-    mask = span_mask(blen, T, float(cfg["mask_prob"]), int(cfg["mask_length"]), rng, int(cfg["min_masks"]))
+    mask = span_mask(blen, T, mask_prob=float(cfg["mask_prob"]), mask_length=int(cfg["mask_length"]),
+                     min_masks=int(cfg["min_masks"]), rng=rng)
     return x, y, mask, blen
 
 
@@ -221,7 +227,7 @@ def train_masked_prediction(
 
     log = log or get_logger("pretrain")
     t0 = time.monotonic() if t0 is None else t0
-    budget_s = float(cfg["max_minutes"]) * 60 if cfg.get("max_minutes") else math.inf
+    budget_s = float(cfg["max_minutes"]) * 60 if cfg["max_minutes"] else math.inf
     seed = int(cfg["seed"])
     max_steps = int(cfg["max_steps"])
     crop = int(cfg["crop_frames"]) if cfg["crop_frames"] else None

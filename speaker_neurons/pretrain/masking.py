@@ -11,10 +11,11 @@ import torch
 def span_mask(
     lengths: Sequence[int] | np.ndarray | torch.Tensor,
     max_len: int | None = None,
-    mask_prob: float = 0.7,
-    mask_length: int = 5,
+    *,
+    mask_prob: float,
+    mask_length: int,
+    min_masks: int,
     rng: np.random.Generator | int | None = None,
-    min_masks: int = 1,
 ) -> torch.Tensor:
     """HuBERT span masking. Returns a bool tensor (B, max_len), True = masked.
 
