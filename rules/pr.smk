@@ -1,6 +1,7 @@
 # Stage 3d: SUPERB phoneme recognition on the PR corpus (results/models/<model>/pr/<corpus>/): the
-# corpus' transcripts through the lexicon into phone targets, every layer's frames of every utterance
-# (a temporary cache), then CTC heads per layer set with PER and its intervals.
+# corpus' transcripts through the lexicon into phone targets; then, in one job per model, every layer's
+# frames of every utterance (a temporary cache, removed when the job ends) and the CTC heads per layer
+# set with PER and its intervals.
 P = f"{RESULTS}/models/{{model}}/pr/{PR_CORPUS}"
 
 
@@ -27,47 +28,21 @@ rule phone_targets:
         "../workflow_scripts/run_stage.py"
 
 
-rule pr_features:
-    input:
-        unpack(model_input),
-        manifest=PR_MANIFEST,
-    output:
-        frames=temp(directory(f"{P}/frames")),
-        provenance=f"{P}/provenance/pr_features.json",
-    params:
-        compute_threads=config["upstream"]["threads"],
-        upstream=model_params,
-        shard_mb=config["pr"]["cache_shard_mb"],
-        max_batch_seconds=config["analysis"]["max_batch_seconds"],
-        device=config["upstream"]["device"],
-    log:
-        f"{LOGS}/{{model}}/pr_features.log",
-    benchmark:
-        f"{BENCH}/{{model}}/pr_features.tsv"
-    threads: config["upstream"]["threads"]
-    resources:
-        mem_mb=res("pr_features", "mem_mb", 8000),
-        runtime=res("pr_features", "runtime", 120),
-        gpu=GPU,
-        gpu_model=GPU_MODEL,
-    conda:
-        "../envs/speaker-neurons.yaml"
-    script:
-        "../workflow_scripts/run_stage.py"
-
-
 rule pr_eval:
     input:
+        unpack(model_input),
         unpack(pr_inputs),
-        frames=rules.pr_features.output.frames,
         phones=f"{CORPORA}/{PR_CORPUS}/phone_targets.tsv",
         manifest=PR_MANIFEST,
     output:
         result=f"{P}/pr.json",
         heads=f"{P}/heads.safetensors",
+        frames=temp(directory(f"{P}/frames")),
         provenance=f"{P}/provenance/pr_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],
+        upstream=model_params,
+        max_batch_seconds=config["analysis"]["max_batch_seconds"],
         pr=config["pr"],
         layer_sets=config["sid"]["layer_sets"],
         corpus=PR_CORPUS,

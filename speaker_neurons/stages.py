@@ -234,22 +234,16 @@ def phone_targets(ctx: StageContext) -> dict:
 
 
 @stage
-def pr_features(ctx: StageContext) -> dict:
-    """Every layer's frames of every utterance of the PR corpus, once per model (a temporary cache)."""
-    from speaker_neurons.pr import cache_corpus
-
-    return cache_corpus(ctx.model(), ctx.inputs["manifest"], ctx.outputs["frames"], shard_mb=ctx.params["shard_mb"],
-                        max_batch_seconds=ctx.params["max_batch_seconds"])
-
-
-@stage
 def pr_eval(ctx: StageContext) -> dict:
-    """SUPERB PR of one model on its frame cache, per layer set (PER with intervals)."""
-    from speaker_neurons.pr import run_pr
+    """SUPERB PR of one model: every layer's frames into a temporary cache, then the CTC heads per layer
+    set (PER with intervals)."""
+    from speaker_neurons.pr import cache_corpus, run_pr
 
     i, p = ctx.inputs, ctx.params
-    return run_pr(i["frames"], i["phones"], i["manifest"], p["layer_sets"], p["pr"], i.get("lr_from"), p["corpus"],
-                  p["lr_from_model"], *ctx.outs("result", "heads"), device=ctx.device)
+    cache_corpus(ctx.model(), i["manifest"], ctx.outputs["frames"], shard_mb=p["pr"]["cache_shard_mb"],
+                 max_batch_seconds=p["max_batch_seconds"])
+    return run_pr(ctx.outputs["frames"], i["phones"], i["manifest"], p["layer_sets"], p["pr"], i.get("lr_from"),
+                  p["corpus"], p["lr_from_model"], *ctx.outs("result", "heads"), device=ctx.device)
 
 
 # ------------------------------------------------------------------------------------------- summary

@@ -131,7 +131,7 @@ def test_every_rule_logged_and_benchmarked(two_runs):
     for model in ("demo", "w2v"):
         rules = ["describe_model", "extract_features", "frame_kmeans_k3", "frame_kmeans_k5", "activation_stats_k3",
                  "neuron_sets_k3", "evidence_report_k3", "neuron_counts_summary"]
-        for rule in rules + ["pool_layers", "sid_eval", "pr_features", "pr_eval"] + (["pretrain_melhubert"] if model == "demo" else []):
+        for rule in rules + ["pool_layers", "sid_eval", "pr_eval"] + (["pretrain_melhubert"] if model == "demo" else []):
             assert (a / "logs" / model / f"{rule}.log").exists(), f"no log for {model}/{rule}"
             assert (a / "benchmarks" / model / f"{rule}.tsv").exists()
         log = (a / "logs" / model / "activation_stats_k3.log").read_text()

@@ -24,6 +24,9 @@ EXTRA = ("analysis: {k_ssl: [3]}\n"
          "prune: {strategies: [protected], targets: [protected_size]}\n"
          "sid: {crop_seconds: 1.0, learning_rates: [0.01], seeds: [0], epochs: 5}\n"
          "erase: {random_seeds: [0]}\n")
+# The profile, with the first status check after 2 s instead of its 10 (a test cluster answers squeue at
+# once; most of a tiny job's time through SLURM is the wait for that check)
+PROFILE = ("--profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "2")
 
 
 def _why_not() -> str | None:
@@ -113,7 +116,7 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tiny_corpora,
     seed_corpora(tiny_corpora, local, TINY_CORPORA)
     proc = _start(["--cores", "2", "--configfile", str(TINY), str(extra), "--config", f"results={local}"],
                   tmp_path / "local.log")
-    res = _snakemake(["--profile", "profiles/slurm", "--configfile", str(TINY), str(extra),
+    res = _snakemake([*PROFILE, "--configfile", str(TINY), str(extra),
                       "--config", f"results={slurm}"], env=cluster)
     _finish(proc, tmp_path / "local.log")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -155,7 +158,7 @@ def test_scancelled_pretraining_resumes_through_slurm(cluster, plain_pretraining
         return [str(results / "models/demo/pretrain/summary.json"), "--configfile", str(TINY), str(extra),
                 "--config", f"results={results}", ONE_MODEL, *more]
 
-    proc = subprocess.Popen(snakemake_cmd("--profile", "profiles/slurm", *cmd(cancelled)),
+    proc = subprocess.Popen(snakemake_cmd(*PROFILE, *cmd(cancelled)),
                             cwd=ROOT, env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     scratch = cancelled / "resume/demo/pretrain_melhubert"
@@ -172,7 +175,7 @@ def test_scancelled_pretraining_resumes_through_slurm(cluster, plain_pretraining
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert not (cancelled / "models/demo/pretrain/summary.json").exists()
-    res = _snakemake(["--profile", "profiles/slurm", *cmd(cancelled)], env=cluster)
+    res = _snakemake([*PROFILE, *cmd(cancelled)], env=cluster)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "RESUMING from" in (cancelled / "logs/demo/pretrain_melhubert.log").read_text()
     a, b = plain / "models/demo", cancelled / "models/demo"
