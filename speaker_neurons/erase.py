@@ -220,7 +220,7 @@ def plot(table: pd.DataFrame, png: str | Path, title: str = "") -> Path:
 # ------------------------------------------------------------------------------------------- for the workflow
 def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mapping[str, Mapping[int, Sequence[int]]],
         random_seeds: Sequence[int], max_batch_seconds: float, out_table, out_summary, out_plot, out_pr_table,
-        title: str, k_ssl: int | None, pr: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        title: str, k_ssl: int | None, pr: Mapping[str, Any] | None) -> dict[str, Any]:
     """The erase ablation of `model` on the test segments of its pooled file (`sid.read_segments`) with
     the SID heads `sid_heads`, accuracy per i-vector cluster (`clusters_tsv`); with `pr` (heads, manifest,
     phones, bootstrap, bootstrap_seed) the same sets decoded by the PR heads on the PR test split (else

@@ -187,3 +187,51 @@ stages.run_stage("probe", {{}}, {{"result": {str(tmp_path / "n.txt")!r}}}, {{"co
                  log_path={str(tmp_path / "l.log")!r}, threads=2)
 """)
     assert (tmp_path / "n.txt").read_text() == "1"
+
+
+def test_the_functions_the_stages_call_take_config_values_without_defaults():
+    """The schema is the one home of defaults: a parameter of a function a stage calls that is named
+    like a config key has no default of its own (the rule passes the resolved value)."""
+    import ast
+    import importlib
+    import inspect
+
+    import yaml
+
+    from speaker_neurons.config import SCHEMA_PATH
+
+    def leaves(node, out):
+        for name, sub in (node.get("properties") or {}).items():
+            if sub.get("type") != "object":  # a value, not a section (pr, corpora, ...)
+                out.add(name)
+            leaves(sub, out)
+        return out
+
+    # names that are also the package's own switches, not these config values (a progress bar)
+    keys = leaves(yaml.safe_load(open(SCHEMA_PATH)), set()) - {"enabled", "device", "threads", "name", "path",
+                                                                 "progress", "corpora"}
+    called = set()
+    for fn in stages.STAGES.values():
+        tree = ast.parse(inspect.getsource(fn).lstrip())
+        modules = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("speaker_neurons"):
+                for a in node.names:
+                    obj = getattr(importlib.import_module(node.module), a.name, None)
+                    if obj is None or inspect.ismodule(obj):  # `from speaker_neurons import sid`
+                        modules[a.asname or a.name] = importlib.import_module(f"{node.module}.{a.name}")
+                    else:
+                        called.add((node.module, a.name, obj))
+        for node in ast.walk(tree):  # sid.run_sid(...), pruning.prune(...)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                mod = modules[node.value.id]
+                called.add((mod.__name__, node.attr, getattr(mod, node.attr)))
+    assert len(called) > 20
+    repeated = []
+    for module, name, obj in called:
+        if not callable(obj) or inspect.ismodule(obj):
+            continue
+        for p in inspect.signature(obj).parameters.values():
+            if p.name in keys and p.default is not inspect.Parameter.empty:
+                repeated.append(f"{module}.{name}({p.name}={p.default!r})")
+    assert not repeated, repeated
