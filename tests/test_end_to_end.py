@@ -68,7 +68,10 @@ def two_runs(tmp_path_factory):
                      "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size], analyse: true,\n"
                      "        continue: {steps: 3}, iterative: {enabled: true, strategies: [protected], rows_per_step: 64,\n"
                      "        final_width: 128, steps_between: 3}}\n"
-                     "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n")
+                     "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n"
+                     # one thread per job: the two chains run side by side on 2 cores, and two 2-thread jobs on
+                     # 2 cores wait on each other's threads at every parallel region
+                     "upstream: {threads: 1}\n")
     _run_chains(extra, base / "a", base / "b")
     return base / "a", base / "b"
 
@@ -135,7 +138,7 @@ def test_every_rule_logged_and_benchmarked(two_runs):
             assert (a / "logs" / model / f"{rule}.log").exists(), f"no log for {model}/{rule}"
             assert (a / "benchmarks" / model / f"{rule}.tsv").exists()
         log = (a / "logs" / model / "activation_stats_k3.log").read_text()
-        assert "stage activation_stats [model=" in log and "device cpu" in log and "1 thread" not in log
+        assert "stage activation_stats [model=" in log and "device cpu" in log and "1 thread(s)" in log  # upstream.threads
 
 
 def test_counts_file_has_the_documented_format(two_runs):

@@ -109,7 +109,9 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tiny_corpora,
     import compare_runs
 
     extra = tmp_path / "extra.yaml"
-    extra.write_text(EXTRA)
+    # one thread per job: the local run and the SLURM run share the 2 cores (two 2-thread jobs on 2 cores
+    # wait on each other's threads at every parallel region)
+    extra.write_text(EXTRA + "upstream: {threads: 1}\n")
     local, slurm = tmp_path / "local", tmp_path / "slurm"
     # the local run (the session's shared corpora, synthesized by the workflow) beside the SLURM run,
     # which synthesizes its own: the comparison below covers the corpora too
