@@ -222,6 +222,7 @@ rule pool_layers:
         compute_threads=config["upstream"]["threads"],
         upstream=model_params,
         crop_seconds=config["sid"]["crop_seconds"],
+        min_crop_fraction=config["sid"]["min_crop_fraction"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
         device=config["upstream"]["device"],
     log:

@@ -66,9 +66,11 @@ def rates_of(result_json: str | os.PathLike, names: Sequence[str]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------- segments
-def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: int) -> pd.DataFrame:
+def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: int,
+             min_crop_fraction: float) -> pd.DataFrame:
     """One row per segment: seg_id, utt_id, path, speaker, split, start, end (samples at `sample_rate`, the
-    rate the audio is decoded at: the model's), sorted."""
+    rate the audio is decoded at: the model's), sorted. An utterance's last crop is kept when it holds at
+    least `min_crop_fraction` of a crop (sid.min_crop_fraction)."""
     rows = []
     for r in manifest.sort_values("utt_id", kind="stable").itertuples(index=False):
         n = int(round(float(r.duration) * sample_rate))
@@ -76,7 +78,7 @@ def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: in
             bounds = [(0, n)]
         else:
             c = int(round(crop_seconds * sample_rate))
-            bounds = [(s, min(s + c, n)) for s in range(0, n, c) if min(s + c, n) - s >= c / 2]
+            bounds = [(s, min(s + c, n)) for s in range(0, n, c) if min(s + c, n) - s >= c * min_crop_fraction]
         for i, (s, e) in enumerate(bounds):
             rows.append((f"{r.utt_id}#{i}", r.utt_id, r.path, r.speaker, r.split, s, e))
     return pd.DataFrame(rows, columns=["seg_id", "utt_id", "path", "speaker", "split", "start", "end"])
@@ -457,14 +459,14 @@ def load_heads(path) -> dict[str, list[tuple[int, SIDHead]]]:
 POOLED_SEGMENT_COLUMNS = ("seg_id", "utt_id", "speaker", "split", "start", "end")
 
 
-def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | None, out: str | os.PathLike,
-                 max_batch_seconds: float) -> dict[str, Any]:
+def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | None, min_crop_fraction: float,
+                 out: str | os.PathLike, max_batch_seconds: float) -> dict[str, Any]:
     """Each hidden layer's mean over every segment of the manifest (the SID heads' input), with the
     segments themselves, as one npz (fixed-width strings and integers: no pickled objects)."""
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.utils import save_npz
 
-    segs = segments(read_manifest(manifest_path), crop_seconds, model.sample_rate)
+    segs = segments(read_manifest(manifest_path), crop_seconds, model.sample_rate, min_crop_fraction)
     check_splits(segs, str(manifest_path))
     pooled = pool_layer_means(model, segs, max_batch_seconds=max_batch_seconds)
     cols = {c: (segs[c].to_numpy(np.int64) if c in ("start", "end") else np.asarray(segs[c].astype(str).tolist(), dtype=str))

@@ -197,8 +197,9 @@ def pool_layers(ctx: StageContext) -> dict:
     """Each hidden layer's mean over every segment's frames (the SID head's input), once per model."""
     from speaker_neurons import sid
 
-    return sid.pool_to_file(ctx.model(), ctx.inputs["manifest"], ctx.params["crop_seconds"], ctx.out("pooled"),
-                            ctx.params["max_batch_seconds"])
+    p = ctx.params
+    return sid.pool_to_file(ctx.model(), ctx.inputs["manifest"], p["crop_seconds"], p["min_crop_fraction"],
+                            ctx.out("pooled"), p["max_batch_seconds"])
 
 
 @stage

@@ -42,7 +42,7 @@ def test_paired_delta_against_a_direct_computation():
 def test_ablation_on_a_tiny_model(tmp_path):
     model = tiny("melhubert")
     man = _manifest(tmp_path, [1.0, 1.2, 0.9, 1.1, 1.3, 1.0, 0.8, 1.2])
-    segs = sid.segments(man, 0.3, model.sample_rate)
+    segs = sid.segments(man, 0.3, model.sample_rate, 0.5)
     pooled = sid.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
     labels = np.array([int(s[1]) for s in segs["speaker"]])
     split = np.where(np.arange(len(segs)) % 3 == 0, "test", "train")

@@ -29,16 +29,19 @@ def _manifest(tmp_path, durations, sr=16000):
 def test_segments_crop_and_drop_short_remainders(tmp_path):
     m = pd.DataFrame({"utt_id": ["a", "b"], "path": ["a.wav", "b.wav"], "speaker": ["x", "y"],
                       "split": ["train", "test"], "duration": [2.3, 2.6]})
-    segs = sid.segments(m, 1.0, 16000)
+    segs = sid.segments(m, 1.0, 16000, 0.5)
     assert segs["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1", "b#2"]
     assert segs["end"].tolist() == [16000, 32000, 16000, 32000, 41600]
-    assert sid.segments(m, None, 16000)["end"].tolist() == [36800, 41600]
+    assert sid.segments(m, None, 16000, 0.5)["end"].tolist() == [36800, 41600]
+    # sid.min_crop_fraction: b's last 0.6 s crop goes at 0.7, a's 0.3 s one stays at 0.25
+    assert sid.segments(m, 1.0, 16000, 0.7)["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1"]
+    assert sid.segments(m, 1.0, 16000, 0.25)["seg_id"].tolist() == ["a#0", "a#1", "a#2", "b#0", "b#1", "b#2"]
 
 
 @pytest.mark.parametrize("kind", ["melhubert", "wav2vec2"])
 def test_pooled_shortcut_equals_the_frame_level_head(kind, tmp_path):
     model = tiny(kind)
-    segs = sid.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6, model.sample_rate)
+    segs = sid.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6, model.sample_rate, 0.5)
     pooled = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
     torch.manual_seed(0)
     head = sid.SIDHead(list(range(model.num_layers + 1)), model.hidden_dim, 5)
@@ -176,12 +179,12 @@ def test_sid_needs_speakers_and_every_split():
     m = pd.DataFrame({"utt_id": ["a", "b", "c"], "path": ["a.wav"] * 3, "speaker": ["x", "y", "x"],
                       "split": ["train", "test", "train"], "duration": [1.0] * 3})
     with pytest.raises(ValueError, match="m.tsv: .* no dev segments.*sid.enabled: false"):
-        sid.check_splits(sid.segments(m, None, 16000), "m.tsv")
+        sid.check_splits(sid.segments(m, None, 16000, 0.5), "m.tsv")
     m["split"] = ["train", "dev", "test"]
-    sid.check_splits(sid.segments(m, None, 16000), "m.tsv")
+    sid.check_splits(sid.segments(m, None, 16000, 0.5), "m.tsv")
     m["speaker"] = ""
     with pytest.raises(ValueError, match="no speaker names"):
-        sid.check_splits(sid.segments(m, None, 16000), "m.tsv")
+        sid.check_splits(sid.segments(m, None, 16000, 0.5), "m.tsv")
 
 
 @pytest.mark.parametrize("frame_period,crop", [(20, 0.6), (10, 0.35), (20, 0.25)])
@@ -192,7 +195,7 @@ def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, 
 
     model = tiny("melhubert20" if frame_period == 20 else "melhubert")
     man = _manifest(tmp_path, [1.31, 0.93, 2.07])
-    segs = sid.segments(man, crop, model.sample_rate)
+    segs = sid.segments(man, crop, model.sample_rate, 0.5)
     for path, g in segs.groupby("path"):
         wav = torch.from_numpy(load_audio(path, model.sample_rate)[0])
         bounds = list(zip(g["start"], g["end"]))
@@ -224,8 +227,8 @@ def test_a_pooled_file_keeps_its_segments_and_joins_paths_by_utterance(tmp_path)
     m["split"] = ["train", "train", "dev", "dev", "test", "test"]
     m["gender"], m["sample_rate"] = "F", 16000
     write_manifest(m, tmp_path / "m.tsv")
-    info = sid.pool_to_file(model, tmp_path / "m.tsv", 0.6, tmp_path / "pooled.npz", max_batch_seconds=2.0)
-    want = sid.segments(m, 0.6, model.sample_rate)
+    info = sid.pool_to_file(model, tmp_path / "m.tsv", 0.6, 0.5, tmp_path / "pooled.npz", max_batch_seconds=2.0)
+    want = sid.segments(m, 0.6, model.sample_rate, 0.5)
     assert info["segments"] == len(want)
     reversed_manifest = m.iloc[::-1].reset_index(drop=True)  # the join is by utt_id, not by row order
     write_manifest(reversed_manifest, tmp_path / "r.tsv")
