@@ -29,7 +29,7 @@ import torch
 
 from speaker_neurons import pruning, sid
 from speaker_neurons.statistics import bootstrap_interval, paired_delta, wilson_interval
-from speaker_neurons.utils import get_logger, save_figure
+from speaker_neurons.utils import get_logger, save_figure, write_json
 
 log = get_logger("erase")
 
@@ -243,7 +243,7 @@ def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mappin
     else:
         Path(out_pr_table).write_text("")
     summary["k_ssl"] = k_ssl
-    Path(out_summary).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(out_summary, summary)
     plot(table, out_plot, title=title)
     for name in sets:
         s = summary[name].get("all") or summary[name].get(next(iter(heads))) or {}

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from speaker_neurons.statistics import bootstrap_interval
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import get_logger, write_json
 
 log = get_logger("pr")
 
@@ -651,5 +651,5 @@ def run_pr(frames: str | os.PathLike, phones_tsv: str | os.PathLike, manifest_pa
                                 sid.layer_sets(layer_set_names, FrameCache(frames).layers - 1), cfg, device=device,
                                 fixed_lr=fixed, heads_path=out_heads)
     result.update(corpus=corpus, lr_from=lr_from_model if fixed else None)
-    Path(out_result).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(out_result, result)
     return {k: v["test_per"] for k, v in result["layer_sets"].items()}

@@ -10,7 +10,6 @@ stage), holds torch and the BLAS pools to the rule's threads, runs the stage and
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from speaker_neurons.utils import get_logger, setup_logging, sha256_paths, write_provenance
+from speaker_neurons.utils import get_logger, setup_logging, sha256_paths, write_json, write_provenance
 
 log = get_logger("stages")
 
@@ -55,7 +54,7 @@ class StageContext:
 
     def write_json(self, key: str, obj: Any) -> Any:
         """Write `obj` as the output `key` (sorted keys, one trailing newline); returns `obj`."""
-        self.out(key).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        write_json(self.out(key), obj)
         return obj
 
     def model(self, key: str = "model", device: str | None = None):

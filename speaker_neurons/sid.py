@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from speaker_neurons.statistics import eer_interval, mean_interval, wilson_interval
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import get_logger, write_json
 
 log = get_logger("sid")
 
@@ -501,13 +501,12 @@ def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str
     """SUPERB SID (and EER) on a pooled file, per layer set of `cfg` (the config's `sid` section); with
     `lr_from` (the root model's sid.json) the learning rates picked there. Writes the result (JSON, with
     the corpus it was scored on) and the picked heads (the erase ablation scores erased models with them)."""
-    import json
 
     data, L = load_pooled(pooled_path)
     fixed = rates_of(lr_from, cfg["layer_sets"]) if lr_from else None
     result, picked = evaluate(data, layer_sets(cfg["layer_sets"], L), cfg["learning_rates"], cfg["seeds"],
                               epochs=int(cfg["epochs"]), fixed_lr=fixed)
     result.update(crop_seconds=cfg["crop_seconds"], corpus=corpus, lr_from=lr_from_model if fixed else None)
-    Path(out_result).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(out_result, result)
     save_heads(out_heads, picked, cfg["seeds"])
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

@@ -95,7 +95,14 @@ def write_provenance(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(path, record)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """`obj` as JSON at `path`: indented, sorted keys, one trailing newline (the same object, the same bytes)."""
+    path = Path(path)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from speaker_neurons.utils import get_logger, save_npz
+from speaker_neurons.utils import get_logger, save_npz, write_json
 
 log = get_logger("clusters")
 
@@ -228,7 +228,6 @@ def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds
                          out_purity_png: str | Path, out_stability: str | Path) -> dict:
     """k-means of the i-vectors (`clusters.tsv`), the clusters against gender (where the manifest has it)
     and their stability (JSON). `params`: k, seed, n_init, stability_runs, stability_warn_below."""
-    import json
 
     from speaker_neurons.analysis.ivector import read_ivectors
     from speaker_neurons.analysis.report import write_gender_purity
@@ -242,6 +241,6 @@ def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds
     purity = write_gender_purity(labels, read_manifest(manifest_path), out_purity_tsv, out_purity_png)
     stab = cluster_stability(vecs, utt_ids, np.array([labels[u] for u in utt_ids]), k, seed, n_init,
                              int(params["stability_runs"]), params["stability_warn_below"], other_seeds_npz or None)
-    Path(out_stability).write_text(json.dumps(stab, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(out_stability, stab)
     return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
             "stability": stab}

@@ -22,7 +22,6 @@ File format (``activation_counts.npz`` + ``activation_counts.json`` beside it):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from speaker_neurons.analysis.counts_data import CountsData, counts_json_path, load_counts, top_k_for
-from speaker_neurons.utils import save_npz
+from speaker_neurons.utils import save_npz, write_json
 
 __all__ = [
     "top_k_for",
@@ -314,5 +313,5 @@ class ActivationCounter:
             num_classes=self.num_classes,
             total_frames=int(res["frames"].sum()),
         )
-        Path(json_path or counts_json_path(npz_path)).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+        write_json(json_path or counts_json_path(npz_path), info)
         return npz_path

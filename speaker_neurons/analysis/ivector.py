@@ -887,12 +887,11 @@ def run_ivectors(manifest_path: str | os.PathLike, config: dict[str, Any], n_oth
     `n_other_extractors` extractors trained with the next seeds (the cluster stability check: an npz of
     utt_id, seeds, ivectors (seeds, U, dim)), and their quality where the manifest has speakers and a
     train/test split (labels used only to score), as JSON. `config`: the `ivector` section."""
-    import json
 
     from speaker_neurons.audio import load_audio
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.evaluation import embedding_quality
-    from speaker_neurons.utils import save_npz
+    from speaker_neurons.utils import save_npz, write_json
 
     cfg = {k: v for k, v in config.items() if k != "kaldi_ivectors"}
     manifest = read_manifest(manifest_path)
@@ -906,5 +905,5 @@ def run_ivectors(manifest_path: str | os.PathLike, config: dict[str, Any], n_oth
     save_npz(other_seeds_out, {"utt_id": np.asarray(list(utt_ids), dtype=str),
                                "seeds": np.asarray(seeds, dtype=np.int64), "ivectors": stack})
     quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": info["config"]}
-    Path(quality_out).write_text(json.dumps(quality, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(quality_out, quality)
     return quality

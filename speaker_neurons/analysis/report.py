@@ -130,10 +130,11 @@ def evidence_report(feature_dir: str | os.PathLike, labels_npz: str | os.PathLik
     import json
 
     from speaker_neurons.analysis.clusters import load_labels
+    from speaker_neurons.utils import write_json
 
     frame_period = json.loads((Path(feature_dir) / "features.json").read_text())["frame_period"]
     fc_path = Path(corpus_dir) / "frame_classes.tsv" if corpus_dir else None
     fc = read_frame_classes(fc_path) if fc_path and fc_path.exists() else None
     summary = write_phone_composition(load_labels(labels_npz), fc, frame_period, tsv_path, png_path)
-    Path(summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(summary_json, summary)
     return summary

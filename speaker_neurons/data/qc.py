@@ -42,7 +42,7 @@ log = logging.getLogger("speaker_neurons.qc")
 
 REPORT_COLUMNS = ("utt_id", "path", "reason")
 
-__all__ = ["QCError", "SILENCE_PEAK", "REPORT_COLUMNS", "check_file", "run_qc"]
+__all__ = ["QCError", "REPORT_COLUMNS", "check_file", "qc_manifest", "run_qc"]
 
 
 class QCError(RuntimeError):
