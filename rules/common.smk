@@ -6,48 +6,18 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-SCHEMA = str(Path(workflow.basedir) / "speaker_neurons" / "config.schema.yaml")
-
-
-def _config_error(exc):
-    """Turn snakemake's schema error into one line that names the offending key."""
-    import jsonschema
-
-    candidates = [*exc.args, exc.__cause__, exc.__context__]
-    err = next(
-        (a for a in candidates if isinstance(a, jsonschema.ValidationError)), None
-    )
-    if err is None:
-        return str(exc)
-    key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-    return (
-        f"Invalid configuration at key '{key}': {err.message}. "
-        "Allowed keys, types and defaults: speaker_neurons/config.schema.yaml"
-    )
-
-
-_old_upstream = {"kind", "path", "format"} & set(config.get("upstream") or {})
-if _old_upstream:
-    raise WorkflowError(
-        f"Invalid configuration at key 'upstream.{sorted(_old_upstream)[0]}': a model is now an entry of "
-        "'models', e.g. models: [{name: hubert_base, kind: hubert, path: /models/hubert_base_ls960.pt}]; "
-        "'upstream' keeps only 'device'."
-    )
-try:
-    validate(config, SCHEMA)
-except WorkflowError as exc:
-    raise WorkflowError(_config_error(exc)) from None
-
 from speaker_neurons.analysis.neuron_sets import SET_NAMES as NEURON_SETS
-from speaker_neurons.catalogue import ConfigError, build_catalogue, check_leaks
+from speaker_neurons.catalogue import ConfigError, checked_catalogue
 from speaker_neurons.summary import MODEL_FILES
 
-try:
-    CAT = build_catalogue(config)
-    for _warning in check_leaks(CAT, config):
-        print(f"Note: {_warning}", file=sys.stderr)
+SCHEMA = str(Path(workflow.basedir) / "speaker_neurons" / "config.schema.yaml")
+
+try:  # the retired keys, the schema (Snakemake fills its defaults in), the catalogue, the leak check
+    CAT, _warnings = checked_catalogue(config, lambda c: validate(c, SCHEMA))
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+for _warning in _warnings:
+    print(f"Note: {_warning}", file=sys.stderr)
 
 RESULTS = config["results"].rstrip("/")
 LOGS = f"{RESULTS}/logs"

@@ -520,3 +520,40 @@ def check_leaks(cat: Catalogue, config: Mapping[str, Any]) -> list[str]:
                                                  f"analysis corpus {analysis.name!r}, on which the neurons are found: "
                                                  f"{'; '.join(leaks)}. Evaluate on utterances the analysis never saw.")
     return warnings
+
+
+# ------------------------------------------------------------------------------------ the whole check
+RETIRED_UPSTREAM_KEYS = ("kind", "path", "format")  # upstream's keys from before `models`
+
+
+def _schema_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError naming the key of the jsonschema error inside `exc` (None when there is none)."""
+    import jsonschema
+
+    candidates = [exc, *exc.args, exc.__cause__, exc.__context__]
+    err = next((a for a in candidates if isinstance(a, jsonschema.ValidationError)), None)
+    if err is None:
+        return None
+    key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    return ConfigError(key, f"{err.message}. Allowed keys, types and defaults: speaker_neurons/config.schema.yaml")
+
+
+def checked_catalogue(config: dict[str, Any], validate) -> tuple[Catalogue, list[str]]:
+    """Every check a configuration gets before any job, in order, and its catalogue with the warnings to
+    print: a retired key, the schema (`validate(config)` checks it and fills the defaults in place:
+    Snakemake's validation in the workflow), then the catalogue's own checks and the leak check. Each
+    failure is a ConfigError naming the key (the workflow and the tests call this one function)."""
+    retired = sorted(set(RETIRED_UPSTREAM_KEYS) & set(config.get("upstream") or {}))
+    if retired:
+        raise ConfigError(f"upstream.{retired[0]}", "a model is now an entry of 'models', e.g. models: [{name: "
+                                                    "hubert_base, kind: hubert, path: /models/hubert_base_ls960.pt}]; "
+                                                    "'upstream' keeps only 'device'.")
+    try:
+        validate(config)
+    except Exception as exc:
+        err = _schema_error(exc)
+        if err is None:
+            raise
+        raise err from None
+    cat = build_catalogue(config)
+    return cat, check_leaks(cat, config)

@@ -20,7 +20,8 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 def _schema() -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    # libyaml's loader where PyYAML has it: the same document, read ~10x faster (every job reads it)
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def schema() -> dict[str, Any]:

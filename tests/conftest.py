@@ -1,9 +1,18 @@
 """Shared test helpers: small audio files written with soundfile, and for the tests that run the
-workflow (marked `slow`): Snakemake runs on the tiny configuration, one synthesized tiny corpus shared
-by every run that needs one, and one uninterrupted tiny pre-training shared by the resume tests."""
+workflow (marked `slow`): Snakemake runs on the tiny configuration and one synthesized tiny corpus
+shared by every run that needs one.
+
+`make test` runs the suite in two pytest-xdist workers, one test file per worker at a time
+(`--dist loadfile`), the files that run the workflow first (`HEAVY_FIRST`): the SLURM tests wait
+mostly on the executor plugin (5 s before every sbatch) and on status checks, and another worker's
+chains use those cores meanwhile. A session fixture shared by files on both workers is made once, by
+the first worker that needs it (`_made_once`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 import subprocess
 import sys
@@ -13,15 +22,49 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+# OpenMP threads that wait for work sleep instead of spinning: the two workers and their jobs share the
+# cores, and a spinning thread burns the time another process needs (no result depends on it)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SYNTHESIZERS = ("espeak-ng", "mbrola", "flite", "festival", "pico2wave")
 # the corpora the tiny configuration synthesizes: the analysis corpus and the evaluation corpus
 TINY_CORPORA = ("demo", "demo_eval")
-# the pre-training the resume tests interrupt: a checkpoint every 5 steps, killed once step_10 exists
+# the pre-training the resume tests (test_resume, test_slurm) interrupt: a checkpoint every 5 steps, stopped
+# once step_10 exists
 # (batches of 1000 frames: steps 4x cheaper than the tiny config's, and step 10 falls inside an epoch)
 RESUME_PRETRAIN = "pretrain: {train: {max_steps: 40, checkpoint_every: 5, max_frames_per_batch: 1000}}\n"
 ONE_MODEL = "models=[{name: demo, kind: melhubert, source: pretrain}]"
+
+
+# the files that run the workflow, longest first: xdist hands each worker whole files in this order
+HEAVY_FIRST = ("test_end_to_end.py", "test_slurm.py", "test_real_layouts.py", "test_resume.py", "test_workflow.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of HEAVY_FIRST first, in that order (the others keep theirs), so that two workers start
+    on the two longest files side by side instead of meeting them last."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@contextlib.contextmanager
+def _made_once(tmp_path_factory, name: str):
+    """(folder, done): a folder shared by every xdist worker of the session (the plain temporary folder
+    without xdist), held under a lock; `done` is False when the caller must make its content (then call
+    it a success by leaving the block without an exception)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    folder = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = (folder / ".made").exists()
+        if not done:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        yield folder, done
+        (folder / ".made").touch()
 
 
 def corpus_dir(results, name: str = "demo") -> Path:
@@ -80,26 +123,13 @@ def tiny_corpora(tmp_path_factory):
     """A results folder holding the tiny configuration's synthesized corpora, made once per session by
     the workflow itself (rule synthesize_demo_corpus); tests copy them in with `seed_corpora`."""
     skip_without_synthesizers()
-    results = tmp_path_factory.mktemp("tiny_corpora") / "results"
-    res = run_snakemake("--cores", "2", "--configfile", TINY, "--config", f"results={results}", "--",
-                        *[corpus_dir(results, name) for name in TINY_CORPORA])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with _made_once(tmp_path_factory, "tiny_corpora") as (folder, done):
+        results = folder / "results"
+        if not done:
+            res = run_snakemake("--cores", "2", "--configfile", TINY, "--config", f"results={results}", "--",
+                                *[corpus_dir(results, name) for name in TINY_CORPORA])
+            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return results
-
-
-@pytest.fixture(scope="session")
-def plain_pretraining(tiny_corpora, tmp_path_factory):
-    """(results folder, extra config file): the tiny model pre-trained without interruption (40 steps,
-    a checkpoint every 5), the reference of every resume test."""
-    base = tmp_path_factory.mktemp("plain_pretraining")
-    extra = base / "extra.yaml"
-    extra.write_text(RESUME_PRETRAIN)
-    results = base / "plain"
-    seed_corpora(tiny_corpora, results)
-    res = run_snakemake(results / "models/demo/pretrain/summary.json", "--cores", "2", "--configfile", TINY, extra,
-                        "--config", f"results={results}", ONE_MODEL)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return results, extra
 
 
 def _write_audio(path, seconds=1.0, sr=16000, channels=1, subtype="PCM_16", data=None, freq=220.0, amp=0.3):

@@ -72,6 +72,13 @@ def test_chains_of_continued_and_iterative_models():
     assert set(c.analysed) == {"melhubert_demo", *steps}  # iterative steps are always analysed
 
 
+def test_prune_analyse_adds_the_pruned_and_continued_models_never_the_controls():
+    c = cat(prune={"strategies": ["protected"], "targets": ["protected_size"], "continue": {"steps": 3},
+                   "analyse": True})
+    assert c.analysed == ["melhubert_demo", "melhubert_demo-protected-pset", "melhubert_demo-protected-pset-cpt"]
+    assert "melhubert_demo-noffn" in c.models
+
+
 @pytest.mark.parametrize("over, key, words", [
     ({"models": [{"name": "a", "source": "pretrain"}, {"name": "a", "source": "pretrain"}]}, "models",
      "name 'a' is listed twice"),

@@ -1,7 +1,12 @@
 """The whole chain on a tiny configuration with two models side by side (the pre-trained demo
 MelHuBERT and a small wav2vec2-style model saved in the native format), run twice: every stage's
 outputs, logs and provenance exist and have the documented format; models, label files and neuron
-sets are byte-identical between the runs."""
+sets are byte-identical between the runs.
+
+Both runs start from the session's synthesized corpora (conftest.tiny_corpora; test_synth checks that
+a seed gives the same audio bytes). The second run computes only what the comparison reads: every
+file of `_deterministic_files` but the cross-model tables and the summary, which aggregate the rest
+(the SLURM comparison checks those run against run)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, TINY, corpus_dir, skip_without_synthesizers, snakemake_cmd
+from conftest import ROOT, TINY, TINY_CORPORA, corpus_dir, seed_corpora, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2),
@@ -35,14 +40,15 @@ def _native_wav2vec2(folder: Path) -> Path:
     return save_upstream(build_upstream("wav2vec2", W2V).eval(), folder)
 
 
-def _run_chains(extra: Path, *results: Path) -> None:
-    """The whole chain into each of `results`, the runs side by side (independent processes, each with
-    2 cores: a job's Python start-up in one overlaps the computing of the other on 2 CPUs)."""
+def _run_chains(extra: Path, *runs: tuple[Path, list]) -> None:
+    """Each (results, targets) of `runs` (no targets: the whole chain), the runs side by side
+    (independent processes, each with 2 cores: a job's Python start-up in one overlaps the computing of
+    the other on 2 CPUs)."""
     procs = []
-    for r in results:
+    for r, targets in runs:
         log = r.parent / f"{r.name}.log"
         procs.append((subprocess.Popen(snakemake_cmd("--cores", "2", "--configfile", TINY, extra,
-                                                     "--config", f"results={r}"),
+                                                     "--config", f"results={r}", "--", *targets),
                                        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                        start_new_session=True), log))
     try:
@@ -58,25 +64,44 @@ def _run_chains(extra: Path, *results: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    skip_without_synthesizers()
+def two_runs(tiny_corpora, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     native = _native_wav2vec2(base / "w2v_native")
     extra = base / "models.yaml"
     extra.write_text("models:\n  - {name: demo, kind: melhubert, source: pretrain}\n"
                      f"  - {{name: w2v, kind: wav2vec2, path: {native}, format: native}}\n"
-                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size], analyse: true,\n"
+                     "prune: {parents: [demo], strategies: [protected, random], targets: [protected_size], analyse: false,\n"
                      "        continue: {steps: 3}, iterative: {enabled: true, strategies: [protected], rows_per_step: 64,\n"
                      "        final_width: 128, steps_between: 3}}\n"
                      "sid: {enabled: true, crop_seconds: 1.0, learning_rates: [0.01, 0.1], seeds: [0, 1], epochs: 10}\n"
                      # one thread per job: the two chains run side by side on 2 cores, and two 2-thread jobs on
                      # 2 cores wait on each other's threads at every parallel region
                      "upstream: {threads: 1}\n")
-    _run_chains(extra, base / "a", base / "b")
-    return base / "a", base / "b"
+    a, b = base / "a", base / "b"
+    for results in (a, b):
+        seed_corpora(tiny_corpora, results, TINY_CORPORA)
+    _run_chains(extra, (a, []), (b, [b / rel for rel in _second_run_targets()]))
+    return a, b
 
 
-def _deterministic_files(root: Path) -> list[Path]:
+AGGREGATES = [Path("summary.tsv"), Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
+
+
+def _second_run_targets() -> list[Path]:
+    """What the second run makes: the files the two runs are compared on, less the aggregates (each
+    neuron set by its name, since the second run starts before the first has written any)."""
+    from speaker_neurons.analysis.neuron_sets import SET_NAMES
+
+    sets = [Path("models") / m / "analysis" / f"ssl_k{k}" / "neurons" / f"{name}.json"
+            for m in ("demo", "w2v") for k in (3, 5) for name in SET_NAMES]
+    pooled = [Path("models") / m / "sid/demo_eval/pooled_layers.npz" for m in ("demo", "w2v", "demo-protected-pset")]
+    files = [rel for rel in _deterministic_files(None) if rel not in AGGREGATES] + sets + pooled
+    # a model's weights are a folder that one rule writes
+    return list(dict.fromkeys(rel.parent if rel.parent.name == "model" else rel for rel in files))
+
+
+def _deterministic_files(root: Path | None) -> list[Path]:
+    """The files two runs must write byte for byte; `root`: a run whose neuron sets to list too."""
     files = [Path("corpora/demo/ivectors/clusters.tsv"), Path("corpora/demo/ivectors/extractor_seeds.npz"), Path("corpora/demo/ivectors/cluster_stability.json"),
              Path("models/demo/model/model.safetensors"),
              Path("models/demo/pretrain/head.pt"), Path("models/demo/pretrain/kmeans_centers.npy")]
@@ -85,18 +110,18 @@ def _deterministic_files(root: Path) -> list[Path]:
             d = Path("models") / model / "analysis" / f"ssl_k{k}"
             files += [d / "labels.npz", d / "hubert.km", d / "centroids.npy", d / "activation_counts.npz",
                       d / "neuron_counts.tsv"]
-            files += sorted(p.relative_to(root) for p in (root / d / "neurons").glob("*.json"))
+            if root is not None:
+                files += sorted(p.relative_to(root) for p in (root / d / "neurons").glob("*.json"))
     for pruned in ("demo-protected-pset", "demo-random-pset", "demo-protected-iter1", "demo-protected-iter2"):
-        files += [Path("models") / pruned / "model" / "model.safetensors", Path("models") / pruned / "prune.json",
-                  Path("models") / pruned / "analysis" / "ssl_k3" / "activation_counts.npz"]
+        files += [Path("models") / pruned / "model" / "model.safetensors", Path("models") / pruned / "prune.json"]
+    for step in ("demo-protected-iter1", "demo-protected-iter2"):  # iterative steps are always analysed
+        files += [Path("models") / step / "analysis" / "ssl_k3" / "activation_counts.npz"]
     for trained in ("demo-protected-pset-cpt", "demo-protected-iter2"):
         files += [Path("models") / trained / "model" / "model.safetensors", Path("models") / trained / "pretrain" / "head.pt"]
-    files += [Path("models/demo/analysis/ssl_k5/erase/erase.tsv"), Path("models/w2v/analysis/ssl_k5/erase/erase.tsv"),
-              Path("summary.tsv")]
-    files += [Path("comparison/neuron_counts.tsv"), Path("comparison/models.tsv")]
+    files += [Path("models/demo/analysis/ssl_k5/erase/erase.tsv"), Path("models/w2v/analysis/ssl_k5/erase/erase.tsv")]
+    files += AGGREGATES
     for control in ("demo-noffn", "w2v-noffn"):  # the FFN controls of both models of the config
         files += [Path("models") / control / "model" / "model.safetensors", Path("models") / control / "prune.json"]
-    files += [corpus_dir(".", "demo") / "channels.tsv", corpus_dir(".", "demo_eval") / "channels.tsv"]
     files += [Path("corpora/demo_eval/phone_targets.tsv"), Path("models/demo/pr/demo_eval/pr.json"),
               Path("models/demo-protected-pset/pr/demo_eval/pr.json")]
     return files
@@ -104,10 +129,11 @@ def _deterministic_files(root: Path) -> list[Path]:
 
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
-    files = _deterministic_files(a)
-    assert len(files) == 84
+    files = [rel for rel in _deterministic_files(a) if rel not in AGGREGATES]
+    assert len(files) == 77
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
+    assert not (b / "summary.tsv").exists()  # the second run made only what is compared
 
 
 def test_cluster_stability_over_kmeans_and_extractor_seeds(two_runs):
@@ -226,8 +252,9 @@ def test_provenance_evidence_and_comparison(two_runs):
 
 def test_pruned_models_are_models_of_the_workflow(two_runs):
     """One-shot pruning at the protected-set size: the protected strategy keeps exactly the protected
-    set (SSL-cluster and i-vector-cluster neurons of the parent), the random control keeps as many; both
-    are analysed like any model and listed in the cross-model table."""
+    set (SSL-cluster and i-vector-cluster neurons of the parent), the random control keeps as many. With
+    prune.analyse false (this chain) they get SID and PR but no label-free analysis; the iterative steps
+    are analysed and listed in the cross-model table (what prune.analyse true plans: test_workflow)."""
     import pandas as pd
 
     from speaker_neurons.models import load_native
@@ -247,10 +274,12 @@ def test_pruned_models_are_models_of_the_workflow(two_runs):
         if name == "demo-protected-pset":
             assert rec["protected_lost_total"] == 0
             assert {l: model.kept_indices[l] for l in (1, 2)} == {l: protected[l] for l in (1, 2)}
-        meta = json.loads((a / "models" / name / "analysis/ssl_k3/activation_counts.json").read_text())
-        assert meta["widths"] == widths
+        assert not (a / "models" / name / "analysis").exists()
+    for step, width in (("demo-protected-iter1", 192), ("demo-protected-iter2", 128)):
+        meta = json.loads((a / "models" / step / "analysis/ssl_k3/activation_counts.json").read_text())
+        assert meta["widths"] == [width, width]
     models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
-    assert {"demo-protected-pset", "demo-random-pset"} <= set(models["model"])
+    assert set(models["model"]) == {"demo", "w2v", "demo-protected-iter1", "demo-protected-iter2"}
 
 
 def test_sid_of_every_model(two_runs):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ONE_MODEL, ROOT, TINY, run_snakemake, seed_corpora, snakemake_cmd
+from conftest import ONE_MODEL, RESUME_PRETRAIN, ROOT, TINY, run_snakemake, seed_corpora, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,20 @@ def _args(results: Path, extra: Path, *more: str) -> list:
             *more]
 
 
+@pytest.fixture(scope="module")
+def plain_pretraining(tiny_corpora, tmp_path_factory):
+    """(results folder, extra config file): the tiny model pre-trained without interruption (40 steps,
+    a checkpoint every 5), the reference of the resume test."""
+    base = tmp_path_factory.mktemp("plain_pretraining")
+    extra = base / "extra.yaml"
+    extra.write_text(RESUME_PRETRAIN)
+    results = base / "plain"
+    seed_corpora(tiny_corpora, results)
+    res = run_snakemake(*_args(results, extra))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return results, extra
+
+
 def _losses(path: Path) -> list[str]:
     """train_log.tsv without its wall-time column."""
     rows = [line.split("\t") for line in path.read_text().splitlines()]
@@ -33,7 +47,7 @@ def _losses(path: Path) -> list[str]:
 
 
 def test_sigkilled_pretraining_resumes_and_ends_byte_identical(plain_pretraining, tiny_corpora, tmp_path):
-    # the uninterrupted run of the same configuration (conftest.plain_pretraining, shared with test_slurm)
+    # the uninterrupted run of the same configuration
     plain, extra = plain_pretraining
     killed = tmp_path / "killed"
     seed_corpora(tiny_corpora, killed)

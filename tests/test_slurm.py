@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ONE_MODEL, ROOT, TINY, TINY_CORPORA, missing_synthesizers, seed_corpora, snakemake_cmd
+from conftest import RESUME_PRETRAIN, ROOT, TINY, TINY_CORPORA, missing_synthesizers, seed_corpora, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 # the tiny chain, smaller still: one k, one pruned model, SID and the erase ablation with one seed
@@ -104,25 +104,56 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     assert "gpu" not in block  # rules that run no model never ask for one
 
 
-def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tiny_corpora, tmp_path):
+@pytest.fixture(scope="module")
+def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
+    """The tiny chain run twice side by side: locally into `local` (the session's shared corpora,
+    synthesized by the workflow) and through SLURM into `slurm`, which synthesizes its own (the
+    comparison covers the corpora too). The SLURM run's pre-training job is `scancel`led once its
+    step-10 checkpoint exists; the next run through the profile resumes it and finishes the chain.
+    Returns (local, slurm, the exit status of the cancelled run)."""
+    import signal
+    import time
+
+    base = tmp_path_factory.mktemp("slurm_runs")
+    extra = base / "extra.yaml"
+    # one thread per job: the local run and the SLURM run share the 2 cores (two 2-thread jobs on 2 cores
+    # wait on each other's threads at every parallel region); the resume tests' pre-training (40 steps,
+    # a checkpoint every 5)
+    extra.write_text(EXTRA + "upstream: {threads: 1}\n" + RESUME_PRETRAIN)
+    local, slurm = base / "local", base / "slurm"
+    seed_corpora(tiny_corpora, local, TINY_CORPORA)
+    config = ["--configfile", str(TINY), str(extra), "--config"]
+    proc = _start(["--cores", "2", *config, f"results={local}"], base / "local.log")
+    cancelled = subprocess.Popen(snakemake_cmd(*PROFILE, *config, f"results={slurm}"), cwd=ROOT, env=cluster,
+                                 stdout=(base / "cancelled.log").open("w"), stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    scratch = slurm / "resume/melhubert_demo/pretrain_melhubert"
+    deadline = time.monotonic() + 900
+    try:
+        while not (scratch / "step_10").exists():
+            assert cancelled.poll() is None and time.monotonic() < deadline, \
+                "the run ended before it could be cancelled:\n" + (base / "cancelled.log").read_text()[-3000:]
+            time.sleep(0.05)
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True, text=True).stdout.split()
+        assert jobs, "no SLURM job to cancel"
+        subprocess.run(["scancel", *jobs], env=cluster, check=True)
+        status = cancelled.wait(timeout=300)
+    finally:
+        if cancelled.poll() is None:
+            os.killpg(cancelled.pid, signal.SIGKILL)
+    assert not (slurm / "models/melhubert_demo/pretrain/summary.json").exists()
+    res = _snakemake([*PROFILE, *config, f"results={slurm}"], env=cluster)
+    _finish(proc, base / "local.log")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "slurm" in (res.stdout + res.stderr).lower()
+    return local, slurm, status
+
+
+def test_tiny_workflow_through_slurm_equals_the_local_run(cancelled_and_resumed):
     sys.path.insert(0, str(ROOT / "scripts"))
     import compare_runs
 
-    extra = tmp_path / "extra.yaml"
-    # one thread per job: the local run and the SLURM run share the 2 cores (two 2-thread jobs on 2 cores
-    # wait on each other's threads at every parallel region)
-    extra.write_text(EXTRA + "upstream: {threads: 1}\n")
-    local, slurm = tmp_path / "local", tmp_path / "slurm"
-    # the local run (the session's shared corpora, synthesized by the workflow) beside the SLURM run,
-    # which synthesizes its own: the comparison below covers the corpora too
-    seed_corpora(tiny_corpora, local, TINY_CORPORA)
-    proc = _start(["--cores", "2", "--configfile", str(TINY), str(extra), "--config", f"results={local}"],
-                  tmp_path / "local.log")
-    res = _snakemake([*PROFILE, "--configfile", str(TINY), str(extra),
-                      "--config", f"results={slurm}"], env=cluster)
-    _finish(proc, tmp_path / "local.log")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "slurm" in (res.stdout + res.stderr).lower()
+    local, slurm, _ = cancelled_and_resumed
     files_local = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
     files_slurm = {str(p.relative_to(slurm)) for p in slurm.rglob("*") if p.is_file()}
     assert files_local == files_slurm
@@ -140,47 +171,19 @@ def test_tiny_workflow_through_slurm_equals_the_local_run(cluster, tiny_corpora,
     assert "SLURM job" not in (local / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
 
 
-def test_scancelled_pretraining_resumes_through_slurm(cluster, plain_pretraining, tiny_corpora, tmp_path):
-    """`scancel` of the pre-training job mid-training: the next run through the profile resumes from the
-    last checkpoint and ends byte-identical to an uninterrupted local run."""
-    import signal
-    import time
-
+def test_scancelled_pretraining_resumes_through_slurm(cancelled_and_resumed):
+    """`scancel` of the pre-training job mid-training: that run fails, the next run through the profile
+    resumes from the last checkpoint, and the model ends byte-identical to the uninterrupted local run
+    (and so does every result after it: the test above)."""
     from test_resume import _losses
 
-    # the uninterrupted local run (conftest.plain_pretraining, shared with test_resume): the same
-    # pre-training (40 steps, a checkpoint every 5) of the same corpus; this run adds the SLURM EXTRA
-    plain, resume_extra = plain_pretraining
-    extra = tmp_path / "extra.yaml"
-    extra.write_text(EXTRA + resume_extra.read_text())
-    cancelled = tmp_path / "cancelled"
-    seed_corpora(tiny_corpora, cancelled)
-
-    def cmd(results, *more):
-        return [str(results / "models/demo/pretrain/summary.json"), "--configfile", str(TINY), str(extra),
-                "--config", f"results={results}", ONE_MODEL, *more]
-
-    proc = subprocess.Popen(snakemake_cmd(*PROFILE, *cmd(cancelled)),
-                            cwd=ROOT, env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    scratch = cancelled / "resume/demo/pretrain_melhubert"
-    deadline = time.monotonic() + 900
-    while not (scratch / "step_10").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be cancelled"
-        time.sleep(0.05)
-    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True, text=True).stdout.split()
-    assert jobs, "no SLURM job to cancel"
-    subprocess.run(["scancel", *jobs], env=cluster, check=True)
-    try:
-        assert proc.wait(timeout=300) != 0  # snakemake reports the job CANCELLED and fails
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not (cancelled / "models/demo/pretrain/summary.json").exists()
-    res = _snakemake([*PROFILE, *cmd(cancelled)], env=cluster)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "RESUMING from" in (cancelled / "logs/demo/pretrain_melhubert.log").read_text()
-    a, b = plain / "models/demo", cancelled / "models/demo"
+    local, slurm, status = cancelled_and_resumed
+    assert status != 0  # snakemake reports the job CANCELLED and fails
+    log = (slurm / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
+    assert "RESUMING from" in log and re.search(r"SLURM job \d+", log)
+    assert "RESUMING from" not in (local / "logs/melhubert_demo/pretrain_melhubert.log").read_text()
+    a, b = local / "models/melhubert_demo", slurm / "models/melhubert_demo"
     for rel in ("model/model.safetensors", "pretrain/head.pt", "pretrain/kmeans_centers.npy"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert _losses(a / "pretrain/train_log.tsv") == _losses(b / "pretrain/train_log.tsv")
+    assert len(_losses(a / "pretrain/train_log.tsv")) == 41

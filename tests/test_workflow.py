@@ -1,7 +1,9 @@
 """The workflow as users meet it: dry run, lint, formatting, config validation.
 
-Tests that start Snakemake are marked `slow`; the configs that must stop before any job are each
-checked by a `snakemake -n` process of their own, the processes started side by side by one fixture."""
+Tests that start Snakemake are marked `slow`. Every config that must stop before any job is checked
+in this process through `catalogue.checked_catalogue`, the one function rules/common.smk calls; the
+configs whose stop needs Snakemake itself (its DAG, its wiring of that function) get a `snakemake -n`
+process of their own, started side by side by one fixture."""
 
 from __future__ import annotations
 
@@ -42,39 +44,49 @@ BAD_CONFIGS = [
     ("models: [{name: h, kind: hubert}]", "source checkpoint needs 'path'"),
     ("upstream: {kind: hubert, path: /models/hubert.pt}", "Invalid configuration at key 'upstream.kind'"),
 ]
-# configs of other tests below that must stop before any job, each written under its own folder
-OTHER_STOPPING = {
+# configs that must stop before any job, checked by Snakemake itself, each written under its own folder:
+# a schema error and a catalogue error (the Snakefile's wiring of checked_catalogue) and a missing input
+# (Snakemake's DAG)
+STOPPING = {
+    "schema": "corpus: {source: librivox}",
     "librispeech_without_paths": "corpus: {source: librispeech}",
     "missing_checkpoint": "models: [{name: hub, kind: hubert, path: DIR/nope/hubert_base.pt}]",
 }
 
 
+def _stop_in_process(override: str, tmp_path: Path) -> str:
+    """The ConfigError's message for config.yaml overlaid with `override` (as Snakemake overlays a
+    --configfile), checked as rules/common.smk checks it; fails when the config passes."""
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from speaker_neurons.catalogue import ConfigError, checked_catalogue
+
+    ckpt = tmp_path / "melhubert.ckpt"  # a released MelHuBERT file (not read by the checks)
+    ckpt.write_bytes(b"")
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(config, yaml.safe_load(override.replace("CKPT", str(ckpt))))
+    with pytest.raises(ConfigError) as err:
+        checked_catalogue(config, lambda c: validate(c, SCHEMA))
+    return str(err.value)
+
+
 @pytest.fixture(scope="module")
 def stopping_dry_runs(tmp_path_factory):
     """{case: (its folder, the CompletedProcess of `snakemake -n --configfile <its config>`)} for every
-    config that must stop before any job: one process per config, three at a time (each process is
-    mostly Snakemake's single-threaded start-up, so they share 2 CPUs well)."""
+    config of STOPPING: one process per config, side by side (each process is mostly Snakemake's
+    single-threaded start-up, so they share 2 CPUs well)."""
     base = tmp_path_factory.mktemp("stopping")
-    cases = {}
-    for i, (override, _) in enumerate(BAD_CONFIGS):
-        d = base / f"bad{i:02d}"
-        d.mkdir()
-        ckpt = d / "melhubert.ckpt"  # a released MelHuBERT file (not read by a dry run)
-        ckpt.write_bytes(b"")
-        cases[override] = (d, override.replace("CKPT", str(ckpt)))
-    for name, body in OTHER_STOPPING.items():
-        d = base / name
-        d.mkdir()
-        cases[name] = (d, body.replace("DIR", str(d)))
 
     def run(case):
-        d, body = cases[case]
+        d = base / case
+        d.mkdir()
         cfg = d / "c.yaml"
-        cfg.write_text(f"results: {d}/results\n{body}\n")
+        cfg.write_text(f"results: {d}/results\n{STOPPING[case].replace('DIR', str(d))}\n")
         return case, (d, run_snakemake("-n", "--configfile", str(cfg)))
 
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(pool.map(run, cases))
+        return dict(pool.map(run, STOPPING))
 
 
 @slow
@@ -103,16 +115,22 @@ def test_rules_are_snakefmt_formatted():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@slow
 @pytest.mark.parametrize("override, message", BAD_CONFIGS)
-def test_bad_config_stops_before_any_job_naming_the_key(stopping_dry_runs, override, message):
-    d, res = stopping_dry_runs[override]
-    out = res.stdout + res.stderr
-    assert res.returncode != 0
+def test_bad_config_stops_before_any_job_naming_the_key(override, message, tmp_path):
+    out = _stop_in_process(override, tmp_path)
     assert message in out, out
-    assert "Job stats" not in out and not (d / "results").exists()
     if override.startswith("upstream"):  # the old single-model key points to its replacement
         assert "models: [{name:" in out
+
+
+@slow
+def test_the_workflow_stops_on_a_bad_config_before_any_job(stopping_dry_runs):
+    """The Snakefile runs the checks above before it plans: the error names the key, no job is planned
+    and nothing is written."""
+    d, res = stopping_dry_runs["schema"]
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Invalid configuration at key 'corpus.source'" in out, out
+    assert "config.schema.yaml" in out and "Job stats" not in out and not (d / "results").exists()
 
 
 def test_schema_fills_defaults_for_keys_left_out():
@@ -175,11 +193,13 @@ def test_the_package_lists_are_the_schema_enums():
 
 
 @slow
-def test_non_demo_source_without_paths_names_the_missing_key(stopping_dry_runs):
-    _, res = stopping_dry_runs["librispeech_without_paths"]  # corpus: {source: librispeech}, no paths
+def test_non_demo_source_without_paths_names_the_missing_key(stopping_dry_runs, tmp_path):
+    d, res = stopping_dry_runs["librispeech_without_paths"]  # corpus: {source: librispeech}, no paths
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "Invalid configuration at key 'corpus.librispeech.split_dir'" in out and "names no folder" in out, out
+    assert "Job stats" not in out and not (d / "results").exists()
+    assert "'corpus.librispeech.split_dir'" in _stop_in_process(STOPPING["librispeech_without_paths"], tmp_path)
 
 
 def _broken_corpus(root: Path, n_good: int = 12) -> Path:
@@ -244,20 +264,25 @@ def test_missing_checkpoint_is_named_before_any_job(stopping_dry_runs):
 @slow
 def test_two_models_plan_side_by_side(tmp_path):
     """Each listed model gets its own analysis jobs under results/models/<name>/, and a cross-model
-    table joins them."""
+    table joins them; with prune.analyse a pruned model is analysed and joined like its parent (the
+    no-FFN control never is)."""
     native = tmp_path / "w2v"
     native.mkdir()
     (native / "config.json").write_text("{}")
     (native / "model.safetensors").write_bytes(b"")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"results: {tmp_path}/r\nanalysis: {{k_ssl: [3, 5]}}\nmodels: [{{name: demo, kind: melhubert, "
-                   f"source: pretrain}}, {{name: w2v, kind: wav2vec2, path: {native}, format: native}}]\n")
+                   f"source: pretrain}}, {{name: w2v, kind: wav2vec2, path: {native}, format: native}}]\n"
+                   "prune: {parents: [demo], strategies: [protected], targets: [protected_size], analyse: true}\n")
     res = run_snakemake("-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    for model in ("demo", "w2v"):
+    for model in ("demo", "w2v", "demo-protected-pset"):
         for k in (3, 5):
             assert f"{tmp_path}/r/models/{model}/analysis/ssl_k{k}/activation_counts.npz" in out
+    assert f"{tmp_path}/r/models/demo-noffn/sid/" in out and f"{tmp_path}/r/models/demo-noffn/analysis" not in out
+    compare = out.split("rule compare_models:", 1)[1].split("rule ", 1)[0]
+    assert f"{tmp_path}/r/models/demo-protected-pset/analysis/neuron_counts.tsv" in compare
     assert "compare_models" in out and f"{tmp_path}/r/comparison/models.tsv" in out
     assert out.count("rule pretrain_melhubert:") == 1  # only the pretrain entry is trained
     assert f"input: {native}" in out  # the checkpoint entry is read where it lies
