@@ -14,7 +14,6 @@ import builtins
 import collections
 import functools
 import inspect
-import io
 import json
 import os
 import pickle
@@ -30,7 +29,7 @@ from torchaudio.models.wav2vec2.utils import import_fairseq
 
 from speaker_neurons.models.errors import CheckpointError, UnsafeCheckpointError
 from speaker_neurons.models.fairseq_ckpt import parse_conv_layers, read_fairseq_checkpoint
-from speaker_neurons.models.names import POS_CONV_WEIGHT_G, POS_CONV_WEIGHT_V, torchaudio_param_shapes
+from speaker_neurons.models.names import torchaudio_param_shapes
 from speaker_neurons.models.unpickler import safe_torch_load
 
 FIXTURES = Path(__file__).parent / "fixtures"

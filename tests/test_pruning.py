@@ -3,7 +3,6 @@ pruned model equal to its parent with the removed neurons silenced."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

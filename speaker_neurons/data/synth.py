@@ -665,7 +665,6 @@ def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int,
         _close_engines()
 
     # tables
-    spk_by_id = {s.speaker: s for s in specs}
     _write_tsv(out_dir / "speakers.tsv",
                ["speaker", "gender", "voice", "engine", "pitch_semitones", "vtl_factor", "tempo", "gain_db"],
                [[s.speaker, s.gender, s.voice, s.engine, _fmt(s.pitch_semitones, 3), _fmt(s.vtl_factor, 4),
