@@ -501,7 +501,6 @@ def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str
     """SUPERB SID (and EER) on a pooled file, per layer set of `cfg` (the config's `sid` section); with
     `lr_from` (the root model's sid.json) the learning rates picked there. Writes the result (JSON, with
     the corpus it was scored on) and the picked heads (the erase ablation scores erased models with them)."""
-
     data, L = load_pooled(pooled_path)
     fixed = rates_of(lr_from, cfg["layer_sets"]) if lr_from else None
     result, picked = evaluate(data, layer_sets(cfg["layer_sets"], L), cfg["learning_rates"], cfg["seeds"],

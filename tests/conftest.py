@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,28 @@ def snakemake_cmd(*args) -> list[str]:
 def run_snakemake(*args, env=None, timeout=1200) -> subprocess.CompletedProcess:
     """`snakemake ARGS` from the workflow's folder, output captured."""
     return subprocess.run(snakemake_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_snakemake(log: Path, *args, env=None) -> subprocess.Popen:
+    """`snakemake ARGS` from the workflow's folder in the background (its own process group), its output
+    to `log`: for runs side by side."""
+    return subprocess.Popen(snakemake_cmd(*args), cwd=ROOT, env=env, stdout=Path(log).open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a run of `start_snakemake` that is still going: snakemake and its running jobs."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_or_kill(proc: subprocess.Popen, timeout: float) -> int:
+    """The exit status of a run of `start_snakemake`; on a timeout or an error it is stopped first."""
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        stop(proc)
 
 
 def seed_corpora(source, results, names=("demo",)) -> None:

@@ -11,8 +11,6 @@ file of `_deterministic_files` but the cross-model tables and the summary, which
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, TINY, TINY_CORPORA, corpus_dir, seed_corpora, snakemake_cmd
+from conftest import ROOT, TINY, TINY_CORPORA, corpus_dir, seed_corpora, start_snakemake, stop, wait_or_kill
 
 pytestmark = pytest.mark.slow
 W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2),
@@ -44,23 +42,16 @@ def _run_chains(extra: Path, *runs: tuple[Path, list]) -> None:
     """Each (results, targets) of `runs` (no targets: the whole chain), the runs side by side
     (independent processes, each with 2 cores: a job's Python start-up in one overlaps the computing of
     the other on 2 CPUs)."""
-    procs = []
-    for r, targets in runs:
-        log = r.parent / f"{r.name}.log"
-        procs.append((subprocess.Popen(snakemake_cmd("--cores", "2", "--configfile", TINY, extra,
-                                                     "--config", f"results={r}", "--", *targets),
-                                       cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                       start_new_session=True), log))
+    procs = [(start_snakemake(r.parent / f"{r.name}.log", "--cores", "2", "--configfile", TINY, extra,
+                              "--config", f"results={r}", "--", *targets), r.parent / f"{r.name}.log")
+             for r, targets in runs]
     try:
+        status = [wait_or_kill(proc, 2400) for proc, _ in procs]
+    finally:  # a wait that failed leaves the other runs going
         for proc, _ in procs:
-            proc.wait(timeout=2400)
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:  # snakemake and its running jobs
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    for proc, log in procs:
-        assert proc.returncode == 0, log.read_text()[-8000:]
+            stop(proc)
+    for code, (_, log) in zip(status, procs):
+        assert code == 0, log.read_text()[-8000:]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ and an evaluation corpus stops the run before any job, naming the file."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from conftest import run_snakemake
 from test_end_to_end import _native_wav2vec2  # the same small wav2vec2-style checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 WORDS = ["HELLO", "WORLD", "SPEECH", "APPLE", "GARDEN", "MORNING", "WATER", "YELLOW", "DOCTOR", "WINDOW", "SUMMER",
@@ -95,11 +93,6 @@ erase: {{random_seeds: [0]}}
     return cfg
 
 
-def _snakemake(*args, timeout=1500):
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real")
@@ -121,7 +114,7 @@ def corpora(tmp_path_factory):
 def run(corpora):
     tmp, vox = corpora
     results = tmp / "results"
-    res = _snakemake("--configfile", str(_config(tmp, results, vox)))
+    res = run_snakemake("--cores", "2", "--configfile", str(_config(tmp, results, vox)))
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return results
 
@@ -168,7 +161,7 @@ def test_a_leak_between_analysis_and_test_utterances_stops_before_any_job(corpor
     shutil.copy(victim, test_file)  # a dev-clean utterance's bytes as a VoxCeleb1 test file
     vox2 = {"root": str(leaked), "iden_split": str(leaked / "iden_split.txt"), "meta_csv": str(leaked / "vox1_meta.csv")}
     results = tmp_path / "results"
-    res = _snakemake("-n", "--configfile", str(_config(tmp, results, vox2)), timeout=300)
+    res = run_snakemake("--cores", "2", "-n", "--configfile", str(_config(tmp, results, vox2)), timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "Invalid configuration at key 'stages.sid'" in out and test_file.name in out and victim.name in out, out

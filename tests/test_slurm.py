@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RESUME_PRETRAIN, ROOT, TINY, TINY_CORPORA, missing_synthesizers, seed_corpora, snakemake_cmd
+from conftest import (RESUME_PRETRAIN, ROOT, TINY, TINY_CORPORA, missing_synthesizers, run_snakemake, seed_corpora,
+                      start_snakemake, stop, wait_or_kill)
 
 pytestmark = pytest.mark.slow
 # the tiny chain, smaller still: one k, one pruned model, SID and the erase ablation with one seed
@@ -61,33 +62,11 @@ def cluster(tmp_path_factory):
                    timeout=120)
 
 
-def _snakemake(args, env=None, timeout=1800):
-    return subprocess.run(snakemake_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _start(args, log: Path, env=None) -> subprocess.Popen:
-    """`snakemake ARGS` in the background, its output to `log` (to run beside a SLURM run)."""
-    return subprocess.Popen(snakemake_cmd(*args), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout=1800) -> None:
-    import signal
-
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:  # snakemake and its running jobs
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, log.read_text()[-6000:]
-
-
 def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text(EXTRA)
-    res = _snakemake(["--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
-                      "--config", f"results={tmp_path / 'r'}"], env=cluster, timeout=300)
+    res = run_snakemake("--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
+                        "--config", f"results={tmp_path / 'r'}", env=cluster, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "rule pretrain_melhubert" in out and "mem_mb=8000" in out and "runtime=60" in out
@@ -95,8 +74,8 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     assert "gpu=0" in block  # device cpu: the plugin adds no --gpus for 0
     extra.write_text(EXTRA + "upstream: {device: cuda, gpu_model: h200}\n"
                      "resources: {pretrain_melhubert: {mem_mb: 12000, runtime: 90}}\n")
-    res = _snakemake(["--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
-                      "--config", f"results={tmp_path / 'r'}"], env=cluster, timeout=300)
+    res = run_snakemake("--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
+                        "--config", f"results={tmp_path / 'r'}", env=cluster, timeout=300)
     out = res.stdout + res.stderr
     block = out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]
     assert "gpu=1" in block and "gpu_model=h200" in block and "mem_mb=12000" in block and "runtime=90" in block
@@ -111,7 +90,6 @@ def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
     comparison covers the corpora too). The SLURM run's pre-training job is `scancel`led once its
     step-10 checkpoint exists; the next run through the profile resumes it and finishes the chain.
     Returns (local, slurm, the exit status of the cancelled run)."""
-    import signal
     import time
 
     base = tmp_path_factory.mktemp("slurm_runs")
@@ -123,10 +101,8 @@ def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
     local, slurm = base / "local", base / "slurm"
     seed_corpora(tiny_corpora, local, TINY_CORPORA)
     config = ["--configfile", str(TINY), str(extra), "--config"]
-    proc = _start(["--cores", "2", *config, f"results={local}"], base / "local.log")
-    cancelled = subprocess.Popen(snakemake_cmd(*PROFILE, *config, f"results={slurm}"), cwd=ROOT, env=cluster,
-                                 stdout=(base / "cancelled.log").open("w"), stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+    proc = start_snakemake(base / "local.log", "--cores", "2", *config, f"results={local}")
+    cancelled = start_snakemake(base / "cancelled.log", *PROFILE, *config, f"results={slurm}", env=cluster)
     scratch = slurm / "resume/melhubert_demo/pretrain_melhubert"
     deadline = time.monotonic() + 900
     try:
@@ -137,13 +113,15 @@ def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
         jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True, text=True).stdout.split()
         assert jobs, "no SLURM job to cancel"
         subprocess.run(["scancel", *jobs], env=cluster, check=True)
-        status = cancelled.wait(timeout=300)
+        status = wait_or_kill(cancelled, 300)
     finally:
-        if cancelled.poll() is None:
-            os.killpg(cancelled.pid, signal.SIGKILL)
-    assert not (slurm / "models/melhubert_demo/pretrain/summary.json").exists()
-    res = _snakemake([*PROFILE, *config, f"results={slurm}"], env=cluster)
-    _finish(proc, base / "local.log")
+        stop(cancelled)
+    try:
+        assert not (slurm / "models/melhubert_demo/pretrain/summary.json").exists()
+        res = run_snakemake(*PROFILE, *config, f"results={slurm}", env=cluster, timeout=1800)
+        assert wait_or_kill(proc, 1800) == 0, (base / "local.log").read_text()[-6000:]
+    finally:
+        stop(proc)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "slurm" in (res.stdout + res.stderr).lower()
     return local, slurm, status

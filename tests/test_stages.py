@@ -196,9 +196,7 @@ def test_the_functions_the_stages_call_take_config_values_without_defaults():
     import importlib
     import inspect
 
-    import yaml
-
-    from speaker_neurons.config import SCHEMA_PATH
+    from speaker_neurons.config import schema
 
     def leaves(node, out):
         for name, sub in (node.get("properties") or {}).items():
@@ -208,7 +206,7 @@ def test_the_functions_the_stages_call_take_config_values_without_defaults():
         return out
 
     # names that are also the package's own switches, not these config values (a progress bar)
-    keys = leaves(yaml.safe_load(open(SCHEMA_PATH)), set()) - {"enabled", "device", "threads", "name", "path",
+    keys = leaves(schema(), set()) - {"enabled", "device", "threads", "name", "path",
                                                                  "progress", "corpora"}
     called = set()
     for fn in stages.STAGES.values():

@@ -14,17 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SCHEMA = str(ROOT / "speaker_neurons" / "config.schema.yaml")
 slow = pytest.mark.slow
-
-
-def run_snakemake(*args, cwd=ROOT, timeout=300):
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
 
 
 BAD_CONFIGS = [

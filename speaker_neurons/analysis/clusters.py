@@ -228,7 +228,6 @@ def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds
                          out_purity_png: str | Path, out_stability: str | Path) -> dict:
     """k-means of the i-vectors (`clusters.tsv`), the clusters against gender (where the manifest has it)
     and their stability (JSON). `params`: k, seed, n_init, stability_runs, stability_warn_below."""
-
     from speaker_neurons.analysis.ivector import read_ivectors
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest

@@ -887,7 +887,6 @@ def run_ivectors(manifest_path: str | os.PathLike, config: dict[str, Any], n_oth
     `n_other_extractors` extractors trained with the next seeds (the cluster stability check: an npz of
     utt_id, seeds, ivectors (seeds, U, dim)), and their quality where the manifest has speakers and a
     train/test split (labels used only to score), as JSON. `config`: the `ivector` section."""
-
     from speaker_neurons.audio import load_audio
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.evaluation import embedding_quality
