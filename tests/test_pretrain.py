@@ -106,6 +106,20 @@ def test_make_batches_bounded_complete_deterministic():
     assert make_batches([5000, 10], 1000, np.random.default_rng(0)) != []  # over-long utterance alone
 
 
+def test_amp_auto_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    """The default precision never emulates bf16: auto = bf16 on CUDA and on CPUs with AVX512-BF16 / AMX,
+    float32 on the rest; true and false mean the same on every device."""
+    from speaker_neurons.pretrain import loop
+
+    assert TRAIN["amp"] == "auto"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(loop, "native_bf16", lambda: False)  # an AVX2-only CPU
+    assert loop.resolve_amp("auto", cpu) is False and loop.resolve_amp("auto", cuda) is True
+    assert loop.resolve_amp(True, cpu) is True and loop.resolve_amp(False, cuda) is False
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)  # AVX512-BF16 or AMX
+    assert loop.resolve_amp("auto", cpu) is True
+
+
 def test_lr_schedule():
     assert lr_at(1, 1.0, 10, 100) == pytest.approx(0.1)
     assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
@@ -206,6 +220,11 @@ def test_pretrain_outputs(trained):
     assert on_disk["steps"] == 30 and on_disk["device"] == "cpu"
     for key in ("first_loss", "last_loss", "train_seconds", "model_config", "train_config"):
         assert key in on_disk
+    from speaker_neurons.pretrain.loop import native_bf16
+
+    # the provenance says which precision ran, and auto followed the CPU
+    assert on_disk["amp_setting"] == "auto" and on_disk["cpu_native_bf16"] == native_bf16()
+    assert on_disk["precision"] == ("bf16 autocast" if native_bf16() else "float32")
     assert on_disk["checkpoints"] == ["step_15", "step_30"]
     head = torch.load(out / "head.pt")
     assert head["state_dict"]["weight"].shape == (16, 64)
@@ -296,6 +315,33 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(trained, tmp_path):
     with pytest.raises(ValueError, match="another training config"):
         pretrain_melhubert(manifest, tmp_path / "other", TINY_MODEL, {**cfg, "lr": 1e-3}, device="cpu", threads=1,
                            resume_from=full / "checkpoints" / "step_10")
+
+
+@pytest.mark.slow  # pre-trains
+def test_resume_with_auto_keeps_the_checkpoints_precision(trained, tmp_path, monkeypatch):
+    """A job requeued onto a node whose CPU resolves `amp: auto` the other way continues in the precision
+    its checkpoint was trained in: the same bytes as the run that never stopped."""
+    import shutil
+
+    from speaker_neurons.pretrain import loop, pretrain_melhubert
+
+    manifest, _, _, _ = trained
+    cfg = {**TINY_TRAIN, "max_steps": 14, "checkpoint_every": 7, "amp": "auto"}
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
+    full = tmp_path / "full"
+    s_full = pretrain_melhubert(manifest, full, TINY_MODEL, cfg, device="cpu", threads=1)
+    assert s_full["precision"] == "bf16 autocast"
+    monkeypatch.setattr(loop, "native_bf16", lambda: False)  # the other node
+    fresh = pretrain_melhubert(manifest, tmp_path / "fresh", TINY_MODEL, cfg, device="cpu", threads=1)
+    assert fresh["precision"] == "float32"
+    assert _sha(tmp_path / "fresh" / "head.pt") != _sha(full / "head.pt")  # the precisions differ in bytes
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full / "checkpoints" / "step_7", resumed / "checkpoints" / "step_7")
+    s = pretrain_melhubert(manifest, resumed, TINY_MODEL, cfg, device="cpu", threads=1,
+                           resume_from=resumed / "checkpoints" / "step_7")
+    assert s["precision"] == "bf16 autocast"
+    for name in ("model/model.safetensors", "head.pt"):
+        assert _sha(resumed / name) == _sha(full / name), name
 
 
 @pytest.mark.slow  # pre-trains

@@ -43,12 +43,25 @@ from speaker_neurons.utils import get_logger
 LOG_HEADER = "step\tloss\tmasked_acc\tlr\telapsed_s\tepoch\tmasked_frames\tgrad_norm\n"
 
 
-def _native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's own check: AVX512-BF16 or AMX)."""
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's own check: AVX512-BF16 or AMX). Unknown counts
+    as no: float32 is never the slow choice."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return True  # unknown: no warning
+        return False
+
+
+def _precision(use_amp: bool) -> str:
+    return "bf16 autocast" if use_amp else "float32"
+
+
+def resolve_amp(setting, device: torch.device) -> bool:
+    """`pretrain.train.amp` as it runs on `device`: true / false as given; auto = bf16 autocast where the
+    hardware computes bf16 natively (CUDA, or a CPU with AVX512-BF16 / AMX), float32 elsewhere."""
+    if setting == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and native_bf16())
+    return bool(setting)
 
 
 class CheckpointMismatch(ValueError):
@@ -263,17 +276,24 @@ def train_masked_prediction(
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed from %s at step %d (epoch %d)", ck, step, epoch)
 
-    use_amp = (device.type == "cuda") if cfg["amp"] == "auto" else bool(cfg["amp"])
+    use_amp = resolve_amp(cfg["amp"], device)
+    if resume_from is not None and state.get("use_amp") is not None and state["use_amp"] != use_amp:
+        # only `auto` can resolve differently (explicit settings are in the fingerprint): a job requeued on a
+        # node with other hardware continues in the checkpoint's precision, so the run stays one model
+        log.warning("resuming in the checkpoint's precision (%s), not this machine's default (%s)",
+                    _precision(state["use_amp"]), _precision(use_amp))
+        use_amp = bool(state["use_amp"])
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else (lambda: torch.autocast(device.type, enabled=False))
     n_params = sum(q.numel() for q in model.parameters())
-    if use_amp and device.type == "cpu" and not _native_bf16():
+    if use_amp and device.type == "cpu" and not native_bf16():
         log.warning("pretrain.train.amp is on but this CPU has no native bf16 (torch's CPU capability: %s; no "
                     "AVX512-BF16 or AMX): torch emulates it, far slower than float32 (README, section on the demo's "
-                    "time). Set pretrain.train.amp: false here (a model trained in float32 differs from the "
-                    "bf16 one in its last bits, so compare figures, not bytes, across the two)",
+                    "time). Set pretrain.train.amp: auto or false here (a model trained in float32 differs from "
+                    "the bf16 one in its last bits, so compare figures, not bytes, across the two)",
                     torch.backends.cpu.get_cpu_capability())
-    log.info("model: %d layers, d=%d, FFN widths %s, %.2f M parameters; head %d -> %d; amp %s", model.num_layers,
-             model.hidden_dim, model.ffn_widths, n_params / 1e6, model.hidden_dim, data.n_clusters, use_amp)
+    log.info("model: %d layers, d=%d, FFN widths %s, %.2f M parameters; head %d -> %d; %s (amp: %s)",
+             model.num_layers, model.hidden_dim, model.ffn_widths, n_params / 1e6, model.hidden_dim, data.n_clusters,
+             _precision(use_amp), cfg["amp"])
 
     outputs.checkpoints.mkdir(parents=True, exist_ok=True)
     for old in outputs.checkpoints.glob("step_*"):  # stale checkpoints of an earlier run, or past the resumed step
@@ -336,7 +356,7 @@ def train_masked_prediction(
                         "step": step, "epoch": epoch, "pending": pending, "log_rows": log_rows,
                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                        "fingerprint": fingerprint})
+                        "fingerprint": fingerprint, "use_amp": use_amp})
                 if on_step is not None:
                     on_step(step)
     finally:
@@ -373,6 +393,9 @@ def train_masked_prediction(
         "device": str(device),
         "device_name": dev_name,
         "threads": torch.get_num_threads(),
+        "amp_setting": cfg["amp"],
+        "precision": _precision(use_amp),
+        "cpu_native_bf16": native_bf16(),
         "utterances": len(data.feats),
         "frames": int(lengths.sum()),
         "parameters": n_params,
