@@ -135,3 +135,20 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def inference_autocast(device, amp):
+    """The autocast context of a frozen upstream's forward pass (config `upstream.amp`): auto = bf16 on
+    CUDA, float32 on a CPU (every CPU: evaluation results do not depend on the CPU's bf16 support);
+    true = bf16 on any device; false = float32. Outputs are cast back to float32 by the callers."""
+    import torch
+
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=inference_bf16(dev, amp))
+
+
+def inference_bf16(device, amp) -> bool:
+    """Whether `upstream.amp` = `amp` runs a frozen upstream in bf16 on `device` (`inference_autocast`)."""
+    import torch
+
+    return (torch.device(device).type == "cuda") if amp == "auto" else bool(amp)

@@ -120,6 +120,25 @@ def test_amp_auto_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
     assert loop.resolve_amp("auto", cpu) is True
 
 
+def test_inference_autocast_is_bf16_on_cuda_only_by_default():
+    """upstream.amp: auto runs evaluation forwards in float32 on every CPU (CPU results do not depend on
+    the CPU's bf16 support) and in bf16 on CUDA; true / false force one precision."""
+    from speaker_neurons.config import complete
+    from speaker_neurons.utils import inference_autocast, inference_bf16
+
+    assert complete({})["upstream"]["amp"] == "auto"
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    with inference_autocast("cpu", "auto"):
+        assert lin(x).dtype == torch.float32
+    with inference_autocast(torch.device("cpu"), True):
+        assert lin(x).dtype == torch.bfloat16
+    with inference_autocast("cpu", False):
+        assert lin(x).dtype == torch.float32
+    assert inference_bf16("cuda", "auto") and inference_bf16(torch.device("cuda:0"), "auto")
+    assert not inference_bf16("cpu", "auto") and not inference_bf16("cuda", False) and inference_bf16("cpu", True)
+
+
 def test_lr_schedule():
     assert lr_at(1, 1.0, 10, 100) == pytest.approx(0.1)
     assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
