@@ -12,7 +12,7 @@ content. Each device runs the same corpus in one process, one after the other.
     python benchmarks/throughput.py                       # CPU, and CUDA when there is one
     python benchmarks/throughput.py --minutes 60 --devices cuda
 
-Prints one table; the README keeps the last one measured on a GPU machine (or says none was lent).
+Prints one table; docs/benchmarks.md keeps the last one measured.
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ def train_masked_prediction(
     n_params = sum(q.numel() for q in model.parameters())
     if use_amp and device.type == "cpu" and not native_bf16():
         log.warning("pretrain.train.amp is on but this CPU has no native bf16 (torch's CPU capability: %s; no "
-                    "AVX512-BF16 or AMX): torch emulates it, far slower than float32 (README, section on the demo's "
+                    "AVX512-BF16 or AMX): torch emulates it, far slower than float32 (docs/benchmarks.md, the demo's "
                     "time). Set pretrain.train.amp: auto or false here (a model trained in float32 differs from "
                     "the bf16 one in its last bits, so compare figures, not bytes, across the two)",
                     torch.backends.cpu.get_cpu_capability())
