@@ -2,6 +2,8 @@
 # Stages live in rules/*.smk; every algorithm lives in the speaker_neurons package.
 from snakemake.utils import min_version
 
+from speaker_neurons.config import check_resource_rules
+
 min_version("9.0")
 
 
@@ -23,6 +25,13 @@ include: "rules/ivectors.smk"
 include: "rules/analysis.smk"
 include: "rules/pr.smk"
 include: "rules/report.smk"
+
+
+# a rule named under `resources` that does not exist is a typo: stop before any job, naming it
+try:
+    check_resource_rules(config["resources"], [r.name for r in workflow.rules])
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 rule all:

@@ -106,3 +106,18 @@ def complete(given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg["models"] = [_overlay(_defaults_of(items), m) for m in cfg["models"]]
     cfg["corpora"] = [_overlay(defaults("corpus"), c) for c in cfg.get("corpora") or []]
     return cfg
+
+
+def check_resource_rules(resources: Mapping[str, Any], rule_names) -> None:
+    """Every rule named under the config's `resources` must be a rule of the workflow: a misspelt name
+    would otherwise be ignored silently and its job run with the default resources. Raises ValueError
+    naming the key, the closest rule names and the list of rules."""
+    import difflib
+
+    known = sorted(set(rule_names))
+    for name in sorted(resources or {}):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"Invalid configuration at key 'resources.{name}': no rule is called {name!r}{hint}; "
+                             f"the rules are: {', '.join(known)}")

@@ -44,6 +44,7 @@ STOPPING = {
     "schema": "corpus: {source: librivox}",
     "librispeech_without_paths": "corpus: {source: librispeech}",
     "missing_checkpoint": "models: [{name: hub, kind: hubert, path: DIR/nope/hubert_base.pt}]",
+    "misspelt_resources": "resources: {pool_layer: {mem_mb: 1000}}",
 }
 
 
@@ -78,7 +79,7 @@ def stopping_dry_runs(tmp_path_factory):
         cfg.write_text(f"results: {d}/results\n{STOPPING[case].replace('DIR', str(d))}\n")
         return case, (d, run_snakemake("-n", "--configfile", str(cfg)))
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=len(STOPPING)) as pool:
         return dict(pool.map(run, STOPPING))
 
 
@@ -124,6 +125,27 @@ def test_the_workflow_stops_on_a_bad_config_before_any_job(stopping_dry_runs):
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "Invalid configuration at key 'corpus.source'" in out, out
     assert "config.schema.yaml" in out and "Job stats" not in out and not (d / "results").exists()
+
+
+def test_resources_of_an_unknown_rule_stop_the_run_naming_it():
+    from speaker_neurons.config import check_resource_rules
+
+    rules = ["pool_layers", "sid_eval", "pr_eval"]
+    check_resource_rules({"pool_layers": {"mem_mb": 1000}, "pr_eval": {"runtime": 5}}, rules)
+    check_resource_rules({}, rules)
+    with pytest.raises(ValueError, match=r"key 'resources.pool_layer'.*did you mean pool_layers"):
+        check_resource_rules({"pool_layers": {}, "pool_layer": {"mem_mb": 1000}}, rules)
+    with pytest.raises(ValueError, match="no rule is called 'gpu_jobs'"):
+        check_resource_rules({"gpu_jobs": {}}, rules)
+
+
+@slow
+def test_a_misspelt_rule_under_resources_stops_the_workflow_before_any_job(stopping_dry_runs):
+    """The Snakefile checks the names under `resources` against its rules once every rule is included."""
+    d, res = stopping_dry_runs["misspelt_resources"]
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Invalid configuration at key 'resources.pool_layer'" in out, out
+    assert "did you mean pool_layers" in out and "Job stats" not in out and not (d / "results").exists()
 
 
 def test_schema_fills_defaults_for_keys_left_out():
