@@ -222,8 +222,10 @@ rule pool_layers:
         compute_threads=config["upstream"]["threads"],
         upstream=model_params,
         crop_seconds=config["sid"]["crop_seconds"],
+        corpus_source=CAT.corpus("sid").source,
         min_crop_fraction=config["sid"]["min_crop_fraction"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
+        amp=config["upstream"]["amp"],
         device=config["upstream"]["device"],
     log:
         f"{LOGS}/{{model}}/pool_layers.log",
@@ -254,7 +256,7 @@ rule sid_eval:
         sid=config["sid"],
         corpus=SID_CORPUS,
         lr_from_model=sid_lr_from,
-        device="cpu",
+        device=config["upstream"]["device"],
     log:
         f"{LOGS}/{{model}}/sid_eval.log",
     benchmark:
@@ -263,6 +265,8 @@ rule sid_eval:
     resources:
         mem_mb=res("sid_eval", "mem_mb", 4000),
         runtime=res("sid_eval", "runtime", 30),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:

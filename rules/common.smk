@@ -238,15 +238,17 @@ def pr_dir(name):
 
 
 def sid_inputs(wildcards):
-    """With sid.sweep: base, a derived model's SID uses the learning rates picked for its chain's root."""
+    """With sid.sweep: base, a derived model's SID uses the learning rates picked for its chain's root;
+    sid.veri_list, when set, is an input (the EER's trials)."""
     root = CAT.root_of(wildcards.model)
+    out = {"veri_list": config["sid"]["veri_list"]} if config["sid"]["veri_list"] else {}
     if config["sid"]["sweep"] == "base" and root != wildcards.model:
-        return {"lr_from": f"{sid_dir(root)}/sid.json"}
-    return {}
+        out["lr_from"] = f"{sid_dir(root)}/sid.json"
+    return out
 
 
 def sid_lr_from(wildcards):
-    return CAT.root_of(wildcards.model) if sid_inputs(wildcards) else ""
+    return CAT.root_of(wildcards.model) if "lr_from" in sid_inputs(wildcards) else ""
 
 
 def lexicon_input(wildcards):

@@ -1,7 +1,9 @@
 # Stage 3d: SUPERB phoneme recognition on the PR corpus (results/models/<model>/pr/<corpus>/): the
-# corpus' transcripts through the lexicon into phone targets; then, in one job per model, every layer's
-# frames of every utterance (a temporary cache, removed when the job ends) and the CTC heads per layer
-# set with PER and its intervals.
+# corpus' transcripts through the lexicon into phone targets; then, in one job per model, the CTC heads
+# of every layer set on the frozen upstream (run on the fly on an int16 audio cache, or once into a frame
+# cache where pr.feature_cache_gb allows) with PER and its intervals. The caches (pr.scratch_dir) and the
+# heads' checkpoints (resume_dir) are not outputs: a killed job resumes from them, and they are removed
+# when the job ends.
 P = f"{RESULTS}/models/{{model}}/pr/{PR_CORPUS}"
 
 
@@ -37,7 +39,6 @@ rule pr_eval:
     output:
         result=f"{P}/pr.json",
         heads=f"{P}/heads.safetensors",
-        frames=temp(directory(f"{P}/frames")),
         provenance=f"{P}/provenance/pr_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],
@@ -48,6 +49,8 @@ rule pr_eval:
         corpus=PR_CORPUS,
         lr_from_model=pr_lr_from,
         device=config["upstream"]["device"],
+        amp=config["upstream"]["amp"],
+        resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/pr_eval",
     log:
         f"{LOGS}/{{model}}/pr_eval.log",
     benchmark:

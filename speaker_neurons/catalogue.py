@@ -382,6 +382,9 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
                               f"SID needs a train/dev/test split, but corpus {c.name!r} has none and its "
                               "split.fractions is null; set fractions (e.g. [0.8, 0.1, 0.1]) for a seeded "
                               "per-speaker split, choose another corpus for stages.sid, or set sid.enabled: false.")
+        if config["sid"]["veri_list"] and not Path(config["sid"]["veri_list"]).is_file():
+            raise ConfigError("sid.veri_list", f"{config['sid']['veri_list']} does not exist; fix the path (VoxCeleb1's "
+                                               "veri_test2.txt), or set it to '' to score sampled test pairs.")
     if config["pr"]["enabled"]:
         c = cat.corpus("pr")
         named = config["stages"]["pr"] not in ("", "auto") or config["stages"]["sid"] not in ("", "auto")

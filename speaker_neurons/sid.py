@@ -11,11 +11,19 @@ Every step before the softmax is linear, so mean-pooling can move to the front:
 segment; training and evaluating the head then costs seconds. `SIDHead.forward_frames` is the
 frame-level path; the tests prove both give the same logits.
 
-Segments: whole utterances, or (`crop_seconds`) consecutive crops of that length (a remainder shorter
-than half a crop is dropped); short crops keep the task away from the ceiling on a small corpus.
+Segments: whole utterances (SUPERB's test protocol; the default on every corpus but the demo), or
+(`crop_seconds`) consecutive crops of that length (a remainder shorter than half a crop is dropped);
+short crops keep the small demo away from the ceiling (`crop_seconds: auto`).
+
+Bounded memory: the pooled store is float16 (accumulated in float32), written into a memory map as the
+segments are pooled and stored uncompressed, so that training and scoring read it by memory map, one
+mini-batch or chunk at a time (`load_pooled`): VoxCeleb1 on whole utterances is 3 GB, and sid_eval needs
+that (as page cache) plus a constant.
+
 Results: test accuracy per seed with a Wilson 95% interval, the mean over seeds with a t-interval, the
-learning rate picked on dev, the layer weights; EER of cosine scores of the 256-d pooled embeddings
-over all test segment pairs.
+learning rate picked on dev, the layer weights; EER of cosine scores of the 256-d pooled embeddings on
+a verification list (VoxCeleb1's veri_test2.txt, `sid.veri_list`) or on a seeded sample of test
+segment pairs (`sid.max_trials`; every pair when there are fewer).
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ from speaker_neurons.statistics import eer_interval, mean_interval, wilson_inter
 from speaker_neurons.utils import get_logger, write_json
 
 log = get_logger("sid")
+
+#: sid.crop_seconds: auto = crops of this length on the demo corpus, whole utterances on any other.
+DEMO_CROP_SECONDS = 0.5
+#: Rows of the pooled store read at once when scoring (about 64 MB of float32 per chunk, whatever the corpus).
+_CHUNK_BYTES = 1 << 26
 
 # The layer sets a SID head can read (config sid.layer_sets), defined once: all = SUPERB's
 # hidden_0..hidden_L; layers_1_L = the layer outputs only; last = hidden_L, where pruning acts most;
@@ -66,6 +79,17 @@ def rates_of(result_json: str | os.PathLike, names: Sequence[str]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------- segments
+def crop_of(crop_seconds: float | str | None, corpus_source: str) -> float | None:
+    """sid.crop_seconds resolved for a corpus of source `corpus_source`: auto = DEMO_CROP_SECONDS on the
+    synthesized demo (its few short utterances would put whole-utterance SID at the ceiling), None
+    (whole utterances, as SUPERB scores) on every other corpus; a number or None as given."""
+    if crop_seconds == "auto":
+        return DEMO_CROP_SECONDS if corpus_source == "demo" else None
+    if isinstance(crop_seconds, str):
+        raise ValueError(f"sid.crop_seconds must be a number of seconds, null or auto, not {crop_seconds!r}")
+    return None if crop_seconds is None else float(crop_seconds)
+
+
 def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: int,
              min_crop_fraction: float) -> pd.DataFrame:
     """One row per segment: seg_id, utt_id, path, speaker, split, start, end (samples at `sample_rate`, the
@@ -86,8 +110,12 @@ def segments(manifest: pd.DataFrame, crop_seconds: float | None, sample_rate: in
 
 @torch.inference_mode()
 def pool_layer_means(model, segs: pd.DataFrame, *, max_batch_seconds: float, max_batch_size: int = 32,
-                     progress: bool = True, feature_cache: dict | None = None) -> np.ndarray:
-    """(segments, L+1, d) float32: each hidden layer's mean over the segment's valid frames.
+                     progress: bool = True, feature_cache: dict | None = None, out: np.ndarray | None = None,
+                     amp: bool | str = False) -> np.ndarray:
+    """(segments, L+1, d): each hidden layer's mean over the segment's valid frames, accumulated in
+    float32; returned as a new float32 array, or written into `out` (e.g. a float16 memory map: rule
+    pool_layers never holds the store in memory) and `out` returned. `amp` (config upstream.amp) runs
+    the upstream under `utils.inference_autocast`; False = float32.
 
     Crops of one file take the fast path where the model can slice them from the file's features
     (`segment_features`, MelHuBERT: exact): each file is decoded and featurised once instead of once
@@ -95,13 +123,20 @@ def pool_layer_means(model, segs: pd.DataFrame, *, max_batch_seconds: float, max
     same segments: an erase ablation runs many variants of one model over the same test segments."""
     from tqdm import tqdm
 
+    from speaker_neurons.utils import inference_autocast
+
+    shape = (len(segs), model.num_layers + 1, model.hidden_dim)
+    if out is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"pool_layer_means: `out` has shape {tuple(out.shape)}, the segments need {shape}")
     bar = tqdm(total=len(segs), desc="pooled layers", unit="seg", disable=not progress, mininterval=5)
-    out = np.zeros((len(segs), model.num_layers + 1, model.hidden_dim), dtype=np.float32)
     device = next(model.parameters()).device
-    if hasattr(model, "segment_features") and len(segs) > segs["path"].nunique():
-        _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, feature_cache)
-    else:
-        _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, device)
+    with inference_autocast(device, amp):
+        if hasattr(model, "segment_features") and len(segs) > segs["path"].nunique():
+            _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar, device, feature_cache)
+        else:
+            _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, device)
     bar.close()
     return out
 
@@ -109,8 +144,15 @@ def pool_layer_means(model, segs: pd.DataFrame, *, max_batch_seconds: float, max
 def _pool_into(out: np.ndarray, idx: Sequence[int], o) -> None:
     mask = o.frame_mask().unsqueeze(-1).float()  # (B, T, 1)
     n = mask.sum(1).clamp_min(1.0)  # (B, 1)
-    for l, h in enumerate(o.hidden):
-        out[idx, l] = ((h.detach().float() * mask).sum(1) / n).cpu().numpy()
+    means = torch.stack([(h.detach().float() * mask).sum(1) / n for h in o.hidden], 1).cpu().numpy()  # (B, L+1, d)
+    if means.dtype != out.dtype:
+        with np.errstate(over="ignore"):
+            means = means.astype(out.dtype)
+        if not np.isfinite(means).all():
+            raise FloatingPointError(f"a layer mean is beyond the range of {out.dtype} (|x| > "
+                                     f"{float(np.finfo(out.dtype).max):g}): this model's hidden states cannot be "
+                                     "stored in the float16 pooled store")
+    out[np.asarray(idx)] = means
 
 
 def _pool_from_audio(model, segs, out, max_batch_seconds, max_batch_size, bar, device) -> None:
@@ -223,6 +265,7 @@ class SIDData:
     split: np.ndarray  # (N,) str
     speakers: list[str]  # the enrolled speakers (those with train segments), sorted
     speaker_of: np.ndarray | None = None  # (N,) str: every segment's speaker, enrolled or not (for trials)
+    utt_id: np.ndarray | None = None  # (N,) str: each segment's utterance (verification lists name utterances)
 
     def trial_speakers(self) -> np.ndarray:
         if self.speaker_of is not None:
@@ -236,15 +279,75 @@ def make_data(pooled: np.ndarray, segs: pd.DataFrame) -> SIDData:
     index = {s: i for i, s in enumerate(speakers)}
     spk = segs["speaker"].astype(str).to_numpy()
     labels = np.array([index.get(s, -1) for s in spk], dtype=np.int64)
-    return SIDData(pooled, labels, segs["split"].astype(str).to_numpy(), speakers, spk)
+    utt = segs["utt_id"].astype(str).to_numpy() if "utt_id" in segs else None
+    return SIDData(pooled, labels, segs["split"].astype(str).to_numpy(), speakers, spk, utt)
+
+
+def _stored_member(path: str | os.PathLike, name: str) -> np.ndarray | None:
+    """The npz member `name` as a read-only memory map where it is stored uncompressed (as rule
+    pool_layers writes it: np.load would read it whole); None where it is compressed."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: {name}.npy has no local zip header where the directory says; re-run rule pool_layers")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {name}.npy holds Python objects; re-run rule pool_layers")
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def load_pooled(path: str | os.PathLike) -> tuple[SIDData, int]:
-    """(the SID data, the number of layers L) of a `pooled_layers.npz` that rule pool_layers wrote."""
+    """(the SID data, the number of layers L) of a `pooled_layers.npz` that rule pool_layers wrote. The
+    pooled layers (float16; float32 in files of older versions) stay on disk as a read-only memory map:
+    train and score by rows (`_rows`), never all at once."""
     with np.load(path) as z:
-        segs = pd.DataFrame({"seg_id": z["seg_id"], "speaker": z["speaker"], "split": z["split"]})
-        pooled = z["pooled"]
+        segs = pd.DataFrame({c: z[c] for c in ("seg_id", "utt_id", "speaker", "split") if c in z.files})
+        pooled = _stored_member(path, "pooled")
+        if pooled is None:  # a compressed npz (not written by the workflow): read whole
+            log.warning("%s is compressed: its pooled layers are read into memory", path)
+            pooled = z["pooled"]
     return make_data(pooled, segs), pooled.shape[1] - 1
+
+
+def pooled_crop_seconds(path: str | os.PathLike) -> float | None:
+    """The crop length the pooled file's segments were cut at (None: whole utterances)."""
+    with np.load(path) as z:
+        if "crop_seconds" not in z.files:
+            return None
+        c = float(z["crop_seconds"])
+    return None if np.isnan(c) else c
+
+
+def _rows(pooled: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows of the pooled store as float32 (read in ascending order: sequential on a memory map)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) > 1 and (np.diff(rows) < 0).any():
+        u, inv = np.unique(rows, return_inverse=True)
+        x = np.asarray(pooled[u])[inv]
+    else:
+        x = pooled[rows]
+    return torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
+
+
+def _chunks(rows: np.ndarray, row_floats: int) -> list[np.ndarray]:
+    """`rows` in chunks of about _CHUNK_BYTES of float32 at `row_floats` values per row."""
+    size = max(1, _CHUNK_BYTES // (4 * max(1, row_floats)))
+    return [rows[s : s + size] for s in range(0, len(rows), size)]
 
 
 @dataclass(frozen=True)
@@ -268,42 +371,78 @@ def _bank_init(specs: Sequence[HeadSpec], K: int, d: int, n: int) -> dict[str, t
     return {k: torch.stack(v).clone().requires_grad_(True) for k, v in parts.items()}
 
 
-def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_size: int = 64) -> list[SIDHead]:
+def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_size: int = 64, *,
+                steps: int | None = None, grad_clip: float | None = None, eval_every: int | None = None,
+                device: str | torch.device = "cpu", progress: bool = False) -> list[SIDHead]:
     """Train many SID heads at once, each exactly as if alone: its own initialisation and sample order
     (from its seed), its own Adam state and learning rate, its own layers (the others masked out of
-    its softmax). Heads share nothing, so one stacked pass replaces len(specs) small loops: the whole
-    learning-rate sweep x seeds x layer sets of one model trains in seconds. Only train segments of
-    enrolled speakers are used (every train segment, by construction of `make_data`).
+    its softmax), its own gradient-norm clipping. Heads share nothing, so one stacked pass replaces
+    len(specs) small loops: the whole learning-rate sweep x seeds x layer sets of one model trains at
+    once. Only train segments of enrolled speakers are used (every train segment, by construction of
+    `make_data`).
+
+    Schedule (config sid): `steps` Adam steps of `batch_size` (None: `epochs` passes over the train
+    segments; the order is reshuffled at each pass), each head's gradient norm clipped to `grad_clip`
+    (None: no clipping; as torch.nn.utils.clip_grad_norm_), and with `eval_every` the dev accuracy of
+    every head every that many steps and at the last, each head ending at its best-dev state (the
+    earliest of ties; None: the last state). Each returned head carries `best_step` and `dev_accuracy`
+    (at that step; None without `eval_every`).
+
+    Memory: the pooled store is read one mini-batch of rows at a time (float16 -> float32 per batch),
+    so a memory-mapped store is never loaded; heads that share a seed share their rows. On `device`
+    (CUDA where there is one) the heads train there, the rows moved per batch.
 
     Adam (betas 0.9/0.999, eps 1e-8, bias-corrected) is written out because the learning rate differs
     per head; tests check it against torch.optim.Adam on a lone SIDHead."""
+    from tqdm import tqdm
+
     if not specs:
         return []
+    dev = torch.device(device)
     H, K, d = len(specs), data.pooled.shape[1], data.pooled.shape[2]
     n = len(data.speakers)
     tr = np.flatnonzero((data.split == "train") & (data.labels >= 0))
-    x = torch.from_numpy(np.ascontiguousarray(data.pooled[tr]))
-    y = torch.from_numpy(data.labels[tr])
-    params = _bank_init(specs, K, d, n)
+    if len(tr) == 0:
+        raise ValueError("SID heads need train segments of enrolled speakers; there are none")
+    params = {k: v.detach().to(dev).requires_grad_(True) for k, v in _bank_init(specs, K, d, n).items()}
     mask = torch.zeros(H, K, dtype=torch.bool)
     for h, s in enumerate(specs):
         mask[h, list(s.layers)] = True
-    lr = torch.tensor([s.lr for s in specs], dtype=torch.float32)
-    gens = [torch.Generator().manual_seed(s.seed) for s in specs]
+    mask = mask.to(dev)
+    lr = torch.tensor([s.lr for s in specs], dtype=torch.float32, device=dev)
+    seeds = sorted({s.seed for s in specs})  # heads of one seed see the same rows in the same order
+    groups = [[h for h, s in enumerate(specs) if s.seed == sd] for sd in seeds]
+    order = torch.tensor([h for g in groups for h in g], device=dev)
+    back = torch.argsort(order)
+    gens = [torch.Generator().manual_seed(sd) for sd in seeds]
     state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
     b1, b2, eps, step = 0.9, 0.999, 1e-8, 0
-    for _ in range(epochs):
-        perms = torch.stack([torch.randperm(len(tr), generator=g) for g in gens])  # (H, N)
+    total = int(steps) if steps is not None else int(epochs) * -(-len(tr) // batch_size)
+    dev_rows = closed_set(data, "dev") if eval_every else np.zeros(0, np.int64)
+    best = {k: v.detach().clone() for k, v in params.items()}
+    best_acc = torch.full((H,), -1.0, device=dev)
+    best_step = torch.full((H,), total, dtype=torch.long, device=dev)
+    bar = tqdm(total=total, desc=f"{H} SID heads", unit="step", disable=not progress, mininterval=5)
+    while step < total:
+        perms = [torch.randperm(len(tr), generator=g).numpy() for g in gens]
         for s0 in range(0, len(tr), batch_size):
-            idx = perms[:, s0 : s0 + batch_size]  # (H, B)
-            xb = x[idx]  # (H, B, K, d)
+            if step >= total:
+                break
+            rows = [tr[p[s0 : s0 + batch_size]] for p in perms]  # per seed
+            x = _rows(data.pooled, np.concatenate(rows)).to(dev, non_blocking=True).view(len(seeds), -1, K, d)
+            y = torch.from_numpy(np.stack([data.labels[r] for r in rows])).to(dev)  # (seeds, B)
             w = torch.softmax(params["logits"].masked_fill(~mask, float("-inf")), dim=1)
-            z = torch.einsum("hk,hbkd->hbd", w, xb)
+            z = torch.cat([torch.einsum("hk,bkd->hbd", w[g], x[i]) for i, g in enumerate(groups)])[back]
             z = torch.einsum("hbd,hpd->hbp", z, params["pw"]) + params["pb"][:, None]
             o = torch.einsum("hbp,hnp->hbn", z, params["cw"]) + params["cb"][:, None]
-            loss = nn.functional.cross_entropy(o.reshape(-1, n), y[idx].reshape(-1), reduction="none")
+            yh = torch.cat([y[i].expand(len(g), -1) for i, g in enumerate(groups)])[back]  # (H, B)
+            loss = nn.functional.cross_entropy(o.reshape(-1, n), yh.reshape(-1), reduction="none")
             loss = loss.view(H, -1).mean(1).sum()  # each head's own mean loss; their sum separates the gradients
-            grads = torch.autograd.grad(loss, list(params.values()))
+            grads = list(torch.autograd.grad(loss, list(params.values())))
+            if grad_clip is not None:  # each head's own norm over all its parameters
+                norm = torch.stack([g.reshape(H, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+                coef = (float(grad_clip) / (norm + 1e-6)).clamp(max=1.0)
+                grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
             step += 1
             with torch.no_grad():
                 for (k, p), g in zip(params.items(), grads):
@@ -312,17 +451,46 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
                     denom = (v / (1 - b2**step)).sqrt_().add_(eps)
                     p.sub_(lr.view(-1, *[1] * (p.dim() - 1)) * (m / (1 - b1**step)) / denom)
+                if eval_every and (step % int(eval_every) == 0 or step == total):
+                    acc = _bank_accuracy(params, mask, data, dev_rows)
+                    better = acc > best_acc
+                    for k, p in params.items():
+                        best[k][better] = p[better]
+                    best_acc = torch.where(better, acc, best_acc)
+                    best_step = torch.where(better, torch.full_like(best_step, step), best_step)
+            bar.update(1)
+    bar.close()
+    final = best if eval_every else params
     heads = []
     for h, s in enumerate(specs):
         head = SIDHead(s.layers, d, n)
         with torch.no_grad():
-            head.layer_logits.copy_(params["logits"][h, list(s.layers)])
-            head.projector.weight.copy_(params["pw"][h])
-            head.projector.bias.copy_(params["pb"][h])
-            head.classifier.weight.copy_(params["cw"][h])
-            head.classifier.bias.copy_(params["cb"][h])
+            head.layer_logits.copy_(final["logits"][h, list(s.layers)].cpu())
+            head.projector.weight.copy_(final["pw"][h].cpu())
+            head.projector.bias.copy_(final["pb"][h].cpu())
+            head.classifier.weight.copy_(final["cw"][h].cpu())
+            head.classifier.bias.copy_(final["cb"][h].cpu())
+        head.best_step = int(best_step[h])
+        head.dev_accuracy = float(best_acc[h]) if eval_every else None
         heads.append(head.eval())
     return heads
+
+
+@torch.no_grad()
+def _bank_accuracy(params: Mapping[str, torch.Tensor], mask: torch.Tensor, data: SIDData, rows: np.ndarray) -> torch.Tensor:
+    """(H,) accuracy of every head of a stacked bank on `rows` (segments of enrolled speakers), read in chunks."""
+    H, K = mask.shape
+    d, n = params["pw"].shape[2], params["cw"].shape[1]
+    dev = mask.device
+    correct = torch.zeros(H, device=dev)
+    w = torch.softmax(params["logits"].masked_fill(~mask, float("-inf")), dim=1)
+    for c in _chunks(rows, K * d + H * (d + n)):
+        x = _rows(data.pooled, c).to(dev)
+        z = torch.einsum("hk,bkd->hbd", w, x)
+        z = torch.einsum("hbd,hpd->hbp", z, params["pw"]) + params["pb"][:, None]
+        o = torch.einsum("hbp,hnp->hbn", z, params["cw"]) + params["cb"][:, None]
+        correct += (o.argmax(2) == torch.from_numpy(data.labels[c]).to(dev)).sum(1)
+    return correct / max(len(rows), 1)
 
 
 def closed_set(data: SIDData, split: str) -> np.ndarray:
@@ -332,26 +500,93 @@ def closed_set(data: SIDData, split: str) -> np.ndarray:
 
 @torch.no_grad()
 def accuracy(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None = None) -> tuple[int, int]:
-    """(correct, n) over the split's segments of enrolled speakers. `pooled` replaces data.pooled (the
-    same segments seen through another model, e.g. an erased one)."""
+    """(correct, n) over the split's segments of enrolled speakers, read in chunks. `pooled` replaces
+    data.pooled (the same segments seen through another model, e.g. an erased one)."""
     sel = closed_set(data, split)
     x = data.pooled if pooled is None else pooled
     if len(sel) == 0:
         return 0, 0
-    pred = head(torch.from_numpy(np.ascontiguousarray(x[sel]))).argmax(1).numpy()
+    pred = np.concatenate([head(_rows(x, c)).argmax(1).numpy() for c in _chunks(sel, x.shape[1] * x.shape[2])])
     return int((pred == data.labels[sel]).sum()), int(len(sel))
 
 
 @torch.no_grad()
-def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[str, Any]:
-    """EER of cosine scores of the head's 256-d embeddings over all pairs of the split's segments
-    (enrolled or not: verification needs no enrolment), with the trial counts."""
-    from speaker_neurons.evaluation import build_trials, equal_error_rate
+def embeddings(head: SIDHead, pooled: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), proj_dim) float32: the head's pooled embeddings of those rows, read in chunks."""
+    out = np.zeros((len(rows), head.projector.out_features), dtype=np.float32)
+    s = 0
+    for c in _chunks(np.asarray(rows, dtype=np.int64), pooled.shape[1] * pooled.shape[2]):
+        out[s : s + len(c)] = head.embed(_rows(pooled, c)).numpy()
+        s += len(c)
+    return out
 
-    sel = np.flatnonzero(data.split == split)
-    with torch.no_grad():
-        emb = head.embed(torch.from_numpy(np.ascontiguousarray(data.pooled[sel]))).numpy()
-    scores, labels = build_trials(emb, data.trial_speakers()[sel])
+
+# ------------------------------------------------------------------------------------------- verification
+def read_veri_list(path: str | os.PathLike) -> pd.DataFrame:
+    """A VoxCeleb1 verification list (veri_test2.txt: lines `<1|0> <enrol> <test>`, paths relative to wav/,
+    `id10270/5r0dWxy17C8/00001.wav`) as columns label, enrol, test, the paths mapped to the manifest's
+    utt_ids (`<id>-<youtube id>-<n>`, as `data.manifest.voxceleb1_manifest` names them)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3 or parts[0] not in ("0", "1") or any(p.count("/") != 2 for p in parts[1:]):
+                raise ValueError(f"{path}, line {n}: expected `<1|0> <id>/<youtube-id>/<n>.wav <id>/<youtube-id>/<n>.wav` "
+                                 f"(VoxCeleb1's veri_test2.txt), got {line.strip()!r}; fix sid.veri_list")
+            utt = [p.rsplit(".", 1)[0].replace("/", "-") for p in parts[1:]]
+            rows.append((int(parts[0]), *utt))
+    if not rows:
+        raise ValueError(f"{path} holds no trials; fix sid.veri_list (or set it to '' for sampled trials)")
+    return pd.DataFrame(rows, columns=["label", "enrol", "test"])
+
+
+def veri_trials(veri: pd.DataFrame, data: SIDData, max_absent: float, path: str | os.PathLike = "the verification list"
+                ) -> tuple[pd.DataFrame, int]:
+    """(the trials whose two utterances the pooled store holds, the number left out). More than
+    `max_absent` (a fraction, sid.max_veri_absent) of the trials left out is an error naming the list."""
+    if data.utt_id is None:
+        raise ValueError("the pooled file has no utt_id column (written by an older version); re-run rule pool_layers")
+    have = set(data.utt_id.tolist())
+    ok = veri["enrol"].isin(have) & veri["test"].isin(have)
+    absent = int((~ok).sum())
+    if absent > max_absent * len(veri):
+        missing = sorted(set(veri.loc[~ok, ["enrol", "test"]].to_numpy().ravel()) - have)
+        raise ValueError(f"{path}: {absent} of {len(veri)} trials name utterances the SID corpus lacks (more than "
+                         f"sid.max_veri_absent = {max_absent:g}), e.g. {', '.join(missing[:5])}. Use the list of "
+                         "this corpus (VoxCeleb1's veri_test2.txt with its test archive), raise sid.max_veri_absent, "
+                         "or set sid.veri_list: '' to score a sample of test pairs")
+    if absent:
+        log.warning("%d of %d trials of %s name utterances the SID corpus lacks: left out", absent, len(veri), path)
+    return veri[ok].reset_index(drop=True), absent
+
+
+@torch.no_grad()
+def verification_eer(head: SIDHead, data: SIDData, split: str = "test", max_trials: int | None = None, seed: int = 0,
+                     trials: pd.DataFrame | None = None) -> dict[str, Any]:
+    """EER of cosine scores of the head's 256-d embeddings, with the trial counts. With `trials` (label,
+    enrol, test utt_ids: `veri_trials`) on those, each utterance embedded as the mean of its segments'
+    embeddings (any split); else on pairs of the split's segments (enrolled or not: verification needs
+    no enrolment): every pair, or a seeded sample of `max_trials` (`evaluation.trial_pairs`)."""
+    from speaker_neurons.evaluation import cosine_scores, equal_error_rate, trial_pairs
+
+    if trials is not None:
+        names = np.unique(np.r_[trials["enrol"].to_numpy(str), trials["test"].to_numpy(str)])
+        rows = np.flatnonzero(np.isin(data.utt_id, names))
+        which = np.searchsorted(names, data.utt_id[rows])
+        emb = np.zeros((len(names), head.projector.out_features), dtype=np.float64)
+        np.add.at(emb, which, embeddings(head, data.pooled, rows))
+        emb /= np.bincount(which, minlength=len(names))[:, None]
+        i = np.searchsorted(names, trials["enrol"].to_numpy(str))
+        j = np.searchsorted(names, trials["test"].to_numpy(str))
+        scores, labels = cosine_scores(emb, i, j), trials["label"].to_numpy(np.int8)
+    else:
+        sel = np.flatnonzero(data.split == split)
+        spk = data.trial_speakers()[sel]
+        i, j = trial_pairs(spk, max_trials, seed)
+        scores = cosine_scores(embeddings(head, data.pooled, sel), i, j)
+        labels = (spk[i] == spk[j]).astype(np.int8)
     n_t = int(labels.sum())
     eer = equal_error_rate(scores, labels) if 0 < n_t < len(labels) else None
     ci = list(eer_interval(eer, n_t)) if eer is not None else None
@@ -359,10 +594,15 @@ def verification_eer(head: SIDHead, data: SIDData, split: str = "test") -> dict[
 
 
 def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[float], seeds: Sequence[int],
-             epochs: int, fixed_lr: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
+             epochs: int, fixed_lr: dict[str, float] | None = None, *, batch_size: int = 64, steps: int | None = None,
+             grad_clip: float | None = None, eval_every: int | None = None, max_trials: int | None = None,
+             trial_seed: int = 0, trials: pd.DataFrame | None = None, device: str | torch.device = "cpu",
+             progress: bool = False) -> tuple[dict[str, Any], dict[str, list[SIDHead]]]:
     """Per layer set: the learning rate picked on dev accuracy of the first seed's heads, then the other
-    seeds at that rate (each group of heads trained at once, `train_heads`); test accuracy per seed at that rate with Wilson intervals, their
-    mean with a t-interval, the layer weights, and the verification EER of the first seed's head.
+    seeds at that rate (each group of heads trained at once, `train_heads`, on the schedule `batch_size`,
+    `steps` or `epochs`, `grad_clip`, `eval_every`); test accuracy per seed at that rate with Wilson
+    intervals, their mean with a t-interval, the layer weights, and the verification EER of the first
+    seed's head (on `trials`, or on `max_trials` sampled test pairs with `trial_seed`).
     `fixed_lr` ({layer set: rate}, e.g. the rates picked for the unpruned parent) skips the sweep for
     the sets it names: their heads train at that rate only (dev accuracy still reported).
     Returns (the result, the picked heads per layer set, one per seed)."""
@@ -370,11 +610,13 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
     names = list(layer_sets)
     fixed = {nm: float(fixed_lr[nm]) for nm in names if fixed_lr and nm in fixed_lr}
     swept = [nm for nm in names if nm not in fixed]
+    sched = dict(batch_size=int(batch_size), steps=steps, grad_clip=grad_clip, eval_every=eval_every, device=device,
+                 progress=progress)
     # two stacked passes: the sweep (every swept set x rate, first seed; every seed of the fixed sets), then
     # the other seeds of the swept sets at their picked rates
     first = [HeadSpec(tuple(layer_sets[nm]), lr, seeds[0]) for nm in swept for lr in lrs]
     first += [HeadSpec(tuple(layer_sets[nm]), fixed[nm], sd) for nm in fixed for sd in seeds]
-    trained = dict(zip(first, train_heads(data, first, epochs)))
+    trained = dict(zip(first, train_heads(data, first, epochs, **sched)))
     best_lr, dev_acc = dict(fixed), {}
     for nm in names:
         dev = {}
@@ -385,7 +627,7 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
         if nm not in fixed:
             best_lr[nm] = max(lrs, key=lambda lr: (dev[lr], -lr))
     rest = [HeadSpec(tuple(layer_sets[nm]), best_lr[nm], sd) for nm in swept for sd in seeds[1:]]
-    trained.update(zip(rest, train_heads(data, rest, epochs)))
+    trained.update(zip(rest, train_heads(data, rest, epochs, **sched)))
     n_test = int((data.split == "test").sum())
     n_closed = len(closed_set(data, "test"))
     out: dict[str, Any] = {"speakers": len(data.speakers),
@@ -404,17 +646,17 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
         for sd, head in zip(seeds, heads):
             c, n = accuracy(head, data, "test")
             per_seed.append({"seed": sd, "accuracy": c / max(n, 1), "correct": c, "n": n,
-                             "ci95": list(wilson_interval(c, n))})
+                             "ci95": list(wilson_interval(c, n)), "best_step": head.best_step})
         m, lo, hi = mean_interval([r["accuracy"] for r in per_seed])
-        ver = verification_eer(heads[0], data, "test")
+        ver = verification_eer(heads[0], data, "test", max_trials=max_trials, seed=trial_seed, trials=trials)
         out[nm] = {"layers": list(layers), "lr": best, "lr_swept": nm not in fixed,
-                   "dev_accuracy": {str(k): v for k, v in dev.items()},
+                   "dev_accuracy": {str(k): v for k, v in dev.items()}, "best_step": heads[0].best_step,
                    "test_accuracy": m, "test_ci95": [lo, hi], "per_seed": per_seed, **ver,
                    "layer_weights": heads[0].weights().detach().numpy().round(4).tolist()}
         picked[nm] = heads
         eer = ver["eer"]
-        log.info("SID %s: %.2f%% [%.2f, %.2f] over %d seeds (lr %g, %d test segments), EER %s over %d+%d trials",
-                 nm, 100 * m, 100 * lo, 100 * hi, len(seeds), best, n_closed,
+        log.info("SID %s: %.2f%% [%.2f, %.2f] over %d seeds (lr %g, best step %d, %d test segments), EER %s over "
+                 "%d+%d trials", nm, 100 * m, 100 * lo, 100 * hi, len(seeds), best, heads[0].best_step, n_closed,
                  "n/a" if eer is None else f"{100 * eer:.2f}%", ver["target_trials"], ver["nontarget_trials"])
     return out, picked
 
@@ -459,20 +701,37 @@ def load_heads(path) -> dict[str, list[tuple[int, SIDHead]]]:
 POOLED_SEGMENT_COLUMNS = ("seg_id", "utt_id", "speaker", "split", "start", "end")
 
 
-def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | None, min_crop_fraction: float,
-                 out: str | os.PathLike, max_batch_seconds: float) -> dict[str, Any]:
+def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | str | None, corpus_source: str,
+                 min_crop_fraction: float, out: str | os.PathLike, max_batch_seconds: float,
+                 amp: bool | str) -> dict[str, Any]:
     """Each hidden layer's mean over every segment of the manifest (the SID heads' input), with the
-    segments themselves, as one npz (fixed-width strings and integers: no pickled objects)."""
+    segments themselves and the crop length (`crop_of(crop_seconds, corpus_source)`; NaN = whole
+    utterances), as one uncompressed npz (fixed-width strings and integers: no pickled objects).
+
+    The means (float32 sums) go straight into a float16 memory map beside `out` as they are pooled,
+    which is then streamed into the npz: memory stays one batch, whatever the corpus; the disk holds
+    the store twice for a moment. `load_pooled` reads the result by memory map."""
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.utils import save_npz
 
-    segs = segments(read_manifest(manifest_path), crop_seconds, model.sample_rate, min_crop_fraction)
+    crop = crop_of(crop_seconds, corpus_source)
+    segs = segments(read_manifest(manifest_path), crop, model.sample_rate, min_crop_fraction)
     check_splits(segs, str(manifest_path))
-    pooled = pool_layer_means(model, segs, max_batch_seconds=max_batch_seconds)
-    cols = {c: (segs[c].to_numpy(np.int64) if c in ("start", "end") else np.asarray(segs[c].astype(str).tolist(), dtype=str))
-            for c in POOLED_SEGMENT_COLUMNS}
-    save_npz(out, {"pooled": pooled, **cols})
-    return {"segments": len(segs), "shape": list(pooled.shape)}
+    shape = (len(segs), model.num_layers + 1, model.hidden_dim)
+    tmp = Path(out).with_name(Path(out).name + ".store.npy")
+    log.info("%d segments (%s) -> a float16 store of %.2f GB", len(segs),
+             "whole utterances" if crop is None else f"{crop:g} s crops", np.prod(shape) * 2 / 1e9)
+    store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    try:
+        pool_layer_means(model, segs, max_batch_seconds=max_batch_seconds, out=store, amp=amp)
+        store.flush()
+        cols = {c: (segs[c].to_numpy(np.int64) if c in ("start", "end") else np.asarray(segs[c].astype(str).tolist(), dtype=str))
+                for c in POOLED_SEGMENT_COLUMNS}
+        save_npz(out, {"pooled": store, **cols, "crop_seconds": np.float64(np.nan if crop is None else crop)})
+    finally:
+        del store
+        tmp.unlink(missing_ok=True)
+    return {"segments": len(segs), "shape": list(shape), "crop_seconds": crop, "dtype": "float16"}
 
 
 def read_segments(pooled_path: str | os.PathLike, manifest_path: str | os.PathLike) -> pd.DataFrame:
@@ -497,15 +756,25 @@ def read_segments(pooled_path: str | os.PathLike, manifest_path: str | os.PathLi
 
 
 def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str | os.PathLike | None, corpus: str,
-            lr_from_model: str | None, out_result: str | os.PathLike, out_heads: str | os.PathLike) -> dict[str, float]:
-    """SUPERB SID (and EER) on a pooled file, per layer set of `cfg` (the config's `sid` section); with
-    `lr_from` (the root model's sid.json) the learning rates picked there. Writes the result (JSON, with
-    the corpus it was scored on) and the picked heads (the erase ablation scores erased models with them)."""
+            lr_from_model: str | None, veri_list: str | os.PathLike | None, out_result: str | os.PathLike,
+            out_heads: str | os.PathLike, device: str) -> dict[str, float]:
+    """SUPERB SID (and EER) on a pooled file, per layer set of `cfg` (the config's `sid` section), on
+    `device`; with `lr_from` (the root model's sid.json) the learning rates picked there; the EER on
+    `veri_list` (sid.veri_list) when given, else on sid.max_trials sampled test pairs. Writes the result
+    (JSON, with the corpus it was scored on) and the picked heads (the erase ablation scores erased
+    models with them)."""
     data, L = load_pooled(pooled_path)
+    trials, absent = (veri_trials(read_veri_list(veri_list), data, float(cfg["max_veri_absent"]), veri_list)
+                      if veri_list else (None, 0))  # checked before any training
     fixed = rates_of(lr_from, cfg["layer_sets"]) if lr_from else None
+    schedule = {k: cfg[k] for k in ("epochs", "steps", "batch_size", "grad_clip", "eval_every")}
     result, picked = evaluate(data, layer_sets(cfg["layer_sets"], L), cfg["learning_rates"], cfg["seeds"],
-                              epochs=int(cfg["epochs"]), fixed_lr=fixed)
-    result.update(crop_seconds=cfg["crop_seconds"], corpus=corpus, lr_from=lr_from_model if fixed else None)
+                              fixed_lr=fixed, max_trials=cfg["max_trials"], trial_seed=cfg["trial_seed"], trials=trials,
+                              device=device, progress=True, **schedule)
+    result.update(crop_seconds=pooled_crop_seconds(pooled_path), corpus=corpus, lr_from=lr_from_model if fixed else None,
+                  schedule=schedule, device=str(device),
+                  trials={"source": Path(veri_list).name if veri_list else "sampled test pairs",
+                          "max_trials": None if veri_list else cfg["max_trials"], "absent": absent})
     write_json(out_result, result)
     save_heads(out_heads, picked, cfg["seeds"])
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

@@ -198,8 +198,8 @@ def pool_layers(ctx: StageContext) -> dict:
     from speaker_neurons import sid
 
     p = ctx.params
-    return sid.pool_to_file(ctx.model(), ctx.inputs["manifest"], p["crop_seconds"], p["min_crop_fraction"],
-                            ctx.out("pooled"), p["max_batch_seconds"])
+    return sid.pool_to_file(ctx.model(), ctx.inputs["manifest"], p["crop_seconds"], p["corpus_source"],
+                            p["min_crop_fraction"], ctx.out("pooled"), p["max_batch_seconds"], p["amp"])
 
 
 @stage
@@ -208,7 +208,8 @@ def sid_eval(ctx: StageContext) -> dict:
     from speaker_neurons import sid
 
     return sid.run_sid(ctx.inputs["pooled"], ctx.params["sid"], ctx.inputs.get("lr_from"), ctx.params["corpus"],
-                       ctx.params["lr_from_model"], *ctx.outs("result", "heads"))
+                       ctx.params["lr_from_model"], ctx.inputs.get("veri_list"), *ctx.outs("result", "heads"),
+                       ctx.device)
 
 
 @stage
@@ -236,15 +237,14 @@ def phone_targets(ctx: StageContext) -> dict:
 
 @stage
 def pr_eval(ctx: StageContext) -> dict:
-    """SUPERB PR of one model: every layer's frames into a temporary cache, then the CTC heads per layer
-    set (PER with intervals)."""
-    from speaker_neurons.pr import cache_corpus, run_pr
+    """SUPERB PR of one model: the CTC heads of every layer set on the frozen upstream (on the fly, or
+    a frame cache within pr.feature_cache_gb), PER with intervals; resumable from params resume_dir."""
+    from speaker_neurons.pr import run_pr
 
     i, p = ctx.inputs, ctx.params
-    cache_corpus(ctx.model(), i["manifest"], ctx.outputs["frames"], shard_mb=p["pr"]["cache_shard_mb"],
-                 max_batch_seconds=p["max_batch_seconds"])
-    return run_pr(ctx.outputs["frames"], i["phones"], i["manifest"], p["layer_sets"], p["pr"], i.get("lr_from"),
-                  p["corpus"], p["lr_from_model"], *ctx.outs("result", "heads"), device=ctx.device)
+    return run_pr(ctx.model(), i["phones"], i["manifest"], p["layer_sets"], p["pr"], i.get("lr_from"), p["corpus"],
+                  p["lr_from_model"], *ctx.outs("result", "heads"), amp=p["amp"], resume_dir=p["resume_dir"],
+                  max_batch_seconds=p["max_batch_seconds"], device=ctx.device)
 
 
 # ------------------------------------------------------------------------------------------- summary

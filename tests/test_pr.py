@@ -153,7 +153,7 @@ class FakeUpstream(nn.Module):
         return UpstreamOutput(hidden=[s * base + l for l, s in enumerate(self.scale)], lengths=lengths)
 
 
-def test_frame_cache_round_trip_in_several_shards(tmp_path):
+def test_frame_cache_round_trip(tmp_path):
     import soundfile as sf
 
     rng = np.random.default_rng(0)
@@ -164,14 +164,10 @@ def test_frame_cache_round_trip_in_several_shards(tmp_path):
         rows.append({"utt_id": f"u{i}", "path": str(p), "duration": n / 16000})
     m = pd.DataFrame(rows)
     up = FakeUpstream()
-    # 171 frames x 3 layers x 4 x 2 bytes = 4104 bytes in shards of about 0.5 KiB (an utterance is 240-1200 bytes)
-    info = pr.extract_frame_features(up, m, tmp_path / "cache", shard_mb=0.5 / 1024, max_batch_seconds=1.0,
-                                     progress=False)
-    assert info["utterances"] == 6 and info["layers"] == 3 and info["dim"] == 4 and info["shards"] >= 3
-    shards = sorted((tmp_path / "cache").glob("shard_*.npy"))
-    assert len(shards) == info["shards"]
-    biggest = max(r["duration"] for r in rows) * 100 * 3 * 4 * 2
-    assert all(p.stat().st_size <= 0.5 * 1024 + biggest + 128 for p in shards)  # bounded: one shard at a time
+    info = pr.extract_frame_features(up, m, tmp_path / "cache", amp="auto", max_batch_seconds=1.0, progress=False)
+    assert info["utterances"] == 6 and info["layers"] == 3 and info["dim"] == 4 and info["frames"] == 171
+    # one flat file: 171 frames x 3 layers x 4 x 2 bytes, nothing per shard
+    assert (tmp_path / "cache" / "frames.f16").stat().st_size == 171 * 3 * 4 * 2 == info["bytes"]
     cache = pr.FrameCache(tmp_path / "cache")
     assert sorted(cache.utterances()) == sorted(m["utt_id"])
     with torch.no_grad():
@@ -180,8 +176,7 @@ def test_frame_cache_round_trip_in_several_shards(tmp_path):
             o = up(w, torch.tensor([w.shape[1]]))
             direct = torch.stack(o.hidden, 1)[0].numpy().astype(np.float16)  # (L+1, T, d)
             got = cache.get(r["utt_id"])
-            assert isinstance(cache.frames_major(r["utt_id"]), np.memmap) or \
-                isinstance(cache.frames_major(r["utt_id"]).base, np.memmap)
+            assert not isinstance(cache.frames_major(r["utt_id"]).base, np.memmap)  # read, not mapped
             assert got.dtype == np.float16 and got.shape == direct.shape
             np.testing.assert_array_equal(got, direct)
     x, lengths = cache.batch(["u1", "u2"])
@@ -201,9 +196,9 @@ def test_frame_cache_of_a_real_tiny_upstream(tmp_path):
         p = tmp_path / f"r{i}.wav"
         sf.write(p, (0.1 * rng.standard_normal(int(sec * 16000))).astype(np.float32), 16000, subtype="FLOAT")
         rows.append({"utt_id": f"r{i}", "path": str(p), "duration": sec})
-    info = pr.extract_frame_features(model, pd.DataFrame(rows), tmp_path / "c", shard_mb=64, max_batch_seconds=10.0,
+    info = pr.extract_frame_features(model, pd.DataFrame(rows), tmp_path / "c", amp="auto", max_batch_seconds=10.0,
                                      progress=False)
-    assert info["layers"] == model.num_layers + 1 and info["shards"] == 1 and info["frame_period"] == 0.01
+    assert info["layers"] == model.num_layers + 1 and info["frame_period"] == 0.01
     cache = pr.FrameCache(tmp_path / "c")
     with torch.no_grad():
         for r in rows:
@@ -215,11 +210,34 @@ def test_frame_cache_of_a_real_tiny_upstream(tmp_path):
             np.testing.assert_allclose(got, direct, rtol=2e-3, atol=2e-3)  # float16, batched with padding
 
 
-def test_frame_cache_rejects_mismatched_shapes(tmp_path):
+def test_frame_cache_rejects_mismatched_shapes_and_unfinished_stores(tmp_path):
     with pytest.raises(ValueError, match="do not match"):
-        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("b", np.zeros((2, 5, 4)))], tmp_path, 1.0)
+        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("b", np.zeros((2, 5, 4)))], tmp_path)
     with pytest.raises(ValueError, match="twice"):
-        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("a", np.zeros((3, 5, 4)))], tmp_path, 1.0)
+        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("a", np.zeros((3, 5, 4)))], tmp_path)
+    with pytest.raises(FileNotFoundError, match="unfinished"):  # a killed writer leaves no done.json
+        pr.FrameCache(tmp_path)
+
+
+def test_audio_cache_is_int16_and_exact_for_16_bit_sources(tmp_path):
+    import soundfile as sf
+
+    from speaker_neurons import pr_data
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, n in enumerate([1600, 4000, 2400]):
+        p = tmp_path / f"a{i}.wav"
+        sf.write(p, rng.integers(-30000, 30000, n).astype(np.int16), 16000, subtype="PCM_16")
+        rows.append({"utt_id": f"a{i}", "path": str(p), "duration": n / 16000})
+    info = pr_data.write_audio_cache(pd.DataFrame(rows), tmp_path / "audio", 16000, 1.0, {"digest": "x"},
+                                     progress=False)
+    assert info["bytes"] == 8000 * 2 and pr_data.store_ready(tmp_path / "audio", "x")
+    assert not pr_data.store_ready(tmp_path / "audio", "y")
+    a = pr_data.AudioCache(tmp_path / "audio")
+    for r in rows:
+        src = sf.read(r["path"], dtype="float32")[0]
+        np.testing.assert_array_equal(a.read_float(r["utt_id"]), src)
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -246,7 +264,7 @@ def _synthetic(tmp_path, n_utts=(64, 16, 24), seed=0):
             items.append((u, h))
             phones[u] = [INVENTORY[p] for p in seq]
             splits[u] = sp
-    pr.write_frame_cache(items, tmp_path / "cache", 0.05)
+    pr.write_frame_cache(items, tmp_path / "cache")
     return tmp_path / "cache", phones, splits
 
 
@@ -284,7 +302,7 @@ def test_sweep_seeds_and_determinism(tmp_path):
         assert [p["seed"] for p in r["per_seed"]] == [0, 1]
         assert r["test_per"] == pytest.approx(np.mean([p["per"] for p in r["per_seed"]]))
         assert r["test_ci95"][0] <= r["test_per"] <= r["test_ci95"][1]
-        assert r["per_seed"][0]["dev_per"] == dev[r["lr"]]
+        assert dev[r["lr"]] == pytest.approx(np.mean([p["dev_per"] for p in r["per_seed"]]))  # the seed mean
     assert a["layer_sets"]["last"]["layer_weights"] == [1.0]
     # fixed rates (sid.sweep: base): no sweep for the named set, the same heads as the sweep's at that rate
     c = pr.train_and_evaluate(cache, phones, splits, sets, cfg, INVENTORY, fixed_lr={"last": 1e-4})
@@ -300,14 +318,15 @@ def test_the_head_bank_follows_torch_adam_ctc_and_clipping(tmp_path):
     bind)."""
     cache, phones, splits = _synthetic(tmp_path, (16, 4, 4))
     ids = {p: i + 1 for i, p in enumerate(INVENTORY)}
-    corpus = pr._Corpus(pr.FrameCache(cache), {u: np.array([ids[p] for p in ph]) for u, ph in phones.items()}, None)
+    corpus = pr._Corpus(pr._CachedFeatures(pr.FrameCache(cache)),
+                        {u: np.array([ids[p] for p in ph]) for u, ph in phones.items()}, None)
     tr = sorted(u for u in phones if splits[u] == "train")
-    specs = [pr.PRSpec("all", (0, 1, 2), 1e-2), pr.PRSpec("last", (2,), 3e-3)]
+    specs = [pr.PRSpec("all", (0, 1, 2), 1e-2, 5), pr.PRSpec("last", (2,), 3e-3, 5), pr.PRSpec("last", (2,), 3e-3, 6)]
     fc = pr.FrameCache(cache)
-    bank = pr._HeadBank(specs, 5, fc.layers, fc.dim, 7, 8, "cpu")
+    bank = pr._HeadBank(specs, fc.layers, fc.dim, 7, 8, "cpu")
     refs = []
     for s in specs:
-        torch.manual_seed(5)
+        torch.manual_seed(s.seed)
         h = pr.PRHead(s.layers, fc.dim, 7, 8)
         refs.append((h, torch.optim.Adam(h.parameters(), lr=s.lr)))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
@@ -337,18 +356,24 @@ def test_a_head_trains_in_its_group_as_alone(tmp_path):
 
     cfg = resolve("pr", dict(FAST, steps=6, eval_every=3))
     ids = {p: i + 1 for i, p in enumerate(INVENTORY)}
-    corpus = pr._Corpus(pr.FrameCache(cache), {u: np.array([ids[p] for p in ph]) for u, ph in phones.items()}, None)
+    corpus = pr._Corpus(pr._CachedFeatures(pr.FrameCache(cache)),
+                        {u: np.array([ids[p] for p in ph]) for u, ph in phones.items()}, None)
     tr = sorted(u for u in phones if splits[u] == "train")
     dv = sorted(u for u in phones if splits[u] == "dev")
-    a, b = pr.PRSpec("all", (0, 1, 2), 1e-2), pr.PRSpec("last", (2,), 1e-3)
-    together = pr.train_group(corpus, tr, dv, [a, b], 0, cfg, 7)
-    alone = pr.train_group(corpus, tr, dv, [b], 0, cfg, 7)
+    a, b = pr.PRSpec("all", (0, 1, 2), 1e-2, 0), pr.PRSpec("last", (2,), 1e-3, 0)
+    together = pr.train_group(corpus, tr, dv, [a, pr.PRSpec("all", (0, 1, 2), 1e-2, 1), b], cfg, 7)[::2]
+    alone = pr.train_group(corpus, tr, dv, [b], cfg, 7)
     for k, v in together[1]["head"].state_dict().items():  # the same up to the order of float sums
         assert torch.allclose(v, alone[0]["head"].state_dict()[k], atol=1e-5)
     assert [c[0] for c in together[1]["dev_curve"]] == [c[0] for c in alone[0]["dev_curve"]]
-    for r in together:  # the returned head is the best-dev checkpoint, not the last step's
-        (e, n), = pr._score([r["head"]], corpus, pr._eval_batches(corpus, dv, 16), "cpu")
-        assert pr.corpus_per(e, n) == r["dev_per"] == min(c[1] for c in r["dev_curve"])
+    fc = corpus.data.store
+    for r in together:  # the returned head is the best-dev checkpoint, not the last step's; decoded one by one
+        e = []
+        with torch.no_grad():
+            for u in dv:
+                x, n = fc.batch([u])
+                e.append(pr.edit_distance(corpus.targets[u], pr.greedy_decode(r["head"](x).argmax(-1)[0].numpy())))
+        assert pr.corpus_per(e, [len(corpus.targets[u]) for u in dv]) == r["dev_per"] == min(c[1] for c in r["dev_curve"])
 
 
 def test_eos_option_and_input_errors(tmp_path):
@@ -365,3 +390,129 @@ def test_eos_option_and_input_errors(tmp_path):
         pr.train_and_evaluate(cache, phones, splits, {"all": [0, 3]}, cfg, INVENTORY)
     with pytest.raises(ValueError, match="unknown pr config key"):
         pr.train_and_evaluate(cache, phones, splits, {"all": [0]}, dict(cfg, step=3), INVENTORY)
+
+
+def test_edit_distances_of_many_hypotheses_at_once():
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        ref = rng.integers(0, 4, rng.integers(0, 10)).tolist()
+        hyps = [rng.integers(0, 4, rng.integers(0, 12)).tolist() for _ in range(int(rng.integers(1, 6)))]
+        assert pr.edit_distances(ref, hyps).tolist() == [_levenshtein_reference(ref, h) for h in hyps]
+
+
+def test_the_training_stream_is_a_function_of_seed_and_step():
+    from speaker_neurons.pr_data import BUCKET_BATCHES, TrainPlan
+
+    lengths = np.random.default_rng(0).integers(10, 500, 203)
+    plan = TrainPlan(lengths, 16, 7)
+    n = plan.per_epoch
+    assert n == 13
+    for e in range(2):  # every epoch holds every item once, in batches of at most 16
+        got = np.concatenate([plan.batch(e * n + i) for i in range(n)])
+        assert sorted(got.tolist()) == list(range(203))
+    # random access (a resumed run) gives the batches of the stream read in order
+    fresh = TrainPlan(lengths, 16, 7)
+    assert np.array_equal(fresh.batch(2 * n + 5), TrainPlan(lengths, 16, 7).batch(2 * n + 5))
+    assert [fresh.batch(k).tolist() for k in (3 * n + 1, 1)] == [plan.batch(3 * n + 1).tolist(), plan.batch(1).tolist()]
+    assert plan.batch(0).tolist() != TrainPlan(lengths, 16, 8).batch(0).tolist()  # the data seed
+    assert plan.batch(0).tolist() != plan.batch(n).tolist()  # epochs differ
+    # length buckets: inside a batch the lengths are close (sorted runs of BUCKET_BATCHES batches)
+    spread = np.mean([np.ptp(lengths[plan.batch(i)]) for i in range(n - 1)])
+    assert spread < 0.5 * np.ptp(lengths) and BUCKET_BATCHES > 1
+
+
+def test_results_do_not_depend_on_the_loader_workers(tmp_path):
+    cache, phones, splits = _synthetic(tmp_path, (24, 8, 8))
+    cfg = dict(FAST, learning_rates=[1e-2], seeds=[0, 1], steps=8, eval_every=4)
+    sets = {"all": [0, 1, 2]}
+    a = pr.train_and_evaluate(cache, phones, splits, sets, dict(cfg, loader_workers=0), INVENTORY)
+    b = pr.train_and_evaluate(cache, phones, splits, sets, dict(cfg, loader_workers=2), INVENTORY)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_the_libriphone_schedule():
+    from speaker_neurons.config import resolve
+
+    c = pr.apply_schedule(resolve("pr", {"schedule": "libriphone", "steps": 7}))
+    assert (c["steps"], c["batch_size"], c["eval_every"]) == (100_000, 32, 1000)
+    assert c["learning_rates"] == resolve("pr", {})["learning_rates"]
+    assert pr.apply_schedule(resolve("pr", {"steps": 7}))["steps"] == 7
+
+
+# ------------------------------------------------------------------------------------------- the stage's function
+@pytest.fixture
+def pr_job(tmp_path):
+    """A tiny MelHuBERT, a manifest of 20 short utterances (12 train, 4 dev, 4 test) and CMUdict phone targets."""
+    import soundfile as sf
+
+    from speaker_neurons.data.lexicon import load_lexicon, phone_inventory
+    from speaker_neurons.data.manifest import write_manifest
+    from test_models import tiny
+
+    inv = phone_inventory(load_lexicon(None))
+    rng = np.random.default_rng(0)
+    rows, lines = [], ["utt_id\tphones"]
+    for i in range(20):
+        sp = "train" if i < 12 else "dev" if i < 16 else "test"
+        n = int(rng.integers(5600, 12800))
+        p = tmp_path / "wav" / f"p{i:02d}.wav"
+        p.parent.mkdir(exist_ok=True)
+        sf.write(p, rng.integers(-3000, 3000, n).astype(np.int16), 16000, subtype="PCM_16")
+        rows.append({"utt_id": f"p{i:02d}", "path": str(p), "speaker": f"s{i % 3}", "gender": "", "split": sp,
+                     "duration": n / 16000, "sample_rate": 16000})
+        lines.append(f"p{i:02d}\t" + " ".join(inv[j] for j in rng.integers(0, len(inv), int(rng.integers(3, 7)))))
+    write_manifest(pd.DataFrame(rows), tmp_path / "manifest.tsv")
+    (tmp_path / "phones.tsv").write_text("\n".join(lines) + "\n")
+    return tiny("melhubert"), tmp_path
+
+
+def _run_pr(job, out, **cfg):
+    model, d = job
+    cfg = dict(FAST, learning_rates=[1e-2, 1e-3], seeds=[0, 1], steps=6, eval_every=2, checkpoint_every=2,
+               loader_workers=0, **cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    return pr.run_pr(model, d / "phones.tsv", d / "manifest.tsv", ["all", "last"], cfg, None, "toy", None,
+                     out / "pr.json", out / "heads.safetensors", amp="auto", resume_dir=out / "resume" / "m" / "pr_eval",
+                     max_batch_seconds=2.0, device="cpu")
+
+
+@pytest.mark.parametrize("budget,kind", [(0, "on_the_fly"), (1, "cached")])
+def test_a_killed_pr_eval_resumes_byte_identical(pr_job, tmp_path, monkeypatch, caplog, budget, kind):
+    """An exception after step 5 (the checkpoint of step 4 on disk) then a rerun: pr.json and the heads
+    are byte-identical to an uninterrupted run; the rerun resumes at step 4 and reuses the cache; the
+    scratch and resume folders are gone at the end."""
+    _run_pr(pr_job, tmp_path / "a", feature_cache_gb=budget)
+    res = json.loads((tmp_path / "a" / "pr.json").read_text())
+    assert res["features"] == kind and res["feature_cache_bytes"] > 0
+    assert not (tmp_path / "a" / "resume" / "m" / "pr_eval").exists()
+
+    def kill(step):
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(pr, "_after_step", kill)
+    with pytest.raises(KeyboardInterrupt):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=budget)
+    resume = tmp_path / "b" / "resume" / "m" / "pr_eval"
+    assert (resume / "bank" / "bank.pt").is_file()
+    store = resume / "scratch" / ("audio" if kind == "on_the_fly" else "features")
+    assert (store / "done.json").is_file()
+    monkeypatch.setattr(pr, "_after_step", None)
+    with caplog.at_level("INFO", logger="speaker_neurons.pr"):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=budget)
+    assert "RESUMING the PR heads at step 4/6" in caplog.text
+    for f in ("pr.json", "heads.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert not resume.exists()
+    # the cache was reused: the rerun wrote none
+    assert "PR frame cache:" not in caplog.text and "PR audio cache:" not in caplog.text
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(pr_job, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pr, "_after_step", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()) if s == 3 else None)
+    with pytest.raises(KeyboardInterrupt):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0)
+    monkeypatch.setattr(pr, "_after_step", None)
+    with caplog.at_level("INFO", logger="speaker_neurons.pr"):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0, data_seed=1)
+    assert "starting again" in caplog.text and "RESUMING" not in caplog.text

@@ -227,7 +227,7 @@ def test_a_pooled_file_keeps_its_segments_and_joins_paths_by_utterance(tmp_path)
     m["split"] = ["train", "train", "dev", "dev", "test", "test"]
     m["gender"], m["sample_rate"] = "F", 16000
     write_manifest(m, tmp_path / "m.tsv")
-    info = sid.pool_to_file(model, tmp_path / "m.tsv", 0.6, 0.5, tmp_path / "pooled.npz", max_batch_seconds=2.0)
+    info = sid.pool_to_file(model, tmp_path / "m.tsv", 0.6, "tsv", 0.5, tmp_path / "pooled.npz", 2.0, False)
     want = sid.segments(m, 0.6, model.sample_rate, 0.5)
     assert info["segments"] == len(want)
     reversed_manifest = m.iloc[::-1].reset_index(drop=True)  # the join is by utt_id, not by row order
@@ -239,3 +239,180 @@ def test_a_pooled_file_keeps_its_segments_and_joins_paths_by_utterance(tmp_path)
     write_manifest(m[m["utt_id"] != "u4"], tmp_path / "short.tsv")
     with pytest.raises(ValueError, match="short.tsv.*u4"):
         sid.read_segments(tmp_path / "pooled.npz", tmp_path / "short.tsv")
+
+
+# ------------------------------------------------------------------------------------------- bounded memory
+def test_crop_auto_is_the_demo_choice_and_whole_utterances_elsewhere():
+    assert sid.crop_of("auto", "demo") == sid.DEMO_CROP_SECONDS == 0.5
+    assert sid.crop_of("auto", "voxceleb1") is None and sid.crop_of("auto", "tsv") is None
+    assert sid.crop_of(1.0, "voxceleb1") == 1.0 and sid.crop_of(None, "demo") is None
+    with pytest.raises(ValueError, match="auto"):
+        sid.crop_of("whole", "demo")
+
+
+def test_the_pooled_store_is_float16_read_by_memory_map_and_equals_the_float32_means(tmp_path):
+    """pool_to_file writes the means into a float16 memory map (no float32 copy of the store) and an
+    uncompressed npz that np.load still reads; load_pooled maps it; whole utterances on a non-demo corpus."""
+    from speaker_neurons.data.manifest import write_manifest
+
+    model = tiny("wav2vec2")
+    m = _manifest(tmp_path, [1.3, 0.7, 2.1, 1.6, 1.2, 1.9])
+    m["split"] = ["train", "train", "dev", "dev", "test", "test"]
+    m["gender"], m["sample_rate"] = "F", 16000
+    write_manifest(m, tmp_path / "m.tsv")
+    info = sid.pool_to_file(model, tmp_path / "m.tsv", "auto", "voxceleb1", 0.5, tmp_path / "p.npz", 2.0, False)
+    assert info["segments"] == 6 and info["crop_seconds"] is None
+    assert sorted(p.name for p in tmp_path.glob("p.npz*")) == ["p.npz"]  # the temporary store is gone
+    data, L = sid.load_pooled(tmp_path / "p.npz")
+    assert isinstance(data.pooled, np.memmap) and data.pooled.dtype == np.float16 and L == model.num_layers
+    assert sid.pooled_crop_seconds(tmp_path / "p.npz") is None and list(data.utt_id) == list(m["utt_id"])
+    full = sid.pool_layer_means(model, sid.segments(m, None, 16000, 0.5), max_batch_seconds=2.0, progress=False)
+    assert np.array_equal(np.asarray(data.pooled), full.astype(np.float16))
+    with np.load(tmp_path / "p.npz") as z:
+        assert np.array_equal(z["pooled"], np.asarray(data.pooled))
+    sid.pool_to_file(model, tmp_path / "m.tsv", "auto", "demo", 0.5, tmp_path / "d.npz", 2.0, False)
+    assert sid.pooled_crop_seconds(tmp_path / "d.npz") == 0.5 and len(sid.load_pooled(tmp_path / "d.npz")[0].labels) > 6
+
+
+def test_a_float16_store_out_of_range_is_a_clear_error():
+    model = tiny("wav2vec2")
+
+    class Out:
+        hidden = [torch.full((1, 3, 4), 1e6)]
+
+        def frame_mask(self):
+            return torch.ones(1, 3, dtype=torch.bool)
+
+    with pytest.raises(FloatingPointError, match="float16"):
+        sid._pool_into(np.zeros((1, 1, 4), np.float16), [0], Out())
+    del model
+
+
+def _reference_clipped(data, layers, lr, seed, steps, clip, batch_size=64):
+    """torch.optim.Adam with clip_grad_norm_ on a lone head, `steps` steps, reshuffled at each pass."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = sid.SIDHead(layers, data.pooled.shape[2], len(data.speakers))
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    tr = np.flatnonzero(data.split == "train")
+    x, y = torch.from_numpy(np.asarray(data.pooled[tr], dtype=np.float32)), torch.from_numpy(data.labels[tr])
+    done = 0
+    while done < steps:
+        perm = torch.randperm(len(tr), generator=g)
+        for s in range(0, len(tr), batch_size):
+            if done == steps:
+                break
+            idx = perm[s : s + batch_size]
+            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), clip)
+            opt.step()
+            done += 1
+    return head.eval()
+
+
+def test_clipped_heads_with_a_step_budget_equal_torch_adam_with_clip_grad_norm():
+    data = _planted(layer=2)
+    specs = [sid.HeadSpec((0, 1, 2, 3), 1e-1, 0), sid.HeadSpec((3,), 1e-1, 0), sid.HeadSpec((1, 2), 1e-2, 4)]
+    bank = sid.train_heads(data, specs, epochs=1, steps=7, grad_clip=0.05)  # 7 steps: beyond one pass of 2
+    x = torch.from_numpy(data.pooled)
+    for spec, head in zip(specs, bank):
+        ref = _reference_clipped(data, list(spec.layers), spec.lr, spec.seed, steps=7, clip=0.05)
+        with torch.no_grad():
+            assert float((head(x) - ref(x)).abs().max()) < 1e-4
+    unclipped, = sid.train_heads(data, specs[:1], epochs=1, steps=7)
+    with torch.no_grad():
+        assert float((unclipped(x) - bank[0](x)).abs().max()) > 1e-3  # the clipping acted
+
+
+def test_best_dev_heads_keep_the_state_of_their_best_step():
+    """eval_every: each head ends at the state of its best dev accuracy, the one a run stopped at that
+    step would have; with a learning rate that diverges the best step is early, not the last."""
+    data = _planted(layer=0, seed=3)
+    specs = [sid.HeadSpec((0, 1, 2, 3), 3.0, 0), sid.HeadSpec((0,), 1e-2, 1)]
+    bank = sid.train_heads(data, specs, epochs=1, steps=12, eval_every=2)
+    x = torch.from_numpy(data.pooled)
+    for spec, head in zip(specs, bank):
+        assert head.best_step in range(2, 13, 2)
+        again, = sid.train_heads(data, [spec], epochs=1, steps=head.best_step)
+        with torch.no_grad():
+            assert float((head(x) - again(x)).abs().max()) < 1e-4
+        assert head.dev_accuracy == pytest.approx(sid.accuracy(head, data, "dev")[0] / len(sid.closed_set(data, "dev")))
+        for s in range(2, 13, 2):  # no evaluated step did better on dev
+            at, = sid.train_heads(data, [spec], epochs=1, steps=s)
+            assert sid.accuracy(at, data, "dev")[0] <= sid.accuracy(head, data, "dev")[0]
+    assert bank[0].best_step < 12  # lr 3 overshoots: its best dev state is not its last
+    last, = sid.train_heads(data, specs[:1], epochs=1, steps=12)
+    assert last.best_step == 12 and last.dev_accuracy is None
+
+
+def test_training_streams_from_a_float16_memory_map_as_from_the_array(tmp_path, monkeypatch):
+    """A memory-mapped float16 store (read a batch or a chunk at a time) trains and scores the same heads
+    as the same values held in memory as float32; tiny chunks change nothing."""
+    data = _planted(layer=1)
+    f16 = data.pooled.astype(np.float16)
+    mm = np.lib.format.open_memmap(tmp_path / "s.npy", mode="w+", dtype=np.float16, shape=f16.shape)
+    mm[:] = f16
+    mm.flush()
+    mapped = sid.SIDData(np.load(tmp_path / "s.npy", mmap_mode="r"), data.labels, data.split, data.speakers)
+    inmem = sid.SIDData(f16.astype(np.float32), data.labels, data.split, data.speakers)
+    specs = [sid.HeadSpec((0, 1, 2, 3), 1e-2, 0), sid.HeadSpec((1,), 1e-2, 1)]
+    a = sid.train_heads(mapped, specs, epochs=3, eval_every=3)
+    monkeypatch.setattr(sid, "_CHUNK_BYTES", 4 * 4 * 8 * 3)  # three rows per chunk
+    b = sid.train_heads(inmem, specs, epochs=3, eval_every=3)
+    for h1, h2 in zip(a, b):
+        assert h1.best_step == h2.best_step
+        assert all(torch.equal(p, q) for p, q in zip(h1.state_dict().values(), h2.state_dict().values()))
+        assert sid.accuracy(h1, mapped, "test") == sid.accuracy(h2, inmem, "test")
+
+
+def test_trial_pairs_sample_without_the_square_of_the_segments():
+    from speaker_neurons.evaluation import build_trials, trial_pairs
+
+    spk = np.repeat(np.arange(5), 4)
+    i, j = trial_pairs(spk, 1000)  # 190 pairs: every one
+    assert len(i) == 190 and np.array_equal(np.c_[i, j], np.c_[np.triu_indices(20, 1)])
+    big = np.repeat(np.arange(40000), 5)  # 200,000 items: 2e10 pairs, never enumerated
+    i, j = trial_pairs(big, 10000, seed=3)
+    assert len(i) == 10000 and (i < j).all() and len(np.unique(i * len(big) + j)) == 10000
+    assert (big[i] == big[j]).sum() == 5000  # half same-speaker
+    assert np.array_equal(np.lexsort((j, i)), np.arange(len(i)))
+    i2, j2 = trial_pairs(big, 10000, seed=3)
+    assert np.array_equal(i, i2) and np.array_equal(j, j2)
+    assert not np.array_equal(i, trial_pairs(big, 10000, seed=4)[0])
+    few = np.repeat(np.arange(300), 2)  # 300 target pairs only: all of them, the rest non-targets
+    i, j = trial_pairs(few, 1000)
+    assert (few[i] == few[j]).sum() == 300 and len(i) == 1000
+    s, lab = build_trials(np.random.default_rng(0).normal(size=(len(few), 4)), few, max_trials=1000)
+    x = np.random.default_rng(0).normal(size=(len(few), 4))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(s, np.einsum("nd,nd->n", x[i], x[j])) and lab.sum() == 300
+
+
+def test_a_verification_list_is_scored_on_utterances_and_absent_ones_are_counted(tmp_path):
+    data = _planted(layer=0)
+    utt = np.array([f"id1{int(l):04d}-yt{k // 2}-{k % 2:05d}" for k, l in enumerate(data.labels)])
+    data = sid.SIDData(data.pooled, data.labels, data.split, data.speakers, None, utt)
+    lines = ["1 id10000/yt0/00000.wav id10000/yt0/00001.wav", "0 id10000/yt0/00000.wav id10001/yt12/00000.wav",
+             "1 id10001/yt12/00000.wav id10001/yt13/00001.wav", "0 id10002/yt30/00000.wav id10000/yt1/00000.wav"]
+    (tmp_path / "veri.txt").write_text("\n".join(lines + ["1 id19999/zz/00001.wav id10000/yt0/00000.wav"]) + "\n")
+    veri = sid.read_veri_list(tmp_path / "veri.txt")
+    assert veri.iloc[0].tolist() == [1, "id10000-yt0-00000", "id10000-yt0-00001"]
+    with pytest.raises(ValueError, match="veri.txt: 1 of 5 trials .*id19999-zz-00001.*max_veri_absent"):
+        sid.veri_trials(veri, data, 0.1, tmp_path / "veri.txt")
+    trials, absent = sid.veri_trials(veri, data, 0.2, tmp_path / "veri.txt")
+    assert absent == 1 and len(trials) == 4
+    res, heads = sid.evaluate(data, {"all": [0, 1, 2, 3]}, lrs=[1e-2], seeds=[0], epochs=20, trials=trials)
+    assert res["all"]["target_trials"] == 2 and res["all"]["nontarget_trials"] == 2
+    head = heads["all"][0]
+    emb = sid.embeddings(head, data.pooled, np.arange(len(utt)))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    row = {u: k for k, u in enumerate(utt)}
+    cos = [float(unit[row[a]] @ unit[row[b]]) for a, b in zip(trials["enrol"], trials["test"])]
+    from speaker_neurons.evaluation import equal_error_rate
+
+    assert res["all"]["eer"] == pytest.approx(equal_error_rate(cos, trials["label"]))
+    (tmp_path / "bad.txt").write_text("1 a.wav b.wav\n")
+    with pytest.raises(ValueError, match="bad.txt, line 1: .*sid.veri_list"):
+        sid.read_veri_list(tmp_path / "bad.txt")
