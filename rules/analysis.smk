@@ -280,7 +280,7 @@ rule erase_ablation:
         manifest=SID_MANIFEST,
         pooled=rules.pool_layers.output.pooled,
         heads=rules.sid_eval.output.heads,
-        clusters=rules.ivector_clusters.output.clusters,
+        clusters=sid_ivector_clusters(),
         ssl_cluster=f"{K}/neurons/ssl_cluster.json",
         ivector_cluster=f"{K}/neurons/ivector_cluster.json",
     output:
@@ -308,6 +308,8 @@ rule erase_ablation:
         pr_bootstrap_seed=config["pr"]["bootstrap_seed"],
         max_batch_seconds=config["analysis"]["max_batch_seconds"],
         device=config["upstream"]["device"],
+        amp=config["upstream"]["amp"],
+        corpus=SID_CORPUS,
         title=lambda wc: f"{wc.model}: erase ablation (k_ssl={wc.k})",
     log:
         f"{LOGS}/{{model}}/erase_ablation_k{{k}}.log",

@@ -228,6 +228,15 @@ def ivector_other_seeds():
     )
 
 
+def sid_ivector_clusters():
+    """The i-vector clusters of the SID corpus' utterances: the analysis corpus' own
+    when it is the SID corpus, else those assigned from each one's own audio (rule
+    assign_ivector_clusters)."""
+    if SID_CORPUS == ANALYSIS_CORPUS:
+        return f"{IVECTORS}/clusters.tsv"
+    return f"{CORPORA}/{SID_CORPUS}/ivector_clusters_from_{ANALYSIS_CORPUS}.tsv"
+
+
 def sid_dir(name):
     """A model's SID outputs, under the name of the corpus they are scored on."""
     return f"{model_dir(name)}/sid/{SID_CORPUS}"

@@ -1,5 +1,6 @@
 # Stage 3a: the corpus' own speaker structure, the same for every model. i-vectors (no labels) and
-# their k-means clusters (the i-vector clusters), with their quality and their gender purity.
+# their k-means clusters (the i-vector clusters), with their quality and their gender purity; an
+# evaluation corpus' utterances get their cluster from their own audio (assign_ivector_clusters).
 
 
 rule ivectors:
@@ -51,6 +52,7 @@ rule ivector_clusters:
             category="5. Clusters",
         ),
         stability=f"{IVECTORS}/cluster_stability.json",
+        centres=f"{IVECTORS}/cluster_centres.npz",
         provenance=f"{IVECTORS}/provenance/ivector_clusters.json",
     params:
         k=config["analysis"]["k_ivector"],
@@ -66,6 +68,38 @@ rule ivector_clusters:
     resources:
         mem_mb=res("ivector_clusters", "mem_mb", 2000),
         runtime=res("ivector_clusters", "runtime", 10),
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
+# One job per evaluation corpus: each utterance's i-vector by the analysis corpus' extractor (and its mean
+# i-vector), then the nearest of the analysis corpus' k-means centres; nothing is looked up by utterance id.
+rule assign_ivector_clusters:
+    input:
+        manifest=f"{CORPORA}/{{corpus}}/manifest.tsv",
+        analysis_manifest=MANIFEST,
+        extractor=f"{IVECTORS}/extractor.npz",
+        centres=rules.ivector_clusters.output.centres,
+    output:
+        clusters=f"{CORPORA}/{{corpus}}/ivector_clusters_from_{ANALYSIS_CORPUS}.tsv",
+        provenance=f"{CORPORA}/{{corpus}}/provenance/ivector_clusters_from_{ANALYSIS_CORPUS}.json",
+    params:
+        compute_threads=config["upstream"]["threads"],
+        corpus=lambda wc: wc.corpus,
+        analysis_corpus=ANALYSIS_CORPUS,
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/corpora/{{corpus}}/assign_ivector_clusters.log",
+    benchmark:
+        f"{BENCH}/corpora/{{corpus}}/assign_ivector_clusters.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=res("assign_ivector_clusters", "mem_mb", 4000),
+        runtime=res("assign_ivector_clusters", "runtime", 60),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
     conda:
         "../envs/speaker-neurons.yaml"
     script:

@@ -6,7 +6,9 @@ filled in): it expands the config into
 - **corpora**: the corpus of key `corpus` (named `corpus.name`, or after its source), every entry of
   `corpora`, and, where `stages.sid` / `stages.pr` is `auto` and the analysis corpus is the synthesized
   demo, a second synthesized corpus `<name>_eval` with other pseudo-speakers (seed + `EVAL_SEED_OFFSET`),
-  so that the neurons are found on one corpus and evaluated on another (docs/METHOD.md section 12);
+  so that the neurons are found on one corpus and evaluated on another (docs/METHOD.md section 12); every
+  synthesized corpus but the first prefixes its speaker names and utterance ids with its name
+  (`demo_eval-f01_us1-0000`), so no two corpora of a run share an id;
 - **stages**: the corpus each stage uses (analysis, pretrain, sid, pr; the erase ablation scores with the
   SID heads, so it uses the SID corpus);
 - **models**: the models of `models`, the one-shot pruned models (`<parent>-<strategy>-<pset|keep<f>>`),
@@ -116,8 +118,21 @@ def _corpus(entry: Mapping[str, Any], key: str) -> Corpus:
 def _eval_corpus(analysis: Corpus) -> Corpus:
     demo = copy.deepcopy(analysis.settings)
     demo["seed"] = int(demo["seed"]) + EVAL_SEED_OFFSET
-    return Corpus(name=f"{analysis.name}_eval", source="demo", settings=demo, split=analysis.split,
-                  derived_from=analysis.name)
+    name = f"{analysis.name}_eval"
+    demo["id_prefix"] = id_prefix(name)
+    return Corpus(name=name, source="demo", settings=demo, split=analysis.split, derived_from=analysis.name)
+
+
+def id_prefix(name: str) -> str:
+    """What a synthesized corpus other than the first puts before its speaker names and utterance ids
+    (`synthesize_corpus(id_prefix=...)`): its name, so no two corpora of a run share an id or a speaker
+    (the demo's ids do not depend on its seed)."""
+    return f"{name}-"
+
+
+def _audio_settings(c: Corpus) -> dict[str, Any]:
+    """A synthesized corpus' settings that decide its audio (the id prefix only renames)."""
+    return {k: v for k, v in c.settings.items() if k != "id_prefix"}
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -285,6 +300,8 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
         if not entry["name"]:
             raise ConfigError(f"corpora.{i}.name", "every entry of corpora needs a name (its folder under results/corpora/).")
         c = _corpus(entry, f"corpora.{i}")
+        if c.synthesized:
+            c.settings["id_prefix"] = id_prefix(c.name)
         if c.name in corpora:
             raise ConfigError(f"corpora.{i}.name", f"corpus name {c.name!r} is used twice (corpus.name defaults to its "
                                                    "source); give each corpus its own name.")
@@ -364,6 +381,13 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
     if config["erase"]["enabled"] and not config["sid"]["enabled"]:
         raise ConfigError("erase.enabled", "the erase ablation scores erased models with the SID heads of the "
                                            "unerased one; set sid.enabled: true, or erase.enabled: false.")
+    if (config["erase"]["enabled"] and config["ivector"]["kaldi_ivectors"]
+            and cat.stages["sid"] != cat.stages["analysis"]):
+        raise ConfigError("ivector.kaldi_ivectors",
+                          f"the erase ablation scores corpus {cat.stages['sid']!r} per i-vector cluster of the analysis "
+                          f"corpus {cat.stages['analysis']!r}, assigning each evaluation utterance from its own audio "
+                          "with the workflow's i-vector extractor, which your own Kaldi i-vectors do not come with; "
+                          "leave kaldi_ivectors empty, or set erase.enabled: false.")
     pretrain_corpus = cat.corpus("pretrain")
     if cat.targets_audio == "clean" and not pretrain_corpus.has_clean:
         raise ConfigError("pretrain.train.targets_audio",
@@ -464,7 +488,7 @@ def find_leaks(analysis: Corpus, evaluation: Corpus, limit: int = 5) -> list[str
     if analysis.name == evaluation.name:
         return []
     if analysis.synthesized and evaluation.synthesized:
-        if analysis.settings == evaluation.settings:
+        if _audio_settings(analysis) == _audio_settings(evaluation):
             return [f"every utterance: corpora {analysis.name!r} and {evaluation.name!r} are synthesized with the same "
                     "settings (seed included)"]
         return []
@@ -523,6 +547,24 @@ def check_leaks(cat: Catalogue, config: Mapping[str, Any]) -> list[str]:
                                                  f"analysis corpus {analysis.name!r}, on which the neurons are found: "
                                                  f"{'; '.join(leaks)}. Evaluate on utterances the analysis never saw.")
     return warnings
+
+
+def check_distinct_ids(manifests: Mapping[str, Any], limit: int = 5) -> None:
+    """Raise ValueError when two corpora of a run share an utterance id: tables keyed by utterance id
+    (i-vector clusters, segments, per-utterance results) could not tell their utterances apart.
+    `manifests`: {corpus name: manifest DataFrame (or anything with an `utt_id` column)}; the error
+    names both corpora, how many ids they share and up to `limit` of them."""
+    names = list(manifests)
+    ids = {n: set(map(str, manifests[n]["utt_id"])) for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(ids[a] & ids[b])
+            if shared:
+                raise ValueError(
+                    f"corpora {a!r} and {b!r} share {len(shared)} utterance id(s), e.g. {', '.join(shared[:limit])}; "
+                    "a table keyed by utterance id cannot tell their utterances apart (their i-vector clusters would "
+                    "be looked up for the wrong audio). Give the corpora distinct ids (a tsv corpus: its utt_id "
+                    "column; two demo corpora: different names).")
 
 
 # ------------------------------------------------------------------------------------ the whole check

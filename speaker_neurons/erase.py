@@ -7,10 +7,13 @@ same per-layer sizes (the control). Expected, if the sets mean what the method s
 g's neurons costs the segments of cluster g more than those of the other cluster, and more than a
 random set of the same size.
 
-Only the test segments are run through each erased model (the heads are fixed). The unerased model is
-run on the same segments in the same batches, so an erase is the only difference between the two.
-Accuracy counts test segments of enrolled speakers (closed set), overall and per i-vector cluster of
-the segment's utterance, with a Wilson interval; the change against the unerased model is a paired
+Only the test segments are run through each erased model (the heads are fixed): one batched pass per
+variant, every head reading the same pooled layers. The unerased model is run on the same segments in
+the same batches, so an erase is the only difference between the two. Accuracy counts test segments of
+enrolled speakers (closed set), overall and per i-vector cluster of the segment's utterance, with a
+Wilson interval. An evaluation corpus' utterances get their cluster from their own audio (the analysis
+corpus' i-vector extractor and k-means centres, rule assign_ivector_clusters), never by looking up
+their id among the analysis corpus' utterances; the change against the unerased model is a paired
 difference over segments (each segment's correctness averaged over the head seeds), with a Student-t
 95% interval: the unit of sampling is the segment, and the heads' seeds are averaged, not counted as
 samples.
@@ -54,7 +57,7 @@ def erase_sets(ssl_cluster_json: str | Path | None, ivector_cluster_json: str | 
 
 def _correct(heads: Sequence[sid.SIDHead], pooled: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(seeds, n) bool: each head's correctness on each segment."""
-    x = torch.from_numpy(np.ascontiguousarray(pooled))
+    x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
     with torch.no_grad():
         return np.stack([h(x).argmax(1).numpy() == labels for h in heads])
 
@@ -76,27 +79,61 @@ def _rows(label: str, kind: str, seed: int | None, correct: Mapping[str, np.ndar
     return rows
 
 
+#: Test segments pooled per call (whole utterances, so a file's crops are featurised together): the pooled
+#: layers of one such block are kept at a time, and of every variant only each segment's correctness.
+SEGMENTS_PER_BLOCK = 2048
+
+
+def _blocks(test_segs: pd.DataFrame, size: int | None = None) -> list[np.ndarray]:
+    """Row indices of `test_segs` in blocks of about `size` (`SEGMENTS_PER_BLOCK`) segments that never
+    split an utterance."""
+    size = SEGMENTS_PER_BLOCK if size is None else int(size)
+    utt = test_segs["utt_id"].astype(str).to_numpy()
+    cuts = [0] + [i for i in range(1, len(utt)) if utt[i] != utt[i - 1]] + [len(utt)]
+    blocks, start = [], 0
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b - start >= size or b == len(utt):
+            blocks.append(np.arange(start, b))
+            start = b
+    return [x for x in blocks if len(x)]
+
+
 def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.ndarray,
                  heads: Mapping[str, Sequence[sid.SIDHead]], sets: Mapping[str, Mapping[int, Sequence[int]]],
-                 random_seeds: Sequence[int], max_batch_seconds: float) -> pd.DataFrame:
+                 random_seeds: Sequence[int], max_batch_seconds: float, amp: bool | str) -> pd.DataFrame:
     """One row per (erased set or its random control, layer set, cluster): accuracy and its change.
 
     `test_segs`: the segments to score (rows as `sid.segments` makes them), `labels` their enrolled
     speaker index (all >= 0), `groups` their i-vector cluster (-1 = none), `heads` the unerased model's
-    SID heads per layer set (one per seed)."""
+    SID heads per layer set (one per seed). Each variant (the unerased model, each erased set, each
+    random control) is one batched pass of the upstream over the test segments, on the model's device
+    under `utils.inference_autocast(device, amp)` (config upstream.amp); every head reads the same pooled
+    layers, block by block (`SEGMENTS_PER_BLOCK`), and only each segment's correctness is kept."""
     if (labels < 0).any():
         raise ValueError("run_ablation scores enrolled speakers only (labels >= 0)")
-    cache: dict = {}  # the segments' features, computed once for every variant (where the model slices them)
+    blocks = _blocks(test_segs)
+    caches: list[dict] = [{} for _ in blocks]  # each block's features, computed once for every variant
 
     def score(m) -> dict[str, np.ndarray]:
-        pooled = sid.pool_layer_means(m, test_segs, max_batch_seconds=max_batch_seconds, progress=False,
-                                      feature_cache=cache)
-        return {ls: _correct(hs, pooled, labels) for ls, hs in heads.items()}
+        from tqdm import tqdm
+
+        out = {ls: np.zeros((len(hs), len(test_segs)), dtype=bool) for ls, hs in heads.items()}
+        bar = tqdm(total=len(test_segs), desc="erase variant", unit="seg", mininterval=5)
+        for rows, cache in zip(blocks, caches):
+            part = test_segs.iloc[rows].reset_index(drop=True)
+            pooled = sid.pool_layer_means(m, part, max_batch_seconds=max_batch_seconds, progress=False,
+                                          feature_cache=cache, amp=amp)
+            for ls, hs in heads.items():
+                out[ls][:, rows] = _correct(hs, pooled, labels[rows])
+            bar.update(len(rows))
+        bar.close()
+        return out
 
     base = score(model)
     rows = _rows("none", "unerased", None, base, base, groups, {})
     for label, sizes, kind, seed, erased in _variants(model, sets, random_seeds):
         rows += _rows(label, kind, seed, score(erased), base, groups, sizes)
+        del erased
     return pd.DataFrame(rows)
 
 
@@ -117,12 +154,19 @@ def _variants(model, sets: Mapping[str, Mapping[int, Sequence[int]]], random_see
 def run_pr_ablation(model, test_rows: pd.DataFrame, targets: Mapping[str, np.ndarray],
                     heads: Mapping[str, Sequence[Any]], sets: Mapping[str, Mapping[int, Sequence[int]]],
                     random_seeds: Sequence[int], resamples: int, seed: int,
-                    max_batch_seconds: float) -> pd.DataFrame:
+                    max_batch_seconds: float, amp: bool | str) -> pd.DataFrame:
     """The erase ablation in phoneme recognition: one row per (erased set or its random control, PR
     layer set): the PER of the unerased model's PR heads (`heads`, one per seed) decoding the erased
     model on the PR test utterances `test_rows`, and its change against the unerased model, with a
-    paired bootstrap interval over utterances (each utterance's edits averaged over the head seeds)."""
-    from speaker_neurons.pr import utterance_edits
+    paired bootstrap interval over utterances (each utterance's edits averaged over the head seeds).
+    Each variant is one batched pass of the upstream (`pr.utterance_edits`, every head on the same
+    hidden states) under `utils.inference_autocast(device, amp)`."""
+    from speaker_neurons.pr import utterance_edits as edits_of
+    from speaker_neurons.utils import inference_autocast
+
+    def utterance_edits(m, *args):
+        with inference_autocast(next(m.parameters()).device, amp):
+            return edits_of(m, *args)
 
     ref = np.array([len(targets[u]) for u in test_rows["utt_id"]], dtype=np.float64)
 
@@ -218,31 +262,49 @@ def plot(table: pd.DataFrame, png: str | Path, title: str = "") -> Path:
 
 
 # ------------------------------------------------------------------------------------------- for the workflow
-def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mapping[str, Mapping[int, Sequence[int]]],
-        random_seeds: Sequence[int], max_batch_seconds: float, out_table, out_summary, out_plot, out_pr_table,
-        title: str, k_ssl: int | None, pr: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The erase ablation of `model` on the test segments of its pooled file (`sid.read_segments`) with
-    the SID heads `sid_heads`, accuracy per i-vector cluster (`clusters_tsv`); with `pr` (heads, manifest,
-    phones, bootstrap, bootstrap_seed) the same sets decoded by the PR heads on the PR test split (else
-    `out_pr_table` is left empty). Writes the tables, the summary JSON and the plot."""
+def cluster_groups(utt_ids: Sequence[str], clusters_tsv: str | Path, corpus: str) -> np.ndarray:
+    """(n,) int64: the i-vector cluster of each of `utt_ids` (utterances of corpus `corpus`) in the clusters
+    table `clusters_tsv`, which must label this corpus' utterances: the analysis corpus' own
+    `clusters.tsv` when `corpus` is the analysis corpus, else the clusters assigned to `corpus` from each
+    utterance's own audio (`clusters.run_assign_ivector_clusters`). An utterance the table does not
+    name is an error: the table labels another corpus."""
     from speaker_neurons.analysis.clusters import read_utterance_clusters
 
+    clusters = read_utterance_clusters(clusters_tsv)
+    missing = [u for u in utt_ids if u not in clusters]
+    if missing:
+        raise ValueError(f"{clusters_tsv} gives no i-vector cluster to {len(missing)} of the {len(utt_ids)} test "
+                         f"utterances of corpus {corpus!r} (e.g. {', '.join(map(str, missing[:5]))}): it labels another "
+                         "corpus. An evaluation corpus' clusters are assigned from its own audio (rule "
+                         "assign_ivector_clusters); re-run the workflow rather than passing another corpus' table.")
+    return np.array([clusters[u] for u in utt_ids], dtype=np.int64)
+
+
+def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mapping[str, Mapping[int, Sequence[int]]],
+        random_seeds: Sequence[int], max_batch_seconds: float, out_table, out_summary, out_plot, out_pr_table,
+        title: str, k_ssl: int | None, pr: Mapping[str, Any] | None, amp: bool | str, corpus: str) -> dict[str, Any]:
+    """The erase ablation of `model` on the test segments of its pooled file (`sid.read_segments`) of
+    corpus `corpus` with the SID heads `sid_heads`, accuracy per i-vector cluster of each segment's
+    utterance (`clusters_tsv`, labelling this corpus' utterances: `cluster_groups`); with `pr` (heads,
+    manifest, phones, bootstrap, bootstrap_seed) the same sets decoded by the PR heads on the PR test
+    split (else `out_pr_table` is left empty). Forwards under `utils.inference_autocast(device, amp)`.
+    Writes the tables, the summary JSON and the plot."""
     segs = sid.read_segments(pooled_path, manifest_path)
     data = sid.make_data(np.empty((len(segs), 0, 0), dtype=np.float32), segs)  # labels and splits only
     sel = sid.closed_set(data, "test")
     test = segs.iloc[sel].reset_index(drop=True)
-    clusters = read_utterance_clusters(clusters_tsv)
-    groups = np.array([clusters.get(u, -1) for u in test["utt_id"]], dtype=np.int64)
+    groups = cluster_groups(test["utt_id"].astype(str).tolist(), clusters_tsv, corpus)
     heads = {ls: [h for _, h in hs] for ls, hs in sid.load_heads(sid_heads).items()}
     table = run_ablation(model, test, data.labels[sel], groups, heads, sets, random_seeds,
-                         max_batch_seconds=max_batch_seconds)
+                         max_batch_seconds=max_batch_seconds, amp=amp)
     table.to_csv(out_table, sep="\t", index=False, float_format="%.6f")
     summary = summarize(table)
     if pr is not None:
-        summary["pr"] = _pr_ablation(model, pr, sets, random_seeds, max_batch_seconds, out_pr_table)
+        summary["pr"] = _pr_ablation(model, pr, sets, random_seeds, max_batch_seconds, out_pr_table, amp)
     else:
         Path(out_pr_table).write_text("")
     summary["k_ssl"] = k_ssl
+    summary["corpus"] = corpus
     write_json(out_summary, summary)
     plot(table, out_plot, title=title)
     for name in sets:
@@ -250,10 +312,12 @@ def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mappin
         for c, v in s.items():
             log.info("erase %s, cluster %s: %+.2f points [%+.2f, %+.2f]; random %+.2f", name, c, 100 * v["delta"],
                      100 * v["delta_ci95"][0], 100 * v["delta_ci95"][1], 100 * (v["random_delta_mean"] or 0))
-    return {"sets": list(sets), "test_segments": len(test)}
+    return {"sets": list(sets), "test_segments": len(test), "corpus": corpus,
+            "test_segments_per_cluster": {str(c): int(n) for c, n in zip(*np.unique(groups, return_counts=True))}}
 
 
-def _pr_ablation(model, pr: Mapping[str, Any], sets, random_seeds, max_batch_seconds, out_table) -> dict[str, Any]:
+def _pr_ablation(model, pr: Mapping[str, Any], sets, random_seeds, max_batch_seconds, out_table,
+                 amp) -> dict[str, Any]:
     from speaker_neurons.data.lexicon import read_phone_targets
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.pr import load_heads
@@ -265,6 +329,6 @@ def _pr_ablation(model, pr: Mapping[str, Any], sets, random_seeds, max_batch_sec
     rows = rows[(rows["split"] == "test") & rows["utt_id"].isin(set(phones))].reset_index(drop=True)
     targets = {u: np.array([ids[ph] for ph in phones[u]], dtype=np.int64) for u in rows["utt_id"]}
     table = run_pr_ablation(model, rows, targets, heads, sets, random_seeds, int(pr["bootstrap"]),
-                            int(pr["bootstrap_seed"]), max_batch_seconds=max_batch_seconds)
+                            int(pr["bootstrap_seed"]), max_batch_seconds=max_batch_seconds, amp=amp)
     table.to_csv(out_table, sep="\t", index=False, float_format="%.6f")
     return summarize_pr(table)

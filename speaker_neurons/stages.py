@@ -117,7 +117,18 @@ def ivector_clusters(ctx: StageContext) -> dict:
     from speaker_neurons.analysis.clusters import run_ivector_clusters
 
     return run_ivector_clusters(ctx.inputs["scp"], ctx.inputs["manifest"], ctx.inputs.get("other_seeds"), ctx.params,
-                                *ctx.outs("clusters", "purity_tsv", "purity_png", "stability"))
+                                *ctx.outs("clusters", "purity_tsv", "purity_png", "stability", "centres"))
+
+
+@stage
+def assign_ivector_clusters(ctx: StageContext) -> dict:
+    """An evaluation corpus' utterances in the analysis corpus' i-vector clusters, from their own audio."""
+    from speaker_neurons.analysis.clusters import run_assign_ivector_clusters
+
+    i, p = ctx.inputs, ctx.params
+    return run_assign_ivector_clusters(i["manifest"], p["corpus"], i["analysis_manifest"], p["analysis_corpus"],
+                                       i["extractor"], i["centres"], ctx.out("clusters"), device=ctx.device,
+                                       num_threads=ctx.threads)
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -223,7 +234,7 @@ def erase_ablation(ctx: StageContext) -> dict:
           "bootstrap_seed": p["pr_bootstrap_seed"]} if "pr_heads" in i else None
     return erase.run(ctx.model(), i["pooled"], i["manifest"], i["clusters"], i["heads"], sets, p["random_seeds"],
                      p["max_batch_seconds"], *ctx.outs("table", "summary", "plot", "pr_table"), title=p["title"],
-                     k_ssl=int(ctx.wildcards["k"]), pr=pr)
+                     k_ssl=int(ctx.wildcards["k"]), pr=pr, amp=p["amp"], corpus=p["corpus"])
 
 
 # ------------------------------------------------------------------------------------------- PR

@@ -108,9 +108,41 @@ def test_demo_is_analysed_on_one_corpus_and_evaluated_on_another():
     ev, ana = c.corpora["demo_eval"], c.corpora["demo"]
     assert ev.synthesized and ev.derived_from == "demo"
     assert ev.settings["seed"] == ana.settings["seed"] + 1000  # other pseudo-speakers
-    assert {k: v for k, v in ev.settings.items() if k != "seed"} == {k: v for k, v in ana.settings.items() if k != "seed"}
+    assert {k: v for k, v in ev.settings.items() if k not in ("seed", "id_prefix")} == \
+        {k: v for k, v in ana.settings.items() if k != "seed"}
+    # the demo's ids do not depend on its seed: the evaluation corpus' speakers and utterances carry its name
+    assert ev.settings["id_prefix"] == "demo_eval-" and "id_prefix" not in ana.settings
     assert c.targets_audio == "clean"  # the demo keeps clean copies: denoising targets
     assert find_leaks(ana, ev) == []
+
+
+def test_every_synthesized_corpus_but_the_first_prefixes_its_ids_with_its_name():
+    c = cat(corpora=[{"name": "again", "source": "demo", "demo": {"seed": 3}}], stages={"sid": "again", "pr": "again"})
+    assert c.corpora["again"].settings["id_prefix"] == "again-" and "id_prefix" not in c.corpora["demo"].settings
+    from speaker_neurons.catalogue import id_prefix
+
+    assert id_prefix("demo_eval") == "demo_eval-"
+
+
+def test_corpora_sharing_utterance_ids_are_named_with_examples():
+    import pandas as pd
+
+    from speaker_neurons.catalogue import check_distinct_ids
+
+    a = pd.DataFrame({"utt_id": ["f01_us1-0000", "f01_us1-0001", "x"]})
+    b = pd.DataFrame({"utt_id": ["f01_us1-0001", "f01_us1-0000", "y"]})
+    check_distinct_ids({"demo": a, "other": pd.DataFrame({"utt_id": ["demo_eval-f01_us1-0000"]})})
+    with pytest.raises(ValueError, match=r"corpora 'demo' and 'demo_eval' share 2 utterance id\(s\), e\.g\. "
+                                         r"f01_us1-0000, f01_us1-0001;"):
+        check_distinct_ids({"demo": a, "demo_eval": b})
+
+
+def test_own_kaldi_ivectors_cannot_cluster_another_corpus_for_the_erase_ablation():
+    with pytest.raises(ConfigError, match="assigning each evaluation utterance from its own audio") as exc:
+        cat(ivector={"kaldi_ivectors": "/data/ivectors.scp"})
+    assert exc.value.key == "ivector.kaldi_ivectors"
+    cat(ivector={"kaldi_ivectors": "/data/ivectors.scp"}, erase={"enabled": False})
+    cat(ivector={"kaldi_ivectors": "/data/ivectors.scp"}, stages={"sid": "demo", "pr": "demo"})
 
 
 def test_one_corpus_configs_keep_working_and_are_said(tmp_path):

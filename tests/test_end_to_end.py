@@ -113,7 +113,8 @@ def _deterministic_files(root: Path | None) -> list[Path]:
     files += AGGREGATES
     for control in ("demo-noffn", "w2v-noffn"):  # the FFN controls of both models of the config
         files += [Path("models") / control / "model" / "model.safetensors", Path("models") / control / "prune.json"]
-    files += [Path("corpora/demo_eval/phone_targets.tsv"), Path("models/demo/pr/demo_eval/pr.json"),
+    files += [Path("corpora/demo_eval/phone_targets.tsv"), Path("corpora/demo_eval/ivector_clusters_from_demo.tsv"),
+              Path("models/demo/pr/demo_eval/pr.json"),
               Path("models/demo-protected-pset/pr/demo_eval/pr.json")]
     return files
 
@@ -121,7 +122,7 @@ def _deterministic_files(root: Path | None) -> list[Path]:
 def test_chain_is_byte_identical_when_run_twice(two_runs):
     a, b = two_runs
     files = [rel for rel in _deterministic_files(a) if rel not in AGGREGATES]
-    assert len(files) == 77
+    assert len(files) == 78
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs between two runs"
     assert not (b / "summary.tsv").exists()  # the second run made only what is compared
@@ -314,7 +315,11 @@ def test_pr_of_every_model(two_runs):
     cols = ["pitch_semitones", "vtl_factor", "tempo"]
     ana = pd.read_csv(corpus_dir(a, "demo") / "speakers.tsv", sep="\t").set_index("speaker")
     ev = pd.read_csv(corpus_dir(a, "demo_eval") / "speakers.tsv", sep="\t").set_index("speaker")
-    assert len(ev) == 8 and not (ana.loc[ev.index, cols].values == ev[cols].values).all(axis=1).any()
+    assert len(ev) == 8 and all(s.startswith("demo_eval-") for s in ev.index)  # no name shared with demo
+    twin = ana.loc[[s.removeprefix("demo_eval-") for s in ev.index], cols]
+    assert not (twin.values == ev[cols].values).all(axis=1).any()
+    ids = [set(pd.read_csv(a / f"corpora/{c}/manifest.tsv", sep="\t")["utt_id"]) for c in ("demo", "demo_eval")]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
     texts = [set(pd.read_csv(a / f"corpora/{c}/transcripts.tsv", sep="\t")["text"]) for c in ("demo", "demo_eval")]
     assert not texts[0] & texts[1]
 
@@ -386,6 +391,12 @@ def test_erase_ablation_summary_and_report(two_runs, tmp_path):
         base = t[(t["kind"] == "unerased") & (t["layer_set"] == "last") & (t["cluster"] == "all")]["accuracy"].iloc[0]
         assert base == pytest.approx(sid["last"]["test_accuracy"], abs=1e-6)
         assert (d / "erase.png").stat().st_size > 1000 and json.loads((d / "erase.json").read_text())["k_ssl"] == 5
+        # the clusters of demo_eval's own utterances, assigned from their audio: every test segment has one
+        assigned = pd.read_csv(a / "corpora/demo_eval/ivector_clusters_from_demo.tsv", sep="\t")
+        man = pd.read_csv(a / "corpora/demo_eval/manifest.tsv", sep="\t")
+        assert sorted(assigned["utt_id"]) == sorted(man["utt_id"])
+        u = t[(t["kind"] == "unerased") & (t["layer_set"] == "last")].set_index("cluster")["n"]
+        assert u.drop("all").sum() == u["all"] and set(u.index) - {"all"} <= set(assigned["cluster"].astype(str))
     summary = pd.read_csv(a / "summary.tsv", sep="\t")
     assert {"ivectors", "neurons", "sid", "pruning", "erase"} <= set(summary["section"])
     row = summary[(summary["metric"] == "accuracy_all") & (summary["model"] == "demo-protected-pset")].iloc[0]

@@ -54,7 +54,7 @@ def test_ablation_on_a_tiny_model(tmp_path):
     W = model.ffn_widths
     sets = {"some": {1: [0, 1, 2, 3], 2: list(range(W[1] // 2))}, "empty": {1: [], 2: []}}
     table = erase.run_ablation(model, test, labels[split == "test"], groups, heads, sets, random_seeds=[0, 1],
-                               max_batch_seconds=3.0)
+                               max_batch_seconds=3.0, amp="auto")
     # rows: (unerased + per set: itself + 2 random) x 2 layer sets x (all, cluster 0, cluster 1)
     assert len(table) == (1 + 2 * 3) * 2 * 3
     assert (table[table["kind"] == "unerased"]["delta"] == 0).all()
@@ -85,3 +85,41 @@ def test_ablation_on_a_tiny_model(tmp_path):
     assert got["delta"] == own["delta"] and got["delta_ci95"] == [own["delta_ci_low"], own["delta_ci_high"]]
     erase.plot(table, tmp_path / "erase.png", "tiny")
     assert (tmp_path / "erase.png").stat().st_size > 1000
+
+
+def test_each_variant_is_one_pass_over_the_test_segments_in_blocks_of_whole_utterances(tmp_path, monkeypatch):
+    """The upstream runs once per variant (unerased, each set, each random control) over the test
+    segments, block by block: every segment once per variant, no block splits an utterance's crops,
+    upstream.amp reaches every pass, and the blocks change nothing in the table."""
+    model = tiny("melhubert")
+    man = _manifest(tmp_path, [1.0, 1.2, 0.9, 1.1, 1.3, 1.0, 0.8, 1.2])
+    segs = sid.segments(man, 0.3, model.sample_rate, 0.5)
+    labels = np.array([int(s[1]) for s in segs["speaker"]])
+    pooled = sid.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
+    data = sid.SIDData(pooled, labels, np.array(["train"] * len(segs)), ["s0", "s1"])
+    heads = {"all": sid.train_heads(data, [sid.HeadSpec(tuple(range(model.num_layers + 1)), 1e-2, s)
+                                           for s in (0, 1, 2)], epochs=3)}
+    groups = np.array([int(u[1:]) % 2 for u in segs["utt_id"]])
+    sets = {"some": {1: [0, 1, 2, 3], 2: [5, 6]}}
+    whole = erase.run_ablation(model, segs, labels, groups, heads, sets, [0, 1], max_batch_seconds=3.0, amp=False)
+    calls = []
+    pool = sid.pool_layer_means
+
+    def recorded(m, part, **kw):
+        calls.append((id(m), part["seg_id"].tolist(), kw["amp"]))
+        return pool(m, part, **kw)
+
+    monkeypatch.setattr(sid, "pool_layer_means", recorded)
+    monkeypatch.setattr(erase, "SEGMENTS_PER_BLOCK", 5)
+    table = erase.run_ablation(model, segs, labels, groups, heads, sets, [0, 1], max_batch_seconds=3.0, amp=False)
+    assert table.equals(whole)
+    first = segs["seg_id"].iloc[0]
+    n_blocks = next(i for i, (_, b, _) in enumerate(calls) if i and first in b)  # where the second pass starts
+    blocks = [b for _, b, _ in calls[:n_blocks]]
+    assert len(calls) == (1 + 1 + 2) * n_blocks  # unerased, the set, two random controls: three heads per pass
+    assert [b for _, b, _ in calls] == blocks * 4 and calls[0][0] != calls[n_blocks][0]
+    assert len(blocks) > 2 and all(len(b) >= 5 for b in blocks[:-1])
+    assert sorted(s for b in blocks for s in b) == sorted(segs["seg_id"])  # each segment once per variant
+    owner = {s.split("#")[0]: i for i, b in enumerate(blocks) for s in b}
+    assert all(owner[s.split("#")[0]] == i for i, b in enumerate(blocks) for s in b)  # utterances whole
+    assert {a for _, _, a in calls} == {False}

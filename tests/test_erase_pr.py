@@ -64,7 +64,7 @@ def test_pr_ablation_on_a_tiny_model(setup):
     W = model.ffn_widths
     sets = {"some": {1: list(range(W[0] // 2)), 2: list(range(W[1] // 2))}, "empty": {1: [], 2: []}}
     table = erase.run_pr_ablation(model, man, targets, heads, sets, random_seeds=[0, 1], resamples=100, seed=0,
-                                  max_batch_seconds=2.0)
+                                  max_batch_seconds=2.0, amp="auto")
     assert len(table) == (1 + 2 * 3) * 2  # (unerased + per set: itself + 2 random) x 2 layer sets
     assert (table[table["kind"] == "unerased"]["delta"] == 0).all()
     empty = table[table["erased"] == "empty"]

@@ -458,3 +458,146 @@ def test_extractor_stability_clusters_each_extractor_like_the_chosen_one():
     other = cluster_utterances([str(i) for i in range(80)], half, 2, seed=0, n_init=10)
     expected = adjusted_rand_score(labels, [other[str(i)] for i in range(80)])
     assert st["ari"][2] == pytest.approx(expected) and expected < 0.2 and st["min_ari"] == st["ari"][2]
+
+
+# ------------------------------------------------------------------------------------------------
+# clusters of another corpus' utterances, from their own audio
+
+
+def _voice(rng, kind, seconds=1.5, sr=16000):
+    """A low harmonic voice ("L": f0 110 Hz) or a higher one ("H": 180 Hz); utterances of one kind differ
+    only by their noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 110 if kind == "L" else 180
+    wav = sum(np.sin(2 * np.pi * f0 * h * t + 0.3 * h) / h for h in range(1, 30) if f0 * h < 7000)
+    wav = 0.1 * wav * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.003 * rng.normal(size=t.size)
+    return wav.astype(np.float32)
+
+
+def _corpus(tmp_path, name, kinds, seed):
+    """A manifest of utterances u0, u1, ... whose audio is the given kinds of voice (ids do not depend on
+    the audio: two corpora built here share every id)."""
+    import pandas as pd
+    import soundfile as sf
+
+    from speaker_neurons.data.manifest import write_manifest
+
+    rng = np.random.default_rng(seed)
+    (tmp_path / name).mkdir()
+    rows = []
+    for i, kind in enumerate(kinds):
+        p = tmp_path / name / f"u{i}.wav"
+        sf.write(p, _voice(rng, kind), 16000, subtype="FLOAT")
+        rows.append({"utt_id": f"u{i}", "path": str(p), "speaker": f"{kind}{i % 3}", "gender": "F" if kind == "H" else "M",
+                     "split": "test" if i % 4 == 3 else "train", "duration": 1.5, "sample_rate": 16000})
+    return write_manifest(pd.DataFrame(rows), tmp_path / name / "manifest.tsv")
+
+
+IV_SMALL = {"ubm_components": 8, "ivector_dim": 4, "ubm_iters": 4, "tv_iters": 3, "utt_batch": 5}
+CLUSTER_PARAMS = {"k": 2, "seed": 0, "n_init": 10, "stability_runs": 1, "stability_warn_below": 0.5}
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """An analysis corpus (L, H alternating) through rules ivectors and ivector_clusters."""
+    from speaker_neurons.analysis.clusters import run_ivector_clusters
+
+    d = tmp_path_factory.mktemp("analysis")
+    man = _corpus(d, "ana", ["L", "H"] * 8, seed=0)
+    f = {k: d / k for k in ("iv.ark", "iv.scp", "extractor.npz", "seeds.npz", "quality.json", "clusters.tsv", "purity.tsv",
+                            "purity.png", "stability.json", "centres.npz")}
+    with iv.torch_threads(1):
+        iv.run_ivectors(man, {**DEFAULTS["ivector"], **IV_SMALL}, 0, f["iv.ark"], f["iv.scp"], f["extractor.npz"],
+                        f["seeds.npz"], f["quality.json"], num_threads=1)
+    run_ivector_clusters(f["iv.scp"], man, None, CLUSTER_PARAMS, f["clusters.tsv"], f["purity.tsv"], f["purity.png"],
+                         f["stability.json"], f["centres.npz"])
+    return d, man, f
+
+
+def test_fitted_clusters_are_the_nearest_centres_renumbered_by_size():
+    from speaker_neurons.analysis.clusters import assign_to_centres, fit_utterance_clusters
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(size=(30, 3)) + [5, 0, 0], rng.normal(size=(50, 3)) - [5, 0, 0]])
+    labels, centres = fit_utterance_clusters(x, 2, seed=0, n_init=N_INIT)
+    assert np.array_equal(labels, assign_to_centres(x, centres))
+    assert (labels[30:] == 0).all() and (labels[:30] == 1).all()  # the larger cluster is 0
+    assert np.allclose(centres[0], x[30:].mean(0)) and np.allclose(centres[1], x[:30].mean(0))
+
+
+def test_assigning_the_analysis_corpus_from_its_audio_reproduces_its_clusters(analysed, tmp_path):
+    """The assignment path (audio -> the saved extractor -> the saved centres) gives the analysis corpus'
+    own utterances exactly the clusters rule ivector_clusters gave them: the same table, byte for byte."""
+    from speaker_neurons.analysis.clusters import read_utterance_clusters, run_assign_ivector_clusters
+
+    d, man, f = analysed
+    got = read_utterance_clusters(f["clusters.tsv"])
+    assert {got[f"u{i}"] for i in range(0, 16, 2)} != {got[f"u{i}"] for i in range(1, 16, 2)}  # L and H apart
+    assert len({got[f"u{i}"] for i in range(0, 16, 2)}) == 1 and len({got[f"u{i}"] for i in range(1, 16, 2)}) == 1
+    out = tmp_path / "assigned.tsv"
+    with iv.torch_threads(1):
+        rec = run_assign_ivector_clusters(man, "ana", man, "ana", f["extractor.npz"], f["centres.npz"], out)
+    assert out.read_bytes() == f["clusters.tsv"].read_bytes()
+    assert rec["utterances"] == 16 and sum(rec["sizes"]) == 16
+    # the i-vectors themselves: those rule ivectors wrote (the corpus mean and the length normalisation)
+    from speaker_neurons.data.manifest import read_manifest
+
+    ids, written = iv.read_ivectors(f["iv.scp"])
+    with iv.torch_threads(1):
+        again_ids, again = iv.ivectors_of_manifest(read_manifest(man), iv.IVectorExtractor.load(f["extractor.npz"]),
+                                                   progress=False)
+    assert again_ids == ids and np.array_equal(again, written)
+
+
+def test_clusters_of_an_evaluation_corpus_follow_its_own_audio_not_its_ids(analysed, tmp_path):
+    """Two corpora sharing every utterance id, with the voices swapped: u0 is a low voice in the analysis
+    corpus and a high one in the evaluation corpus. Each evaluation utterance gets the cluster of its own
+    audio, which is the other cluster than the analysis utterance of the same id: a lookup by id would
+    give every one of them the wrong cluster. The erase ablation's per-cluster groups follow the same
+    table; the workflow's job stops on the shared ids, naming both corpora."""
+    from speaker_neurons import erase
+    from speaker_neurons.analysis.clusters import (assign_ivector_clusters, read_utterance_clusters,
+                                                   run_assign_ivector_clusters, write_utterance_clusters)
+    from speaker_neurons.data.manifest import read_manifest
+
+    d, man, f = analysed
+    ana = read_utterance_clusters(f["clusters.tsv"])
+    low, high = ana["u0"], ana["u1"]
+    ev_man = _corpus(tmp_path, "ev", ["H", "L"] * 5, seed=1)  # other draws, voices swapped against the ids
+    ev = read_manifest(ev_man)
+    with iv.torch_threads(1):
+        got = assign_ivector_clusters(ev, f["extractor.npz"], f["centres.npz"], progress=False)
+    expected = {f"u{i}": (high if i % 2 == 0 else low) for i in range(10)}
+    assert got == expected
+    assert all(got[u] != ana[u] for u in got)  # what an id join would have said, for every utterance
+    write_utterance_clusters(got, tmp_path / "ev_clusters.tsv")
+    test_ids = ev.loc[ev["split"] == "test", "utt_id"].tolist()
+    groups = erase.cluster_groups(test_ids, tmp_path / "ev_clusters.tsv", "ev")
+    assert groups.tolist() == [expected[u] for u in test_ids] and groups.tolist() != [ana[u] for u in test_ids]
+    with pytest.raises(ValueError, match=r"corpora 'ana' and 'ev' share 10 utterance id\(s\), e\.g\. u0, u1"):
+        run_assign_ivector_clusters(ev_man, "ev", man, "ana", f["extractor.npz"], f["centres.npz"],
+                                    tmp_path / "never.tsv")
+    assert not (tmp_path / "never.tsv").exists()
+
+
+def test_the_erase_ablation_refuses_a_clusters_table_of_another_corpus(tmp_path):
+    from speaker_neurons import erase
+    from speaker_neurons.analysis.clusters import write_utterance_clusters
+
+    write_utterance_clusters({"id10001-a-00001": 0, "id10001-a-00002": 1}, tmp_path / "c.tsv")
+    assert erase.cluster_groups(["id10001-a-00002"], tmp_path / "c.tsv", "vox").tolist() == [1]
+    with pytest.raises(ValueError, match=r"no i-vector cluster to 2 of the 3 test utterances of corpus 'libri'.*"
+                                         r"e\.g\. 84-121123-0000"):
+        erase.cluster_groups(["84-121123-0000", "id10001-a-00001", "84-121123-0001"], tmp_path / "c.tsv", "libri")
+
+
+def test_cluster_centres_file_is_checked(tmp_path):
+    from speaker_neurons.analysis.clusters import load_cluster_centres, save_cluster_centres
+    from speaker_neurons.utils import save_npz
+
+    c = np.arange(6, dtype=np.float64).reshape(2, 3)
+    save_cluster_centres(tmp_path / "c.npz", c, 2, 0, 10, 3)
+    assert np.array_equal(load_cluster_centres(tmp_path / "c.npz"), c)
+    save_npz(tmp_path / "other.npz", {"T": c})
+    with pytest.raises(ValueError, match="other.npz is not an i-vector cluster model"):
+        load_cluster_centres(tmp_path / "other.npz")

@@ -294,3 +294,34 @@ def test_adapter(run_adapter, tmp_path):
                 output={"corpus_dir": str(tmp_path / "demo")}, params={"demo": demo}, threads=1)
     assert len(_tsv(tmp_path / "demo" / "utterances.tsv")) == 4
     assert "demo corpus written" in (tmp_path / "log.txt").read_text()
+
+
+def test_an_id_prefix_with_whitespace_or_a_slash_is_refused(tmp_path):
+    for bad in ("a b-", "a/b-"):
+        with pytest.raises(ValueError, match="id_prefix"):
+            synth.synthesize_corpus(tmp_path / "out", **{**DEMO, "n_speakers": 2, "utterances_per_speaker": 3},
+                                    id_prefix=bad)
+    assert not (tmp_path / "out").exists()
+
+
+@slow
+@needs_synth
+def test_an_id_prefix_renames_speakers_and_utterances_and_changes_no_audio(tmp_path):
+    """A second corpus of a run (the demo's demo_eval) prefixes every speaker name and utterance id, in
+    every table and file name; the audio, the splits and the channels are those of the unprefixed corpus."""
+    args = {**DEMO, "seed": 3, "n_speakers": 2, "utterances_per_speaker": 3, "split": (1, 1, 1),
+            "voices": ["us1", "us2"], "workers": 1}
+    synth.synthesize_corpus(tmp_path / "plain", **args)
+    synth.synthesize_corpus(tmp_path / "ev", **args, id_prefix="ev-")
+    for table in ("utterances.tsv", "speakers.tsv", "phones.tsv", "frame_classes.tsv", "channels.tsv"):
+        plain, ev = _tsv(tmp_path / "plain" / table), _tsv(tmp_path / "ev" / table)
+        key = "speaker" if table == "speakers.tsv" else "utt_id"
+        assert len(ev) == len(plain) > 0 and all(r[key].startswith("ev-") for r in ev)
+        renamed = [{k: (f"ev-{v}" if k in ("utt_id", "speaker") else v.replace("wav/", "wav/ev-").replace("/f", "/ev-f")
+                        .replace("/m", "/ev-m") if k in ("path", "clean_path") and v else v) for k, v in r.items()}
+                   for r in plain]
+        assert ev == renamed, table
+    for u in _tsv(tmp_path / "plain" / "utterances.tsv"):
+        ev_path = tmp_path / "ev" / "wav" / f"ev-{u['speaker']}" / f"ev-{u['utt_id']}.wav"
+        assert ev_path.read_bytes() == (tmp_path / "plain" / u["path"]).read_bytes()
+    assert json.loads((tmp_path / "ev" / "corpus.json").read_text())["parameters"]["id_prefix"] == "ev-"

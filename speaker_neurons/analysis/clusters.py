@@ -116,20 +116,71 @@ def run_frame_clustering(feature_dir: str | Path, manifest_path: str | Path, k: 
     return info
 
 
-def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: int, n_init: int) -> dict[str, int]:
+def fit_utterance_clusters(vectors: np.ndarray, k: int, seed: int, n_init: int) -> tuple[np.ndarray, np.ndarray]:
     """k-means on utterance vectors (i-vectors), the best of `n_init` initialisations by the k-means
-    objective; clusters renumbered by size (largest = 0) so the numbering does not depend on the
-    initialisation. The k = 2 objective of small i-vectors has several near-equal optima: with 10
-    initialisations the partition moved with the seed (adjusted Rand 0.76-0.84 between seeds on the
-    demo), with 100 it did not; `partition_stability` measures it on every run."""
+    objective: (labels (U,), centres (k, dim) float64). Each utterance's label is its nearest centre
+    (`assign_to_centres`), so new vectors are assigned by the same rule; clusters are renumbered by
+    size (largest = 0) so the numbering does not depend on the initialisation. The k = 2 objective of
+    small i-vectors has several near-equal optima: with 10 initialisations the partition moved with
+    the seed (adjusted Rand 0.76-0.84 between seeds on the demo), with 100 it did not;
+    `partition_stability` measures it on every run."""
     from sklearn.cluster import KMeans
 
-    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(np.asarray(vectors, dtype=np.float64))
-    sizes = np.bincount(km.labels_, minlength=k)
+    x = np.asarray(vectors, dtype=np.float64)
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
+    centres = np.asarray(km.cluster_centers_, dtype=np.float64)
+    labels = assign_to_centres(x, centres)
+    moved = int((labels != km.labels_).sum())
+    if moved:  # k-means ends on an assignment step: only exact ties can differ
+        log.debug("%d utterance(s) are nearer another centre than k-means' last assignment (ties)", moved)
+    sizes = np.bincount(labels, minlength=k)
     order = np.argsort(-sizes, kind="stable")
     remap = np.empty(k, dtype=np.int64)
     remap[order] = np.arange(k)
-    return {u: int(remap[lab]) for u, lab in zip(utt_ids, km.labels_)}
+    return remap[labels], centres[order]
+
+
+def assign_to_centres(vectors: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(U,) int64: the nearest of `centres` (squared Euclidean, float64; the first on a tie) of each vector."""
+    x = np.asarray(vectors, dtype=np.float64)
+    c = np.asarray(centres, dtype=np.float64)
+    if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1]:
+        raise ValueError(f"vectors of shape {x.shape} cannot be assigned to centres of shape {c.shape}")
+    out = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), 4096):  # each row alone: its label does not depend on the others
+        out[s : s + 4096] = ((x[s : s + 4096, None, :] - c[None, :, :]) ** 2).sum(-1).argmin(1)
+    return out
+
+
+def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: int, n_init: int) -> dict[str, int]:
+    """{utt_id: cluster} of `fit_utterance_clusters`."""
+    labels, _ = fit_utterance_clusters(vectors, k, seed, n_init)
+    return {u: int(lab) for u, lab in zip(utt_ids, labels)}
+
+
+#: What the i-vector clustering did to the i-vectors before k-means: nothing beyond the extractor's own
+#: normalisation (minus the analysis corpus' mean i-vector, unit length; `IVectorExtractor.transform`).
+CLUSTER_SPACE = "extractor i-vectors (minus the analysis corpus mean, unit length), float64, no further scaling"
+
+
+def save_cluster_centres(path: str | Path, centres: np.ndarray, k: int, seed: int, n_init: int,
+                         dim: int) -> None:
+    """The k-means model of the i-vector clusters (npz): `centres` (k, dim) float64 in cluster order,
+    and what assigning a new i-vector needs to know (`space`: the vectors the centres live among)."""
+    from speaker_neurons.utils import save_npz
+
+    save_npz(path, {"centres": np.asarray(centres, dtype=np.float64), "k": np.int64(k), "seed": np.int64(seed),
+                    "n_init": np.int64(n_init), "dim": np.int64(dim), "space": np.array(CLUSTER_SPACE)})
+
+
+def load_cluster_centres(path: str | Path) -> np.ndarray:
+    """The (k, dim) centres `save_cluster_centres` wrote; a file of another kind is an error naming it."""
+    with np.load(path, allow_pickle=False) as z:
+        if "centres" not in z.files or "space" not in z.files:
+            raise ValueError(f"{path} is not an i-vector cluster model (no centres); re-run rule ivector_clusters")
+        if str(z["space"]) != CLUSTER_SPACE:
+            raise ValueError(f"{path}: centres of other vectors ({z['space']}); re-run rule ivector_clusters")
+        return z["centres"].astype(np.float64)
 
 
 def _agreement(labels: np.ndarray, vector_sets, kmeans_seeds, k: int, n_init: int, seeds) -> dict:
@@ -225,9 +276,11 @@ def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: i
 
 def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds_npz: str | Path | None,
                          params: dict, out_clusters: str | Path, out_purity_tsv: str | Path,
-                         out_purity_png: str | Path, out_stability: str | Path) -> dict:
-    """k-means of the i-vectors (`clusters.tsv`), the clusters against gender (where the manifest has it)
-    and their stability (JSON). `params`: k, seed, n_init, stability_runs, stability_warn_below."""
+                         out_purity_png: str | Path, out_stability: str | Path, out_centres: str | Path) -> dict:
+    """k-means of the i-vectors (`clusters.tsv`) and its centres (`out_centres`, for assigning the
+    utterances of another corpus: `run_assign_ivector_clusters`), the clusters against gender (where
+    the manifest has it) and their stability (JSON). `params`: k, seed, n_init, stability_runs,
+    stability_warn_below."""
     from speaker_neurons.analysis.ivector import read_ivectors
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest
@@ -235,11 +288,52 @@ def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds
     k, seed, n_init = int(params["k"]), int(params["seed"]), int(params["n_init"])
     utt_ids, vecs = read_ivectors(scp)
     vecs = np.asarray(vecs)
-    labels = cluster_utterances(list(utt_ids), vecs, k, seed, n_init)
+    chosen, centres = fit_utterance_clusters(vecs, k, seed, n_init)
+    labels = {u: int(lab) for u, lab in zip(utt_ids, chosen)}
     write_utterance_clusters(labels, out_clusters)
+    save_cluster_centres(out_centres, centres, k, seed, n_init, vecs.shape[1])
     purity = write_gender_purity(labels, read_manifest(manifest_path), out_purity_tsv, out_purity_png)
-    stab = cluster_stability(vecs, utt_ids, np.array([labels[u] for u in utt_ids]), k, seed, n_init,
-                             int(params["stability_runs"]), params["stability_warn_below"], other_seeds_npz or None)
+    stab = cluster_stability(vecs, utt_ids, chosen, k, seed, n_init, int(params["stability_runs"]),
+                             params["stability_warn_below"], other_seeds_npz or None)
     write_json(out_stability, stab)
     return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
             "stability": stab}
+
+
+def assign_ivector_clusters(manifest: pd.DataFrame, extractor_path: str | Path, centres_path: str | Path,
+                            device="cpu", num_threads: int | None = None,
+                            progress: bool = True) -> dict[str, int]:
+    """{utt_id: cluster} of every utterance of `manifest` from its own audio: its i-vector by the
+    analysis corpus' extractor (`extractor_path`: UBM, T and the analysis corpus' mean i-vector), then
+    the nearest of the analysis corpus' k-means centres (`centres_path`), the rule that labelled the
+    analysis corpus' own utterances. Nothing is looked up by utterance id."""
+    from speaker_neurons.analysis.ivector import IVectorExtractor, ivectors_of_manifest
+
+    extractor = IVectorExtractor.load(extractor_path, device=device)
+    centres = load_cluster_centres(centres_path)
+    if centres.shape[1] != extractor.T.shape[1]:
+        raise ValueError(f"{centres_path}: centres of {centres.shape[1]}-dim vectors, but {extractor_path} makes "
+                         f"{extractor.T.shape[1]}-dim i-vectors; re-run rules ivectors and ivector_clusters")
+    ids, vecs = ivectors_of_manifest(manifest, extractor, device=device, num_threads=num_threads, progress=progress)
+    return {u: int(c) for u, c in zip(ids, assign_to_centres(vecs, centres))}
+
+
+def run_assign_ivector_clusters(manifest_path: str | Path, corpus: str, analysis_manifest_path: str | Path,
+                                analysis_corpus: str, extractor_path: str | Path, centres_path: str | Path,
+                                out_clusters: str | Path, device="cpu", num_threads: int | None = None) -> dict:
+    """The i-vector cluster of every utterance of corpus `corpus` (an evaluation corpus), assigned from its
+    own audio with the analysis corpus' extractor and centres (`assign_ivector_clusters`), as a clusters
+    table (`write_utterance_clusters`). Stops first when the two corpora share an utterance id
+    (`speaker_neurons.catalogue.check_distinct_ids`): tables of both corpora are keyed by utterance id."""
+    from speaker_neurons.catalogue import check_distinct_ids
+    from speaker_neurons.data.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    check_distinct_ids({analysis_corpus: read_manifest(analysis_manifest_path), corpus: manifest})
+    labels = assign_ivector_clusters(manifest, extractor_path, centres_path, device=device, num_threads=num_threads)
+    write_utterance_clusters(labels, out_clusters)
+    k = len(load_cluster_centres(centres_path))
+    sizes = np.bincount(np.fromiter(labels.values(), dtype=np.int64, count=len(labels)), minlength=k).tolist()
+    log.info("%s: %d utterances assigned to the i-vector clusters of %s, sizes %s", corpus, len(labels),
+             analysis_corpus, sizes)
+    return {"corpus": corpus, "analysis_corpus": analysis_corpus, "utterances": len(labels), "sizes": sizes}

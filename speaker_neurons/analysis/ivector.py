@@ -850,6 +850,34 @@ def extract_ivectors(
     return utt_ids, ivecs
 
 
+def ivectors_of_manifest(manifest, extractor: IVectorExtractor, device="cpu", num_threads: int | None = None,
+                         progress: bool = True) -> tuple[list[str], np.ndarray]:
+    """i-vectors of every utterance of `manifest` (a DataFrame: utt_id, path; in its order) by a fitted
+    `extractor` from each utterance's own audio: its features (the extractor's own config), posterior
+    means, minus the extractor's `ivector_mean` (the corpus it was fitted on), unit length. Streamed in
+    blocks of `utt_batch` utterances (the blocks `extract_ivectors` transforms), so memory holds one
+    block's features: on the extractor's own corpus this gives the i-vectors it wrote."""
+    from speaker_neurons.audio import load_audio
+
+    if extractor.T is None or extractor.ivector_mean is None:
+        raise RuntimeError("ivectors_of_manifest needs a fitted extractor with its corpus mean (IVectorExtractor.load)")
+    cfg = extractor.cfg
+    bs = max(1, int(cfg["utt_batch"]))
+    rows = list(manifest[["utt_id", "path"]].itertuples(index=False))
+    ids: list[str] = []
+    out = []
+    bar = _tqdm(range(0, len(rows), bs), progress, desc="i-vectors", unit="block", mininterval=5)
+    for s in bar:
+        items = ((r.utt_id, load_audio(r.path, cfg["sample_rate"])[0]) for r in rows[s : s + bs])
+        block_ids, feats, _ = extract_features(items, cfg, device, progress=False)
+        with torch_threads(num_threads):
+            out.append(extractor.transform(feats, normalize=True))
+        ids += block_ids
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate utterance ids in the manifest")
+    return ids, (np.concatenate(out) if out else np.zeros((0, extractor.T.shape[1]), np.float32))
+
+
 # --------------------------------------------------------------------------------------------------
 # Kaldi ark / scp
 

@@ -1,6 +1,6 @@
 """Synthesize the demo corpus: many pseudo-speakers from the real-person voices of Debian's synthesizers.
 
-Voices (13 people, 4 female, 9 male; see the README, "What the demo does"):
+Voices (13 people, 4 female, 9 male; see docs/demo.md, "What the demo runs"):
 MBROLA us1 (F), us2, us3, en1 (M) driven by espeak-ng; flite awb, rms, kal16 (M) and slt (F); festival
 ked, rab, don diphone voices (M); pico en-US and en-GB (F).
 
@@ -579,14 +579,19 @@ def _fmt(x: float, nd: int) -> str:
 def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int, utterances_per_speaker: int,
                       min_duration: float, max_duration: float, split: Sequence[int],
                       channel: Mapping[str, Any] | None, workers: int = 2,
-                      voices: Sequence[str] | None = None) -> dict:
+                      voices: Sequence[str] | None = None, id_prefix: str = "") -> dict:
     """Build the demo corpus in `out_dir` (see docs/DESIGN.md, "Demo corpus"); returns a summary dict.
 
     `voices`: voice names from `VOICES` (default: all 13, in `DEFAULT_VOICES` order). `channel`: the
     session variability (config `corpus.demo.channel`, see `speaker_neurons.data.channel`); None or
-    `enabled: false` = every utterance as the synthesizer made it. Same arguments, same bytes. Raises
+    `enabled: false` = every utterance as the synthesizer made it. `id_prefix`: put before every speaker
+    name and utterance id (`eval-f01_us1`, `eval-f01_us1-0000`), so that two corpora of one run never share
+    an id (the catalogue gives one to every synthesized corpus but the first); it renames, nothing else:
+    every random draw is keyed by the unprefixed names. Same arguments, same bytes. Raises
     `SynthesizerMissingError` before any work when a program or voice is missing.
     """
+    if re.search(r"\s|/", id_prefix):
+        raise ValueError(f"id_prefix {id_prefix!r} must not contain whitespace or '/'")
     if channel is not None and not channel["enabled"]:
         channel = None
     if channel is not None:
@@ -622,19 +627,21 @@ def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int,
         split_of = {}
         for pos, i in enumerate(order):
             split_of[int(i)] = "train" if pos < counts[0] else ("dev" if pos < counts[0] + counts[1] else "test")
+        speaker = f"{id_prefix}{spec.speaker}"
         for i in range(utterances_per_speaker):
-            utt_id = f"{spec.speaker}-{i:04d}"
+            key = f"{spec.speaker}-{i:04d}"  # what the random draws know of the utterance (no prefix)
+            utt_id = f"{speaker}-{i:04d}"
             mid = gen.unique_sentences(text_rng, 1, 7, 12, seen)[0]
             shorter = gen.unique_sentences(text_rng, 1, 4, 7, seen) + gen.unique_sentences(text_rng, 1, 3, 5, seen)
             longer = gen.unique_sentences(text_rng, 1, 12, 16, seen) + gen.unique_sentences(text_rng, 1, 15, 20, seen)
-            rel = f"wav/{spec.speaker}/{utt_id}.wav"
+            rel = f"wav/{speaker}/{utt_id}.wav"
             # the channel's generator knows the utterance, not the speaker: no speaker gets a channel of its own
-            chan = None if channel is None else ch.draw_channel(_stable_rng(seed, "channel", utt_id), channel)
+            chan = None if channel is None else ch.draw_channel(_stable_rng(seed, "channel", key), channel)
             jobs.append({"utt_id": utt_id, "spec": asdict(spec), "candidates": (mid, shorter, longer),
                          "min_duration": float(min_duration), "max_duration": float(max_duration),
                          "path": str(out_dir / rel), "channel": chan,
                          "clean_path": str(out_dir / "clean" / rel[4:]) if chan and channel["keep_clean"] else ""})
-            utt_rows.append({"utt_id": utt_id, "speaker": spec.speaker, "path": rel, "split": split_of[i]})
+            utt_rows.append({"utt_id": utt_id, "speaker": speaker, "path": rel, "split": split_of[i]})
 
     # render
     results: dict[str, dict] = {}
@@ -667,7 +674,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int,
     # tables
     _write_tsv(out_dir / "speakers.tsv",
                ["speaker", "gender", "voice", "engine", "pitch_semitones", "vtl_factor", "tempo", "gain_db"],
-               [[s.speaker, s.gender, s.voice, s.engine, _fmt(s.pitch_semitones, 3), _fmt(s.vtl_factor, 4),
+               [[f"{id_prefix}{s.speaker}", s.gender, s.voice, s.engine, _fmt(s.pitch_semitones, 3), _fmt(s.vtl_factor, 4),
                  _fmt(s.tempo, 3), _fmt(s.gain_db, 1)] for s in specs])
     durations = []
     utt_out, phone_out, frame_out = [], [], []
@@ -719,7 +726,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int,
             "pitch_semitones_range": list(PITCH_RANGE), "vtl_factor_range": list(VTL_RANGE),
             "tempo_range": list(TEMPO_RANGE), "gain_db_range": list(GAIN_RANGE),
             "target_active_rms_dbfs": TARGET_DBFS,
-            "channel": dict(channel) if channel is not None else None,
+            "channel": dict(channel) if channel is not None else None, "id_prefix": id_prefix,
         },
         "channels": ({"utterances": len(channels),
                       "reverberant": sum(c["rt60_s"] > 0 for c in channels.values()),
