@@ -103,10 +103,12 @@ def trial_pairs(speakers: Sequence, max_trials: int | None = None, seed: int = 0
     return i[o].astype(np.int64), j[o].astype(np.int64)
 
 
-def cosine_scores(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """Cosine of vectors[i] and vectors[j] per pair, gathered in chunks (memory: the vectors plus a chunk)."""
+def cosine_scores(vectors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine of vectors[i] and vectors[j] per pair, gathered in chunks (memory: the vectors, the scores
+    and about 16 MB)."""
     x = _unit(vectors)
     out = np.empty(len(i), dtype=np.float64)
+    chunk = max(1, (1 << 24) // (16 * max(1, x.shape[1])))  # two gathered float64 rows per pair
     for s in range(0, len(i), chunk):
         out[s : s + chunk] = np.einsum("nd,nd->n", x[i[s : s + chunk]], x[j[s : s + chunk]])
     return out

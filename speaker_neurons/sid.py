@@ -333,15 +333,16 @@ def pooled_crop_seconds(path: str | os.PathLike) -> float | None:
     return None if np.isnan(c) else c
 
 
-def _rows(pooled: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-    """Rows of the pooled store as float32 (read in ascending order: sequential on a memory map)."""
+def _rows(pooled: np.ndarray, rows: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Rows of the pooled store as float32 on `device`: read in ascending order (sequential on a memory
+    map), moved in the store's dtype (float16: half the bytes to a GPU), converted there."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) > 1 and (np.diff(rows) < 0).any():
         u, inv = np.unique(rows, return_inverse=True)
         x = np.asarray(pooled[u])[inv]
     else:
-        x = pooled[rows]
-    return torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
+        x = np.array(pooled[rows])
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True).float()
 
 
 def _chunks(rows: np.ndarray, row_floats: int) -> list[np.ndarray]:
@@ -429,7 +430,7 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
             if step >= total:
                 break
             rows = [tr[p[s0 : s0 + batch_size]] for p in perms]  # per seed
-            x = _rows(data.pooled, np.concatenate(rows)).to(dev, non_blocking=True).view(len(seeds), -1, K, d)
+            x = _rows(data.pooled, np.concatenate(rows), dev).view(len(seeds), -1, K, d)
             y = torch.from_numpy(np.stack([data.labels[r] for r in rows])).to(dev)  # (seeds, B)
             w = torch.softmax(params["logits"].masked_fill(~mask, float("-inf")), dim=1)
             z = torch.cat([torch.einsum("hk,bkd->hbd", w[g], x[i]) for i, g in enumerate(groups)])[back]
@@ -485,7 +486,7 @@ def _bank_accuracy(params: Mapping[str, torch.Tensor], mask: torch.Tensor, data:
     correct = torch.zeros(H, device=dev)
     w = torch.softmax(params["logits"].masked_fill(~mask, float("-inf")), dim=1)
     for c in _chunks(rows, K * d + H * (d + n)):
-        x = _rows(data.pooled, c).to(dev)
+        x = _rows(data.pooled, c, dev)
         z = torch.einsum("hk,bkd->hbd", w, x)
         z = torch.einsum("hbd,hpd->hbp", z, params["pw"]) + params["pb"][:, None]
         o = torch.einsum("hbp,hnp->hbn", z, params["cw"]) + params["cb"][:, None]
