@@ -250,7 +250,9 @@ def sid_inputs(wildcards):
     """With sid.sweep: base, a derived model's SID uses the learning rates picked for its chain's root;
     sid.veri_list, when set, is an input (the EER's trials)."""
     root = CAT.root_of(wildcards.model)
-    out = {"veri_list": config["sid"]["veri_list"]} if config["sid"]["veri_list"] else {}
+    out = (
+        {"veri_list": config["sid"]["veri_list"]} if config["sid"]["veri_list"] else {}
+    )
     if config["sid"]["sweep"] == "base" and root != wildcards.model:
         out["lr_from"] = f"{sid_dir(root)}/sid.json"
     return out

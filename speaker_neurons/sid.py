@@ -297,7 +297,8 @@ def _stored_member(path: str | os.PathLike, name: str) -> np.ndarray | None:
         f.seek(info.header_offset)
         local = f.read(30)
         if local[:4] != b"PK\x03\x04":
-            raise ValueError(f"{path}: {name}.npy has no local zip header where the directory says; re-run rule pool_layers")
+            raise ValueError(f"{path}: {name}.npy has no local zip header where the directory says; "
+                             "re-run rule pool_layers")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         f.seek(info.header_offset + 30 + name_len + extra_len)
         version = np.lib.format.read_magic(f)
@@ -478,7 +479,8 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
 
 
 @torch.no_grad()
-def _bank_accuracy(params: Mapping[str, torch.Tensor], mask: torch.Tensor, data: SIDData, rows: np.ndarray) -> torch.Tensor:
+def _bank_accuracy(params: Mapping[str, torch.Tensor], mask: torch.Tensor, data: SIDData,
+                   rows: np.ndarray) -> torch.Tensor:
     """(H,) accuracy of every head of a stacked bank on `rows` (segments of enrolled speakers), read in chunks."""
     H, K = mask.shape
     d, n = params["pw"].shape[2], params["cw"].shape[1]
@@ -534,7 +536,8 @@ def read_veri_list(path: str | os.PathLike) -> pd.DataFrame:
             if not parts:
                 continue
             if len(parts) != 3 or parts[0] not in ("0", "1") or any(p.count("/") != 2 for p in parts[1:]):
-                raise ValueError(f"{path}, line {n}: expected `<1|0> <id>/<youtube-id>/<n>.wav <id>/<youtube-id>/<n>.wav` "
+                raise ValueError(f"{path}, line {n}: expected `<1|0> <id>/<youtube-id>/<n>.wav "
+                                 "<id>/<youtube-id>/<n>.wav` "
                                  f"(VoxCeleb1's veri_test2.txt), got {line.strip()!r}; fix sid.veri_list")
             utt = [p.rsplit(".", 1)[0].replace("/", "-") for p in parts[1:]]
             rows.append((int(parts[0]), *utt))
@@ -702,6 +705,24 @@ def load_heads(path) -> dict[str, list[tuple[int, SIDHead]]]:
 POOLED_SEGMENT_COLUMNS = ("seg_id", "utt_id", "speaker", "split", "start", "end")
 
 
+#: Segments per block of rule pool_layers: a block's means are written and recorded before the next
+#: starts, so an interrupted job resumes at its first unfinished block.
+POOL_BLOCK = 2048
+
+
+def _pool_fingerprint(model, segs: pd.DataFrame, *settings: Any) -> str:
+    """What a pooled store depends on (the model's weights, the segments, the settings): a store of an
+    interrupted run is resumed only where this matches."""
+    import hashlib
+
+    h = hashlib.sha256(repr(settings).encode())
+    for k, v in model.state_dict().items():
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(pd.util.hash_pandas_object(segs[list(POOLED_SEGMENT_COLUMNS)], index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
 def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | str | None, corpus_source: str,
                  min_crop_fraction: float, out: str | os.PathLike, max_batch_seconds: float,
                  amp: bool | str) -> dict[str, Any]:
@@ -709,9 +730,15 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
     segments themselves and the crop length (`crop_of(crop_seconds, corpus_source)`; NaN = whole
     utterances), as one uncompressed npz (fixed-width strings and integers: no pickled objects).
 
-    The means (float32 sums) go straight into a float16 memory map beside `out` as they are pooled,
-    which is then streamed into the npz: memory stays one batch, whatever the corpus; the disk holds
-    the store twice for a moment. `load_pooled` reads the result by memory map."""
+    The means (float32 sums) go into a float16 memory map beside `out` (`<out>.store.npy`) block by
+    block (POOL_BLOCK segments; `<out>.store.json` records the finished ones), which is then streamed
+    into the npz: memory stays one block, whatever the corpus; the disk holds the store twice for a
+    moment. An interrupted job resumes at its first unfinished block when the model, the segments and
+    the settings are the same (else it starts over). `load_pooled` reads the result by memory map."""
+    import json
+
+    from tqdm import tqdm
+
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.utils import save_npz
 
@@ -719,19 +746,39 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
     segs = segments(read_manifest(manifest_path), crop, model.sample_rate, min_crop_fraction)
     check_splits(segs, str(manifest_path))
     shape = (len(segs), model.num_layers + 1, model.hidden_dim)
-    tmp = Path(out).with_name(Path(out).name + ".store.npy")
-    log.info("%d segments (%s) -> a float16 store of %.2f GB", len(segs),
-             "whole utterances" if crop is None else f"{crop:g} s crops", np.prod(shape) * 2 / 1e9)
-    store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-    try:
-        pool_layer_means(model, segs, max_batch_seconds=max_batch_seconds, out=store, amp=amp)
+    tmp, state = Path(f"{out}.store.npy"), Path(f"{out}.store.json")
+    fingerprint = _pool_fingerprint(model, segs, crop, str(amp), float(max_batch_seconds), POOL_BLOCK, shape)
+    done: list[int] = []
+    if tmp.is_file() and state.is_file():
+        saved = json.loads(state.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            done = [int(b) for b in saved["done"]]
+        else:
+            log.info("%s belongs to another model, segments or settings: pooling starts over", tmp)
+    log.info("%d segments (%s) -> a float16 store of %.2f GB%s", len(segs),
+             "whole utterances" if crop is None else f"{crop:g} s crops", np.prod(shape) * 2 / 1e9,
+             f"; resuming after {len(done)} finished blocks of {POOL_BLOCK}" if done else "")
+    store = np.lib.format.open_memmap(tmp, mode="r+" if done else "w+", dtype=np.float16, shape=shape)
+    blocks = [slice(s, min(s + POOL_BLOCK, len(segs))) for s in range(0, len(segs), POOL_BLOCK)]
+    bar = tqdm(total=len(segs), initial=sum(blocks[b].stop - blocks[b].start for b in done), desc="pooled layers",
+               unit="seg", mininterval=5)
+    for b, rows in enumerate(blocks):
+        if b in done:
+            continue
+        pool_layer_means(model, segs.iloc[rows].reset_index(drop=True), max_batch_seconds=max_batch_seconds,
+                         progress=False, out=store[rows], amp=amp)
         store.flush()
-        cols = {c: (segs[c].to_numpy(np.int64) if c in ("start", "end") else np.asarray(segs[c].astype(str).tolist(), dtype=str))
-                for c in POOLED_SEGMENT_COLUMNS}
-        save_npz(out, {"pooled": store, **cols, "crop_seconds": np.float64(np.nan if crop is None else crop)})
-    finally:
-        del store
-        tmp.unlink(missing_ok=True)
+        done.append(b)
+        state.with_name(state.name + ".tmp").write_text(json.dumps({"fingerprint": fingerprint, "done": done}))
+        os.replace(state.with_name(state.name + ".tmp"), state)
+        bar.update(rows.stop - rows.start)
+    bar.close()
+    cols = {c: (segs[c].to_numpy(np.int64) if c in ("start", "end")
+                else np.asarray(segs[c].astype(str).tolist(), dtype=str)) for c in POOLED_SEGMENT_COLUMNS}
+    save_npz(out, {"pooled": store, **cols, "crop_seconds": np.float64(np.nan if crop is None else crop)})
+    del store
+    tmp.unlink()
+    state.unlink()
     return {"segments": len(segs), "shape": list(shape), "crop_seconds": crop, "dtype": "float16"}
 
 
@@ -772,8 +819,8 @@ def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str
     result, picked = evaluate(data, layer_sets(cfg["layer_sets"], L), cfg["learning_rates"], cfg["seeds"],
                               fixed_lr=fixed, max_trials=cfg["max_trials"], trial_seed=cfg["trial_seed"], trials=trials,
                               device=device, progress=True, **schedule)
-    result.update(crop_seconds=pooled_crop_seconds(pooled_path), corpus=corpus, lr_from=lr_from_model if fixed else None,
-                  schedule=schedule, device=str(device),
+    result.update(crop_seconds=pooled_crop_seconds(pooled_path), corpus=corpus,
+                  lr_from=lr_from_model if fixed else None, schedule=schedule, device=str(device),
                   trials={"source": Path(veri_list).name if veri_list else "sampled test pairs",
                           "max_trials": None if veri_list else cfg["max_trials"], "absent": absent})
     write_json(out_result, result)

@@ -416,3 +416,46 @@ def test_a_verification_list_is_scored_on_utterances_and_absent_ones_are_counted
     (tmp_path / "bad.txt").write_text("1 a.wav b.wav\n")
     with pytest.raises(ValueError, match="bad.txt, line 1: .*sid.veri_list"):
         sid.read_veri_list(tmp_path / "bad.txt")
+
+
+def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, monkeypatch):
+    """pool_to_file records each finished block; a rerun pools only the rest and writes the same bytes as
+    an uninterrupted run; another model's leftover store is not reused."""
+    from speaker_neurons.data.manifest import write_manifest
+
+    model = tiny("melhubert")
+    m = _manifest(tmp_path, [1.3, 0.7, 2.1, 1.6, 1.2, 1.9, 0.8])
+    m["split"] = ["train", "train", "train", "dev", "dev", "test", "test"]
+    m["gender"], m["sample_rate"] = "F", 16000
+    write_manifest(m, tmp_path / "m.tsv")
+    monkeypatch.setattr(sid, "POOL_BLOCK", 2)
+    sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "whole.npz", 2.0, False)
+    real, calls, fail_at = sid.pool_layer_means, [], [3]
+
+    def failing(*a, **k):
+        calls.append(len(a[1]))
+        if len(calls) == fail_at[0]:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sid, "pool_layer_means", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+    assert not (tmp_path / "p.npz").exists() and (tmp_path / "p.npz.store.json").exists()
+    calls.clear()
+    fail_at[0] = None
+    sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+    assert calls == [2, 1]  # blocks 3 and 4 of 2, 2, 2, 1 segments
+    assert (tmp_path / "p.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
+    assert sorted(p.name for p in tmp_path.glob("p.npz*")) == ["p.npz"]
+    # a leftover store of another model starts over
+    calls.clear()
+    fail_at[0] = 3
+    with pytest.raises(RuntimeError):
+        sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
+    fail_at[0] = None
+    other = tiny("melhubert")
+    other.feed_forwards()[0].output_dense.weight.data.mul_(0.5)
+    calls.clear()
+    sid.pool_to_file(other, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
+    assert calls == [2, 2, 2, 1]
