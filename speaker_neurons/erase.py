@@ -304,7 +304,6 @@ def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mappin
     else:
         Path(out_pr_table).write_text("")
     summary["k_ssl"] = k_ssl
-    summary["corpus"] = corpus
     write_json(out_summary, summary)
     plot(table, out_plot, title=title)
     for name in sets:

@@ -149,6 +149,8 @@ def test_every_rule_logged_and_benchmarked(two_runs):
             assert (a / "logs" / "corpora" / corpus / f"{rule}.log").exists(), f"no log for {corpus}/{rule}"
             assert (a / "benchmarks" / "corpora" / corpus / f"{rule}.tsv").exists()
     assert (a / "logs" / "corpora" / "demo_eval" / "phone_targets.log").exists()
+    assert (a / "logs" / "corpora" / "demo_eval" / "assign_ivector_clusters.log").exists()
+    assert (a / "benchmarks" / "corpora" / "demo_eval" / "assign_ivector_clusters.tsv").exists()
     for model in ("demo", "w2v"):
         rules = ["describe_model", "extract_features", "frame_kmeans_k3", "frame_kmeans_k5", "activation_stats_k3",
                  "neuron_sets_k3", "evidence_report_k3", "neuron_counts_summary"]
