@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from conftest import run_snakemake
+from speaker_neurons.data import layouts
 from test_end_to_end import _native_wav2vec2  # the same small wav2vec2-style checkpoint
 
 pytestmark = pytest.mark.slow
@@ -33,34 +34,18 @@ def _voice(rng: np.random.Generator, f0: float, seconds: float, sr: int = 16000)
 
 
 def _librispeech(root: Path, split: str, speakers: dict[str, float], utts: int, rng) -> Path:
-    d = root / split
-    for spk, f0 in speakers.items():
-        ch = d / spk / "100"
-        ch.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for u in range(utts):
-            uid = f"{spk}-100-{u:04d}"
-            sf.write(ch / f"{uid}.flac", _voice(rng, f0, rng.uniform(1.5, 2.5)), 16000)
-            lines.append(f"{uid} " + " ".join(rng.choice(WORDS, size=int(rng.integers(2, 5)))))
-        (ch / f"{spk}-100.trans.txt").write_text("\n".join(lines) + "\n")
-    return d
+    return layouts.librispeech_split(root, split, [
+        layouts.Utterance(spk, _voice(rng, f0, rng.uniform(1.5, 2.5)),
+                          " ".join(rng.choice(WORDS, size=int(rng.integers(2, 5)))))
+        for spk, f0 in speakers.items() for _ in range(utts)])
 
 
 def _voxceleb1(root: Path, speakers: dict[str, float], rng) -> dict[str, str]:
     """s3prl's layout: utterances 0-3 train (1), 4 dev (2) in <root>/dev/wav; 5-6 test (3) in <root>/test/wav."""
-    lines, meta = [], ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
-    for i, (spk, f0) in enumerate(speakers.items()):
-        meta.append(f"{spk}\tName_{i}\t{'f' if f0 > 160 else 'm'}\tUSA\tdev")
-        for n in range(7):
-            split = "1" if n < 4 else ("2" if n == 4 else "3")
-            rel = f"{spk}/yt{i}/{n:05d}.wav"
-            p = root / ("test" if split == "3" else "dev") / "wav" / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(p, _voice(rng, f0, rng.uniform(1.5, 2.5)), 16000, subtype="PCM_16")
-            lines.append(f"{split} {rel}")
-    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
-    (root / "vox1_meta.csv").write_text("\n".join(meta) + "\n")
-    return {"root": str(root), "iden_split": str(root / "iden_split.txt"), "meta_csv": str(root / "vox1_meta.csv")}
+    utts = [("train" if n < 4 else ("dev" if n == 4 else "test"),
+             layouts.Utterance(spk, _voice(rng, f0, rng.uniform(1.5, 2.5))))
+            for spk, f0 in speakers.items() for n in range(7)]
+    return layouts.voxceleb1(root, utts, {s: "f" if f0 > 160 else "m" for s, f0 in speakers.items()}, archives=True)
 
 
 def _config(tmp: Path, results: Path, vox: dict, extra: str = "") -> Path:
@@ -102,9 +87,8 @@ def corpora(tmp_path_factory):
     _librispeech(ls, "dev-clean", dev, 4, rng)
     _librispeech(ls, "train-clean-100", {"2001": 120.0, "2002": 200.0}, 6, rng)
     _librispeech(ls, "test-clean", {"3001": 140.0, "3002": 210.0}, 3, rng)
-    (ls / "SPEAKERS.TXT").write_text(";ID | SEX | SUBSET | MINUTES | NAME\n" + "".join(
-        f"{s} | {'F' if f0 > 160 else 'M'} | x | 1.0 | Reader {s}\n"
-        for s, f0 in {**dev, "2001": 120.0, "2002": 200.0, "3001": 140.0, "3002": 210.0}.items()))
+    layouts.librispeech_speakers(ls, {s: "F" if f0 > 160 else "M" for s, f0 in
+                                      {**dev, "2001": 120.0, "2002": 200.0, "3001": 140.0, "3002": 210.0}.items()})
     vox = _voxceleb1(tmp / "VoxCeleb1", {"id10001": 105.0, "id10002": 180.0, "id10003": 125.0, "id10004": 230.0}, rng)
     _native_wav2vec2(tmp / "w2v")
     return tmp, vox
