@@ -447,12 +447,13 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
                 grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
             step += 1
             with torch.no_grad():
+                step_size, bc2 = lr / (1 - b1**step), (1 - b2**step) ** 0.5  # torch.optim.Adam's arithmetic
                 for (k, p), g in zip(params.items(), grads):
                     m, v = state[k]
                     m.mul_(b1).add_(g, alpha=1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (v / (1 - b2**step)).sqrt_().add_(eps)
-                    p.sub_(lr.view(-1, *[1] * (p.dim() - 1)) * (m / (1 - b1**step)) / denom)
+                    denom = v.sqrt().div_(bc2).add_(eps)
+                    p.sub_(m.div(denom).mul_(step_size.view(-1, *[1] * (p.dim() - 1))))
                 if eval_every and (step % int(eval_every) == 0 or step == total):
                     acc = _bank_accuracy(params, mask, data, dev_rows)
                     better = acc > best_acc
