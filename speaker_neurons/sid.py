@@ -421,7 +421,7 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
     b1, b2, eps, step = 0.9, 0.999, 1e-8, 0
     total = int(steps) if steps is not None else int(epochs) * -(-len(tr) // batch_size)
     dev_rows = closed_set(data, "dev") if eval_every else np.zeros(0, np.int64)
-    best = {k: v.detach().clone() for k, v in params.items()}
+    best = {k: v.detach().clone() for k, v in params.items()} if eval_every else params
     best_acc = torch.full((H,), -1.0, device=dev)
     best_step = torch.full((H,), total, dtype=torch.long, device=dev)
     bar = tqdm(total=total, desc=f"{H} SID heads", unit="step", disable=not progress, mininterval=5)
@@ -463,7 +463,7 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
                     best_step = torch.where(better, torch.full_like(best_step, step), best_step)
             bar.update(1)
     bar.close()
-    final = best if eval_every else params
+    final = best
     heads = []
     for h, s in enumerate(specs):
         head = SIDHead(s.layers, d, n)
