@@ -1,6 +1,6 @@
 """Seconds per training step of a group of SUPERB PR heads (speaker_neurons.pr) on random frames of a
 given shape: one PRHead after another (the two linears in turn, CTCLoss, clip_grad_norm_, torch Adam:
-the plain recipe) against the stacked `_HeadBank` that `train_group` uses (one mix, the two linears
+the plain recipe) against the stacked `_HeadBank` that `train_bank` uses (one mix, the two linears
 composed, one CTC call, per-head clipping and Adam). Prints a table.
 
     .venv/bin/python benchmarks/pr_heads.py                      # the demo's shape: 5 hidden states x 256
@@ -23,13 +23,13 @@ def step_seconds(how: str, heads: int, batch: int, frames: int, layers: int, dim
                  steps: int) -> float:
     from speaker_neurons.pr import PRSpec, _HeadBank
 
-    specs = [PRSpec(f"h{i}", tuple(range(layers)), 1e-3) for i in range(heads)]
+    specs = [PRSpec(f"h{i}", tuple(range(layers)), 1e-3, 0) for i in range(heads)]
     x = torch.randn(batch, frames, layers, dim)
     lengths = torch.full((batch,), frames, dtype=torch.long)
     tlen = torch.full((batch,), frames // 4, dtype=torch.long)
     targets = torch.randint(1, vocab, (int(tlen.sum()),))
     if how == "bank":
-        bank = _HeadBank(specs, 0, layers, dim, vocab, 256, "cpu")
+        bank = _HeadBank(specs, layers, dim, vocab, 256, "cpu")
 
         def one():
             bank.step(x, targets, lengths, tlen, 1.0)

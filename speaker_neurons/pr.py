@@ -176,7 +176,7 @@ def extract_frame_features(upstream, rows: pd.DataFrame, out_dir: str | os.PathL
     info = write_frame_cache(items(), out_dir, {"frame_period": frame_period(upstream),
                                                 "num_layers": int(upstream.num_layers), **dict(meta or {})})
     bar.close()
-    log.info("PR frame cache: %d utterances, %d frames of %d layers x %d (%.2f GB)", info["utterances"],
+    log.info("PR frame cache: %d utterances, %d frames of %d layers x %d (%.3g GB)", info["utterances"],
              info["frames"], info["layers"], info["dim"], info["bytes"] / 1e9)
     return info
 
@@ -691,15 +691,15 @@ def prepare_data(upstream, rows: pd.DataFrame, cfg: Mapping[str, Any], scratch: 
     budget = float(cfg["feature_cache_gb"]) * 1e9
     audio_gb = float(rows["duration"].sum()) * sr * 2 / 1e9
     if need <= budget:
-        log.info("PR features: %d frames x %d layers x %d x 2 B = %.2f GB fit pr.feature_cache_gb = %g: the upstream "
+        log.info("PR features: %d frames x %d layers x %d x 2 B = %.3g GB fit pr.feature_cache_gb = %g: the upstream "
                  "runs once into a frame cache in %s", frames, L1, d, need / 1e9, budget / 1e9, scratch / "features")
         digest = _rows_digest(rows, upstream_digest(upstream), amp, max_batch_seconds)
         if not store_ready(scratch / "features", digest):
             extract_frame_features(upstream, rows, scratch / "features", amp=amp, max_batch_seconds=max_batch_seconds,
                                    meta={"digest": digest})
         return _CachedFeatures(FrameCache(scratch / "features")), need
-    log.info("PR features: %d frames x %d layers x %d x 2 B = %.2f GB exceed pr.feature_cache_gb = %g: the upstream "
-             "runs on the fly at every step on int16 audio (%.2f GB) in %s", frames, L1, d, need / 1e9, budget / 1e9,
+    log.info("PR features: %d frames x %d layers x %d x 2 B = %.3g GB exceed pr.feature_cache_gb = %g: the upstream "
+             "runs on the fly at every step on int16 audio (%.3g GB) in %s", frames, L1, d, need / 1e9, budget / 1e9,
              audio_gb, scratch / "audio")
     digest = _rows_digest(rows, sr)
     if not store_ready(scratch / "audio", digest):

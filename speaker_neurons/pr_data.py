@@ -226,7 +226,7 @@ def write_audio_cache(rows: pd.DataFrame, out_dir: str | os.PathLike, sample_rat
 
     info = _write_store(items(), out_dir, AudioCache.data_name, np.int16, {"sample_rate": int(sample_rate), **meta})
     bar.close()
-    log.info("PR audio cache: %d utterances, %d samples at %d Hz as int16 (%.2f GB)", info["utterances"], info["rows"],
+    log.info("PR audio cache: %d utterances, %d samples at %d Hz as int16 (%.3g GB)", info["utterances"], info["rows"],
              sample_rate, info["bytes"] / 1e9)
     return info
 

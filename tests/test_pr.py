@@ -483,7 +483,12 @@ def test_a_killed_pr_eval_resumes_byte_identical(pr_job, tmp_path, monkeypatch, 
     scratch and resume folders are gone at the end."""
     _run_pr(pr_job, tmp_path / "a", feature_cache_gb=budget)
     res = json.loads((tmp_path / "a" / "pr.json").read_text())
-    assert res["features"] == kind and res["feature_cache_bytes"] > 0
+    model, d = pr_job
+    from speaker_neurons.data.manifest import read_manifest
+
+    frames = sum(model.frames_for(round(x * 16000)) for x in read_manifest(d / "manifest.tsv")["duration"])
+    assert res["features"] == kind  # decided on frames x (L+1) x d x 2 bytes against the budget
+    assert res["feature_cache_bytes"] == frames * (model.num_layers + 1) * model.hidden_dim * 2 < 1e9
     assert not (tmp_path / "a" / "resume" / "m" / "pr_eval").exists()
 
     def kill(step):
