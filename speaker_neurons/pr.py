@@ -669,8 +669,12 @@ def scratch_folder(scratch_dir: str, resume_dir: str | os.PathLike) -> Path:
     resume = Path(resume_dir)
     if not scratch_dir:
         return resume / "scratch"
+    root = os.path.expandvars(os.path.expanduser(scratch_dir))
+    if "$" in root:
+        raise ValueError(f"pr.scratch_dir = {scratch_dir!r}: {root!r} names an unset environment variable; set it "
+                         f"or leave pr.scratch_dir empty (the job's resume folder)")
     tag = hashlib.sha1(str(resume.resolve()).encode()).hexdigest()[:10]
-    return Path(os.path.expandvars(os.path.expanduser(scratch_dir))) / f"pr_{resume.parent.name}_{tag}"
+    return Path(root) / f"pr_{resume.parent.name}_{tag}"
 
 
 def _rows_digest(rows: pd.DataFrame, *extra) -> str:

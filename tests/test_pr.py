@@ -521,3 +521,15 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(pr_job, tmp_path, monkeyp
     with caplog.at_level("INFO", logger="speaker_neurons.pr"):
         _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0, data_seed=1)
     assert "starting again" in caplog.text and "RESUMING" not in caplog.text
+
+
+def test_the_scratch_folder(tmp_path, monkeypatch):
+    resume = tmp_path / "resume" / "m1" / "pr_eval"
+    assert pr.scratch_folder("", resume) == resume / "scratch"  # kept with the checkpoints across a kill
+    monkeypatch.setenv("JOBTMP", str(tmp_path / "node"))
+    a = pr.scratch_folder("$JOBTMP/x", resume)
+    assert a.parent == tmp_path / "node" / "x" and a.name.startswith("pr_m1_")
+    assert pr.scratch_folder("$JOBTMP/x", tmp_path / "resume" / "m2" / "pr_eval") != a  # one per job
+    monkeypatch.delenv("JOBTMP")
+    with pytest.raises(ValueError, match="unset environment variable"):
+        pr.scratch_folder("$JOBTMP/x", resume)
