@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from speaker_neurons.config import PlaceholderError, expand_paths
+
 EVAL_SEED_OFFSET = 1000
 # what each source can give a stage: speakers (SID), splits (SID; a seeded split makes them where the
 # corpus has none), transcripts (PR)
@@ -586,7 +588,8 @@ def _schema_error(exc: BaseException) -> ConfigError | None:
 def checked_catalogue(config: dict[str, Any], validate) -> tuple[Catalogue, list[str]]:
     """Every check a configuration gets before any job, in order, and its catalogue with the warnings to
     print: a retired key, the schema (`validate(config)` checks it and fills the defaults in place:
-    Snakemake's validation in the workflow), then the catalogue's own checks and the leak check. Each
+    Snakemake's validation in the workflow), the `{name}` placeholders of `paths` (`config.expand_paths`),
+    then the catalogue's own checks and the leak check. Each
     failure is a ConfigError naming the key (the workflow and the tests call this one function)."""
     retired = sorted(set(RETIRED_UPSTREAM_KEYS) & set(config.get("upstream") or {}))
     if retired:
@@ -600,5 +603,9 @@ def checked_catalogue(config: dict[str, Any], validate) -> tuple[Catalogue, list
         if err is None:
             raise
         raise err from None
+    try:
+        expand_paths(config)
+    except PlaceholderError as exc:
+        raise ConfigError(exc.key, exc.message) from None
     cat = build_catalogue(config)
     return cat, check_leaks(cat, config)

@@ -121,3 +121,53 @@ def check_resource_rules(resources: Mapping[str, Any], rule_names) -> None:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"Invalid configuration at key 'resources.{name}': no rule is called {name!r}{hint}; "
                              f"the rules are: {', '.join(known)}")
+
+
+_PLACEHOLDER = None
+
+
+class PlaceholderError(ValueError):
+    """A `{name}` in the config that `paths` does not define: `key` is the dotted key that uses it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"Invalid configuration at key '{key}': {message}")
+        self.key, self.message = key, message
+
+
+def expand_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """Replace `{name}` in every string value of the config (in place) by `paths.<name>`, so a config
+    names its folders once at its top (`paths: {data: /data, checkpoints: /models}`) or on the command
+    line (`--config 'paths={data: /mnt/data}'`); `$VARS` and `~` in the paths themselves are expanded.
+    A name that `paths` does not define raises PlaceholderError naming the key that uses it."""
+    import os
+    import re
+
+    global _PLACEHOLDER
+    if _PLACEHOLDER is None:
+        _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+    paths = {k: os.path.expanduser(os.path.expandvars(str(v))) for k, v in (config.get("paths") or {}).items()}
+    config["paths"] = paths
+
+    def sub(value: Any, where: str) -> Any:
+        if isinstance(value, str):
+            def one(m):
+                if m.group(1) not in paths:
+                    raise PlaceholderError(where, f"{{{m.group(1)}}} names no entry of 'paths' (defined: "
+                                           f"{', '.join(sorted(paths)) or 'none'}); set it at the config's top or "
+                                           f"with --config 'paths={{{m.group(1)}: /your/folder}}'")
+                return paths[m.group(1)]
+            return _PLACEHOLDER.sub(one, value)
+        if isinstance(value, Mapping):
+            for k in list(value):
+                value[k] = sub(value[k], f"{where}.{k}" if where else str(k))
+            return value
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                value[i] = sub(v, f"{where}.{i}")
+            return value
+        return value
+
+    for k in list(config):
+        if k != "paths":
+            config[k] = sub(config[k], k)
+    return config
