@@ -7,7 +7,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from speaker_neurons.analysis.neuron_sets import SET_NAMES as NEURON_SETS
-from speaker_neurons.catalogue import ConfigError, checked_catalogue
+from speaker_neurons.catalogue import (
+    ConfigError,
+    checked_catalogue,
+    cpu_warning,
+    model_jobs_want_gpu,
+)
 from speaker_neurons.summary import MODEL_FILES
 
 SCHEMA = str(Path(workflow.basedir) / "speaker_neurons" / "config.schema.yaml")
@@ -167,9 +172,16 @@ def res(rule, key, default):
     return config["resources"].get(rule, {}).get(key, default)
 
 
-# A GPU for the rules that run a model, only when upstream.device asks for CUDA (gpu=0 asks for none).
-GPU = 1 if config["upstream"]["device"] == "cuda" else 0
+# A GPU for the rules that run a model: with upstream.device cuda, and with auto when a model stage reads
+# real speech (catalogue.model_jobs_want_gpu); gpu=0 asks for none. Models over real speech on the CPU are
+# said before any job, with the hours that would take.
+GPU = int(model_jobs_want_gpu(CAT, config["upstream"]["device"]))
 GPU_MODEL = config["upstream"]["gpu_model"] if GPU else ""
+_cpu_note = cpu_warning(
+    CAT, config["upstream"]["device"], config["upstream"]["threads"], len(CAT.models)
+)
+if _cpu_note:
+    print(f"WARNING: {_cpu_note}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------- corpora

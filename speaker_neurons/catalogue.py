@@ -22,9 +22,10 @@ workflow (rules/common.smk) turns it into Snakemake's error; nothing here import
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from speaker_neurons.config import PlaceholderError, expand_paths
 
@@ -609,3 +610,58 @@ def checked_catalogue(config: dict[str, Any], validate) -> tuple[Catalogue, list
         raise ConfigError(exc.key, exc.message) from None
     cat = build_catalogue(config)
     return cat, check_leaks(cat, config)
+
+
+# ------------------------------------------------------------------------------------------- devices
+#: Hours of audio per minute of one pass of a base-size model (12 x 768 x 3072) on 2 CPU threads: the
+#: statistics pass measured by benchmarks/throughput.py (docs/benchmarks.md); pooling and PR's forwards cost
+#: about the same per second of audio.
+CPU_BASE_AUDIO_HOURS_PER_MINUTE = 0.141
+_AUDIO_BYTES_PER_SECOND = {".wav": 32000.0, ".flac": 32000.0 * 0.55}  # 16 kHz int16; FLAC at about 55%
+
+
+def model_jobs_want_gpu(cat: Catalogue, device: str) -> bool:
+    """Whether the rules that run a model ask the scheduler for a GPU: always with upstream.device cuda;
+    with auto whenever a stage that runs models reads a corpus other than the synthesized demo (real
+    speech at scale belongs on a GPU; the demo stays on the CPU); never with cpu."""
+    if device == "cuda":
+        return True
+    return device == "auto" and any(not cat.corpus(s).synthesized for s in ("analysis", "sid", "pr"))
+
+
+def _audio_seconds(folders: Sequence[str]) -> float:
+    total = 0.0
+    for folder in folders:
+        for dirpath, _, files in os.walk(folder, followlinks=True):
+            for f in files:
+                rate = _AUDIO_BYTES_PER_SECOND.get(os.path.splitext(f)[1].lower())
+                if rate:
+                    try:
+                        total += os.path.getsize(os.path.join(dirpath, f)) / rate
+                    except OSError:
+                        pass
+    return total
+
+
+def cpu_warning(cat: Catalogue, device: str, threads: int, n_models: int) -> str | None:
+    """With upstream.device cpu and a real corpus: a warning, before any job, with the estimated hours of
+    one pass of every model over the corpora the model stages read (from the files' sizes and the
+    measured CPU throughput of a base model); None otherwise."""
+    if device != "cpu":
+        return None
+    real = {c.name: c for c in (cat.corpus(s) for s in ("analysis", "sid", "pr")) if not c.synthesized}
+    if not real:
+        return None
+    folders = []
+    for c in real.values():
+        s = c.settings
+        folders += [v for k, v in s.items() if k in ("root", "split_dir") and v]
+        folders += [v for v in (s.get("split_dirs") or {}).values() if v]
+        if c.source == "tsv" and s.get("path"):
+            folders.append(os.path.dirname(s["path"]))
+    hours = _audio_seconds(folders) / 3600
+    per_pass = hours / (CPU_BASE_AUDIO_HOURS_PER_MINUTE * 60) * (2 / max(1, int(threads)))
+    return (f"upstream.device is cpu and the model stages read real speech ({', '.join(sorted(real))}: about "
+            f"{hours:.1f} h of audio): one pass of a base-size model over it takes about {per_pass:.1f} CPU hours "
+            f"at {threads} thread(s), and every one of the {n_models} model(s) makes several (features, statistics, "
+            "SID pooling, PR training, the erase ablation). Set upstream.device: auto or cuda to run them on a GPU.")

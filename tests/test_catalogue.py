@@ -270,3 +270,31 @@ def test_a_missing_corpus_path_is_named_before_any_job(tmp_path):
     c = cat(corpora=[{"name": "vox", "source": "voxceleb1",
                       "voxceleb1": {"root": str(tmp_path / "nope"), "iden_split": "/x", "meta_csv": "/y"}}])
     assert c.used == ["demo", "demo_eval"]
+
+
+# ------------------------------------------------------------------------------------------- devices
+def test_model_jobs_ask_for_a_gpu_with_cuda_and_with_auto_on_real_speech(tmp_path):
+    from speaker_neurons.catalogue import model_jobs_want_gpu
+
+    demo = cat()
+    assert not model_jobs_want_gpu(demo, "auto") and not model_jobs_want_gpu(demo, "cpu")
+    assert model_jobs_want_gpu(demo, "cuda")
+    d = _ls_folder(tmp_path, "dev-clean")
+    real = build_catalogue(complete({"corpus": {"source": "librispeech", "librispeech": {"split_dir": str(d)}}}))
+    assert model_jobs_want_gpu(real, "auto") and model_jobs_want_gpu(real, "cuda")
+    assert not model_jobs_want_gpu(real, "cpu")
+
+
+def test_models_over_real_speech_on_the_cpu_are_said_with_the_hours(tmp_path):
+    from speaker_neurons.catalogue import CPU_BASE_AUDIO_HOURS_PER_MINUTE, cpu_warning
+
+    d = _ls_folder(tmp_path, "dev-clean", speakers=("11",), utts=1, payload=b"\0" * int(32000 * 0.55 * 3600))
+    (d / "11" / "100" / "extra.wav").write_bytes(b"\0" * 32000 * 1800)  # half an hour of 16 kHz int16
+    real = build_catalogue(complete({"corpus": {"source": "librispeech", "librispeech": {"split_dir": str(d)}}}))
+    note = cpu_warning(real, "cpu", threads=2, n_models=3)
+    assert "about 1.5 h of audio" in note, note  # 1 h of FLAC at 55% + 0.5 h of WAV; the .txt is not audio
+    per_pass = 1.5 / (CPU_BASE_AUDIO_HOURS_PER_MINUTE * 60)
+    assert f"about {per_pass:.1f} CPU hours at 2 thread(s)" in note and "3 model(s)" in note
+    assert f"about {per_pass / 2:.1f} CPU hours at 4 thread(s)" in cpu_warning(real, "cpu", threads=4, n_models=3)
+    assert cpu_warning(real, "auto", threads=2, n_models=3) is None and cpu_warning(real, "cuda", 2, 3) is None
+    assert cpu_warning(cat(), "cpu", threads=2, n_models=3) is None  # the demo on a CPU is what it is made for

@@ -1,6 +1,6 @@
 """Scale-out on a real SLURM cluster: a one-node cluster (munged, slurmctld, slurmd started by
 scripts/slurm_cluster.sh without systemd) runs a tiny configuration of the whole workflow through
-`snakemake --profile profiles/slurm`, and every output equals the same configuration run locally,
+`snakemake --profile profiles/slurm-test` (the production profile with this cluster's quirks), and every output equals the same configuration run locally,
 byte for byte (files that hold wall times or absolute paths aside, as scripts/compare_runs.py names
 them). Skipped, with the reason, where the daemons cannot be installed or started (not root, no
 Debian packages)."""
@@ -27,7 +27,7 @@ EXTRA = ("analysis: {k_ssl: [3]}\n"
          "erase: {random_seeds: [0]}\n")
 # The profile, with the first status check after 2 s instead of its 10 (a test cluster answers squeue at
 # once; most of a tiny job's time through SLURM is the wait for that check)
-PROFILE = ("--profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "2")
+PROFILE = ("--profile", "profiles/slurm-test", "--slurm-init-seconds-before-status-checks", "2")
 
 
 def _why_not() -> str | None:
@@ -65,7 +65,7 @@ def cluster(tmp_path_factory):
 def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text(EXTRA)
-    res = run_snakemake("--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
+    res = run_snakemake("--profile", "profiles/slurm-test", "-n", "--configfile", str(TINY), str(extra),
                         "--config", f"results={tmp_path / 'r'}", env=cluster, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout + res.stderr
@@ -74,7 +74,7 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
     assert "gpu=0" in block  # device cpu: the plugin adds no --gpus for 0
     extra.write_text(EXTRA + "upstream: {device: cuda, gpu_model: h200}\n"
                      "resources: {pretrain_melhubert: {mem_mb: 12000, runtime: 90}}\n")
-    res = run_snakemake("--profile", "profiles/slurm", "-n", "--configfile", str(TINY), str(extra),
+    res = run_snakemake("--profile", "profiles/slurm-test", "-n", "--configfile", str(TINY), str(extra),
                         "--config", f"results={tmp_path / 'r'}", env=cluster, timeout=300)
     out = res.stdout + res.stderr
     block = out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]
