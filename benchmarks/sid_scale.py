@@ -6,8 +6,11 @@ store bytes, wall time, peak RSS, sid_eval's peak RSS beyond the store (the stor
 its pages count in RSS as they are read) and the 4x/1x ratios. Target: sid_eval's RSS beyond the store
 4x/1x <= 1.2 (memory bounded by the store plus a constant).
 
-    .venv/bin/python benchmarks/sid_scale.py                    # about 1-2 minutes on 2 cores
+    .venv/bin/python benchmarks/sid_scale.py                    # about 1.5 minutes on 2 idle cores
     .venv/bin/python benchmarks/sid_scale.py --utterances 2000 --dim 512 --scales 1 4 16
+
+`--base-stores N`: sid_eval alone on synthetic pooled stores of a base model's shape (13 x 768, float16,
+20 kB per segment) of N and 4N segments, where the store, not the interpreter, is most of the memory.
 """
 
 from __future__ import annotations
@@ -58,6 +61,33 @@ def synth_corpus(folder: Path, utterances: int, speakers: int, seconds: float, s
     return manifest
 
 
+def synth_store(path: Path, segments: int, speakers: int, layers: int, dim: int, seed: int = 0) -> None:
+    """A pooled file as rule pool_layers writes it (float16, uncompressed), speaker-shifted noise."""
+    import numpy as np
+
+    from speaker_neurons.sid import POOLED_SEGMENT_COLUMNS
+    from speaker_neurons.utils import save_npz
+
+    rng = np.random.default_rng(seed)
+    spk = np.arange(segments) % speakers
+    k = np.arange(segments) // speakers
+    per = -(-segments // speakers)
+    centres = rng.normal(size=(speakers, dim)).astype(np.float32)
+    store = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16,
+                                      shape=(segments, layers + 1, dim))
+    for s in range(0, segments, 4096):
+        r = slice(s, min(s + 4096, segments))
+        store[r] = rng.normal(size=(r.stop - r.start, layers + 1, dim)) + centres[spk[r]][:, None]
+    split = np.where(k < 0.7 * per, "train", np.where(k < 0.85 * per, "dev", "test"))
+    utt = np.char.add("u", np.arange(segments).astype(str))
+    cols = {"seg_id": np.char.add(utt, "#0"), "utt_id": utt, "speaker": np.char.add("s", spk.astype(str)),
+            "split": split, "start": np.zeros(segments, np.int64), "end": np.full(segments, 16000, np.int64)}
+    assert set(cols) == set(POOLED_SEGMENT_COLUMNS)
+    save_npz(path, {"pooled": store, **cols, "crop_seconds": np.float64(np.nan)})
+    del store
+    path.with_suffix(".tmp.npy").unlink()
+
+
 def child(a) -> dict:
     import torch
 
@@ -103,6 +133,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="sid.epochs")
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-stores", type=int, default=0, help="segments at 1x of the base-shape stores (0: none)")
     ap.add_argument("--child", choices=["baseline", "pool", "sid"], help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
     ap.add_argument("--pooled", help=argparse.SUPPRESS)
@@ -144,6 +175,23 @@ def main() -> None:
                       + [f"{r[c] / first[c]:>20.2f}" if first[c] else f"{'-':>20}" for c in cols[1:]]))
     worst = max(r["sid_beyond_store_MB"] / first["sid_beyond_store_MB"] for r in rows[1:]) if len(rows) > 1 else 1.0
     print(f"sid_eval peak RSS beyond the store, largest/1x: {worst:.2f} (target <= 1.2)")
+    if not a.base_stores:
+        return
+    print(f"sid_eval alone on stores of a base model's shape (13 x 768 float16), 100 speakers, {a.epochs} epochs")
+    print(f"{'segments':>10}{'store_MB':>10}{'sid_s':>8}{'sid_MB':>8}{'beyond_store_MB':>17}{'beyond_base_MB':>16}")
+    got = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in a.scales:
+            n = scale * a.base_stores
+            path = Path(tmp) / f"b{scale}.npz"
+            synth_store(path, n, 100, 12, 768)
+            store = path.stat().st_size / 1e6
+            ev = run_child("--child", "sid", "--pooled", str(path), "--out", tmp, "--epochs", str(a.epochs),
+                           "--threads", str(a.threads))
+            got.append(ev["peak_mb"] - store)
+            print(f"{n:>10}{store:>10.1f}{ev['seconds']:>8.1f}{ev['peak_mb']:>8.0f}{ev['peak_mb'] - store:>17.0f}"
+                  f"{ev['peak_mb'] - store - base['peak_mb']:>16.0f}")
+    print(f"beyond the store, largest/1x: {max(got) / got[0]:.2f} (target <= 1.2)")
 
 
 if __name__ == "__main__":
