@@ -468,8 +468,8 @@ def pr_job(tmp_path):
 
 def _run_pr(job, out, **cfg):
     model, d = job
-    cfg = dict(FAST, learning_rates=[1e-2, 1e-3], seeds=[0, 1], steps=6, eval_every=2, checkpoint_every=2,
-               loader_workers=0, **cfg)
+    cfg = {**FAST, "learning_rates": [1e-2, 1e-3], "seeds": [0, 1], "steps": 6, "eval_every": 2,
+           "checkpoint_every": 2, "loader_workers": 0, **cfg}
     out.mkdir(parents=True, exist_ok=True)
     return pr.run_pr(model, d / "phones.tsv", d / "manifest.tsv", ["all", "last"], cfg, None, "toy", None,
                      out / "pr.json", out / "heads.safetensors", amp="auto", resume_dir=out / "resume" / "m" / "pr_eval",
@@ -533,3 +533,42 @@ def test_the_scratch_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("JOBTMP")
     with pytest.raises(ValueError, match="unset environment variable"):
         pr.scratch_folder("$JOBTMP/x", resume)
+
+
+@pytest.mark.slow  # three fresh processes (~50 s); the in-process interruption above is the fast check
+def test_a_sigkilled_pr_eval_resumes_byte_identical(pr_job, tmp_path):
+    """The process (and its loader worker) killed by SIGKILL right after step 5: nothing is cleaned up or
+    flushed on the way out, the rerun resumes from the checkpoint of step 4 and ends byte-identical."""
+    import os
+    import subprocess
+    import sys
+
+    model, d = pr_job
+    torch.save(model, tmp_path / "model.pt")
+    code = ("import logging, os, signal, sys, torch\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "sys.path.insert(0, sys.argv[3])\n"
+            "import test_pr\n"
+            "from pathlib import Path\n"
+            "from speaker_neurons import pr\n"
+            "if sys.argv[2] == 'kill':\n"
+            "    pr._after_step = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 5 else None\n"
+            "m = torch.load(sys.argv[1] + '/model.pt', weights_only=False)\n"
+            "test_pr._run_pr((m, Path(sys.argv[1])), Path(sys.argv[1]) / sys.argv[4], feature_cache_gb=0, "
+            "loader_workers=1)\n")
+    here = str(__import__("pathlib").Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(mode, out):
+        return subprocess.run([sys.executable, "-c", code, str(d), mode, here, out], env=env, cwd=d,
+                              capture_output=True, text=True)
+
+    assert run("plain", "a").returncode == 0
+    killed = run("kill", "b")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (d / "b" / "resume" / "m" / "pr_eval" / "bank" / "bank.pt").is_file()
+    again = run("plain", "b")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "RESUMING the PR heads at step 4/6" in again.stderr
+    for f in ("pr.json", "heads.safetensors"):
+        assert (d / "a" / f).read_bytes() == (d / "b" / f).read_bytes(), f
