@@ -18,7 +18,14 @@ from speaker_neurons.summary import MODEL_FILES
 SCHEMA = str(Path(workflow.basedir) / "speaker_neurons" / "config.schema.yaml")
 
 try:  # the retired keys, the schema (Snakemake fills its defaults in), the catalogue, the leak check
-    CAT, _warnings = checked_catalogue(config, lambda c: validate(c, SCHEMA))
+    # the checks that read the corpora run once per configuration and state of the corpora's folders
+    # (cached under .snakemake/), and never again in a job of the run (on a SLURM node, say)
+    CAT, _warnings = checked_catalogue(
+        config,
+        lambda c: validate(c, SCHEMA),
+        disk_checks=workflow.is_main_process,
+        cache_dir=".snakemake/speaker_neurons",
+    )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 for _warning in _warnings:
@@ -177,7 +184,7 @@ def res(rule, key, default):
 # said before any job, with the hours that would take.
 GPU = int(model_jobs_want_gpu(CAT, config["upstream"]["device"]))
 GPU_MODEL = config["upstream"]["gpu_model"] if GPU else ""
-_cpu_note = cpu_warning(
+_cpu_note = workflow.is_main_process and cpu_warning(
     CAT, config["upstream"]["device"], config["upstream"]["threads"], len(CAT.models)
 )
 if _cpu_note:

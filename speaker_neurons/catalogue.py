@@ -586,12 +586,17 @@ def _schema_error(exc: BaseException) -> ConfigError | None:
     return ConfigError(key, f"{err.message}. Allowed keys, types and defaults: speaker_neurons/config.schema.yaml")
 
 
-def checked_catalogue(config: dict[str, Any], validate) -> tuple[Catalogue, list[str]]:
+def checked_catalogue(config: dict[str, Any], validate, disk_checks: bool = True,
+                      cache_dir: str | os.PathLike | None = None) -> tuple[Catalogue, list[str]]:
     """Every check a configuration gets before any job, in order, and its catalogue with the warnings to
     print: a retired key, the schema (`validate(config)` checks it and fills the defaults in place:
     Snakemake's validation in the workflow), the `{name}` placeholders of `paths` (`config.expand_paths`),
     then the catalogue's own checks and the leak check. Each
-    failure is a ConfigError naming the key (the workflow and the tests call this one function)."""
+    failure is a ConfigError naming the key (the workflow and the tests call this one function).
+
+    The leak check reads the corpora's files; it runs in the main process only (`disk_checks`: false in
+    a job, whose run already passed it) and, with `cache_dir`, once per configuration and state of the
+    corpora's folders (`cached_leak_check`)."""
     retired = sorted(set(RETIRED_UPSTREAM_KEYS) & set(config.get("upstream") or {}))
     if retired:
         raise ConfigError(f"upstream.{retired[0]}", "a model is now an entry of 'models', e.g. models: [{name: "
@@ -609,7 +614,9 @@ def checked_catalogue(config: dict[str, Any], validate) -> tuple[Catalogue, list
     except PlaceholderError as exc:
         raise ConfigError(exc.key, exc.message) from None
     cat = build_catalogue(config)
-    return cat, check_leaks(cat, config)
+    if not disk_checks:  # a job of a run whose main process made these checks (e.g. on a SLURM node)
+        return cat, list(cat.notes)
+    return cat, cached_leak_check(cat, config, cache_dir)
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -665,3 +672,80 @@ def cpu_warning(cat: Catalogue, device: str, threads: int, n_models: int) -> str
             f"{hours:.1f} h of audio): one pass of a base-size model over it takes about {per_pass:.1f} CPU hours "
             f"at {threads} thread(s), and every one of the {n_models} model(s) makes several (features, statistics, "
             "SID pooling, PR training, the erase ablation). Set upstream.device: auto or cuda to run them on a GPU.")
+
+
+# ------------------------------------------------------------------------------------------- cached checks
+_LISTING_DEPTH = 2  # folders below a corpus root whose state keys the cached checks
+
+
+def _corpus_paths(c: Corpus) -> tuple[list[str], list[str]]:
+    """(folders, single files) of a corpus as its settings name them."""
+    s = c.settings
+    if c.source == "librispeech":
+        dirs = [v for v in (s.get("split_dirs") or {}).values() if v] or [s.get("split_dir")]
+        return [d for d in dirs if d], [str(Path(d).parent / "SPEAKERS.TXT") for d in dirs if d]
+    if c.source == "voxceleb1":
+        return [s["root"]], [s["iden_split"], s["meta_csv"]]
+    if c.source == "tsv":
+        return [], [s["path"]]
+    return [], []
+
+
+def listing_signature(corpora: Sequence[Corpus]) -> str:
+    """A digest of the state of the corpora's folders: every folder down to `_LISTING_DEPTH` levels below
+    each root (name, mtime: a folder's mtime changes when an entry is added, removed or renamed in it) and
+    the corpus' own files (split lists, metadata, TSV: size and mtime). A few thousand stat calls for
+    VoxCeleb1, instead of one per audio file. A file rewritten in place under an unchanged folder is not
+    seen: remove .snakemake/speaker_neurons/ to check again."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def add(p: str) -> None:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\tmissing\n".encode())
+
+    for c in sorted(corpora, key=lambda c: c.name):
+        folders, files = _corpus_paths(c)
+        for f in files:
+            add(f)
+        for root in folders:
+            frontier = [root]
+            for _ in range(_LISTING_DEPTH + 1):
+                nxt = []
+                for d in sorted(frontier):
+                    add(d)
+                    try:
+                        nxt += [e.path for e in os.scandir(d) if e.is_dir()]
+                    except OSError:
+                        pass
+                frontier = nxt
+    return h.hexdigest()
+
+
+def cached_leak_check(cat: Catalogue, config: Mapping[str, Any], cache_dir: str | os.PathLike | None) -> list[str]:
+    """`check_leaks`, skipped when `cache_dir` records that this configuration passed it with the corpora's
+    folders in the same state (`listing_signature`); a failure is never cached."""
+    import hashlib
+    import json
+
+    if cache_dir is None:
+        return check_leaks(cat, config)
+    used = {c.name: c for c in (cat.corpus(s) for s in ("analysis", "sid", "pr")) if not c.synthesized}
+    key = hashlib.sha256((json.dumps(config, sort_keys=True, default=str) + listing_signature(list(used.values())))
+                         .encode()).hexdigest()[:32]
+    record = Path(cache_dir) / f"checks-{key}.json"
+    if record.is_file():
+        try:
+            return list(json.loads(record.read_text())["warnings"])
+        except (OSError, ValueError, KeyError):
+            pass
+    warnings = check_leaks(cat, config)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"warnings": warnings}) + "\n")
+    os.replace(tmp, record)
+    return warnings

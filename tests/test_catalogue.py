@@ -298,3 +298,46 @@ def test_models_over_real_speech_on_the_cpu_are_said_with_the_hours(tmp_path):
     assert f"about {per_pass / 2:.1f} CPU hours at 4 thread(s)" in cpu_warning(real, "cpu", threads=4, n_models=3)
     assert cpu_warning(real, "auto", threads=2, n_models=3) is None and cpu_warning(real, "cuda", 2, 3) is None
     assert cpu_warning(cat(), "cpu", threads=2, n_models=3) is None  # the demo on a CPU is what it is made for
+
+
+def test_leak_check_runs_once_per_config_and_folder_state(tmp_path, monkeypatch):
+    """checked_catalogue's disk check is cached by the configuration and the corpora's folders: a second
+    start reads no audio file; a changed folder or config checks again; a failure is never cached; a job
+    (disk_checks false) skips it."""
+    from speaker_neurons import catalogue as catmod
+    from speaker_neurons.catalogue import checked_catalogue
+
+    dev, test = _ls_folder(tmp_path, "dev-clean"), _ls_folder(tmp_path, "test-clean", speakers=("21", "22"))
+    (tmp_path / "SPEAKERS.TXT").write_text("".join(f"{s} | F | x | 1 | A\n" for s in ("11", "12", "21", "22")))
+
+    def config():
+        return complete({"corpus": {"name": "ana", "source": "librispeech", "librispeech": {"split_dir": str(dev)}},
+                         "corpora": [{"name": "ev", "source": "librispeech", "librispeech": {"split_dir": str(test)}}],
+                         "stages": {"sid": "ev", "pr": "ev"}})
+
+    calls = []
+    real_find = catmod.find_leaks
+    monkeypatch.setattr(catmod, "find_leaks", lambda a, e, **kw: calls.append(e.name) or real_find(a, e, **kw))
+    cache = tmp_path / "cache"
+    checked_catalogue(config(), lambda c: None, cache_dir=cache)
+    n = len(calls)
+    assert n > 0
+    checked_catalogue(config(), lambda c: None, cache_dir=cache)
+    assert len(calls) == n  # cached
+    checked_catalogue(config(), lambda c: None, disk_checks=False)
+    assert len(calls) == n  # a job never checks
+    other = config()
+    other["sid"]["seeds"] = [5]
+    checked_catalogue(other, lambda c: None, cache_dir=cache)
+    assert len(calls) > n  # another configuration checks
+    n = len(calls)
+    # the same audio appears in the evaluation corpus (a new chapter folder): the state changed, and it leaks
+    leaked = test / "21" / "200"
+    leaked.mkdir()
+    (leaked / "21-200-0000.flac").write_bytes((dev / "11" / "100" / "11-100-0000.flac").read_bytes())
+    (leaked / "21-200.trans.txt").write_text("21-200-0000 HELLO\n")
+    for _ in range(2):  # a failure is not cached: the second start fails again
+        with pytest.raises(ConfigError, match="the same audio as"):
+            checked_catalogue(config(), lambda c: None, cache_dir=cache)
+    assert len(calls) > n + 1
+    assert len(list(cache.glob("checks-*.json"))) == 2
