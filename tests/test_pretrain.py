@@ -364,6 +364,34 @@ def test_resume_with_auto_keeps_the_checkpoints_precision(trained, tmp_path, mon
 
 
 @pytest.mark.slow  # pre-trains
+def test_only_the_newest_checkpoints_are_kept_and_the_model_is_unchanged(trained, tmp_path):
+    """pretrain.train.keep_checkpoints bounds the disk of a long run: the newest N complete checkpoints
+    stay, the model is the same bytes as a run that kept every one, and a run resumes from the newest."""
+    import shutil
+
+    from speaker_neurons.pretrain import pretrain_melhubert
+
+    manifest, _, _, _ = trained
+    cfg = {**TINY_TRAIN, "max_steps": 20, "checkpoint_every": 5}
+    s_all = pretrain_melhubert(manifest, tmp_path / "all", TINY_MODEL, {**cfg, "keep_checkpoints": None},
+                               device="cpu", threads=1)
+    s_two = pretrain_melhubert(manifest, tmp_path / "two", TINY_MODEL, {**cfg, "keep_checkpoints": 2},
+                               device="cpu", threads=1)
+    assert s_all["checkpoints"] == ["step_10", "step_15", "step_20", "step_5"]
+    assert s_two["checkpoints"] == ["step_15", "step_20"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_15", "step_20"]
+    for name in ("model/model.safetensors", "head.pt", "checkpoints/step_20/model.safetensors"):
+        assert _sha(tmp_path / "two" / name) == _sha(tmp_path / "all" / name), name
+    # resuming from the newest kept checkpoint of a rotated run ends where the run that kept all ended
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "all" / "checkpoints" / "step_10", resumed / "checkpoints" / "step_10")
+    pretrain_melhubert(manifest, resumed, TINY_MODEL, {**cfg, "keep_checkpoints": 1}, device="cpu", threads=1,
+                       resume_from=resumed / "checkpoints" / "step_10")
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step_20"]
+    assert _sha(resumed / "model" / "model.safetensors") == _sha(tmp_path / "all" / "model" / "model.safetensors")
+
+
+@pytest.mark.slow  # pre-trains
 def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):
     import logging
 

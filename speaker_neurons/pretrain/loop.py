@@ -143,6 +143,18 @@ def _save_checkpoint(ck: Path, model, head, opt, state: dict) -> None:
     os.replace(tmp, ck)  # a checkpoint folder exists only once complete
 
 
+def rotate_checkpoints(folder: Path, keep: int | None) -> list[str]:
+    """Delete all but the newest `keep` complete `step_<n>` checkpoints of `folder` (None: keep all);
+    returns the names deleted."""
+    if keep is None:
+        return []
+    done = sorted((p for p in Path(folder).glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    gone = done[: max(0, len(done) - int(keep))]
+    for p in gone:
+        shutil.rmtree(p)
+    return [p.name for p in gone]
+
+
 def _plot(log_rows: Sequence[tuple], path: Path, title: str, ref_loss: float | None = None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -186,7 +198,7 @@ def _fingerprint(cfg: dict, data: TrainingData) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    keep = {k: v for k, v in cfg.items() if k not in ("max_minutes", "progress", "log_every")}
+    keep = {k: v for k, v in cfg.items() if k not in ("max_minutes", "progress", "log_every", "keep_checkpoints")}
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(data.centers).tobytes())
     for t in data.targets:
@@ -357,6 +369,7 @@ def train_masked_prediction(
                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                         "fingerprint": fingerprint, "use_amp": use_amp})
+                    rotate_checkpoints(outputs.checkpoints, cfg["keep_checkpoints"])
                 if on_step is not None:
                     on_step(step)
     finally:
