@@ -504,23 +504,27 @@ def closed_set(data: SIDData, split: str) -> np.ndarray:
 
 @torch.no_grad()
 def accuracy(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None = None) -> tuple[int, int]:
-    """(correct, n) over the split's segments of enrolled speakers, read in chunks. `pooled` replaces
-    data.pooled (the same segments seen through another model, e.g. an erased one)."""
+    """(correct, n) over the split's segments of enrolled speakers, read in chunks, on the head's device.
+    `pooled` replaces data.pooled (the same segments seen through another model, e.g. an erased one)."""
     sel = closed_set(data, split)
     x = data.pooled if pooled is None else pooled
     if len(sel) == 0:
         return 0, 0
-    pred = np.concatenate([head(_rows(x, c)).argmax(1).numpy() for c in _chunks(sel, x.shape[1] * x.shape[2])])
+    dev = next(head.parameters()).device
+    pred = np.concatenate([head(_rows(x, c, dev)).argmax(1).cpu().numpy()
+                           for c in _chunks(sel, x.shape[1] * x.shape[2])])
     return int((pred == data.labels[sel]).sum()), int(len(sel))
 
 
 @torch.no_grad()
 def embeddings(head: SIDHead, pooled: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), proj_dim) float32: the head's pooled embeddings of those rows, read in chunks."""
+    """(len(rows), proj_dim) float32: the head's pooled embeddings of those rows, read in chunks, on the
+    head's device."""
     out = np.zeros((len(rows), head.projector.out_features), dtype=np.float32)
+    dev = next(head.parameters()).device
     s = 0
     for c in _chunks(np.asarray(rows, dtype=np.int64), pooled.shape[1] * pooled.shape[2]):
-        out[s : s + len(c)] = head.embed(_rows(pooled, c)).numpy()
+        out[s : s + len(c)] = head.embed(_rows(pooled, c, dev)).cpu().numpy()
         s += len(c)
     return out
 
@@ -621,7 +625,7 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
     # the other seeds of the swept sets at their picked rates
     first = [HeadSpec(tuple(layer_sets[nm]), lr, seeds[0]) for nm in swept for lr in lrs]
     first += [HeadSpec(tuple(layer_sets[nm]), fixed[nm], sd) for nm in fixed for sd in seeds]
-    trained = dict(zip(first, train_heads(data, first, epochs, **sched)))
+    trained = {sp: h.to(device) for sp, h in zip(first, train_heads(data, first, epochs, **sched))}  # scored there
     best_lr, dev_acc = dict(fixed), {}
     for nm in names:
         dev = {}
@@ -632,7 +636,7 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
         if nm not in fixed:
             best_lr[nm] = max(lrs, key=lambda lr: (dev[lr], -lr))
     rest = [HeadSpec(tuple(layer_sets[nm]), best_lr[nm], sd) for nm in swept for sd in seeds[1:]]
-    trained.update(zip(rest, train_heads(data, rest, epochs, **sched)))
+    trained.update((sp, h.to(device)) for sp, h in zip(rest, train_heads(data, rest, epochs, **sched)))
     n_test = int((data.split == "test").sum())
     n_closed = len(closed_set(data, "test"))
     out: dict[str, Any] = {"speakers": len(data.speakers),
@@ -657,12 +661,15 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
         out[nm] = {"layers": list(layers), "lr": best, "lr_swept": nm not in fixed,
                    "dev_accuracy": {str(k): v for k, v in dev.items()}, "best_step": heads[0].best_step,
                    "test_accuracy": m, "test_ci95": [lo, hi], "per_seed": per_seed, **ver,
-                   "layer_weights": heads[0].weights().detach().numpy().round(4).tolist()}
+                   "layer_weights": heads[0].weights().detach().cpu().numpy().round(4).tolist()}
         picked[nm] = heads
         eer = ver["eer"]
         log.info("SID %s: %.2f%% [%.2f, %.2f] over %d seeds (lr %g, best step %d, %d test segments), EER %s over "
                  "%d+%d trials", nm, 100 * m, 100 * lo, 100 * hi, len(seeds), best, heads[0].best_step, n_closed,
                  "n/a" if eer is None else f"{100 * eer:.2f}%", ver["target_trials"], ver["nontarget_trials"])
+    for hs in picked.values():
+        for h in hs:
+            h.cpu()
     return out, picked
 
 
