@@ -24,8 +24,9 @@ rule extract_features:
         f"{BENCH}/{{model}}/extract_features.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("extract_features", "mem_mb", 8000),
-        runtime=res("extract_features", "runtime", 120),
+        mem_mb=res("extract_features", "mem_mb"),
+        runtime=res("extract_features", "runtime"),
+        disk_mb=res("extract_features", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -56,8 +57,9 @@ rule frame_kmeans:
         f"{BENCH}/{{model}}/frame_kmeans_k{{k}}.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("frame_kmeans", "mem_mb", 8000),
-        runtime=res("frame_kmeans", "runtime", 60),
+        mem_mb=res("frame_kmeans", "mem_mb"),
+        runtime=res("frame_kmeans", "runtime"),
+        disk_mb=res("frame_kmeans", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -89,8 +91,9 @@ rule activation_stats:
         f"{BENCH}/{{model}}/activation_stats_k{{k}}.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("activation_stats", "mem_mb", 8000),
-        runtime=res("activation_stats", "runtime", 120),
+        mem_mb=res("activation_stats", "mem_mb"),
+        runtime=res("activation_stats", "runtime"),
+        disk_mb=res("activation_stats", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -124,8 +127,9 @@ rule neuron_sets:
         f"{BENCH}/{{model}}/neuron_sets_k{{k}}.tsv"
     threads: 1
     resources:
-        mem_mb=res("neuron_sets", "mem_mb", 2000),
-        runtime=res("neuron_sets", "runtime", 10),
+        mem_mb=res("neuron_sets", "mem_mb"),
+        runtime=res("neuron_sets", "runtime"),
+        disk_mb=res("neuron_sets", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -153,8 +157,9 @@ rule evidence_report:
         f"{BENCH}/{{model}}/evidence_report_k{{k}}.tsv"
     threads: 1
     resources:
-        mem_mb=res("evidence_report", "mem_mb", 4000),
-        runtime=res("evidence_report", "runtime", 10),
+        mem_mb=res("evidence_report", "mem_mb"),
+        runtime=res("evidence_report", "runtime"),
+        disk_mb=res("evidence_report", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -173,8 +178,9 @@ rule neuron_counts_summary:
         f"{BENCH}/{{model}}/neuron_counts_summary.tsv"
     threads: 1
     resources:
-        mem_mb=res("neuron_counts_summary", "mem_mb", 1000),
-        runtime=res("neuron_counts_summary", "runtime", 5),
+        mem_mb=res("neuron_counts_summary", "mem_mb"),
+        runtime=res("neuron_counts_summary", "runtime"),
+        disk_mb=res("neuron_counts_summary", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -199,8 +205,9 @@ rule compare_models:
         f"{BENCH}/compare_models.tsv"
     threads: 1
     resources:
-        mem_mb=res("compare_models", "mem_mb", 1000),
-        runtime=res("compare_models", "runtime", 5),
+        mem_mb=res("compare_models", "mem_mb"),
+        runtime=res("compare_models", "runtime"),
+        disk_mb=res("compare_models", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -233,8 +240,9 @@ rule pool_layers:
         f"{BENCH}/{{model}}/pool_layers.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("pool_layers", "mem_mb", 8000),
-        runtime=res("pool_layers", "runtime", 60),
+        mem_mb=res("pool_layers", "mem_mb"),
+        runtime=res("pool_layers", "runtime"),
+        disk_mb=res("pool_layers", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -263,8 +271,9 @@ rule sid_eval:
         f"{BENCH}/{{model}}/sid_eval.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("sid_eval", "mem_mb", 4000),
-        runtime=res("sid_eval", "runtime", 30),
+        mem_mb=res("sid_eval", "mem_mb"),
+        runtime=res("sid_eval", "runtime"),
+        disk_mb=res("sid_eval", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -317,8 +326,9 @@ rule erase_ablation:
         f"{BENCH}/{{model}}/erase_ablation_k{{k}}.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("erase_ablation", "mem_mb", 8000),
-        runtime=res("erase_ablation", "runtime", 60),
+        mem_mb=res("erase_ablation", "mem_mb"),
+        runtime=res("erase_ablation", "runtime"),
+        disk_mb=res("erase_ablation", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:

@@ -13,6 +13,7 @@ from speaker_neurons.catalogue import (
     cpu_warning,
     model_jobs_want_gpu,
 )
+from speaker_neurons import costs
 from speaker_neurons.summary import MODEL_FILES
 
 SCHEMA = str(Path(workflow.basedir) / "speaker_neurons" / "config.schema.yaml")
@@ -174,9 +175,48 @@ def iterative_params(wildcards):
 
 
 # ---------------------------------------------------------------------------------- resources
-def res(rule, key, default):
-    """A rule's resource (mem_mb, runtime in minutes): config resources.<rule>.<key>, else its default."""
-    return config["resources"].get(rule, {}).get(key, default)
+# the corpus each rule's jobs read (rules with a {corpus} wildcard read that one)
+_RULE_CORPUS = {
+    **dict.fromkeys(
+        [
+            "ivectors",
+            "ivector_clusters",
+            "extract_features",
+            "frame_kmeans",
+            "activation_stats",
+        ],
+        ANALYSIS_CORPUS,
+    ),
+    **dict.fromkeys(["pool_layers", "sid_eval", "erase_ablation"], SID_CORPUS),
+    "pr_eval": PR_CORPUS,
+    **dict.fromkeys(
+        ["pretrain_melhubert", "continue_pretraining", "iterative_step"],
+        CAT.stages["pretrain"],
+    ),
+}
+
+
+def job_costs(stage, wildcards):
+    """What one job of the rule named `stage` costs (speaker_neurons.costs), from the sizes of its corpus and model."""
+    name = getattr(wildcards, "corpus", None) or _RULE_CORPUS.get(stage)
+    work = (
+        costs.corpus_size(CAT, name, f"{CORPORA}/{name}/manifest.tsv") if name else None
+    )
+    model = getattr(wildcards, "model", None)
+    size = costs.model_size(CAT, config, model) if model else None
+    gpu = bool(GPU) and stage in costs.MODEL_RULES
+    return costs.rule_costs(
+        stage, work, size, config, gpu, config["upstream"]["threads"]
+    )
+
+
+def res(stage, key):
+    """A rule's resource (mem_mb, runtime in minutes, disk_mb): config resources.<rule>.<key>, else
+    what the job's work costs."""
+    given = config["resources"].get(stage, {}).get(key)
+    if given is not None:
+        return given
+    return lambda wildcards: job_costs(stage, wildcards)[key]
 
 
 # A GPU for the rules that run a model: with upstream.device cuda, and with auto when a model stage reads

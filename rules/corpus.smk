@@ -16,8 +16,9 @@ rule synthesize_demo_corpus:
         f"{BENCH}/corpora/{{corpus}}/synthesize_demo_corpus.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("synthesize_demo_corpus", "mem_mb", 2000),
-        runtime=res("synthesize_demo_corpus", "runtime", 30),
+        mem_mb=res("synthesize_demo_corpus", "mem_mb"),
+        runtime=res("synthesize_demo_corpus", "runtime"),
+        disk_mb=res("synthesize_demo_corpus", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -40,8 +41,9 @@ rule build_manifest:
         f"{BENCH}/corpora/{{corpus}}/build_manifest.tsv"
     threads: 1
     resources:
-        mem_mb=res("build_manifest", "mem_mb", 2000),
-        runtime=res("build_manifest", "runtime", 30),
+        mem_mb=res("build_manifest", "mem_mb"),
+        runtime=res("build_manifest", "runtime"),
+        disk_mb=res("build_manifest", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -63,8 +65,9 @@ rule audio_qc:
         f"{BENCH}/corpora/{{corpus}}/audio_qc.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("audio_qc", "mem_mb", 4000),
-        runtime=res("audio_qc", "runtime", 60),
+        mem_mb=res("audio_qc", "mem_mb"),
+        runtime=res("audio_qc", "runtime"),
+        disk_mb=res("audio_qc", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:

@@ -24,8 +24,9 @@ rule ivectors:
         f"{BENCH}/ivectors.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("ivectors", "mem_mb", 8000),
-        runtime=res("ivectors", "runtime", 120),
+        mem_mb=res("ivectors", "mem_mb"),
+        runtime=res("ivectors", "runtime"),
+        disk_mb=res("ivectors", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -66,8 +67,9 @@ rule ivector_clusters:
         f"{BENCH}/ivector_clusters.tsv"
     threads: 1
     resources:
-        mem_mb=res("ivector_clusters", "mem_mb", 2000),
-        runtime=res("ivector_clusters", "runtime", 10),
+        mem_mb=res("ivector_clusters", "mem_mb"),
+        runtime=res("ivector_clusters", "runtime"),
+        disk_mb=res("ivector_clusters", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -96,8 +98,9 @@ rule assign_ivector_clusters:
         f"{BENCH}/corpora/{{corpus}}/assign_ivector_clusters.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("assign_ivector_clusters", "mem_mb", 4000),
-        runtime=res("assign_ivector_clusters", "runtime", 60),
+        mem_mb=res("assign_ivector_clusters", "mem_mb"),
+        runtime=res("assign_ivector_clusters", "runtime"),
+        disk_mb=res("assign_ivector_clusters", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:

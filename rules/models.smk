@@ -36,8 +36,9 @@ rule pretrain_melhubert:
         f"{BENCH}/{{model}}/pretrain_melhubert.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("pretrain_melhubert", "mem_mb", 8000),
-        runtime=res("pretrain_melhubert", "runtime", 60),
+        mem_mb=res("pretrain_melhubert", "mem_mb"),
+        runtime=res("pretrain_melhubert", "runtime"),
+        disk_mb=res("pretrain_melhubert", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -60,8 +61,9 @@ rule describe_model:
         f"{BENCH}/{{model}}/describe_model.tsv"
     threads: 1
     resources:
-        mem_mb=res("describe_model", "mem_mb", 4000),
-        runtime=res("describe_model", "runtime", 10),
+        mem_mb=res("describe_model", "mem_mb"),
+        runtime=res("describe_model", "runtime"),
+        disk_mb=res("describe_model", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -87,8 +89,9 @@ rule prune_model:
         f"{BENCH}/{{model}}/prune_model.tsv"
     threads: 1
     resources:
-        mem_mb=res("prune_model", "mem_mb", 4000),
-        runtime=res("prune_model", "runtime", 10),
+        mem_mb=res("prune_model", "mem_mb"),
+        runtime=res("prune_model", "runtime"),
+        disk_mb=res("prune_model", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -126,8 +129,9 @@ rule continue_pretraining:
         f"{BENCH}/{{model}}/continue_pretraining.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("continue_pretraining", "mem_mb", 8000),
-        runtime=res("continue_pretraining", "runtime", 60),
+        mem_mb=res("continue_pretraining", "mem_mb"),
+        runtime=res("continue_pretraining", "runtime"),
+        disk_mb=res("continue_pretraining", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:
@@ -169,8 +173,9 @@ rule iterative_step:
         f"{BENCH}/{{model}}/iterative_step.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("iterative_step", "mem_mb", 8000),
-        runtime=res("iterative_step", "runtime", 120),
+        mem_mb=res("iterative_step", "mem_mb"),
+        runtime=res("iterative_step", "runtime"),
+        disk_mb=res("iterative_step", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:

@@ -22,8 +22,9 @@ rule phone_targets:
         f"{BENCH}/corpora/{{corpus}}/phone_targets.tsv"
     threads: 1
     resources:
-        mem_mb=res("phone_targets", "mem_mb", 2000),
-        runtime=res("phone_targets", "runtime", 10),
+        mem_mb=res("phone_targets", "mem_mb"),
+        runtime=res("phone_targets", "runtime"),
+        disk_mb=res("phone_targets", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:
@@ -57,8 +58,9 @@ rule pr_eval:
         f"{BENCH}/{{model}}/pr_eval.tsv"
     threads: config["upstream"]["threads"]
     resources:
-        mem_mb=res("pr_eval", "mem_mb", 8000),
-        runtime=res("pr_eval", "runtime", 120),
+        mem_mb=res("pr_eval", "mem_mb"),
+        runtime=res("pr_eval", "runtime"),
+        disk_mb=res("pr_eval", "disk_mb"),
         gpu=GPU,
         gpu_model=GPU_MODEL,
     conda:

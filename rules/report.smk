@@ -35,8 +35,9 @@ rule summarize:
         f"{BENCH}/summarize.tsv"
     threads: 1
     resources:
-        mem_mb=res("summarize", "mem_mb", 2000),
-        runtime=res("summarize", "runtime", 5),
+        mem_mb=res("summarize", "mem_mb"),
+        runtime=res("summarize", "runtime"),
+        disk_mb=res("summarize", "disk_mb"),
     conda:
         "../envs/speaker-neurons.yaml"
     script:

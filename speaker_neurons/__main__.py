@@ -1,4 +1,5 @@
-"""Command line: `python -m speaker_neurons describe PATH` and `python -m speaker_neurons dump PATH AUDIO OUT.npz`.
+"""Command line: `python -m speaker_neurons describe PATH`, `python -m speaker_neurons dump PATH AUDIO OUT.npz`
+and `python -m speaker_neurons plan --configfile X.yaml` (every job of a run with its estimated costs).
 
 Errors (missing file, not audio, unknown checkpoint format, ...) print one line naming the file and exit with
 status 2, without a traceback.
@@ -88,6 +89,14 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from speaker_neurons.plan import main as plan_main
+
+    return plan_main([*(["--configfile", *args.configfile] if args.configfile else []),
+                      *(["--config", *args.config] if args.config else []),
+                      *(["--assume", *args.assume] if args.assume else [])])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m speaker_neurons",
                                 description="Inspect upstream models and dump their hidden states / FFN activations.")
@@ -108,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--mean-std", default=None, help=MEAN_STD_HELP)
     u.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
     u.set_defaults(func=cmd_dump)
+
+    pl = sub.add_parser("plan", help="every job of a run with its audio hours, device, estimated hours, RAM and disk")
+    pl.add_argument("--configfile", nargs="*", default=[], help="config files over config.yaml, as Snakemake takes them")
+    pl.add_argument("--config", nargs="*", default=[], help="KEY=VALUE overrides, as Snakemake takes them")
+    pl.add_argument("--assume", nargs="*", default=[], metavar="CORPUS=HOURS:UTTERANCES[:TEST_FRACTION]",
+                    help="size a corpus as given instead of from its files (a plan for corpora not at hand)")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

@@ -1,0 +1,230 @@
+"""What a job will cost, from the work it does: the resources every rule asks the scheduler for
+(`mem_mb`, `runtime` in minutes, `disk_mb`) and the plan's estimates (`python -m speaker_neurons plan`).
+
+A job's work is the audio it runs a model over (hours, utterances: from the corpus' manifest once it
+exists, before that from the corpus' settings or its audio files' sizes) and the model's size (layers,
+width, FFN width, frames per second: a workflow-trained MelHuBERT's config, a released checkpoint's
+kind at base size; a derived model counts as its root). Seconds of compute are FLOPs over a measured
+rate:
+
+* CPU: a base MelHuBERT's statistics pass ran 0.141 h of audio per minute on 2 threads
+  (benchmarks/throughput.py, docs/benchmarks.md): 8.5 GFLOP per second of audio, so about 36 GFLOP/s
+  per thread; scaled by the job's threads.
+* GPU: no GPU measurement yet: 60 TFLOP/s of bf16 (a fraction of an H100's peak), an ESTIMATE to be
+  replaced by `benchmarks/gpu_check.py`'s throughput table.
+
+Every figure is first order (the plan says "estimate"); the config's `resources.<rule>` overrides any
+of them. Nothing here imports torch or Snakemake.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+CPU_GFLOPS_PER_THREAD = 36.0  # measured, see above
+GPU_GFLOPS = 60000.0  # estimate, see above
+DEMO_SECONDS_PER_UTTERANCE = 3.44  # the demo corpus: 1,152 utterances, 1.1 h
+JOB_START_MINUTES = 0.5  # Python, torch and the model's load
+TORCH_RULES = ("pretrain_melhubert", "continue_pretraining", "iterative_step", "extract_features", "activation_stats",
+               "pool_layers", "pr_eval", "erase_ablation", "ivectors", "assign_ivector_clusters", "sid_eval",
+               "prune_model", "describe_model", "frame_kmeans", "neuron_sets")
+#: the rules whose jobs ask for a GPU when the run's models go on one (rules/*.smk: gpu=GPU)
+MODEL_RULES = ("pretrain_melhubert", "continue_pretraining", "iterative_step", "extract_features",
+               "activation_stats", "pool_layers", "sid_eval", "pr_eval", "erase_ablation", "ivectors",
+               "assign_ivector_clusters")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    layers: int = 12
+    dim: int = 768
+    ffn: int = 3072
+    frames_per_second: float = 50.0
+
+    @property
+    def params(self) -> int:
+        return self.layers * (4 * self.dim * self.dim + 2 * self.dim * self.ffn) + 5_000_000  # + front end
+
+    @property
+    def gflop_per_audio_second(self) -> float:
+        """Forward FLOPs per second of audio (projections and FFN; attention scores are minor at these lengths)."""
+        return 2.0 * self.layers * (4 * self.dim ** 2 + 2 * self.dim * self.ffn) * self.frames_per_second / 1e9
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    hours: float
+    utterances: int
+    test_fraction: float = 0.1
+
+    @property
+    def mean_seconds(self) -> float:
+        return self.hours * 3600 / max(1, self.utterances)
+
+
+BASE = ModelSize()
+
+
+def model_size(cat, config: Mapping[str, Any], name: str) -> ModelSize:
+    """A model's size: a workflow-trained MelHuBERT's config; a released checkpoint at base size; a
+    derived model as its root (an upper bound: pruning only makes it cheaper)."""
+    m = cat.models[name]
+    while m.parent:
+        m = cat.models[m.parent]
+    if m.source == "pretrain":
+        pm = config["pretrain"]["model"]
+        return ModelSize(int(pm["num_layers"]), int(pm["hidden_dim"]), int(pm["ffn_dim"]),
+                         1000.0 / float(pm["frame_period"]))
+    return BASE
+
+
+_AUDIO_BYTES_PER_SECOND = {".wav": 32000.0, ".flac": 32000.0 * 0.55}
+
+
+@lru_cache(maxsize=64)
+def _files_estimate(folders: tuple[str, ...]) -> tuple[float, int]:
+    seconds, n = 0.0, 0
+    for folder in folders:
+        for dirpath, _, files in os.walk(folder, followlinks=True):
+            for f in files:
+                rate = _AUDIO_BYTES_PER_SECOND.get(os.path.splitext(f)[1].lower())
+                if rate:
+                    n += 1
+                    try:
+                        seconds += os.path.getsize(os.path.join(dirpath, f)) / rate
+                    except OSError:
+                        pass
+    return seconds / 3600, n
+
+
+@lru_cache(maxsize=64)
+def _manifest_size(path: str, mtime_ns: int) -> CorpusSize:
+    import csv
+
+    total, n, test = 0.0, 0, 0
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            n += 1
+            total += float(row.get("duration") or 0)
+            test += row.get("split") == "test"
+    return CorpusSize(total / 3600, n, test / max(1, n))
+
+
+def corpus_size(cat, name: str, manifest: str | os.PathLike | None,
+                assume: Mapping[str, CorpusSize] | None = None) -> CorpusSize:
+    """The corpus' hours and utterances: `assume[name]` when given (a plan for corpora not at hand), from
+    its manifest when it exists (exact), else from the demo's settings, else from its audio files' sizes
+    (16 kHz int16; FLAC at about 55%)."""
+    if assume and name in assume:
+        return assume[name]
+    if manifest is not None and Path(manifest).is_file():
+        return _manifest_size(str(manifest), Path(manifest).stat().st_mtime_ns)
+    c = cat.corpora[name]
+    s = c.settings
+    if c.synthesized:
+        n = int(s["n_speakers"]) * int(s["utterances_per_speaker"])
+        split = [float(x) for x in s["split"]]
+        return CorpusSize(n * DEMO_SECONDS_PER_UTTERANCE / 3600, n, split[2] / max(1e-9, sum(split)))
+    folders = [v for k, v in s.items() if k in ("root", "split_dir") and isinstance(v, str) and v]
+    folders += [v for v in (s.get("split_dirs") or {}).values() if v]
+    if c.source == "tsv" and s.get("path"):
+        folders.append(os.path.dirname(s["path"]))
+    hours, n = _files_estimate(tuple(sorted(folders)))
+    return CorpusSize(hours, n)
+
+
+def _round_mb(mb: float) -> int:
+    return int(max(500, math.ceil(mb * 1.5 / 250) * 250))  # 50% headroom, in 250 MB steps
+
+
+def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, config: Mapping[str, Any],
+               gpu: bool, threads: int) -> dict[str, float]:
+    """{mem_mb, runtime (minutes), disk_mb, compute_hours, audio_hours} of one job of `rule` over `work`
+    with `model` (None for rules that run none); `gpu`: the job runs its model on a GPU."""
+    rate = GPU_GFLOPS if gpu else CPU_GFLOPS_PER_THREAD * max(1, int(threads))
+    hours = work.hours if work else 0.0
+    utts = work.utterances if work else 0
+    # a job that imports torch starts at about 1 GB resident (measured: a demo pre-training job 1.76 GB)
+    mem = 1200.0 if rule in TORCH_RULES else 500.0
+    disk, audio_h = 100.0, 0.0
+    flop = 0.0  # GFLOP of model compute
+    extra_min = 0.0
+    if model is not None:
+        per_s = model.gflop_per_audio_second
+        weights = model.params * 4 / 2**20
+        batch_s = float(config["analysis"]["max_batch_seconds"])
+        frames = batch_s * model.frames_per_second
+        act = frames * (model.layers + 1) * model.dim * 4 * 3 / 2**20 + frames ** 2 * 12 * 4 / 2**20 / 4
+        mem += weights + act
+    if rule in ("extract_features", "activation_stats", "pool_layers", "assign_ivector_clusters"):
+        audio_h = hours
+        if model is not None and rule != "assign_ivector_clusters":
+            flop = hours * 3600 * per_s * (1.1 if rule == "activation_stats" else 1.0)
+        if rule == "extract_features":
+            disk += hours * 3600 * model.frames_per_second * model.dim * 2 / 2**20
+        if rule == "pool_layers":
+            disk += utts * (model.layers + 1) * model.dim * 2 / 2**20
+        if rule == "assign_ivector_clusters":
+            extra_min = hours * 60 / 37.9 * (2 / max(1, threads))  # measured i-vector throughput, CPU
+    elif rule == "erase_ablation":
+        e = config["erase"]
+        variants = 1 + (1 + int(config["analysis"]["k_ivector"])) * (1 + len(e["random_seeds"]))
+        audio_h = hours * work.test_fraction * variants
+        flop = audio_h * 3600 * per_s * (2 if config["pr"]["enabled"] else 1)
+    elif rule == "sid_eval":
+        s = config["sid"]
+        heads = len(s["layer_sets"]) * (len(s["learning_rates"]) + len(s["seeds"]) - 1)
+        steps = int(s["steps"]) if s["steps"] else int(s["epochs"]) * max(1, utts) / int(s["batch_size"])
+        flop = steps * int(s["batch_size"]) * heads * 13 * 768 * 256 * 6 / 1e9
+        store = utts * 13 * 768 * 2 / 2**20
+        mem += store + 500
+    elif rule == "pr_eval":
+        p = config["pr"]
+        steps = 100000 if p["schedule"] == "libriphone" else int(p["steps"])
+        batch = 32 if p["schedule"] == "libriphone" else int(p["batch_size"])
+        heads = len(p["layer_sets"] if "layer_sets" in p else config["sid"]["layer_sets"]) * len(p["learning_rates"]) \
+            * len(p["seeds"])
+        feat_bytes = hours * 3600 * model.frames_per_second * (model.layers + 1) * model.dim * 2
+        cached = feat_bytes <= float(p["feature_cache_gb"]) * 1e9
+        through = steps * batch * (work.mean_seconds if work else 0) / 3600
+        audio_h = hours if cached else through
+        flop = audio_h * 3600 * per_s
+        flop += steps * batch * (work.mean_seconds if work else 0) * model.frames_per_second * heads * model.dim * 80 * 6 / 1e9
+        disk += feat_bytes / 2**20 if cached else hours * 3600 * 32000 / 2**20
+    elif rule in ("pretrain_melhubert", "continue_pretraining", "iterative_step"):
+        t = config["pretrain"]["train"]
+        steps = int(t["max_steps"]) if rule == "pretrain_melhubert" else int(
+            config["prune"]["continue"]["steps"] if rule == "continue_pretraining"
+            else config["prune"]["iterative"]["steps_between"])
+        frames = steps * int(t["max_frames_per_batch"])
+        audio_h = frames / model.frames_per_second / 3600
+        flop = audio_h * 3600 * per_s * 3  # forward and backward
+        mem += 1000 + model.params * 16 / 2**20 + hours * 3600 * model.frames_per_second * 80 * 4 * 2 / 2**20
+        keep = t["keep_checkpoints"] or max(1, steps // max(1, int(t["checkpoint_every"])))
+        disk += keep * model.params * 16 / 2**20
+    elif rule == "ivectors":
+        iv = config["ivector"]
+        audio_h = hours
+        extra_min = hours * 60 / 37.9 * (2 / max(1, threads)) * (1 + int(config["analysis"]["stability_extractors"]))
+        extra_min += int(iv["tv_iters"]) * utts * int(iv["ubm_components"]) * int(iv["ivector_dim"]) ** 2 * 60 \
+            / (CPU_GFLOPS_PER_THREAD * max(1, threads) * 1e9) / 60
+        mem += utts * int(iv["ubm_components"]) * 61 * 4 / 2**20 + int(iv["ubm_max_frames"]) * 60 * 4 * 3 / 2**20
+    elif rule == "frame_kmeans":
+        mem += int(config["analysis"]["max_frames"]) * 768 * 4 / 2**20
+        extra_min = 2.0
+    elif rule in ("audio_qc", "build_manifest", "phone_targets"):
+        audio_h = hours if rule == "audio_qc" else 0.0
+        extra_min = hours * 60 / 600.0  # decoding runs at hundreds of times real time
+        mem += utts * 0.002
+    elif rule == "synthesize_demo_corpus":
+        extra_min = utts / 12.0 / 60  # 12 utterances per second on 2 cores
+        disk += hours * 3600 * 32000 * 2 / 2**20
+    compute_min = flop / rate / 60 + extra_min
+    runtime = JOB_START_MINUTES + compute_min
+    return {"mem_mb": _round_mb(mem), "runtime": int(max(5, math.ceil(runtime * 2 / 5) * 5)),  # 2x headroom
+            "disk_mb": _round_mb(disk), "compute_hours": compute_min / 60, "audio_hours": audio_h}
