@@ -30,6 +30,7 @@ CPU_GFLOPS_PER_THREAD = 36.0  # measured, see above
 GPU_GFLOPS = 60000.0  # estimate, see above
 DEMO_SECONDS_PER_UTTERANCE = 3.44  # the demo corpus: 1,152 utterances, 1.1 h
 JOB_START_MINUTES = 0.5  # Python, torch and the model's load
+MIN_RUNTIME = 15  # minutes: no job asks for less (a busy node starts Python slowly)
 TORCH_RULES = ("pretrain_melhubert", "continue_pretraining", "iterative_step", "extract_features", "activation_stats",
                "pool_layers", "pr_eval", "erase_ablation", "ivectors", "assign_ivector_clusters", "sid_eval",
                "prune_model", "describe_model", "frame_kmeans", "neuron_sets")
@@ -226,5 +227,5 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         disk += hours * 3600 * 32000 * 2 / 2**20
     compute_min = flop / rate / 60 + extra_min
     runtime = JOB_START_MINUTES + compute_min
-    return {"mem_mb": _round_mb(mem), "runtime": int(max(5, math.ceil(runtime * 2 / 5) * 5)),  # 2x headroom
+    return {"mem_mb": _round_mb(mem), "runtime": int(max(MIN_RUNTIME, math.ceil(runtime * 2 / 5) * 5)),  # 2x headroom
             "disk_mb": _round_mb(disk), "compute_hours": compute_min / 60, "audio_hours": audio_h}

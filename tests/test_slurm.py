@@ -69,8 +69,10 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
                         "--config", f"results={tmp_path / 'r'}", env=cluster, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout + res.stderr
-    assert "rule pretrain_melhubert" in out and "mem_mb=8000" in out and "runtime=60" in out
+    assert "rule pretrain_melhubert" in out
     block = out.split("rule pretrain_melhubert", 1)[1].split("rule ", 1)[0]
+    # resources from the work (speaker_neurons.costs): present on the job, --mem / --time of its sbatch
+    assert re.search(r"mem_mb=\d+", block) and re.search(r"runtime=\d+", block) and re.search(r"disk_mb=\d+", block)
     assert "gpu=0" in block  # device cpu: the plugin adds no --gpus for 0
     extra.write_text(EXTRA + "upstream: {device: cuda, gpu_model: h200}\n"
                      "resources: {pretrain_melhubert: {mem_mb: 12000, runtime: 90}}\n")
