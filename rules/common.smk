@@ -212,11 +212,16 @@ def job_costs(stage, wildcards):
 
 def res(stage, key):
     """A rule's resource (mem_mb, runtime in minutes, disk_mb): config resources.<rule>.<key>, else
-    what the job's work costs."""
+    what the job's work costs. A job that is run again after a failure (the profiles' `retries`: a job
+    killed at its time limit) asks for its runtime times the attempt; its checkpoints let it resume.
+    """
     given = config["resources"].get(stage, {}).get(key)
-    if given is not None:
-        return given
-    return lambda wildcards: job_costs(stage, wildcards)[key]
+
+    def value(wildcards, attempt):
+        v = given if given is not None else job_costs(stage, wildcards)[key]
+        return v * attempt if key == "runtime" else v
+
+    return value
 
 
 # A GPU for the rules that run a model: with upstream.device cuda, and with auto when a model stage reads
