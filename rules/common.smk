@@ -393,9 +393,9 @@ def compare_inputs(wildcards):
 def model_outputs(name):
     base = analysis_dir(name)
     outs = [f"{base}/neuron_counts.tsv"] if analysed(name) else []
-    if config["sid"]["enabled"]:
+    if config["sid"]["enabled"] and MODELS[name].evaluated:
         outs.append(f"{sid_dir(name)}/sid.json")
-    if CAT.pr_runs:
+    if CAT.pr_runs and MODELS[name].evaluated:
         outs.append(f"{pr_dir(name)}/pr.json")
     if erased(name):
         outs.append(f"{base}/ssl_k{SETS_K}/erase/erase.json")
@@ -438,8 +438,12 @@ def summary_files(name):
     base = analysis_dir(name)
     prune = {"prune": name, "iterative": name, "continue": m.parent}.get(m.source)
     files = {
-        "sid": f"{sid_dir(name)}/sid.json" if config["sid"]["enabled"] else None,
-        "pr": f"{pr_dir(name)}/pr.json" if CAT.pr_runs else None,
+        "sid": (
+            f"{sid_dir(name)}/sid.json"
+            if config["sid"]["enabled"] and m.evaluated
+            else None
+        ),
+        "pr": f"{pr_dir(name)}/pr.json" if CAT.pr_runs and m.evaluated else None,
         "prune": f"{model_dir(prune)}/prune.json" if prune else None,
         "neuron_counts": f"{base}/neuron_counts.tsv" if analysed(name) else None,
         "erase": f"{base}/ssl_k{SETS_K}/erase/erase.json" if erased(name) else None,

@@ -157,6 +157,7 @@ class Model:
     k_ssl: int | None = None
     index: int | None = None
     control: bool = False
+    evaluated: bool = True  # scored by SID and PR (an iterative step between prune.iterative.evaluate_every: not)
 
     @property
     def derived(self) -> bool:
@@ -289,7 +290,8 @@ def _expand_models(config: Mapping[str, Any], k_ssl: list[int]) -> tuple[dict[st
                 for i in range(1, n + 1):
                     name = f"{parent}-{strategy}-iter{i}"
                     _add(models, Model(name=name, source="iterative", parent=prev, root=parent, strategy=strategy,
-                                       target=f"iter{i}", index=i, k_ssl=k), "an iterative step")
+                                       target=f"iter{i}", index=i, k_ssl=k,
+                                       evaluated=i % int(it["evaluate_every"]) == 0 or i == n), "an iterative step")
                     prev = name
     return models, k
 

@@ -341,3 +341,13 @@ def test_leak_check_runs_once_per_config_and_folder_state(tmp_path, monkeypatch)
             checked_catalogue(config(), lambda c: None, cache_dir=cache)
     assert len(calls) > n + 1
     assert len(list(cache.glob("checks-*.json"))) == 2
+
+
+def test_an_iterative_chain_is_evaluated_every_kth_step_and_at_its_end():
+    c = cat(prune={"iterative": {"enabled": True, "strategies": ["l1"], "rows_per_step": 128, "final_width": 384,
+                                 "evaluate_every": 2}})
+    steps = {n: m for n, m in c.models.items() if m.source == "iterative"}
+    assert [m.index for m in steps.values()] == [1, 2, 3, 4, 5]  # 1024 -> 384 by 128
+    assert [m.evaluated for m in steps.values()] == [False, True, False, True, True]  # every 2nd, and the last
+    assert set(c.analysed) >= set(steps)  # the next step needs every step's neuron sets
+    assert all(m.evaluated for m in c.models.values() if m.source != "iterative")
