@@ -56,6 +56,10 @@ SETS_K = CAT.sets_k
 PRETRAINED = CAT.of_source("pretrain")
 PRUNED = CAT.of_source("prune")
 CONTINUED = CAT.of_source("continue")
+# released MelHuBERT checkpoints at the root of continued or iterative models: their targets are made here
+TEACHERS = sorted(
+    {CAT.teacher_of(n) for n in CAT.of_source("continue", "iterative")} - {None}
+)
 ITERATIVE = CAT.of_source("iterative")
 ANALYSED = CAT.analysed
 
@@ -136,16 +140,32 @@ def train_inputs(wildcards):
     out = {
         "parent": model_path(m.parent),
         "centers": f"{model_dir(m.root)}/pretrain/kmeans_centers.npy",
-        "head": f"{model_dir(CAT.head_of(m.parent))}/pretrain/head.pt",
         "manifest": PRETRAIN_MANIFEST,
         **target_audio_input(wildcards),
     }
+    head = CAT.head_of(m.parent)
+    if head:  # else a chain from a released checkpoint: a new head
+        out["head"] = f"{model_dir(head)}/pretrain/head.pt"
+    teacher = CAT.teacher_of(wildcards.model)
+    if teacher:  # a released root: its hidden states give the targets
+        out["teacher"] = model_path(teacher)
+        if MODELS[teacher].mean_std:
+            out["teacher_mean_std"] = MODELS[teacher].mean_std
     if m.source == "iterative":
         base = f"{analysis_dir(m.parent)}/ssl_k{m.k_ssl}/neurons"
         out["protected"] = [
             f"{base}/{s}.json" for s in config["prune"]["protected_sets"]
         ]
     return out
+
+
+def teacher_params(wildcards):
+    """How the released root that gives a chain its targets is built, and its layer (None: no teacher)."""
+    teacher = CAT.teacher_of(wildcards.model)
+    return {
+        "upstream": upstream_spec(teacher) if teacher else None,
+        "layer": config["prune"]["continue"]["target_layer"],
+    }
 
 
 def train_config(section):
@@ -190,7 +210,12 @@ _RULE_CORPUS = {
     **dict.fromkeys(["pool_layers", "sid_eval", "erase_ablation"], SID_CORPUS),
     "pr_eval": PR_CORPUS,
     **dict.fromkeys(
-        ["pretrain_melhubert", "continue_pretraining", "iterative_step"],
+        [
+            "pretrain_melhubert",
+            "continue_pretraining",
+            "iterative_step",
+            "teacher_targets",
+        ],
         CAT.stages["pretrain"],
     ),
 }

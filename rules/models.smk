@@ -98,6 +98,39 @@ rule prune_model:
         "../workflow_scripts/run_stage.py"
 
 
+rule teacher_targets:
+    input:
+        unpack(model_input),
+        manifest=PRETRAIN_MANIFEST,
+    output:
+        centers=f"{RESULTS}/models/{{model}}/pretrain/kmeans_centers.npy",
+        record=f"{RESULTS}/models/{{model}}/pretrain/teacher_targets.json",
+        provenance=f"{RESULTS}/models/{{model}}/pretrain/provenance/teacher_targets.json",
+    wildcard_constraints:
+        model=name_regex(TEACHERS),
+    params:
+        compute_threads=config["upstream"]["threads"],
+        upstream=model_params,
+        train=config["pretrain"]["train"],
+        layer=config["prune"]["continue"]["target_layer"],
+        device=config["upstream"]["device"],
+    log:
+        f"{LOGS}/{{model}}/teacher_targets.log",
+    benchmark:
+        f"{BENCH}/{{model}}/teacher_targets.tsv"
+    threads: config["upstream"]["threads"]
+    resources:
+        mem_mb=res("teacher_targets", "mem_mb"),
+        runtime=res("teacher_targets", "runtime"),
+        disk_mb=res("teacher_targets", "disk_mb"),
+        gpu=GPU,
+        gpu_model=GPU_MODEL,
+    conda:
+        "../envs/speaker-neurons.yaml"
+    script:
+        "../workflow_scripts/run_stage.py"
+
+
 rule continue_pretraining:
     input:
         unpack(train_inputs),
@@ -119,6 +152,7 @@ rule continue_pretraining:
         model=name_regex(CONTINUED),
     params:
         resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/continue_pretraining",
+        teacher=teacher_params,
         compute_threads=config["upstream"]["threads"],
         train=train_config("continue"),
         upstream=parent_params,
@@ -162,6 +196,7 @@ rule iterative_step:
         model=name_regex(ITERATIVE),
     params:
         resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/iterative_step",
+        teacher=teacher_params,
         compute_threads=config["upstream"]["threads"],
         train=train_config("iterative"),
         upstream=parent_params,

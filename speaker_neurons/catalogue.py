@@ -194,10 +194,19 @@ class Catalogue:
             name = self.models[name].parent
         return name
 
-    def head_of(self, name: str) -> str:
-        """The model whose prediction head continues `name`'s training: itself if trained, else its parent's."""
+    def head_of(self, name: str) -> str | None:
+        """The model whose prediction head continues `name`'s training: itself if trained, else its
+        parent's; None for a chain from a released checkpoint with no trained model yet (a new head)."""
         m = self.models[name]
-        return name if m.trained_here else self.head_of(m.parent)
+        if m.trained_here:
+            return name
+        return self.head_of(m.parent) if m.parent else None
+
+    def teacher_of(self, name: str) -> str | None:
+        """The released MelHuBERT at the root of a continued or iterative model's chain, whose hidden states
+        give its targets (`pretrain.teacher_centers`); None when the root was pre-trained by the workflow."""
+        root = self.models[self.root_of(name)]
+        return root.name if root.source == "checkpoint" else None
 
     def of_source(self, *sources: str) -> list[str]:
         return [n for n, m in self.models.items() if m.source in sources]
@@ -240,10 +249,11 @@ def _pretrained_root(models: dict[str, Model], name: str, key: str) -> str:
     root = name
     while models[root].parent:
         root = models[root].parent
-    if models[root].source != "pretrain":
-        raise ConfigError(key, f"continued pre-training needs the targets and head of a model pre-trained by the "
-                               f"workflow, but {name!r} comes from {root!r} (source {models[root].source}). Set {key} "
-                               "off for it, or prune a model with source: pretrain.")
+    r = models[root]
+    if r.source != "pretrain" and not (r.source == "checkpoint" and r.kind == "melhubert"):
+        raise ConfigError(key, f"continued pre-training trains a MelHuBERT (one pre-trained by the workflow, or a "
+                               f"released MelHuBERT checkpoint: kind melhubert), but {name!r} comes from {root!r} "
+                               f"(kind {r.kind}, source {r.source}). Set {key} off for it.")
     return root
 
 
@@ -282,9 +292,13 @@ def _expand_models(config: Mapping[str, Any], k_ssl: list[int]) -> tuple[dict[st
                                                       "neurons after the first step.")
         from speaker_neurons.pruning import iterative_steps
 
-        n = iterative_steps(config["pretrain"]["model"]["ffn_dim"], it["rows_per_step"], it["final_width"])
         for parent in (base if pr["parents"] is None else parents):
-            _pretrained_root(models, parent, "prune.iterative.enabled")
+            root = _pretrained_root(models, parent, "prune.iterative.enabled")
+            width = config["pretrain"]["model"]["ffn_dim"] if models[root].source == "pretrain" else it["start_width"]
+            if width is None:
+                raise ConfigError("prune.iterative.start_width", f"the chain of {parent!r} starts from a released "
+                                  "checkpoint, whose FFN width the plan cannot read: set it (MelHuBERT base: 3072).")
+            n = iterative_steps(width, it["rows_per_step"], it["final_width"])
             for strategy in it["strategies"]:
                 prev = parent
                 for i in range(1, n + 1):

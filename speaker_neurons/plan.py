@@ -63,7 +63,8 @@ def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[d
                                   "activation_stats"), cat.stages["analysis"]),
                  **dict.fromkeys(("pool_layers", "sid_eval", "erase_ablation"), cat.stages["sid"]),
                  "pr_eval": cat.stages["pr"],
-                 **dict.fromkeys(("pretrain_melhubert", "continue_pretraining", "iterative_step"), cat.stages["pretrain"])}
+                 **dict.fromkeys(("pretrain_melhubert", "continue_pretraining", "iterative_step", "teacher_targets"),
+                                  cat.stages["pretrain"])}
     rows = []
     for rule, wc in jobs:
         name = wc.get("corpus") or corpus_of.get(rule)
@@ -74,12 +75,14 @@ def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[d
         given = config["resources"].get(rule, {})
         rows.append({"rule": rule, "model": wc.get("model", ""), "corpus": name or "",
                      "audio_h": c["audio_hours"], "device": "GPU" if on_gpu else "CPU", "hours": c["compute_hours"],
-                     "mem_gb": given.get("mem_mb", c["mem_mb"]) / 1000, "disk_gb": given.get("disk_mb", c["disk_mb"]) / 1000})
+                     "mem_gb": given.get("mem_mb", c["mem_mb"]) / 1000,
+                     "disk_gb": given.get("disk_mb", c["disk_mb"]) / 1000})
     return rows
 
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
-    out = ["| rule | model | corpus | audio h | device | est. hours | peak RAM GB | disk GB |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| rule | model | corpus | audio h | device | est. hours | peak RAM GB | disk GB |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['rule']} | {r['model']} | {r['corpus']} | {r['audio_h']:.1f} | {r['device']} | "
                    f"{r['hours']:.2f} | {r['mem_gb']:.1f} | {r['disk_gb']:.1f} |")

@@ -57,14 +57,16 @@ class StageContext:
         write_json(self.out(key), obj)
         return obj
 
-    def model(self, key: str = "model", device: str | None = None):
+    def model(self, key: str = "model", device: str | None = None, spec: Mapping | None = None,
+              mean_std_key: str = "mean_std"):
         """The model of the declared input `key` (a checkpoint file or a native folder), built as
-        `params["upstream"]` says (kind, format), with the input `mean_std` where the rule declares one."""
+        `spec` (default `params["upstream"]`) says (kind, format), with the input `mean_std_key` where the
+        rule declares one."""
         from speaker_neurons.models import load_upstream
 
-        spec = {**self.params["upstream"], "path": str(self.inputs[key])}
-        if self.inputs.get("mean_std"):
-            spec["mean_std"] = str(self.inputs["mean_std"])
+        spec = {**(spec or self.params["upstream"]), "path": str(self.inputs[key])}
+        if self.inputs.get(mean_std_key):
+            spec["mean_std"] = str(self.inputs[mean_std_key])
         return load_upstream(spec, device=device or self.device)
 
     def sha(self, key: str) -> str | None:

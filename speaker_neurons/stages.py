@@ -94,10 +94,22 @@ def iterative_step(ctx: StageContext) -> dict:
 def _continue(ctx: StageContext, model) -> dict:
     from speaker_neurons.pretrain import continue_resumable
 
-    i = ctx.inputs
-    return continue_resumable(model, i["manifest"], ctx.outputs, i["centers"], i["head"], ctx.params["train"],
+    i, t = ctx.inputs, ctx.params["teacher"]
+    teacher = ctx.model("teacher", device="cpu", spec=t["upstream"], mean_std_key="teacher_mean_std") \
+        if "teacher" in i else None
+    return continue_resumable(model, i["manifest"], ctx.outputs, i["centers"], i.get("head"), ctx.params["train"],
                               ctx.params["resume_dir"], ctx.device, ctx.threads, ctx.sha("parent"),
-                              corpus_dir=i.get("corpus"))
+                              corpus_dir=i.get("corpus"), teacher=teacher, teacher_layer=t["layer"])
+
+
+@stage
+def teacher_targets(ctx: StageContext) -> dict:
+    """The targets of continued or iterative pre-training from a released MelHuBERT: k-means centres of
+    its hidden states at a layer."""
+    from speaker_neurons.pretrain import teacher_centers
+
+    return teacher_centers(ctx.model("model", device="cpu"), ctx.inputs["manifest"], ctx.params["train"],
+                           ctx.params["layer"], ctx.threads, *ctx.outs("centers", "record"))
 
 
 # ------------------------------------------------------------------------------------------- i-vectors

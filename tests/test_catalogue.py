@@ -351,3 +351,22 @@ def test_an_iterative_chain_is_evaluated_every_kth_step_and_at_its_end():
     assert [m.evaluated for m in steps.values()] == [False, True, False, True, True]  # every 2nd, and the last
     assert set(c.analysed) >= set(steps)  # the next step needs every step's neuron sets
     assert all(m.evaluated for m in c.models.values() if m.source != "iterative")
+
+
+def test_continued_and_iterative_chains_may_start_from_a_released_melhubert(tmp_path):
+    ckpt, ms = tmp_path / "melhubert.ckpt", tmp_path / "mean_std.npy"
+    ckpt.write_bytes(b"")
+    ms.write_bytes(b"")
+    released = {"name": "rel", "kind": "melhubert", "path": str(ckpt), "mean_std": str(ms)}
+    c = cat(models=[released], prune={"strategies": ["l1"], "targets": ["protected_size"], "continue": {"steps": 3},
+                                      "iterative": {"enabled": True, "strategies": ["l1"], "rows_per_step": 512,
+                                                    "final_width": 2048, "start_width": 3072}})
+    assert [n for n, m in c.models.items() if m.source == "iterative"] == ["rel-l1-iter1", "rel-l1-iter2"]
+    assert c.models["rel-l1-pset-cpt"].root == "rel" and c.teacher_of("rel-l1-pset-cpt") == "rel"
+    assert c.head_of("rel-l1-pset") is None  # no trained head in the chain yet: continued training starts a new one
+    assert c.teacher_of("rel-l1-iter1") == "rel" and c.head_of("rel-l1-iter1") == "rel-l1-iter1"
+    assert cat().teacher_of("melhubert_demo") is None  # a root pre-trained here brings its own targets
+    with pytest.raises(ConfigError, match="prune.iterative.start_width"):
+        cat(models=[released], prune={"iterative": {"enabled": True}})
+    with pytest.raises(ConfigError, match="continued pre-training trains a MelHuBERT"):
+        cat(models=[{"name": "w2v", "kind": "wav2vec2", "path": str(ckpt)}], prune={"continue": {"steps": 3}})

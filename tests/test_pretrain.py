@@ -422,3 +422,45 @@ def test_continue_pretraining_a_pruned_model(trained, tmp_path):
     again = load_native(tmp_path / "cont" / "model")
     assert again.ffn_widths == [64, 40] and again.kept_indices[1] == list(range(0, 128, 2))
     assert np.array_equal(np.load(tmp_path / "cont" / "kmeans_centers.npy"), centers)
+
+
+@pytest.mark.slow  # pre-trains
+def test_continued_pretraining_from_a_released_checkpoint_learns_its_teachers_clusters(trained, tmp_path):
+    from speaker_neurons.config import resolve
+
+    def resolve_train(c):
+        return resolve("pretrain.train", c)
+
+    """A chain whose root brings no targets (a released MelHuBERT): the targets are k-means clusters of the
+    root's own hidden states at a layer (teacher_centers), assigned frame by frame from the root's hidden
+    states; the head is new."""
+    import json
+
+    from speaker_neurons.models import load_native, prune_ffn
+    from speaker_neurons.pretrain import continue_pretraining, teacher_centers
+
+    manifest, out, _, _ = trained
+    teacher = load_native(out / "model")
+    cfg = {**TINY_TRAIN, "n_clusters": 8, "max_steps": 6}
+    rec = teacher_centers(teacher, manifest, cfg, None, 1, tmp_path / "centers.npy", tmp_path / "teacher.json")
+    centers = np.load(tmp_path / "centers.npy")
+    assert centers.shape == (8, TINY_MODEL["hidden_dim"]) and rec["teacher_layer"] == 2  # round(0.75 * 2)
+    assert json.loads((tmp_path / "teacher.json").read_text())["n_clusters"] == 8
+    student = load_native(out / "model")
+    prune_ffn(student, {1: list(range(64)), 2: list(range(64))})
+    s = continue_pretraining(student, manifest, tmp_path / "cont", centers, cfg, head=None, device="cpu", threads=1,
+                             teacher=teacher, teacher_layer=None)
+    assert s["steps"] == 6 and s["kmeans"]["teacher_layer"] == 2 and s["kmeans"]["given_centers"]
+    head = torch.load(tmp_path / "cont" / "head.pt")
+    assert head["state_dict"]["weight"].shape == (8, TINY_MODEL["hidden_dim"])  # a new head over the teacher's clusters
+    assert np.array_equal(np.load(tmp_path / "cont" / "kmeans_centers.npy"), centers)
+    # every frame's target is the centre nearest to the teacher's own hidden state of that frame
+    from speaker_neurons.kmeans import assign
+    from speaker_neurons.pretrain import _teacher_data
+
+    data = _teacher_data(manifest, student, resolve_train(cfg), teacher, None, centers)
+    with torch.no_grad():
+        hidden = [teacher.encode(f[None], return_ffn=False).hidden[2][0].float() for f in data.feats]
+    for h, t in zip(hidden, data.targets):
+        assert np.array_equal(t.numpy(), np.asarray(assign(h, centers), dtype=np.int64))
+    assert len(np.unique(torch.cat(data.targets).numpy())) > 1

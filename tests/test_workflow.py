@@ -148,6 +148,24 @@ def test_a_misspelt_rule_under_resources_stops_the_workflow_before_any_job(stopp
     assert "did you mean pool_layers" in out and "Job stats" not in out and not (d / "results").exists()
 
 
+@slow
+def test_a_chain_from_a_released_melhubert_plans_its_teacher_targets(tmp_path):
+    (tmp_path / "m.ckpt").write_bytes(b"")
+    (tmp_path / "ms.npy").write_bytes(b"")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\nmodels: [{{name: rel, kind: melhubert, path: {tmp_path}/m.ckpt, "
+                   f"mean_std: {tmp_path}/ms.npy}}]\nprune: {{strategies: [l1], targets: [protected_size], "
+                   "continue: {steps: 3}}\n")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    teacher = out.split("rule teacher_targets:", 1)[1].split("\nrule ", 1)[0]
+    assert f"{tmp_path}/m.ckpt" in teacher and "models/rel/pretrain/kmeans_centers.npy" in teacher
+    cont = out.split("rule continue_pretraining:", 1)[1].split("\nrule ", 1)[0]
+    assert f"{tmp_path}/m.ckpt" in cont and "models/rel/pretrain/kmeans_centers.npy" in cont
+    assert "head.pt" not in cont.split("output:", 1)[0]  # a new head: no head among its inputs
+
+
 def test_schema_fills_defaults_for_keys_left_out():
     from snakemake.utils import validate
 

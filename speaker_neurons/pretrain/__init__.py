@@ -100,19 +100,75 @@ def continue_pretraining(
     resume_from: str | os.PathLike | None = None,
     parent_sha256: str | None = None,
     target_paths: Mapping[str, str] | None = None,
+    teacher=None,
+    teacher_layer: int | None = None,
 ) -> dict[str, Any]:
     """Continue masked-prediction training of a given MelHuBERT (any per-layer FFN widths, its own
     feature statistics) on the targets of `centers` (its parent's k-means centres), with `head` (its
-    parent's, or a new one when None). `parent_sha256` goes into the saved model's config.json."""
+    parent's, or a new one when None). `parent_sha256` goes into the saved model's config.json.
+
+    With `teacher` (a released MelHuBERT at the root of the chain, which brings no targets of its own):
+    `centers` are k-means centres of the teacher's hidden states at `teacher_layer` (`teacher_centers`),
+    and every frame's target is the centre nearest to the teacher's hidden state of that frame, as in
+    HuBERT's later iterations."""
     t0 = time.monotonic()
     log, dev = _setup(log, threads, device)
     cfg = resolve("pretrain.train", train_config)
     outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
-    data = prepare_training_data(manifest_path, model, cfg, fit_stats=False, centers=centers,
-                                 target_paths=dict(target_paths) if target_paths is not None else None)
+    if teacher is None:
+        data = prepare_training_data(manifest_path, model, cfg, fit_stats=False, centers=centers,
+                                     target_paths=dict(target_paths) if target_paths is not None else None)
+    else:
+        data = _teacher_data(manifest_path, model, cfg, teacher, teacher_layer, centers)
     return train_masked_prediction(model, data, cfg, outputs, dev, head=head, resume_from=resume_from, log=log,
                                    on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)},
                                    parent_sha256=parent_sha256)
+
+
+def _teacher_layer(teacher, layer: int | None) -> int:
+    from speaker_neurons.analysis.features import default_feature_layer
+
+    return default_feature_layer(teacher.num_layers) if layer is None else int(layer)
+
+
+@torch.no_grad()
+def _teacher_hidden(teacher, feats, layer: int) -> list[torch.Tensor]:
+    teacher = teacher.to("cpu").eval()
+    return [teacher.encode(f[None], return_ffn=False).hidden[layer][0].float() for f in feats]
+
+
+def _teacher_data(manifest_path, model, cfg, teacher, layer, centers) -> TrainingData:
+    """The student's input features and, as targets, the nearest of `centers` to the teacher's hidden
+    state at `layer` of every frame (the student's normalised features are the teacher's: a pruned copy
+    keeps its root's feature statistics)."""
+    from speaker_neurons.kmeans import assign
+
+    data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False)  # features only
+    layer = _teacher_layer(teacher, layer)
+    centers = np.asarray(centers, dtype=np.float32)
+    labels = assign(torch.cat(_teacher_hidden(teacher, data.feats, layer)), centers)
+    targets = np.split(labels, np.cumsum([len(f) for f in data.feats])[:-1])
+    return TrainingData(data.feats, [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in targets], centers,
+                        {"given_centers": True, "teacher_layer": layer, "total_frames": int(sum(map(len, data.feats)))})
+
+
+def teacher_centers(teacher, manifest_path, train_config: Mapping, layer: int | None, threads: int | None,
+                    out_centers, out_record) -> dict[str, Any]:
+    """k-means centres (`pretrain.train` n_clusters and kmeans_* keys) of a released MelHuBERT's hidden
+    states at `layer` (None: round(0.75 L)) over the training rows of the manifest: the targets of
+    continued or iterative pruning from a checkpoint the workflow did not pre-train. Writes the centres
+    (.npy) and a record (JSON)."""
+    from speaker_neurons.utils import write_json
+
+    cfg = resolve("pretrain.train", train_config)
+    data = prepare_training_data(manifest_path, teacher, {**cfg, "n_clusters": 2}, fit_stats=False, threads=threads)
+    layer = _teacher_layer(teacher, layer)
+    targets, centers, km = hidden_state_targets(teacher, data.feats, layer, cfg, threads=threads)
+    np.save(out_centers, np.asarray(centers, dtype=np.float32))
+    record = {"teacher_layer": layer, "n_clusters": int(centers.shape[0]), "dim": int(centers.shape[1]),
+              "utterances": len(data.feats), **{k: v for k, v in km.items() if k != "teacher_layer"}}
+    write_json(out_record, record)
+    return record
 
 
 @torch.no_grad()
@@ -121,8 +177,7 @@ def hidden_state_targets(teacher, feats, layer: int, cfg: Mapping, threads: int 
     of each utterance's normalised features: (targets per utterance, centres (K, d), k-means record)."""
     from speaker_neurons.kmeans import cluster_utterance_frames
 
-    teacher.eval()
-    hidden = [teacher.encode(f[None], return_ffn=False).hidden[layer][0].float() for f in feats]
+    hidden = _teacher_hidden(teacher, feats, layer)
     targets, km = cluster_utterance_frames(
         hidden, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=int(cfg["seed"]),
         batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]),
@@ -172,7 +227,7 @@ def second_iteration(
 
 __all__ = ["DEFAULT_TRAIN_CONFIG", "DEMO_MODEL_CONFIG", "TrainOutputs", "TrainingData", "continue_pretraining",
            "hidden_state_targets", "load_head", "pretrain_melhubert", "prepare_training_data", "second_iteration",
-           "train_masked_prediction"]
+           "teacher_centers", "train_masked_prediction"]
 
 
 # ------------------------------------------------------------------------------------------- for the workflow
@@ -201,16 +256,19 @@ def pretrain_resumable(manifest_path, outputs: Mapping[str, Any], model_config: 
 
 def continue_resumable(model, manifest_path, outputs: Mapping[str, Any], centers_path, head_path,
                        train_config: Mapping, scratch, device, threads: int, parent_sha256: str | None,
-                       corpus_dir=None) -> dict[str, Any]:
+                       corpus_dir=None, teacher=None, teacher_layer: int | None = None) -> dict[str, Any]:
     """`continue_pretraining` of `model` on the root's k-means centres (`centers_path`) from the head at
-    `head_path`, into a rule's named outputs, resumable like pre-training."""
+    `head_path` (None: a new head), into a rule's named outputs, resumable like pre-training; with
+    `teacher` (a released root) the targets come from its hidden states at `teacher_layer`."""
     from speaker_neurons.pretrain.loop import run_resumable
 
-    centers, targets = np.load(centers_path), target_paths(train_config, corpus_dir)
+    centers = np.load(centers_path)
+    targets = None if teacher is not None else target_paths(train_config, corpus_dir)
     summary = run_resumable(lambda outs, resume_from: continue_pretraining(  # a fresh head for each start
-        model, manifest_path, outs, centers, train_config=train_config, head=load_head(head_path), device=device,
-        threads=threads,
-        parent_sha256=parent_sha256, resume_from=resume_from, target_paths=targets), TrainOutputs.of(outputs), scratch)
+        model, manifest_path, outs, centers, train_config=train_config,
+        head=load_head(head_path) if head_path else None, device=device, threads=threads,
+        parent_sha256=parent_sha256, resume_from=resume_from, target_paths=targets, teacher=teacher,
+        teacher_layer=teacher_layer), TrainOutputs.of(outputs), scratch)
     get_logger("pretrain").info("continued for %d steps: loss %.3f -> %.3f", summary["steps"],
                                 summary.get("first_loss") or float("nan"), summary.get("last_loss") or float("nan"))
     return summary
