@@ -9,10 +9,17 @@ PYTEST_ARGS ?=
 REQS := requirements/constraints.txt requirements/base.txt requirements/test.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast setup system-packages test-packages python-env lint clean-results
+.PHONY: demo demo-model test test-fast setup system-packages test-packages python-env lint clean-results
 
 demo: setup
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+# Re-make the shipped demo model (models/melhubert_demo/) with its recipe, configs/demo-model.yaml: the demo
+# corpus, then pre-training far longer than a demo run affords (hours on 2 CPU cores; resumable: run it
+# again after an interruption), then the copy into models/ with its provenance.
+demo-model: setup
+	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --configfile configs/demo-model.yaml -- results_demo_model/models/melhubert_demo/model
+	$(VENV)/bin/python scripts/ship_demo_model.py --results results_demo_model --config configs/demo-model.yaml
 
 # Two pytest-xdist workers, whole files each, the workflow runs first (tests/conftest.py says why).
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder

@@ -63,7 +63,7 @@ def test_the_config_overrides_and_the_work_sizes_the_jobs(tmp_path):
     assert res.returncode == 0, out[-3000:]
     blocks = {b.split(":", 1)[0].strip(): b for b in out.split("\nrule ")[1:]}
     assert "mem_mb=1234" in blocks["pool_layers"] and "disk_mb=77" in blocks["pool_layers"]
-    for rule in ("pretrain_melhubert", "sid_eval", "pr_eval", "audio_qc"):
+    for rule in ("sid_eval", "pr_eval", "audio_qc", "extract_features"):
         assert "disk_mb=" in blocks[rule] and "mem_mb=" in blocks[rule] and "runtime=" in blocks[rule], rule
 
 
@@ -75,7 +75,7 @@ def test_the_plan_lists_every_job_with_its_costs_and_the_totals(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [l for l in out.splitlines() if l.startswith("| ") and not l.startswith("| rule")]
     rules = {r.split("|")[1].strip() for r in rows}
-    assert {"pretrain_melhubert", "pool_layers", "sid_eval", "pr_eval", "erase_ablation", "summarize"} <= rules
+    assert {"pool_layers", "sid_eval", "pr_eval", "erase_ablation", "summarize"} <= rules
     pool = next(r for r in rows if r.startswith("| pool_layers | melhubert_demo |"))
     assert pool.split("|")[3].strip() == "demo_eval" and float(pool.split("|")[4]) == pytest.approx(1.1, abs=0.1)
     assert "CPU" in pool  # the demo stays on the CPU

@@ -88,8 +88,9 @@ def test_dry_run_default_config_is_clean(tmp_path):
     res = run_snakemake("-n", "--config", f"results={tmp_path}/results")
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout + res.stderr
-    for rule in ("synthesize_demo_corpus", "audio_qc", "pretrain_melhubert", "activation_stats", "neuron_sets", "evidence_report"):
+    for rule in ("synthesize_demo_corpus", "audio_qc", "activation_stats", "neuron_sets", "evidence_report"):
         assert rule in out, f"rule {rule} missing from the dry run"
+    assert "rule pretrain_melhubert" not in out  # the demo starts from the shipped model
 
 
 @slow
@@ -188,6 +189,10 @@ def test_config_yaml_matches_schema_defaults():
     validate(defaults, SCHEMA)
     shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate(shipped, SCHEMA)
+    # the one deliberate difference: the demo starts from the shipped model, the schema's default pre-trains
+    assert shipped.pop("models") == [{"name": "melhubert_demo", "kind": "melhubert", "source": "checkpoint",
+                                      "path": "models/melhubert_demo/model", "format": "native", "mean_std": ""}]
+    assert defaults.pop("models")[0]["source"] == "pretrain"
     assert shipped == defaults
 
 
