@@ -28,7 +28,7 @@ store; transient disk of pr_eval <= 1.5x the PR corpus' audio bytes; time <= 4.5
 each stage at the paper's corpus sizes on one GPU with base-size models (FLOPs measured with
 torch.utils.flop_counter on the models of speaker_neurons.models; the CPU-side work at this machine's
 measured rate; the assumed sustained GPU rate is `--gpu-tflops`). Tables go to stdout and to
-<out>/<full|tiny>/scale.md (and .txt, .tsv). The default --out, benchmarks/out/scale, is gitignored; the
+<out>/<full|tiny>-<size>/scale.md (and .txt, .tsv). The default --out, benchmarks/out/scale, is gitignored; the
 pool, layouts and model stay there between runs, each size's results/ is made again at every run.
 """
 
@@ -79,7 +79,7 @@ class Size:
     split: tuple[int, int, int]
 
 
-FULL = Size(analysis_speakers=8, eval_speakers=12, utterances=10, split=(6, 2, 2))
+FULL = Size(analysis_speakers=8, eval_speakers=24, utterances=20, split=(14, 3, 3))
 TINY = Size(analysis_speakers=6, eval_speakers=4, utterances=6, split=(4, 1, 1))
 
 
@@ -387,8 +387,8 @@ def estimate(table: pd.DataFrame, corpora: dict, gpu_tflops: float, threads: int
         f"ESTIMATE, not measured on a GPU. Forward FLOPs per second of audio (torch.utils.flop_counter): "
         f"MelHuBERT base {base['melhubert'] / 1e9:.1f} G, wav2vec2/HuBERT base {base['wav2vec2'] / 1e9:.1f} G; "
         f"assumed sustained GPU rate {gpu_tflops:g} TFLOP/s (bf16). CPU-side work (audio reading, features, "
-        f"heads) at this machine's measured marginal rate: {other:.0f} CPU-s per hour of audio beyond the tiny "
-        f"model's forward ({fwd_tiny:.0f} s/h with {threads} threads), not overlapped with the GPU and not "
+        f"heads) at this machine's measured marginal rate: {other:.2f} CPU-s per hour of audio beyond the tiny "
+        f"model's forward ({fwd_tiny:.1f} s/h with {threads} threads), not overlapped with the GPU and not "
         f"spread over more cores (an upper bound). PR: {runs} training run(s) of the upstream per model "
         f"(--pr-runs; s3prl trains one), {p['pr_steps']:,} steps x {p['pr_batch']} utterances x "
         f"{p['pr_utt_seconds']} s, dev every {p['pr_eval_every']:,} steps. A marginal cost below zero (4x faster "
@@ -448,7 +448,9 @@ def main() -> None:
     ap.add_argument("--config-extra", default="", help="YAML appended to every size's config (e.g. pr: {...})")
     args = ap.parse_args()
     size = TINY if args.tiny else FULL
-    out = args.out.resolve() / ("tiny" if args.tiny else "full")  # the pool and layouts of one Size
+    # the pool and layouts of one Size (kept between runs under a name that changes with it)
+    out = args.out.resolve() / (f"{'tiny' if args.tiny else 'full'}-{size.analysis_speakers}a{size.eval_speakers}e"
+                                f"{size.utterances}u")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     utts = synthesize_pool((args.pool or out / "pool").resolve(), size)
