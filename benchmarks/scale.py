@@ -1,7 +1,7 @@
 """Proof of scale (issue 23): do SID pooling, SID, PR and the erase ablation stay bounded in memory and
 disk, and linear in time, when the evaluation corpora grow 4x?
 
-    .venv/bin/python benchmarks/scale.py                        # 1x and 4x on CPU, ~15 min on 2 cores
+    .venv/bin/python benchmarks/scale.py                        # 1x and 4x on CPU, about 4 min on 2 cores
     .venv/bin/python benchmarks/scale.py --out /tmp/scale       # another output folder
     .venv/bin/python benchmarks/scale.py --tiny                 # a smoke run: a few utterances, minutes
     .venv/bin/python benchmarks/scale.py --device cuda          # the same on a GPU (bf16: upstream.amp auto)
