@@ -149,17 +149,24 @@ def test_a_misspelt_rule_under_resources_stops_the_workflow_before_any_job(stopp
     assert "did you mean pool_layers" in out and "Job stats" not in out and not (d / "results").exists()
 
 
+def _planned(tmp_path, config_text: str) -> str:
+    """The output of `snakemake -n` with config.yaml overlaid by `config_text` (results under tmp_path);
+    fails when the plan does."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results: {tmp_path}/r\n{config_text}")
+    res = run_snakemake("-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    return out
+
+
 @slow
 def test_a_chain_from_a_released_melhubert_plans_its_teacher_targets(tmp_path):
     (tmp_path / "m.ckpt").write_bytes(b"")
     (tmp_path / "ms.npy").write_bytes(b"")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"results: {tmp_path}/r\nmodels: [{{name: rel, kind: melhubert, path: {tmp_path}/m.ckpt, "
-                   f"mean_std: {tmp_path}/ms.npy}}]\nprune: {{strategies: [l1], targets: [protected_size], "
-                   "continue: {steps: 3}}\n")
-    res = run_snakemake("-n", "--configfile", str(cfg))
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
+    out = _planned(tmp_path, f"models: [{{name: rel, kind: melhubert, path: {tmp_path}/m.ckpt, mean_std: "
+                             f"{tmp_path}/ms.npy}}]\nprune: {{strategies: [l1], targets: [protected_size], "
+                             "continue: {steps: 3}}\n")
     teacher = out.split("rule teacher_targets:", 1)[1].split("\nrule ", 1)[0]
     assert f"{tmp_path}/m.ckpt" in teacher and "models/rel/pretrain/kmeans_centers.npy" in teacher
     cont = out.split("rule continue_pretraining:", 1)[1].split("\nrule ", 1)[0]
@@ -308,13 +315,9 @@ def test_two_models_plan_side_by_side(tmp_path):
     native.mkdir()
     (native / "config.json").write_text("{}")
     (native / "model.safetensors").write_bytes(b"")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"results: {tmp_path}/r\nanalysis: {{k_ssl: [3, 5]}}\nmodels: [{{name: demo, kind: melhubert, "
-                   f"source: pretrain}}, {{name: w2v, kind: wav2vec2, path: {native}, format: native}}]\n"
-                   "prune: {parents: [demo], strategies: [protected], targets: [protected_size], analyse: true}\n")
-    res = run_snakemake("-n", "--configfile", str(cfg))
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
+    out = _planned(tmp_path, "analysis: {k_ssl: [3, 5]}\nmodels: [{name: demo, kind: melhubert, source: pretrain}, "
+                             f"{{name: w2v, kind: wav2vec2, path: {native}, format: native}}]\n"
+                             "prune: {parents: [demo], strategies: [protected], targets: [protected_size], analyse: true}\n")
     for model in ("demo", "w2v", "demo-protected-pset"):
         for k in (3, 5):
             assert f"{tmp_path}/r/models/{model}/analysis/ssl_k{k}/activation_counts.npz" in out
