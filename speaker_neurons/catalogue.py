@@ -364,7 +364,7 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
     if targets == "auto":  # denoising targets where the pre-training corpus keeps clean copies
         targets = "clean" if corpora[stages["pretrain"]].has_clean else "input"
     cat = Catalogue(corpora=corpora, stages=stages, models=models, analysed=analysed, sets_k=sets_k,
-                    targets_audio=targets)
+                    targets_audio=targets, pr_runs=bool(config["pr"]["enabled"]))
     check_stage_needs(cat, config)
     sid_on = config["sid"]["enabled"]
     cat.used = list(dict.fromkeys([stages["analysis"]]

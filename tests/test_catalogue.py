@@ -370,3 +370,9 @@ def test_continued_and_iterative_chains_may_start_from_a_released_melhubert(tmp_
         cat(models=[released], prune={"iterative": {"enabled": True}})
     with pytest.raises(ConfigError, match="continued pre-training trains a MelHuBERT"):
         cat(models=[{"name": "w2v", "kind": "wav2vec2", "path": str(ckpt)}], prune={"continue": {"steps": 3}})
+
+
+def test_pr_enabled_false_leaves_phoneme_recognition_out():
+    assert cat().pr_runs and "demo_eval" in cat().used
+    off = cat(pr={"enabled": False})
+    assert not off.pr_runs
