@@ -195,35 +195,9 @@ def iterative_params(wildcards):
 
 
 # ---------------------------------------------------------------------------------- resources
-# the corpus each rule's jobs read (rules with a {corpus} wildcard read that one)
-_RULE_CORPUS = {
-    **dict.fromkeys(
-        [
-            "ivectors",
-            "ivector_clusters",
-            "extract_features",
-            "frame_kmeans",
-            "activation_stats",
-        ],
-        ANALYSIS_CORPUS,
-    ),
-    **dict.fromkeys(["pool_layers", "sid_eval", "erase_ablation"], SID_CORPUS),
-    "pr_eval": PR_CORPUS,
-    **dict.fromkeys(
-        [
-            "pretrain_melhubert",
-            "continue_pretraining",
-            "iterative_step",
-            "teacher_targets",
-        ],
-        CAT.stages["pretrain"],
-    ),
-}
-
-
 def job_costs(stage, wildcards):
     """What one job of the rule named `stage` costs (speaker_neurons.costs), from the sizes of its corpus and model."""
-    name = getattr(wildcards, "corpus", None) or _RULE_CORPUS.get(stage)
+    name = costs.rule_corpus(CAT, stage, dict(wildcards.items()))
     work = (
         costs.corpus_size(CAT, name, f"{CORPORA}/{name}/manifest.tsv") if name else None
     )

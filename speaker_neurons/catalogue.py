@@ -636,13 +636,6 @@ def checked_catalogue(config: dict[str, Any], validate, disk_checks: bool = True
 
 
 # ------------------------------------------------------------------------------------------- devices
-#: Hours of audio per minute of one pass of a base-size model (12 x 768 x 3072) on 2 CPU threads: the
-#: statistics pass measured by benchmarks/throughput.py (docs/benchmarks.md); pooling and PR's forwards cost
-#: about the same per second of audio.
-CPU_BASE_AUDIO_HOURS_PER_MINUTE = 0.141
-_AUDIO_BYTES_PER_SECOND = {".wav": 32000.0, ".flac": 32000.0 * 0.55}  # 16 kHz int16; FLAC at about 55%
-
-
 def model_jobs_want_gpu(cat: Catalogue, device: str) -> bool:
     """Whether the rules that run a model ask the scheduler for a GPU: always with upstream.device cuda;
     with auto whenever a stage that runs models reads a corpus other than the synthesized demo (real
@@ -652,38 +645,19 @@ def model_jobs_want_gpu(cat: Catalogue, device: str) -> bool:
     return device == "auto" and any(not cat.corpus(s).synthesized for s in ("analysis", "sid", "pr"))
 
 
-def _audio_seconds(folders: Sequence[str]) -> float:
-    total = 0.0
-    for folder in folders:
-        for dirpath, _, files in os.walk(folder, followlinks=True):
-            for f in files:
-                rate = _AUDIO_BYTES_PER_SECOND.get(os.path.splitext(f)[1].lower())
-                if rate:
-                    try:
-                        total += os.path.getsize(os.path.join(dirpath, f)) / rate
-                    except OSError:
-                        pass
-    return total
-
-
 def cpu_warning(cat: Catalogue, device: str, threads: int, n_models: int) -> str | None:
     """With upstream.device cpu and a real corpus: a warning, before any job, with the estimated hours of
-    one pass of every model over the corpora the model stages read (from the files' sizes and the
-    measured CPU throughput of a base model); None otherwise."""
+    one pass of every model over the corpora the model stages read (`costs.corpus_size` from the files'
+    sizes, `costs.cpu_hours` for a base model); None otherwise."""
     if device != "cpu":
         return None
+    from speaker_neurons import costs
+
     real = {c.name: c for c in (cat.corpus(s) for s in ("analysis", "sid", "pr")) if not c.synthesized}
     if not real:
         return None
-    folders = []
-    for c in real.values():
-        s = c.settings
-        folders += [v for k, v in s.items() if k in ("root", "split_dir") and v]
-        folders += [v for v in (s.get("split_dirs") or {}).values() if v]
-        if c.source == "tsv" and s.get("path"):
-            folders.append(os.path.dirname(s["path"]))
-    hours = _audio_seconds(folders) / 3600
-    per_pass = hours / (CPU_BASE_AUDIO_HOURS_PER_MINUTE * 60) * (2 / max(1, int(threads)))
+    hours = sum(costs.corpus_size(cat, name, None).hours for name in real)
+    per_pass = costs.cpu_hours(hours, costs.BASE, threads)
     return (f"upstream.device is cpu and the model stages read real speech ({', '.join(sorted(real))}: about "
             f"{hours:.1f} h of audio): one pass of a base-size model over it takes about {per_pass:.1f} CPU hours "
             f"at {threads} thread(s), and every one of the {n_models} model(s) makes several (features, statistics, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -123,7 +124,7 @@ def check_resource_rules(resources: Mapping[str, Any], rule_names) -> None:
                              f"the rules are: {', '.join(known)}")
 
 
-_PLACEHOLDER = None
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class PlaceholderError(ValueError):
@@ -140,11 +141,7 @@ def expand_paths(config: dict[str, Any]) -> dict[str, Any]:
     line (`--config 'paths={data: /mnt/data}'`); `$VARS` and `~` in the paths themselves are expanded.
     A name that `paths` does not define raises PlaceholderError naming the key that uses it."""
     import os
-    import re
 
-    global _PLACEHOLDER
-    if _PLACEHOLDER is None:
-        _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
     paths = {k: os.path.expanduser(os.path.expandvars(str(v))) for k, v in (config.get("paths") or {}).items()}
     config["paths"] = paths
 

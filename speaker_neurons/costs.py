@@ -144,6 +144,26 @@ def corpus_size(cat, name: str, manifest: str | os.PathLike | None,
     return CorpusSize(hours, n)
 
 
+def cpu_hours(hours: float, model: ModelSize, threads: int) -> float:
+    """Hours of one CPU pass of `model` over `hours` of audio at `threads` threads (the calibrated rate)."""
+    return hours * model.gflop_per_audio_second / (CPU_GFLOPS_PER_THREAD * max(1, int(threads)))
+
+
+#: the corpus each rule's jobs read (rules with a {corpus} wildcard read that one): a stage of the catalogue
+RULE_STAGE = {**dict.fromkeys(("ivectors", "ivector_clusters", "extract_features", "frame_kmeans", "activation_stats"),
+                              "analysis"),
+              **dict.fromkeys(("pool_layers", "sid_eval", "erase_ablation"), "sid"), "pr_eval": "pr",
+              **dict.fromkeys(("pretrain_melhubert", "continue_pretraining", "iterative_step", "teacher_targets"),
+                              "pretrain")}
+
+
+def rule_corpus(cat, rule: str, wildcards: Mapping[str, str]) -> str | None:
+    """The corpus one job of `rule` reads: its {corpus} wildcard, else its stage's corpus, else none."""
+    if wildcards.get("corpus"):
+        return wildcards["corpus"]
+    return cat.stages[RULE_STAGE[rule]] if rule in RULE_STAGE else None
+
+
 def _round_mb(mb: float) -> int:
     return int(max(500, math.ceil(mb * 1.5 / 250) * 250))  # 50% headroom, in 250 MB steps
 

@@ -59,15 +59,9 @@ def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[d
 
     cat, _ = checked_catalogue(config, lambda c: None, disk_checks=False)
     gpu = model_jobs_want_gpu(cat, config["upstream"]["device"])
-    corpus_of = {**dict.fromkeys(("ivectors", "ivector_clusters", "extract_features", "frame_kmeans",
-                                  "activation_stats"), cat.stages["analysis"]),
-                 **dict.fromkeys(("pool_layers", "sid_eval", "erase_ablation"), cat.stages["sid"]),
-                 "pr_eval": cat.stages["pr"],
-                 **dict.fromkeys(("pretrain_melhubert", "continue_pretraining", "iterative_step", "teacher_targets"),
-                                  cat.stages["pretrain"])}
     rows = []
     for rule, wc in jobs:
-        name = wc.get("corpus") or corpus_of.get(rule)
+        name = costs.rule_corpus(cat, rule, wc)
         work = costs.corpus_size(cat, name, f"{results}/corpora/{name}/manifest.tsv", assume) if name else None
         size = costs.model_size(cat, config, wc["model"]) if "model" in wc else None
         on_gpu = gpu and rule in costs.MODEL_RULES

@@ -286,14 +286,15 @@ def test_model_jobs_ask_for_a_gpu_with_cuda_and_with_auto_on_real_speech(tmp_pat
 
 
 def test_models_over_real_speech_on_the_cpu_are_said_with_the_hours(tmp_path):
-    from speaker_neurons.catalogue import CPU_BASE_AUDIO_HOURS_PER_MINUTE, cpu_warning
+    from speaker_neurons.catalogue import cpu_warning
+    from speaker_neurons.costs import BASE, CPU_GFLOPS_PER_THREAD
 
     d = _ls_folder(tmp_path, "dev-clean", speakers=("11",), utts=1, payload=b"\0" * int(32000 * 0.55 * 3600))
     (d / "11" / "100" / "extra.wav").write_bytes(b"\0" * 32000 * 1800)  # half an hour of 16 kHz int16
     real = build_catalogue(complete({"corpus": {"source": "librispeech", "librispeech": {"split_dir": str(d)}}}))
     note = cpu_warning(real, "cpu", threads=2, n_models=3)
     assert "about 1.5 h of audio" in note, note  # 1 h of FLAC at 55% + 0.5 h of WAV; the .txt is not audio
-    per_pass = 1.5 / (CPU_BASE_AUDIO_HOURS_PER_MINUTE * 60)
+    per_pass = 1.5 * BASE.gflop_per_audio_second / (2 * CPU_GFLOPS_PER_THREAD)
     assert f"about {per_pass:.1f} CPU hours at 2 thread(s)" in note and "3 model(s)" in note
     assert f"about {per_pass / 2:.1f} CPU hours at 4 thread(s)" in cpu_warning(real, "cpu", threads=4, n_models=3)
     assert cpu_warning(real, "auto", threads=2, n_models=3) is None and cpu_warning(real, "cuda", 2, 3) is None
