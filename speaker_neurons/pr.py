@@ -55,7 +55,7 @@ from torch import nn
 from speaker_neurons.pr_data import (AudioCache, BatchSet, FrameCache, TrainPlan, eval_batches,
                                      feature_cache_bytes, loader, store_ready, write_audio_cache, write_frame_cache)
 from speaker_neurons.statistics import bootstrap_interval
-from speaker_neurons.utils import get_logger, write_json
+from speaker_neurons.utils import Terminated, get_logger, sigterm_checkpoints, write_json
 
 log = get_logger("pr")
 
@@ -432,33 +432,46 @@ def train_bank(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[st
     t0 = time.monotonic()
     bar = tqdm(total=steps, initial=start, desc=f"PR heads ({H})", unit="step", mininterval=10)
     step = start
-    for batch in loader(train_set, start, steps, corpus.workers, device):
-        step += 1
-        x, frames = corpus.data.features(batch, device)
-        bank.step(x, batch["targets"].to(device), frames, batch["target_lengths"].to(device), clip)
-        bar.update(1)
-        if step % every == 0 or step == steps:
-            e, n = _score(bank, None, corpus, dev_utts, bs, device)
-            pers = (e.sum(1) / max(int(n.sum()), 1)).tolist()
-            improved = torch.tensor([p < b for p, b in zip(pers, best_per)], device=bank.mask.device)
-            with torch.no_grad():
-                for k, v in bank.params.items():
-                    best[k][improved] = v.detach()[improved]
-            for h, p in enumerate(pers):
-                curves[h].append([step, p])
-                if p < best_per[h]:
-                    best_per[h], best_step[h] = p, step
-            log.info("PR step %d/%d (%.0f s): dev PER %s", step, steps, time.monotonic() - t0,
-                     ", ".join(f"{s.layer_set}@{s.lr:g}/{s.seed} {100 * p:.1f}%" for s, p in zip(specs, pers)))
-        if ckpt is not None and step % ckpt_every == 0 and step < steps:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"fingerprint": fingerprint, "step": step, "bank": bank.state(),
-                        "best": {k: v.detach().cpu() for k, v in best.items()}, "best_per": best_per,
-                        "best_step": best_step, "curves": curves}, tmp)
-            os.replace(tmp, ckpt)
-        if _after_step is not None:
-            _after_step(step)
+
+    def checkpoint() -> None:  # written aside, then renamed: a kill leaves the previous one whole
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"fingerprint": fingerprint, "step": step, "bank": bank.state(),
+                    "best": {k: v.detach().cpu() for k, v in best.items()}, "best_per": best_per,
+                    "best_step": best_step, "curves": curves}, tmp)
+        os.replace(tmp, ckpt)
+
+    with sigterm_checkpoints() as term:
+        for batch in loader(train_set, start, steps, corpus.workers, device):
+            step += 1
+            x, frames = corpus.data.features(batch, device)
+            bank.step(x, batch["targets"].to(device), frames, batch["target_lengths"].to(device), clip)
+            bar.update(1)
+            if step % every == 0 or step == steps:
+                e, n = _score(bank, None, corpus, dev_utts, bs, device)
+                pers = (e.sum(1) / max(int(n.sum()), 1)).tolist()
+                improved = torch.tensor([p < b for p, b in zip(pers, best_per)], device=bank.mask.device)
+                with torch.no_grad():
+                    for k, v in bank.params.items():
+                        best[k][improved] = v.detach()[improved]
+                for h, p in enumerate(pers):
+                    curves[h].append([step, p])
+                    if p < best_per[h]:
+                        best_per[h], best_step[h] = p, step
+                log.info("PR step %d/%d (%.0f s): dev PER %s", step, steps, time.monotonic() - t0,
+                         ", ".join(f"{s.layer_set}@{s.lr:g}/{s.seed} {100 * p:.1f}%" for s, p in zip(specs, pers)))
+            if ckpt is not None and step % ckpt_every == 0 and step < steps:
+                checkpoint()
+            if _after_step is not None:
+                _after_step(step)
+            if term.requested and step < steps:  # a time limit: save this step and stop; a rerun resumes from it
+                if ckpt is None:
+                    raise Terminated(f"stopped by SIGTERM at PR step {step} of {steps} (no resume folder)")
+                if step % ckpt_every:
+                    checkpoint()
+                log.warning("SIGTERM (a time limit or preemption): PR heads checkpoint of step %d/%d saved in %s; "
+                            "stopping, a rerun resumes from it", step, steps, ckpt)
+                raise Terminated(f"stopped by SIGTERM at PR step {step} of {steps}")
     bar.close()
     return {"bank": bank, "best": best, "dev_per": best_per, "best_step": best_step, "dev_curve": curves,
             "resumed_from_step": start or None}

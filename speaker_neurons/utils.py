@@ -152,3 +152,47 @@ def inference_bf16(device, amp) -> bool:
     import torch
 
     return (torch.device(device).type == "cuda") if amp == "auto" else bool(amp)
+
+
+class Terminated(Exception):
+    """The job was asked to stop by SIGTERM (a batch system's time limit or preemption) and saved its
+    progress first: a rerun resumes from it."""
+
+
+class sigterm_checkpoints:
+    """Within the block, SIGTERM is noted instead of ending the process at once (SLURM sends it at a job's
+    time limit, then SIGKILL after the cluster's KillWait, 30 s by default): a training loop checks
+    `requested` at each step's end, saves a checkpoint and raises `Terminated`, so the rerun that the
+    profile's `retries` submits loses no step. The previous handler comes back at the end. Outside the
+    main thread (where Python cannot take signals) it changes nothing and `requested` stays False."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+        self._previous = None
+
+    def _note(self, signum, frame):
+        self.requested = True
+
+    def start(self) -> "sigterm_checkpoints":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+            self._installed = True
+        return self
+
+    def stop(self) -> None:
+        import signal
+
+        if self._installed:  # None: a handler not set from Python; the default is the closest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed = False
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False

@@ -513,6 +513,29 @@ def test_a_killed_pr_eval_resumes_byte_identical(pr_job, tmp_path, monkeypatch, 
     assert "PR frame cache:" not in caplog.text and "PR audio cache:" not in caplog.text
 
 
+def test_sigterm_saves_that_step_and_the_rerun_ends_byte_identical(pr_job, tmp_path, monkeypatch, caplog):
+    """SIGTERM (what SLURM sends at a job's time limit, before SIGKILL) after step 5, between the scheduled
+    checkpoints (every 2): that step is saved, the job stops with Terminated (SIGTERM's handler restored),
+    and the rerun resumes at step 5 rather than 4 and ends byte-identical to an uninterrupted run."""
+    import os
+    import signal
+
+    from speaker_neurons.utils import Terminated
+
+    _run_pr(pr_job, tmp_path / "a", feature_cache_gb=0)
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(pr, "_after_step", lambda s: os.kill(os.getpid(), signal.SIGTERM) if s == 5 else None)
+    with caplog.at_level("WARNING", logger="speaker_neurons.pr"), pytest.raises(Terminated, match="step 5 of 6"):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0)
+    assert "SIGTERM" in caplog.text and signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setattr(pr, "_after_step", None)
+    with caplog.at_level("INFO", logger="speaker_neurons.pr"):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0)
+    assert "RESUMING the PR heads at step 5/6" in caplog.text
+    for f in ("pr.json", "heads.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
 def test_a_checkpoint_of_other_settings_is_not_resumed(pr_job, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(pr, "_after_step", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()) if s == 3 else None)
     with pytest.raises(KeyboardInterrupt):

@@ -392,6 +392,35 @@ def test_only_the_newest_checkpoints_are_kept_and_the_model_is_unchanged(trained
 
 
 @pytest.mark.slow  # pre-trains
+def test_sigterm_saves_that_step_and_the_resumed_run_ends_identical(trained, tmp_path):
+    """SIGTERM (what SLURM sends at a job's time limit, before SIGKILL) at step 7, between the scheduled
+    checkpoints (15, 30): the loop saves step 7 and stops with Terminated, SIGTERM's handler restored; the
+    rerun resumes from step 7 and ends with the same model, head, losses and checkpoints (step 7 gone) as
+    the run that never stopped."""
+    import os
+    import signal
+
+    from speaker_neurons.pretrain import pretrain_melhubert
+    from speaker_neurons.utils import Terminated
+
+    manifest, out, summary, _ = trained
+    run = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated, match="step 7 of 30"):
+        pretrain_melhubert(manifest, run, TINY_MODEL, TINY_TRAIN, device="cpu", threads=1,
+                           on_step=lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 7 else None)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_7"]
+    s = pretrain_melhubert(manifest, run, TINY_MODEL, TINY_TRAIN, device="cpu", threads=1,
+                           resume_from=run / "checkpoints" / "step_7")
+    assert s["resumed_from"].endswith("step_7") and s["checkpoints"] == summary["checkpoints"] == ["step_15", "step_30"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_15", "step_30"]
+    for name in ("model/model.safetensors", "head.pt", "checkpoints/step_15/model.safetensors"):
+        assert _sha(run / name) == _sha(out / name), name
+    assert _losses(run / "train_log.tsv") == _losses(out / "train_log.tsv")
+
+
+@pytest.mark.slow  # pre-trains
 def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):
     import logging
 

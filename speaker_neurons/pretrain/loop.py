@@ -38,7 +38,7 @@ from torch import nn
 from speaker_neurons.batching import length_batches
 from speaker_neurons.pretrain.data import TrainingData
 from speaker_neurons.pretrain.masking import span_mask
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import Terminated, get_logger, sigterm_checkpoints
 
 LOG_HEADER = "step\tloss\tmasked_acc\tlr\telapsed_s\tepoch\tmasked_frames\tgrad_norm\n"
 
@@ -153,6 +153,15 @@ def rotate_checkpoints(folder: Path, keep: int | None) -> list[str]:
     for p in gone:
         shutil.rmtree(p)
     return [p.name for p in gone]
+
+
+def drop_unscheduled(folder: Path, every: int | None) -> None:
+    """Delete the checkpoints of `folder` that are not on the schedule (every `every` steps): those a
+    SIGTERM wrote. Called once a scheduled checkpoint or the end follows, so that a run stopped at its time
+    limit and resumed keeps the same checkpoints as one that ran through."""
+    for p in Path(folder).glob("step_*"):
+        if p.name[5:].isdigit() and (not every or int(p.name[5:]) % int(every)):
+            shutil.rmtree(p)
 
 
 def _plot(log_rows: Sequence[tuple], path: Path, title: str, ref_loss: float | None = None) -> None:
@@ -320,6 +329,16 @@ def train_masked_prediction(
     bar = tqdm(total=max_steps, initial=step, desc="pretrain", disable=not cfg["progress"], mininterval=5)
     model.train()
     head.train()
+    every = int(cfg["checkpoint_every"] or 0)
+
+    def checkpoint(at: Path) -> None:
+        _save_checkpoint(at, model, head, opt, {
+            "step": step, "epoch": epoch, "pending": pending, "log_rows": log_rows,
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "fingerprint": fingerprint, "use_amp": use_amp})
+
+    term = sigterm_checkpoints().start()
     try:
         while step < max_steps and stopped_by == "max_steps":
             if not pending:
@@ -363,18 +382,24 @@ def train_masked_prediction(
                     tsv.flush()
                     log.info("step %d epoch %d loss %.4f masked acc %.3f lr %.2e grad %.2f (%.1f s)", step, epoch, lv,
                              acc, lr, float(gn), el)
-                if cfg["checkpoint_every"] and step % int(cfg["checkpoint_every"]) == 0:
-                    _save_checkpoint(outputs.checkpoints / f"step_{step}", model, head, opt, {
-                        "step": step, "epoch": epoch, "pending": pending, "log_rows": log_rows,
-                        "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                        "fingerprint": fingerprint, "use_amp": use_amp})
+                if every and step % every == 0:
+                    checkpoint(outputs.checkpoints / f"step_{step}")
+                    drop_unscheduled(outputs.checkpoints, every)
                     rotate_checkpoints(outputs.checkpoints, cfg["keep_checkpoints"])
                 if on_step is not None:
                     on_step(step)
+                if term.requested and step < max_steps:  # a time limit: save this step, stop; a rerun resumes
+                    if not (every and step % every == 0):
+                        checkpoint(outputs.checkpoints / f"step_{step}")
+                    tsv.flush()
+                    log.warning("SIGTERM (a time limit or preemption): checkpoint of step %d/%d saved in %s; "
+                                "stopping, a rerun resumes from it", step, max_steps, outputs.checkpoints)
+                    raise Terminated(f"stopped by SIGTERM at step {step} of {max_steps} (checkpoint saved)")
     finally:
+        term.stop()
         bar.close()
         tsv.close()
+    drop_unscheduled(outputs.checkpoints, every)
     train_s = time.monotonic() - t_train
     if stopped_by == "max_minutes":
         log.warning("STOPPED BY THE CLOCK: max_minutes=%s ran out at step %d of %d. This model depends on the "
