@@ -65,18 +65,23 @@ def test_sigkilled_pretraining_resumes_and_ends_byte_identical(plain_pretraining
     proc.wait()
     assert not (killed / "models/demo/pretrain/summary.json").exists()  # nothing a later run could take as done
     assert (scratch / "step_10" / "state.pt").exists()
+    assert (scratch / "data" / "features" / "info.json").exists()  # the complete training data store
 
     run_snakemake(*_args(killed, extra, "--unlock"), timeout=300)
     res = run_snakemake(*_args(killed, extra, "--rerun-incomplete"))
     assert res.returncode == 0, res.stderr[-3000:]
     log = (killed / "logs/demo/pretrain_melhubert.log").read_text()
     assert "RESUMING from" in log and "resumed from" in log
+    # the restart reads the store the killed job completed: no second feature pass, no second k-means
+    assert "reusing the complete feature store" in log and "reusing the complete target store" in log
+    assert "feature store written" not in log
     a, b = plain / "models/demo", killed / "models/demo"
     for rel in ("model/model.safetensors", "pretrain/head.pt", "pretrain/kmeans_centers.npy",
                 "pretrain/checkpoints/step_40/model.safetensors"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert _losses(a / "pretrain/train_log.tsv") == _losses(b / "pretrain/train_log.tsv")
     assert len(_losses(a / "pretrain/train_log.tsv")) == 41
-    assert not scratch.exists()  # the scratch checkpoints moved to the declared folder
+    assert not scratch.exists()  # the scratch checkpoints moved to the declared folder, the store removed
+    assert not (b / "pretrain/checkpoints/data").exists()
     assert sorted(p.name for p in (b / "pretrain/checkpoints").iterdir()) == sorted(
         p.name for p in (a / "pretrain/checkpoints").iterdir())

@@ -57,9 +57,12 @@ def pretrain_melhubert(
     on_step: Callable[[int], None] | None = None,
     resume_from: str | os.PathLike | None = None,
     target_paths: Mapping[str, str] | None = None,
+    data_dir: str | os.PathLike | None = None,
 ):
     """Pre-train a new MelHuBERT (first iteration) on the manifest's training rows; returns the summary.
-    `target_paths` ({utt_id: clean audio}): denoising targets (`prepare_training_data`).
+    `target_paths` ({utt_id: clean audio}): denoising targets (`prepare_training_data`). `data_dir`: the
+    folder of the file-backed features and targets (`prepare_training_data`'s `work_dir`; None: a
+    temporary folder removed after the run).
 
     `outputs`: a `TrainOutputs` (every path named) or a folder for the conventional layout.
     `model_config`: `MelHuBERT` keys (keys left out take the demo model's values, `DEMO_MODEL_CONFIG`);
@@ -76,7 +79,8 @@ def pretrain_melhubert(
     log.info("pre-training a new MelHuBERT on %s -> %s (device %s, %d threads)", manifest_path, outputs.model_dir, dev,
              torch.get_num_threads())
     data = prepare_training_data(manifest_path, model, cfg, fit_stats=True, threads=torch.get_num_threads(),
-                                 target_paths=dict(target_paths) if target_paths is not None else None)
+                                 target_paths=dict(target_paths) if target_paths is not None else None,
+                                 work_dir=data_dir)
     log.info("features and targets ready after %.1f s", time.monotonic() - t0)
     summary = train_masked_prediction(model, data, cfg, outputs, dev, resume_from=resume_from, log=log,
                                       on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)})
@@ -102,6 +106,7 @@ def continue_pretraining(
     target_paths: Mapping[str, str] | None = None,
     teacher=None,
     teacher_layer: int | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Continue masked-prediction training of a given MelHuBERT (any per-layer FFN widths, its own
     feature statistics) on the targets of `centers` (its parent's k-means centres), with `head` (its
@@ -110,16 +115,17 @@ def continue_pretraining(
     With `teacher` (a released MelHuBERT at the root of the chain, which brings no targets of its own):
     `centers` are k-means centres of the teacher's hidden states at `teacher_layer` (`teacher_centers`),
     and every frame's target is the centre nearest to the teacher's hidden state of that frame, as in
-    HuBERT's later iterations."""
+    HuBERT's later iterations. `data_dir`: as for `pretrain_melhubert`."""
     t0 = time.monotonic()
     log, dev = _setup(log, threads, device)
     cfg = resolve("pretrain.train", train_config)
     outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
     if teacher is None:
         data = prepare_training_data(manifest_path, model, cfg, fit_stats=False, centers=centers,
-                                     target_paths=dict(target_paths) if target_paths is not None else None)
+                                     target_paths=dict(target_paths) if target_paths is not None else None,
+                                     work_dir=data_dir)
     else:
-        data = _teacher_data(manifest_path, model, cfg, teacher, teacher_layer, centers)
+        data = _teacher_data(manifest_path, model, cfg, teacher, teacher_layer, centers, data_dir)
     return train_masked_prediction(model, data, cfg, outputs, dev, head=head, resume_from=resume_from, log=log,
                                    on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)},
                                    parent_sha256=parent_sha256)
@@ -137,19 +143,20 @@ def _teacher_hidden(teacher, feats, layer: int) -> list[torch.Tensor]:
     return [teacher.encode(f[None], return_ffn=False).hidden[layer][0].float() for f in feats]
 
 
-def _teacher_data(manifest_path, model, cfg, teacher, layer, centers) -> TrainingData:
+def _teacher_data(manifest_path, model, cfg, teacher, layer, centers, data_dir=None) -> TrainingData:
     """The student's input features and, as targets, the nearest of `centers` to the teacher's hidden
     state at `layer` of every frame (the student's normalised features are the teacher's: a pruned copy
-    keeps its root's feature statistics)."""
+    keeps its root's feature statistics). The targets are held in memory (int64 per frame)."""
     from speaker_neurons.kmeans import assign
 
-    data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False)  # features only
+    data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False,
+                                 work_dir=data_dir)  # features only
     layer = _teacher_layer(teacher, layer)
     centers = np.asarray(centers, dtype=np.float32)
     labels = assign(torch.cat(_teacher_hidden(teacher, data.feats, layer)), centers)
-    targets = np.split(labels, np.cumsum([len(f) for f in data.feats])[:-1])
-    return TrainingData(data.feats, [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in targets], centers,
-                        {"given_centers": True, "teacher_layer": layer, "total_frames": int(sum(map(len, data.feats)))})
+    targets = [torch.from_numpy(t) for t in np.split(labels, np.cumsum(data.lengths)[:-1])]
+    return TrainingData(data.feats, targets, centers, {"given_centers": True, "teacher_layer": layer,
+                                                       "total_frames": int(data.lengths.sum())}, keep=data.keep)
 
 
 def teacher_centers(teacher, manifest_path, train_config: Mapping, layer: int | None, threads: int | None,
@@ -217,7 +224,7 @@ def second_iteration(
     data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False,
                                  threads=torch.get_num_threads())  # features only; the targets follow
     targets, centers, km = hidden_state_targets(teacher, data.feats, layer, cfg, threads=torch.get_num_threads())
-    data = TrainingData(data.feats, targets, centers, km)
+    data = TrainingData(data.feats, targets, centers, km, keep=data.keep)
     log.info("second iteration: %d targets from layer %d of the teacher, unigram entropy %.3f nats",
              data.n_clusters, layer, data.unigram_entropy)
     return train_masked_prediction(model, data, cfg, outputs, dev, log=log, t0=t0,
@@ -244,14 +251,14 @@ def target_paths(train_config: Mapping, corpus_dir: str | os.PathLike | None) ->
 
 def pretrain_resumable(manifest_path, outputs: Mapping[str, Any], model_config: Mapping, train_config: Mapping,
                        scratch, device, threads: int, corpus_dir=None) -> dict[str, Any]:
-    """`pretrain_melhubert` into a rule's named outputs, resumable (`loop.run_resumable`, checkpoints in
-    `scratch` until it succeeds)."""
-    from speaker_neurons.pretrain.loop import run_resumable
+    """`pretrain_melhubert` into a rule's named outputs, resumable (`loop.run_resumable`, checkpoints and the
+    training data store in `scratch` until it succeeds)."""
+    from speaker_neurons.pretrain.loop import data_dir, run_resumable
 
     targets = target_paths(train_config, corpus_dir)
     return run_resumable(lambda outs, resume_from: pretrain_melhubert(
         manifest_path, outs, model_config=model_config, train_config=train_config, device=device, threads=threads,
-        resume_from=resume_from, target_paths=targets), TrainOutputs.of(outputs), scratch)
+        resume_from=resume_from, target_paths=targets, data_dir=data_dir(scratch)), TrainOutputs.of(outputs), scratch)
 
 
 def continue_resumable(model, manifest_path, outputs: Mapping[str, Any], centers_path, head_path,
@@ -260,7 +267,7 @@ def continue_resumable(model, manifest_path, outputs: Mapping[str, Any], centers
     """`continue_pretraining` of `model` on the root's k-means centres (`centers_path`) from the head at
     `head_path` (None: a new head), into a rule's named outputs, resumable like pre-training; with
     `teacher` (a released root) the targets come from its hidden states at `teacher_layer`."""
-    from speaker_neurons.pretrain.loop import run_resumable
+    from speaker_neurons.pretrain.loop import data_dir, run_resumable
 
     centers = np.load(centers_path)
     targets = None if teacher is not None else target_paths(train_config, corpus_dir)
@@ -268,7 +275,7 @@ def continue_resumable(model, manifest_path, outputs: Mapping[str, Any], centers
         model, manifest_path, outs, centers, train_config=train_config,
         head=load_head(head_path) if head_path else None, device=device, threads=threads,
         parent_sha256=parent_sha256, resume_from=resume_from, target_paths=targets, teacher=teacher,
-        teacher_layer=teacher_layer), TrainOutputs.of(outputs), scratch)
+        teacher_layer=teacher_layer, data_dir=data_dir(scratch)), TrainOutputs.of(outputs), scratch)
     get_logger("pretrain").info("continued for %d steps: loss %.3f -> %.3f", summary["steps"],
                                 summary.get("first_loss") or float("nan"), summary.get("last_loss") or float("nan"))
     return summary

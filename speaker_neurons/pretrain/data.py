@@ -1,23 +1,38 @@
-"""What masked-prediction training reads: normalised log-Mel features and k-means targets per utterance.
+"""What masked-prediction training reads: normalised log-Mel features and k-means targets per utterance,
+streamed from a file-backed store (`speaker_neurons.pretrain.store`), so that nothing proportional to the
+corpus stays in memory (LibriSpeech 960 h: 55 GB of features on disk, O(utterances) index arrays in RAM).
 
-1. features: the model's own Kaldi-fbank path (`MelHuBERT.extract_features`) on every training
-   utterance, first with identity statistics; for a new model the corpus mean/std per mel bin over every
-   10 ms frame is then installed with `set_feature_stats` (so it is saved with the model), while a model
-   that already has statistics (continued pre-training of a pruned model) keeps its own. The normalised
-   features are cached in memory and checked against `extract_features` on two utterances.
-2. targets: the package's frame k-means (`speaker_neurons.kmeans`) fitted on a seeded sample of those
-   features, or given centres (continued training keeps its parent's targets); every frame is labelled.
+1. features: one streaming pass computes the model's own Kaldi-fbank features (`MelHuBERT.extract_features`)
+   of every training utterance once, with identity statistics, writes them to the store and accumulates
+   the corpus sums; for a new model the corpus mean/std per mel bin over every 10 ms frame is then installed
+   with `set_feature_stats` (so it is saved with the model), while a model that already has statistics
+   (continued pre-training of a pruned model) keeps its own. Reads apply the model's statistics
+   (`StoredFeatures`), checked against `extract_features` on two utterances.
+2. targets: the package's frame k-means (`speaker_neurons.kmeans`) fitted on a seeded sample of at most
+   `kmeans_max_frames` of those features (read from the store), or given centres (continued training keeps
+   its parent's targets); every frame is then labelled in chunks into the store.
+
+The store lives in the caller's `work_dir` (the workflow: the job's resume folder, so a killed job that
+starts again reuses a complete store instead of redoing the feature pass) or in a temporary folder that
+goes with the returned `TrainingData`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from speaker_neurons.pretrain import store
+from speaker_neurons.pretrain.store import StoredFeatures, StoredTargets
 from speaker_neurons.utils import get_logger
 
 log = get_logger("pretrain.data")
@@ -25,23 +40,54 @@ log = get_logger("pretrain.data")
 
 @dataclass
 class TrainingData:
-    feats: list[torch.Tensor]  # (T_i, F) normalised model inputs
-    targets: list[torch.Tensor]  # (T_i,) int64 cluster ids
+    """Per-utterance features and targets: Sequences of tensors, either in memory (lists) or read from a
+    store on access (`StoredFeatures`, `StoredTargets`); training reads them through `segment`."""
+
+    feats: Sequence[torch.Tensor]  # (T_i, F) normalised model inputs
+    targets: Sequence[torch.Tensor]  # (T_i,) int64 cluster ids
     centers: np.ndarray  # (K, F) float32 k-means centres the targets come from
     kmeans: dict[str, Any] = field(default_factory=dict)  # fit_frames, total_frames, inertia (None when given)
+    keep: Any = field(default=None, repr=False)  # what must live as long as the data (a temporary store folder)
 
     @property
     def lengths(self) -> np.ndarray:
+        if isinstance(self.feats, StoredFeatures):
+            return self.feats.lengths
         return np.array([len(f) for f in self.feats])
+
+    @property
+    def dim(self) -> int:
+        return self.feats.dim if isinstance(self.feats, StoredFeatures) else int(self.feats[0].shape[1])
+
+    def segment(self, i: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (n, F), targets (n,)) of frames [start, stop) of utterance i."""
+        x = self.feats.segment(i, start, stop) if isinstance(self.feats, StoredFeatures) else self.feats[i][start:stop]
+        y = (self.targets.segment(i, start, stop) if isinstance(self.targets, StoredTargets)
+             else self.targets[i][start:stop])
+        return x, y
+
+    def target_chunks(self) -> Iterator[np.ndarray]:
+        """Every frame's target (int64) in utterance order, a chunk at a time."""
+        if isinstance(self.targets, StoredTargets):
+            yield from self.targets.chunks()
+        else:
+            for t in self.targets:
+                yield np.asarray(t.numpy() if isinstance(t, torch.Tensor) else t, dtype=np.int64)
 
     @property
     def n_clusters(self) -> int:
         return int(self.centers.shape[0])
 
+    def target_counts(self) -> np.ndarray:
+        counts = np.zeros(self.n_clusters, dtype=np.int64)
+        for c in self.target_chunks():
+            counts += np.bincount(c, minlength=self.n_clusters)[: self.n_clusters]
+        return counts
+
     @property
     def unigram_entropy(self) -> float:
         """Entropy (nats) of the target distribution: the loss of a model that ignores its input."""
-        counts = np.bincount(torch.cat(self.targets).numpy(), minlength=self.n_clusters)
+        counts = self.target_counts()
         p = counts / counts.sum()
         return float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
@@ -69,26 +115,73 @@ def _load(path: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None]
 
 
+class _IdentityStats:
+    """Within the block, `model` computes features with identity statistics (its own are restored after)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        m = self.model
+        self.saved = m.feature_mean.detach().clone(), m.feature_std.detach().clone()
+        m.set_feature_stats(np.zeros(m.n_mels), np.ones(m.n_mels))
+        return self
+
+    def __exit__(self, *exc):
+        self.model.set_feature_stats(self.saved[0].cpu().numpy(), self.saved[1].cpu().numpy())
+
+
+@torch.no_grad()
+def _raw_features(model, path: str) -> tuple[torch.Tensor, int]:
+    """One file's features (T, F) through `model.extract_features` on the CPU (identity statistics must be
+    installed) and its count of 10 ms fbank frames (for the 20 ms variant: 2T or 2T - 1)."""
+    from speaker_neurons.models.melhubert import fbank_frames
+
+    w = _load(path)
+    f, n = model.extract_features(w, torch.tensor([w.shape[1]]))
+    return f[0, : int(n[0])].float().cpu().contiguous(), fbank_frames(w.shape[1])
+
+
 @torch.no_grad()
 def compute_features(model, paths: Sequence[str], progress: bool = True) -> tuple[list[torch.Tensor], list[int]]:
     """Features (T, F) per file through `model.extract_features` (on the CPU) with identity statistics,
-    and each file's count of 10 ms fbank frames (for the 20 ms variant: 2T or 2T - 1)."""
+    and each file's count of 10 ms fbank frames (for the 20 ms variant: 2T or 2T - 1). In memory: the
+    reference the streamed store is tested against."""
     from tqdm import tqdm
 
-    from speaker_neurons.models.melhubert import fbank_frames
-
-    mean, std = model.feature_mean.detach().clone(), model.feature_std.detach().clone()
-    model.set_feature_stats(np.zeros(model.n_mels), np.ones(model.n_mels))
-    try:
-        feats, n10 = [], []
+    feats, n10 = [], []
+    with _IdentityStats(model):
         for p in tqdm(paths, desc="fbank", disable=not progress, mininterval=5):
-            w = _load(p)
-            f, n = model.extract_features(w, torch.tensor([w.shape[1]]))
-            feats.append(f[0, : int(n[0])].float().cpu().contiguous())
-            n10.append(fbank_frames(w.shape[1]))
-    finally:
-        model.set_feature_stats(mean.cpu().numpy(), std.cpu().numpy())
+            f, n = _raw_features(model, p)
+            feats.append(f)
+            n10.append(n)
     return feats, n10
+
+
+class StatsAccumulator:
+    """Float64 sums over every real 10 ms fbank frame of un-normalised features, one utterance at a time:
+    stacked (20 ms) rows are unfolded into 10 ms frames and the zero partner of an odd last frame is left out."""
+
+    def __init__(self, n_mels: int):
+        self.n_mels = int(n_mels)
+        self.s = torch.zeros(self.n_mels, dtype=torch.float64)
+        self.s2 = torch.zeros(self.n_mels, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, f: torch.Tensor, n10: int) -> None:
+        x = f.reshape(-1, self.n_mels)[:n10].double()
+        self.s += x.sum(0)
+        self.s2 += (x * x).sum(0)
+        self.count += x.shape[0]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Corpus mean / std (n_mels values)."""
+        if self.count < 2:
+            raise ValueError("too few feature frames to compute statistics")
+        mean = self.s / self.count
+        var = (self.s2 / self.count - mean * mean) * self.count / (self.count - 1)
+        std = var.clamp_min(1e-10).sqrt()
+        return mean.numpy(), std.numpy()
 
 
 def feature_stats(raw: Sequence[torch.Tensor], n10: Sequence[int], n_mels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,20 +189,10 @@ def feature_stats(raw: Sequence[torch.Tensor], n10: Sequence[int], n_mels: int) 
 
     Stacked (20 ms) rows are unfolded into 10 ms frames and the zero partner of an odd last frame is left out.
     """
-    s = torch.zeros(n_mels, dtype=torch.float64)
-    s2 = torch.zeros(n_mels, dtype=torch.float64)
-    count = 0
+    acc = StatsAccumulator(n_mels)
     for f, n in zip(raw, n10):
-        x = f.reshape(-1, n_mels)[:n].double()
-        s += x.sum(0)
-        s2 += (x * x).sum(0)
-        count += x.shape[0]
-    if count < 2:
-        raise ValueError("too few feature frames to compute statistics")
-    mean = s / count
-    var = (s2 / count - mean * mean) * count / (count - 1)
-    std = var.clamp_min(1e-10).sqrt()
-    return mean.numpy(), std.numpy()
+        acc.add(f, n)
+    return acc.result()
 
 
 def normalise_features(model, raw: Sequence[torch.Tensor], n10: Sequence[int]) -> list[torch.Tensor]:
@@ -128,7 +211,7 @@ def normalise_features(model, raw: Sequence[torch.Tensor], n10: Sequence[int]) -
 
 @torch.no_grad()
 def check_normalisation(model, paths: Sequence[str], feats: Sequence[torch.Tensor], n10: Sequence[int]) -> None:
-    """The cached features must be the model's own: compare an even and an odd utterance."""
+    """The training features must be the model's own: compare an even and an odd utterance."""
     picks = []
     for parity in (0, 1):
         i = next((i for i, n in enumerate(n10) if n % 2 == parity), None)
@@ -138,7 +221,7 @@ def check_normalisation(model, paths: Sequence[str], feats: Sequence[torch.Tenso
         w = _load(paths[i])
         f, n = model.extract_features(w, torch.tensor([w.shape[1]]))
         if not torch.allclose(f[0, : int(n[0])].float(), feats[i], atol=1e-4, rtol=1e-4):
-            raise RuntimeError(f"cached normalised features differ from MelHuBERT.extract_features ({paths[i]})")
+            raise RuntimeError(f"the training features differ from MelHuBERT.extract_features ({paths[i]})")
 
 
 def clean_audio_paths(corpus_dir) -> dict[str, str]:
@@ -156,63 +239,215 @@ def clean_audio_paths(corpus_dir) -> dict[str, str]:
     return {u: str(Path(corpus_dir) / p) for u, p in zip(df["utt_id"], df["clean_path"])}
 
 
+def _inputs_digest(ids: Sequence[str], paths: Sequence[str], clean: Sequence[str] | None) -> str:
+    """A hash of the rows a feature store is made of: utterance id, path, and each file's size and mtime."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, (u, p) in enumerate(zip(ids, paths)):
+        for q in (p,) if clean is None else (p, clean[k]):
+            try:
+                st = os.stat(q)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            h.update(f"{u}\t{q}\t{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _array_digest(a) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(np.asarray(a))
+    return f"{a.dtype.name}{list(a.shape)}:{hashlib.sha256(a.tobytes()).hexdigest()}"
+
+
+def _write_features(model, ids: Sequence[str], paths: Sequence[str], clean: Sequence[str] | None, fdir: Path,
+                    fdig: str, mask_length: int, progress: bool, est_seconds: float | None) -> None:
+    """The feature pass: every file's features (identity statistics) once into the store, with the corpus sums
+    (over every selected utterance) and the index of those at least one mask span long (the kept ones)."""
+    from contextlib import nullcontext
+
+    from tqdm import tqdm
+
+    tmp = store.start_part(fdir)
+    if est_seconds:
+        need = est_seconds * 100 / model.stack * model.feature_dim * 4 * (2 if clean is not None else 1)
+        free = shutil.disk_usage(tmp).free
+        (log.warning if need > free else log.info)(
+            "feature store: about %.3g GB of float32 features for %.2f h of audio%s in %s (%.3g GB free there)",
+            need / 1e9, est_seconds / 3600, " and its clean copy" if clean is not None else "", fdir, free / 1e9)
+    acc = StatsAccumulator(model.n_mels)
+    offsets, n10, kept, clean_n10 = [0], [], [], []
+    with _IdentityStats(model), store.RowWriter(tmp / "input.f32", np.float32) as w_in, \
+            (store.RowWriter(tmp / "clean.f32", np.float32) if clean is not None else nullcontext()) as w_clean:
+        for k in tqdm(range(len(paths)), desc="fbank", disable=not progress, mininterval=5):
+            f, n = _raw_features(model, paths[k])
+            acc.add(f, n)
+            if len(f) < mask_length:
+                continue
+            if clean is not None:
+                g, m = _raw_features(model, clean[k])
+                if len(g) != len(f):
+                    raise ValueError(f"the clean copy of {ids[k]} has another length than the audio "
+                                     f"({len(g)} frames, not {len(f)})")
+                w_clean.write(g)
+                clean_n10.append(m)
+            w_in.write(f)
+            offsets.append(offsets[-1] + len(f))
+            n10.append(n)
+            kept.append(k)
+    np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    np.save(tmp / "n10.npy", np.asarray(n10, dtype=np.int64))
+    np.save(tmp / "kept.npy", np.asarray(kept, dtype=np.int64))
+    if clean is not None:
+        np.save(tmp / "clean_n10.npy", np.asarray(clean_n10, dtype=np.int64))
+    np.savez(tmp / "stats.npz", s=acc.s.numpy(), s2=acc.s2.numpy(), count=np.int64(acc.count))
+    store.finish_part(tmp, {"digest": fdig, "format": store.FORMAT, "selected": len(paths), "utterances": len(kept),
+                            "frames": int(offsets[-1]), "dim": int(model.feature_dim), "clean": clean is not None})
+    log.info("feature store written: %d utterances, %d frames; %s", len(kept), offsets[-1], store.disk_line(fdir))
+
+
+def _gather(feats: StoredFeatures, pick: np.ndarray | None) -> np.ndarray:
+    """The normalised frames at the sorted global indices `pick` (None: every frame), read chunk by chunk."""
+    out = np.empty((feats.total if pick is None else len(pick), feats.dim), dtype=np.float32)
+    for s, x in feats.chunks():
+        e = s + x.shape[0]
+        if pick is None:
+            out[s:e] = x.numpy()
+        else:
+            a, b = np.searchsorted(pick, [s, e])
+            if b > a:
+                out[a:b] = x.numpy()[pick[a:b] - s]
+    return out
+
+
+def _write_targets(tdir: Path, tdig: str, feats: StoredFeatures, cfg: dict, centers: np.ndarray | None,
+                   threads: int | None) -> None:
+    """k-means on a seeded sample of `feats` (or the given `centers`), then every frame's label, chunk by chunk."""
+    from speaker_neurons.kmeans import assign, fit_kmeans, sample_indices
+
+    seed, total = int(cfg["seed"]), feats.total
+    tmp = store.start_part(tdir)
+    if centers is None:
+        k = int(cfg["n_clusters"])
+        if total < k:
+            raise ValueError(f"k-means: {total} frames for {k} clusters")
+        fit = _gather(feats, sample_indices(total, int(cfg["kmeans_max_frames"]), seed))
+        km = fit_kmeans(fit, k, seed=seed, batch_size=int(cfg["kmeans_batch_size"]),
+                        max_iter=int(cfg["kmeans_max_iter"]), n_init=int(cfg["kmeans_n_init"]), threads=threads)
+        centers = km.cluster_centers_.astype(np.float32)
+        record = {"inertia": float(km.inertia_) / len(fit), "fit_frames": int(len(fit)), "total_frames": total}
+        del fit, km
+    else:
+        record = {"given_centers": True, "total_frames": total}
+    dtype = store.label_dtype(len(centers))
+    counts = np.zeros(len(centers), dtype=np.int64)
+    name = f"labels.{np.dtype(dtype).name.replace('int', 'i')}"
+    with store.RowWriter(tmp / name, dtype) as w:
+        for _, x in feats.chunks():
+            labels = assign(x, centers)
+            counts += np.bincount(labels, minlength=len(centers))
+            w.write(labels)
+    np.save(tmp / "centers.npy", np.asarray(centers, dtype=np.float32))
+    store.finish_part(tmp, {"digest": tdig, "format": store.FORMAT, "file": name, "dtype": np.dtype(dtype).name,
+                            "rows": total, "kmeans": record, "counts": counts.tolist()})
+    log.info("target store written: %d labels; %s", total, store.disk_line(tdir))
+
+
 def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = True, centers: np.ndarray | None = None,
-                          threads: int | None = None, target_paths: dict[str, str] | None = None) -> TrainingData:
+                          threads: int | None = None, target_paths: dict[str, str] | None = None,
+                          work_dir: str | os.PathLike | None = None) -> TrainingData:
     """Features and targets for masked prediction on the manifest rows `cfg` selects (`splits`,
-    `max_utterances`, `seed`). `fit_stats`: install the corpus statistics in `model` (a new model);
-    else use the model's own. `centers`: label frames with these k-means centres instead of fitting
-    `cfg["n_clusters"]` new ones (continued pre-training keeps its parent's targets).
+    `max_utterances`, `seed`), streamed from a store in `work_dir` (see the module; None: a temporary
+    folder that lives as long as the returned data). `fit_stats`: install the corpus statistics in `model`
+    (a new model); else use the model's own. `centers`: label frames with these k-means centres instead of
+    fitting `cfg["n_clusters"]` new ones (continued pre-training keeps its parent's targets).
     `target_paths` ({utt_id: path}, `cfg["targets_audio"]` clean): the targets are the k-means clusters
-    of these files' features (normalised like the input), frame by frame, instead of the input's."""
+    of these files' features (normalised like the input), frame by frame, instead of the input's.
+
+    A complete store of the same inputs in `work_dir` is reused (no feature pass, no k-means); a store of
+    other inputs, or an unfinished one, is rebuilt."""
     from speaker_neurons.data.manifest import read_manifest
-    from speaker_neurons.kmeans import assign, cluster_utterance_frames
 
     seed = int(cfg["seed"])
     df = select_rows(read_manifest(manifest_path), cfg["splits"], cfg["max_utterances"], seed)
-    paths = df["path"].tolist()
-    model.eval()
-    raw, n10 = compute_features(model, paths, progress=bool(cfg["progress"]))
-    if fit_stats:
-        model.set_feature_stats(*feature_stats(raw, n10, model.n_mels))
-    feats = normalise_features(model, raw, n10)
-    del raw
-    check_normalisation(model, paths, feats, n10)
-    keep = [i for i, f in enumerate(feats) if len(f) >= int(cfg["mask_length"])]
-    if len(keep) < len(feats):
-        log.warning("%d utterance(s) shorter than one mask span left out", len(feats) - len(keep))
-        feats = [feats[i] for i in keep]
-    if not feats:
-        raise ValueError(f"{manifest_path}: no training utterance long enough")
-    n_frames = int(sum(len(f) for f in feats))
-    log.info("%d utterances, %d frames (%.2f h), feature dim %d", len(feats), n_frames,
-             n_frames * model.stack * 0.010 / 3600, feats[0].shape[1])
-    target_feats = feats
+    ids, paths = df["utt_id"].astype(str).tolist(), df["path"].astype(str).tolist()
+    clean = None
     if target_paths is not None:  # denoising: the targets come from the clean copy of each utterance
-        ids = [df["utt_id"].iloc[i] for i in keep]
         missing = [u for u in ids if u not in target_paths]
         if missing:
             raise ValueError(f"no clean audio for {len(missing)} training utterance(s), e.g. {missing[:3]}")
-        raw_t, n10_t = compute_features(model, [target_paths[u] for u in ids], progress=bool(cfg["progress"]))
-        target_feats = normalise_features(model, raw_t, n10_t)
-        bad = [u for u, a, b in zip(ids, feats, target_feats) if len(a) != len(b)]
-        if bad:
-            raise ValueError(f"the clean copy of {bad[0]} has another length than the audio ({len(bad)} such)")
-        log.info("targets from the clean copies of the %d utterances (pretrain.train.targets_audio: clean)", len(ids))
-    if centers is None:
-        targets, km = cluster_utterance_frames(
-            target_feats, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=seed,
-            batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]),
-            n_init=int(cfg["kmeans_n_init"]), threads=threads)
-        centers = km.pop("centers")
-        km.pop("counts")
-    else:
+        clean = [str(target_paths[u]) for u in ids]
+    if centers is not None:
         centers = np.asarray(centers, dtype=np.float32)
-        if centers.shape[1] != feats[0].shape[1]:
-            raise ValueError(f"k-means centres have dimension {centers.shape[1]}, the features {feats[0].shape[1]}")
-        labels = assign(torch.cat(target_feats), centers)
-        targets = np.split(labels, np.cumsum([len(f) for f in feats])[:-1])
-        km = {"given_centers": True, "total_frames": n_frames}
-    data = TrainingData(feats, [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in targets], centers, km)
-    log.info("targets: %d clusters, %d used, unigram entropy %.3f nats", data.n_clusters,
-             int((np.bincount(torch.cat(data.targets).numpy(), minlength=data.n_clusters) > 0).sum()), data.unigram_entropy)
+        if centers.shape[1] != model.feature_dim:
+            raise ValueError(f"k-means centres have dimension {centers.shape[1]}, the features {model.feature_dim}")
+    model.eval()
+    keep = None
+    if work_dir is None:
+        keep = tempfile.TemporaryDirectory(prefix="pretrain-data-")
+        work_dir = keep.name
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    # 1. features (raw, identity statistics) and the corpus sums
+    mask_length = int(cfg["mask_length"])
+    fdig = store.digest("features", store.FORMAT, {"n_mels": model.n_mels, "stack": model.stack,
+                                                   "sample_rate": model.sample_rate}, mask_length,
+                        _inputs_digest(ids, paths, clean))
+    fdir = work / "features"
+    if store.ready(fdir, fdig):
+        log.info("reusing the complete feature store (no feature pass): %s", store.disk_line(fdir))
+    else:
+        est = float(df["duration"].sum()) if "duration" in df.columns and df["duration"].notna().all() else None
+        _write_features(model, ids, paths, clean, fdir, fdig, mask_length, bool(cfg["progress"]), est)
+    finfo = json.loads((fdir / store.INFO).read_text())
+    offsets, n10, kept = (np.load(fdir / f"{n}.npy") for n in ("offsets", "n10", "kept"))
+    if len(kept) < len(ids):
+        log.warning("%d utterance(s) shorter than one mask span left out", len(ids) - len(kept))
+    if not len(kept):
+        raise ValueError(f"{manifest_path}: no training utterance long enough")
+    if fit_stats:
+        sums = np.load(fdir / "stats.npz")
+        acc = StatsAccumulator(model.n_mels)
+        acc.s, acc.s2, acc.count = torch.from_numpy(sums["s"]), torch.from_numpy(sums["s2"]), int(sums["count"])
+        model.set_feature_stats(*acc.result())
+
+    def stored(name: str, lengths10: np.ndarray) -> StoredFeatures:
+        rows = store.RowFile(fdir / name, np.float32, int(finfo["dim"]), int(offsets[-1]))
+        return StoredFeatures(rows, offsets, lengths10, model.feature_mean, model.feature_std, model.stack,
+                              model.n_mels)
+
+    feats = stored("input.f32", n10)
+    check_normalisation(model, [paths[k] for k in kept], feats, n10)
+    n_frames = feats.total
+    log.info("%d utterances, %d frames (%.2f h), feature dim %d", len(feats), n_frames,
+             n_frames * model.stack * 0.010 / 3600, feats.dim)
+    target_feats = feats
+    if clean is not None:
+        target_feats = stored("clean.f32", np.load(fdir / "clean_n10.npy"))
+        log.info("targets from the clean copies of the %d utterances (pretrain.train.targets_audio: clean)", len(feats))
+
+    # 2. targets
+    kmeans_keys = {k: cfg[k] for k in ("n_clusters", "kmeans_max_frames", "kmeans_batch_size", "kmeans_max_iter",
+                                       "kmeans_n_init", "seed")}
+    tdig = store.digest("targets", store.FORMAT, fdig, clean is not None, _array_digest(model.feature_mean.cpu()),
+                        _array_digest(model.feature_std.cpu()),
+                        _array_digest(centers) if centers is not None else kmeans_keys)
+    tdir = work / "targets"
+    if store.ready(tdir, tdig):
+        log.info("reusing the complete target store (no k-means): %s", store.disk_line(tdir))
+    else:
+        _write_targets(tdir, tdig, target_feats, cfg, centers, threads)
+    tinfo = json.loads((tdir / store.INFO).read_text())
+    rec = tinfo["kmeans"]
+    km = ({"given_centers": True, "total_frames": rec["total_frames"]} if rec.get("given_centers") else
+          {"inertia": rec["inertia"], "fit_frames": rec["fit_frames"], "total_frames": rec["total_frames"]})
+    labels = StoredTargets(store.RowFile(tdir / tinfo["file"], tinfo["dtype"], None, n_frames), offsets)
+    data = TrainingData(feats, labels, np.load(tdir / "centers.npy"), km, keep=keep)
+    counts = np.asarray(tinfo["counts"])
+    log.info("targets: %d clusters, %d used, unigram entropy %.3f nats", data.n_clusters, int((counts > 0).sum()),
+             data.unigram_entropy)
+    log.info("training data store: %s", store.disk_line(work))
     return data

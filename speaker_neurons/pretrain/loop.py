@@ -40,6 +40,7 @@ from speaker_neurons.pretrain.data import TrainingData
 from speaker_neurons.pretrain.masking import span_mask
 from speaker_neurons.utils import Terminated, get_logger, sigterm_checkpoints
 
+DATA_DIR = "data"  # the training data store inside a resumable run's scratch folder
 LOG_HEADER = "step\tloss\tmasked_acc\tlr\telapsed_s\tepoch\tmasked_frames\tgrad_norm\n"
 
 
@@ -210,8 +211,8 @@ def _fingerprint(cfg: dict, data: TrainingData) -> str:
     keep = {k: v for k, v in cfg.items() if k not in ("max_minutes", "progress", "log_every", "keep_checkpoints")}
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(data.centers).tobytes())
-    for t in data.targets:
-        h.update(t.numpy().tobytes())
+    for t in data.target_chunks():  # the bytes of every int64 target in order, read a chunk at a time
+        h.update(t.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -221,10 +222,10 @@ def _batch_tensors(batch, data: TrainingData, lengths, crop, rng, cfg):
         n = int(lengths[i])
         s = int(rng.integers(0, n - crop + 1)) if crop and n > crop else 0
         e = s + (min(n, crop) if crop else n)
-        segs.append((data.feats[i][s:e], data.targets[i][s:e]))
+        segs.append(data.segment(i, s, e))
     blen = torch.tensor([len(x) for x, _ in segs], dtype=torch.long)
     T = int(blen.max())
-    x = torch.zeros(len(segs), T, data.feats[0].shape[1])
+    x = torch.zeros(len(segs), T, data.dim)
     y = torch.full((len(segs), T), -100, dtype=torch.long)
     for b, (fx, fy) in enumerate(segs):
         x[b, : len(fx)] = fx
@@ -456,6 +457,11 @@ def train_masked_prediction(
     return summary
 
 
+def data_dir(scratch: str | os.PathLike | None) -> Path | None:
+    """Where `run_resumable(..., scratch)` keeps the training data store (None without a scratch folder)."""
+    return Path(scratch) / DATA_DIR if scratch else None
+
+
 def run_resumable(train, outs: TrainOutputs, scratch: str | os.PathLike | None) -> dict:
     """Run `train(outputs, resume_from)` so that a killed job resumes instead of starting again.
 
@@ -464,7 +470,11 @@ def run_resumable(train, outs: TrainOutputs, scratch: str | os.PathLike | None) 
     checkpoint (same weights, optimiser, schedule and random generators: the end is byte-identical to
     an uninterrupted run); a checkpoint of another config (`CheckpointMismatch`) is discarded and the
     run starts again; on success the checkpoints move to `outs.checkpoints` and `scratch` goes.
-    `scratch` None: the checkpoints are written where they end."""
+    `scratch` None: the checkpoints are written where they end.
+
+    `scratch/data` (`DATA_DIR`, `data_dir`) is the training data store a caller's `train` may write
+    (`prepare_training_data`'s `work_dir`): kept when the job is killed (the restart reuses it when complete)
+    and when a checkpoint is discarded, removed on success before the checkpoints move."""
     import re
 
     final = Path(outs.checkpoints)
@@ -481,11 +491,15 @@ def run_resumable(train, outs: TrainOutputs, scratch: str | os.PathLike | None) 
         summary = train(work, resume_from)
     except CheckpointMismatch as e:
         log.warning("%s; starting again", e)
-        shutil.rmtree(scratch)
-        scratch.mkdir(parents=True)
+        for p in scratch.iterdir():  # the checkpoints; the data store (its own digest) stays
+            if p.name != DATA_DIR:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         resume_from = None
         summary = train(work, None)
     if scratch != final:
+        from speaker_neurons.pretrain.store import remove
+
+        remove(scratch / DATA_DIR)
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
