@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -293,6 +294,9 @@ class BatchSet(torch.utils.data.Dataset):
 
 def _one_thread(_):
     torch.set_num_threads(1)
+    # SIGTERM (a time limit) is the main process's to answer: it saves a checkpoint and stops, which ends the
+    # workers. A worker that died of it first would fail the main process before it could save.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def loader(dataset: BatchSet, start: int, stop: int, workers: int, device) -> torch.utils.data.DataLoader:

@@ -513,24 +513,42 @@ def test_a_killed_pr_eval_resumes_byte_identical(pr_job, tmp_path, monkeypatch, 
     assert "PR frame cache:" not in caplog.text and "PR audio cache:" not in caplog.text
 
 
-def test_sigterm_saves_that_step_and_the_rerun_ends_byte_identical(pr_job, tmp_path, monkeypatch, caplog):
-    """SIGTERM (what SLURM sends at a job's time limit, before SIGKILL) after step 5, between the scheduled
-    checkpoints (every 2): that step is saved, the job stops with Terminated (SIGTERM's handler restored),
-    and the rerun resumes at step 5 rather than 4 and ends byte-identical to an uninterrupted run."""
+def _sigterm_the_job(step: int) -> None:
+    """What SLURM does at a job's time limit: SIGTERM to every process of the job (here this one and its
+    children, the loader's worker among them), sent by another process (slurmstepd there, `kill` here: a
+    torch loader worker exits quietly when its parent sends it, and dies of it otherwise)."""
     import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    me = os.getpid()
+    pids = [d.name for d in Path("/proc").iterdir()
+            if d.name.isdigit() and (d / "stat").exists()
+            and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me]
+    subprocess.run(["kill", "-TERM", *pids, str(me)], check=False)
+    time.sleep(0.5)  # the rest of the step the signal fell into: time for a worker's death to reach this process
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_that_step_and_the_rerun_ends_byte_identical(pr_job, tmp_path, monkeypatch, caplog, workers):
+    """SIGTERM to the job (what SLURM sends at its time limit, before SIGKILL) after step 5, between the
+    scheduled checkpoints (every 2): that step is saved (the loader's worker ignores it and leaves the
+    answer to the main process), the job stops with Terminated (SIGTERM's handler restored), and the rerun
+    resumes at step 5 rather than 4 and ends byte-identical to an uninterrupted run."""
     import signal
 
     from speaker_neurons.utils import Terminated
 
     _run_pr(pr_job, tmp_path / "a", feature_cache_gb=0)
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(pr, "_after_step", lambda s: os.kill(os.getpid(), signal.SIGTERM) if s == 5 else None)
+    monkeypatch.setattr(pr, "_after_step", lambda s: _sigterm_the_job(s) if s == 5 else None)
     with caplog.at_level("WARNING", logger="speaker_neurons.pr"), pytest.raises(Terminated, match="step 5 of 6"):
-        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0)
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0, loader_workers=workers)
     assert "SIGTERM" in caplog.text and signal.getsignal(signal.SIGTERM) is before
     monkeypatch.setattr(pr, "_after_step", None)
     with caplog.at_level("INFO", logger="speaker_neurons.pr"):
-        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0)
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0, loader_workers=workers)
     assert "RESUMING the PR heads at step 5/6" in caplog.text
     for f in ("pr.json", "heads.safetensors"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
