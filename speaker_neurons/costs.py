@@ -238,9 +238,13 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         frames = steps * int(t["max_frames_per_batch"])
         audio_h = frames / model.frames_per_second / 3600
         flop = audio_h * 3600 * per_s * 3  # forward and backward
-        mem += 1000 + model.params * 16 / 2**20 + hours * 3600 * model.frames_per_second * 80 * 4 * 2 / 2**20
+        mem += 1000 + model.params * 16 / 2**20
+        if rule != "pretrain_melhubert":  # a released root's targets: its hidden states of every frame in memory
+            mem += hours * 3600 * model.frames_per_second * model.dim * 4 * 2 / 2**20
         keep = t["keep_checkpoints"] or max(1, steps // max(1, int(t["checkpoint_every"])))
-        disk += keep * model.params * 16 / 2**20
+        # the file-backed training data (pretrain.store, in the resume folder): float32 fbank rows of the input
+        # and of a clean copy, int16 targets; not in memory
+        disk += keep * model.params * 16 / 2**20 + hours * 3600 * model.frames_per_second * (80 * 4 * 2 + 2) / 2**20
     elif rule == "ivectors":
         iv = config["ivector"]
         audio_h = hours

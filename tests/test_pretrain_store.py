@@ -66,9 +66,9 @@ def _reference(manifest, cfg, clean=None):
     if clean is not None:
         raw_t, n10_t = compute_features(model, [clean[df["utt_id"].iloc[i]] for i in keep], progress=False)
         target_feats = normalise_features(model, raw_t, n10_t)
-    targets, km = cluster_utterance_frames(target_feats, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]),
-                                           seed=int(cfg["seed"]), batch_size=int(cfg["kmeans_batch_size"]),
-                                           max_iter=int(cfg["kmeans_max_iter"]), n_init=int(cfg["kmeans_n_init"]))
+    targets, km = cluster_utterance_frames(
+        target_feats, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=int(cfg["seed"]),
+        batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]), n_init=int(cfg["kmeans_n_init"]))
     return model, feats, targets, km, len(df)
 
 
