@@ -77,6 +77,10 @@ JobAcctGatherParams=OverMemoryKill
 JobAcctGatherFrequency=task=2
 ReturnToService=2
 MinJobAge=300
+# a job past its --time gets SIGTERM at the next time-limit check (slurmctld checks every 30 s), then
+# SIGKILL after KillWait seconds: the training stages save a checkpoint on SIGTERM, within a second here
+OverTimeLimit=0
+KillWait=10
 MailProg=/bin/true
 SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid

@@ -104,7 +104,9 @@ def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
     seed_corpora(tiny_corpora, local, TINY_CORPORA)
     config = ["--configfile", str(TINY), str(extra), "--config"]
     proc = start_snakemake(base / "local.log", "--cores", "2", *config, f"results={local}")
-    cancelled = start_snakemake(base / "cancelled.log", *PROFILE, *config, f"results={slurm}", env=cluster)
+    # --retries 0: the profile would resubmit the cancelled job at once; this run must fail instead
+    cancelled = start_snakemake(base / "cancelled.log", *PROFILE, "--retries", "0", *config, f"results={slurm}",
+                                env=cluster)
     scratch = slurm / "resume/melhubert_demo/pretrain_melhubert"
     deadline = time.monotonic() + 900
     try:
@@ -167,3 +169,84 @@ def test_scancelled_pretraining_resumes_through_slurm(cancelled_and_resumed):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert _losses(a / "pretrain/train_log.tsv") == _losses(b / "pretrain/train_log.tsv")
     assert len(_losses(a / "pretrain/train_log.tsv")) == 41
+
+
+# Jobs past their time limit: pre-training of the tiny model and pr_eval of the shipped demo model (a
+# second model, so that the two jobs run side by side), each given `runtime: 1` (--time=1), SLURM's
+# shortest, with every training step slowed by TEST_STEP_SECONDS (tests/paced_steps: a sleep, which changes
+# no result) so that each job needs about 100 s: more than the first limit however late slurmctld's
+# time-limit check (every 30 s) catches it, and less than the rerun's 2 minutes after the resume.
+TIME_LIMIT_EXTRA = ("upstream: {threads: 1}\n"
+                    "models:\n"
+                    "  - {name: melhubert_demo, kind: melhubert, source: pretrain}\n"
+                    "  - {name: shipped, kind: melhubert, source: checkpoint, path: models/melhubert_demo/model, "
+                    "format: native}\n"
+                    + RESUME_PRETRAIN
+                    + "pr: {steps: 40, eval_every: 20, checkpoint_every: 5, learning_rates: [0.01], seeds: [0]}\n"
+                    "resources: {pretrain_melhubert: {runtime: 1}, pr_eval: {runtime: 1}}\n")
+STEP_SECONDS = 2.5
+
+
+def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(cluster, tiny_corpora, tmp_path):
+    """A pre-training job and a pr_eval job submitted with a `--time` too short: SLURM stops each at its
+    limit (state TIMEOUT; SIGTERM, on which the stage saves a checkpoint of that step), the profile's
+    `retries` resubmits it with runtime x 2, the rerun resumes from that step, and the outputs equal an
+    uninterrupted local run of the same configuration byte for byte."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_runs
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(TIME_LIMIT_EXTRA)
+    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    for results in (local, slurm):
+        seed_corpora(tiny_corpora, results, TINY_CORPORA)
+    config = ["--configfile", str(TINY), str(extra), "--config"]
+
+    def targets(results):
+        return ["--", results / "models/melhubert_demo/pretrain/summary.json",
+                results / "models/shipped/pr/demo_eval/pr.json"]
+
+    proc = start_snakemake(tmp_path / "local.log", "--cores", "2", *config, f"results={local}", *targets(local))
+    paced = dict(cluster, PYTHONPATH=str(ROOT / "tests/paced_steps"), TEST_STEP_SECONDS=str(STEP_SECONDS))
+    try:
+        res = run_snakemake(*PROFILE, *config, f"results={slurm}", *targets(slurm), env=paced, timeout=900)
+        assert wait_or_kill(proc, 600) == 0, (tmp_path / "local.log").read_text()[-6000:]
+    finally:
+        stop(proc)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+
+    # each rule's jobs in submission order, and what SLURM says of them
+    jobs: dict[str, list[tuple[str, Path]]] = {}
+    for job, log in re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)", out):
+        jobs.setdefault(Path(log).parts[-3].removeprefix("rule_"), []).append((job, Path(log)))
+    ids = ",".join(job for rule in ("pretrain_melhubert", "pr_eval") for job, _ in jobs.get(rule, []))
+    state = dict(line.split(" ", 1) for line in subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ids, "-o", "%i %T %l"], env=cluster, capture_output=True,
+        text=True).stdout.split("\n") if line)
+    for rule, log, saved, resumed in (
+            ("pretrain_melhubert", "melhubert_demo/pretrain_melhubert.log", r"checkpoint of step (\d+)/40 saved",
+             r"RESUMING from \S+/step_(\d+) "),
+            ("pr_eval", "shipped/pr_eval.log", r"PR heads checkpoint of step (\d+)/40 saved",
+             r"RESUMING the PR heads at step (\d+)/40")):
+        assert len(jobs.get(rule, [])) == 2, (rule, jobs)
+        (first, first_log), (second, _) = jobs[rule]
+        # the first attempt ran out of its minute; the retry asked for two and finished
+        assert state[first] == "TIMEOUT 1:00" and state[second] == "COMPLETED 2:00", (rule, state)
+        # the first attempt saved the step it was at on SIGTERM; the second resumed there, in job `second`
+        job_out = first_log.read_text(errors="replace")
+        step = re.search(saved, job_out)
+        assert step and "DUE TO TIME LIMIT" in job_out, job_out[-3000:]
+        text = (slurm / "logs" / log).read_text()
+        assert f"SLURM job {second}" in text and re.search(resumed, text).group(1) == step.group(1), text[-3000:]
+        assert 0 < int(step.group(1)) < 40
+
+    files_local = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    files_slurm = {str(p.relative_to(slurm)) for p in slurm.rglob("*") if p.is_file()}
+    assert files_local == files_slurm
+    differ = [rel for rel in sorted(files_local)
+              if (local / rel).read_bytes() != (slurm / rel).read_bytes() and compare_runs.kind(rel) is None]
+    assert differ == [], differ
+    for must in ("models/melhubert_demo/model/model.safetensors", "models/melhubert_demo/pretrain/head.pt",
+                 "models/shipped/pr/demo_eval/pr.json", "models/shipped/pr/demo_eval/heads.safetensors"):
+        assert must in files_local and (local / must).read_bytes() == (slurm / must).read_bytes(), must
