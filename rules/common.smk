@@ -330,6 +330,17 @@ def lexicon_input(wildcards):
     return {"lexicon": config["pr"]["lexicon"]} if config["pr"]["lexicon"] else {}
 
 
+def pr_scored(name):
+    """Whether PR scores this model: PR runs, the model is evaluated, and it is an entry of `models` or
+    pr.pruned_models is on."""
+    derived = CAT.root_of(name) != name
+    return (
+        CAT.pr_runs
+        and MODELS[name].evaluated
+        and (config["pr"]["pruned_models"] or not derived)
+    )
+
+
 def pr_inputs(wildcards):
     """With sid.sweep: base, a derived model's PR heads train at the learning rates picked for its root."""
     root = CAT.root_of(wildcards.model)
@@ -394,7 +405,7 @@ def model_outputs(name):
     outs = [f"{base}/neuron_counts.tsv"] if analysed(name) else []
     if config["sid"]["enabled"] and MODELS[name].evaluated:
         outs.append(f"{sid_dir(name)}/sid.json")
-    if CAT.pr_runs and MODELS[name].evaluated:
+    if pr_scored(name):
         outs.append(f"{pr_dir(name)}/pr.json")
     if erased(name):
         outs.append(f"{base}/ssl_k{SETS_K}/erase/erase.json")
@@ -442,7 +453,7 @@ def summary_files(name):
             if config["sid"]["enabled"] and m.evaluated
             else None
         ),
-        "pr": f"{pr_dir(name)}/pr.json" if CAT.pr_runs and m.evaluated else None,
+        "pr": f"{pr_dir(name)}/pr.json" if pr_scored(name) else None,
         "prune": f"{model_dir(prune)}/prune.json" if prune else None,
         "neuron_counts": f"{base}/neuron_counts.tsv" if analysed(name) else None,
         "erase": f"{base}/ssl_k{SETS_K}/erase/erase.json" if erased(name) else None,

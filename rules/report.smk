@@ -23,6 +23,11 @@ rule summarize:
             caption="../report/pr_vs_width.rst",
             category="1. Summary",
         ),
+        pr_dev_png=report(
+            f"{RESULTS}/pr_dev_curves.png",
+            caption="../report/pr_dev_curves.rst",
+            category="1. Summary",
+        ),
         provenance=f"{RESULTS}/provenance/summarize.json",
     params:
         models=summary_models(),

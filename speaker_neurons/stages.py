@@ -280,4 +280,5 @@ def summarize(ctx: StageContext) -> dict:
     i = ctx.inputs
     return build_summary(models, i.get("quality"), i["purity"], int(ctx.params["k_ssl"]),
                          *ctx.outs("tsv", "md", "sid_png"), stability=i["stability"], controls=ctx.params["controls"],
-                         out_pr_png=ctx.out("pr_png"), corpora=ctx.params["corpora"])
+                         out_pr_png=ctx.out("pr_png"), out_pr_dev_png=ctx.out("pr_dev_png"),
+                         corpora=ctx.params["corpora"])

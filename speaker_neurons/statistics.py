@@ -80,6 +80,25 @@ def difference_interval(a: Mapping[str, Any], b: Mapping[str, Any], z: float = 1
     return d, d - half, d + half
 
 
+def per_difference_interval(a: Mapping[str, Any], b: Mapping[str, Any], z: float = 1.959963984540054
+                            ) -> tuple[float, float, float]:
+    """(difference, low, high) of two PR results' mean test PERs (`pr.json` layer-set entries), a - b.
+
+    As `difference_interval`: for each side the spread over head seeds (s^2 / seeds) plus the sampling of
+    its test utterances, here each seed's bootstrap interval read as a normal one ((high - low) / 2z,
+    squared, averaged over the seeds, which score the same utterances); conservative where both sides
+    score the same utterances."""
+    var, means = 0.0, []
+    for r in (a, b):
+        per = np.array([s["per"] for s in r["per_seed"]], dtype=np.float64)
+        boot = np.array([((s["ci95"][1] - s["ci95"][0]) / (2 * z)) ** 2 for s in r["per_seed"]], dtype=np.float64)
+        means.append(float(per.mean()))
+        var += (per.var(ddof=1) / len(per) if len(per) > 1 else 0.0) + float(boot.mean())
+    d = means[0] - means[1]
+    half = z * float(np.sqrt(var))
+    return d, d - half, d + half
+
+
 def bootstrap_interval(edits: Sequence[int], ref_lens: Sequence[int], resamples: int, seed: int,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the corpus PER: resample utterances with replacement

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from speaker_neurons.statistics import difference_interval
+from speaker_neurons.statistics import difference_interval, per_difference_interval
 
 PathLike = str | os.PathLike
 
@@ -213,9 +213,9 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
     min_dep, min_gap = float(controls["min_ffn_dependence"]), float(controls["min_input_gap"])
     md: list[str] = []
     for m in models:
-        res = sids.get(m["name"])
-        if res is None or m.get("parent"):
+        if m.get("parent") or (m["name"] not in sids and not m.get("pr")):
             continue
+        res = sids.get(m["name"]) or {}
         gap = dep = None
         if "all" in res and "hidden_0" in res:
             gap = difference_interval(res["all"], res["hidden_0"])
@@ -236,21 +236,78 @@ def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str
                          f"of the FFN neurons: dependence {100 * d[0]:+.1f} points [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
             if ls == "all":
                 dep = d
-        if gap is None and dep is None:
+        pr_line = _pr_control(m, controls, add)
+        if gap is None and dep is None and pr_line is None:
             continue
         if not md:
             md += ["## Positive controls: can this run show anything?", "",
                    "FFN dependence = SID of the model minus SID of its control (every FFN neuron removed but a "
                    "seeded random remainder); input-only gap = SID from all layers minus SID from hidden_0 (the "
-                   "input of layer 1, which pruning never touches). Intervals: 95%, head seeds and test sampling.", ""]
+                   "input of layer 1, which pruning never touches); for phoneme recognition, PER from hidden_0 "
+                   "minus PER from all layers. Intervals: 95%, head seeds and test sampling.", ""]
         g = "" if gap is None else (f"input-only gap {100 * gap[0]:+.1f} points [{100 * gap[1]:+.1f}, "
                                     f"{100 * gap[2]:+.1f}] (hidden_0 {100 * res['hidden_0']['test_accuracy']:.1f}%)")
         dtxt = "" if dep is None else f"FFN dependence {100 * dep[0]:+.1f} points [{100 * dep[1]:+.1f}, {100 * dep[2]:+.1f}]"
-        v = controls_verdict(dep, gap, min_dep, min_gap, float(controls["ffn_keep"]))
-        add("controls", "verdict", m["name"], None, note=v)
-        md.append(f"- **{m['name']}**: " + "; ".join(x for x in (dtxt, g) if x) + f". Verdict: {v}.")
-        md += lines
+        if gap is not None or dep is not None:
+            v = controls_verdict(dep, gap, min_dep, min_gap, float(controls["ffn_keep"]))
+            add("controls", "verdict", m["name"], None, note=v)
+            md.append(f"- **{m['name']}**: " + "; ".join(x for x in (dtxt, g) if x) + f". Verdict: {v}.")
+            md += lines
+        if pr_line is not None:
+            md.append(f"- **{m['name']}**, phoneme recognition: {pr_line}.")
     return md + ([""] if md else [])
+
+
+def _pr_control(m: Mapping[str, Any], controls: Mapping[str, Any], add) -> str | None:
+    """PR's input-only gap of a model of the config (PER hidden_0 - PER all; positive = the Transformer's
+    layers help), as a row and a sentence; None without PR or without both layer sets."""
+    res = _read(m.get("pr"))
+    sets = (res or {}).get("layer_sets", {})
+    if "all" not in sets or "hidden_0" not in sets:
+        return None
+    d = per_difference_interval(sets["hidden_0"], sets["all"])
+    all_, h0 = sets["all"]["test_per"], sets["hidden_0"]["test_per"]
+    add("controls", "pr_input_only_gap_all", m["name"], *d, n=sets["all"]["test_utterances"],
+        note=f"PER hidden_0 {100 * h0:.2f} - PER all {100 * all_:.2f}")
+    low = float(controls["min_pr_input_gap"])
+    if d[0] < low or d[1] <= 0:
+        v = (f"all layers do not beat the input alone (threshold {100 * low:g} points): **what pruning costs in PR "
+             "cannot show on this model**")
+    else:
+        v = "the Transformer's layers add to PR: PER differences between pruned models can show"
+    add("controls", "pr_verdict", m["name"], None, note=v)
+    return (f"PER {100 * all_:.1f}% from all layers vs {100 * h0:.1f}% from hidden_0: input-only gap "
+            f"{100 * d[0]:+.1f} points [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]. Verdict: {v}")
+
+
+def plot_pr_dev_curves(models: Sequence[Mapping[str, Any]], png: PathLike) -> Path:
+    """Dev PER against training step of every PR head of the models of the config (the picked learning
+    rate; one line per head seed), one panel per model: whether the heads trained and settled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(m["name"], _read(m.get("pr"))) for m in models if m.get("pr") and not m.get("parent")]
+    fig, axes = plt.subplots(1, max(len(runs), 1), figsize=(5.5 * max(len(runs), 1), 3.8), squeeze=False)
+    for ax, (name, res) in zip(axes[0], runs):
+        for i, (ls, r) in enumerate(res["layer_sets"].items()):
+            for j, sd in enumerate(r["per_seed"]):
+                curve = np.asarray(sd["dev_curve"], dtype=float).reshape(-1, 2)
+                ax.plot(curve[:, 0], 100 * curve[:, 1], color=f"C{i}", alpha=0.8, lw=1.2,
+                        label=f"{ls} (lr {r['lr']:g})" if j == 0 else None)
+        ax.set_title(f"{name}: PR heads, dev PER", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("dev PER (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if not runs:
+        axes[0][0].text(0.5, 0.5, "no PR results in this run", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
 
 
 # which stage's corpus each section of summary.tsv comes from
@@ -264,7 +321,7 @@ SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrai
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
                   k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike,
                   stability: PathLike | None = None, *, controls: Mapping[str, Any],
-                  out_pr_png: PathLike | None = None, corpora: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  out_pr_png: PathLike | None = None, out_pr_dev_png: PathLike | None = None, corpora: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`models`: dicts with name, source, and the paths this run has for it (None where absent):
     sid (sid.json), pr (pr.json), prune (prune.json, pruned models), parent/strategy/target (pruned
     models), neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain
@@ -386,6 +443,8 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
     ptab = pr_table(models)
     if out_pr_png is not None:
         plot_pr_vs_width(ptab, out_pr_png)
+    if out_pr_dev_png is not None:
+        plot_pr_dev_curves(models, out_pr_dev_png)
     if not ptab.empty:
         md += ["## Phoneme recognition and pruning (what protecting speaker neurons costs)", "",
                "PER (%) with 95% intervals over head seeds; lower is better.", "",

@@ -200,6 +200,16 @@ def test_config_yaml_matches_schema_defaults():
     assert shipped.pop("models") == [{"name": "melhubert_demo", "kind": "melhubert", "source": "checkpoint",
                                       "path": "models/melhubert_demo/model", "format": "native", "mean_std": ""}]
     assert defaults.pop("models")[0]["source"] == "pretrain"
+    # the other deliberate differences: what the 10-minute demo evaluates; configs/demo-full.yaml puts
+    # back exactly the schema's defaults for them
+    trimmed = {("prune", "targets"): ["protected_size"], ("sid", "layer_sets"): ["all", "hidden_0"],
+               ("pr", "pruned_models"): False, ("pr", "learning_rates"): [0.01]}
+    full = yaml.safe_load((ROOT / "configs/demo-full.yaml").read_text())
+    assert full.pop("results") != shipped["results"]
+    for (section, key), value in trimmed.items():
+        assert shipped[section].pop(key) == value
+        assert full[section].pop(key) == defaults[section].pop(key)
+    assert all(not rest for rest in full.values())
     assert shipped == defaults
 
 
