@@ -62,3 +62,45 @@ def test_an_evaluation_on_the_analysis_corpus_is_said(tmp_path):
                           corpora={"analysis": "c", "pretrain": "c", "sid": "c"})
     assert "**an evaluation runs on the corpus the neurons are found on**" in (tmp_path / "s.md").read_text()
     assert (tmp_path / "p.png").exists()
+
+
+def _seeded(pers, half):
+    """A pr.json layer-set entry of per-seed PERs, each with a bootstrap interval of +-half."""
+    import numpy as np
+
+    return {"test_per": float(np.mean(pers)), "test_ci95": [0, 1], "lr": 0.01, "test_utterances": 40,
+            "test_phones": 900, "per_seed": [{"per": p, "ci95": [p - half, p + half],
+                                              "dev_curve": [[50, p + 0.2], [100, p + 0.05], [150, p]]}
+                                             for p in pers]}
+
+
+def test_per_difference_interval_adds_seed_spread_and_sampling():
+    from speaker_neurons.statistics import per_difference_interval
+
+    a, b = _seeded([0.80, 0.82, 0.78], 0.0), _seeded([0.50, 0.50, 0.50], 0.0)
+    d, lo, hi = per_difference_interval(a, b)
+    # seeds only: s = 0.02, s^2 / 3 on one side
+    assert d == pytest.approx(0.30) and hi - d == pytest.approx(1.959964 * (0.02 ** 2 / 3) ** 0.5, rel=1e-5)
+    d2, lo2, hi2 = per_difference_interval(_seeded([0.8] * 3, 0.0196), _seeded([0.5] * 3, 0.0196))
+    # sampling only: each side's bootstrap half-width 0.0196 is sd 0.01, the seeds score the same utterances
+    assert d2 == pytest.approx(0.30) and hi2 - d2 == pytest.approx(1.959964 * (2 * 0.01 ** 2) ** 0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("h0,verdict", [(0.80, "layers add"), (0.52, "cannot show")])
+def test_the_pr_positive_control_is_reported_beside_sids(tmp_path, h0, verdict):
+    res = {"corpus": "ev", "layer_sets": {"all": _seeded([0.50, 0.51, 0.49], 0.02),
+                                          "hidden_0": _seeded([h0, h0 + 0.01, h0 - 0.01], 0.02)}}
+    (tmp_path / "m.json").write_text(json.dumps(res))
+    models = [{"name": "m", "source": "checkpoint", "pr": str(tmp_path / "m.json")}]
+    summary.build_summary(models, None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
+                          controls=CONTROLS, out_pr_png=tmp_path / "p.png", out_pr_dev_png=tmp_path / "dev.png",
+                          corpora={"analysis": "a", "sid": "ev", "pr": "ev"})
+    t = pd.read_csv(tmp_path / "s.tsv", sep="\t", keep_default_na=False)
+    row = t[(t["section"] == "controls") & (t["metric"] == "pr_input_only_gap_all")].iloc[0]
+    assert float(row["value"]) == pytest.approx(h0 - 0.50) and float(row["ci_low"]) < h0 - 0.50
+    v = t[(t["section"] == "controls") & (t["metric"] == "pr_verdict")].iloc[0]["note"]
+    assert verdict in v
+    md = (tmp_path / "s.md").read_text()
+    head = md.split("## i-vector clusters")[0]  # the controls come first
+    assert f"**m**, phoneme recognition: PER 50.0% from all layers vs {100 * h0:.1f}% from hidden_0" in head
+    assert (tmp_path / "dev.png").stat().st_size > 5000

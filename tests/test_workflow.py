@@ -161,6 +161,20 @@ def _planned(tmp_path, config_text: str) -> str:
 
 
 @slow
+@pytest.mark.parametrize("pruned", [False, True])
+def test_pr_of_pruned_models_follows_its_key(tmp_path, pruned):
+    """pr.pruned_models: false (the 10-minute demo) scores PR on the config's model only, its erase ablation
+    still decoding with its heads; true (the full grid) on every pruned model and the control too."""
+    out = _planned(tmp_path, f"pr: {{pruned_models: {str(pruned).lower()}}}\n")
+    jobs = [blk.split("wildcards: model=", 1)[1].split("\n", 1)[0] for blk in out.split("rule pr_eval:")[1:]]
+    derived = ["melhubert_demo-l1-pset", "melhubert_demo-protected-pset", "melhubert_demo-random-pset",
+               "melhubert_demo-noffn"]
+    assert sorted(jobs) == sorted(["melhubert_demo"] + (derived if pruned else []))
+    erase = out.split("rule erase_ablation:", 1)[1].split("\nrule ", 1)[0]
+    assert "pr/demo_eval/heads.safetensors" in erase
+
+
+@slow
 def test_a_chain_from_a_released_melhubert_plans_its_teacher_targets(tmp_path):
     (tmp_path / "m.ckpt").write_bytes(b"")
     (tmp_path / "ms.npy").write_bytes(b"")
