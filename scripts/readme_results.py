@@ -5,8 +5,8 @@
 
 The block lies between the lines `<!-- demo-results:begin -->` and `<!-- demo-results:end -->`; nothing
 else of the README is touched. It holds the positive controls of every model of the config (SID's
-input-only gap and FFN dependence, PR's all-layers vs input-only PER), SID and PER of each model, and the
-protected-vs-l1 difference at each width, each with its 95% interval, as summary.tsv gives them.
+input-only gap and FFN dependence, PR's input-only gap and its two PERs, with the verdicts), SID and PER of
+each model, and the protected-vs-l1 and protected-vs-random differences at each width, each with its 95% interval, as summary.tsv gives them.
 """
 
 from __future__ import annotations
@@ -39,18 +39,21 @@ def render(summary: pd.DataFrame, source: str) -> str:
                     "(95% intervals; points are percentage points).", ""]
     roots = [m for m in s.loc[s.section == "controls", "model"].unique() if m]
     if roots:
-        lines += ["| model | SID input-only gap | SID FFN dependence | PR: PER all layers | PR: PER input only |",
-                  "|---|---|---|---|---|"]
+        lines += ["| model | SID input-only gap | SID FFN dependence | PR input-only gap | PER all layers (%) | "
+                  "PER input only (%) |", "|---|---|---|---|---|---|"]
         for m in roots:
             gap, dep = get("controls", "input_only_gap_all", m), get("controls", "ffn_dependence_all", m)
+            pgap = get("controls", "pr_input_only_gap_all", m)
             pa, p0 = get("pr", "per_all", m), get("pr", "per_hidden_0", m)
             cell = lambda r, signed=False: _pct(*r[["value", "ci_low", "ci_high"]].iloc[0], signed=signed) \
                 if len(r) else "n/a"  # noqa: E731
-            lines.append(f"| {m} | {cell(gap, True)} | {cell(dep, True)} | {cell(pa)} | {cell(p0)} |")
+            lines.append(f"| {m} | {cell(gap, True)} | {cell(dep, True)} | {cell(pgap, True)} | {cell(pa)} | "
+                         f"{cell(p0)} |")
         for m in roots:
-            v = get("controls", "verdict", m)
-            if len(v) and isinstance(v.note.iloc[0], str) and v.note.iloc[0]:
-                lines += ["", f"{m}: {v.note.iloc[0]}"]
+            for metric, task in (("verdict", "SID"), ("pr_verdict", "PR")):
+                v = get("controls", metric, m)
+                if len(v) and isinstance(v.note.iloc[0], str) and v.note.iloc[0]:
+                    lines += ["", f"{m}, {task}: {v.note.iloc[0]}"]
         lines.append("")
     sid = s[(s.section == "sid") & (s.metric == "accuracy_all")]
     if len(sid):
@@ -62,9 +65,10 @@ def render(summary: pd.DataFrame, source: str) -> str:
                          f"{_pct(eer.value.iloc[0]) if len(eer) else 'n/a'} | "
                          f"{_pct(*per[['value', 'ci_low', 'ci_high']].iloc[0]) if len(per) else 'n/a'} |")
         lines.append("")
-    prune = s[(s.section == "pruning") & (s.metric == "protected_minus_l1_all")]
+    prune = s[(s.section == "pruning") & s.metric.isin(["protected_minus_l1_all", "protected_minus_random_all"])]
     for r in prune.itertuples():
-        lines.append(f"- protected minus l1 at {r.model.split('@', 1)[-1]}: {_pct(r.value, signed=True)} points SID"
+        other = r.metric.split("_minus_", 1)[1].rsplit("_", 1)[0]
+        lines.append(f"- protected minus {other} at {r.model.split('@', 1)[-1]}: {_pct(r.value, signed=True)} points SID"
                      + (f" ({r.note})" if isinstance(r.note, str) and r.note else ""))
     lines.append(END)
     return "\n".join(lines)

@@ -34,7 +34,14 @@ DEMO_SECONDS_PER_UTTERANCE = 3.44  # the demo corpus: 1,152 utterances, 1.1 h
 #: files summed) that the head-training constants of sid_eval and pr_eval are calibrated to.
 DEMO_MEASURED = {"pretrain_melhubert": 258, "pool_layers": 303, "sid_eval": 484, "pr_eval": 900, "erase_ablation": 179,
                  "synthesize_demo_corpus": 82}
-JOB_START_MINUTES = 0.5  # Python, torch and the model's load
+#: a job's start (Python, the package, torch and the model's load), in the estimate: measured in the demo's
+#: benchmark files (benchmarks/plan_vs_run.py); the runtime request adds its headroom and MIN_RUNTIME over it
+JOB_START_SECONDS = {"torch": 4.0, "other": 1.0}
+#: a job's resident memory before its work (the demo's benchmark files: a torch job's process 550-650 MB, one of
+#: pandas alone 60-170 MB); the memory request is the estimate with 50% headroom, never below REQUEST_FLOOR_MB
+#: (the SLURM test cluster killed an i-vector clustering job at 793 MB when it asked for 750)
+BASE_RSS_MB = {"torch": 550.0, "other": 120.0}
+REQUEST_FLOOR_MB = {"torch": 1500, "other": 1200}
 MIN_RUNTIME = 15  # minutes: no job asks for less (a busy node starts Python slowly)
 TORCH_RULES = ("pretrain_melhubert", "teacher_targets", "continue_pretraining", "iterative_step", "extract_features",
                "activation_stats", "pool_layers", "pr_eval", "erase_ablation", "ivectors", "assign_ivector_clusters",
@@ -77,8 +84,9 @@ BASE = ModelSize()
 
 
 def model_size(cat, config: Mapping[str, Any], name: str) -> ModelSize:
-    """A model's size: a workflow-trained MelHuBERT's config; a released checkpoint at base size; a
-    derived model as its root (an upper bound: pruning only makes it cheaper)."""
+    """A model's size: a workflow-trained MelHuBERT's config; a native checkpoint's own config.json (the
+    shipped demo model); any other checkpoint at base size; a derived model as its root (an upper bound:
+    pruning only makes it cheaper)."""
     m = cat.models[name]
     while m.parent:
         m = cat.models[m.parent]
@@ -86,7 +94,20 @@ def model_size(cat, config: Mapping[str, Any], name: str) -> ModelSize:
         pm = config["pretrain"]["model"]
         return ModelSize(int(pm["num_layers"]), int(pm["hidden_dim"]), int(pm["ffn_dim"]),
                          1000.0 / float(pm["frame_period"]))
-    return BASE
+    native = _native_size(m.path) if m.format == "native" and m.path else None
+    return native or BASE
+
+
+def _native_size(folder: str) -> ModelSize | None:
+    """The size a native checkpoint folder's config.json states (the shipped demo model), None if unreadable."""
+    import json
+
+    try:
+        c = json.loads((Path(folder) / "config.json").read_text())["config"]
+        return ModelSize(int(c["num_layers"]), int(c["hidden_dim"]), int(c["ffn_dim"]),
+                         1000.0 / float(c.get("frame_period", 20)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 _AUDIO_BYTES_PER_SECOND = {".wav": 32000.0, ".flac": 32000.0 * 0.55}
@@ -170,15 +191,14 @@ def _round_mb(mb: float) -> int:
 
 def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, config: Mapping[str, Any],
                gpu: bool, threads: int) -> dict[str, float]:
-    """{mem_mb, runtime (minutes), disk_mb, compute_hours, audio_hours} of one job of `rule` over `work`
-    with `model` (None for rules that run none); `gpu`: the job runs its model on a GPU."""
+    """{mem_mb, runtime (minutes), disk_mb: the job's requests; peak_mb, seconds, compute_hours,
+    audio_hours: the estimates they come from} of one job of `rule` over `work` with `model` (None for
+    rules that run none); `gpu`: the job runs its model on a GPU."""
     rate = GPU_GFLOPS if gpu else CPU_GFLOPS_PER_THREAD * max(1, int(threads))
     hours = work.hours if work else 0.0
     utts = work.utterances if work else 0
-    # a job that imports torch starts at about 1 GB resident (measured: a demo pre-training job 1.76 GB)
-    # and a job of the package that imports scikit-learn or pandas only at about 0.8 GB (measured on the
-    # SLURM test cluster, which kills a job above its --mem)
-    mem = 1500.0 if rule in TORCH_RULES else 1200.0
+    kind = "torch" if rule in TORCH_RULES else "other"
+    mem = BASE_RSS_MB[kind]
     disk, audio_h = 100.0, 0.0
     flop = 0.0  # GFLOP of model compute
     extra_min = 0.0
@@ -253,7 +273,7 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
             / (CPU_GFLOPS_PER_THREAD * max(1, threads) * 1e9) / 60
         mem += utts * int(iv["ubm_components"]) * 61 * 4 / 2**20 + int(iv["ubm_max_frames"]) * 60 * 4 * 3 / 2**20
     elif rule == "frame_kmeans":
-        mem += int(config["analysis"]["max_frames"]) * 768 * 4 / 2**20
+        mem += int(config["analysis"]["max_frames"]) * (model.dim if model else 768) * 4 / 2**20
         extra_min = 2.0
     elif rule in ("audio_qc", "build_manifest", "phone_targets"):
         audio_h = hours if rule == "audio_qc" else 0.0
@@ -263,6 +283,8 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         extra_min = utts / 28.0 / 60  # 28 utterances per second on 2 cores (DEMO_MEASURED)
         disk += hours * 3600 * 32000 * 2 / 2**20
     compute_min = flop / rate / 60 + extra_min
-    runtime = JOB_START_MINUTES + compute_min
-    return {"mem_mb": _round_mb(mem), "runtime": int(max(MIN_RUNTIME, math.ceil(runtime * 2 / 5) * 5)),  # 2x headroom
-            "disk_mb": _round_mb(disk), "compute_hours": compute_min / 60, "audio_hours": audio_h}
+    seconds = JOB_START_SECONDS[kind] + compute_min * 60
+    return {"mem_mb": max(REQUEST_FLOOR_MB[kind], _round_mb(mem)),
+            "runtime": int(max(MIN_RUNTIME, math.ceil(seconds / 60 * 2 / 5) * 5)),  # 2x headroom
+            "disk_mb": _round_mb(disk), "peak_mb": mem, "seconds": seconds, "compute_hours": compute_min / 60,
+            "audio_hours": audio_h}

@@ -69,7 +69,7 @@ def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[d
         given = config["resources"].get(rule, {})
         rows.append({"rule": rule, "model": wc.get("model", ""), "corpus": name or "",
                      "audio_h": c["audio_hours"], "device": "GPU" if on_gpu else "CPU", "hours": c["compute_hours"],
-                     "mem_gb": given.get("mem_mb", c["mem_mb"]) / 1000,
+                     "mem_gb": given.get("mem_mb", c["peak_mb"]) / 1000,
                      "disk_gb": given.get("disk_mb", c["disk_mb"]) / 1000})
     return rows
 

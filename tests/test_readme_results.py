@@ -18,10 +18,13 @@ def _summary(tmp_path, gap=0.068):
     rows = [("controls", "input_only_gap_all", "m", gap, 0.027, 0.109, ""),
             ("controls", "ffn_dependence_all", "m", 0.009, -0.032, 0.05, ""),
             ("controls", "verdict", "m", None, None, None, "a comparison of pruning strategies cannot show anything"),
+            ("controls", "pr_input_only_gap_all", "m", 0.243, 0.22, 0.266, ""),
+            ("controls", "pr_verdict", "m", None, None, None, "the Transformer's layers add to PR"),
             ("pr", "per_all", "m", 0.412, 0.40, 0.425, ""), ("pr", "per_hidden_0", "m", 0.655, 0.64, 0.67, ""),
             ("sid", "accuracy_all", "m", 0.587, 0.557, 0.617, ""), ("sid", "eer_all", "m", 0.229, None, None, ""),
             ("sid", "accuracy_all", "m-l1-pset", 0.583, 0.551, 0.615, ""),
-            ("pruning", "protected_minus_l1_all", "m@pset", 0.004, None, None, "no difference beyond the intervals")]
+            ("pruning", "protected_minus_l1_all", "m@pset", 0.004, None, None, "no difference beyond the intervals"),
+            ("pruning", "protected_minus_random_all", "m@pset", 0.011, None, None, "holds")]
     df = pd.DataFrame(rows, columns=["section", "metric", "model", "value", "ci_low", "ci_high", "note"])
     p = tmp_path / "summary.tsv"
     df.to_csv(p, sep="\t", index=False)
@@ -36,7 +39,10 @@ def test_the_block_is_written_from_the_summary_and_checked(tmp_path):
     assert rr.main([str(summary), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old figures" not in text
-    assert "| m | +6.8 [+2.7, +10.9] | +0.9 [-3.2, +5.0] | 41.2 [40.0, 42.5] | 65.5 [64.0, 67.0] |" in text
+    assert ("| m | +6.8 [+2.7, +10.9] | +0.9 [-3.2, +5.0] | +24.3 [+22.0, +26.6] | 41.2 [40.0, 42.5] | "
+            "65.5 [64.0, 67.0] |") in text
+    assert "m, PR: the Transformer's layers add to PR" in text
+    assert "protected minus random at pset: +1.1 points SID (holds)" in text
     assert "| m-l1-pset | 58.3 [55.1, 61.5] | n/a | n/a |" in text and "| m | 58.7 [55.7, 61.7] | 22.9 |" in text
     assert "protected minus l1 at pset: +0.4 points SID (no difference beyond the intervals)" in text
     assert "cannot show anything" in text

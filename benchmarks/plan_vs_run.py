@@ -1,0 +1,94 @@
+"""The plan's estimates against a finished run's own measurements: per rule, the seconds and peak memory
+that `python -m speaker_neurons plan` (speaker_neurons.costs) gives for every job of the config, beside
+what Snakemake's benchmark files of that run measured (results/benchmarks/**.tsv: seconds, max_rss).
+
+    .venv/bin/python benchmarks/plan_vs_run.py                          # the demo's results/
+    .venv/bin/python benchmarks/plan_vs_run.py --configfile configs/demo-full.yaml
+
+Run it in the checkout that made the run (the plan is that checkout's dry run with --forceall, so every
+job is listed although the outputs exist). Estimated seconds and peak memory are what the job's
+`runtime` and `mem_mb` requests are made from (`costs.rule_costs`: seconds, peak_mb), before their
+headroom and floors. A ratio is estimate / measured; the target is within 2x
+(0.5 to 2). Prints a table and the worst ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def measured(results: Path, rule: str, wc: dict[str, str]) -> tuple[float, float] | None:
+    """(seconds, max RSS MB) of one job from its benchmark file, None where the run has none."""
+    base = results / "benchmarks"
+    if "model" in wc:
+        folder = base / wc["model"]
+    elif "corpus" in wc:
+        folder = base / "corpora" / wc["corpus"]
+    else:
+        folder = base
+    stem = rule + "".join(f"_k{wc[k]}" for k in ("k",) if k in wc)
+    f = folder / f"{stem}.tsv"
+    if not f.is_file():
+        hits = sorted(folder.glob(f"{rule}*.tsv"))
+        if len(hits) != 1:
+            return None
+        f = hits[0]
+    df = pd.read_csv(f, sep="\t")
+    return float(df["s"].iloc[-1]), float(df["max_rss"].iloc[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configfile", nargs="*", default=[])
+    ap.add_argument("--results", type=Path, help="the run's folder (default: the config's results)")
+    a = ap.parse_args()
+    from speaker_neurons import costs
+    from speaker_neurons.catalogue import checked_catalogue, model_jobs_want_gpu
+    from speaker_neurons.plan import dry_run_jobs, merged_config
+
+    cfg = merged_config(a.configfile, [])
+    results = a.results or ROOT / cfg["results"]
+    jobs = dry_run_jobs((["--configfile", *a.configfile] if a.configfile else []) + ["--forceall"])
+    cat, _ = checked_catalogue(cfg, lambda c: None, disk_checks=False)
+    gpu = model_jobs_want_gpu(cat, cfg["upstream"]["device"])
+    rows = []
+    for rule, wc in jobs:
+        name = costs.rule_corpus(cat, rule, wc)
+        work = costs.corpus_size(cat, name, f"{results}/corpora/{name}/manifest.tsv") if name else None
+        size = costs.model_size(cat, cfg, wc["model"]) if "model" in wc else None
+        c = costs.rule_costs(rule, work, size, cfg, gpu and rule in costs.MODEL_RULES, cfg["upstream"]["threads"])
+        m = measured(results, rule, wc)
+        if m is None:
+            continue
+        rows.append({"rule": rule, "est_s": c["seconds"], "run_s": m[0], "est_mb": c["peak_mb"], "run_mb": m[1]})
+    if not rows:
+        raise SystemExit(f"no benchmark files under {results}/benchmarks: run the workflow first")
+    df = pd.DataFrame(rows).groupby("rule", sort=False).agg(
+        jobs=("rule", "size"), est_s=("est_s", "sum"), run_s=("run_s", "sum"), est_mb=("est_mb", "max"),
+        run_mb=("run_mb", "max")).reset_index()
+    df["time_ratio"] = df["est_s"] / df["run_s"]
+    df["mem_ratio"] = df["est_mb"] / df["run_mb"]
+    print(f"run: {results} ({len(rows)} jobs with benchmark files); estimate / measured, target 0.5-2\n")
+    print("| rule | jobs | est. s | measured s | ratio | est. peak MB | measured peak MB | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in df.itertuples(index=False):
+        print(f"| {r.rule} | {r.jobs} | {r.est_s:.0f} | {r.run_s:.0f} | {r.time_ratio:.2f} | {r.est_mb:.0f} | "
+              f"{r.run_mb:.0f} | {r.mem_ratio:.2f} |")
+    tot_e, tot_r = df["est_s"].sum(), df["run_s"].sum()
+    print(f"\ntotal: estimated {tot_e:.0f} s, measured {tot_r:.0f} s (ratio {tot_e / tot_r:.2f}); time ratios "
+          f"{df['time_ratio'].min():.2f}-{df['time_ratio'].max():.2f}, memory ratios "
+          f"{df['mem_ratio'].min():.2f}-{df['mem_ratio'].max():.2f}")
+    outside = df[(df["time_ratio"] < 0.5) | (df["time_ratio"] > 2) | (df["mem_ratio"] < 0.5) | (df["mem_ratio"] > 2)]
+    print("outside 2x: " + (", ".join(outside["rule"]) if len(outside) else "none"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
