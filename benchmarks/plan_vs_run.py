@@ -22,6 +22,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+MIN_SECONDS = 2.0  # jobs shorter than this are listed but not judged
 
 
 def measured(results: Path, rule: str, wc: dict[str, str]) -> tuple[float, float] | None:
@@ -73,14 +74,19 @@ def main() -> int:
     df = pd.DataFrame(rows).groupby("rule", sort=False).agg(
         jobs=("rule", "size"), est_s=("est_s", "sum"), run_s=("run_s", "sum"), est_mb=("est_mb", "max"),
         run_mb=("run_mb", "max")).reset_index()
+    short = df["run_s"] / df["jobs"] < MIN_SECONDS
     df["time_ratio"] = df["est_s"] / df["run_s"]
     df["mem_ratio"] = df["est_mb"] / df["run_mb"]
     print(f"run: {results} ({len(rows)} jobs with benchmark files); estimate / measured, target 0.5-2\n")
     print("| rule | jobs | est. s | measured s | ratio | est. peak MB | measured peak MB | ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in df.itertuples(index=False):
-        print(f"| {r.rule} | {r.jobs} | {r.est_s:.0f} | {r.run_s:.0f} | {r.time_ratio:.2f} | {r.est_mb:.0f} | "
+    for r, brief in zip(df.itertuples(index=False), short):
+        mark = " (too short to measure)" if brief else ""
+        print(f"| {r.rule}{mark} | {r.jobs} | {r.est_s:.1f} | {r.run_s:.1f} | {r.time_ratio:.2f} | {r.est_mb:.0f} | "
               f"{r.run_mb:.0f} | {r.mem_ratio:.2f} |")
+    print(f"\n(too short to measure: jobs of under {MIN_SECONDS:g} s, where Snakemake's benchmark, which samples "
+          "the process tree, misses most of the job; left out of the ratios below)")
+    df = df[~short]
     tot_e, tot_r = df["est_s"].sum(), df["run_s"].sum()
     print(f"\ntotal: estimated {tot_e:.0f} s, measured {tot_r:.0f} s (ratio {tot_e / tot_r:.2f}); time ratios "
           f"{df['time_ratio'].min():.2f}-{df['time_ratio'].max():.2f}, memory ratios "

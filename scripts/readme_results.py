@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when the README's block is not what the summary gives")
     a = ap.parse_args(argv)
     summary = pd.read_csv(a.summary, sep="\t", keep_default_na=True)
-    source = str(a.summary.relative_to(ROOT)) if a.summary.resolve().is_relative_to(ROOT) else a.summary.name
+    path = a.summary.resolve()
+    source = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else a.summary.name
     text = a.readme.read_text()
     new = replace_block(text, render(summary, source))
     if a.check:

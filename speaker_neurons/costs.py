@@ -9,8 +9,9 @@ rate:
 
 * CPU: a base MelHuBERT's statistics pass ran 0.141 h of audio per minute on 2 threads
   (benchmarks/throughput.py, docs/benchmarks.md): 8.5 GFLOP per second of audio, so about 36 GFLOP/s
-  per thread in the forward pass; with audio decoding and a job's start the demo's rules ran at about
-  21 GFLOP/s per thread (`DEMO_MEASURED`), the rate used; scaled by the job's threads.
+  per thread in the forward pass, the rate used, scaled by the job's threads; a job's start and its
+  resident memory are added from the demo's benchmark files (`benchmarks/plan_vs_run.py` compares every
+  estimate with a finished run's; at the demo's scale they are within 2x).
 * GPU: no GPU measurement yet: 60 TFLOP/s of bf16 (a fraction of an H100's peak), an ESTIMATE to be
   replaced by `benchmarks/gpu_check.py`'s throughput table.
 
@@ -27,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-CPU_GFLOPS_PER_THREAD = 21.0  # see above: 36 in the forward pass, 21 with decoding and job overheads (DEMO_MEASURED)
+CPU_GFLOPS_PER_THREAD = 36.0  # see above: the forward pass; job starts are counted apart (JOB_START_SECONDS)
 GPU_GFLOPS = 60000.0  # estimate, see above
 DEMO_SECONDS_PER_UTTERANCE = 3.44  # the demo corpus: 1,152 utterances, 1.1 h
 #: The demo's measured seconds per rule (docs/benchmarks.md, commit 4cbf815, 2-core Xeon, Snakemake's benchmark
@@ -36,7 +37,7 @@ DEMO_MEASURED = {"pretrain_melhubert": 258, "pool_layers": 303, "sid_eval": 484,
                  "synthesize_demo_corpus": 82}
 #: a job's start (Python, the package, torch and the model's load), in the estimate: measured in the demo's
 #: benchmark files (benchmarks/plan_vs_run.py); the runtime request adds its headroom and MIN_RUNTIME over it
-JOB_START_SECONDS = {"torch": 4.0, "other": 1.0}
+JOB_START_SECONDS = {"torch": 1.5, "other": 0.7}
 #: a job's resident memory before its work (the demo's benchmark files: a torch job's process 550-650 MB, one of
 #: pandas alone 60-170 MB); the memory request is the estimate with 50% headroom, never below REQUEST_FLOOR_MB
 #: (the SLURM test cluster killed an i-vector clustering job at 793 MB when it asked for 750)
@@ -45,7 +46,9 @@ REQUEST_FLOOR_MB = {"torch": 1500, "other": 1200}
 MIN_RUNTIME = 15  # minutes: no job asks for less (a busy node starts Python slowly)
 TORCH_RULES = ("pretrain_melhubert", "teacher_targets", "continue_pretraining", "iterative_step", "extract_features",
                "activation_stats", "pool_layers", "pr_eval", "erase_ablation", "ivectors", "assign_ivector_clusters",
-               "sid_eval", "prune_model", "describe_model", "frame_kmeans", "neuron_sets")
+               "ivector_clusters", "sid_eval", "prune_model", "describe_model", "frame_kmeans")
+#: i-vector features and extraction, hours of audio per minute on 2 threads (benchmarks/throughput.py)
+IVECTOR_HOURS_PER_MINUTE = 37.9
 #: the rules whose jobs ask for a GPU when the run's models go on one (rules/*.smk: gpu=GPU)
 MODEL_RULES = ("pretrain_melhubert", "teacher_targets", "continue_pretraining", "iterative_step", "extract_features",
                "activation_stats", "pool_layers", "sid_eval", "pr_eval", "erase_ablation", "ivectors",
@@ -202,7 +205,7 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
     disk, audio_h = 100.0, 0.0
     flop = 0.0  # GFLOP of model compute
     extra_min = 0.0
-    if model is not None:
+    if model is not None and rule in MODEL_RULES + ("prune_model", "describe_model"):
         per_s = model.gflop_per_audio_second
         weights = model.params * 4 / 2**20
         batch_s = float(config["analysis"]["max_batch_seconds"])
@@ -222,7 +225,7 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         if rule == "pool_layers":
             disk += utts * (model.layers + 1) * model.dim * 2 / 2**20
         if rule == "assign_ivector_clusters":
-            extra_min = hours * 60 / 37.9 * (2 / max(1, threads))  # measured i-vector throughput, CPU
+            extra_min = hours / IVECTOR_HOURS_PER_MINUTE * (2 / max(1, threads))
     elif rule == "erase_ablation":
         e = config["erase"]
         variants = 1 + (1 + int(config["analysis"]["k_ivector"])) * (1 + len(e["random_seeds"]))
@@ -250,6 +253,10 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         # each head's composed linear to ~80 symbols and its CTC loss, calibrated: see DEMO_MEASURED
         flop += head_frames * heads * model.dim * 80 * 15 / 1e9
         disk += feat_bytes / 2**20 if cached else hours * 3600 * 32000 / 2**20
+        # the loader's worker processes hold a torch process each, and every process reading the frame cache
+        # keeps its pages resident (the demo: 3.0 GB for a 0.51 GB cache and one worker)
+        workers = int(p["loader_workers"])
+        mem += workers * BASE_RSS_MB["torch"] + (feat_bytes / 2**20 * (1 + workers) * 1.5 if cached else 0.0)
     elif rule in ("pretrain_melhubert", "continue_pretraining", "iterative_step"):
         t = config["pretrain"]["train"]
         steps = int(t["max_steps"]) if rule == "pretrain_melhubert" else int(
@@ -268,19 +275,31 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
     elif rule == "ivectors":
         iv = config["ivector"]
         audio_h = hours
-        extra_min = hours * 60 / 37.9 * (2 / max(1, threads)) * (1 + int(config["analysis"]["stability_extractors"]))
+        extra_min = hours / IVECTOR_HOURS_PER_MINUTE * (2 / max(1, threads)) \
+            * (1 + int(config["analysis"]["stability_extractors"]))
         extra_min += int(iv["tv_iters"]) * utts * int(iv["ubm_components"]) * int(iv["ivector_dim"]) ** 2 * 60 \
             / (CPU_GFLOPS_PER_THREAD * max(1, threads) * 1e9) / 60
         mem += utts * int(iv["ubm_components"]) * 61 * 4 / 2**20 + int(iv["ubm_max_frames"]) * 60 * 4 * 3 / 2**20
+    elif rule == "summarize":  # matplotlib's import and the run's plots
+        extra_min = 1.5 / 60
+    elif rule == "ivector_clusters":  # k-means of the i-vectors and its stability over seeds and extractors
+        extra_min = (2.0 + utts * int(config["ivector"]["ivector_dim"]) * 1e-5) / 60
     elif rule == "frame_kmeans":
-        mem += int(config["analysis"]["max_frames"]) * (model.dim if model else 768) * 4 / 2**20
-        extra_min = 2.0
+        dim = model.dim if model else 768
+        frames = min(int(config["analysis"]["max_frames"]), hours * 3600 * (model.frames_per_second if model else 50))
+        mem += frames * dim * 4 / 2**20
+        # Lloyd iterations over the sampled frames (2 x frames x dim x k each; about 100 in all, restarts
+        # included), after reading the features and scikit-learn's import (the demo: 3 s in all)
+        extra_min = (3.0 + 2 * frames * dim * max(int(k) for k in config["analysis"]["k_ssl"]) * 100
+                     / (CPU_GFLOPS_PER_THREAD * max(1, threads) * 1e9)) / 60
     elif rule in ("audio_qc", "build_manifest", "phone_targets"):
         audio_h = hours if rule == "audio_qc" else 0.0
-        extra_min = hours * 60 / 600.0  # decoding runs at hundreds of times real time
+        # reading headers and decoding: the demo's 0.55 h in under a second of each job
+        extra_min = 0.0 if rule == "phone_targets" else hours * 3600 / 2000.0 / 60
         mem += utts * 0.002
     elif rule == "synthesize_demo_corpus":
         extra_min = utts / 28.0 / 60  # 28 utterances per second on 2 cores (DEMO_MEASURED)
+        mem += 230  # the synthesizers' own processes (the demo's benchmark files: 350 MB in all)
         disk += hours * 3600 * 32000 * 2 / 2**20
     compute_min = flop / rate / 60 + extra_min
     seconds = JOB_START_SECONDS[kind] + compute_min * 60

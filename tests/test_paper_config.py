@@ -79,6 +79,10 @@ def test_paper_config_plans_on_real_layouts_with_a_gpu_per_model_job(tmp_path):
     assert seen == set(MODEL_RULES), seen
     for model in ("melhubert_base", "wav2vec2_base"):
         assert f"models/{model}/sid/vox1/sid.json" in out and f"models/{model}/pr/libriphone/pr.json" in out
+        # config.yaml's 10-minute demo trims the grid; the paper's protocol puts it back
+        for derived in ("l1-pset", "protected-pset", "random-pset", "noffn"):
+            assert f"models/{model}-{derived}/pr/libriphone/pr.json" in out
+        assert "keep0.5" not in out  # the paper prunes at the protected set's width only
     assert not (tmp_path / "results").exists()  # a plan writes nothing
 
 
