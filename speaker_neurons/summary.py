@@ -206,8 +206,9 @@ def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
 
 
 def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str, Any], add) -> list[str]:
-    """Per model with SID: the input-only gap (all - hidden_0) and the FFN dependence (all, model -
-    its control), for each layer set both have; rows in the table and lines of summary.md."""
+    """Per model of the config: SID's input-only gap (all - hidden_0) and FFN dependence (all, model -
+    its control), for each layer set both have, and PR's input-only gap (`_pr_control`); rows in the
+    table and lines of summary.md."""
     sids = {m["name"]: _read(m.get("sid")) for m in models if m.get("sid")}
     ctrl_of = {m["parent"]: m["name"] for m in models if m.get("strategy") == "control"}
     min_dep, min_gap = float(controls["min_ffn_dependence"]), float(controls["min_input_gap"])
