@@ -131,17 +131,24 @@ def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
     return local, slurm, status
 
 
-def test_tiny_workflow_through_slurm_equals_the_local_run(cancelled_and_resumed):
+def _same_outputs(local: Path, slurm: Path) -> set[str]:
+    """The two runs wrote the same files, byte for byte but those scripts/compare_runs.py names as holding
+    wall times or paths; returns the files (relative paths)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import compare_runs
 
-    local, slurm, _ = cancelled_and_resumed
     files_local = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
     files_slurm = {str(p.relative_to(slurm)) for p in slurm.rglob("*") if p.is_file()}
-    assert files_local == files_slurm
+    assert files_local == files_slurm, sorted(files_local ^ files_slurm)
     differ = [rel for rel in sorted(files_local)
               if (local / rel).read_bytes() != (slurm / rel).read_bytes() and compare_runs.kind(rel) is None]
     assert differ == [], differ
+    return files_local
+
+
+def test_tiny_workflow_through_slurm_equals_the_local_run(cancelled_and_resumed):
+    local, slurm, _ = cancelled_and_resumed
+    files_local = _same_outputs(local, slurm)
     for must in ("summary.tsv", "models/melhubert_demo/model/model.safetensors",
                  "models/melhubert_demo-protected-pset/sid/demo_eval/sid.json",
                  "models/melhubert_demo/analysis/ssl_k3/erase/erase.tsv"):
@@ -192,9 +199,6 @@ def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(cluster,
     limit (state TIMEOUT; SIGTERM, on which the stage saves a checkpoint of that step), the profile's
     `retries` resubmits it with runtime x 2, the rerun resumes from that step, and the outputs equal an
     uninterrupted local run of the same configuration byte for byte."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import compare_runs
-
     extra = tmp_path / "extra.yaml"
     extra.write_text(TIME_LIMIT_EXTRA)
     local, slurm = tmp_path / "local", tmp_path / "slurm"
@@ -241,12 +245,7 @@ def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(cluster,
         assert f"SLURM job {second}" in text and re.search(resumed, text).group(1) == step.group(1), text[-3000:]
         assert 0 < int(step.group(1)) < 40
 
-    files_local = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
-    files_slurm = {str(p.relative_to(slurm)) for p in slurm.rglob("*") if p.is_file()}
-    assert files_local == files_slurm
-    differ = [rel for rel in sorted(files_local)
-              if (local / rel).read_bytes() != (slurm / rel).read_bytes() and compare_runs.kind(rel) is None]
-    assert differ == [], differ
+    files_local = _same_outputs(local, slurm)
     for must in ("models/melhubert_demo/model/model.safetensors", "models/melhubert_demo/pretrain/head.pt",
                  "models/shipped/pr/demo_eval/pr.json", "models/shipped/pr/demo_eval/heads.safetensors"):
         assert must in files_local and (local / must).read_bytes() == (slurm / must).read_bytes(), must
