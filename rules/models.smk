@@ -109,6 +109,7 @@ rule teacher_targets:
     wildcard_constraints:
         model=name_regex(TEACHERS),
     params:
+        resume_dir=lambda wc: f"{RESULTS}/resume/{wc.model}/teacher_targets",
         compute_threads=config["upstream"]["threads"],
         upstream=model_params,
         train=config["pretrain"]["train"],

@@ -105,11 +105,13 @@ def _continue(ctx: StageContext, model) -> dict:
 @stage
 def teacher_targets(ctx: StageContext) -> dict:
     """The targets of continued or iterative pre-training from a released MelHuBERT: k-means centres of
-    its hidden states at a layer."""
+    its hidden states at a layer (features and hidden states streamed through a store in the job's resume
+    folder)."""
     from speaker_neurons.pretrain import teacher_centers
 
     return teacher_centers(ctx.model("model", device="cpu"), ctx.inputs["manifest"], ctx.params["train"],
-                           ctx.params["layer"], ctx.threads, *ctx.outs("centers", "record"))
+                           ctx.params["layer"], ctx.threads, *ctx.outs("centers", "record"),
+                           work_dir=ctx.params["resume_dir"])
 
 
 # ------------------------------------------------------------------------------------------- i-vectors

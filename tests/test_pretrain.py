@@ -492,4 +492,4 @@ def test_continued_pretraining_from_a_released_checkpoint_learns_its_teachers_cl
         hidden = [teacher.encode(f[None], return_ffn=False).hidden[2][0].float() for f in data.feats]
     for h, t in zip(hidden, data.targets):
         assert np.array_equal(t.numpy(), np.asarray(assign(h, centers), dtype=np.int64))
-    assert len(np.unique(torch.cat(data.targets).numpy())) > 1
+    assert len(np.unique(torch.cat(list(data.targets)).numpy())) > 1

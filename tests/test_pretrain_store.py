@@ -167,3 +167,92 @@ def test_stored_reads_check_their_ranges(corpus, tmp_path):
         data.feats[len(data.feats)]
     assert torch.equal(data.feats[-1], data.feats[len(data.feats) - 1])
     assert data.dim == 80 and assign(data.feats[0], data.centers).shape == (n,)
+
+
+# ------------------------------------------------------------------------------------------ targets from a teacher
+def _teacher():
+    torch.manual_seed(5)
+    m = MelHuBERT({**MODEL, "num_layers": 2})
+    m.set_feature_stats(np.linspace(-4.0, 2.0, m.n_mels), np.linspace(0.5, 3.0, m.n_mels))
+    return m.eval()
+
+
+def test_teacher_targets_streamed_equal_the_in_memory_computation(corpus, tmp_path, monkeypatch):
+    """The teacher's hidden states go to the store and come back as they were computed; k-means on the sample read
+    back and the chunked labelling give the centres, record and labels of the in-memory computation (k-means of
+    every utterance's hidden states); given centres label every frame by its own hidden state; a complete part is
+    reused, another teacher's rebuilt; teacher_centers gives the same centres and removes its store."""
+    import copy
+    import json
+
+    from speaker_neurons.data.manifest import read_manifest
+    from speaker_neurons.models import prune_ffn
+    from speaker_neurons.pretrain import teacher as pteacher
+    from speaker_neurons.pretrain import teacher_centers
+
+    manifest, _ = corpus
+    teacher, layer = _teacher(), 1
+    student = copy.deepcopy(teacher)  # a pruned copy keeps its root's statistics: its features are the teacher's
+    prune_ffn(student, {1: list(range(0, 64, 3))})
+    # in memory: features, every utterance's hidden states, k-means of all of them
+    df = pdata.select_rows(read_manifest(manifest), CFG["splits"], CFG["max_utterances"], int(CFG["seed"]))
+    raw, n10 = compute_features(student, df["path"].tolist(), progress=False)
+    feats = [f for f in normalise_features(student, raw, n10) if len(f) >= CFG["mask_length"]]
+    with torch.no_grad():
+        hidden = [teacher.encode(f[None], return_ffn=False).hidden[layer][0].float() for f in feats]
+    kw = dict(max_frames=CFG["kmeans_max_frames"], seed=CFG["seed"], batch_size=CFG["kmeans_batch_size"],
+              max_iter=CFG["kmeans_max_iter"], n_init=CFG["kmeans_n_init"])
+    ref_targets, ref = cluster_utterance_frames(hidden, CFG["n_clusters"], **kw)
+    assert ref["fit_frames"] == 700 < ref["total_frames"]  # a sample: its indices must hit the right rows
+
+    calls = {"teacher": 0}
+    write_hidden = pteacher._write_hidden
+
+    def counting(*a, **k):
+        calls["teacher"] += 1
+        return write_hidden(*a, **k)
+
+    monkeypatch.setattr(pteacher, "_write_hidden", counting)
+    work = tmp_path / "w"
+    inputs = pdata.prepare_features(manifest, student, CFG, fit_stats=False, work_dir=work)
+    data = pteacher.teacher_training_data(inputs, teacher, layer, CFG, None)  # HuBERT's second iteration
+    assert len(data.feats) == len(feats) == 8 and calls["teacher"] == 1
+    stored, _ = pteacher.hidden_states(teacher, inputs, layer)
+    assert calls["teacher"] == 1  # complete: reused
+    assert np.array_equal(stored.offsets, np.cumsum([0] + [len(h) for h in hidden]))
+    for i, (f, h, t) in enumerate(zip(feats, hidden, ref_targets)):
+        assert torch.equal(data.feats[i], f) and torch.equal(stored[i], h), i
+        assert torch.equal(data.targets[i], torch.from_numpy(t)), i
+        n = len(t)
+        for s, e in ((0, n), (2, n), (n - 1, n)):
+            assert torch.equal(data.segment(i, s, e)[1], torch.from_numpy(t[s:e])), (i, s, e)
+    rows = [x for _, x in stored.chunks(97)]  # chunks that straddle utterances
+    assert torch.equal(torch.cat(rows), torch.cat(hidden))
+    assert np.array_equal(data.centers, ref["centers"])
+    assert data.kmeans == {"inertia": ref["inertia"], "fit_frames": 700, "total_frames": ref["total_frames"],
+                           "teacher_layer": layer}
+    assert np.array_equal(data.target_counts(), ref["counts"])
+
+    # given centres (a chain from a released root): each frame's nearest centre to its own hidden state
+    rng = np.random.default_rng(0)
+    centers = torch.cat(hidden)[rng.choice(ref["total_frames"], 8, replace=False)].numpy()
+    given = pteacher.teacher_training_data(inputs, teacher, layer, CFG, centers)
+    assert calls["teacher"] == 1 and given.kmeans == {"given_centers": True, "teacher_layer": layer,
+                                                      "total_frames": ref["total_frames"]}
+    want = np.split(assign(torch.cat(hidden), centers), np.cumsum([len(h) for h in hidden])[:-1])
+    assert all(np.array_equal(t.numpy(), w) for t, w in zip(given.targets, want))
+    assert len(np.unique(np.concatenate(want))) > 1
+
+    other = _teacher()
+    with torch.no_grad():
+        other.encoder.feature_projection.projection.weight.mul_(1.5)
+    pteacher.hidden_states(other, inputs, layer)
+    assert calls["teacher"] == 2  # another teacher's hidden states are not reused
+
+    # rule teacher_targets: the teacher's own features; the store in its resume folder, removed on success
+    rec = teacher_centers(teacher, manifest, CFG, layer, None, tmp_path / "c.npy", tmp_path / "r.json",
+                          work_dir=tmp_path / "resume")
+    assert np.array_equal(np.load(tmp_path / "c.npy"), ref["centers"]) and not (tmp_path / "resume").exists()
+    assert rec == json.loads((tmp_path / "r.json").read_text()) == {
+        "teacher_layer": layer, "n_clusters": 8, "dim": 32, "utterances": 8, "inertia": ref["inertia"],
+        "fit_frames": 700, "total_frames": ref["total_frames"]}

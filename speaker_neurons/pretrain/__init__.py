@@ -137,61 +137,41 @@ def _teacher_layer(teacher, layer: int | None) -> int:
     return default_feature_layer(teacher.num_layers) if layer is None else int(layer)
 
 
-@torch.no_grad()
-def _teacher_hidden(teacher, feats, layer: int) -> list[torch.Tensor]:
-    teacher = teacher.to("cpu").eval()
-    return [teacher.encode(f[None], return_ffn=False).hidden[layer][0].float() for f in feats]
-
-
 def _teacher_data(manifest_path, model, cfg, teacher, layer, centers, data_dir=None) -> TrainingData:
     """The student's input features and, as targets, the nearest of `centers` to the teacher's hidden
     state at `layer` of every frame (the student's normalised features are the teacher's: a pruned copy
-    keeps its root's feature statistics). The targets are held in memory (int64 per frame)."""
-    from speaker_neurons.kmeans import assign
+    keeps its root's feature statistics), streamed from the store in `data_dir` (`pretrain.teacher`)."""
+    from speaker_neurons.pretrain.data import prepare_features
+    from speaker_neurons.pretrain.teacher import teacher_training_data
 
-    data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False,
-                                 work_dir=data_dir)  # features only
-    layer = _teacher_layer(teacher, layer)
-    centers = np.asarray(centers, dtype=np.float32)
-    labels = assign(torch.cat(_teacher_hidden(teacher, data.feats, layer)), centers)
-    targets = [torch.from_numpy(t) for t in np.split(labels, np.cumsum(data.lengths)[:-1])]
-    return TrainingData(data.feats, targets, centers, {"given_centers": True, "teacher_layer": layer,
-                                                       "total_frames": int(data.lengths.sum())}, keep=data.keep)
+    inputs = prepare_features(manifest_path, model, cfg, fit_stats=False, work_dir=data_dir)
+    return teacher_training_data(inputs, teacher, _teacher_layer(teacher, layer), cfg, centers)
 
 
 def teacher_centers(teacher, manifest_path, train_config: Mapping, layer: int | None, threads: int | None,
-                    out_centers, out_record) -> dict[str, Any]:
+                    out_centers, out_record, work_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """k-means centres (`pretrain.train` n_clusters and kmeans_* keys) of a released MelHuBERT's hidden
     states at `layer` (None: round(0.75 L)) over the training rows of the manifest: the targets of
     continued or iterative pruning from a checkpoint the workflow did not pre-train. Writes the centres
-    (.npy) and a record (JSON)."""
+    (.npy) and a record (JSON). The features and hidden states are streamed through a store
+    (`pretrain.teacher`) in `work_dir` (the workflow: the job's resume folder, reused when a killed job starts
+    again and removed on success; None: a temporary folder)."""
+    from speaker_neurons.pretrain.data import prepare_features
+    from speaker_neurons.pretrain.store import remove
+    from speaker_neurons.pretrain.teacher import teacher_kmeans
     from speaker_neurons.utils import write_json
 
     cfg = resolve("pretrain.train", train_config)
-    data = prepare_training_data(manifest_path, teacher, {**cfg, "n_clusters": 2}, fit_stats=False, threads=threads)
+    inputs = prepare_features(manifest_path, teacher, cfg, fit_stats=False, work_dir=work_dir)
     layer = _teacher_layer(teacher, layer)
-    targets, centers, km = hidden_state_targets(teacher, data.feats, layer, cfg, threads=threads)
+    centers, km = teacher_kmeans(inputs, teacher, layer, cfg, threads=threads)
     np.save(out_centers, np.asarray(centers, dtype=np.float32))
     record = {"teacher_layer": layer, "n_clusters": int(centers.shape[0]), "dim": int(centers.shape[1]),
-              "utterances": len(data.feats), **{k: v for k, v in km.items() if k != "teacher_layer"}}
+              "utterances": len(inputs.feats), **km}
     write_json(out_record, record)
+    if work_dir is not None:
+        remove(work_dir, "teacher-target store")
     return record
-
-
-@torch.no_grad()
-def hidden_state_targets(teacher, feats, layer: int, cfg: Mapping, threads: int | None = None):
-    """k-means (`cfg["n_clusters"]` and the `kmeans_*` keys) of `teacher`'s layer-`layer` hidden states
-    of each utterance's normalised features: (targets per utterance, centres (K, d), k-means record)."""
-    from speaker_neurons.kmeans import cluster_utterance_frames
-
-    hidden = _teacher_hidden(teacher, feats, layer)
-    targets, km = cluster_utterance_frames(
-        hidden, int(cfg["n_clusters"]), max_frames=int(cfg["kmeans_max_frames"]), seed=int(cfg["seed"]),
-        batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]),
-        n_init=int(cfg["kmeans_n_init"]), threads=threads)
-    centers = km.pop("centers")
-    km.pop("counts")
-    return [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in targets], centers, {**km, "teacher_layer": layer}
 
 
 def second_iteration(
@@ -205,26 +185,28 @@ def second_iteration(
     device: str | torch.device,
     log: logging.Logger | str | os.PathLike | None = None,
     threads: int | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """HuBERT's second iteration: a new MelHuBERT (same seed and architecture keys) trained by masked
     prediction of the k-means clusters of `teacher`'s hidden states at `layer` (None: round(0.75 L),
-    as for the SSL clusters). The teacher's feature statistics are the new model's."""
-    from speaker_neurons.analysis.features import default_feature_layer
+    as for the SSL clusters). The teacher's feature statistics are the new model's. The features, the
+    teacher's hidden states and the targets are streamed from a store (`pretrain.teacher`) in `data_dir`
+    (None: a temporary folder removed after the run)."""
     from speaker_neurons.models.melhubert import MelHuBERT
+    from speaker_neurons.pretrain.data import prepare_features
+    from speaker_neurons.pretrain.teacher import teacher_training_data
 
     t0 = time.monotonic()
     log, dev = _setup(log, threads, device)
     cfg = resolve("pretrain.train", train_config)
     outputs = outputs if isinstance(outputs, TrainOutputs) else TrainOutputs.under(outputs)
-    layer = default_feature_layer(teacher.num_layers) if layer is None else int(layer)
+    layer = _teacher_layer(teacher, layer)
     teacher = teacher.to("cpu").eval()
     torch.manual_seed(int(cfg["seed"]))
     model = MelHuBERT(resolve("pretrain.model", model_config))
     model.set_feature_stats(teacher.feature_mean.cpu().numpy(), teacher.feature_std.cpu().numpy())
-    data = prepare_training_data(manifest_path, model, {**cfg, "n_clusters": 2}, fit_stats=False,
-                                 threads=torch.get_num_threads())  # features only; the targets follow
-    targets, centers, km = hidden_state_targets(teacher, data.feats, layer, cfg, threads=torch.get_num_threads())
-    data = TrainingData(data.feats, targets, centers, km, keep=data.keep)
+    inputs = prepare_features(manifest_path, model, cfg, fit_stats=False, work_dir=data_dir)
+    data = teacher_training_data(inputs, teacher, layer, cfg, None, threads=torch.get_num_threads())
     log.info("second iteration: %d targets from layer %d of the teacher, unigram entropy %.3f nats",
              data.n_clusters, layer, data.unigram_entropy)
     return train_masked_prediction(model, data, cfg, outputs, dev, log=log, t0=t0,
@@ -233,7 +215,7 @@ def second_iteration(
 
 
 __all__ = ["DEFAULT_TRAIN_CONFIG", "DEMO_MODEL_CONFIG", "TrainOutputs", "TrainingData", "continue_pretraining",
-           "hidden_state_targets", "load_head", "pretrain_melhubert", "prepare_training_data", "second_iteration",
+           "load_head", "pretrain_melhubert", "prepare_training_data", "second_iteration",
            "teacher_centers", "train_masked_prediction"]
 
 

@@ -308,8 +308,9 @@ def _write_features(model, ids: Sequence[str], paths: Sequence[str], clean: Sequ
     log.info("feature store written: %d utterances, %d frames; %s", len(kept), offsets[-1], store.disk_line(fdir))
 
 
-def _gather(feats: StoredFeatures, pick: np.ndarray | None) -> np.ndarray:
-    """The normalised frames at the sorted global indices `pick` (None: every frame), read chunk by chunk."""
+def _gather(feats, pick: np.ndarray | None) -> np.ndarray:
+    """The rows at the sorted global indices `pick` (None: every row) of `feats` (`StoredFeatures`,
+    `store.StoredRows`: anything with `chunks`, `total` and `dim`), read chunk by chunk."""
     out = np.empty((feats.total if pick is None else len(pick), feats.dim), dtype=np.float32)
     for s, x in feats.chunks():
         e = s + x.shape[0]
@@ -322,23 +323,31 @@ def _gather(feats: StoredFeatures, pick: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _write_targets(tdir: Path, tdig: str, feats: StoredFeatures, cfg: dict, centers: np.ndarray | None,
+def fit_centers(rows, cfg: dict, threads: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """k-means (`cfg` n_clusters and kmeans_* keys) of a seeded sample of at most `kmeans_max_frames` of
+    `rows` (as `_gather` reads), as `kmeans.cluster_utterance_frames` fits it in memory: (centres (K, d)
+    float32, {inertia per fitted frame, fit_frames, total_frames})."""
+    from speaker_neurons.kmeans import fit_kmeans, sample_indices
+
+    seed, total, k = int(cfg["seed"]), rows.total, int(cfg["n_clusters"])
+    if total < k:
+        raise ValueError(f"k-means: {total} frames for {k} clusters")
+    fit = _gather(rows, sample_indices(total, int(cfg["kmeans_max_frames"]), seed))
+    km = fit_kmeans(fit, k, seed=seed, batch_size=int(cfg["kmeans_batch_size"]), max_iter=int(cfg["kmeans_max_iter"]),
+                    n_init=int(cfg["kmeans_n_init"]), threads=threads)
+    return km.cluster_centers_.astype(np.float32), {"inertia": float(km.inertia_) / len(fit),
+                                                    "fit_frames": int(len(fit)), "total_frames": total}
+
+
+def _write_targets(tdir: Path, tdig: str, feats, cfg: dict, centers: np.ndarray | None,
                    threads: int | None) -> None:
     """k-means on a seeded sample of `feats` (or the given `centers`), then every frame's label, chunk by chunk."""
-    from speaker_neurons.kmeans import assign, fit_kmeans, sample_indices
+    from speaker_neurons.kmeans import assign
 
-    seed, total = int(cfg["seed"]), feats.total
+    total = feats.total
     tmp = store.start_part(tdir)
     if centers is None:
-        k = int(cfg["n_clusters"])
-        if total < k:
-            raise ValueError(f"k-means: {total} frames for {k} clusters")
-        fit = _gather(feats, sample_indices(total, int(cfg["kmeans_max_frames"]), seed))
-        km = fit_kmeans(fit, k, seed=seed, batch_size=int(cfg["kmeans_batch_size"]),
-                        max_iter=int(cfg["kmeans_max_iter"]), n_init=int(cfg["kmeans_n_init"]), threads=threads)
-        centers = km.cluster_centers_.astype(np.float32)
-        record = {"inertia": float(km.inertia_) / len(fit), "fit_frames": int(len(fit)), "total_frames": total}
-        del fit, km
+        centers, record = fit_centers(feats, cfg, threads)
     else:
         record = {"given_centers": True, "total_frames": total}
     dtype = store.label_dtype(len(centers))
@@ -355,19 +364,25 @@ def _write_targets(tdir: Path, tdig: str, feats: StoredFeatures, cfg: dict, cent
     log.info("target store written: %d labels; %s", total, store.disk_line(tdir))
 
 
-def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = True, centers: np.ndarray | None = None,
-                          threads: int | None = None, target_paths: dict[str, str] | None = None,
-                          work_dir: str | os.PathLike | None = None) -> TrainingData:
-    """Features and targets for masked prediction on the manifest rows `cfg` selects (`splits`,
-    `max_utterances`, `seed`), streamed from a store in `work_dir` (see the module; None: a temporary
-    folder that lives as long as the returned data). `fit_stats`: install the corpus statistics in `model`
-    (a new model); else use the model's own. `centers`: label frames with these k-means centres instead of
-    fitting `cfg["n_clusters"]` new ones (continued pre-training keeps its parent's targets).
-    `target_paths` ({utt_id: path}, `cfg["targets_audio"]` clean): the targets are the k-means clusters
-    of these files' features (normalised like the input), frame by frame, instead of the input's.
+@dataclass
+class StoredInputs:
+    """The feature part of a store (`prepare_features`): the model's normalised input features, those the
+    targets come from (the clean copies' for denoising, else the same), the part's digest and folder."""
 
-    A complete store of the same inputs in `work_dir` is reused (no feature pass, no k-means); a store of
-    other inputs, or an unfinished one, is rebuilt."""
+    feats: StoredFeatures
+    target_feats: StoredFeatures
+    digest: str  # of the feature part: what a derived part (targets, a teacher's hidden states) is keyed on
+    work: Path  # the store's folder
+    keep: Any = field(default=None, repr=False)  # a temporary folder to keep alive (work_dir None)
+
+
+def prepare_features(manifest_path, model, cfg: dict, fit_stats: bool = True,
+                     target_paths: dict[str, str] | None = None,
+                     work_dir: str | os.PathLike | None = None) -> StoredInputs:
+    """The feature part of `prepare_training_data` (step 1 of the module): the manifest rows `cfg` selects
+    (`splits`, `max_utterances`, `seed`; utterances shorter than `mask_length` left out), their features in
+    the store under `work_dir` (None: a temporary folder kept alive by the result), reused when complete.
+    `fit_stats`: install the corpus statistics in `model`; else the reads use the model's own."""
     from speaker_neurons.data.manifest import read_manifest
 
     seed = int(cfg["seed"])
@@ -379,10 +394,6 @@ def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = Tru
         if missing:
             raise ValueError(f"no clean audio for {len(missing)} training utterance(s), e.g. {missing[:3]}")
         clean = [str(target_paths[u]) for u in ids]
-    if centers is not None:
-        centers = np.asarray(centers, dtype=np.float32)
-        if centers.shape[1] != model.feature_dim:
-            raise ValueError(f"k-means centres have dimension {centers.shape[1]}, the features {model.feature_dim}")
     model.eval()
     keep = None
     if work_dir is None:
@@ -391,7 +402,6 @@ def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = Tru
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
 
-    # 1. features (raw, identity statistics) and the corpus sums
     mask_length = int(cfg["mask_length"])
     fdig = store.digest("features", store.FORMAT, {"n_mels": model.n_mels, "stack": model.stack,
                                                    "sample_rate": model.sample_rate}, mask_length,
@@ -428,26 +438,65 @@ def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = Tru
     if clean is not None:
         target_feats = stored("clean.f32", np.load(fdir / "clean_n10.npy"))
         log.info("targets from the clean copies of the %d utterances (pretrain.train.targets_audio: clean)", len(feats))
+    return StoredInputs(feats, target_feats, fdig, work, keep)
 
-    # 2. targets
-    kmeans_keys = {k: cfg[k] for k in ("n_clusters", "kmeans_max_frames", "kmeans_batch_size", "kmeans_max_iter",
-                                       "kmeans_n_init", "seed")}
-    tdig = store.digest("targets", store.FORMAT, fdig, clean is not None, _array_digest(model.feature_mean.cpu()),
-                        _array_digest(model.feature_std.cpu()),
-                        _array_digest(centers) if centers is not None else kmeans_keys)
-    tdir = work / "targets"
+
+def stats_digest(feats: StoredFeatures) -> str:
+    """A hash of the statistics `feats` are normalised with (a part derived from normalised features depends
+    on them)."""
+    return store.digest(_array_digest(feats.mean), _array_digest(feats.std))
+
+
+def label_part(tdir: Path, tdig: str, rows, cfg: dict, centers: np.ndarray | None, threads: int | None,
+               offsets: np.ndarray) -> tuple[StoredTargets, np.ndarray, dict[str, Any], np.ndarray]:
+    """The target part at `tdir` of digest `tdig` (written unless complete): the k-means labels of every row of
+    `rows` (anything with `chunks`, `total` and `dim`: normalised features, a teacher's hidden states), fitted on
+    a seeded sample or given `centers`. Returns (the labels per utterance of `offsets`, the centres, the
+    k-means record, the label counts)."""
     if store.ready(tdir, tdig):
         log.info("reusing the complete target store (no k-means): %s", store.disk_line(tdir))
     else:
-        _write_targets(tdir, tdig, target_feats, cfg, centers, threads)
+        _write_targets(tdir, tdig, rows, cfg, centers, threads)
     tinfo = json.loads((tdir / store.INFO).read_text())
     rec = tinfo["kmeans"]
     km = ({"given_centers": True, "total_frames": rec["total_frames"]} if rec.get("given_centers") else
           {"inertia": rec["inertia"], "fit_frames": rec["fit_frames"], "total_frames": rec["total_frames"]})
-    labels = StoredTargets(store.RowFile(tdir / tinfo["file"], tinfo["dtype"], None, n_frames), offsets)
-    data = TrainingData(feats, labels, np.load(tdir / "centers.npy"), km, keep=keep)
-    counts = np.asarray(tinfo["counts"])
+    labels = StoredTargets(store.RowFile(tdir / tinfo["file"], tinfo["dtype"], None, int(offsets[-1])), offsets)
+    return labels, np.load(tdir / "centers.npy"), km, np.asarray(tinfo["counts"])
+
+
+def prepare_training_data(manifest_path, model, cfg: dict, fit_stats: bool = True, centers: np.ndarray | None = None,
+                          threads: int | None = None, target_paths: dict[str, str] | None = None,
+                          work_dir: str | os.PathLike | None = None) -> TrainingData:
+    """Features and targets for masked prediction on the manifest rows `cfg` selects (`splits`,
+    `max_utterances`, `seed`), streamed from a store in `work_dir` (see the module; None: a temporary
+    folder that lives as long as the returned data). `fit_stats`: install the corpus statistics in `model`
+    (a new model); else use the model's own. `centers`: label frames with these k-means centres instead of
+    fitting `cfg["n_clusters"]` new ones (continued pre-training keeps its parent's targets).
+    `target_paths` ({utt_id: path}, `cfg["targets_audio"]` clean): the targets are the k-means clusters
+    of these files' features (normalised like the input), frame by frame, instead of the input's.
+
+    A complete store of the same inputs in `work_dir` is reused (no feature pass, no k-means); a store of
+    other inputs, or an unfinished one, is rebuilt."""
+    if centers is not None:
+        centers = np.asarray(centers, dtype=np.float32)
+        if centers.shape[1] != model.feature_dim:
+            raise ValueError(f"k-means centres have dimension {centers.shape[1]}, the features {model.feature_dim}")
+    # 1. features (raw, identity statistics) and the corpus sums
+    inputs = prepare_features(manifest_path, model, cfg, fit_stats=fit_stats, target_paths=target_paths,
+                              work_dir=work_dir)
+    feats = inputs.feats
+
+    # 2. targets
+    kmeans_keys = {k: cfg[k] for k in ("n_clusters", "kmeans_max_frames", "kmeans_batch_size", "kmeans_max_iter",
+                                       "kmeans_n_init", "seed")}
+    tdig = store.digest("targets", store.FORMAT, inputs.digest, target_paths is not None,
+                        _array_digest(model.feature_mean.cpu()), _array_digest(model.feature_std.cpu()),
+                        _array_digest(centers) if centers is not None else kmeans_keys)
+    labels, centers, km, counts = label_part(inputs.work / "targets", tdig, inputs.target_feats, cfg, centers,
+                                             threads, feats.offsets)
+    data = TrainingData(feats, labels, centers, km, keep=inputs.keep)
     log.info("targets: %d clusters, %d used, unigram entropy %.3f nats", data.n_clusters, int((counts > 0).sum()),
              data.unigram_entropy)
-    log.info("training data store: %s", store.disk_line(work))
+    log.info("training data store: %s", store.disk_line(inputs.work))
     return data

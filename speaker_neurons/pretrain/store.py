@@ -7,6 +7,8 @@ A store is a folder with flat files of rows (one utterance after the other) and 
   `input.f32`; for denoising targets the clean copies' in `clean.f32`), `offsets.npy` (int64, n + 1 row
   offsets), `n10.npy` (each utterance's count of 10 ms fbank frames), `stats.npz` (the float64 sums the corpus
   statistics come from) and `info.json`, written last, with the store's `digest`;
+* `hidden/` (targets from a teacher, `speaker_neurons.pretrain.teacher`): the teacher's hidden states at one
+  layer of every frame of `features/` (float32, (T_i, d) rows in `hidden.f32`, the same row offsets);
 * `targets/`: every frame's k-means label (`labels.i16`, or `labels.i32` past 32,767 clusters), the
   centres (`centers.npy`) and `info.json` (the k-means record and the `digest`).
 
@@ -257,6 +259,26 @@ class StoredFeatures(_Utterances):
         """(start row, normalised rows) over the whole concatenation, `size` rows at a time."""
         for s in range(0, self.total, size):
             yield s, self.frames(s, min(self.total, s + size))
+
+
+class StoredRows(_Utterances):
+    """Float32 rows per utterance as they were written (a teacher's hidden states), read as tensors."""
+
+    @property
+    def dim(self) -> int:
+        return int(self.file.width)
+
+    def segment(self, i: int, start: int, stop: int) -> torch.Tensor:
+        i = self._index(i)
+        o, n = int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i])
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"frames [{start}, {stop}) of utterance {i} ({n} frames)")
+        return torch.from_numpy(self.file.read(o + start, o + stop))
+
+    def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start row, rows) over the whole concatenation, `size` rows at a time."""
+        for s in range(0, self.total, size):
+            yield s, torch.from_numpy(self.file.read(s, min(self.total, s + size)))
 
 
 class StoredTargets(_Utterances):
