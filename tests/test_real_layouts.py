@@ -71,8 +71,8 @@ upstream: {{device: cpu}}
 analysis: {{k_ssl: [3], max_frames: 20000}}
 ivector: {{ubm_components: 4, ivector_dim: 4, ubm_iters: 2, tv_iters: 2}}
 prune: {{strategies: [l1, protected, random], targets: [protected_size]}}
-sid: {{crop_seconds: 1.0, learning_rates: [0.01], seeds: [0, 1], epochs: 5}}
-pr: {{learning_rates: [0.01], seeds: [0, 1], steps: 20, eval_every: 10, batch_size: 8, bootstrap: 200}}
+sid: {{layer_sets: [all, layers_1_L, last, hidden_0], crop_seconds: 1.0, learning_rates: [0.01], seeds: [0, 1], epochs: 5}}
+pr: {{pruned_models: true, learning_rates: [0.01], seeds: [0, 1], steps: 20, eval_every: 10, batch_size: 8, bootstrap: 200}}
 erase: {{random_seeds: [0]}}
 {extra}""")
     return cfg
