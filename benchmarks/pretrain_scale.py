@@ -6,6 +6,7 @@ speaker_neurons.pretrain.store, not held in memory)?
     .venv/bin/python benchmarks/pretrain_scale.py --pool benchmarks/out/scale/full-8a24e20u/pool  # reuse a pool
     .venv/bin/python benchmarks/pretrain_scale.py --tiny                # a smoke run
     .venv/bin/python benchmarks/pretrain_scale.py --code /tmp/old       # another checkout's package (a baseline)
+    .venv/bin/python benchmarks/pretrain_scale.py --stage teacher_targets   # rule teacher_targets instead
 
 What it does:
 1. Synthesizes one pool of audio with the demo synthesizer and lays it out as LibriSpeech folders (symbolic
@@ -25,7 +26,14 @@ sample (`--kmeans-frames`, default 20,000) is below the 1x corpus' frames, as it
 (100,000 of 173 M frames), so k-means fits the same number of frames at both sizes, and the batches are
 small (`--batch-frames`, default 1,000), so that the training step's own memory does not hide the data's.
 `--code DIR` runs another checkout's package (e.g. a commit before the store: the in-memory baseline).
-Tables go to stdout and to <out>/pretrain_scale.md; the default --out, benchmarks/out/pretrain_scale, is
+
+`--stage teacher_targets` runs rule teacher_targets' call instead (`speaker_neurons.pretrain.teacher_centers`:
+k-means centres of a released MelHuBERT's hidden states at `prune.continue.target_layer`, here the shipped
+demo model, models/melhubert_demo/model, at its default layer; the store of features and hidden states in
+the job's resume folder, polled for disk) on the same corpora; there is no training step, so the table has
+the wall time, the peak RSS and the scratch folder's peak disk (a checkout whose `teacher_centers` takes no
+`work_dir`, the in-memory code, keeps its features in the system's temporary folder, not polled).
+Tables go to stdout and to <out>/pretrain_scale.md (<out>/teacher_targets_scale.md); the default --out, benchmarks/out/pretrain_scale, is
 gitignored.
 """
 
@@ -56,6 +64,22 @@ setup_logging({log!r})
 summary = pretrain_resumable({manifest!r}, {outputs!r}, {model!r}, {train!r}, {scratch!r}, "cpu", {threads})
 print(json.dumps({{"steps": summary["steps"], "frames": summary["frames"], "utterances": summary["utterances"]}}))
 """
+
+TEACHER_CHILD = r"""
+import inspect, json, sys
+sys.path.insert(0, {code!r})
+import torch
+from speaker_neurons.models import load_native
+from speaker_neurons.pretrain import teacher_centers
+from speaker_neurons.utils import setup_logging
+setup_logging({log!r})
+torch.set_num_threads({threads})
+teacher = load_native({teacher!r})
+kw = {{"work_dir": {scratch!r}}} if "work_dir" in inspect.signature(teacher_centers).parameters else {{}}
+rec = teacher_centers(teacher, {manifest!r}, {train!r}, None, {threads}, {centers!r}, {record!r}, **kw)
+print(json.dumps({{"frames": rec["total_frames"], "utterances": rec["utterances"], "layer": rec["teacher_layer"]}}))
+"""
+TEACHER = ROOT / "models" / "melhubert_demo" / "model"
 
 
 def rss_kb(pid: int) -> int:
@@ -124,7 +148,10 @@ def main() -> None:
                          "data's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose speaker_neurons package runs")
+    ap.add_argument("--stage", choices=("pretrain_melhubert", "teacher_targets"), default="pretrain_melhubert",
+                    help="the rule whose call runs (teacher_targets: the shipped demo model as the released teacher)")
     args = ap.parse_args()
+    teacher = args.stage == "teacher_targets"
     size = scale.TINY if args.tiny else scale.FULL
     base = args.base or (1 if args.tiny else 4)
     steps = args.steps or (3 if args.tiny else 20)
@@ -156,18 +183,29 @@ def main() -> None:
                    "kmeans_centers": str(res / "kmeans_centers.npy"), "checkpoints": str(res / "checkpoints")}
         scratch = run / "resume"
         scratch.mkdir()
-        log = run / "pretrain.log"
-        print(f"[{mult}x] {figs['utterances']} utterances, {figs['hours']:.2f} h: pre-training {steps} steps ...",
-              flush=True)
-        r = run_child(CHILD.format(code=str(args.code.resolve()), log=str(log), manifest=str(man), outputs=outputs,
-                                   model=model, train=train, scratch=str(scratch), threads=args.threads), run, scratch)
+        if teacher:
+            log = run / "teacher_targets.log"
+            print(f"[{mult}x] {figs['utterances']} utterances, {figs['hours']:.2f} h: teacher targets ...", flush=True)
+            code = TEACHER_CHILD.format(code=str(args.code.resolve()), log=str(log), teacher=str(TEACHER),
+                                        manifest=str(man), train=train, scratch=str(scratch), threads=args.threads,
+                                        centers=str(res / "kmeans_centers.npy"), record=str(res / "record.json"))
+        else:
+            log = run / "pretrain.log"
+            print(f"[{mult}x] {figs['utterances']} utterances, {figs['hours']:.2f} h: pre-training {steps} steps ...",
+                  flush=True)
+            code = CHILD.format(code=str(args.code.resolve()), log=str(log), manifest=str(man), outputs=outputs,
+                                model=model, train=train, scratch=str(scratch), threads=args.threads)
+        r = run_child(code, run, scratch)
         if r["rc"] != 0:
-            sys.exit(f"[{mult}x] the pre-training child failed ({r['rc']}):\n{r['stdout'][-3000:]}")
+            sys.exit(f"[{mult}x] the {args.stage} child failed ({r['rc']}):\n{r['stdout'][-3000:]}")
         summary = json.loads(r["stdout"].strip().splitlines()[-1])
         rows.append({"size": f"{mult}x", "utterances": figs["utterances"], "hours": figs["hours"],
                      "frames": summary["frames"], **r, **log_figures(log.read_text())})
         print(f"[{mult}x] {r['wall_s']:.1f} s, peak RSS {r['rss_peak_mb']:.0f} MB", flush=True)
 
+    if teacher:
+        teacher_table(rows, args, out)
+        return
     lines = ["| size | utterances | hours | frames | wall (s) | before step 1 (s) | peak RSS (MB) | store (MB) "
              "| scratch peak disk (MB) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -186,6 +224,26 @@ def main() -> None:
     text = head + "\n\n" + "\n".join(lines) + "\n"
     print("\n" + text)
     (out / "pretrain_scale.md").write_text(text)
+
+
+def teacher_table(rows: list[dict], args, out: Path) -> None:
+    lines = ["| size | utterances | hours | frames | wall (s) | peak RSS (MB) | scratch peak disk (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['utterances']} | {r['hours']:.2f} | {r['frames']} | {r['wall_s']:.1f} "
+                     f"| {r['rss_peak_mb']:.0f} (polled {r['rss_polled_mb']:.0f}) | {r['disk_peak'] / 2**20:.1f} |")
+    a, b = rows
+    ratio = b["rss_peak_mb"] / a["rss_peak_mb"]
+    lines += ["", "| 4x / 1x | ratio | target |", "|---|---|---|",
+              f"| peak RSS | {ratio:.3f} | <= 1.2: {'met' if ratio <= 1.2 else 'NOT MET'} |",
+              f"| wall time | {b['wall_s'] / a['wall_s']:.2f} | |"]
+    if a["disk_peak"]:
+        lines.append(f"| scratch peak disk | {b['disk_peak'] / a['disk_peak']:.2f} | |")
+    head = (f"teacher targets at scale (rule teacher_targets): teacher {TEACHER.relative_to(ROOT)}, kmeans_max_frames "
+            f"{args.kmeans_frames}, {args.threads} threads, code {args.code.resolve()}")
+    text = head + "\n\n" + "\n".join(lines) + "\n"
+    print("\n" + text)
+    (out / "teacher_targets_scale.md").write_text(text)
 
 
 if __name__ == "__main__":

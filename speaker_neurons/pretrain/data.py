@@ -320,6 +320,7 @@ def _gather(feats, pick: np.ndarray | None) -> np.ndarray:
             a, b = np.searchsorted(pick, [s, e])
             if b > a:
                 out[a:b] = x.numpy()[pick[a:b] - s]
+        del x  # before the next chunk is read: one chunk in memory at a time
     return out
 
 
@@ -358,6 +359,7 @@ def _write_targets(tdir: Path, tdig: str, feats, cfg: dict, centers: np.ndarray 
             labels = assign(x, centers)
             counts += np.bincount(labels, minlength=len(centers))
             w.write(labels)
+            del x, labels  # before the next chunk is read
     np.save(tmp / "centers.npy", np.asarray(centers, dtype=np.float32))
     store.finish_part(tmp, {"digest": tdig, "format": store.FORMAT, "file": name, "dtype": np.dtype(dtype).name,
                             "rows": total, "kmeans": record, "counts": counts.tolist()})
