@@ -215,7 +215,11 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
     if rule == "teacher_targets":  # one pass over the pre-training corpus, then k-means of one layer's frames
         audio_h = hours
         flop = hours * 3600 * per_s
-        mem += hours * 3600 * model.frames_per_second * model.dim * 4 * 2 / 2**20
+        # streamed (pretrain.teacher): the teacher's layer and the input features of every frame on disk, float32,
+        # in the job's resume folder; in memory only the k-means sample and one chunk
+        frames = hours * 3600 * model.frames_per_second
+        mem += min(frames, int(config["pretrain"]["train"]["kmeans_max_frames"])) * model.dim * 4 * 2 / 2**20
+        disk += frames * (model.dim + 80) * 4 / 2**20
     elif rule in ("extract_features", "activation_stats", "pool_layers", "assign_ivector_clusters"):
         audio_h = hours
         if model is not None and rule != "assign_ivector_clusters":
@@ -266,8 +270,8 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         audio_h = frames / model.frames_per_second / 3600
         flop = audio_h * 3600 * per_s * 3  # forward and backward
         mem += 1000 + model.params * 16 / 2**20
-        if rule != "pretrain_melhubert":  # a released root's targets: its hidden states of every frame in memory
-            mem += hours * 3600 * model.frames_per_second * model.dim * 4 * 2 / 2**20
+        if rule != "pretrain_melhubert":  # a released root's targets: its layer of every frame, streamed from disk
+            disk += hours * 3600 * model.frames_per_second * model.dim * 4 / 2**20
         keep = t["keep_checkpoints"] or max(1, steps // max(1, int(t["checkpoint_every"])))
         # the file-backed training data (pretrain.store, in the resume folder): float32 fbank rows of the input
         # and of a clean copy, int16 targets; not in memory
