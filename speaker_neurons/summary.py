@@ -200,9 +200,15 @@ def plot_sid_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
 
 
 def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
-    """Per parent and layer set: PER against the kept share of FFN neurons (lower is better)."""
-    return plot_vs_width(table, png, "per", "PR", "PER (%), 95% band (lower is better)",
-                         "no PR results in this run (pr.enabled: false)")
+    """Per parent and layer set: PER against the kept share of FFN neurons (lower is better); a note
+    instead where PR scored no pruned model."""
+    if not table.empty and (table["strategy"] == "none").all():
+        table = table.iloc[0:0]
+        empty = ("PR scored the unpruned models only\n(pr.pruned_models: false, the 10-minute demo;\n"
+                 "configs/demo-full.yaml scores every pruned model)")
+    else:
+        empty = "no PR results in this run (pr.enabled: false)"
+    return plot_vs_width(table, png, "per", "PR", "PER (%), 95% band (lower is better)", empty)
 
 
 def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str, Any], add) -> list[str]:
@@ -305,10 +311,9 @@ def plot_pr_dev_curves(models: Sequence[Mapping[str, Any]], png: PathLike) -> Pa
     if not runs:
         axes[0][0].text(0.5, 0.5, "no PR results in this run", ha="center", va="center")
         axes[0][0].set_axis_off()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
+    from speaker_neurons.utils import save_figure
+
+    return save_figure(fig, png, dpi=110)
 
 
 # which stage's corpus each section of summary.tsv comes from

@@ -104,3 +104,15 @@ def test_the_pr_positive_control_is_reported_beside_sids(tmp_path, h0, verdict):
     head = md.split("## i-vector clusters")[0]  # the controls come first
     assert f"**m**, phoneme recognition: PER 50.0% from all layers vs {100 * h0:.1f}% from hidden_0" in head
     assert (tmp_path / "dev.png").stat().st_size > 5000
+
+
+def test_pr_vs_width_says_when_no_pruned_model_has_pr(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(summary, "plot_vs_width", lambda table, png, *a, **k: seen.append((len(table), a[-1])))
+    row = {"model": "m", "parent": "m", "strategy": "none", "target": "none", "kept_share": 1.0, "layer_set": "all",
+           "per": 0.77, "per_ci_low": 0.76, "per_ci_high": 0.78}
+    summary.plot_pr_vs_width(pd.DataFrame([row]), tmp_path / "p.png")
+    pruned = dict(row, model="m-l1-pset", strategy="l1", target="protected_size", kept_share=0.4)
+    summary.plot_pr_vs_width(pd.DataFrame([row, pruned]), tmp_path / "p.png")
+    assert seen[0][0] == 0 and "pr.pruned_models: false" in seen[0][1]
+    assert seen[1][0] == 2
