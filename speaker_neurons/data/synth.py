@@ -369,10 +369,16 @@ class _Engines:
         self._n += 1
         return self.workdir / f"t{self._n}{suffix}"
 
-    def close(self) -> None:
+    def restart_festival(self) -> None:
+        """End the festival processes: the next festival utterance starts a fresh one. A festival process
+        keeps state from one utterance to the next (measured: the same sentence rendered after others can
+        differ), so each speaker's utterances are rendered by a fresh process, in a fixed order."""
         for f in self.festival.values():
             f.close()
         self.festival.clear()
+
+    def close(self) -> None:
+        self.restart_festival()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     @staticmethod
@@ -553,6 +559,14 @@ def _synth_utterance(job: dict) -> dict:
     }
 
 
+def _synth_speaker(jobs: Sequence[dict]) -> list[dict]:
+    """Render one speaker's utterances in their order, festival from a fresh process: what each utterance
+    sounds like then depends on the corpus' settings only, not on which worker renders it, how many
+    workers there are, or what they rendered before."""
+    _engines().restart_festival()
+    return [_synth_utterance(job) for job in jobs]
+
+
 # ---- the corpus ---------------------------------------------------------------------------------------
 def _split_counts(n: int, split: Sequence[int]) -> list[int]:
     split = [int(s) for s in split]
@@ -648,20 +662,24 @@ def synthesize_corpus(out_dir: str | os.PathLike, *, seed: int, n_speakers: int,
     workers = max(1, int(workers))
     bar = None
     try:
+        by_speaker: dict[str, list[dict]] = {}
+        for job in jobs:  # one task per speaker, its utterances in corpus order (see _synth_speaker)
+            by_speaker.setdefault(job["spec"]["speaker"], []).append(job)
         if workers == 1:
             bar = tqdm(total=len(jobs), desc="synthesize", unit="utt", mininterval=1.0)
-            for job in jobs:
-                results[job["utt_id"]] = _synth_utterance(job)
-                bar.update(1)
+            for group in by_speaker.values():
+                for r in _synth_speaker(group):
+                    results[r["utt_id"]] = r
+                    bar.update(1)
         else:
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-                futs = [pool.submit(_synth_utterance, job) for job in jobs]  # forks the workers first
+                futs = [pool.submit(_synth_speaker, group) for group in by_speaker.values()]  # forks the workers first
                 bar = tqdm(total=len(jobs), desc="synthesize", unit="utt", mininterval=1.0)
                 try:
                     for fut in cf.as_completed(futs):
-                        r = fut.result()
-                        results[r["utt_id"]] = r
-                        bar.update(1)
+                        for r in fut.result():
+                            results[r["utt_id"]] = r
+                            bar.update(1)
                 except BaseException:
                     for f in futs:
                         f.cancel()
