@@ -50,25 +50,17 @@ def main() -> int:
     ap.add_argument("--configfile", nargs="*", default=[])
     ap.add_argument("--results", type=Path, help="the run's folder (default: the config's results)")
     a = ap.parse_args()
-    from speaker_neurons import costs
-    from speaker_neurons.catalogue import checked_catalogue, model_jobs_want_gpu
-    from speaker_neurons.plan import dry_run_jobs, merged_config
+    from speaker_neurons.plan import dry_run_jobs, merged_config, plan_rows
 
     cfg = merged_config(a.configfile, [])
     results = a.results or ROOT / cfg["results"]
     jobs = dry_run_jobs((["--configfile", *a.configfile] if a.configfile else []) + ["--forceall"])
-    cat, _ = checked_catalogue(cfg, lambda c: None, disk_checks=False)
-    gpu = model_jobs_want_gpu(cat, cfg["upstream"]["device"])
     rows = []
-    for rule, wc in jobs:
-        name = costs.rule_corpus(cat, rule, wc)
-        work = costs.corpus_size(cat, name, f"{results}/corpora/{name}/manifest.tsv") if name else None
-        size = costs.model_size(cat, cfg, wc["model"]) if "model" in wc else None
-        c = costs.rule_costs(rule, work, size, cfg, gpu and rule in costs.MODEL_RULES, cfg["upstream"]["threads"])
-        m = measured(results, rule, wc)
-        if m is None:
-            continue
-        rows.append({"rule": rule, "est_s": c["seconds"], "run_s": m[0], "est_mb": c["peak_mb"], "run_mb": m[1]})
+    for r in plan_rows(cfg, jobs, str(results)):
+        m = measured(results, r["rule"], r["wildcards"])
+        if m is not None:
+            rows.append({"rule": r["rule"], "est_s": r["seconds"], "run_s": m[0], "est_mb": r["peak_mb"],
+                         "run_mb": m[1]})
     if not rows:
         raise SystemExit(f"no benchmark files under {results}/benchmarks: run the workflow first")
     df = pd.DataFrame(rows).groupby("rule", sort=False).agg(

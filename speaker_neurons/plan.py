@@ -67,7 +67,8 @@ def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[d
         on_gpu = gpu and rule in costs.MODEL_RULES
         c = costs.rule_costs(rule, work, size, config, on_gpu, config["upstream"]["threads"])
         given = config["resources"].get(rule, {})
-        rows.append({"rule": rule, "model": wc.get("model", ""), "corpus": name or "",
+        rows.append({"rule": rule, "wildcards": wc, "seconds": c["seconds"], "peak_mb": c["peak_mb"],
+                     "model": wc.get("model", ""), "corpus": name or "",
                      "audio_h": c["audio_hours"], "device": "GPU" if on_gpu else "CPU", "hours": c["compute_hours"],
                      "mem_gb": given.get("mem_mb", c["peak_mb"]) / 1000,
                      "disk_gb": given.get("disk_mb", c["disk_mb"]) / 1000})
