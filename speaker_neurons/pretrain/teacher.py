@@ -5,9 +5,11 @@ states, on disk).
 
 1. features: the student's (or the teacher's own) normalised input features from the feature store
    (`data.prepare_features`; no targets of their own);
-2. hidden states: the teacher's hidden states at one layer of every utterance, one utterance at a time,
+2. hidden states: the teacher's hidden states at one layer of every utterance, one utterance at a time;
    written as float32 rows to the store's `hidden/` part (keyed by the features, the statistics they are
-   normalised with, the teacher's weights and the layer);
+   normalised with, the teacher's weights and the layer) only where two passes need them (a fit, then
+   every frame's label: HuBERT's second iteration); the centres alone, or the labels of given centres,
+   take one pass that keeps nothing but the sample or the labels (`_TeacherRows`);
 3. targets: k-means fitted on a seeded sample of at most `kmeans_max_frames` of those rows read back (or given
    centres), and every frame labelled chunk by chunk into the store's `targets/` part (int16), as
    `data._write_targets` does for log-Mel frames. The centres, labels and k-means record are those of the
@@ -74,6 +76,36 @@ def _write_hidden(teacher, feats: StoredFeatures, layer: int, hdir: Path, hdig: 
     log.info("teacher's hidden states written: %d rows of layer %d; %s", rows, layer, store.disk_line(hdir))
 
 
+class _TeacherRows:
+    """The teacher's layer-`layer` hidden states of every frame of `feats`, computed utterance by utterance as
+    they are read and never stored: `chunks` gives the same (start, rows) chunks as a `StoredRows` of them.
+    For a single pass (given centres: every frame's label; the centres alone: the sampled rows), where
+    writing every frame's hidden state (about 530 GB at 960 h) would buy nothing."""
+
+    def __init__(self, teacher, feats: StoredFeatures, layer: int, progress: bool):
+        self.teacher, self.feats, self.layer, self.progress = teacher, feats, int(layer), progress
+        self.total, self.dim = feats.total, int(teacher.hidden_dim)
+
+    @torch.no_grad()
+    def chunks(self, size: int = store.CHUNK):
+        from tqdm import tqdm
+
+        buf, start, held = [], 0, 0
+        for i in tqdm(range(len(self.feats)), desc="teacher", disable=not self.progress, mininterval=5):
+            f = self.feats[i]
+            h = self.teacher.encode(f[None], return_ffn=False).hidden[self.layer][0].float()
+            if h.shape[0] != f.shape[0]:
+                raise RuntimeError(f"the teacher gave {h.shape[0]} hidden states for {f.shape[0]} frames")
+            buf.append(h)
+            held += h.shape[0]
+            while held >= size:
+                rows = torch.cat(buf)
+                yield start, rows[:size]
+                start, held, buf = start + size, held - size, [rows[size:]]
+        if held:
+            yield start, torch.cat(buf)
+
+
 def hidden_states(teacher, inputs: StoredInputs, layer: int, progress: bool = False) -> tuple[StoredRows, str]:
     """The store's `hidden/` part: the teacher's hidden states at `layer` of every frame of `inputs.feats`
     (written unless complete); returns (the rows per utterance, the part's digest)."""
@@ -96,7 +128,13 @@ def teacher_training_data(inputs: StoredInputs, teacher, layer: int, cfg: Mappin
     of every frame: `centers` given (a chain from a released root: every frame's nearest of them), else fitted
     on a seeded sample (`cfg` n_clusters and kmeans_* keys; HuBERT's second iteration). The k-means record
     has the `teacher_layer`."""
-    hidden, hdig = hidden_states(teacher, inputs, layer, bool(cfg["progress"]))
+    if centers is not None:  # one pass: each frame's nearest centre as the teacher computes it, nothing stored
+        teacher = teacher.to("cpu").eval()
+        hidden = _TeacherRows(teacher, inputs.feats, layer, bool(cfg["progress"]))
+        hdig = store.digest("hidden", store.FORMAT, inputs.digest, stats_digest(inputs.feats), model_digest(teacher),
+                            int(layer))
+    else:  # a fit on a sample, then every frame's label: two passes over the stored hidden states
+        hidden, hdig = hidden_states(teacher, inputs, layer, bool(cfg["progress"]))
     if centers is not None:
         centers = np.asarray(centers, dtype=np.float32)
         if centers.shape[1] != hidden.dim:
@@ -121,6 +159,6 @@ def teacher_kmeans(inputs: StoredInputs, teacher, layer: int, cfg: Mapping,
     """k-means centres of the teacher's layer-`layer` hidden states of `inputs`' features (a seeded sample
     of at most `kmeans_max_frames`, read back from the store) and the record {inertia, fit_frames,
     total_frames}; no frame is labelled."""
-    hidden, _ = hidden_states(teacher, inputs, layer, bool(cfg["progress"]))
-    return fit_centers(hidden, dict(cfg), threads)
+    rows = _TeacherRows(teacher.to("cpu").eval(), inputs.feats, layer, bool(cfg["progress"]))
+    return fit_centers(rows, dict(cfg), threads)  # one pass, keeping the sampled rows only
 
