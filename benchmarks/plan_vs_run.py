@@ -37,10 +37,7 @@ def measured(results: Path, rule: str, wc: dict[str, str]) -> tuple[float, float
     stem = rule + "".join(f"_k{wc[k]}" for k in ("k",) if k in wc)
     f = folder / f"{stem}.tsv"
     if not f.is_file():
-        hits = sorted(folder.glob(f"{rule}*.tsv"))
-        if len(hits) != 1:
-            return None
-        f = hits[0]
+        return None
     df = pd.read_csv(f, sep="\t")
     return float(df["s"].iloc[-1]), float(df["max_rss"].iloc[-1])
 

@@ -333,12 +333,8 @@ def lexicon_input(wildcards):
 def pr_scored(name):
     """Whether PR scores this model: PR runs, the model is evaluated, and it is an entry of `models` or
     pr.pruned_models is on."""
-    derived = CAT.root_of(name) != name
-    return (
-        CAT.pr_runs
-        and MODELS[name].evaluated
-        and (config["pr"]["pruned_models"] or not derived)
-    )
+    m = MODELS[name]
+    return CAT.pr_runs and m.evaluated and (config["pr"]["pruned_models"] or not m.derived)
 
 
 def pr_inputs(wildcards):

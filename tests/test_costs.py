@@ -80,3 +80,24 @@ def test_the_plan_lists_every_job_with_its_costs_and_the_totals(tmp_path):
     assert pool.split("|")[3].strip() == "demo_eval" and float(pool.split("|")[4]) == pytest.approx(1.1, abs=0.1)
     assert "CPU" in pool  # the demo stays on the CPU
     assert "jobs; ESTIMATED:" in out and "CPU-hours" in out
+
+
+def test_training_memory_does_not_grow_with_the_corpus_but_its_disk_does():
+    """Pre-training and the teacher targets stream from a file-backed store: memory bounded (the k-means
+    sample, one chunk), the store on disk growing with the corpus."""
+    for rule in ("pretrain_melhubert", "teacher_targets", "continue_pretraining"):
+        small, big = _c(rule, 100, 28000), _c(rule, 960, 281000)
+        assert big["peak_mb"] == small["peak_mb"] and big["mem_mb"] == small["mem_mb"], rule
+        assert big["disk_mb"] > 5 * small["disk_mb"], rule
+
+
+def test_a_native_checkpoint_is_sized_from_its_config():
+    """The shipped demo model (4 x 256, FFN 1024, 20 ms) is costed as itself, not as a base model."""
+    from speaker_neurons.catalogue import Model
+
+    class Cat:
+        models = {"m": Model("m", "melhubert", "checkpoint", str(ROOT / "models/melhubert_demo/model"), "native")}
+
+    size = costs.model_size(Cat, CFG, "m")
+    assert (size.layers, size.dim, size.ffn, size.frames_per_second) == (4, 256, 1024, 50.0)
+    assert size.gflop_per_audio_second < BASE.gflop_per_audio_second / 20
