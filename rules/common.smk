@@ -334,7 +334,9 @@ def pr_scored(name):
     """Whether PR scores this model: PR runs, the model is evaluated, and it is an entry of `models` or
     pr.pruned_models is on."""
     m = MODELS[name]
-    return CAT.pr_runs and m.evaluated and (config["pr"]["pruned_models"] or not m.derived)
+    return (
+        CAT.pr_runs and m.evaluated and (config["pr"]["pruned_models"] or not m.derived)
+    )
 
 
 def pr_inputs(wildcards):
