@@ -493,3 +493,26 @@ def test_continued_pretraining_from_a_released_checkpoint_learns_its_teachers_cl
     for h, t in zip(hidden, data.targets):
         assert np.array_equal(t.numpy(), np.asarray(assign(h, centers), dtype=np.int64))
     assert len(np.unique(torch.cat(list(data.targets)).numpy())) > 1
+
+
+@pytest.mark.slow  # pre-trains (a few steps)
+def test_unmasked_weight_adds_the_visible_frames_loss(trained, tmp_path):
+    """pretrain.train.unmasked_weight w adds w x (cross-entropy of the visible frames) to the masked loss: at
+    step 1 (same seed, same batch, same initial model) the loss grows linearly in w by about log(K) per unit
+    (an untrained head), and w = 0 is the masked-only loss of the default."""
+    from speaker_neurons.pretrain import pretrain_melhubert
+
+    manifest, out, _, _ = trained
+    first = {}
+    for w in (0.0, 1.0, 2.0):
+        torch.manual_seed(123)
+        pretrain_melhubert(manifest, tmp_path / str(w), TINY_MODEL, {**TINY_TRAIN, "max_steps": 1,
+                                                                     "unmasked_weight": w},
+                           device="cpu", threads=1)
+        rows = (tmp_path / str(w) / "train_log.tsv").read_text().splitlines()
+        first[w] = float(rows[1].split("\t")[1])
+    default_first = float((out / "train_log.tsv").read_text().splitlines()[1].split("\t")[1])
+    assert first[0.0] == pytest.approx(default_first, abs=1e-5)
+    visible = first[1.0] - first[0.0]
+    assert 0.5 * np.log(16) < visible < 1.5 * np.log(16)
+    assert first[2.0] - first[0.0] == pytest.approx(2 * visible, rel=1e-4)

@@ -265,6 +265,7 @@ def train_masked_prediction(
     budget_s = float(cfg["max_minutes"]) * 60 if cfg["max_minutes"] else math.inf
     seed = int(cfg["seed"])
     max_steps = int(cfg["max_steps"])
+    unmasked_weight = float(cfg["unmasked_weight"])
     crop = int(cfg["crop_frames"]) if cfg["crop_frames"] else None
     lengths = data.lengths
     batch_lengths = np.minimum(lengths, crop) if crop else lengths
@@ -363,6 +364,12 @@ def train_masked_prediction(
                     logits = head(outp.hidden[-1][mask]).float()
                 tgt = y[mask]
                 loss = F.cross_entropy(logits, tgt)
+                if unmasked_weight:  # HuBERT's pred_nomask_weight: the visible frames' targets too
+                    seen = (y >= 0) & ~mask
+                    if seen.any():
+                        with amp_ctx():
+                            seen_logits = head(outp.hidden[-1][seen]).float()
+                        loss = loss + unmasked_weight * F.cross_entropy(seen_logits, y[seen])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(params, float(cfg["grad_clip"]))
