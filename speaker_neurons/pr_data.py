@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from speaker_neurons.rowfile import RowFile
 from speaker_neurons.utils import get_logger
 
 log = get_logger("pr")
@@ -58,12 +59,8 @@ class _FlatStore:
         self._where = {u: (int(o), int(n)) for u, o, n in zip(idx["utt_id"], idx["offset"], idx["length"])}
         self.dtype = np.dtype(self.info["dtype"])
         self.row = tuple(int(x) for x in self.info["row"])
-        self._row_bytes = int(np.prod(self.row, dtype=np.int64)) * self.dtype.itemsize
-        self._fd: int | None = None
-        self._pid: int | None = None
-
-    def __getstate__(self):  # a worker process opens its own descriptor
-        return {**self.__dict__, "_fd": None, "_pid": None}
+        self._rows = RowFile(self.dir / self.data_name, self.dtype, int(np.prod(self.row, dtype=np.int64)),
+                             int(self.info["rows"]))
 
     def __contains__(self, utt: str) -> bool:
         return utt in self._where
@@ -79,24 +76,11 @@ class _FlatStore:
 
     def read(self, utt: str) -> np.ndarray:
         """The utterance's rows (length, *row), a fresh array (not a view of a mapping)."""
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.dir / self.data_name, os.O_RDONLY), os.getpid()
         off, n = self._where[utt]
-        nbytes = n * self._row_bytes
-        buf = bytearray(nbytes)
-        view, got = memoryview(buf), 0
-        while got < nbytes:
-            k = os.preadv(self._fd, [view[got:]], off * self._row_bytes + got)
-            if k <= 0:
-                raise OSError(f"{self.dir / self.data_name}: short read for {utt} (a truncated store; delete the "
-                              f"folder and run again)")
-            got += k
-        return np.frombuffer(buf, dtype=self.dtype).reshape(n, *self.row)
+        return self._rows.read(off, off + n).reshape(n, *self.row)
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
+        self._rows.close()
 
 
 def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.PathLike, data_name: str, dtype,
