@@ -516,3 +516,27 @@ def test_unmasked_weight_adds_the_visible_frames_loss(trained, tmp_path):
     visible = first[1.0] - first[0.0]
     assert 0.5 * np.log(16) < visible < 1.5 * np.log(16)
     assert first[2.0] - first[0.0] == pytest.approx(2 * visible, rel=1e-4)
+
+
+def test_prediction_loss_adds_the_visible_unpadded_frames_only():
+    """The loss is the masked frames' cross-entropy plus w x that of the frames neither masked nor padding:
+    computed by hand on random frames (masked, visible and padding frames with different targets)."""
+    from torch.nn import functional as F
+
+    from speaker_neurons.pretrain.loop import prediction_loss
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 5)
+    top = torch.randn(2, 7, 8, generator=g)
+    y = torch.randint(0, 5, (2, 7), generator=g)
+    y[1, 5:] = -100  # padding
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0, 1:4] = mask[1, 0:2] = True
+    visible = ~mask & (y >= 0)
+    masked_ce = F.cross_entropy(head(top[mask]), y[mask])
+    visible_ce = F.cross_entropy(head(top[visible]), y[visible])
+    loss0, logits, tgt = prediction_loss(head, top, y, mask)
+    assert torch.allclose(loss0, masked_ce) and torch.equal(tgt, y[mask]) and logits.shape == (5, 5)
+    loss2, _, _ = prediction_loss(head, top, y, mask, 2.0)
+    assert torch.allclose(loss2, masked_ce + 2.0 * visible_ce)
+    assert not torch.allclose(visible_ce, masked_ce)  # the two parts differ, so the sum tells them apart

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -235,6 +236,25 @@ def _batch_tensors(batch, data: TrainingData, lengths, crop, rng, cfg):
     return x, y, mask, blen
 
 
+def prediction_loss(head: nn.Linear, top: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                    unmasked_weight: float = 0.0, amp_ctx=nullcontext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked prediction's loss on the last hidden state `top` (B, T, d) with targets `y` (B, T; -100 at
+    padding) and the bool `mask` (B, T): cross-entropy of the masked frames, plus `unmasked_weight` times
+    that of the visible (unmasked, unpadded) frames (HuBERT's pred_nomask_weight). Returns (loss, the
+    masked frames' logits, their targets)."""
+    with amp_ctx():
+        logits = head(top[mask]).float()
+    tgt = y[mask]
+    loss = F.cross_entropy(logits, tgt)
+    if unmasked_weight:
+        seen = (y >= 0) & ~mask
+        if seen.any():
+            with amp_ctx():
+                seen_logits = head(top[seen]).float()
+            loss = loss + unmasked_weight * F.cross_entropy(seen_logits, y[seen])
+    return loss, logits, tgt
+
+
 def train_masked_prediction(
     model,
     data: TrainingData,
@@ -361,15 +381,7 @@ def train_masked_prediction(
                     g["lr"] = lr
                 with amp_ctx():
                     outp = model.encode(x, blen_d, frame_mask=mask, return_ffn=False)
-                    logits = head(outp.hidden[-1][mask]).float()
-                tgt = y[mask]
-                loss = F.cross_entropy(logits, tgt)
-                if unmasked_weight:  # HuBERT's pred_nomask_weight: the visible frames' targets too
-                    seen = (y >= 0) & ~mask
-                    if seen.any():
-                        with amp_ctx():
-                            seen_logits = head(outp.hidden[-1][seen]).float()
-                        loss = loss + unmasked_weight * F.cross_entropy(seen_logits, y[seen])
+                loss, logits, tgt = prediction_loss(head, outp.hidden[-1], y, mask, unmasked_weight, amp_ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(params, float(cfg["grad_clip"]))
