@@ -265,6 +265,12 @@ def corpus_audio_input(wildcards):
     return {"corpus": f"{corpus_dir(c.name)}/audio"} if c.synthesized else {}
 
 
+def given_centers_input(wildcards):
+    """Given k-means centres of the pre-training targets (pretrain.train.kmeans_centers), else none."""
+    given = config["pretrain"]["train"]["kmeans_centers"]
+    return {"centers": given} if given else {}
+
+
 def target_audio_input(wildcards):
     """The corpus whose clean copies make the targets (pretrain.train.targets_audio: clean)."""
     if CAT.targets_audio == "clean":

@@ -7,6 +7,7 @@
 rule pretrain_melhubert:
     input:
         unpack(target_audio_input),
+        unpack(given_centers_input),
         manifest=PRETRAIN_MANIFEST,
     output:
         model_dir=directory(f"{RESULTS}/models/{{model}}/model"),

@@ -12,7 +12,8 @@ What lands in `models/<name>/`:
                       the training run as the recipe's rule wrote them
   recipe.yaml         the recipe's config file, verbatim
   PROVENANCE.json     the recipe, the resolved training and model config, the corpus and its seed, the steps,
-                      the precision that ran, the machine, the commit, and the sha256 of every file above
+                      the precision that ran, the machine, the commit, what another machine reproduces
+                      (`reproducible`), and the sha256 of every file above
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MB = 20.0  # the committed folder stays small enough for a git repository
+# What of the recipe another machine reproduces (benchmarks/kernel_reproducibility.py, docs/demo.md "What
+# reproduces where"), written into PROVENANCE.json
+REPRODUCIBLE = {
+    "same_machine": "bit for bit: a re-run of the recipe on the machine (CPU and libraries) that made it writes "
+                    "the same centres, model, head and train log",
+    "given_targets": "to float tolerance on any CPU: training from kmeans_centers.npy "
+                     "(pretrain.train.kmeans_centers) gives the first losses of train_log.tsv (tests/test_demo_model.py)",
+    "kmeans_fit": "not across CPUs: the 500-cluster mini-batch k-means moves with the SIMD kernels' float sums "
+                  "(other centres and cluster indices; the first losses move by up to 0.2), so a re-made model differs "
+                  "from this one after its first steps",
+}
 
 
 def _sha(path: Path) -> str:
@@ -74,7 +86,7 @@ def ship(results: Path, recipe: Path, name: str, out_root: Path) -> dict:
         "cpu": _cpu_model(), "parameters": summary["parameters"],
         "model_config": summary["model_config"], "train_config": summary["train_config"],
         "targets": summary.get("targets_audio") or summary["train_config"].get("targets_audio"),
-        "shipped_at_commit": commit, "versions": prov_rule.get("versions"),
+        "shipped_at_commit": commit, "versions": prov_rule.get("versions"), "reproducible": REPRODUCIBLE,
         "sha256": {str(p.relative_to(out)): _sha(p) for p in files},
     }
     (out / "PROVENANCE.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

@@ -395,6 +395,27 @@ def _check_paths(c: Corpus, key: str) -> None:
                                                        "(every path of a corpus is checked before any job).")
 
 
+def _check_given_centers(path: str, pretrain: Mapping[str, Any]) -> None:
+    """Before any job: the given k-means centres (pretrain.train.kmeans_centers) exist and fit the model."""
+    import numpy as np
+
+    key = "pretrain.train.kmeans_centers"
+    if not Path(path).is_file():
+        raise ConfigError(key, f"{path} does not exist; name a .npy of k-means centres (a pre-trained model's "
+                               "pretrain/kmeans_centers.npy), or null to fit them.")
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except ValueError as e:
+        raise ConfigError(key, f"{path} is not a .npy array ({e}); name a pre-trained model's "
+                               "pretrain/kmeans_centers.npy.") from None
+    model = pretrain["model"]  # a frame of the model's input stacks frame_period / 10 log-Mel frames
+    want = (int(pretrain["train"]["n_clusters"]), int(model["n_mels"]) * (int(model["frame_period"]) // 10))
+    if tuple(shape) != want:
+        raise ConfigError(key, f"{path} holds centres of shape {tuple(shape)}, the model needs (n_clusters, "
+                               f"n_mels x frame_period / 10) = {want} from pretrain.train and pretrain.model; "
+                               "set those keys to the centres' model, or name other centres.")
+
+
 def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
     """Before any job: each stage's corpus has what the stage needs."""
     if config["erase"]["enabled"] and not config["sid"]["enabled"]:
@@ -413,6 +434,9 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
                           f"clean takes the targets from the clean copy of every utterance, which only the demo corpus "
                           f"with its channels has (source demo, demo.channel.enabled and keep_clean: true); the "
                           f"pre-training corpus {pretrain_corpus.name!r} has none: use targets_audio: input.")
+    given = config["pretrain"]["train"]["kmeans_centers"]
+    if given and cat.of_source("pretrain"):
+        _check_given_centers(given, config["pretrain"])
     if config["sid"]["enabled"]:
         c = cat.corpus("sid")
         fractions = c.split["fractions"]

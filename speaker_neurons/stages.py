@@ -46,7 +46,7 @@ def pretrain_melhubert(ctx: StageContext) -> dict:
 
     p = ctx.params
     return pretrain_resumable(ctx.inputs["manifest"], ctx.outputs, p["model"], p["train"], p["resume_dir"], ctx.device,
-                              ctx.threads, corpus_dir=ctx.inputs.get("corpus"))
+                              ctx.threads, corpus_dir=ctx.inputs.get("corpus"), centers_path=ctx.inputs.get("centers"))
 
 
 @stage

@@ -227,11 +227,33 @@ def test_melhubert_encode_frame_mask():
         c = model.encode(feats, lens)
     assert torch.equal(a.hidden[-1], b.hidden[-1])
     assert not torch.allclose(a.hidden[-1], c.hidden[-1])
-    # gradients flow through encode (pre-training)
-    model.train()
-    out = model.encode(feats, lens, frame_mask=mask, return_ffn=False)
-    out.hidden[-1][mask].sum().backward()
-    assert model.encoder.feature_projection.projection.weight.grad is not None
+    # gradients through encode (pre-training), in float64: the projection's gradient is the derivative that a
+    # central finite difference along a random direction measures, and a masked input frame gets none (its
+    # features are replaced before the projection), a visible one does
+    model = model.double().eval()  # eval: no dropout, so that the loss is a function of the weights
+    x = feats.double().requires_grad_(True)
+    weight = model.encoder.feature_projection.projection.weight
+
+    def loss(inp):
+        return model.encode(inp, lens, frame_mask=mask, return_ffn=False).hidden[-1][mask].pow(2).sum()
+
+    loss(x).backward()
+    grad = weight.grad.clone()
+    direction = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = 1e-6
+    with torch.no_grad():
+        weight += eps * direction
+        up = loss(x)
+        weight -= 2 * eps * direction
+        down = loss(x)
+        weight += eps * direction
+    numeric = float((up - down) / (2 * eps))
+    analytic = float((grad * direction).sum())
+    assert abs(analytic) > 1e-3 and analytic == pytest.approx(numeric, rel=1e-5)
+    frames_grad = x.grad.abs().sum(-1)  # (batch, frames)
+    visible = ~mask & (torch.arange(mask.shape[1])[None, :] < lens[:, None])
+    assert torch.all(frames_grad[mask] == 0) and torch.all(frames_grad[visible] > 0)
+    assert torch.all(frames_grad[~mask & ~visible] == 0)  # the shorter utterance's padding is not attended
 
 
 # ------------------------------------------------------------------------------------- widths, pruning, native

@@ -20,8 +20,10 @@ from conftest import (RESUME_PRETRAIN, ROOT, TINY, TINY_CORPORA, missing_synthes
                       start_snakemake, stop, wait_or_kill)
 
 pytestmark = pytest.mark.slow
-# the tiny chain, smaller still: one k, one pruned model, SID and the erase ablation with one seed
+# the tiny chain, smaller still: one k, one pruned model, SID and the erase ablation with one seed; no PR
+# (pr_eval through SLURM, with its time-limit resume, is the next test's)
 EXTRA = ("analysis: {k_ssl: [3]}\n"
+         "pr: {enabled: false}\n"
          "prune: {strategies: [protected], targets: [protected_size]}\n"
          "sid: {crop_seconds: 1.0, learning_rates: [0.01], seeds: [0], epochs: 5}\n"
          "erase: {random_seeds: [0]}\n")
@@ -55,8 +57,10 @@ def cluster(tmp_path_factory):
                          text=True, timeout=120)
     if res.returncode != 0:
         pytest.skip(f"the SLURM daemons did not start: {res.stderr.strip()[-500:]}")
+    # the executor plugin's waits for a production controller capped at 1 s (tests/site_hooks)
     env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"),
-               PATH=f"{Path(sys.executable).parent}:/usr/sbin:{os.environ.get('PATH', '')}")
+               PATH=f"{Path(sys.executable).parent}:/usr/sbin:{os.environ.get('PATH', '')}",
+               PYTHONPATH=str(ROOT / "tests/site_hooks"), TEST_SLURM_WAIT_SECONDS="1")
     yield env
     subprocess.run(["bash", str(ROOT / "scripts/slurm_cluster.sh"), "stop", str(state)], capture_output=True,
                    timeout=120)
@@ -180,7 +184,7 @@ def test_scancelled_pretraining_resumes_through_slurm(cancelled_and_resumed):
 
 # Jobs past their time limit: pre-training of the tiny model and pr_eval of the shipped demo model (a
 # second model, so that the two jobs run side by side), each given `runtime: 1` (--time=1), SLURM's
-# shortest, with every training step slowed by TEST_STEP_SECONDS (tests/paced_steps: a sleep, which changes
+# shortest, with every training step slowed by TEST_STEP_SECONDS (tests/site_hooks: a sleep, which changes
 # no result) so that each job needs about 100 s: more than the first limit however late slurmctld's
 # time-limit check (every 30 s) catches it, and less than the rerun's 2 minutes after the resume.
 TIME_LIMIT_EXTRA = ("upstream: {threads: 1}\n"
@@ -211,7 +215,7 @@ def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(cluster,
                 results / "models/shipped/pr/demo_eval/pr.json"]
 
     proc = start_snakemake(tmp_path / "local.log", "--cores", "2", *config, f"results={local}", *targets(local))
-    paced = dict(cluster, PYTHONPATH=str(ROOT / "tests/paced_steps"), TEST_STEP_SECONDS=str(STEP_SECONDS))
+    paced = dict(cluster, TEST_STEP_SECONDS=str(STEP_SECONDS))
     try:
         res = run_snakemake(*PROFILE, *config, f"results={slurm}", *targets(slurm), env=paced, timeout=900)
         assert wait_or_kill(proc, 600) == 0, (tmp_path / "local.log").read_text()[-6000:]

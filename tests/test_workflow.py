@@ -36,6 +36,11 @@ BAD_CONFIGS = [
     ("models: [{name: a, source: pretrain}, {name: a, source: pretrain}]", "name 'a' is listed twice"),
     ("models: [{name: h, kind: hubert}]", "source checkpoint needs 'path'"),
     ("upstream: {kind: hubert, path: /models/hubert.pt}", "Invalid configuration at key 'upstream.kind'"),
+    ("models: [{name: p, source: pretrain}]\npretrain: {train: {kmeans_centers: /nonexistent/c.npy}}",
+     "Invalid configuration at key 'pretrain.train.kmeans_centers': /nonexistent/c.npy does not exist"),
+    # the shipped centres are 500 x 80; the defaults are 100 clusters of a 20 ms model (40 mels x 2)
+    ("models: [{name: p, source: pretrain}]\npretrain: {train: {kmeans_centers: ROOT/models/melhubert_demo/kmeans_centers.npy}}",
+     "holds centres of shape (500, 80), the model needs (n_clusters, n_mels x frame_period / 10) = (100, 80)"),
 ]
 # configs that must stop before any job, checked by Snakemake itself, each written under its own folder:
 # a schema error and a catalogue error (the Snakefile's wiring of checked_catalogue) and a missing input
@@ -59,7 +64,7 @@ def _stop_in_process(override: str, tmp_path: Path) -> str:
     ckpt = tmp_path / "melhubert.ckpt"  # a released MelHuBERT file (not read by the checks)
     ckpt.write_bytes(b"")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    update_config(config, yaml.safe_load(override.replace("CKPT", str(ckpt))))
+    update_config(config, yaml.safe_load(override.replace("CKPT", str(ckpt)).replace("ROOT", str(ROOT))))
     with pytest.raises(ConfigError) as err:
         checked_catalogue(config, lambda c: validate(c, SCHEMA))
     return str(err.value)

@@ -58,9 +58,11 @@ def pretrain_melhubert(
     resume_from: str | os.PathLike | None = None,
     target_paths: Mapping[str, str] | None = None,
     data_dir: str | os.PathLike | None = None,
+    centers: np.ndarray | None = None,
 ):
     """Pre-train a new MelHuBERT (first iteration) on the manifest's training rows; returns the summary.
-    `target_paths` ({utt_id: clean audio}): denoising targets (`prepare_training_data`). `data_dir`: the
+    `target_paths` ({utt_id: clean audio}): denoising targets (`prepare_training_data`). `centers`: label
+    the frames with these k-means centres instead of fitting them (`pretrain.train.kmeans_centers`). `data_dir`: the
     folder of the file-backed features and targets (`prepare_training_data`'s `work_dir`; None: a
     temporary folder removed after the run).
 
@@ -80,7 +82,7 @@ def pretrain_melhubert(
              torch.get_num_threads())
     data = prepare_training_data(manifest_path, model, cfg, fit_stats=True, threads=torch.get_num_threads(),
                                  target_paths=dict(target_paths) if target_paths is not None else None,
-                                 work_dir=data_dir)
+                                 work_dir=data_dir, centers=centers)
     log.info("features and targets ready after %.1f s", time.monotonic() - t0)
     summary = train_masked_prediction(model, data, cfg, outputs, dev, resume_from=resume_from, log=log,
                                       on_step=on_step, t0=t0, extra_summary={"manifest": str(manifest_path)})
@@ -232,15 +234,17 @@ def target_paths(train_config: Mapping, corpus_dir: str | os.PathLike | None) ->
 
 
 def pretrain_resumable(manifest_path, outputs: Mapping[str, Any], model_config: Mapping, train_config: Mapping,
-                       scratch, device, threads: int, corpus_dir=None) -> dict[str, Any]:
+                       scratch, device, threads: int, corpus_dir=None, centers_path=None) -> dict[str, Any]:
     """`pretrain_melhubert` into a rule's named outputs, resumable (`loop.run_resumable`, checkpoints and the
-    training data store in `scratch` until it succeeds)."""
+    training data store in `scratch` until it succeeds); `centers_path`: given k-means centres (.npy)."""
     from speaker_neurons.pretrain.loop import data_dir, run_resumable
 
     targets = target_paths(train_config, corpus_dir)
+    centers = None if centers_path is None else np.load(centers_path)
     return run_resumable(lambda outs, resume_from: pretrain_melhubert(
         manifest_path, outs, model_config=model_config, train_config=train_config, device=device, threads=threads,
-        resume_from=resume_from, target_paths=targets, data_dir=data_dir(scratch)), TrainOutputs.of(outputs), scratch)
+        resume_from=resume_from, target_paths=targets, data_dir=data_dir(scratch), centers=centers),
+        TrainOutputs.of(outputs), scratch)
 
 
 def continue_resumable(model, manifest_path, outputs: Mapping[str, Any], centers_path, head_path,
