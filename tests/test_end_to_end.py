@@ -226,7 +226,20 @@ def test_provenance_evidence_and_comparison(two_runs):
     assert (a / "models/demo/analysis/ssl_k3/report/ssl_phone_composition.png").stat().st_size > 1000
     assert (a / "corpora/demo/ivectors/gender_purity.png").stat().st_size > 1000
     q = json.loads((a / "corpora/demo/ivectors/quality.json").read_text())
-    assert q["utterances"] == 48 and 0 <= q["sid_accuracy"] <= 1
+    assert q["utterances"] == 48 and (q["speakers"], q["sid_train"], q["sid_test"]) == (8, 32, 8)
+    # the i-vector speaker ID is closed-set identification of the 8 test utterances by cosine to each
+    # speaker's mean of unit-length training i-vectors, computed here from the stage's ark and the manifest
+    from speaker_neurons.analysis.ivector import read_ivectors
+
+    ids, vecs = read_ivectors(a / "corpora/demo/ivectors/ivectors.ark")
+    man = pd.read_csv(a / "corpora/demo/manifest.tsv", sep="\t").set_index("utt_id").loc[ids]
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    train, test = (man["split"] == "train").to_numpy(), (man["split"] == "test").to_numpy()
+    speakers = sorted(set(man["speaker"][train]))
+    means = np.stack([unit[train & (man["speaker"] == s).to_numpy()].mean(0) for s in speakers])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    guess = np.asarray(speakers)[np.argmax(unit[test] @ means.T, axis=1)]
+    assert q["sid_accuracy"] == pytest.approx(float(np.mean(guess == man["speaker"][test].to_numpy())))
     models = pd.read_csv(a / "comparison/models.tsv", sep="\t")
     models = models[models["model"].isin(["demo", "w2v"])]  # the pruned models have rows of their own
     assert list(models["model"]) == ["demo", "demo", "w2v", "w2v"] and list(models["k_ssl"]) == [3, 5, 3, 5]

@@ -6,6 +6,7 @@ and an evaluation corpus stops the run before any job, naming the file."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -103,16 +104,42 @@ def run(corpora):
     return results
 
 
-def test_paper_protocol_runs_end_to_end_on_real_layouts(run):
+def _test_clean_phones(tmp: Path) -> int:
+    """The phones of test-clean's transcripts (every word is in CMUdict), counted from the corpus' own
+    trans.txt files: the denominator of a right PER."""
+    from speaker_neurons.data import lexicon as lx
+
+    lex = lx.load_lexicon(None)
+    words = [w for f in (tmp / "LibriSpeech" / "test-clean").rglob("*.trans.txt")
+             for line in f.read_text().splitlines() for w in line.split()[1:]]
+    return sum(len(lx.word_phones(w, lex)) for w in words)
+
+
+def test_paper_protocol_runs_end_to_end_on_real_layouts(run, corpora):
     s = pd.read_csv(run / "summary.tsv", sep="\t")
+    phones = _test_clean_phones(corpora[0])
     for strategy in ("l1", "protected", "random"):
         model = f"w2v-{strategy}-pset"
         sid = s[(s["section"] == "sid") & (s["metric"] == "accuracy_all") & (s["model"] == model)]
         per = s[(s["section"] == "pr") & (s["metric"] == "per_all") & (s["model"] == model)]
         assert len(sid) == 1 and len(per) == 1, model
-        for row in (sid.iloc[0], per.iloc[0]):
-            assert row["ci_low"] <= row["value"] <= row["ci_high"] and 0 <= row["value"] <= 1.5
         assert sid.iloc[0]["corpus"] == "vox1" and per.iloc[0]["corpus"] == "libriphone"
+        # SID: the seed mean of each head's share of correctly identified test crops of VoxCeleb1's test
+        # part (8 utterances, 1 s crops), as the stage counted them
+        res = json.loads((run / "models" / model / "sid/vox1/sid.json").read_text())["all"]
+        seeds = res["per_seed"]
+        assert [r["seed"] for r in seeds] == [0, 1] and len({r["n"] for r in seeds}) == 1
+        n = seeds[0]["n"]
+        assert n >= 8 and all(0 <= r["correct"] <= n and r["accuracy"] == r["correct"] / n for r in seeds)
+        assert sid.iloc[0]["value"] == pytest.approx(np.mean([r["correct"] / n for r in seeds]), abs=1e-6)
+        assert sid.iloc[0]["n"] == n
+        # PR: the seed mean of edits / phones, where the phones are test-clean's transcripts' own
+        res = json.loads((run / "models" / model / "pr/libriphone/pr.json").read_text())["layer_sets"]["all"]
+        assert res["test_phones"] == phones and res["test_utterances"] == 6
+        for r in res["per_seed"]:
+            assert r["ref_phones"] == phones and r["per"] == pytest.approx(r["edits"] / phones)
+        assert per.iloc[0]["value"] == pytest.approx(np.mean([r["edits"] / phones for r in res["per_seed"]]),
+                                                     abs=1e-6)
     assert set(s.loc[s["section"] == "ivectors", "corpus"]) == {"dev_clean"}
     # every corpus has its own folder, and the SID corpus kept VoxCeleb1's splits from both archives
     man = pd.read_csv(run / "corpora/vox1/manifest.tsv", sep="\t", keep_default_na=False)
