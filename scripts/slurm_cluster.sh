@@ -5,6 +5,7 @@
 #   scripts/slurm_cluster.sh start STATE_DIR   # writes STATE_DIR/slurm.conf, starts the daemons
 #   scripts/slurm_cluster.sh stop STATE_DIR    # stops exactly the daemons it started (by their pids)
 #   scripts/slurm_cluster.sh status STATE_DIR
+#   SLURM_CPUS=6 scripts/slurm_cluster.sh start STATE_DIR   # the node offers 6 CPUs, whatever the machine has
 #
 # Clients find the cluster through SLURM_CONF=STATE_DIR/slurm.conf (and, where the machine has no
 # /etc/slurm/slurm.conf of its own, through a link there: srun inside a job reads only that path).
@@ -60,6 +61,14 @@ PY
   local mem
   mem=$(echo "$node" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
   node=$(echo "$node" | sed -e "s/RealMemory=[0-9]*/RealMemory=$((mem * 9 / 10))/")
+  # SLURM_CPUS=N: the node offers N CPUs whatever the machine has (slurmd takes the configured
+  # values), so that jobs that mostly wait (the tests' paced jobs) do not hold the few real cores' slots
+  local overrides=""
+  if [ -n "${SLURM_CPUS:-}" ]; then
+    node=$(echo "$node" | sed -e "s/CPUs=[0-9]*/CPUs=$SLURM_CPUS/" -e "s/SocketsPerBoard=[0-9]*/SocketsPerBoard=1/" \
+      -e "s/CoresPerSocket=[0-9]*/CoresPerSocket=$SLURM_CPUS/" -e "s/ThreadsPerCore=[0-9]*/ThreadsPerCore=1/")
+    overrides="SlurmdParameters=config_overrides"
+  fi
   cat > "$conf" <<EOF
 ClusterName=speakerneurons
 SlurmctldHost=$host
@@ -82,6 +91,7 @@ MinJobAge=300
 OverTimeLimit=0
 KillWait=10
 MailProg=/bin/true
+$overrides
 SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid
 StateSaveLocation=$state/ctld

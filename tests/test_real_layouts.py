@@ -149,7 +149,6 @@ def test_paper_protocol_runs_end_to_end_on_real_layouts(run, corpora):
     assert phones["split"].value_counts().to_dict() == {"train": 12, "dev": 16, "test": 6}
     targets = pd.read_csv(run / "corpora/libriphone/phone_targets.tsv", sep="\t")
     assert len(targets) == 34 and targets["phones"].str.contains("1").all()  # ARPAbet with stress digits
-    import json
 
     pr = json.loads((run / "models/w2v/pr/libriphone/pr.json").read_text())
     assert pr["corpus"] == "libriphone" and pr["splits"]["test"]["utterances"] == 6

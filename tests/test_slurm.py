@@ -53,8 +53,9 @@ def cluster(tmp_path_factory):
     if why:
         pytest.skip(why)
     state = tmp_path_factory.mktemp("slurm")
+    # 6 CPUs on the node: the time-limit test's paced jobs (mostly asleep) run beside the twin's jobs
     res = subprocess.run(["bash", str(ROOT / "scripts/slurm_cluster.sh"), "start", str(state)], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, env=dict(os.environ, SLURM_CPUS="6"))
     if res.returncode != 0:
         pytest.skip(f"the SLURM daemons did not start: {res.stderr.strip()[-500:]}")
     # the executor plugin's waits for a production controller capped at 1 s (tests/site_hooks)
@@ -90,8 +91,9 @@ def test_dry_run_prints_the_submission_plan_with_resources(cluster, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
-    """The tiny chain run twice side by side: locally into `local` (the session's shared corpora,
+def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory, time_limited):
+    """The tiny chain run twice side by side (beside the time-limit test's runs, started first):
+    locally into `local` (the session's shared corpora,
     synthesized by the workflow) and through SLURM into `slurm`, which synthesizes its own (the
     comparison covers the corpora too). The SLURM run's pre-training job is `scancel`led once its
     step-10 checkpoint exists; the next run through the profile resumes it and finishes the chain.
@@ -118,8 +120,10 @@ def cancelled_and_resumed(cluster, tiny_corpora, tmp_path_factory):
             assert cancelled.poll() is None and time.monotonic() < deadline, \
                 "the run ended before it could be cancelled:\n" + (base / "cancelled.log").read_text()[-3000:]
             time.sleep(0.05)
-        jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True, text=True).stdout.split()
-        assert jobs, "no SLURM job to cancel"
+        # this run's pre-training job (the time-limit test's jobs share the cluster)
+        jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_pretrain_melhubert/",
+                          (base / "cancelled.log").read_text())
+        assert len(jobs) == 1, (base / "cancelled.log").read_text()[-3000:]
         subprocess.run(["scancel", *jobs], env=cluster, check=True)
         status = wait_or_kill(cancelled, 300)
     finally:
@@ -198,15 +202,19 @@ TIME_LIMIT_EXTRA = ("upstream: {threads: 1}\n"
 STEP_SECONDS = 2.5
 
 
-def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(cluster, tiny_corpora, tmp_path):
-    """A pre-training job and a pr_eval job submitted with a `--time` too short: SLURM stops each at its
-    limit (state TIMEOUT; SIGTERM, on which the stage saves a checkpoint of that step), `retries`
-    resubmits it with runtime x attempt, the rerun resumes from that step (a second attempt on a quiet
-    machine, a third on a loaded one), and the outputs equal an uninterrupted local run of the same
-    configuration byte for byte."""
-    extra = tmp_path / "extra.yaml"
+@pytest.fixture(scope="module")
+def time_limited(cluster, tiny_corpora, tmp_path_factory):
+    """The time-limit scenario, started in the background (its jobs mostly sleep: the twin's run beside
+    them) and awaited by its test: the local run and the run through SLURM of TIME_LIMIT_EXTRA. A thread
+    asks SLURM for the state of every job every 2 s until the SLURM run ends (squeue forgets a job
+    MinJobAge after it ended). Yields (local, slurm, local process, {status, out, state} once the thread is done, the thread)."""
+    import threading
+    import time
+
+    base = tmp_path_factory.mktemp("time_limit")
+    extra = base / "extra.yaml"
     extra.write_text(TIME_LIMIT_EXTRA)
-    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    local, slurm = base / "local", base / "slurm"
     for results in (local, slurm):
         seed_corpora(tiny_corpora, results, TINY_CORPORA)
     config = ["--configfile", str(TINY), str(extra), "--config"]
@@ -215,26 +223,57 @@ def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(cluster,
         return ["--", results / "models/melhubert_demo/pretrain/summary.json",
                 results / "models/shipped/pr/demo_eval/pr.json"]
 
-    proc = start_snakemake(tmp_path / "local.log", "--cores", "2", *config, f"results={local}", *targets(local))
+    proc = start_snakemake(base / "local.log", "--cores", "2", *config, f"results={local}", *targets(local))
     paced = dict(cluster, TEST_STEP_SECONDS=str(STEP_SECONDS))
+    # up to 2 retries: a loaded machine may need a third attempt (the profile's retries: 1 is production's)
+    run = start_snakemake(base / "slurm.log", *PROFILE, "--retries", "2", *config, f"results={slurm}",
+                          *targets(slurm), env=paced)
+    ended: dict = {"state": {}}
+
+    def poll_states():
+        ids = ",".join(re.findall(r"submitted with SLURM jobid (\d+)", (base / "slurm.log").read_text()))
+        if ids:
+            ended["state"].update(line.split(" ", 1) for line in subprocess.run(
+                ["squeue", "-h", "-t", "all", "-j", ids, "-o", "%i %T %l"], env=cluster, capture_output=True,
+                text=True).stdout.split("\n") if line)
+
+    def watch():
+        deadline = time.monotonic() + 1200
+        try:
+            while run.poll() is None and time.monotonic() < deadline:
+                poll_states()
+                time.sleep(2)
+            ended["status"] = run.poll()
+        finally:
+            poll_states()
+            ended["out"] = (base / "slurm.log").read_text()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
     try:
-        # up to 2 retries: a loaded machine may need a third attempt (the profile's retries: 1 is production's)
-        res = run_snakemake(*PROFILE, "--retries", "2", *config, f"results={slurm}", *targets(slurm), env=paced,
-                            timeout=900)
-        assert wait_or_kill(proc, 600) == 0, (tmp_path / "local.log").read_text()[-6000:]
+        yield local, slurm, proc, ended, thread
     finally:
         stop(proc)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-6000:]
+        stop(run)
+
+
+def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(time_limited):
+    """A pre-training job and a pr_eval job submitted with a `--time` too short: SLURM stops each at its
+    limit (state TIMEOUT; SIGTERM, on which the stage saves a checkpoint of that step), `retries`
+    resubmits it with runtime x attempt, the rerun resumes from that step (a second attempt on a quiet
+    machine, a third on a loaded one), and the outputs equal an uninterrupted local run of the same
+    configuration byte for byte."""
+    local, slurm, proc, ended, thread = time_limited
+    thread.join(1200)
+    assert wait_or_kill(proc, 600) == 0, (local.parent / "local.log").read_text()[-6000:]
+    out = ended["out"]
+    assert ended["status"] == 0, out[-6000:]
 
     # each rule's jobs in submission order, and what SLURM says of them
     jobs: dict[str, list[tuple[str, Path]]] = {}
     for job, log in re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)", out):
         jobs.setdefault(Path(log).parts[-3].removeprefix("rule_"), []).append((job, Path(log)))
-    ids = ",".join(job for rule in ("pretrain_melhubert", "pr_eval") for job, _ in jobs.get(rule, []))
-    state = dict(line.split(" ", 1) for line in subprocess.run(
-        ["squeue", "-h", "-t", "all", "-j", ids, "-o", "%i %T %l"], env=cluster, capture_output=True,
-        text=True).stdout.split("\n") if line)
+    state = ended["state"]
     for rule, log, saved, resumed in (
             ("pretrain_melhubert", "melhubert_demo/pretrain_melhubert.log", r"checkpoint of step (\d+)/40 saved",
              r"RESUMING from \S+/step_(\d+) "),
