@@ -203,7 +203,10 @@ def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, 
         assert (sliced is None) == (frame_period == 20 and crop == 0.25)
         for (s, e), f in zip(bounds, sliced or []):
             own, _ = model.extract_features(wav[s:e].reshape(1, -1))
-            assert torch.equal(f, own[0])
+            # the same frames up to the last bits of float sums: bit for bit natively here, 1e-6 apart held
+            # to AVX2 (FFT and filterbank sums over other lengths), of log-Mel values of 2.7 to 7.0; a frame
+            # off by one would differ by tenths
+            assert f.shape == own[0].shape and torch.allclose(f, own[0], rtol=1e-5, atol=1e-5)
     fast = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
     cache = {}
     again = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
@@ -337,7 +340,10 @@ def test_best_dev_heads_keep_the_state_of_their_best_step():
         assert head.best_step in range(2, 13, 2)
         again, = sid.train_heads(data, [spec], epochs=1, steps=head.best_step)
         with torch.no_grad():
-            assert float((head(x) - again(x)).abs().max()) < 1e-4
+            got, want = head(x), again(x)
+        # the same state up to float rounding, relative to the logits' scale (the diverging rate's reach 6e3):
+        # measured 2e-6 of it held to AVX2 (the heads trained one by one or as a bank sum in other orders)
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
         assert head.dev_accuracy == pytest.approx(sid.accuracy(head, data, "dev")[0] / len(sid.closed_set(data, "dev")))
         for s in range(2, 13, 2):  # no evaluated step did better on dev
             at, = sid.train_heads(data, [spec], epochs=1, steps=s)
