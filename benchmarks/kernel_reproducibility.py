@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # scale.py's cpu_model
 RECIPE = ROOT / "configs" / "demo-model.yaml"
 SHIPPED = ROOT / "models" / "melhubert_demo"
 KERNELS = {
@@ -47,14 +47,12 @@ KERNELS = {
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
-        extra = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
-        return f"{name} ({', '.join(extra) or 'no native bf16'})"
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+    """`lscpu`'s model name (benchmarks/scale.py) and whether the CPU computes bf16 natively."""
+    from scale import cpu_model as model_name
+
+    flags = open("/proc/cpuinfo").read().split() if Path("/proc/cpuinfo").exists() else []
+    extra = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model_name()} ({', '.join(extra) or 'no native bf16'})"
 
 
 def losses(train_log: Path, n: int) -> list[float]:
@@ -63,8 +61,11 @@ def losses(train_log: Path, n: int) -> list[float]:
 
 
 def stored_labels(data_dir: Path) -> np.ndarray:
-    info = json.loads((data_dir / "targets" / "info.json").read_text())
-    return np.fromfile(data_dir / "targets" / info["file"], dtype=info["dtype"])
+    """Every frame's target label from the training data store's target part (`pretrain.store`)."""
+    from speaker_neurons.pretrain import store
+
+    info = json.loads((data_dir / "targets" / store.INFO).read_text())
+    return store.RowFile(data_dir / "targets" / info["file"], info["dtype"], None, info["rows"]).read(0, info["rows"])
 
 
 def child(args) -> None:
