@@ -258,6 +258,7 @@ rule sid_eval:
     output:
         result=f"{S}/sid.json",
         heads=f"{S}/heads.safetensors",
+        predictions=f"{S}/predictions.tsv",
         provenance=f"{S}/provenance/sid_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],

@@ -109,18 +109,23 @@ def name_regex(names):
     return "|".join(re.escape(n) for n in names) if names else "^$"
 
 
+COUNTED_SETS = ("ivector_cluster", "ssl_cluster")
+
+
 def prune_inputs(wildcards):
     """The parent's weights and the neuron sets that make the protected set."""
     m = MODELS[wildcards.model]
     pr = config["prune"]
+    base = f"{analysis_dir(m.parent)}/ssl_k{m.k_ssl}/neurons"
     if m.control:  # a random remainder: no protected set
         sets = []
     elif pr["protected_file"]:
         sets = [pr["protected_file"]]
     else:
-        base = f"{analysis_dir(m.parent)}/ssl_k{m.k_ssl}/neurons"
         sets = [f"{base}/{s}.json" for s in pr["protected_sets"]]
-    return {"parent": model_path(m.parent), "protected": sets}
+    # the speaker and SSL-cluster neurons of the parent, whose losses every strategy's record counts
+    counted = [] if m.control else [f"{base}/{s}.json" for s in COUNTED_SETS]
+    return {"parent": model_path(m.parent), "protected": sets, "counted": counted}
 
 
 def prune_params(wildcards):
@@ -457,7 +462,15 @@ def summary_files(name):
             if config["sid"]["enabled"] and m.evaluated
             else None
         ),
+        "sid_predictions": (
+            f"{sid_dir(name)}/predictions.tsv"
+            if config["sid"]["enabled"] and m.evaluated
+            else None
+        ),
         "pr": f"{pr_dir(name)}/pr.json" if pr_scored(name) else None,
+        "pr_predictions": (
+            f"{pr_dir(name)}/predictions.tsv" if pr_scored(name) else None
+        ),
         "prune": f"{model_dir(prune)}/prune.json" if prune else None,
         "neuron_counts": f"{base}/neuron_counts.tsv" if analysed(name) else None,
         "erase": f"{base}/ssl_k{SETS_K}/erase/erase.json" if erased(name) else None,

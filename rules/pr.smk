@@ -40,6 +40,7 @@ rule pr_eval:
     output:
         result=f"{P}/pr.json",
         heads=f"{P}/heads.safetensors",
+        predictions=f"{P}/predictions.tsv",
         provenance=f"{P}/provenance/pr_eval.json",
     params:
         compute_threads=config["upstream"]["threads"],

@@ -18,6 +18,11 @@ rule summarize:
             caption="../report/sid_vs_width.rst",
             category="1. Summary",
         ),
+        paired_png=report(
+            f"{RESULTS}/paired_vs_width.png",
+            caption="../report/paired_vs_width.rst",
+            category="1. Summary",
+        ),
         pr_png=report(
             f"{RESULTS}/pr_vs_width.png",
             caption="../report/pr_vs_width.rst",
@@ -33,6 +38,7 @@ rule summarize:
         models=summary_models(),
         k_ssl=SETS_K,
         controls=config["controls"],
+        comparison=config["comparison"],
         corpora={s: c for s, c in CAT.stages.items() if s != "pr" or CAT.pr_runs},
     log:
         f"{LOGS}/summarize.log",

@@ -65,11 +65,12 @@ def render(summary: pd.DataFrame, source: str) -> str:
                          f"{_pct(eer.value.iloc[0]) if len(eer) else 'n/a'} | "
                          f"{_pct(*per[['value', 'ci_low', 'ci_high']].iloc[0]) if len(per) else 'n/a'} |")
         lines.append("")
-    prune = s[(s.section == "pruning") & s.metric.isin(["protected_minus_l1_all", "protected_minus_random_all"])]
+    pairs = ["protected_minus_l1_all", "protected_minus_random_all", "l1_minus_random_all"]
+    prune = s[(s.section == "pruning") & s.metric.isin(pairs)]
     for r in prune.itertuples():
-        other = r.metric.split("_minus_", 1)[1].rsplit("_", 1)[0]
-        lines.append(f"- protected minus {other} at {r.model.split('@', 1)[-1]}: {_pct(r.value, signed=True)} points SID"
-                     + (f" ({r.note})" if isinstance(r.note, str) and r.note else ""))
+        a, b = r.metric.rsplit("_", 1)[0].split("_minus_", 1)
+        lines.append(f"- SID all layers, {a} minus {b} ({r.model}), paired: {_pct(r.value, r.ci_low, r.ci_high, signed=True)}"
+                     " points" + (f": {r.note}" if isinstance(r.note, str) and r.note else ""))
     lines.append(END)
     return "\n".join(lines)
 

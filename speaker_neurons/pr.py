@@ -372,14 +372,16 @@ class _HeadBank:
 
 @torch.no_grad()
 def _score(bank: _HeadBank, params, corpus: _Corpus, utts: Sequence[str], batch_size: int,
-           device) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy-decoding edits of every head of the bank ((H, N) int64, in the order of `utts`) and the
-    reference lengths (N,): one forward of all heads per batch (argmax of (H, B, T, V) at once), one
-    edit-distance pass per utterance for all heads."""
+           device, keep: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, dict[int, list[list[int]]]]:
+    """Greedy-decoding edits of every head of the bank ((H, N) int64, in the order of `utts`), the
+    reference lengths (N,) and the decoded phone ids of the heads `keep` ({head: one list per utterance}):
+    one forward of all heads per batch (argmax of (H, B, T, V) at once), one edit-distance pass per
+    utterance for all heads."""
     drop = () if corpus.eos_id is None else (corpus.eos_id,)
     plan = eval_batches([corpus.data.frames(u) for u in utts], batch_size)
     edits = np.zeros((len(bank.specs), len(utts)), dtype=np.int64)
     refs = np.array([len(corpus.targets[u]) for u in utts], dtype=np.int64)
+    kept: dict[int, list[list[int]]] = {h: [[] for _ in utts] for h in keep}
     ds = corpus.batches(utts, lambda k: plan[k])
     for batch in loader(ds, 0, len(plan), corpus.workers, device):
         x, frames = corpus.data.features(batch, device)
@@ -388,7 +390,13 @@ def _score(bank: _HeadBank, params, corpus: _Corpus, utts: Sequence[str], batch_
         for b, (i, u) in enumerate(zip(batch["index"].tolist(), batch["utts"])):
             hyps = [greedy_decode(pred[h, b, : int(frames[b])], 0, drop) for h in range(pred.shape[0])]
             edits[:, i] = edit_distances(corpus.targets[u], hyps)
-    return edits, refs
+            for h in kept:
+                kept[h][i] = hyps[h]
+    return edits, refs, kept
+
+
+#: Columns of a PR evaluation's per-utterance test predictions (rule pr_eval's `predictions.tsv`)
+PREDICTION_COLUMNS = ("layer_set", "seed", "utt_id", "speaker", "edits", "ref_phones", "hypothesis")
 
 
 # a test's hook: called with the step number after every step (and its checkpoint); None in a real run
@@ -448,7 +456,7 @@ def train_bank(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[st
             bank.step(x, batch["targets"].to(device), frames, batch["target_lengths"].to(device), clip)
             bar.update(1)
             if step % every == 0 or step == steps:
-                e, n = _score(bank, None, corpus, dev_utts, bs, device)
+                e, n, _ = _score(bank, None, corpus, dev_utts, bs, device)
                 pers = (e.sum(1) / max(int(n.sum()), 1)).tolist()
                 improved = torch.tensor([p < b for p, b in zip(pers, best_per)], device=bank.mask.device)
                 with torch.no_grad():
@@ -517,7 +525,9 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
                        inventory: Sequence[str] | None = None, device="cpu",
                        fixed_lr: Mapping[str, float] | None = None,
                        heads_path: str | os.PathLike | None = None,
-                       resume_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                       resume_dir: str | os.PathLike | None = None,
+                       predictions_path: str | os.PathLike | None = None,
+                       speaker_of: Mapping[str, str] | None = None) -> dict[str, Any]:
     """SUPERB PR for every layer set (METHOD §11a).
 
     data: a frame cache folder (`write_frame_cache`) or what `run_pr` builds (`_CachedFeatures`,
@@ -533,7 +543,9 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
     Returns a JSON-able dict: corpus counts, vocabulary size, and `layer_sets` {name: layers, lr,
     dev_per (seed mean) per rate, per_seed [seed, per, ci95 (bootstrap), edits, ref_phones, best_step,
     dev_per, dev_curve], test_per (mean over seeds) with test_ci95 (t-interval), layer_weights (first
-    seed), test counts}."""
+    seed), test counts}. `predictions_path`: where to write every picked head's decoding of every test
+    utterance (PREDICTION_COLUMNS; the speaker from `speaker_of`), from which any paired PER comparison
+    of two models can be recomputed."""
     from speaker_neurons.config import resolve
     from speaker_neurons.statistics import mean_interval
 
@@ -581,7 +593,9 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
     dev_per = {nm: {lr: float(np.mean([run["dev_per"][pos[PRSpec(nm, layers_of[nm], lr, sd)]] for sd in seeds]))
                     for lr in rates[nm]} for nm in names}
     best_lr = {nm: min(rates[nm], key=lambda lr: (dev_per[nm][lr], lr)) for nm in names}
-    edits, refs = _score(run["bank"], run["best"], corpus, utts["test"], int(cfg["batch_size"]), device)
+    picked_heads = [pos[PRSpec(nm, layers_of[nm], best_lr[nm], sd)] for nm in names for sd in seeds]
+    edits, refs, hyps = _score(run["bank"], run["best"], corpus, utts["test"], int(cfg["batch_size"]), device,
+                               keep=picked_heads if predictions_path is not None else ())
 
     result: dict[str, Any] = {"vocabulary_size": len(vocab), "phones": len(inventory), "eos": bool(cfg["eos"]),
                               "splits": counts, "train_infeasible": infeasible, "steps": int(cfg["steps"]),
@@ -615,6 +629,15 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
                  100 * lo, 100 * hi, len(seeds), best_lr[nm], len(utts["test"]), int(refs.sum()))
     if heads_path is not None:  # the erase ablation decodes erased models with these
         save_heads(heads_path, heads_of, vocab)
+    if predictions_path is not None:
+        spk = speaker_of or {}
+        test = list(utts["test"])
+        parts = [pd.DataFrame({"layer_set": nm, "seed": sd, "utt_id": test,
+                               "speaker": [spk.get(u, "") for u in test], "edits": edits[h], "ref_phones": refs,
+                               "hypothesis": [" ".join(vocab[i] for i in hy) for hy in hyps[h]]})
+                 for nm in names for sd in seeds for h in [pos[PRSpec(nm, layers_of[nm], best_lr[nm], sd)]]]
+        (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PREDICTION_COLUMNS)).to_csv(
+            predictions_path, sep="\t", index=False)
     if run["resumed_from_step"]:
         log.info("PR heads resumed from step %d", run["resumed_from_step"])
     return result
@@ -727,12 +750,13 @@ def prepare_data(upstream, rows: pd.DataFrame, cfg: Mapping[str, Any], scratch: 
 def run_pr(upstream, phones_tsv: str | os.PathLike, manifest_path: str | os.PathLike,
            layer_set_names: Sequence[str], cfg: Mapping[str, Any], lr_from: str | os.PathLike | None, corpus: str,
            lr_from_model: str | None, out_result: str | os.PathLike, out_heads: str | os.PathLike, *, amp,
-           resume_dir: str | os.PathLike, max_batch_seconds: float, device) -> dict[str, Any]:
+           resume_dir: str | os.PathLike, max_batch_seconds: float, device,
+           out_predictions: str | os.PathLike | None = None) -> dict[str, Any]:
     """SUPERB PR of one model on the utterances of the manifest with a split and phone targets, per layer set
     (`train_and_evaluate`), with, given `lr_from` (the root model's pr.json), the learning rates picked
     there. The caches go to `scratch_folder(pr.scratch_dir, resume_dir)`, the checkpoints to
     `resume_dir/bank`; both are removed when the result is written. Writes the result (JSON, with the
-    corpus it was scored on) and the heads."""
+    corpus it was scored on), the heads and, with `out_predictions`, the test predictions."""
     from speaker_neurons import sid
     from speaker_neurons.config import resolve
     from speaker_neurons.data.lexicon import read_phone_targets
@@ -751,7 +775,10 @@ def run_pr(upstream, phones_tsv: str | os.PathLike, manifest_path: str | os.Path
     fixed = sid.rates_of(lr_from, layer_set_names) if lr_from else None
     result = train_and_evaluate(data, phones, dict(zip(rows["utt_id"], rows["split"])),
                                 sid.layer_sets(layer_set_names, data.layers - 1), cfg, device=device, fixed_lr=fixed,
-                                heads_path=out_heads, resume_dir=Path(resume_dir) / "bank")
+                                heads_path=out_heads, resume_dir=Path(resume_dir) / "bank",
+                                predictions_path=out_predictions,
+                                speaker_of=dict(zip(rows["utt_id"], rows["speaker"].astype(str)))
+                                if "speaker" in rows else None)
     result.update(corpus=corpus, lr_from=lr_from_model if fixed else None, feature_cache_bytes=need,
                   feature_cache_budget_gb=float(cfg["feature_cache_gb"]))
     write_json(out_result, result)

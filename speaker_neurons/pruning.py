@@ -127,17 +127,34 @@ def random_like(neurons: Mapping[int, Sequence[int]], widths: Sequence[int], see
         widths[int(l) - 1], size=len(set(idx)), replace=False).tolist()) for l, idx in neurons.items()}
 
 
+def sets_lost(keep: Mapping[int, Sequence[int]], paths: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per neuron-set file (named by its stem, e.g. ivector_cluster): how many of its neurons the kept
+    indices `keep` (per 1-based layer) hold and how many they lost."""
+    from speaker_neurons.analysis.neuron_sets import read_neuron_set
+
+    out = {}
+    for p in paths:
+        neurons = read_neuron_set(p)
+        total = sum(len(set(idx)) for idx in neurons.values())
+        kept = sum(len(set(idx) & set(keep.get(int(l), ()))) for l, idx in neurons.items())
+        out[Path(p).stem] = {"total": int(total), "kept": int(kept), "lost": int(total - kept)}
+    return out
+
+
 def prune(model, strategy: str, target: str | float, protected_paths: Sequence[str], seed: int, *, parent: str,
           parent_sha256: str | None, k_ssl: int, keep_widths: Mapping[int, int] | None = None,
-          **extra: Any) -> dict[str, Any]:
+          counted: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
     """Plan (`plan`) and apply (`model.prune_ffn`) structured FFN pruning with the union of the neuron-set
     files `protected_paths` as the protected set; returns the record for `prune.json` (per layer: width,
-    kept, removed, protected kept / lost; the parent, its sha256 and the set files by their place in the
-    parent's analysis, no absolute path: two runs write the same bytes). `extra` goes into the record."""
+    kept, removed, protected kept / lost; per file of `counted`, whatever the strategy, how many of its
+    neurons were kept and lost (`sets_lost`); the parent, its sha256 and the set files by their place in
+    the parent's analysis, no absolute path: two runs write the same bytes). `extra` goes into the record."""
     from speaker_neurons.utils import get_logger
 
     keep, record = plan(model, strategy, target, union_of_sets(protected_paths), seed=int(seed),
                         keep_widths=keep_widths)
+    if counted:
+        record["sets_lost"] = sets_lost(keep, counted)
     model.prune_ffn(keep)
     record.update(parent=parent, parent_sha256=parent_sha256, k_ssl=k_ssl, **extra,
                   protected_from=["/".join(Path(x).parts[-3:]) for x in protected_paths], ffn_widths=model.ffn_widths)

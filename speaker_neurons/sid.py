@@ -474,6 +474,7 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
             head.classifier.weight.copy_(final["cw"][h].cpu())
             head.classifier.bias.copy_(final["cb"][h].cpu())
         head.best_step = int(best_step[h])
+        head.total_steps = total
         head.dev_accuracy = float(best_acc[h]) if eval_every else None
         heads.append(head.eval())
     return heads
@@ -503,17 +504,44 @@ def closed_set(data: SIDData, split: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def accuracy(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None = None) -> tuple[int, int]:
-    """(correct, n) over the split's segments of enrolled speakers, read in chunks, on the head's device.
-    `pooled` replaces data.pooled (the same segments seen through another model, e.g. an erased one)."""
+def predict(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(segment rows, predicted speaker index) over the split's segments of enrolled speakers, read in
+    chunks, on the head's device. `pooled` replaces data.pooled (the same segments seen through another
+    model, e.g. an erased one)."""
     sel = closed_set(data, split)
     x = data.pooled if pooled is None else pooled
     if len(sel) == 0:
-        return 0, 0
+        return sel, np.zeros(0, dtype=np.int64)
     dev = next(head.parameters()).device
     pred = np.concatenate([head(_rows(x, c, dev)).argmax(1).cpu().numpy()
                            for c in _chunks(sel, x.shape[1] * x.shape[2])])
+    return sel, pred
+
+
+def accuracy(head: SIDHead, data: SIDData, split: str, pooled: np.ndarray | None = None) -> tuple[int, int]:
+    """(correct, n) over the split's segments of enrolled speakers (`predict`)."""
+    sel, pred = predict(head, data, split, pooled)
     return int((pred == data.labels[sel]).sum()), int(len(sel))
+
+
+#: Columns of a SID evaluation's per-item test predictions (rule sid_eval's `predictions.tsv`)
+PREDICTION_COLUMNS = ("layer_set", "seed", "item", "utt_id", "speaker", "prediction", "correct")
+
+
+def predictions_table(data: SIDData, picked: Mapping[str, Sequence[SIDHead]], seeds: Sequence[int]) -> pd.DataFrame:
+    """Every picked head's prediction on every closed-set test item: layer set, head seed, item (the
+    segment's row in the pooled file), its utterance and speaker, the predicted speaker, and whether it
+    is right. Any comparison of two models scored on the same items can be recomputed from these."""
+    parts = []
+    for nm, heads in picked.items():
+        for sd, head in zip(seeds, heads):
+            sel, pred = predict(head, data, "test")
+            utt = data.utt_id[sel] if data.utt_id is not None else sel.astype(str)
+            parts.append(pd.DataFrame({"layer_set": nm, "seed": int(sd), "item": sel, "utt_id": utt,
+                                       "speaker": np.asarray(data.speakers, dtype=object)[data.labels[sel]],
+                                       "prediction": np.asarray(data.speakers, dtype=object)[pred],
+                                       "correct": (pred == data.labels[sel]).astype(np.int8)}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
 
 @torch.no_grad()
@@ -660,6 +688,7 @@ def evaluate(data: SIDData, layer_sets: dict[str, Sequence[int]], lrs: Sequence[
         ver = verification_eer(heads[0], data, "test", max_trials=max_trials, seed=trial_seed, trials=trials)
         out[nm] = {"layers": list(layers), "lr": best, "lr_swept": nm not in fixed,
                    "dev_accuracy": {str(k): v for k, v in dev.items()}, "best_step": heads[0].best_step,
+                   "steps": heads[0].total_steps, "eval_every": eval_every,
                    "test_accuracy": m, "test_ci95": [lo, hi], "per_seed": per_seed, **ver,
                    "layer_weights": heads[0].weights().detach().cpu().numpy().round(4).tolist()}
         picked[nm] = heads
@@ -813,12 +842,13 @@ def read_segments(pooled_path: str | os.PathLike, manifest_path: str | os.PathLi
 
 def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str | os.PathLike | None, corpus: str,
             lr_from_model: str | None, veri_list: str | os.PathLike | None, out_result: str | os.PathLike,
-            out_heads: str | os.PathLike, device: str) -> dict[str, float]:
+            out_heads: str | os.PathLike, device: str, out_predictions: str | os.PathLike | None = None
+            ) -> dict[str, float]:
     """SUPERB SID (and EER) on a pooled file, per layer set of `cfg` (the config's `sid` section), on
     `device`; with `lr_from` (the root model's sid.json) the learning rates picked there; the EER on
     `veri_list` (sid.veri_list) when given, else on sid.max_trials sampled test pairs. Writes the result
-    (JSON, with the corpus it was scored on) and the picked heads (the erase ablation scores erased
-    models with them)."""
+    (JSON, with the corpus it was scored on), the picked heads (the erase ablation scores erased models
+    with them) and, with `out_predictions`, every head's test predictions (`predictions_table`)."""
     data, L = load_pooled(pooled_path)
     trials, absent = (veri_trials(read_veri_list(veri_list), data, float(cfg["max_veri_absent"]), veri_list)
                       if veri_list else (None, 0))  # checked before any training
@@ -833,4 +863,6 @@ def run_sid(pooled_path: str | os.PathLike, cfg: Mapping[str, Any], lr_from: str
                           "max_trials": None if veri_list else cfg["max_trials"], "absent": absent})
     write_json(out_result, result)
     save_heads(out_heads, picked, cfg["seeds"])
+    if out_predictions is not None:
+        predictions_table(data, picked, cfg["seeds"]).to_csv(out_predictions, sep="\t", index=False)
     return {k: v["test_accuracy"] for k, v in result.items() if isinstance(v, dict) and "test_accuracy" in v}

@@ -67,7 +67,7 @@ def prune_model(ctx: StageContext) -> dict:
 
     p, model = ctx.params["prune"], ctx.model("parent", device="cpu")
     record = pruning.prune(model, p["strategy"], p["target"], ctx.inputs["protected"], p["seed"], parent=p["parent"],
-                           parent_sha256=ctx.sha("parent"), k_ssl=p["k_ssl"])
+                           parent_sha256=ctx.sha("parent"), k_ssl=p["k_ssl"], counted=ctx.inputs.get("counted", []))
     save_upstream(model, ctx.outputs["model_dir"], parent_sha256=ctx.sha("parent"))
     return ctx.write_json("record", record)
 
@@ -234,7 +234,7 @@ def sid_eval(ctx: StageContext) -> dict:
 
     return sid.run_sid(ctx.inputs["pooled"], ctx.params["sid"], ctx.inputs.get("lr_from"), ctx.params["corpus"],
                        ctx.params["lr_from_model"], ctx.inputs.get("veri_list"), *ctx.outs("result", "heads"),
-                       ctx.device)
+                       ctx.device, ctx.out("predictions"))
 
 
 @stage
@@ -269,7 +269,8 @@ def pr_eval(ctx: StageContext) -> dict:
     i, p = ctx.inputs, ctx.params
     return run_pr(ctx.model(), i["phones"], i["manifest"], p["layer_sets"], p["pr"], i.get("lr_from"), p["corpus"],
                   p["lr_from_model"], *ctx.outs("result", "heads"), amp=p["amp"], resume_dir=p["resume_dir"],
-                  max_batch_seconds=p["max_batch_seconds"], device=ctx.device)
+                  max_batch_seconds=p["max_batch_seconds"], device=ctx.device,
+                  out_predictions=ctx.out("predictions"))
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -282,5 +283,6 @@ def summarize(ctx: StageContext) -> dict:
     i = ctx.inputs
     return build_summary(models, i.get("quality"), i["purity"], int(ctx.params["k_ssl"]),
                          *ctx.outs("tsv", "md", "sid_png"), stability=i["stability"], controls=ctx.params["controls"],
+                         comparison=ctx.params["comparison"], out_paired_png=ctx.out("paired_png"),
                          out_pr_png=ctx.out("pr_png"), out_pr_dev_png=ctx.out("pr_dev_png"),
                          corpora=ctx.params["corpora"])

@@ -6,7 +6,8 @@
 - `paired_delta`: the mean paired change over test items (erase ablation) with a Student-t interval;
 - `difference_interval`: the difference of two SID results (seed spread and test sampling of each);
 - `bootstrap_interval`: a corpus-level ratio (PER = edits / reference phones) by a percentile
-  bootstrap over utterances.
+  bootstrap over utterances (`ratio_bootstrap`, which also gives the paired differences of
+  `speaker_neurons.paired`).
 """
 
 from __future__ import annotations
@@ -103,8 +104,16 @@ def bootstrap_interval(edits: Sequence[int], ref_lens: Sequence[int], resamples:
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the corpus PER: resample utterances with replacement
     (`resamples` times, `numpy.random.default_rng(seed)`), recompute sum(edits) / sum(ref_lens)."""
-    e = np.asarray(edits, dtype=np.float64)
-    n = np.asarray(ref_lens, dtype=np.float64)
+    return ratio_bootstrap(edits, ref_lens, resamples, seed, level)
+
+
+def ratio_bootstrap(numerator: Sequence[float], denominator: Sequence[float], resamples: int, seed: int,
+                    level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(numerator) / sum(denominator), one entry per utterance:
+    resample utterances with replacement (`resamples` times, `numpy.random.default_rng(seed)`). A
+    paired difference is a numerator of per-utterance differences (`paired.paired_difference`)."""
+    e = np.asarray(numerator, dtype=np.float64)
+    n = np.asarray(denominator, dtype=np.float64)
     if len(e) == 0:
         raise ValueError("bootstrap interval of no utterances")
     rng = np.random.default_rng(int(seed))

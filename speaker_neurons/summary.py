@@ -6,11 +6,14 @@
 * `summary.md`: a short text: the corpus's clusters, the neurons found, SID of every model, the
   pruning comparison at equal widths with a verdict on the paper's direction, and the erase deltas;
 * `sid_vs_width.png`: SID accuracy (and EER) against the kept share of FFN neurons, one line per
-  strategy with its interval band, one panel per SID layer set.
+  strategy with its interval band, one panel per SID layer set;
+* `paired_vs_width.png`: the paired differences between strategies (protected - l1, protected -
+  random, l1 - random) against the kept share, with their intervals and the headroom.
 
 The paper's model is MelHuBERT base (12 x 768 x 3072) on LibriSpeech / VoxCeleb1; a small demo model
 on a synthesized corpus is not expected to match its values, only, where the method works, their
-direction. The verdicts say which, from the intervals.
+direction. The verdicts say which, from paired
+intervals over the same test items, with what the test set can detect (`speaker_neurons.paired`).
 """
 
 from __future__ import annotations
@@ -39,19 +42,6 @@ PAPER = {
     "erase_ssl_cluster": -0.0382,
     "per_unpruned": 0.0817,  # Property Neurons, MelHuBERT (PR beside SID); 10.66 protected, 12.03 l1 at 577 rows
 }
-
-
-def verdict(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) -> str:
-    """Whether a > b (the paper's direction), judged from the two 95% intervals."""
-    if a_ci[0] > b_ci[1]:
-        return "holds: a > b, intervals apart"
-    if a_ci[1] < b_ci[0]:
-        return "reversed: a < b, intervals apart"
-    if a > b:
-        return "same direction, but the intervals overlap"
-    if a < b:
-        return "opposite direction, but the intervals overlap"
-    return "no difference"
 
 
 def controls_verdict(dependence: tuple[float, float, float] | None, gap: tuple[float, float, float] | None,
@@ -89,17 +79,88 @@ def _cell(row, value: str) -> str:
     return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _protected_pairs(table: pd.DataFrame):
-    """(parent, target, layer set, other strategy, protected row, other row) for every width where the
-    protected strategy and l1 or random were both run; hidden_0 is left out (no pruning changes it)."""
-    for (parent, target, ls), g in table[table["strategy"] != "none"].groupby(["parent", "target", "layer_set"],
-                                                                               sort=False):
-        by = {r.strategy: r for r in g.itertuples(index=False)}
-        if "protected" not in by or ls == "hidden_0":
+def paired_table(table: pd.DataFrame, models: Sequence[Mapping[str, Any]], task: str,
+                 comparison: Mapping[str, Any]) -> pd.DataFrame:
+    """Every pair of strategies (`paired.STRATEGY_PAIRS`) run at one width of one parent, per layer set
+    but hidden_0 (no pruning changes it): the paired difference of `task` ("sid" or "pr") over the same
+    test items (`paired.paired_difference`), the kept share, and the headroom (unpruned minus the FFN
+    control; PR: the control's PER minus the unpruned one)."""
+    from speaker_neurons.paired import STRATEGY_PAIRS, headroom, paired_difference, read_predictions
+
+    key = {"sid": "sid", "pr": "per"}[task]
+    preds = {m["name"]: m.get(f"{task}_predictions") for m in models}
+    ctrl_of = {m["parent"]: m["name"] for m in models if m.get("strategy") == "control"}
+    loaded: dict[str, pd.DataFrame] = {}
+
+    def pred(name):
+        if name not in loaded:
+            loaded[name] = read_predictions(preds[name])
+        return loaded[name]
+
+    rows = []
+    if table.empty:
+        return pd.DataFrame(rows)
+    by_model = {(r.model, r.layer_set): r._asdict() for r in table.itertuples(index=False)}
+    pruned = table[~table["strategy"].isin(["none", "control"])]
+    for (parent, target, ls), g in pruned.groupby(["parent", "target", "layer_set"], sort=False):
+        if ls == "hidden_0":
             continue
-        for other in ("l1", "random"):
-            if other in by:
-                yield parent, target, ls, other, by["protected"], by[other]
+        by = {r.strategy: r for r in g.itertuples(index=False)}
+        room = headroom(by_model.get((parent, ls)), by_model.get((ctrl_of.get(parent), ls)), key,
+                        higher_is_better=task == "sid")
+        for sa, sb in STRATEGY_PAIRS:
+            if sa not in by or sb not in by or not preds.get(by[sa].model) or not preds.get(by[sb].model):
+                continue
+            ma, mb = by[sa].model, by[sb].model
+            res = paired_difference(pred(ma), pred(mb), ls, task, resamples=int(comparison["resamples"]),
+                                    seed=int(comparison["seed"]), names=(preds[ma], preds[mb]))
+            rows.append({"parent": parent, "target": target, "layer_set": ls, "a": sa, "b": sb, "model_a": ma,
+                         "model_b": mb, "kept_share": (by[sa].kept_share + by[sb].kept_share) / 2,
+                         "difference": res["difference"], "ci_low": res["ci95"][0], "ci_high": res["ci95"][1],
+                         "half_width": res["half_width"], "utterances": res["utterances"], "items": res["items"],
+                         "headroom": room})
+    return pd.DataFrame(rows)
+
+
+def plot_paired(tables: Mapping[str, pd.DataFrame], png: PathLike) -> Path:
+    """The paired differences (a - b, 95% interval) against the kept share of FFN neurons, one line
+    per strategy pair, one panel per task, parent and layer set; the dotted lines are +- the headroom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from speaker_neurons.utils import save_figure
+
+    panels = [(task, p, ls) for task, t in tables.items() if not t.empty
+              for p in dict.fromkeys(t["parent"]) for ls in dict.fromkeys(t[t["parent"] == p]["layer_set"])]
+    if not panels:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no two pruning strategies at one width in this run", ha="center", va="center")
+        ax.axis("off")
+        return save_figure(fig, png)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    colours = {("protected", "l1"): "tab:red", ("protected", "random"): "tab:orange", ("l1", "random"): "tab:blue"}
+    for ax, (task, parent, ls) in zip(axes[0], panels):
+        t = tables[task]
+        sub = t[(t["parent"] == parent) & (t["layer_set"] == ls)]
+        for (a, b), g in sub.groupby(["a", "b"], sort=False):
+            g = g.sort_values("kept_share")
+            y = 100 * g["difference"].to_numpy(dtype=float)
+            err = np.vstack([y - 100 * g["ci_low"].to_numpy(dtype=float), 100 * g["ci_high"].to_numpy(dtype=float) - y])
+            ax.errorbar(100 * g["kept_share"].to_numpy(dtype=float), y, yerr=err, fmt="o-", capsize=3, color=colours.get((a, b)),
+                        label=f"{a} - {b}")
+        room = sub["headroom"].dropna()
+        if len(room):
+            for sign in (1, -1):
+                ax.axhline(sign * 100 * float(room.iloc[0]), color="k", ls=":", lw=0.8)
+        ax.axhline(0, color="k", lw=0.8)
+        what = "SID accuracy" if task == "sid" else "PER"
+        ax.set_title(f"{parent}: {what} difference, {ls}", fontsize="small")
+        ax.set_xlabel("FFN neurons kept (%)")
+        ax.set_ylabel("a - b (points), paired 95%")
+        ax.legend(fontsize="x-small")
+    return save_figure(fig, png)
 
 
 def pruning_table(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -211,6 +272,100 @@ def plot_pr_vs_width(table: pd.DataFrame, png: PathLike) -> Path:
     return plot_vs_width(table, png, "per", "PR", "PER (%), 95% band (lower is better)", empty)
 
 
+def _paired_section(pt: pd.DataFrame, task: str, add, null_share: float) -> list[str]:
+    """Rows (section `pruning` for SID, `pr_pruning` for PR; model "a - b") and lines of summary.md for
+    the paired differences of `paired_table`, each with its verdict in words and the power of the test,
+    plus the headroom of each parent and layer set."""
+    from speaker_neurons.paired import paired_verdict
+
+    if pt.empty:
+        return []
+    section, name = ("pruning", "SID") if task == "sid" else ("pr_pruning", "PER")
+    md = ["", f"Pruning at equal widths, paired: {name} of a minus {name} of b over the same test items, head seeds "
+          "averaged, 95% interval from a bootstrap over whole test utterances. 'detects' is the interval's "
+          "half-width; the headroom is what the task loses from the unpruned model to its FFN control"
+          + (" (the paper, MelHuBERT base at its protected-set size: protected 62.96% vs l1 54.08%):" if task == "sid"
+             else " (Property Neurons, MelHuBERT at 577 rows per layer: PER protected 10.66% vs l1 12.03%):"), ""]
+    for (parent, ls), g in pt.groupby(["parent", "layer_set"], sort=False):
+        room = g["headroom"].iloc[0]
+        if room is not None and not pd.isna(room):
+            add(section, f"headroom_{ls}", parent, float(room),
+                note="unpruned minus its FFN control" if task == "sid" else "PER of the FFN control minus unpruned")
+    for r in pt.itertuples(index=False):
+        room = None if r.headroom is None or pd.isna(r.headroom) else float(r.headroom)
+        v = paired_verdict(r.difference, r.ci_low, r.ci_high, room, r.a, r.b, max_null_share=null_share,
+                           higher_is_better=task == "sid")
+        add(section, f"{r.a}_minus_{r.b}_{r.layer_set}", f"{r.model_a} - {r.model_b}", r.difference, r.ci_low,
+            r.ci_high, n=r.utterances, note=f"{v}; kept {100 * r.kept_share:.1f}%, {r.items} test items")
+        md.append(f"- {r.parent}, target {r.target} (kept {100 * r.kept_share:.1f}%), {name} {r.layer_set}, "
+                  f"{r.a} - {r.b}: {v}.")
+    return md + [""]
+
+
+def _lost_section(models: Sequence[Mapping[str, Any]], add) -> list[str]:
+    """Rows (section `pruning`, metrics <set>_lost, n = the set's size) and a table of summary.md: how
+    many of the parent's speaker (ivector_cluster) and SSL-cluster neurons each pruned model lost."""
+    lines = []
+    for m in models:
+        rec = _read(m.get("prune"))
+        if not rec or not rec.get("sets_lost") or m.get("strategy") in (None, "control"):
+            continue
+        lost = rec["sets_lost"]
+        for name, v in lost.items():
+            add("pruning", f"{name}_lost", m["name"], v["lost"], n=v["total"],
+                note=f"{m['strategy']}, kept {100 * rec['kept_total'] / rec['width_total']:.1f}%")
+
+        def cell(name):
+            v = lost.get(name)
+            return "" if v is None else f"{v['lost']} of {v['total']} ({100 * v['lost'] / max(v['total'], 1):.0f}%)"
+
+        lines.append(f"| {m['name']} | {m['strategy']} | {100 * rec['kept_total'] / rec['width_total']:.1f}% | "
+                     f"{cell('ivector_cluster')} | {cell('ssl_cluster')} |")
+    if not lines:
+        return []
+    return (["", "Neurons of the parent each pruned model lost:", "",
+             "| model | strategy | kept | speaker (i-vector-cluster) neurons lost | SSL-cluster neurons lost |",
+             "|---|---|---|---|---|"] + lines)
+
+
+def head_flags(models: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(task, model, layer set, what) for every SID or PR head group that may not have reached its
+    optimum: a learning rate picked at the edge of its own sweep (the optimum may lie outside the
+    grid), or a best dev step at the last step of training (more steps may help; SID without
+    sid.eval_every keeps the last state, so its best step is always the last)."""
+    flags = []
+    for m in models:
+        sid_res, pr_res = _read(m.get("sid")) or {}, _read(m.get("pr")) or {}
+        groups = [("sid", ls, r, r.get("dev_accuracy") or {}, r.get("steps"), [x.get("best_step") for x in r["per_seed"]])
+                  for ls, r in sid_res.items() if isinstance(r, dict) and "test_accuracy" in r]
+        groups += [("pr", ls, r, r.get("dev_per") or {}, pr_res.get("steps"), [x.get("best_step") for x in r["per_seed"]])
+                   for ls, r in (pr_res.get("layer_sets") or {}).items()]
+        for task, ls, r, dev, steps, best in groups:
+            rates = sorted(float(x) for x in dev)
+            if r.get("lr_swept", True) and len(rates) > 1 and float(r["lr"]) in (rates[0], rates[-1]):
+                side = "lowest" if float(r["lr"]) == rates[0] else "highest"
+                flags.append((task, m["name"], ls, f"picked the {side} learning rate of its sweep "
+                              f"({', '.join(f'{x:g}' for x in rates)}): the optimum may lie outside the grid"))
+            if steps and any(b is not None and int(b) >= int(steps) for b in best):
+                why = (" (sid.eval_every is null: the last state is kept)" if task == "sid" and not r.get("eval_every")
+                       else "")
+                flags.append((task, m["name"], ls, f"best dev step is the last one ({int(steps)} of {int(steps)}) for "
+                              f"{sum(int(b) >= int(steps) for b in best if b is not None)} of {len(best)} head seeds"
+                              f"{why}: more steps may help"))
+    return flags
+
+
+def _flags_section(models: Sequence[Mapping[str, Any]], add) -> list[str]:
+    """Rows (section `sid` or `pr`, metric head_flag_<layer set>) and lines of summary.md for `head_flags`."""
+    flags = head_flags(models)
+    for task, model, ls, what in flags:
+        add(task, f"head_flag_{ls}", model, None, note=what)
+    if not flags:
+        return []
+    return (["## Heads that may not have reached their optimum", ""]
+            + [f"- {model}, {task.upper()} {ls}: {what}." for task, model, ls, what in flags] + [""])
+
+
 def _controls_section(models: Sequence[Mapping[str, Any]], controls: Mapping[str, Any], add) -> list[str]:
     """Per model of the config: SID's input-only gap (all - hidden_0) and FFN dependence (all, model -
     its control), for each layer set both have, and PR's input-only gap (`_pr_control`); rows in the
@@ -318,7 +473,7 @@ def plot_pr_dev_curves(models: Sequence[Mapping[str, Any]], png: PathLike) -> Pa
 
 # which stage's corpus each section of summary.tsv comes from
 #: The files of a model the summary reads (each a key of the model dicts `build_summary` takes).
-MODEL_FILES = ("sid", "pr", "prune", "neuron_counts", "erase", "pretrain")
+MODEL_FILES = ("sid", "sid_predictions", "pr", "pr_predictions", "prune", "neuron_counts", "erase", "pretrain")
 
 SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrain", "neurons": "analysis",
                  "sid": "sid", "pruning": "sid", "erase": "sid", "pr": "pr", "pr_pruning": "pr", "erase_pr": "pr"}
@@ -327,13 +482,19 @@ SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrai
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
                   k_ssl: int, out_tsv: PathLike, out_md: PathLike, out_png: PathLike,
                   stability: PathLike | None = None, *, controls: Mapping[str, Any],
+                  comparison: Mapping[str, Any] | None = None, out_paired_png: PathLike | None = None,
                   out_pr_png: PathLike | None = None, out_pr_dev_png: PathLike | None = None, corpora: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`models`: dicts with name, source, and the paths this run has for it (None where absent):
     sid (sid.json), pr (pr.json), prune (prune.json, pruned models), parent/strategy/target (pruned
     models), neuron_counts (analysis/neuron_counts.tsv), erase (erase.json), pretrain (pretrain
-    summary.json). A model of strategy `control` is the FFN control of its parent (`controls`: the
-    config section). `corpora`: the corpus of each stage (analysis, pretrain, sid, pr), written beside
-    every figure."""
+    summary.json), sid_predictions / pr_predictions (the per-item test predictions, which the paired
+    comparisons of pruning strategies read; `comparison`: the config section). A model of strategy
+    `control` is the FFN control of its parent (`controls`: the config section). `corpora`: the corpus
+    of each stage (analysis, pretrain, sid, pr), written beside every figure."""
+    from speaker_neurons.config import resolve
+
+    comparison = resolve("comparison", comparison or {})
+    null_share = float(comparison["max_null_share"])
     rows: list[dict[str, Any]] = []
     corpora = dict(corpora or {})
 
@@ -416,6 +577,7 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
     # ------------------------------------------------------------------ SID and pruning
     table = pruning_table(models)
     plot_sid_vs_width(table, out_png)
+    paired: dict[str, pd.DataFrame] = {}
     if not table.empty:
         md += ["## Speaker identification and pruning", "",
                "| model | kept | SID all (%) | SID layers 1..L (%) | SID last (%) | SID hidden_0 (%) | EER all (%) |",
@@ -438,13 +600,9 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                 add("sid", f"accuracy_{r.layer_set}", r.model, r.sid, r.sid_ci_low, r.sid_ci_high, r.n_test,
                     paper=paper, note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}")
                 add("sid", f"eer_{r.layer_set}", r.model, r.eer, r.eer_ci_low, r.eer_ci_high, n=r.trials)
-        md += ["", "Pruning at equal widths (the paper: protected 62.96% vs l1 54.08% at its protected-set size):", ""]
-        for parent, target, ls, other, a, b in _protected_pairs(table):
-            v = verdict(a.sid, (a.sid_ci_low, a.sid_ci_high), b.sid, (b.sid_ci_low, b.sid_ci_high))
-            add("pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.sid - b.sid, note=v)
-            md.append(f"- {parent}, target {target}, SID {ls}: protected {100 * a.sid:.1f}% vs {other} "
-                      f"{100 * b.sid:.1f}% ({100 * (a.sid - b.sid):+.1f} points): {v}.")
-        md.append("")
+        md += _lost_section(models, add)
+        paired["sid"] = paired_table(table, models, "sid", comparison)
+        md += _paired_section(paired["sid"], "sid", add, null_share)
     # ------------------------------------------------------------------ phoneme recognition and pruning
     ptab = pr_table(models)
     if out_pr_png is not None:
@@ -469,16 +627,11 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
                     paper = {("none", "none"): PAPER["per_unpruned"]}.get((r.strategy, r.target))
                 add("pr", f"per_{r.layer_set}", r.model, r.per, r.per_ci_low, r.per_ci_high, r.n_test, paper=paper,
                     note=f"kept {100 * r.kept_share:.1f}%, {r.seeds} seeds, lr {r.lr:g}, {r.phones} test phones")
-        md += ["", "At equal widths (Property Neurons, MelHuBERT at 577 rows per layer: PER protected 10.66% vs l1 "
-               "12.03%, 8.17% unpruned):", ""]
-        for parent, target, ls, other, a, b in _protected_pairs(ptab):
-            # the paper's direction for PER: protected keeps it lower, so compare b > a
-            v = verdict(b.per, (b.per_ci_low, b.per_ci_high), a.per, (a.per_ci_low, a.per_ci_high))
-            add("pr_pruning", f"protected_minus_{other}_{ls}", f"{parent}@{target}", a.per - b.per, note=v)
-            md.append(f"- {parent}, target {target}, PR {ls}: PER protected {100 * a.per:.1f}% vs {other} "
-                      f"{100 * b.per:.1f}% ({100 * (a.per - b.per):+.1f} points; a lower PER for protected is "
-                      f"the direction of Property Neurons): {v.replace('a > b', 'protected < ' + other).replace('a < b', 'protected > ' + other)}.")
-        md.append("")
+        paired["pr"] = paired_table(ptab, models, "pr", comparison)
+        md += _paired_section(paired["pr"], "pr", add, null_share)
+    if out_paired_png is not None:
+        plot_paired(paired, out_paired_png)
+    md += _flags_section(models, add)
     # ------------------------------------------------------------------ erase
     erased = [m for m in models if m.get("erase")]
     if erased:

@@ -420,7 +420,30 @@ def test_erase_ablation_summary_and_report(two_runs, tmp_path):
     assert row["value"] == pytest.approx(sid["all"]["test_accuracy"], abs=1e-6) and row["paper"] == pytest.approx(0.6296)
     md = (a / "summary.md").read_text()
     assert "## Erase ablation" in md and "protected" in md and "demo-protected-iter2" in md
-    assert (a / "sid_vs_width.png").stat().st_size > 5000
+    assert (a / "sid_vs_width.png").stat().st_size > 5000 and (a / "paired_vs_width.png").stat().st_size > 5000
+    # the paired rows, recomputed from the per-item predictions: each seed's accuracy is its sid.json
+    # figure, and the difference is that of the seed means
+    preds = {m: pd.read_csv(a / "models" / m / "sid/demo_eval/predictions.tsv", sep="\t", dtype={"utt_id": str})
+             for m in ("demo-protected-pset", "demo-random-pset")}
+    for m, p in preds.items():
+        rec = json.loads((a / "models" / m / "sid/demo_eval/sid.json").read_text())
+        for ls in ("all", "last"):
+            acc = p[p["layer_set"] == ls].groupby("seed")["correct"].mean()
+            assert acc.tolist() == pytest.approx([r["accuracy"] for r in rec[ls]["per_seed"]])
+            assert set(p[p["layer_set"] == ls]["seed"]) == {0, 1} and (p["correct"] == (p["speaker"] == p["prediction"])).all()
+    pair = summary[(summary["section"] == "pruning") & (summary["metric"] == "protected_minus_random_all")].iloc[0]
+    acc = {m: p[p["layer_set"] == "all"]["correct"].mean() for m, p in preds.items()}
+    assert pair["model"] == "demo-protected-pset - demo-random-pset"
+    assert pair["value"] == pytest.approx(acc["demo-protected-pset"] - acc["demo-random-pset"], abs=1e-6)
+    assert pair["ci_low"] <= pair["value"] <= pair["ci_high"]
+    assert pair["n"] == preds["demo-random-pset"]["utt_id"].nunique()
+    # PR's predictions: every test utterance's edits per picked head, summing to pr.json's
+    pr = json.loads((a / "models/demo/pr/demo_eval/pr.json").read_text())
+    pp = pd.read_csv(a / "models/demo/pr/demo_eval/predictions.tsv", sep="\t", keep_default_na=False)
+    for ls, rec in pr["layer_sets"].items():
+        got = pp[pp["layer_set"] == ls].groupby("seed")[["edits", "ref_phones"]].sum()
+        assert got["edits"].tolist() == [r["edits"] for r in rec["per_seed"]]
+        assert set(got["ref_phones"]) == {rec["test_phones"]} and (pp["hypothesis"].str.len() > 0).any()
     # the HTML report of the same run, with every figure's caption
     html = tmp_path / "report.html"
     res = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", str(TINY), str(a.parent / "models.yaml"),
@@ -429,7 +452,8 @@ def test_erase_ablation_summary_and_report(two_runs, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     text = html.read_text(errors="replace")
     for caption in ("Erase ablation of model", "Speaker identification (SUPERB protocol", "Neurons per layer and set",
-                    "The k = 2 i-vector clusters", "Pre-training of model", "The run's headline figures"):
+                    "The k = 2 i-vector clusters", "Pre-training of model", "The run's headline figures",
+                    "Pruning strategies compared pair by pair"):
         assert caption in text, caption
 
 

@@ -146,3 +146,14 @@ def test_iterative_step_widths_and_plan():
                              keep_widths=pruning.step_widths(m.ffn_widths, 1, 2))
     assert [len(keep[1]), len(keep[2])] == [3, 3] and {0, 2} <= set(keep[1]) and 3 in keep[2]
     assert rec["kept_total"] == 6 and rec["protected_lost_total"] == 0
+
+
+def test_the_record_counts_the_speaker_and_ssl_neurons_each_strategy_lost(tmp_path):
+    import json
+
+    from speaker_neurons.pruning import sets_lost
+
+    (tmp_path / "ivector_cluster.json").write_text(json.dumps({"layers": {"1": [0, 1, 2], "2": [5]}}))
+    (tmp_path / "ssl_cluster.json").write_text(json.dumps({"layers": {"1": [2, 3], "2": []}}))
+    got = sets_lost({1: [0, 2, 3], 2: [4]}, [tmp_path / "ivector_cluster.json", tmp_path / "ssl_cluster.json"])
+    assert got == {"ivector_cluster": {"total": 4, "kept": 2, "lost": 2}, "ssl_cluster": {"total": 2, "kept": 2, "lost": 0}}

@@ -23,8 +23,8 @@ def _summary(tmp_path, gap=0.068):
             ("pr", "per_all", "m", 0.412, 0.40, 0.425, ""), ("pr", "per_hidden_0", "m", 0.655, 0.64, 0.67, ""),
             ("sid", "accuracy_all", "m", 0.587, 0.557, 0.617, ""), ("sid", "eer_all", "m", 0.229, None, None, ""),
             ("sid", "accuracy_all", "m-l1-pset", 0.583, 0.551, 0.615, ""),
-            ("pruning", "protected_minus_l1_all", "m@pset", 0.004, None, None, "no difference beyond the intervals"),
-            ("pruning", "protected_minus_random_all", "m@pset", 0.011, None, None, "holds")]
+            ("pruning", "protected_minus_l1_all", "m-p - m-l1", 0.004, -0.006, 0.014, "no difference larger than 1.4 points"),
+            ("pruning", "protected_minus_random_all", "m-p - m-r", 0.011, 0.002, 0.02, "protected keeps it better")]
     df = pd.DataFrame(rows, columns=["section", "metric", "model", "value", "ci_low", "ci_high", "note"])
     p = tmp_path / "summary.tsv"
     df.to_csv(p, sep="\t", index=False)
@@ -42,9 +42,9 @@ def test_the_block_is_written_from_the_summary_and_checked(tmp_path):
     assert ("| m | +6.8 [+2.7, +10.9] | +0.9 [-3.2, +5.0] | +24.3 [+22.0, +26.6] | 41.2 [40.0, 42.5] | "
             "65.5 [64.0, 67.0] |") in text
     assert "m, PR: the Transformer's layers add to PR" in text
-    assert "protected minus random at pset: +1.1 points SID (holds)" in text
+    assert "SID all layers, protected minus random (m-p - m-r), paired: +1.1 [+0.2, +2.0] points: protected keeps it better" in text
     assert "| m-l1-pset | 58.3 [55.1, 61.5] | n/a | n/a |" in text and "| m | 58.7 [55.7, 61.7] | 22.9 |" in text
-    assert "protected minus l1 at pset: +0.4 points SID (no difference beyond the intervals)" in text
+    assert "protected minus l1 (m-p - m-l1), paired: +0.4 [-0.6, +1.4] points: no difference larger than 1.4" in text
     assert "cannot show anything" in text
     assert rr.main([str(summary), "--readme", str(readme), "--check"]) == 0
     # a new run with another figure makes the README stale again

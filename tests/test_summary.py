@@ -13,20 +13,20 @@ from speaker_neurons.config import complete
 CONTROLS = complete({})["controls"]
 
 
-@pytest.mark.parametrize("a,a_ci,b,b_ci,expect", [
-    (0.63, (0.60, 0.66), 0.54, (0.51, 0.57), "holds"),
-    (0.50, (0.47, 0.53), 0.60, (0.57, 0.63), "reversed"),
-    (0.60, (0.55, 0.65), 0.58, (0.53, 0.63), "same direction, but the intervals overlap"),
-    (0.58, (0.53, 0.63), 0.60, (0.55, 0.65), "opposite direction"),
-])
-def test_verdict(a, a_ci, b, b_ci, expect):
-    assert summary.verdict(a, a_ci, b, b_ci).startswith(expect)
-
-
 def _sid(acc, lo, hi, eer=0.1):
     rec = {"test_accuracy": acc, "test_ci95": [lo, hi], "lr": 0.01, "eer": eer, "target_trials": 10,
            "nontarget_trials": 90, "per_seed": [{"n": 200}, {"n": 200}]}
     return {"speakers": 4, "all": rec, "last": dict(rec, test_accuracy=acc - 0.1, test_ci95=[lo - 0.1, hi - 0.1])}
+
+
+def _predictions(path, right: dict[str, int], n: int = 200, crops: int = 4) -> str:
+    """A sid_eval predictions.tsv: per layer set, 2 head seeds, the first `right[set]` of `n` items right;
+    item i is a crop of utterance i // crops."""
+    rows = [{"layer_set": ls, "seed": sd, "item": i, "utt_id": f"u{i // crops}", "speaker": "s1",
+             "prediction": "s1" if i < k else "s2", "correct": int(i < k)}
+            for ls, k in right.items() for sd in (0, 1) for i in range(n)]
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return str(path)
 
 
 def test_build_summary(tmp_path):
@@ -38,27 +38,39 @@ def test_build_summary(tmp_path):
                "erase": w("e.json", {"ssl_cluster": {"neurons": 12, "all": {
                    "all": {"delta": -0.05, "delta_ci95": [-0.07, -0.03], "n": 200, "random_delta_mean": -0.01,
                            "random_delta_range": [-0.02, 0.0], "accuracy": 0.75}}}, "unerased": {}, "k_ssl": 3})}]
-    for strategy, acc in (("l1", 0.60), ("protected", 0.70), ("random", 0.50)):
+    for strategy, acc, lost in (("l1", 0.60, 3), ("protected", 0.70, 0), ("random", 0.50, 5)):
         models.append({"name": f"m-{strategy}-pset", "source": "prune", "parent": "m", "strategy": strategy,
                        "target": "protected_size", "sid": w(f"{strategy}.json", _sid(acc, acc - 0.02, acc + 0.02)),
+                       "sid_predictions": _predictions(tmp_path / f"{strategy}.tsv",
+                                                       {"all": int(200 * acc), "last": int(200 * (acc - 0.1))}),
                        "prune": w(f"{strategy}.prune.json", {"kept_total": 30, "width_total": 100,
-                                                             "protected_lost_total": 0})})
+                                                             "protected_lost_total": 0, "sets_lost": {
+                                                                 "ivector_cluster": {"total": 8, "kept": 8 - lost,
+                                                                                     "lost": lost}}})})
     (tmp_path / "purity.tsv").write_text("ivector_cluster\tF\tM\tmajority\tpurity\n0\t90\t10\tF\t0.9\n1\t5\t95\tM\t0.95\n")
     out = summary.build_summary(models, None, tmp_path / "purity.tsv", 3, tmp_path / "s.tsv", tmp_path / "s.md",
-                                tmp_path / "s.png", controls=CONTROLS)
+                                tmp_path / "s.png", controls=CONTROLS, out_paired_png=tmp_path / "d.png")
     t = pd.read_csv(tmp_path / "s.tsv", sep="\t")
     assert out["rows"] == len(t)
     row = t[(t["metric"] == "accuracy_all") & (t["model"] == "m-protected-pset")].iloc[0]
     assert row["value"] == pytest.approx(0.70) and row["paper"] == pytest.approx(0.6296) and row["n"] == 200
     d = t[t["metric"] == "protected_minus_l1_all"].iloc[0]
-    assert d["value"] == pytest.approx(0.10) and d["note"].startswith("holds")
-    assert t[t["metric"] == "protected_minus_random_last"].iloc[0]["note"].startswith("holds")
+    # paired over the same 200 items (50 utterances of 4 crops): 140 - 120 right
+    assert d["value"] == pytest.approx(0.10) and d["model"] == "m-protected-pset - m-l1-pset" and d["n"] == 50
+    assert d["ci_low"] > 0 and d["note"].startswith("protected keeps it better than l1: +10.0 points")
+    assert t[t["metric"] == "protected_minus_random_last"].iloc[0]["note"].startswith("protected keeps it better")
+    assert t[t["metric"] == "l1_minus_random_all"].iloc[0]["value"] == pytest.approx(0.10)
     e = t[t["section"] == "erase"].iloc[0]
     assert e["value"] == pytest.approx(-0.05) and e["paper"] == pytest.approx(-0.0382)
     p = t[t["metric"] == "purity_cluster1"].iloc[0]
     assert p["value"] == pytest.approx(0.95) and p["paper"] == pytest.approx(0.9723)
     md = (tmp_path / "s.md").read_text()
-    assert "protected 70.0% vs l1 60.0% (+10.0 points): holds" in md
+    assert "m, target protected_size (kept 30.0%), SID all, protected - l1: protected keeps it better than l1: " \
+           "+10.0 points [" in md
+    assert (tmp_path / "d.png").stat().st_size > 5000
+    assert "| m-l1-pset | l1 | 30.0% | 3 of 8 (38%) |  |" in md
+    lost = t[t["metric"] == "ivector_cluster_lost"].set_index("model")["value"]
+    assert lost.to_dict() == {"m-l1-pset": 3, "m-protected-pset": 0, "m-random-pset": 5}
     assert "| m-l1-pset | 30.0% | 60.0 [58.0, 62.0] |" in md
     assert (tmp_path / "s.png").stat().st_size > 5000
     table = summary.pruning_table(models)
@@ -114,3 +126,28 @@ def test_controls_section(tmp_path, base, ctrl, h0, expect):
     assert md.index("## Positive controls") < md.index("## Speaker identification")  # the first line to read
     assert expect in md
     assert t[(t["section"] == "pruning")].empty  # the control is no pruning strategy to compare
+
+
+def test_heads_at_the_edge_of_their_sweep_or_at_the_last_step_are_flagged(tmp_path):
+    def rec(lr, best, eval_every=50):
+        return {"test_accuracy": 0.5, "test_ci95": [0.4, 0.6], "lr": lr, "lr_swept": True, "steps": 300,
+                "eval_every": eval_every, "dev_accuracy": {"0.1": 0.3, "0.01": 0.5, "0.001": 0.4},
+                "per_seed": [{"n": 10, "best_step": b} for b in best]}
+    sid = {"all": rec(0.01, [150, 300]), "last": rec(0.001, [100, 200]), "mid": rec(0.01, [100, 250]),
+           "no_dev": rec(0.01, [300, 300], eval_every=None)}
+    pr = {"steps": 400, "layer_sets": {"all": {"test_per": 0.3, "test_ci95": [0.2, 0.4], "lr": 0.1, "lr_swept": True,
+                                                "dev_per": {"0.1": 0.3, "0.01": 0.5}, "test_utterances": 5,
+                                                "per_seed": [{"per": 0.3, "best_step": 100}]}}}
+    (tmp_path / "sid.json").write_text(json.dumps(sid))
+    (tmp_path / "pr.json").write_text(json.dumps(pr))
+    flags = summary.head_flags([{"name": "m", "sid": tmp_path / "sid.json", "pr": tmp_path / "pr.json"}])
+    got = {(task, ls): what for task, _, ls, what in flags}
+    assert set(got) == {("sid", "all"), ("sid", "last"), ("sid", "no_dev"), ("pr", "all")}
+    assert got[("sid", "all")].startswith("best dev step is the last one (300 of 300) for 1 of 2 head seeds")
+    assert got[("sid", "last")].startswith("picked the lowest learning rate of its sweep (0.001, 0.01, 0.1)")
+    assert "sid.eval_every is null" in got[("sid", "no_dev")]
+    assert got[("pr", "all")].startswith("picked the highest learning rate")
+    # a rate taken from the parent (sid.sweep: base) was not swept here: no edge to flag
+    sid["last"]["lr_swept"] = False
+    (tmp_path / "sid.json").write_text(json.dumps(sid))
+    assert ("sid", "last") not in {(t, ls) for t, _, ls, _ in summary.head_flags([{"name": "m", "sid": tmp_path / "sid.json"}])}

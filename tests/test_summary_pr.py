@@ -21,6 +21,16 @@ def _pr(per, lo, hi):
     return {"corpus": "ev", "layer_sets": {"all": rec, "last": dict(rec, test_per=per + 0.1, test_ci95=[lo + 0.1, hi + 0.1])}}
 
 
+def _predictions(path, per: float, n: int = 50, phones: int = 30) -> str:
+    """A pr_eval predictions.tsv: every test utterance with `phones` reference phones and per * phones
+    edits in layer set all (+3 in last), 2 head seeds."""
+    rows = [{"layer_set": ls, "seed": sd, "utt_id": f"u{i}", "speaker": "s", "edits": round(per * phones) + extra,
+             "ref_phones": phones, "hypothesis": "AA B"} for ls, extra in (("all", 0), ("last", 3))
+            for sd in (0, 1) for i in range(n)]
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
 def test_pr_rows_verdicts_and_corpora(tmp_path):
     def w(name, obj):
         (tmp_path / name).write_text(json.dumps(obj))
@@ -33,6 +43,7 @@ def test_pr_rows_verdicts_and_corpora(tmp_path):
     for strategy, per in (("l1", 0.50), ("protected", 0.40), ("random", 0.60)):
         models.append({"name": f"m-{strategy}-pset", "source": "prune", "parent": "m", "strategy": strategy,
                        "target": "protected_size", "pr": w(f"{strategy}.json", _pr(per, per - 0.02, per + 0.02)),
+                       "pr_predictions": _predictions(tmp_path / f"{strategy}.tsv", per),
                        "prune": w(f"{strategy}.prune.json", {"kept_total": 30, "width_total": 100,
                                                              "protected_lost_total": 0})})
     corpora = {"analysis": "ana", "pretrain": "ana", "sid": "ev", "pr": "ev"}
@@ -43,15 +54,17 @@ def test_pr_rows_verdicts_and_corpora(tmp_path):
     assert float(row["value"]) == pytest.approx(0.30) and float(row["paper"]) == pytest.approx(0.0817)
     assert row["corpus"] == "ev" and int(row["n"]) == 50
     d = t[(t["section"] == "pr_pruning") & (t["metric"] == "protected_minus_l1_all")].iloc[0]
-    assert float(d["value"]) == pytest.approx(-0.10) and d["note"].startswith("holds")  # protected keeps PER lower
+    # protected keeps PER lower, paired over the same 50 utterances
+    assert float(d["value"]) == pytest.approx(-0.10) and d["note"].startswith("protected keeps it better than l1")
+    assert int(d["n"]) == 50 and d["model"] == "m-protected-pset - m-l1-pset"
     r = t[(t["section"] == "pr_pruning") & (t["metric"] == "protected_minus_random_last")].iloc[0]
-    assert r["note"].startswith("holds")
+    assert r["note"].startswith("protected keeps it better") and float(r["value"]) == pytest.approx(-0.20)
     e = t[t["section"] == "erase_pr"].iloc[0]
     assert float(e["value"]) == pytest.approx(0.03) and e["metric"] == "ssl_cluster|all" and e["corpus"] == "ev"
     md = (tmp_path / "s.md").read_text()
     assert "analysis on **ana**" in md and "as in the paper" in md
     assert "| m-l1-pset | 30.0% | 50.0 [48.0, 52.0] | " in md
-    assert "PER protected 40.0% vs l1 50.0% (-10.0 points" in md and "holds: protected < l1" in md
+    assert "PER all, protected - l1: protected keeps it better than l1: -10.0 points [-10.0, -10.0]" in md
     assert "erase ssl_cluster (12 neurons), PER all: +3.00 [+1.00, +5.00] points (random +0.50)" in md
     assert (tmp_path / "p.png").stat().st_size > 5000
 

@@ -221,7 +221,8 @@ def test_config_yaml_matches_schema_defaults():
     assert defaults.pop("models")[0]["source"] == "pretrain"
     # the other deliberate differences: what the 10-minute demo evaluates; configs/demo-full.yaml puts
     # back exactly the schema's defaults for them
-    trimmed = {("prune", "targets"): ["protected_size"], ("sid", "layer_sets"): ["all", "hidden_0"],
+    trimmed = {("prune", "targets"): [0.3], ("prune", "protected_sets"): ["ivector_cluster"],
+               ("sid", "layer_sets"): ["all", "hidden_0"], ("sid", "eval_every"): 100,
                ("pr", "pruned_models"): False, ("pr", "learning_rates"): [0.01]}
     full = yaml.safe_load((ROOT / "configs/demo-full.yaml").read_text())
     assert full.pop("results") != shipped["results"]
