@@ -54,6 +54,8 @@ class Corpus:
     settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     split: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     derived_from: str | None = None  # the corpus an `auto` evaluation corpus was made from
+    # demo only: what the `auto` evaluation corpus changes of these settings (corpus.demo.eval_corpus)
+    eval_overrides: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def synthesized(self) -> bool:
@@ -115,11 +117,15 @@ def _corpus(entry: Mapping[str, Any], key: str) -> Corpus:
                 raise ConfigError(f"{key}.{source}.{k}",
                                   f"corpus {name!r} has source {source!r} but {key}.{source}.{k} is empty: set it in "
                                   "your config (or with --config).")
-    return Corpus(name=name, source=source, settings=settings, split=full["split"])
+    overrides = {}
+    if source == "demo":
+        settings = dict(settings)
+        overrides = {k: v for k, v in (settings.pop("eval_corpus", None) or {}).items() if v is not None}
+    return Corpus(name=name, source=source, settings=settings, split=full["split"], eval_overrides=overrides)
 
 
 def _eval_corpus(analysis: Corpus) -> Corpus:
-    demo = copy.deepcopy(analysis.settings)
+    demo = {**copy.deepcopy(analysis.settings), **copy.deepcopy(analysis.eval_overrides)}
     demo["seed"] = int(demo["seed"]) + EVAL_SEED_OFFSET
     name = f"{analysis.name}_eval"
     demo["id_prefix"] = id_prefix(name)

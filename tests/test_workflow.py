@@ -222,13 +222,21 @@ def test_config_yaml_matches_schema_defaults():
     # the other deliberate differences: what the 10-minute demo evaluates; configs/demo-full.yaml puts
     # back exactly the schema's defaults for them
     trimmed = {("prune", "targets"): [0.3], ("prune", "protected_sets"): ["ivector_cluster"],
-               ("sid", "layer_sets"): ["all", "hidden_0"], ("sid", "eval_every"): 100,
-               ("pr", "pruned_models"): False, ("pr", "learning_rates"): [0.01]}
+               ("sid", "layer_sets"): ["all", "hidden_0"], ("pr", "pruned_models"): False,
+               ("pr", "learning_rates"): [0.01]}
     full = yaml.safe_load((ROOT / "configs/demo-full.yaml").read_text())
     assert full.pop("results") != shipped["results"]
     for (section, key), value in trimmed.items():
         assert shipped[section].pop(key) == value
         assert full[section].pop(key) == defaults[section].pop(key)
+    # and what the demo model needs, which the full grid keeps: the SID schedule its heads reach their
+    # optimum with, and the evaluation corpus' test utterances
+    for section, key, value in [("sid", "learning_rates", [0.003, 0.001, 0.0003, 0.0001]), ("sid", "epochs", 60),
+                                ("sid", "batch_size", 128), ("sid", "eval_every", 100)]:
+        assert shipped[section].pop(key) == value and key not in full.get(section, {})
+        defaults[section].pop(key)
+    assert shipped["corpus"]["demo"].pop("eval_corpus") == {"utterances_per_speaker": 28, "split": [16, 4, 8]}
+    defaults["corpus"]["demo"].pop("eval_corpus")
     assert all(not rest for rest in full.values())
     assert shipped == defaults
 
