@@ -69,8 +69,8 @@ def render(summary: pd.DataFrame, source: str) -> str:
     prune = s[(s.section == "pruning") & s.metric.isin(pairs)]
     for r in prune.itertuples():
         a, b = r.metric.rsplit("_", 1)[0].split("_minus_", 1)
-        lines.append(f"- SID all layers, {a} minus {b} ({r.model}), paired: {_pct(r.value, r.ci_low, r.ci_high, signed=True)}"
-                     " points" + (f": {r.note}" if isinstance(r.note, str) and r.note else ""))
+        verdict = r.note if isinstance(r.note, str) and r.note else f"{_pct(r.value, r.ci_low, r.ci_high, signed=True)} points"
+        lines.append(f"- SID all layers, {a} minus {b}, paired over the same test items: {verdict}")
     lines.append(END)
     return "\n".join(lines)
 

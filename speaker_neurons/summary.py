@@ -331,8 +331,9 @@ def _lost_section(models: Sequence[Mapping[str, Any]], add) -> list[str]:
 def head_flags(models: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(task, model, layer set, what) for every SID or PR head group that may not have reached its
     optimum: a learning rate picked at the edge of its own sweep (the optimum may lie outside the
-    grid), or a best dev step at the last step of training (more steps may help; SID without
-    sid.eval_every keeps the last state, so its best step is always the last)."""
+    grid), or a best dev step at the last step of training for at least half of the head seeds (more
+    steps may help; SID without sid.eval_every keeps the last state, so its best step is always the
+    last; one seed's best at the last evaluation of a noisy plateau is not flagged)."""
     flags = []
     for m in models:
         sid_res, pr_res = _read(m.get("sid")) or {}, _read(m.get("pr")) or {}
@@ -346,12 +347,12 @@ def head_flags(models: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str,
                 side = "lowest" if float(r["lr"]) == rates[0] else "highest"
                 flags.append((task, m["name"], ls, f"picked the {side} learning rate of its sweep "
                               f"({', '.join(f'{x:g}' for x in rates)}): the optimum may lie outside the grid"))
-            if steps and any(b is not None and int(b) >= int(steps) for b in best):
+            at_last = sum(b is not None and int(b) >= int(steps) for b in best) if steps else 0
+            if at_last and 2 * at_last >= len(best):  # one seed of a noisy plateau is no sign of under-training
                 why = (" (sid.eval_every is null: the last state is kept)" if task == "sid" and not r.get("eval_every")
                        else "")
                 flags.append((task, m["name"], ls, f"best dev step is the last one ({int(steps)} of {int(steps)}) for "
-                              f"{sum(int(b) >= int(steps) for b in best if b is not None)} of {len(best)} head seeds"
-                              f"{why}: more steps may help"))
+                              f"{at_last} of {len(best)} head seeds{why}: more steps may help"))
     return flags
 
 

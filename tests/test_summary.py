@@ -134,7 +134,7 @@ def test_heads_at_the_edge_of_their_sweep_or_at_the_last_step_are_flagged(tmp_pa
                 "eval_every": eval_every, "dev_accuracy": {"0.1": 0.3, "0.01": 0.5, "0.001": 0.4},
                 "per_seed": [{"n": 10, "best_step": b} for b in best]}
     sid = {"all": rec(0.01, [150, 300]), "last": rec(0.001, [100, 200]), "mid": rec(0.01, [100, 250]),
-           "no_dev": rec(0.01, [300, 300], eval_every=None)}
+           "no_dev": rec(0.01, [300, 300], eval_every=None), "one_of_three": rec(0.01, [100, 300, 200])}
     pr = {"steps": 400, "layer_sets": {"all": {"test_per": 0.3, "test_ci95": [0.2, 0.4], "lr": 0.1, "lr_swept": True,
                                                 "dev_per": {"0.1": 0.3, "0.01": 0.5}, "test_utterances": 5,
                                                 "per_seed": [{"per": 0.3, "best_step": 100}]}}}
