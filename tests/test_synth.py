@@ -15,7 +15,8 @@ from speaker_neurons.data import phones as ph
 from speaker_neurons.data import synth
 from speaker_neurons.data.text import SentenceGenerator, generate_sentences, vocabulary
 
-DEMO = defaults("corpus.demo")
+# the synthesis settings of the demo source (eval_corpus says what its evaluation twin changes of them)
+DEMO = {k: v for k, v in defaults("corpus.demo").items() if k != "eval_corpus"}
 
 # ---- pure units -------------------------------------------------------------------------------------
 

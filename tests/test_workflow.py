@@ -172,7 +172,7 @@ def test_pr_of_pruned_models_follows_its_key(tmp_path, pruned):
     still decoding with its heads; true (the full grid) on every pruned model and the control too."""
     out = _planned(tmp_path, f"pr: {{pruned_models: {str(pruned).lower()}}}\n")
     jobs = [blk.split("wildcards: model=", 1)[1].split("\n", 1)[0] for blk in out.split("rule pr_eval:")[1:]]
-    derived = ["melhubert_demo-l1-pset", "melhubert_demo-protected-pset", "melhubert_demo-random-pset",
+    derived = ["melhubert_demo-l1-keep0.3", "melhubert_demo-protected-keep0.3", "melhubert_demo-random-keep0.3",
                "melhubert_demo-noffn"]
     assert sorted(jobs) == sorted(["melhubert_demo"] + (derived if pruned else []))
     erase = out.split("rule erase_ablation:", 1)[1].split("\nrule ", 1)[0]
