@@ -12,8 +12,8 @@
 
 The paper's model is MelHuBERT base (12 x 768 x 3072) on LibriSpeech / VoxCeleb1; a small demo model
 on a synthesized corpus is not expected to match its values, only, where the method works, their
-direction. The verdicts say which, from paired
-intervals over the same test items, with what the test set can detect (`speaker_neurons.paired`).
+direction. The verdicts say which, from paired intervals over the same test items, with what the
+test set can detect (`speaker_neurons.paired`).
 """
 
 from __future__ import annotations
