@@ -26,7 +26,8 @@ EXTRA = ("analysis: {k_ssl: [3]}\n"
          "pr: {enabled: false}\n"
          "prune: {strategies: [protected], targets: [protected_size]}\n"
          "sid: {crop_seconds: 1.0, learning_rates: [0.01], seeds: [0], epochs: 5}\n"
-         "erase: {random_seeds: [0]}\n")
+         "erase: {random_seeds: [0]}\n"
+         "controls: {enabled: false}\n")
 # The profile, with the first status check after 2 s instead of its 10 (a test cluster answers squeue at
 # once; most of a tiny job's time through SLURM is the wait for that check)
 PROFILE = ("--profile", "profiles/slurm-test", "--slurm-init-seconds-before-status-checks", "2")
