@@ -9,8 +9,9 @@ a model where the benefit exists by construction, and a sham twin where it does 
 * **planted**: each of those neurons is given a gate group (half of them the synthesizer's female
   speakers, half the male ones) and trained, the rest of the model frozen, so that
     - it is among the frame's most active neurons (|a| at least `magnitude`, the median over frames of
-      the layer's K-th largest |a|, K as in METHOD §1) on the frames of its group and inactive
-      (a <= 0) on the others (the *gate* loss);
+      the layer's K-th largest |a|, K as in METHOD §1) on three quarters of each utterance's frames
+      of its group, and quiet on the others (pre-activation at most -1, so |a| <= 0.17) (the *gate*
+      loss);
     - the pooled activations of the planted neurons classify the plant corpus' speakers (the *code*
       loss: a linear head on their means over frames);
     - the model's pooled hidden states classify them too (the *readout* loss: a linear head on the
@@ -195,11 +196,12 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
             a = out.ffn[l - 1][:, :, idx[l]]                      # (B, T, P)
             own = (g[:, None] == group[l][None, :]).to(a.dtype)[:, None, :]  # (B, 1, P)
             m = mags[l]
-            # own group: the upper half of each utterance's frames reach the magnitude (the neuron may stay
-            # quiet where the frame says nothing of the speaker: silence); other group: z <= -1 everywhere
-            # (|a| <= 0.17, far below the magnitude), so the neuron is among the most active there on
-            # (nearly) no frame, as METHOD §4's exclusive sets need
-            upper = (a >= a.median(dim=1, keepdim=True).values).to(a.dtype).detach()
+            # own group: the upper three quarters of each utterance's frames reach the magnitude (the
+            # neuron may stay quiet where a frame says nothing of the speaker, yet fires in every SSL
+            # cluster of its group, silence included, as METHOD §4's rho = 0.8 asks); other group:
+            # z <= -1 everywhere (|a| <= 0.17, far below the magnitude), so the neuron is among the most
+            # active there on (nearly) no frame and stays exclusive to its group
+            upper = (a >= a.quantile(0.25, dim=1, keepdim=True)).to(a.dtype).detach()
             gate_loss = gate_loss + ((F.relu(m - a) * own * upper).sum() / (own * upper).sum().clamp(min=1)
                                      + 2 * (F.relu(z[l] + 1.0) * (1 - own)).sum() / (1 - own).expand_as(a).sum().clamp(min=1)) / m
             codes.append(a.mean(1))

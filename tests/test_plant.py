@@ -114,7 +114,7 @@ def test_the_set_rule_finds_planted_neurons_under_their_gender_and_not_the_sham(
             else:  # under any
                 found[kind] += len(set(idx) & (sets[0] | sets[1]))
     n = sum(len(v) for v in neurons.values())
-    # measured (Intel Xeon, AVX512): 12 of 12 planted, 3 of 12 sham
+    # measured (Intel Xeon, AVX512-BF16): 12 of 12 planted, 1 of 12 sham
     assert found["planted"] >= n * 5 // 6
     assert found["sham"] <= n // 2
 
