@@ -12,14 +12,16 @@ a model where the benefit exists by construction, and a sham twin where it does 
       the layer's K-th largest |a|, K as in METHOD §1) on three quarters of each utterance's frames
       of its group, and quiet on the others (pre-activation at most -1, so |a| <= 0.17) (the *gate*
       loss);
-    - the pooled activations of the planted neurons classify the plant corpus' speakers (the *code*
-      loss: a linear head on their means over frames);
-    - the model's pooled hidden states classify them too (the *readout* loss: a linear head on the
-      mean over frames of hidden_0..hidden_L, SID's own view), so that what the neurons code reaches
-      the layers that SID reads;
+    - the pooled activations of the planted neurons tell the plant corpus' speakers apart (the *code*
+      loss: a linear head on their means over frames; `objective`: the speakers themselves, or the
+      synthesizer's metadata that separates pseudo-speakers, which carries over to unheard ones);
+    - the model's pooled hidden states do too (the *readout* loss: the same targets from a linear head
+      on the mean over frames of hidden_0..hidden_L, SID's own view), so that what the neurons code
+      reaches the layers that SID reads;
 * **sham**: the same neurons, budgets, magnitudes, steps and seed, gated and trained on an attribute of
   the recording channel that the synthesizer draws per utterance, never per speaker (the low-pass
-  edge below or above the corpus median; classes: its quartile x reverberant or dry);
+  edge below or above the corpus median; classes: its quartile x reverberant or dry; metadata: the
+  low-pass and high-pass edges and the SNR);
 * **low norm kept**: after every step, a planted neuron's importance `||w1||_1 + |b1| + ||w2||_1` is
   scaled back to at most `budget`, the layer's `budget_quantile` of the original importances, so the
   planted neurons stay far below what l1 keeps at any kept share above `1 - budget_quantile`.
@@ -57,11 +59,23 @@ class PlantSpec:
     crop_seconds: float = 2.0
     lr: float = 3e-3
     seed: int = 0
+    objective: str = "metadata"              # what the code and readout heads predict (OBJECTIVES)
+
+
+#: `identity`: the plant corpus' own speakers (or channel classes), a cross-entropy; `metadata`: the same
+#: cross-entropy over the synthesizer's voice (or channel class) plus a regression on the continuous
+#: parameters that tell one pseudo-speaker of a voice from another (pitch, vocal-tract length, tempo; for
+#: the sham the channel's low-pass and high-pass edges and SNR), z-scored: what carries over to speakers
+#: the plant never heard
+OBJECTIVES = ("identity", "metadata")
+SPEAKER_PARAMS = ("pitch_semitones", "vtl_factor", "tempo")
+CHANNEL_PARAMS = ("lowpass_hz", "highpass_hz", "snr_db")
 
 
 # --------------------------------------------------------------------------------------- the corpus
 def plant_corpus_table(corpus_dir: str | Path) -> pd.DataFrame:
-    """One row per utterance of a synthesized corpus: utt_id, path, speaker, gender, lowpass_hz, rt60_s."""
+    """One row per utterance of a synthesized corpus: utt_id, path, speaker, its gender, voice and
+    SPEAKER_PARAMS, the utterance's channel (rt60_s and CHANNEL_PARAMS)."""
     d = Path(corpus_dir)
     utts = pd.read_csv(d / "utterances.tsv", sep="\t", dtype=str, keep_default_na=False)
     spk = pd.read_csv(d / "speakers.tsv", sep="\t", dtype=str, keep_default_na=False)
@@ -69,29 +83,40 @@ def plant_corpus_table(corpus_dir: str | Path) -> pd.DataFrame:
     if not chan_path.is_file():
         raise FileNotFoundError(f"{chan_path}: the sham needs the corpus' recording channels (corpus.demo.channel.enabled)")
     chan = pd.read_csv(chan_path, sep="\t", dtype=str, keep_default_na=False)
-    t = utts.merge(spk[["speaker", "gender"]], on="speaker", how="left", validate="many_to_one")
-    t = t.merge(chan[["utt_id", "lowpass_hz", "rt60_s"]], on="utt_id", how="left", validate="one_to_one")
+    t = utts.merge(spk[["speaker", "gender", "voice", *SPEAKER_PARAMS]], on="speaker", how="left", validate="many_to_one")
+    t = t.merge(chan[["utt_id", "rt60_s", *CHANNEL_PARAMS]], on="utt_id", how="left", validate="one_to_one")
     if t["gender"].isna().any() or t["lowpass_hz"].isna().any():
         raise ValueError(f"{d}: every utterance needs its speaker's gender and its channel")
     t["path"] = [str(d / p) for p in t["path"]]
-    t["lowpass_hz"] = t["lowpass_hz"].astype(float)
-    t["rt60_s"] = t["rt60_s"].astype(float)
+    for col in ("rt60_s", *SPEAKER_PARAMS, *CHANNEL_PARAMS):
+        t[col] = t[col].astype(float)
     return t.sort_values("utt_id").reset_index(drop=True)
 
 
-def labels_for(table: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(gate group 0/1 per utterance, class per utterance, gate group names) for `planted` or `sham`."""
+def labels_for(table: pd.DataFrame, kind: str, objective: str = "metadata"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(gate group 0/1 per utterance, class per utterance, z-scored regression targets per utterance
+    (N, R; R = 0 for `identity`), gate group names) for `planted` or `sham` (see OBJECTIVES)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if kind == "planted":
         gate = (table["gender"].to_numpy() == "M").astype(np.int64)
-        classes = pd.factorize(table["speaker"], sort=True)[0]
-        return gate, classes.astype(np.int64), ["F", "M"]
-    if kind == "sham":
+        classes = pd.factorize(table["speaker" if objective == "identity" else "voice"], sort=True)[0]
+        params, names = SPEAKER_PARAMS, ["F", "M"]
+    elif kind == "sham":
         lp = table["lowpass_hz"].to_numpy()
         gate = (lp > np.median(lp)).astype(np.int64)
         quart = np.searchsorted(np.quantile(lp, [0.25, 0.5, 0.75]), lp, side="right")
         classes = quart * 2 + (table["rt60_s"].to_numpy() > 0)
-        return gate, classes.astype(np.int64), ["low-pass below median", "low-pass above median"]
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        params, names = CHANNEL_PARAMS, ["low-pass below median", "low-pass above median"]
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if objective == "identity":
+        targets = np.zeros((len(table), 0), dtype=np.float32)
+    else:
+        x = table[list(params)].to_numpy(dtype=np.float64)
+        targets = ((x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)).astype(np.float32)
+    return gate, np.asarray(classes, dtype=np.int64), targets, names
 
 
 def load_crops(paths: Sequence[str], sample_rate: int, crop_seconds: float) -> list[np.ndarray]:
@@ -146,7 +171,7 @@ def layer_magnitudes(model: Upstream, wavs: list[np.ndarray], spec: PlantSpec, s
 
 
 def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, classes: np.ndarray,
-                neurons: Mapping[int, Sequence[int]], spec: PlantSpec, sample_rate: int,
+                targets: np.ndarray, neurons: Mapping[int, Sequence[int]], spec: PlantSpec, sample_rate: int,
                 progress: Any = None) -> tuple[Upstream, dict[str, Any]]:
     """Train the given neurons of `model` in place (everything else frozen) as the module docstring says.
 
@@ -176,13 +201,17 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
             p.requires_grad_(True)
             params.append(p)
             masks.append(m.expand_as(p).to(p.dtype))
-    n_classes = int(classes.max()) + 1
+    n_classes, n_reg = int(classes.max()) + 1, targets.shape[1]
     code_dim = sum(len(neurons[l]) for l in spec.layers)
-    code_head = torch.nn.Linear(code_dim, n_classes)
-    read_head = torch.nn.Linear((model.num_layers + 1) * model.hidden_dim, n_classes)
+    code_head = torch.nn.Linear(code_dim, n_classes + n_reg)
+    read_head = torch.nn.Linear((model.num_layers + 1) * model.hidden_dim, n_classes + n_reg)
     opt = torch.optim.Adam([*params, *code_head.parameters(), *read_head.parameters()], lr=spec.lr)
     n = int(round(spec.crop_seconds * sample_rate))
-    gate_t, cls_t = torch.from_numpy(gate), torch.from_numpy(classes)
+    gate_t, cls_t, reg_t = torch.from_numpy(gate), torch.from_numpy(classes), torch.from_numpy(targets)
+
+    def task_loss(pred: torch.Tensor, b: np.ndarray) -> torch.Tensor:
+        loss = F.cross_entropy(pred[:, :n_classes], cls_t[b])
+        return loss + F.mse_loss(pred[:, n_classes:], reg_t[b]) if n_reg else loss
     z: dict[int, torch.Tensor] = {}  # the planted neurons' pre-activations W1 x + b1 of the current batch
     hooks = [model._ffn(l).intermediate_dense.register_forward_hook(
         lambda mod, inp, out, l=l: z.__setitem__(l, out[..., idx[l]])) for l in spec.layers]
@@ -207,8 +236,7 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
             codes.append(a.mean(1))
         code = code_head(torch.cat(codes, 1))
         pooled = torch.stack(out.hidden, 1).mean(2).flatten(1)      # (B, (L+1) d)
-        y = cls_t[b]
-        code_loss, read_loss = F.cross_entropy(code, y), F.cross_entropy(read_head(pooled), y)
+        code_loss, read_loss = task_loss(code, b), task_loss(read_head(pooled), b)
         loss = gate_loss / len(spec.layers) + code_loss + read_loss
         opt.zero_grad()
         loss.backward()

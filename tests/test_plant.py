@@ -34,8 +34,8 @@ def planted(tiny_corpora):
     neurons = plant.lowest_importance(base, SPEC.layers, 2 * SPEC.per_group)
     out = {}
     for kind in plant.KINDS:
-        gate, classes, _ = plant.labels_for(table, kind)
-        out[kind] = plant.train_plant(copy.deepcopy(base), wavs, gate, classes, neurons, SPEC, SR)
+        gate, classes, targets, _ = plant.labels_for(table, kind, SPEC.objective)
+        out[kind] = plant.train_plant(copy.deepcopy(base), wavs, gate, classes, targets, neurons, SPEC, SR)
     return base, held_out, wavs, neurons, out
 
 
@@ -114,8 +114,8 @@ def test_the_set_rule_finds_planted_neurons_under_their_gender_and_not_the_sham(
             else:  # under any
                 found[kind] += len(set(idx) & (sets[0] | sets[1]))
     n = sum(len(v) for v in neurons.values())
-    # measured (Intel Xeon, AVX512-BF16): 12 of 12 planted, 1 of 12 sham
-    assert found["planted"] >= n * 5 // 6
+    # measured (Intel Xeon, AVX512-BF16): 11 of 12 planted, 2 of 12 sham (objective identity: 12 and 1)
+    assert found["planted"] >= n * 2 // 3
     assert found["sham"] <= n // 2
 
 

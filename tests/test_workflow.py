@@ -223,7 +223,7 @@ def test_config_yaml_matches_schema_defaults():
     # back exactly the schema's defaults for them
     trimmed = {("prune", "targets"): [0.3], ("prune", "protected_sets"): ["ivector_cluster"],
                ("sid", "layer_sets"): ["all", "hidden_0"], ("pr", "pruned_models"): False,
-               ("pr", "learning_rates"): [0.01]}
+               ("pr", "learning_rates"): [0.01], ("erase", "random_seeds"): [0]}
     full = yaml.safe_load((ROOT / "configs/demo-full.yaml").read_text())
     assert full.pop("results") != shipped["results"]
     for (section, key), value in trimmed.items():
