@@ -24,7 +24,9 @@ a model where the benefit exists by construction, and a sham twin where it does 
   low-pass and high-pass edges and the SNR);
 * **low norm kept**: after every step, a planted neuron's importance `||w1||_1 + |b1| + ||w2||_1` is
   scaled back to at most `budget`, the layer's `budget_quantile` of the original importances, so the
-  planted neurons stay far below what l1 keeps at any kept share above `1 - budget_quantile`.
+  planted neurons stay far below what l1 keeps at any kept share above `1 - budget_quantile`; with
+  `readout: one_hot` (the default) each planted neuron's W2 column has one non-zero entry, its own
+  residual dimension, where a budget buys the most effect (`one_hot_dims`).
 
 The recipe reads only its own corpus (a synthesized corpus with other pseudo-speakers, seed and id
 prefix than the analysis and evaluation corpora) and the synthesizer's metadata (speakers.tsv gender,
@@ -60,6 +62,15 @@ class PlantSpec:
     lr: float = 3e-3
     seed: int = 0
     objective: str = "metadata"              # what the code and readout heads predict (OBJECTIVES)
+    readout: str = "one_hot"                 # W2 columns: `dense` (every entry trained) or `one_hot`
+
+
+def one_hot_dims(n: int, d: int) -> list[int]:
+    """The residual dimension each of n planted neurons of a layer writes into (`readout: one_hot`):
+    spread evenly over the d dimensions. Under an l1 budget a column with one entry has the largest
+    Euclidean norm, so the most effect on what the next layer norm passes on (a dense column of the
+    same l1 norm has sqrt(d) times less)."""
+    return [(i * d) // n for i in range(n)]
 
 
 #: `identity`: the plant corpus' own speakers (or channel classes), a cross-entropy; `metadata`: the same
@@ -196,8 +207,16 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
         ff = model._ffn(l)
         rows = torch.zeros(ff.width, dtype=torch.bool)
         rows[idx[l]] = True
+        w2_mask = rows[None, :].expand_as(ff.output_dense.weight)
+        if spec.readout == "one_hot":  # each planted neuron writes into one residual dimension of its own
+            w2_mask = torch.zeros_like(ff.output_dense.weight, dtype=torch.bool)
+            dims = one_hot_dims(len(idx[l]), ff.output_dense.weight.shape[0])
+            with torch.no_grad():
+                ff.output_dense.weight[:, idx[l]] = 0.0
+                ff.output_dense.weight[dims, idx[l]] = budgets[l] / 2
+            w2_mask[dims, idx[l]] = True
         for p, m in ((ff.intermediate_dense.weight, rows[:, None]), (ff.intermediate_dense.bias, rows),
-                     (ff.output_dense.weight, rows[None, :])):
+                     (ff.output_dense.weight, w2_mask)):
             p.requires_grad_(True)
             params.append(p)
             masks.append(m.expand_as(p).to(p.dtype))

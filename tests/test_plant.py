@@ -61,6 +61,10 @@ def test_only_the_planted_neurons_change(planted):
             assert torch.equal(ff0.intermediate_dense.weight[rest], ff1.intermediate_dense.weight[rest])
             assert torch.equal(ff0.output_dense.weight[:, rest], ff1.output_dense.weight[:, rest])
             assert not torch.equal(ff0.intermediate_dense.weight[idx], ff1.intermediate_dense.weight[idx])
+            # readout one_hot: each planted neuron writes into its own residual dimension only
+            w2 = ff1.output_dense.weight[:, idx]
+            assert (w2 != 0).sum(0).tolist() == [1] * len(idx)
+            assert torch.nonzero(w2.T)[:, 1].tolist() == plant.one_hot_dims(len(idx), w2.shape[0])
 
 
 def test_planted_neurons_stay_below_the_budget_and_l1_drops_them(planted):
