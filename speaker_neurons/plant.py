@@ -204,7 +204,7 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
              for l in spec.layers}
     params, masks = [], []
     for l in spec.layers:
-        ff = model._ffn(l)
+        ff = model.feed_forwards()[l - 1]
         rows = torch.zeros(ff.width, dtype=torch.bool)
         rows[idx[l]] = True
         w2_mask = rows[None, :].expand_as(ff.output_dense.weight)
@@ -232,7 +232,7 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
         loss = F.cross_entropy(pred[:, :n_classes], cls_t[b])
         return loss + F.mse_loss(pred[:, n_classes:], reg_t[b]) if n_reg else loss
     z: dict[int, torch.Tensor] = {}  # the planted neurons' pre-activations W1 x + b1 of the current batch
-    hooks = [model._ffn(l).intermediate_dense.register_forward_hook(
+    hooks = [model.feed_forwards()[l - 1].intermediate_dense.register_forward_hook(
         lambda mod, inp, out, l=l: z.__setitem__(l, out[..., idx[l]])) for l in spec.layers]
     curve = []
     for step in range(1, spec.steps + 1):
@@ -285,7 +285,7 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
 @torch.no_grad()
 def _project(model: Upstream, idx: Mapping[int, torch.Tensor], budgets: Mapping[int, float]) -> None:
     for l, j in idx.items():
-        ff = model._ffn(l)
+        ff = model.feed_forwards()[l - 1]
         w1, b1, w2 = ff.intermediate_dense.weight, ff.intermediate_dense.bias, ff.output_dense.weight
         s = w1[j].abs().sum(1) + b1[j].abs() + w2[:, j].abs().sum(0)
         scale = torch.clamp(budgets[l] / s, max=1.0)

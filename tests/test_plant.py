@@ -56,7 +56,7 @@ def test_only_the_planted_neurons_change(planted):
                for p in ("intermediate_dense.weight", "intermediate_dense.bias", "output_dense.weight")}
         assert changed == ffn, kind
         for l, idx in neurons.items():
-            ff0, ff1 = base._ffn(l), model._ffn(l)
+            ff0, ff1 = base.feed_forwards()[l - 1], model.feed_forwards()[l - 1]
             rest = np.setdiff1d(np.arange(ff0.width), idx)
             assert torch.equal(ff0.intermediate_dense.weight[rest], ff1.intermediate_dense.weight[rest])
             assert torch.equal(ff0.output_dense.weight[:, rest], ff1.output_dense.weight[:, rest])
@@ -81,8 +81,8 @@ def test_planted_neurons_stay_below_the_budget_and_l1_drops_them(planted):
 def _utterance_counts(model, wavs) -> tuple[dict[int, np.ndarray], np.ndarray, dict[int, int]]:
     """Per planted layer, each utterance's activation counts (METHOD §1: top K of every frame), its
     frames, and K per layer."""
-    K = {l: max(1, int(round(SPEC.top_fraction * model._ffn(l).width))) for l in SPEC.layers}
-    counts = {l: np.zeros((len(wavs), model._ffn(l).width), dtype=np.int64) for l in SPEC.layers}
+    K = {l: max(1, int(round(SPEC.top_fraction * model.feed_forwards()[l - 1].width))) for l in SPEC.layers}
+    counts = {l: np.zeros((len(wavs), model.feed_forwards()[l - 1].width), dtype=np.int64) for l in SPEC.layers}
     frames = np.zeros(len(wavs), dtype=np.int64)
     with torch.no_grad():
         for i, x in enumerate(wavs):
