@@ -45,6 +45,7 @@ found): no recipe tried makes low-importance neurons that SID on unheard speaker
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -87,12 +88,15 @@ def stage_plant(out: Path, model_dir: Path, spec, n_speakers: int, utts: int) ->
                           workers=2, id_prefix="plant-")
         print(f"plant corpus: {n_speakers} speakers x {utts} utterances in {time.perf_counter() - t0:.0f} s")
     table = plant.plant_corpus_table(corpus)
+    if len(table) != n_speakers * utts:
+        raise SystemExit(f"{corpus} holds {len(table)} utterances, not {n_speakers} x {utts}: remove it, or pass "
+                         "the --speakers and --utterances it was made with")
     base = load_native(model_dir)
     wavs = plant.load_crops(table["path"].tolist(), base.sample_rate, spec.crop_seconds)
     neurons = plant.lowest_importance(base, spec.layers, 2 * spec.per_group)
     records = {}
     for kind in plant.KINDS:
-        model = load_native(model_dir)
+        model = copy.deepcopy(base)
         gate, classes, targets, names = plant.labels_for(table, kind, spec.objective)
         t0 = time.perf_counter()
         model, rec = plant.train_plant(model, wavs, gate, classes, targets, neurons, spec, base.sample_rate)
@@ -210,7 +214,7 @@ def stage_judge(out: Path) -> bool:
 
 
 def main() -> None:
-    from speaker_neurons.plant import OBJECTIVES, PlantSpec
+    from speaker_neurons.plant import OBJECTIVES, READOUTS, PlantSpec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/planted")
@@ -220,7 +224,7 @@ def main() -> None:
     ap.add_argument("--utterances", type=int, default=10)
     ap.add_argument("--steps", type=int, default=PlantSpec.steps)
     ap.add_argument("--objective", choices=OBJECTIVES, default=PlantSpec.objective)
-    ap.add_argument("--readout", choices=["one_hot", "dense"], default=PlantSpec.readout)
+    ap.add_argument("--readout", choices=READOUTS, default=PlantSpec.readout)
     ap.add_argument("--stage", choices=["all", "plant", "workflow", "judge"], default="all")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)

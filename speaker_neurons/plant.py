@@ -44,6 +44,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from speaker_neurons.analysis.counts import topk_mask
+from speaker_neurons.analysis.counts_data import top_k_for
 from speaker_neurons.audio import load_audio
 from speaker_neurons.models.base import Upstream
 
@@ -62,7 +64,7 @@ class PlantSpec:
     lr: float = 3e-3
     seed: int = 0
     objective: str = "metadata"              # what the code and readout heads predict (OBJECTIVES)
-    readout: str = "one_hot"                 # W2 columns: `dense` (every entry trained) or `one_hot`
+    readout: str = "one_hot"                 # W2 columns: `one_hot` (one_hot_dims) or `dense` (every entry trained)
 
 
 def one_hot_dims(n: int, d: int) -> list[int]:
@@ -79,6 +81,7 @@ def one_hot_dims(n: int, d: int) -> list[int]:
 #: the sham the channel's low-pass and high-pass edges and SNR), z-scored: what carries over to speakers
 #: the plant never heard
 OBJECTIVES = ("identity", "metadata")
+READOUTS = ("one_hot", "dense")
 SPEAKER_PARAMS = ("pitch_semitones", "vtl_factor", "tempo")
 CHANNEL_PARAMS = ("lowpass_hz", "highpass_hz", "snr_db")
 
@@ -176,8 +179,7 @@ def layer_magnitudes(model: Upstream, wavs: list[np.ndarray], spec: PlantSpec, s
         out = model(_batch(wavs, idx, n, rng), None, return_ffn=True)
         for l in spec.layers:
             a = out.ffn[l - 1].abs()
-            k = max(1, int(round(spec.top_fraction * a.shape[-1])))
-            kth[l].append(a.topk(k, dim=-1).values[..., -1].flatten().numpy())
+            kth[l].append(a.topk(top_k_for(a.shape[-1], spec.top_fraction), dim=-1).values[..., -1].flatten().numpy())
     return {l: float(np.median(np.concatenate(v))) for l, v in kth.items()}
 
 
@@ -191,6 +193,8 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
     neuron its final importance and the fraction of own-group / other-group frames where it reaches the
     magnitude.
     """
+    if spec.readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {spec.readout!r}")
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
     model.eval()
@@ -307,10 +311,8 @@ def _gate_rates(model, wavs, gate, idx, group, mags, spec, sample_rate) -> list[
         g = torch.from_numpy(gate[b])
         for l in idx:
             full = out.ffn[l - 1]
-            k = max(1, int(round(spec.top_fraction * full.shape[-1])))
-            kth = full.abs().topk(k, dim=-1).values[..., -1:]
+            top = topk_mask(full.flatten(0, 1), top_k_for(full.shape[-1], spec.top_fraction)).view(full.shape)[:, :, idx[l]]
             a = full[:, :, idx[l]]
-            top = a.abs() >= kth
             own = (g[:, None] == group[l][None, :])[:, None, :].expand_as(a)
             for side, mask in ((0, own), (1, ~own)):
                 acc[l][:, side, 0] += mask.sum((0, 1)).numpy()

@@ -296,7 +296,7 @@ def test_sid_of_every_model(two_runs):
     for name, layers in (("demo", 2), ("w2v", 2), ("demo-protected-pset", 2)):
         d = a / "models" / name / "sid" / "demo_eval"
         res = json.loads((d / "sid.json").read_text())
-        if d / "pooled_layers.npz" in [a / rel for rel in REPEATED_POOLS]:
+        if Path("models") / name / "sid/demo_eval/pooled_layers.npz" in REPEATED_POOLS:
             assert (d / "pooled_layers.npz").read_bytes() == (b / "models" / name / "sid/demo_eval/pooled_layers.npz").read_bytes()
         with np.load(d / "pooled_layers.npz") as z:
             assert z["pooled"].shape[1] == layers + 1 and z["seg_id"].dtype.kind == "U"

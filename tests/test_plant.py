@@ -16,6 +16,7 @@ from conftest import ROOT, corpus_dir
 
 from speaker_neurons import plant, pruning
 from speaker_neurons.analysis.counts import classes_table, topk_mask
+from speaker_neurons.analysis.counts_data import top_k_for
 from speaker_neurons.analysis.neuron_sets import layer_groups
 from speaker_neurons.models.native import load_native
 
@@ -81,7 +82,7 @@ def test_planted_neurons_stay_below_the_budget_and_l1_drops_them(planted):
 def _utterance_counts(model, wavs) -> tuple[dict[int, np.ndarray], np.ndarray, dict[int, int]]:
     """Per planted layer, each utterance's activation counts (METHOD §1: top K of every frame), its
     frames, and K per layer."""
-    K = {l: max(1, int(round(SPEC.top_fraction * model.feed_forwards()[l - 1].width))) for l in SPEC.layers}
+    K = {l: top_k_for(model.feed_forwards()[l - 1].width, SPEC.top_fraction) for l in SPEC.layers}
     counts = {l: np.zeros((len(wavs), model.feed_forwards()[l - 1].width), dtype=np.int64) for l in SPEC.layers}
     frames = np.zeros(len(wavs), dtype=np.int64)
     with torch.no_grad():
