@@ -72,6 +72,7 @@ rule activation_stats:
         manifest=MANIFEST,
         labels=rules.frame_kmeans.output.labels,
         clusters=rules.ivector_clusters.output.clusters,
+        partitions=rules.ivector_clusters.output.partitions,
     output:
         counts=f"{K}/activation_counts.npz",
         meta=f"{K}/activation_counts.json",
@@ -110,6 +111,7 @@ rule neuron_sets:
         sets=expand(f"{K}/neurons/{{name}}.json", name=NEURON_SETS, allow_missing=True),
         table=f"{K}/neuron_counts.tsv",
         tested_vs_rho=f"{K}/tested_vs_rho.tsv",
+        partitions=f"{K}/ivector_partitions.tsv",
         plot=report(
             f"{K}/neuron_counts.png",
             caption="../report/neuron_counts.rst",

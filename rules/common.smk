@@ -295,6 +295,15 @@ def ivector_scp():
     return config["ivector"]["kaldi_ivectors"] or f"{IVECTORS}/ivectors.scp"
 
 
+def ivector_extractor_input(wildcards):
+    """The manifest of the corpus the i-vector extractor is trained on (stages.ivector_extractor), when it
+    is not the analysis corpus; nothing otherwise."""
+    name = CAT.stages["ivector_extractor"]
+    if name == ANALYSIS_CORPUS or config["ivector"]["kaldi_ivectors"]:
+        return {}
+    return {"train_manifest": f"{CORPORA}/{name}/manifest.tsv"}
+
+
 def ivector_other_seeds():
     """The i-vectors of the extractors trained with other seeds (stability check); none for the user's own."""
     return (
@@ -473,6 +482,9 @@ def summary_files(name):
         ),
         "prune": f"{model_dir(prune)}/prune.json" if prune else None,
         "neuron_counts": f"{base}/neuron_counts.tsv" if analysed(name) else None,
+        "ivector_partitions": (
+            f"{base}/ssl_k{SETS_K}/ivector_partitions.tsv" if analysed(name) else None
+        ),
         "erase": f"{base}/ssl_k{SETS_K}/erase/erase.json" if erased(name) else None,
         "pretrain": (
             f"{model_dir(name)}/pretrain/summary.json" if m.trained_here else None

@@ -1,10 +1,12 @@
-# Stage 3a: the corpus' own speaker structure, the same for every model. i-vectors (no labels) and
-# their k-means clusters (the i-vector clusters), with their quality and their gender purity; an
-# evaluation corpus' utterances get their cluster from their own audio (assign_ivector_clusters).
+# Stage 3a: the corpus' own speaker structure, the same for every model. i-vectors (no labels; the
+# extractor trained on stages.ivector_extractor) and their k-means clusters (the i-vector clusters: one
+# extractor's, or the consensus of several), with their quality and their gender purity; an evaluation
+# corpus' utterances get their cluster from their own audio (assign_ivector_clusters).
 
 
 rule ivectors:
     input:
+        unpack(ivector_extractor_input),
         manifest=MANIFEST,
     output:
         ark=f"{IVECTORS}/ivectors.ark",
@@ -42,6 +44,7 @@ rule ivector_clusters:
         other_seeds=ivector_other_seeds(),
     output:
         clusters=f"{IVECTORS}/clusters.tsv",
+        partitions=f"{IVECTORS}/partitions.tsv",
         purity_tsv=report(
             f"{IVECTORS}/gender_purity.tsv",
             caption="../report/gender_purity.rst",
@@ -61,6 +64,10 @@ rule ivector_clusters:
         n_init=config["analysis"]["ivector_n_init"],
         stability_runs=config["analysis"]["stability_runs"],
         stability_warn_below=config["analysis"]["stability_warn_below"],
+        partition=config["analysis"]["ivector_partition"],
+        extractor_seed=(
+            None if config["ivector"]["kaldi_ivectors"] else config["ivector"]["seed"]
+        ),
     log:
         f"{LOGS}/ivector_clusters.log",
     benchmark:

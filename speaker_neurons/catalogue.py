@@ -360,6 +360,7 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
         elif value == "":
             value = stages["sid"] if stage == "pr" else analysis.name
         stages[stage] = pick(stage, value)
+    stages["ivector_extractor"] = pick("ivector_extractor", st["ivector_extractor"] or stages["analysis"])
 
     k_ssl = list(config["analysis"]["k_ssl"])
     models, sets_k = _expand_models(config, k_ssl)
@@ -375,6 +376,7 @@ def build_catalogue(config: Mapping[str, Any]) -> Catalogue:
     sid_on = config["sid"]["enabled"]
     cat.used = list(dict.fromkeys([stages["analysis"]]
                                   + ([stages["pretrain"]] if cat.of_source("pretrain") else [])
+                                  + ([stages["ivector_extractor"]] if not config["ivector"]["kaldi_ivectors"] else [])
                                   + ([stages["sid"]] if sid_on else []) + ([stages["pr"]] if cat.pr_runs else [])))
     for name in cat.used:
         _check_paths(corpora[name], "corpus" if name == first.name else f"corpora.{_entry_index(config, name)}")
@@ -595,6 +597,15 @@ def check_leaks(cat: Catalogue, config: Mapping[str, Any]) -> list[str]:
             raise ConfigError(f"stages.{stage}", f"test utterances of corpus {ev.name!r} are utterances of the "
                                                  f"analysis corpus {analysis.name!r}, on which the neurons are found: "
                                                  f"{'; '.join(leaks)}. Evaluate on utterances the analysis never saw.")
+        extractor = cat.corpus("ivector_extractor")
+        if extractor.name != analysis.name and not config["ivector"]["kaldi_ivectors"]:
+            leaks = (["every test utterance: the extractor's corpus is the evaluation corpus itself"]
+                     if extractor.name == ev.name else find_leaks(extractor, ev))
+            if leaks:
+                raise ConfigError("stages.ivector_extractor",
+                                  f"test utterances of corpus {ev.name!r} are utterances of corpus {extractor.name!r}, "
+                                  f"on which the i-vector extractor is trained: {'; '.join(leaks)}. Train it on "
+                                  "utterances the evaluation never tests.")
     return warnings
 
 
@@ -754,7 +765,8 @@ def cached_leak_check(cat: Catalogue, config: Mapping[str, Any], cache_dir: str 
 
     if cache_dir is None:
         return check_leaks(cat, config)
-    used = {c.name: c for c in (cat.corpus(s) for s in ("analysis", "sid", "pr")) if not c.synthesized}
+    used = {c.name: c for c in (cat.corpus(s) for s in ("analysis", "ivector_extractor", "sid", "pr"))
+            if not c.synthesized}
     key = hashlib.sha256((json.dumps(config, sort_keys=True, default=str) + listing_signature(list(used.values())))
                          .encode()).hexdigest()[:32]
     record = Path(cache_dir) / f"checks-{key}.json"

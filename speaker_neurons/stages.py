@@ -122,7 +122,7 @@ def ivectors(ctx: StageContext) -> dict:
 
     return run_ivectors(ctx.inputs["manifest"], ctx.params["ivector"], ctx.params["stability_extractors"],
                         *ctx.outs("ark", "scp", "extractor", "other_seeds", "quality"), device=ctx.device,
-                        num_threads=ctx.threads)
+                        num_threads=ctx.threads, train_manifest_path=ctx.inputs.get("train_manifest"))
 
 
 @stage
@@ -131,7 +131,8 @@ def ivector_clusters(ctx: StageContext) -> dict:
     from speaker_neurons.analysis.clusters import run_ivector_clusters
 
     return run_ivector_clusters(ctx.inputs["scp"], ctx.inputs["manifest"], ctx.inputs.get("other_seeds"), ctx.params,
-                                *ctx.outs("clusters", "purity_tsv", "purity_png", "stability", "centres"))
+                                *ctx.outs("clusters", "partitions", "purity_tsv", "purity_png", "stability",
+                                          "centres"))
 
 
 @stage
@@ -168,7 +169,7 @@ def frame_kmeans(ctx: StageContext) -> dict:
 
 @stage
 def activation_stats(ctx: StageContext) -> dict:
-    from speaker_neurons.analysis.clusters import load_labels, read_utterance_clusters
+    from speaker_neurons.analysis.clusters import load_labels, read_partitions, read_utterance_clusters
     from speaker_neurons.analysis.stats import activation_statistics
     from speaker_neurons.data.manifest import read_manifest
 
@@ -177,7 +178,7 @@ def activation_stats(ctx: StageContext) -> dict:
         ctx.model(), read_manifest(i["manifest"]), load_labels(i["labels"]), read_utterance_clusters(i["clusters"]),
         p["k"], p["k_ivector"], p["top_fraction"], ctx.out("counts"), meta={"upstream": p["upstream"],
         "inputs": ctx.checksums}, out_json=ctx.out("meta"), max_mismatch=p["max_mismatch"],
-        max_batch_seconds=p["max_batch_seconds"])
+        max_batch_seconds=p["max_batch_seconds"], partitions=read_partitions(i["partitions"]))
 
 
 @stage
@@ -186,7 +187,8 @@ def neuron_sets(ctx: StageContext) -> dict:
     from speaker_neurons.analysis.neuron_sets import run_neuron_sets
 
     return run_neuron_sets(ctx.inputs["counts"], ctx.inputs["meta"], ctx.outputs["sets"], ctx.params["rho"],
-                           ctx.params["fdr"], *ctx.outs("table", "plot", "tested_vs_rho"), ctx.params["title"])
+                           ctx.params["fdr"], *ctx.outs("table", "plot", "tested_vs_rho"), ctx.params["title"],
+                           partitions_table=ctx.out("partitions"))
 
 
 @stage

@@ -474,10 +474,60 @@ def plot_pr_dev_curves(models: Sequence[Mapping[str, Any]], png: PathLike) -> Pa
 
 # which stage's corpus each section of summary.tsv comes from
 #: The files of a model the summary reads (each a key of the model dicts `build_summary` takes).
-MODEL_FILES = ("sid", "sid_predictions", "pr", "pr_predictions", "prune", "neuron_counts", "erase", "pretrain")
+MODEL_FILES = ("sid", "sid_predictions", "pr", "pr_predictions", "prune", "neuron_counts", "ivector_partitions", "erase",
+               "pretrain")
 
 SECTION_STAGE = {"controls": "sid", "ivectors": "analysis", "pretrain": "pretrain", "neurons": "analysis",
                  "sid": "sid", "pruning": "sid", "erase": "sid", "pr": "pr", "pr_pruning": "pr", "erase_pr": "pr"}
+
+
+def _partition_lines(st: Mapping[str, Any] | None, models: Sequence[Mapping[str, Any]], add) -> list[str]:
+    """Which partition the neuron sets rest on, the consensus' own stability, and what another partition would
+    change: the Jaccard overlap of the speaker neurons (set ivector_cluster) it gives against those the sets
+    rest on, per analysed model (rows of `ivector_partitions.tsv`)."""
+    md: list[str] = []
+    st = st or {}
+    rests = st.get("rests_on")
+    if rests:
+        why = {"auto": " (analysis.ivector_partition: auto; the extractor seeds "
+                       + ("disagree)" if not st.get("stable", True) else "agree)"),
+               "consensus": " (analysis.ivector_partition: consensus)",
+               "extractor": " (analysis.ivector_partition: extractor)"}.get(st.get("partition_choice", ""), "")
+        md.append(f"- the neuron sets rest on the **{rests}** partition{why}.")
+    cons = st.get("consensus")
+    if cons:
+        figure = cons.get("halves", cons.get("min_leave_one_out"))
+        what = ("the consensuses of two disjoint halves of the extractors agree at" if "halves" in cons else
+                "leaving one extractor out, the consensus agrees at least at")
+        add("ivectors", "consensus_stability_ari", "", figure, n=cons["partitions"],
+            note=("halves" if "halves" in cons else "lowest leave-one-out") + f" of {cons['partitions']} extractors")
+        add("ivectors", "consensus_vs_chosen_ari", "", cons["ari_vs_chosen"], n=cons["partitions"])
+        md.append(f"- consensus of {cons['partitions']} extractors: {what} an adjusted Rand index of "
+                  f"{figure:.3f}" + ("" if cons.get("stable") else " (**UNSTABLE**: more extractors, "
+                                     "analysis.stability_extractors, make it steadier)")
+                  + f"; against the chosen extractor's partition {cons['ari_vs_chosen']:.3f}.")
+    for m in models:
+        path = m.get("ivector_partitions")
+        if not path or not Path(path).is_file() or Path(path).stat().st_size == 0:
+            continue
+        t = pd.read_csv(path, sep="\t", dtype={"layer": str})
+        if t.empty:
+            continue
+        tot = t[t["layer"] == "total"]
+        for r in tot.itertuples(index=False):
+            per_layer = t[(t["partition"] == r.partition) & (t["layer"] != "total")]
+            add("ivectors", f"speaker_neurons_jaccard_{r.partition}", m["name"], float(r.jaccard), n=int(r.rests_on),
+                note=f"{int(r.other)} from that partition, {int(r.both)} in both; per layer "
+                     + ", ".join(f"{x.layer}: {x.jaccard:.2f}" for x in per_layer.itertuples(index=False)))
+        others = tot[tot["partition"] != rests]
+        if not others.empty:
+            lo, hi = float(others["jaccard"].min()), float(others["jaccard"].max())
+            worst = others.loc[others["jaccard"].idxmin()]
+            md.append(f"- {m['name']}: the speaker neurons the other partitions would give overlap those used at "
+                      f"Jaccard {lo:.2f}-{hi:.2f} (lowest: {worst['partition']}, {int(worst['both'])} of "
+                      f"{int(worst['rests_on'])} used and {int(worst['other'])} of its own in both); per layer in "
+                      "summary.tsv.")
+    return md
 
 
 def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike | None, purity_tsv: PathLike | None,
@@ -545,10 +595,13 @@ def build_summary(models: Sequence[Mapping[str, Any]], ivector_quality: PathLike
             continue
         add("ivectors", f"stability_{what}_min_ari", "", part["min_ari"], n=len(part["ari"]),
             note=f"{label} {part['seeds']}, {st['n_init']} k-means initialisations each")
+        rests = (st or {}).get("rests_on", "")
+        unstable = ("the neuron sets rest on the consensus instead" if rests == "consensus" else
+                    "the neuron sets rest on these clusters")
         md.append(f"- stability over {len(part['ari'])} other {label}: adjusted Rand index "
-                  f"{min(part['ari']):.3f}-{max(part['ari']):.3f} against this partition"
-                  + ("." if min(part["ari"]) >= st["warn_below"] else
-                     " (**UNSTABLE**: the neuron sets rest on these clusters)."))
+                  f"{min(part['ari']):.3f}-{max(part['ari']):.3f} against the chosen extractor's partition"
+                  + ("." if min(part["ari"]) >= st["warn_below"] else f" (**UNSTABLE**: {unstable})."))
+    md += _partition_lines(st, models, add)
     md.append("")
     # ------------------------------------------------------------------ neurons and pre-training
     md += [f"## Neurons found (k_ssl = {k_ssl})", "", "| model | ivector_cluster | ssl_cluster | union | unconditioned | per_cluster |",

@@ -110,6 +110,53 @@ def test_activation_pass_counts_equal_a_direct_computation(tmp_path):
         assert np.array_equal(z[f"counts_l{layer}"], expect)
 
 
+def test_counting_other_partitions_in_the_same_pass_gives_each_one_its_own_counts(tmp_path):
+    """One pass with other i-vector partitions (per cell of utterances) writes the same counts for the used
+    partition as a pass without them, and pools, for each other partition, exactly what a pass with that
+    partition alone counts; the speaker neurons each gives are compared (Jaccard) in the partitions table."""
+    import soundfile as sf
+
+    from speaker_neurons.analysis.counts_data import load_counts
+    from speaker_neurons.analysis.neuron_sets import compute_neuron_sets, partition_overlap
+    from speaker_neurons.analysis.stats import activation_statistics
+    from speaker_neurons.models.melhubert import MelHuBERT
+
+    torch.manual_seed(0)
+    model = MelHuBERT({"num_layers": 2, "hidden_dim": 32, "num_heads": 2, "ffn_dim": [64, 48],
+                       "pos_conv_kernel": 8, "pos_conv_groups": 2}).eval()
+    rng = np.random.default_rng(1)
+    rows, labels = [], {}
+    for i in range(8):
+        n = int(rng.integers(6000, 12000))
+        p = tmp_path / f"u{i}.wav"
+        sf.write(p, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000, subtype="FLOAT")
+        rows.append({"utt_id": f"u{i}", "path": str(p), "duration": n / 16000})
+        labels[f"u{i}"] = rng.integers(0, 3, model.frames_for(n)).astype(np.int16)
+    used = {f"u{i}": i % 2 for i in range(8)}
+    others = {"a": {f"u{i}": int(i < 4) for i in range(8)}, "b": dict(used), "c": {f"u{i}": int(i in (1, 2, 5)) for i in range(8)}}
+    kw = dict(k_ssl=3, k_ivector=2, top_fraction=0.05, max_mismatch=1, progress=False,
+              max_batch_seconds=DEFAULTS["analysis"]["max_batch_seconds"])
+    activation_statistics(model, pd.DataFrame(rows), labels, used, out_npz=tmp_path / "all.npz", partitions=others, **kw)
+    both = load_counts(tmp_path / "all.npz")
+    assert both.partitions == ["a", "b", "c"] and 2 < len(both.cells) <= 8
+    alone = {}
+    for name, part in [("used", used), *others.items()]:
+        activation_statistics(model, pd.DataFrame(rows), labels, part, out_npz=tmp_path / f"{name}.npz", **kw)
+        alone[name] = load_counts(tmp_path / f"{name}.npz")
+        got = both if name == "used" else both.for_partition(name)
+        assert np.array_equal(got.frames, alone[name].frames)
+        assert all(np.array_equal(x, y) for x, y in zip(got.counts, alone[name].counts))
+    assert np.array_equal(both.classes, alone["used"].classes) and alone["used"].cells is None
+    rows_ = partition_overlap(both, rho=0.8, fdr=0.05)
+    b_total = next(r for r in rows_ if r["partition"] == "b" and r["layer"] == "total")
+    assert b_total["jaccard"] == 1.0  # the same partition as the used one gives the same neurons
+    sets = {n: compute_neuron_sets(alone[n], rho=0.8, fdr=0.05, sets=["ivector_cluster"])["ivector_cluster"]
+            for n in ("used", "c")}
+    for r in (r for r in rows_ if r["partition"] == "c" and r["layer"] != "total"):
+        a, b = set(sets["used"][int(r["layer"])]), set(sets["c"][int(r["layer"])])
+        assert (r["rests_on"], r["other"], r["both"]) == (len(a), len(b), len(a & b))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_and_cpu_give_the_same_neuron_sets(tmp_path):
     """The statistics pass on CUDA gives the CPU's neuron sets (issue 9); counts may differ only where

@@ -104,7 +104,8 @@ def test_bad_model_configurations_name_the_key(over, key, words):
 # ------------------------------------------------------------------------------------------- corpora
 def test_demo_is_analysed_on_one_corpus_and_evaluated_on_another():
     c = cat()
-    assert c.stages == {"analysis": "demo", "pretrain": "demo", "sid": "demo_eval", "pr": "demo_eval"}
+    assert c.stages == {"analysis": "demo", "pretrain": "demo", "ivector_extractor": "demo", "sid": "demo_eval",
+                        "pr": "demo_eval"}
     ev, ana = c.corpora["demo_eval"], c.corpora["demo"]
     assert ev.synthesized and ev.derived_from == "demo"
     assert ev.settings["seed"] == ana.settings["seed"] + 1000  # other pseudo-speakers
@@ -237,6 +238,25 @@ def test_leak_between_librispeech_splits_only_counts_the_test_folder(tmp_path):
     cfg["corpora"][0]["librispeech"]["split_dirs"]["test"] = str(dev)
     with pytest.raises(ConfigError, match="dev-clean"):
         check_leaks(build_catalogue(cfg), cfg)
+
+
+def test_the_ivector_extractor_corpus_is_named_and_checked_for_leaks():
+    c = cat(corpora=[{"name": "more", "source": "demo", "demo": {"seed": 7}}], stages={"ivector_extractor": "more"})
+    assert c.stages["ivector_extractor"] == "more" and "more" in c.used
+    assert "more" not in cat(corpora=[{"name": "more", "source": "demo", "demo": {"seed": 7}}],
+                             stages={"ivector_extractor": "more"}, ivector={"kaldi_ivectors": "given.scp"},
+                             erase={"enabled": False}).used
+    with pytest.raises(ConfigError, match="no corpus is named 'nowhere'") as exc:
+        cat(stages={"ivector_extractor": "nowhere"})
+    assert exc.value.key == "stages.ivector_extractor"
+    # an extractor trained on the SID corpus itself would have heard its test utterances
+    cfg = complete({"stages": {"ivector_extractor": "demo_eval"}})
+    with pytest.raises(ConfigError, match="i-vector extractor is trained") as exc:
+        check_leaks(build_catalogue(cfg), cfg)
+    assert exc.value.key == "stages.ivector_extractor"
+    cfg = complete({"corpora": [{"name": "more", "source": "demo", "demo": {"seed": 7}}],
+                    "stages": {"ivector_extractor": "more"}})
+    assert check_leaks(build_catalogue(cfg), cfg) == []
 
 
 def test_two_synthesized_corpora_with_the_same_settings_leak():

@@ -440,10 +440,10 @@ def test_partition_stability_of_utterance_clusters():
     assert st["min_ari"] < 0.5 and len(st["ari"]) == 8
 
 
-def test_extractor_stability_clusters_each_extractor_like_the_chosen_one():
+def test_extractor_partitions_are_clustered_like_the_chosen_one_and_numbered_alike():
     from sklearn.metrics import adjusted_rand_score
 
-    from speaker_neurons.analysis.clusters import cluster_utterances, extractor_stability
+    from speaker_neurons.analysis.clusters import cluster_stability, cluster_utterances, ivector_partitions
 
     rng = np.random.default_rng(1)
     ids = [f"u{i}" for i in range(80)]
@@ -453,11 +453,79 @@ def test_extractor_stability_clusters_each_extractor_like_the_chosen_one():
     flipped = two * [-1, 1, 1]  # cluster ids swapped: the same partition
     half = rng.normal(size=(80, 3))
     half[::2, 1] += 8  # another structure: even against odd utterances, unrelated to the chosen halves
-    st = extractor_stability(np.stack([rotated, flipped, half]), [11, 12, 13], labels, 2, seed=0, n_init=10)
-    assert st["seeds"] == [11, 12, 13] and st["ari"][:2] == [1.0, 1.0]
+    parts, _ = ivector_partitions(two, {11: rotated, 12: flipped, 13: half}, 2, seed=0, n_init=10, name="extractor_seed_0")
+    assert list(parts) == ["extractor_seed_0", "extractor_seed_11", "extractor_seed_12", "extractor_seed_13", "consensus"]
+    assert np.array_equal(parts["extractor_seed_0"], labels)
+    assert np.array_equal(parts["extractor_seed_12"], labels)  # renumbered to match, not just the same partition
+    assert np.array_equal(parts["consensus"], labels)  # three of four extractors agree
+    st = cluster_stability(two, parts, 2, seed=0, n_init=10, runs=1, warn_below=0.9)
+    assert st["extractor_seeds"]["seeds"] == [11, 12, 13] and st["extractor_seeds"]["ari"][:2] == [1.0, 1.0]
     other = cluster_utterances([str(i) for i in range(80)], half, 2, seed=0, n_init=10)
     expected = adjusted_rand_score(labels, [other[str(i)] for i in range(80)])
-    assert st["ari"][2] == pytest.approx(expected) and expected < 0.2 and st["min_ari"] == st["ari"][2]
+    assert st["extractor_seeds"]["ari"][2] == pytest.approx(expected) and expected < 0.2
+    assert st["stable"] is False and st["min_ari"] == pytest.approx(expected)
+    assert st["consensus"]["ari_vs_chosen"] == 1.0 and st["consensus"]["partitions"] == 4
+    assert "halves" in st["consensus"]  # 4 extractors: two disjoint pairs
+
+
+def test_match_cluster_ids_renumbers_by_the_largest_overlap():
+    from speaker_neurons.analysis.clusters import match_cluster_ids
+
+    ref = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    perm = np.array([2, 2, 0, 0, 0, 1, 1, 1])  # clusters renamed 0->2, 1->0, 2->1, one utterance moved
+    assert match_cluster_ids(perm, ref, 3).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+    assert match_cluster_ids(ref, ref, 3).tolist() == ref.tolist()
+
+
+def test_consensus_recovers_a_partition_that_each_noisy_partition_misses():
+    from sklearn.metrics import adjusted_rand_score
+
+    from speaker_neurons.analysis.clusters import coassociation_embedding, consensus_partition, consensus_stability
+
+    rng = np.random.default_rng(3)
+    truth = np.repeat([0, 1], 100)
+    parts = []
+    for i in range(5):  # each extractor misplaces its own 15% of the utterances, and numbers clusters its own way
+        p = truth.copy()
+        moved = rng.choice(200, 30, replace=False)
+        p[moved] = 1 - p[moved]
+        parts.append(p if i % 2 else 1 - p)
+    assert max(adjusted_rand_score(truth, p) for p in parts) < 0.6
+    cons = consensus_partition(parts, 2, seed=0, n_init=10)
+    assert adjusted_rand_score(truth, cons) > 0.9
+    h = coassociation_embedding(parts, 2)  # squared distance = 2 P (1 - co-association)
+    together = np.mean([p[0] == p[1] for p in parts])
+    assert ((h[0] - h[1]) ** 2).sum() == pytest.approx(2 * 5 * (1 - together))
+    st = consensus_stability(parts, 2, seed=0, n_init=10)
+    assert st["partitions"] == 5 and len(st["leave_one_out"]) == 5 and 0.0 <= st["halves"] <= 1.0
+
+
+def test_choose_partition_takes_the_consensus_when_the_extractors_disagree():
+    from speaker_neurons.analysis.clusters import choose_partition
+
+    parts = {"extractor_seed_0": np.zeros(3), "extractor_seed_1": np.zeros(3), "consensus": np.zeros(3)}
+    assert choose_partition(parts, {"stable": False}, "auto") == "consensus"
+    assert choose_partition(parts, {"stable": True}, "auto") == "extractor_seed_0"
+    assert choose_partition(parts, {"stable": True}, "consensus") == "consensus"
+    assert choose_partition(parts, {"stable": False}, "extractor") == "extractor_seed_0"
+    alone = {"given": np.zeros(3)}
+    assert choose_partition(alone, {"stable": False}, "auto") == "given"
+    with pytest.raises(ValueError, match="stability_extractors"):
+        choose_partition(alone, {"stable": True}, "consensus")
+
+
+def test_whitening_gives_unit_covariance_and_each_step_is_a_key():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(500, 4)) @ np.array([[3, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0.2, 0], [0, 0, 0, 5]]) + 7
+    mean, w = iv.fit_postprocessing(raw, center=True, whiten=True)
+    x = iv.apply_postprocessing(raw, mean, w, length_norm=False)
+    assert np.allclose(x.mean(0), 0, atol=1e-4) and np.allclose(np.cov(x.T, bias=True), np.eye(4), atol=1e-3)
+    assert np.allclose(w, w.T)  # ZCA: symmetric, no eigenvector signs to choose
+    mean0, w0 = iv.fit_postprocessing(raw, center=False, whiten=False)
+    assert w0 is None and not mean0.any()
+    assert np.allclose(iv.apply_postprocessing(raw, mean0, None, length_norm=False), raw, atol=1e-4)
+    y = iv.apply_postprocessing(raw, mean, w, length_norm=True)
+    assert np.allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,12 +578,12 @@ def analysed(tmp_path_factory):
     d = tmp_path_factory.mktemp("analysis")
     man = _corpus(d, "ana", ["L", "H"] * 8, seed=0)
     f = {k: d / k for k in ("iv.ark", "iv.scp", "extractor.npz", "seeds.npz", "quality.json", "clusters.tsv", "purity.tsv",
-                            "purity.png", "stability.json", "centres.npz")}
+                            "purity.png", "stability.json", "centres.npz", "partitions.tsv")}
     with iv.torch_threads(1):
         iv.run_ivectors(man, {**DEFAULTS["ivector"], **IV_SMALL}, 0, f["iv.ark"], f["iv.scp"], f["extractor.npz"],
                         f["seeds.npz"], f["quality.json"], num_threads=1)
-    run_ivector_clusters(f["iv.scp"], man, None, CLUSTER_PARAMS, f["clusters.tsv"], f["purity.tsv"], f["purity.png"],
-                         f["stability.json"], f["centres.npz"])
+    run_ivector_clusters(f["iv.scp"], man, None, CLUSTER_PARAMS, f["clusters.tsv"], f["partitions.tsv"], f["purity.tsv"],
+                         f["purity.png"], f["stability.json"], f["centres.npz"])
     return d, man, f
 
 
@@ -552,6 +620,39 @@ def test_assigning_the_analysis_corpus_from_its_audio_reproduces_its_clusters(an
         again_ids, again = iv.ivectors_of_manifest(read_manifest(man), iv.IVectorExtractor.load(f["extractor.npz"]),
                                                    progress=False)
     assert again_ids == ids and np.array_equal(again, written)
+
+
+def test_an_extractor_trained_on_another_corpus_with_whitening_extracts_the_analysis_corpus(tmp_path):
+    """stages.ivector_extractor: the UBM and T come from the other corpus (its longest utterances when
+    tv_max_train_utts caps them), the post-processing from the analysis corpus; the extractor file carries the
+    whitening, so assigning from audio reproduces the written i-vectors; a file whose config and content
+    disagree is refused naming it."""
+    from speaker_neurons.data.manifest import read_manifest
+
+    ana = _corpus(tmp_path, "ana", ["L", "H"] * 6, seed=0)
+    more = _corpus(tmp_path, "more", ["H", "L", "L"] * 6, seed=5)
+    cfg = {**DEFAULTS["ivector"], **IV_SMALL, "whiten": True, "tv_max_train_utts": 10}
+    f = {k: tmp_path / k for k in ("iv.ark", "iv.scp", "extractor.npz", "seeds.npz", "quality.json")}
+    own = {k: tmp_path / f"own_{k}" for k in f}
+    with iv.torch_threads(1):
+        q = iv.run_ivectors(ana, cfg, 1, *f.values(), num_threads=1, train_manifest_path=more)
+        iv.run_ivectors(ana, cfg, 0, *own.values(), num_threads=1)
+    assert q["extractor_trained_on"]["utterances"] == 10 and q["extractor_trained_on"]["manifest"] == str(more)
+    ext = iv.IVectorExtractor.load(f["extractor.npz"])
+    assert ext.whitener is not None
+    assert not np.array_equal(ext.ubm.means.numpy(), iv.IVectorExtractor.load(own["extractor.npz"]).ubm.means.numpy())
+    ids, written = iv.read_ivectors(f["iv.scp"])
+    assert ids == [f"u{i}" for i in range(12)] and np.allclose(np.linalg.norm(written, axis=1), 1, atol=1e-5)
+    with iv.torch_threads(1):
+        again_ids, again = iv.ivectors_of_manifest(read_manifest(ana), ext, progress=False)
+    assert again_ids == ids and np.allclose(again, written, atol=1e-6)
+    lo, hi = written[0::2], written[1::2]  # low and high voices on opposite sides
+    assert (lo @ lo.mean(0) > 0).all() and (hi @ lo.mean(0) < 0).all()
+    with np.load(f["extractor.npz"]) as z:
+        arrays = {k: z[k] for k in z.files if k != "whitener"}
+    np.savez(tmp_path / "broken.npz", **arrays)
+    with pytest.raises(ValueError, match="broken.npz.*whiten=True.*re-run rule ivectors"):
+        iv.IVectorExtractor.load(tmp_path / "broken.npz")
 
 
 def test_clusters_of_an_evaluation_corpus_follow_its_own_audio_not_its_ids(analysed, tmp_path):

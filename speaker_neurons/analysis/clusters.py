@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -160,7 +160,8 @@ def cluster_utterances(utt_ids: list[str], vectors: np.ndarray, k: int, seed: in
 
 #: What the i-vector clustering did to the i-vectors before k-means: nothing beyond the extractor's own
 #: normalisation (minus the analysis corpus' mean i-vector, unit length; `IVectorExtractor.transform`).
-CLUSTER_SPACE = "extractor i-vectors (minus the analysis corpus mean, unit length), float64, no further scaling"
+CLUSTER_SPACE = ("extractor i-vectors post-processed as the extractor file says (centre, whiten, length-normalise, "
+                 "fitted on the analysis corpus), float64, no further scaling")
 
 
 def save_cluster_centres(path: str | Path, centres: np.ndarray, k: int, seed: int, n_init: int,
@@ -183,62 +184,193 @@ def load_cluster_centres(path: str | Path) -> np.ndarray:
         return z["centres"].astype(np.float64)
 
 
-def _agreement(labels: np.ndarray, vector_sets, kmeans_seeds, k: int, n_init: int, seeds) -> dict:
-    """Adjusted Rand index between `labels` and `cluster_utterances` of each (vectors, k-means seed)
-    pair; `seeds` names each pair in the record."""
+def match_cluster_ids(labels: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """`labels` renumbered so that each cluster takes the number of the `reference` cluster it shares the
+    most utterances with (the assignment that maximises the agreement, Hungarian algorithm; ties to the
+    lower numbers): two partitions of the same utterances then speak of the same clusters by number."""
+    from scipy.optimize import linear_sum_assignment
+
+    labels = np.asarray(labels, dtype=np.int64)
+    reference = np.asarray(reference, dtype=np.int64)
+    if labels.shape != reference.shape:
+        raise ValueError(f"partitions of different shapes {labels.shape} and {reference.shape}")
+    table = np.zeros((k, k), dtype=np.int64)
+    np.add.at(table, (labels, reference), 1)
+    rows, cols = linear_sum_assignment(-table)
+    remap = np.empty(k, dtype=np.int64)
+    remap[rows] = cols
+    return remap[labels]
+
+
+def coassociation_embedding(partitions: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """(U, P * k) float64: the one-hot labels of P partitions of the same U utterances side by side. The
+    squared distance of two rows is 2 (P - agreements) = 2 P (1 - A_uv), A_uv the co-association of u and v
+    (the share of partitions that put them together), so k-means on these rows clusters the co-association
+    matrix without forming its U x U entries."""
+    parts = [np.asarray(p, dtype=np.int64) for p in partitions]
+    if not parts:
+        raise ValueError("a consensus needs at least one partition")
+    if len({len(p) for p in parts}) != 1:
+        raise ValueError(f"partitions of different lengths {sorted({len(p) for p in parts})}")
+    bad = [int(p.max()) for p in parts if len(p) and (p.min() < 0 or p.max() >= k)]
+    if bad:
+        raise ValueError(f"cluster labels outside 0..{k - 1}")
+    h = np.zeros((len(parts[0]), len(parts) * k))
+    for i, p in enumerate(parts):
+        h[np.arange(len(p)), i * k + p] = 1.0
+    return h
+
+
+def consensus_partition(partitions: Sequence[np.ndarray], k: int, seed: int, n_init: int) -> np.ndarray:
+    """The consensus of several partitions of the same utterances (e.g. the k-means partitions of the
+    i-vectors of extractors trained with different seeds): k-means on their co-association embedding
+    (`coassociation_embedding`), the best of `n_init` initialisations, renumbered by size (largest = 0).
+    Where all partitions agree it returns that partition (renumbered)."""
+    labels, _ = fit_utterance_clusters(coassociation_embedding(partitions, k), k, seed, n_init)
+    return labels
+
+
+def consensus_stability(partitions: Sequence[np.ndarray], k: int, seed: int, n_init: int) -> dict:
+    """How much the consensus depends on which extractors it is made of: the adjusted Rand index between the
+    consensus of all `partitions` and each consensus that leaves one out (`leave_one_out`), and, with 4 or
+    more, between the consensuses of two disjoint halves (even and odd positions; `halves`)."""
     from sklearn.metrics import adjusted_rand_score
 
-    ids = [str(i) for i in range(len(labels))]
-    aris = []
-    for vecs, s in zip(vector_sets, kmeans_seeds):
-        other = cluster_utterances(ids, np.asarray(vecs), k, int(s), n_init)
-        aris.append(float(adjusted_rand_score(labels, [other[i] for i in ids])))
+    parts = list(partitions)
+    full = consensus_partition(parts, k, seed, n_init)
+    loo = [float(adjusted_rand_score(full, consensus_partition(parts[:i] + parts[i + 1 :], k, seed, n_init)))
+           for i in range(len(parts))] if len(parts) > 1 else []
+    out = {"partitions": len(parts), "leave_one_out": loo, "min_leave_one_out": min(loo) if loo else None}
+    if len(parts) >= 4:
+        out["halves"] = float(adjusted_rand_score(consensus_partition(parts[0::2], k, seed, n_init),
+                                                  consensus_partition(parts[1::2], k, seed, n_init)))
+    return out
+
+
+def _ari(a: np.ndarray, b: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(a, b))
+
+
+def _agreement(labels: np.ndarray, others: Sequence[np.ndarray], seeds) -> dict:
+    """Adjusted Rand index between `labels` and each of `others`; `seeds` names each in the record."""
+    aris = [_ari(labels, o) for o in others]
     return {"seeds": [int(s) for s in seeds], "ari": aris, "min_ari": min(aris) if aris else None,
             "mean_ari": float(np.mean(aris)) if aris else None}
 
 
 def partition_stability(vectors: np.ndarray, labels: np.ndarray, k: int, seeds, n_init: int) -> dict:
-    """Adjusted Rand index between `labels` and the partition `cluster_utterances` gives with each of
+    """Adjusted Rand index between `labels` and the partition `fit_utterance_clusters` gives with each of
     `seeds`: 1 = the same partition, about 0 = unrelated. Labels are used nowhere."""
     seeds = list(seeds)
-    return _agreement(labels, [vectors] * len(seeds), seeds, k, n_init, seeds)
+    return _agreement(labels, [fit_utterance_clusters(vectors, k, int(s), n_init)[0] for s in seeds], seeds)
 
 
-def extractor_stability(other_vectors: np.ndarray, seeds, labels: np.ndarray, k: int, seed: int,
-                        n_init: int) -> dict:
-    """Adjusted Rand index between `labels` and the partition of each other extractor's i-vectors
-    (`other_vectors[i]`: (U, dim), the same utterances in the same order, from an extractor trained with
-    `seeds[i]`), each clustered exactly as the chosen one was (`cluster_utterances`, same k-means seed)."""
-    return _agreement(labels, list(other_vectors), [seed] * len(other_vectors), k, n_init, seeds)
+def read_other_extractors(other_seeds_npz: str | Path, utt_ids: Sequence[str]) -> dict[int, np.ndarray]:
+    """{seed: (U, dim) i-vectors} of the other extractors (rule ivectors' `extractor_seeds.npz`), checked to hold
+    the same utterances in the same order as `utt_ids`."""
+    with np.load(other_seeds_npz) as z:
+        if z["utt_id"].tolist() != list(utt_ids):
+            raise ValueError(f"{other_seeds_npz} holds other utterances than the i-vectors clustered; re-run rule "
+                             "ivectors")
+        return {int(s): np.asarray(v) for s, v in zip(z["seeds"].tolist(), z["ivectors"])}
 
 
-def cluster_stability(vectors: np.ndarray, utt_ids: Sequence[str], chosen: np.ndarray, k: int, seed: int, n_init: int,
-                      runs: int, warn_below: float, other_seeds_npz: str | Path | None = None) -> dict:
-    """How stable the chosen i-vector partition is: its adjusted Rand index against the partitions of
-    `runs` other k-means seeds (seed + 1, ...) and, given `other_seeds_npz` (utt_id, seeds, ivectors),
-    of extractors trained with other seeds; `stable` is False when any falls below `warn_below`
-    (analysis.stability_warn_below), which is logged as a warning."""
+#: analysis.ivector_partition: which partition the neuron sets rest on.
+PARTITION_CHOICES = ("auto", "extractor", "consensus")
+
+
+def ivector_partitions(vectors: np.ndarray, others: Mapping[int, np.ndarray], k: int, seed: int, n_init: int,
+                       name: str = "extractor") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every partition of the utterances the i-vectors give: `name` = the k-means partition of `vectors` (the
+    chosen extractor's), `extractor_seed_<s>` = that of each other extractor's i-vectors (`others`, clustered
+    the same way) and, with other extractors, `consensus` = the co-association consensus of all of them
+    (`consensus_partition`); every one renumbered to match the chosen partition (`match_cluster_ids`). Returns
+    (partitions, the chosen partition's k-means centres)."""
+    chosen, centres = fit_utterance_clusters(vectors, k, seed, n_init)
+    parts = {name: chosen}
+    for s, v in others.items():
+        parts[f"extractor_seed_{s}"] = match_cluster_ids(fit_utterance_clusters(v, k, seed, n_init)[0], chosen, k)
+    if others:
+        parts["consensus"] = match_cluster_ids(consensus_partition(list(parts.values()), k, seed, n_init), chosen, k)
+    return parts, centres
+
+
+def cluster_stability(vectors: np.ndarray, partitions: Mapping[str, np.ndarray], k: int, seed: int, n_init: int,
+                      runs: int, warn_below: float) -> dict:
+    """How stable the i-vector partitions are (`partitions` from `ivector_partitions`, the chosen extractor's
+    first): the chosen partition's adjusted Rand index against the partitions of `runs` other k-means seeds
+    (seed + 1, ...) and against each other extractor's (`extractor_seeds`); `stable` is False when any falls
+    below `warn_below` (analysis.stability_warn_below), which is logged as a warning. With a consensus:
+    `consensus_stability` of the extractors' partitions and its agreement with the chosen one, and
+    `consensus_stable` (the halves' agreement, or the lowest leave-one-out one, at least `warn_below`)."""
+    names = list(partitions)
+    chosen = partitions[names[0]]
     stab = {"kmeans_seeds": partition_stability(vectors, chosen, k, [seed + 1 + i for i in range(runs)], n_init)}
-    if other_seeds_npz:
-        with np.load(other_seeds_npz) as z:
-            if z["utt_id"].tolist() != list(utt_ids):
-                raise ValueError(f"{other_seeds_npz} holds other utterances than the i-vectors clustered; re-run "
-                                 "rule ivectors")
-            stab["extractor_seeds"] = extractor_stability(z["ivectors"], z["seeds"].tolist(), chosen, k, seed, n_init)
+    others = [n for n in names[1:] if n.startswith("extractor_seed_")]
+    if others:
+        stab["extractor_seeds"] = _agreement(chosen, [partitions[n] for n in others],
+                                             [int(n[len("extractor_seed_"):]) for n in others])
     aris = [a for part in stab.values() for a in part["ari"]]
     stab.update(k=k, n_init=n_init, warn_below=float(warn_below), min_ari=min(aris) if aris else None,
                 stable=not aris or min(aris) >= float(warn_below))
+    if "consensus" in partitions:
+        cons = consensus_stability([partitions[n] for n in names if n != "consensus"], k, seed, n_init)
+        cons["ari_vs_chosen"] = _ari(partitions["consensus"], chosen)
+        figure = cons.get("halves", cons["min_leave_one_out"])
+        cons["stable"] = figure is not None and figure >= float(warn_below)
+        stab["consensus"] = cons
     for what in ("kmeans_seeds", "extractor_seeds"):
         part = stab.get(what)
         if part and part["ari"]:
             log.info("adjusted Rand index against the chosen partition, other %s %s: %s", what.replace("_", " "),
                      part["seeds"], ", ".join(f"{a:.3f}" for a in part["ari"]))
+    if "consensus" in stab:
+        c = stab["consensus"]
+        log.info("consensus of %d extractors: adjusted Rand index %s between the consensuses of disjoint halves, "
+                 "lowest %s leaving one extractor out, %.3f against the chosen extractor's partition",
+                 c["partitions"], f"{c['halves']:.3f}" if "halves" in c else "(under 4 extractors: none)",
+                 f"{c['min_leave_one_out']:.3f}" if c["min_leave_one_out"] is not None else "-", c["ari_vs_chosen"])
     if not stab["stable"]:
         log.warning("UNSTABLE i-vector clusters: other k-means seeds or other i-vector extractor seeds give partitions "
-                    "with adjusted Rand index down to %.2f against this one; the neuron sets rest on these clusters. "
-                    "Try more analysis.ivector_n_init or other i-vector sizes (ivector.ubm_components, "
-                    "ivector.ivector_dim)", stab["min_ari"])
+                    "with adjusted Rand index down to %.2f against this one. The consensus of the extractors "
+                    "(analysis.ivector_partition: auto or consensus) does not rest on one seed; more extractors "
+                    "(analysis.stability_extractors) make it steadier", stab["min_ari"])
     return stab
+
+
+def choose_partition(partitions: Mapping[str, np.ndarray], stability: Mapping[str, Any], choice: str) -> str:
+    """The name of the partition the neuron sets rest on: `extractor` = the chosen extractor's (the first),
+    `consensus` = the consensus (an error without other extractors), `auto` = the consensus when the chosen
+    extractor's partition is flagged unstable (`stability["stable"]` False) and a consensus exists, else the
+    chosen extractor's."""
+    if choice not in PARTITION_CHOICES:
+        raise ValueError(f"analysis.ivector_partition must be one of {'|'.join(PARTITION_CHOICES)}, got {choice!r}")
+    first = next(iter(partitions))
+    if choice == "extractor":
+        return first
+    if "consensus" not in partitions:
+        if choice == "consensus":
+            raise ValueError("analysis.ivector_partition: consensus needs other extractors "
+                             "(analysis.stability_extractors >= 1, i-vectors extracted by the workflow)")
+        return first
+    return "consensus" if choice == "consensus" or not stability["stable"] else first
+
+
+def write_partitions(partitions: Mapping[str, np.ndarray], utt_ids: Sequence[str], path: str | Path) -> None:
+    """`partitions.tsv`: utt_id and one column per partition (cluster numbers matched across columns), sorted
+    by utterance id."""
+    df = pd.DataFrame({"utt_id": list(utt_ids), **{n: np.asarray(v, dtype=np.int64) for n, v in partitions.items()}})
+    df.sort_values("utt_id", kind="stable").to_csv(path, sep="\t", index=False)
+
+
+def read_partitions(path: str | Path) -> dict[str, dict[str, int]]:
+    """{partition name: {utt_id: cluster}} of `write_partitions`' table."""
+    df = pd.read_csv(path, sep="\t", dtype={"utt_id": str})
+    if "utt_id" not in df.columns or len(df.columns) < 2:
+        raise ValueError(f"{path}: not a partitions table (utt_id and one column per partition)")
+    return {c: dict(zip(df["utt_id"], df[c].astype(int))) for c in df.columns if c != "utt_id"}
 
 
 def write_utterance_clusters(labels: dict[str, int], path: str | Path) -> None:
@@ -275,12 +407,15 @@ def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: i
 
 
 def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds_npz: str | Path | None,
-                         params: dict, out_clusters: str | Path, out_purity_tsv: str | Path,
+                         params: dict, out_clusters: str | Path, out_partitions: str | Path, out_purity_tsv: str | Path,
                          out_purity_png: str | Path, out_stability: str | Path, out_centres: str | Path) -> dict:
-    """k-means of the i-vectors (`clusters.tsv`) and its centres (`out_centres`, for assigning the
-    utterances of another corpus: `run_assign_ivector_clusters`), the clusters against gender (where
-    the manifest has it) and their stability (JSON). `params`: k, seed, n_init, stability_runs,
-    stability_warn_below."""
+    """The i-vector clusters the neuron sets rest on (`clusters.tsv`): the k-means partition of the i-vectors,
+    or the consensus of the extractors' partitions (`choose_partition`, params `partition`); every partition
+    (`partitions.tsv`), the used one against gender (where the manifest has it), their stability (JSON, with
+    `rests_on` naming the used partition) and the centres that assign another corpus' utterances
+    (`out_centres`; for the consensus, the mean of each cluster's i-vectors of the chosen extractor).
+    `params`: k, seed, n_init, stability_runs, stability_warn_below, partition, extractor_seed (None for
+    i-vectors given from outside)."""
     from speaker_neurons.analysis.ivector import read_ivectors
     from speaker_neurons.analysis.report import write_gender_purity
     from speaker_neurons.data.manifest import read_manifest
@@ -288,15 +423,32 @@ def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds
     k, seed, n_init = int(params["k"]), int(params["seed"]), int(params["n_init"])
     utt_ids, vecs = read_ivectors(scp)
     vecs = np.asarray(vecs)
-    chosen, centres = fit_utterance_clusters(vecs, k, seed, n_init)
-    labels = {u: int(lab) for u, lab in zip(utt_ids, chosen)}
+    others = read_other_extractors(other_seeds_npz, utt_ids) if other_seeds_npz else {}
+    ext_seed = params.get("extractor_seed")
+    parts, centres = ivector_partitions(vecs, others, k, seed, n_init,
+                               name="given" if ext_seed is None else f"extractor_seed_{int(ext_seed)}")
+    stab = cluster_stability(vecs, parts, k, seed, n_init, int(params["stability_runs"]),
+                             params["stability_warn_below"])
+    used = choose_partition(parts, stab, str(params.get("partition", "extractor")))
+    stab.update(rests_on=used, partition_choice=str(params.get("partition", "extractor")), partitions=list(parts))
+    log.info("the neuron sets rest on the %s partition", used)
+    labels_arr = parts[used]
+    if used != next(iter(parts)):
+        if len(np.unique(labels_arr)) < k:
+            raise ValueError(f"the {used} partition of {scp} has an empty cluster; use analysis.ivector_partition: "
+                             "extractor")
+        centres = np.stack([vecs[labels_arr == g].astype(np.float64).mean(0) for g in range(k)])
+        agree = float((assign_to_centres(vecs, centres) == labels_arr).mean())
+        stab["consensus"]["centre_agreement"] = agree
+        log.info("%.1f%% of the utterances are nearest the centre of their %s cluster (the rule that assigns "
+                 "other corpora)", 100 * agree, used)
+    labels = {u: int(lab) for u, lab in zip(utt_ids, labels_arr)}
     write_utterance_clusters(labels, out_clusters)
+    write_partitions(parts, utt_ids, out_partitions)
     save_cluster_centres(out_centres, centres, k, seed, n_init, vecs.shape[1])
     purity = write_gender_purity(labels, read_manifest(manifest_path), out_purity_tsv, out_purity_png)
-    stab = cluster_stability(vecs, utt_ids, chosen, k, seed, n_init, int(params["stability_runs"]),
-                             params["stability_warn_below"], other_seeds_npz or None)
     write_json(out_stability, stab)
-    return {"k": k, "sizes": np.bincount(list(labels.values()), minlength=k).tolist(), "gender_purity": purity,
+    return {"k": k, "sizes": np.bincount(labels_arr, minlength=k).tolist(), "gender_purity": purity,
             "stability": stab}
 
 

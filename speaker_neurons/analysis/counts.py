@@ -164,6 +164,29 @@ def classes_table(k_ivector: int, k_ssl: int) -> np.ndarray:
     return np.stack([g.reshape(-1), c.reshape(-1)], axis=1).astype(np.int64)
 
 
+def pool_cells(counts: Sequence[np.ndarray], frames: np.ndarray, cells: np.ndarray, column: int, k_ssl: int,
+               classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Counts of (cell, SSL cluster) classes (row ``cell * k_ssl + c``) summed into the (i-vector cluster,
+    SSL cluster) classes of one partition, ``cells[:, column]`` giving each cell's cluster: ``counts_l<l>`` and
+    ``frames`` with one row per row of `classes` (``(k_ivector * k_ssl, 2)``, row ``g * k_ssl + c``; a class
+    without frames is a row of zeros)."""
+    g = np.repeat(np.asarray(cells, dtype=np.int64)[:, column], k_ssl)
+    c = np.tile(np.arange(k_ssl, dtype=np.int64), len(cells))
+    rows = g * k_ssl + c
+    n = len(classes)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"cells name i-vector clusters outside the {n // k_ssl} of the classes table")
+    out = {}
+    for l, cnt in enumerate(counts, start=1):
+        pooled = np.zeros((n, cnt.shape[1]), dtype=np.int64)
+        np.add.at(pooled, rows, np.asarray(cnt, dtype=np.int64))
+        out[f"counts_l{l}"] = pooled
+    pf = np.zeros(n, dtype=np.int64)
+    np.add.at(pf, rows, np.asarray(frames, dtype=np.int64))
+    out["frames"] = pf
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # The streaming counter
 # ----------------------------------------------------------------------------------------------------
@@ -287,16 +310,35 @@ class ActivationCounter:
         }
 
     def save(self, npz_path: str | os.PathLike, classes: np.ndarray, meta: dict | None = None,
-             json_path: str | os.PathLike | None = None) -> Path:
-        """Write the counts (npz) and their JSON (default: beside it, same stem); returns the npz path."""
+             json_path: str | os.PathLike | None = None, cells: np.ndarray | None = None,
+             partition_names: Sequence[str] = ()) -> Path:
+        """Write the counts (npz) and their JSON (default: beside it, same stem); returns the npz path.
+
+        With `cells` ((n_cells, 1 + P) int64: row i = the i-vector cluster of cell i in the partition the sets
+        rest on, then in each of the P partitions `partition_names`), the counter's classes are (cell, SSL
+        cluster), numbered ``cell * k_ssl + c``, and `classes` is the ``(k_ivector * k_ssl, 2)`` table of the
+        partition the sets rest on: the file holds the counts pooled to those classes (``counts_l<l>``,
+        ``frames``, ``classes``, as without cells) and the cells' own (``cell_counts_l<l>``, ``cell_frames``,
+        ``cells``), from which `CountsData.for_partition` pools any of the P partitions."""
         res = self.result()
         classes = np.asarray(classes, dtype=np.int64)
-        if classes.shape != (self.num_classes, 2):
-            raise ValueError(f"classes must be ({self.num_classes}, 2), got {classes.shape}")
         npz_path = Path(npz_path)
         npz_path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"counts_l{l + 1}": c for l, c in enumerate(res["counts"])}
-        arrays["frames"] = res["frames"]
+        if cells is None:
+            if classes.shape != (self.num_classes, 2):
+                raise ValueError(f"classes must be ({self.num_classes}, 2), got {classes.shape}")
+            arrays = {f"counts_l{l + 1}": c for l, c in enumerate(res["counts"])}
+            arrays["frames"] = res["frames"]
+        else:
+            cells = np.asarray(cells, dtype=np.int64)
+            k_ssl = self.num_classes // max(len(cells), 1)
+            if cells.ndim != 2 or cells.shape[1] != 1 + len(partition_names) or len(cells) * k_ssl != self.num_classes:
+                raise ValueError(f"cells of shape {cells.shape} do not fit {self.num_classes} classes and partitions "
+                                 f"{list(partition_names)}")
+            arrays = pool_cells(res["counts"], res["frames"], cells, 0, k_ssl, classes)
+            arrays.update({f"cell_counts_l{l + 1}": c for l, c in enumerate(res["counts"])})
+            arrays["cell_frames"] = res["frames"]
+            arrays["cells"] = cells
         arrays["classes"] = classes
         save_npz(npz_path, arrays)  # byte-identical for identical counts
         info = dict(meta or {})
@@ -304,6 +346,9 @@ class ActivationCounter:
         clash = reserved & set(info)
         if clash:
             raise ValueError(f"meta must not set {sorted(clash)}: the counter records them")
+        if cells is not None:
+            info["partitions"] = list(partition_names)
+            info["cells"] = int(len(cells))
         info.update(
             format_version=FORMAT_VERSION,
             top_fraction=res["top_fraction"],

@@ -44,6 +44,11 @@ class CountsData:
     frames: np.ndarray
     classes: np.ndarray
     meta: dict = field(default_factory=dict)
+    #: per (cell, SSL cluster) when other partitions were counted (``cells``: the clusters of each cell in the
+    #: partition the sets rest on, then in each of ``meta["partitions"]``); None otherwise
+    cell_counts: list[np.ndarray] | None = None
+    cell_frames: np.ndarray | None = None
+    cells: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.frames = np.asarray(self.frames, dtype=np.int64)
@@ -61,6 +66,24 @@ class CountsData:
     @property
     def num_layers(self) -> int:
         return len(self.counts)
+
+    @property
+    def partitions(self) -> list[str]:
+        """The other partitions whose counts the file holds (empty without cells)."""
+        return list(self.meta.get("partitions", [])) if self.cells is not None else []
+
+    def for_partition(self, name: str) -> "CountsData":
+        """The counts of the (i-vector cluster, SSL cluster) classes of partition `name` (one of
+        `partitions`), pooled from the cells; the same classes table and metadata."""
+        from speaker_neurons.analysis.counts import pool_cells
+
+        if name not in self.partitions:
+            raise KeyError(f"no counts of partition {name!r}; the file holds {self.partitions or 'none'}")
+        k_ssl = len(self.cell_frames) // len(self.cells)
+        pooled = pool_cells(self.cell_counts, self.cell_frames, self.cells, 1 + self.partitions.index(name), k_ssl,
+                            self.classes)
+        return CountsData(counts=[pooled[f"counts_l{l}"] for l in range(1, self.num_layers + 1)],
+                          frames=pooled["frames"], classes=self.classes, meta=dict(self.meta))
 
     @property
     def widths(self) -> list[int]:
@@ -99,6 +122,10 @@ def load_counts(npz_path: str | os.PathLike, json_path: str | os.PathLike | None
         counts = [z[f"counts_l{l}"] for l in layers]
         frames = z["frames"]
         classes = z["classes"]
+        cells = {}
+        if "cells" in z.files:
+            cells = {"cell_counts": [z[f"cell_counts_l{l}"] for l in layers], "cell_frames": z["cell_frames"],
+                     "cells": z["cells"]}
     jp = Path(json_path) if json_path is not None else counts_json_path(npz_path)
     meta = json.loads(jp.read_text()) if jp.exists() else {}
-    return CountsData(counts=counts, frames=frames, classes=classes, meta=meta)
+    return CountsData(counts=counts, frames=frames, classes=classes, meta=meta, **cells)

@@ -483,11 +483,44 @@ def length_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def fit_postprocessing(raw: np.ndarray, center: bool, whiten: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The label-free post-processing of raw i-vectors `raw` (U, dim), fitted on them: their mean (zeros
+    without `center`) and, with `whiten`, the ZCA whitening matrix W = V diag(1 / sqrt(lambda)) V' of their
+    covariance about that mean (float64 eigendecomposition; eigenvalues floored at 1e-10 times the largest).
+    ZCA is unique (no eigenvector signs to choose) and gives the distances of PCA whitening, which is what
+    k-means sees. Returns (mean (dim,) float32, W (dim, dim) float32 or None)."""
+    x = np.asarray(raw, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"post-processing needs raw i-vectors of shape (U > 0, dim), got {x.shape}")
+    mean = x.mean(0) if center else np.zeros(x.shape[1])
+    if not whiten:
+        return mean.astype(np.float32), None
+    if len(x) < 2:
+        raise ValueError("whitening needs at least 2 i-vectors")
+    xc = x - mean
+    cov = xc.T @ xc / len(x)
+    lam, vec = np.linalg.eigh(cov)
+    lam = np.maximum(lam, 1e-10 * max(float(lam.max()), 1e-30))
+    return mean.astype(np.float32), ((vec / np.sqrt(lam)) @ vec.T).astype(np.float32)
+
+
+def apply_postprocessing(raw: np.ndarray, mean: np.ndarray, whitener: np.ndarray | None,
+                         length_norm: bool) -> np.ndarray:
+    """Raw i-vectors minus `mean`, times `whitener` (if any), scaled to unit length (with `length_norm`):
+    Kaldi's order (centre, transform, length-normalise), float32."""
+    x = np.asarray(raw, dtype=np.float64) - np.asarray(mean, dtype=np.float64)[None, :]
+    if whitener is not None:
+        x = x @ np.asarray(whitener, dtype=np.float64)
+    return length_normalize(x) if length_norm else x.astype(np.float32)
+
+
 class IVectorExtractor:
     """UBM + total variability matrix. `fit` on lists of (frames, dim) feature arrays; no labels.
 
-    After fit, `ivector_mean` is the mean raw i-vector of the training utterances;
-    `transform(..., normalize=True)` subtracts it and length-normalises.
+    After fit, `ivector_mean` (and `whitener`) are the post-processing fitted on the raw i-vectors of
+    the training utterances (`fit_postprocessing`, config keys `center`, `whiten`); `set_postprocessing`
+    refits them on other raw i-vectors (the corpus to be clustered), and
+    `transform(..., normalize=True)` applies them (`postprocess`).
     """
 
     def __init__(self, config: dict[str, Any] | None = None, device="cpu", progress: bool = False):
@@ -498,6 +531,7 @@ class IVectorExtractor:
         self.T: torch.Tensor | None = None  # (C*D, R) float64
         self.offset: torch.Tensor | None = None  # (C*D,) float64, supervector offset from the UBM means
         self.ivector_mean: np.ndarray | None = None
+        self.whitener: np.ndarray | None = None
         self.history: list[dict[str, float]] = []
 
     # ---- statistics
@@ -676,8 +710,18 @@ class IVectorExtractor:
         log.info("training a %d-dim total variability matrix on %d utterances", cfg["ivector_dim"], len(train_idx))
         N, F = self.compute_stats([feats[i] for i in train_idx])
         self._train_tv(N, F)
-        self.ivector_mean = self._extract(N, F).mean(0)
+        self.set_postprocessing(self._extract(N, F))
         return self
+
+    def set_postprocessing(self, raw: np.ndarray) -> None:
+        """Fit the post-processing (centring, whitening, as the config says) on raw i-vectors `raw`."""
+        self.ivector_mean, self.whitener = fit_postprocessing(raw, bool(self.cfg["center"]), bool(self.cfg["whiten"]))
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Raw i-vectors through the fitted post-processing (`apply_postprocessing`; key `length_norm`)."""
+        if self.ivector_mean is None:
+            raise RuntimeError("the i-vector post-processing is not fitted (set_postprocessing)")
+        return apply_postprocessing(raw, self.ivector_mean, self.whitener, bool(self.cfg["length_norm"]))
 
     def _extract(self, N: torch.Tensor, F: torch.Tensor) -> np.ndarray:
         dev = self.device
@@ -696,7 +740,7 @@ class IVectorExtractor:
         return np.concatenate(out) if out else np.zeros((0, R), np.float32)
 
     def transform(self, feature_list: Sequence, normalize: bool = True) -> np.ndarray:
-        """(U, ivector_dim) float32 posterior means; with `normalize`, minus `ivector_mean`, unit length."""
+        """(U, ivector_dim) float32 posterior means; with `normalize`, post-processed (`postprocess`)."""
         if self.T is None:
             raise RuntimeError("IVectorExtractor is not fitted")
         bs = max(1, int(self.cfg["utt_batch"]))
@@ -706,11 +750,11 @@ class IVectorExtractor:
             out.append(self._extract(N, F))
         ivecs = np.concatenate(out) if out else np.zeros((0, self.T.shape[1]), np.float32)
         if normalize:
-            ivecs = length_normalize(ivecs - self.ivector_mean[None, :])
+            ivecs = self.postprocess(ivecs)
         return ivecs.astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
-        """npz: UBM, T, offset, ivector_mean and the config (JSON)."""
+        """npz: UBM, T, offset, the post-processing (ivector_mean, whitener if any) and the config (JSON)."""
         if self.T is None:
             raise RuntimeError("IVectorExtractor is not fitted")
         from speaker_neurons.utils import save_npz
@@ -722,6 +766,7 @@ class IVectorExtractor:
             "T": self.T.cpu().numpy(),
             "offset": self.offset.cpu().numpy(),
             "ivector_mean": np.asarray(self.ivector_mean, dtype=np.float32),
+            **({} if self.whitener is None else {"whitener": np.asarray(self.whitener, dtype=np.float32)}),
             **self.ubm.state_dict(),
         })
 
@@ -738,6 +783,10 @@ class IVectorExtractor:
             ext.T = torch.from_numpy(z["T"]).to(dev, torch.float64)
             ext.offset = torch.from_numpy(z["offset"]).to(dev, torch.float64)
             ext.ivector_mean = z["ivector_mean"].astype(np.float32)
+            ext.whitener = z["whitener"].astype(np.float32) if "whitener" in z.files else None
+        if bool(ext.cfg["whiten"]) != (ext.whitener is not None):
+            raise ValueError(f"{path}: its config says whiten={ext.cfg['whiten']} but it holds "
+                             f"{'a' if ext.whitener is not None else 'no'} whitening matrix; re-run rule ivectors")
         return ext
 
 
@@ -796,6 +845,7 @@ def extract_ivectors(
     num_threads: int | None = None,
     return_info: bool = False,
     other_seeds: Sequence[int] = (),
+    train_items: Iterable[tuple[str, np.ndarray]] | None = None,
 ):
     """The whole recipe on (utt_id, 16 kHz float waveform) items (any iterable, consumed once):
     features, UBM + T fitted on all utterances without labels (unless a fitted `extractor` is given:
@@ -806,8 +856,9 @@ def extract_ivectors(
     UBM / T stages (None: unchanged). `other_seeds`: also fit one extractor per seed (UBM and T
     initialised from it; same features) and return their i-vectors, normalised the same way, in
     info["other_seeds"] ({seed: (U, ivector_dim)}): how much the clusters depend on the extractor's
-    seed. Features are kept in memory (~240 bytes per voiced frame with the default 60-dim features:
-    ~90 MB per hour of speech)."""
+    seed. `train_items`: fit the extractors on these utterances instead (another corpus); the post-processing
+    is still fitted on `wav_items`' i-vectors. Features are kept in memory (~240 bytes per voiced frame with
+    the default 60-dim features: ~90 MB per hour of speech)."""
     import time
 
     cfg = extractor.cfg if extractor is not None else resolve_ivector_config(config)
@@ -819,22 +870,29 @@ def extract_ivectors(
         counts["utterances"], counts["frames"], counts["voiced_frames"],
         100.0 * counts["voiced_frames"] / max(counts["frames"], 1), counts["no_voiced_fallback"],
     )
+    train_feats = feats
+    if train_items is not None and extractor is None:
+        _, train_feats, train_counts = extract_features(train_items, cfg, device, progress)
+        log.info("extractor training corpus: %d utterances, %d voiced frames", train_counts["utterances"],
+                 train_counts["voiced_frames"])
+        t1 = time.perf_counter()
     with torch_threads(num_threads):
         if extractor is None:
-            extractor = IVectorExtractor(cfg, device=device, progress=progress).fit(feats)
+            extractor = IVectorExtractor(cfg, device=device, progress=progress).fit(train_feats)
         t2 = time.perf_counter()
         raw = extractor.transform(feats, normalize=False)
-    extractor.ivector_mean = raw.mean(0).astype(np.float32)
-    ivecs = length_normalize(raw - extractor.ivector_mean[None, :])
+    extractor.set_postprocessing(raw)
+    ivecs = extractor.postprocess(raw)
     t3 = time.perf_counter()
     log.info("i-vectors: %d x %d (features %.1f s, fit %.1f s, extraction %.1f s)",
              ivecs.shape[0], ivecs.shape[1], t1 - t0, t2 - t1, t3 - t2)
     others: dict[int, np.ndarray] = {}
     for s in other_seeds:
         with torch_threads(num_threads):
-            alt = IVectorExtractor({**extractor.cfg, "seed": int(s)}, device=device, progress=False).fit(feats)
+            alt = IVectorExtractor({**extractor.cfg, "seed": int(s)}, device=device, progress=False).fit(train_feats)
             raw_s = alt.transform(feats, normalize=False)
-        others[int(s)] = length_normalize(raw_s - raw_s.mean(0, keepdims=True))
+        alt.set_postprocessing(raw_s)
+        others[int(s)] = alt.postprocess(raw_s)
         log.info("i-vectors of the extractor with seed %d (for the stability check)", int(s))
     if model_out is not None:
         extractor.save(model_out)
@@ -907,14 +965,27 @@ def read_ivectors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 # For the workflow
 
 
+def extractor_training_rows(manifest, max_utts: int):
+    """The utterances of `manifest` (another corpus) an extractor is trained on: all, or with `max_utts` > 0
+    (ivector.tv_max_train_utts) the `max_utts` longest by the manifest's duration (ties by utterance id), in
+    manifest order, so that only their features are ever held in memory."""
+    if max_utts <= 0 or len(manifest) <= max_utts:
+        return manifest
+    order = manifest.sort_values(["duration", "utt_id"], ascending=[False, True], kind="stable")
+    return manifest.loc[sorted(order.index[:max_utts])]
+
+
 def run_ivectors(manifest_path: str | os.PathLike, config: dict[str, Any], n_other_extractors: int,
                  ark: str | os.PathLike, scp: str | os.PathLike, extractor_out: str | os.PathLike,
                  other_seeds_out: str | os.PathLike, quality_out: str | os.PathLike, device="cpu",
-                 num_threads: int | None = None) -> dict[str, Any]:
+                 num_threads: int | None = None, train_manifest_path: str | os.PathLike | None = None
+                 ) -> dict[str, Any]:
     """i-vectors of every utterance of a manifest (no labels used) as a Kaldi ark/scp, the i-vectors of
     `n_other_extractors` extractors trained with the next seeds (the cluster stability check: an npz of
     utt_id, seeds, ivectors (seeds, U, dim)), and their quality where the manifest has speakers and a
-    train/test split (labels used only to score), as JSON. `config`: the `ivector` section."""
+    train/test split (labels used only to score), as JSON. `config`: the `ivector` section. With
+    `train_manifest_path` (stages.ivector_extractor), the extractors are trained on that corpus
+    (`extractor_training_rows`) and the manifest's utterances only extracted and post-processed."""
     from speaker_neurons.audio import load_audio
     from speaker_neurons.data.manifest import read_manifest
     from speaker_neurons.evaluation import embedding_quality
@@ -924,13 +995,22 @@ def run_ivectors(manifest_path: str | os.PathLike, config: dict[str, Any], n_oth
     manifest = read_manifest(manifest_path)
     items = ((row.utt_id, load_audio(row.path, cfg["sample_rate"])[0]) for row in manifest.itertuples(index=False))
     seeds = [int(cfg["seed"]) + 1 + i for i in range(int(n_other_extractors))]
+    train_items, train_info = None, None
+    if train_manifest_path is not None:
+        train = extractor_training_rows(read_manifest(train_manifest_path), int(cfg["tv_max_train_utts"] or 0))
+        train_items = ((r.utt_id, load_audio(r.path, cfg["sample_rate"])[0]) for r in train.itertuples(index=False))
+        train_info = {"manifest": str(train_manifest_path), "utterances": len(train),
+                      "hours": round(float(train["duration"].sum()) / 3600, 3)}
+        log.info("training the extractors on %d utterances (%.2f h) of %s", len(train), train_info["hours"],
+                 train_manifest_path)
     utt_ids, vecs, info = extract_ivectors(items, cfg, device=device, model_out=extractor_out, num_threads=num_threads,
-                                           return_info=True, other_seeds=seeds)
+                                           return_info=True, other_seeds=seeds, train_items=train_items)
     write_ivectors(utt_ids, vecs, ark, scp)
     others = info["other_seeds"]
     stack = np.stack([others[s] for s in seeds]) if seeds else np.zeros((0, *vecs.shape), np.float32)
     save_npz(other_seeds_out, {"utt_id": np.asarray(list(utt_ids), dtype=str),
                                "seeds": np.asarray(seeds, dtype=np.int64), "ivectors": stack})
-    quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": info["config"]}
+    quality = {**embedding_quality(utt_ids, vecs, manifest, "i-vector"), "config": info["config"],
+               "extractor_trained_on": train_info or "the analysis corpus"}
     write_json(quality_out, quality)
     return quality

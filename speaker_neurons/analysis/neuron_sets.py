@@ -486,11 +486,45 @@ def recompute_from_npz(npz_path: str | os.PathLike, rho: float, fdr: float, sets
     return compute_neuron_sets(load_counts(npz_path), rho=rho, fdr=fdr, sets=sets)
 
 
+PARTITION_OVERLAP_COLUMNS = ["partition", "layer", "rests_on", "other", "both", "jaccard"]
+
+
+def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
+    """|a & b| / |a | b|; 1.0 for two empty sets (they agree)."""
+    a, b = set(a), set(b)
+    return 1.0 if not (a | b) else len(a & b) / len(a | b)
+
+
+def partition_overlap(data: CountsData, rho, fdr: float, used: Mapping[int, Sequence[int]] | None = None,
+                      set_name: str = "ivector_cluster") -> list[dict]:
+    """What the i-vector partition costs the neuron sets: for every other partition the counts hold
+    (`CountsData.partitions`), the `set_name` set it would give, against the one of the partition the sets
+    rest on (`used`, or computed from `data`), per layer and in all (layer "total"): neurons in each, in both,
+    and their Jaccard overlap."""
+    if used is None:
+        used = compute_neuron_sets(data, rho=rho, fdr=fdr, sets=[set_name])[set_name]
+    rows = []
+    for name in data.partitions:
+        other = compute_neuron_sets(data.for_partition(name), rho=rho, fdr=fdr, sets=[set_name])[set_name]
+        for layer in sorted(used):
+            a, b = set(used[layer]), set(other[layer])
+            rows.append({"partition": name, "layer": str(layer), "rests_on": len(a), "other": len(b),
+                         "both": len(a & b), "jaccard": round(jaccard(a, b), 4)})
+        a = {(l, j) for l in used for j in used[l]}
+        b = {(l, j) for l in other for j in other[l]}
+        rows.append({"partition": name, "layer": "total", "rests_on": len(a), "other": len(b), "both": len(a & b),
+                     "jaccard": round(jaccard(a, b), 4)})
+    return rows
+
+
 def run_neuron_sets(counts_npz: str | os.PathLike, counts_json: str | os.PathLike,
                     set_paths: Sequence[str | os.PathLike], rho, fdr: float, table: str | os.PathLike,
-                    plot: str | os.PathLike, tested_table: str | os.PathLike, title: str | None) -> dict[str, int]:
+                    plot: str | os.PathLike, tested_table: str | os.PathLike, title: str | None,
+                    partitions_table: str | os.PathLike | None = None) -> dict[str, int]:
     """Every set named by `set_paths` (one `<set>.json` each) from the activation counts, the layer x set
-    table and its plot, and the rho sets against their tested twins (`tested_table`). Returns the totals."""
+    table and its plot, the rho sets against their tested twins (`tested_table`) and, in `partitions_table`,
+    the speaker neurons each other i-vector partition would give against those of the partition they rest on
+    (`partition_overlap`; no rows when the counts hold no other partition). Returns the totals."""
     import pandas as pd
 
     from speaker_neurons.analysis.counts_data import load_counts
@@ -508,6 +542,13 @@ def run_neuron_sets(counts_npz: str | os.PathLike, counts_json: str | os.PathLik
     for r in comparison[comparison["layer"] == "total"].itertuples(index=False):
         log.info("%s: rho set %d, tested set %d (FDR %g), both %d: %s%% of the rho set survives the test", r.set,
                  r.rho_set, r.tested_set, fdr, r.both, r.rho_surviving_pct)
+    if partitions_table is not None:
+        used = result.get("ivector_cluster")
+        overlap = pd.DataFrame(partition_overlap(data, rho, fdr, used=used), columns=PARTITION_OVERLAP_COLUMNS)
+        overlap.to_csv(partitions_table, sep="\t", index=False)
+        for r in overlap[overlap["layer"] == "total"].itertuples(index=False):
+            log.info("speaker neurons from partition %s: %d, against %d from the partition the sets rest on, %d in "
+                     "both: Jaccard %.3f", r.partition, r.other, r.rests_on, r.both, r.jaccard)
     totals = {name: sum(len(v) for v in layers.values()) for name, layers in result.items()}
     log.info("neuron totals: %s", totals)
     return totals

@@ -10,6 +10,7 @@ class -1 and are not counted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,15 @@ def activation_statistics(
     max_mismatch: int,
     max_batch_seconds: float,
     progress: bool = True,
+    partitions: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict:
     """Count, per layer, how often each neuron is among the top-K (by |a|) of a frame, per class.
 
     Writes `activation_counts.npz` (+ `.json`) through `ActivationCounter.save` and returns a summary.
+    `partitions` ({name: {utt_id: cluster}}, e.g. every extractor's and the consensus): the frames are
+    counted per cell (the utterances that every partition and `utt_clusters` put in the same clusters) and
+    SSL cluster, in one pass, so that the neuron sets of each partition can be computed from the file
+    (`CountsData.for_partition`); the cells are few where the partitions mostly agree.
     """
     from tqdm import tqdm
 
@@ -53,8 +59,20 @@ def activation_statistics(
         raise ValueError("no utterance has both SSL frame labels and an i-vector cluster: nothing to count")
     if skipped:
         log.warning("%d utterances lack frame labels or an i-vector cluster and are skipped", skipped)
+    names = list(partitions or {})
+    cells, cell_of = None, dict(utt_clusters)
+    if names:
+        missing = [n for n in names if not set(usable["utt_id"]) <= set(partitions[n])]
+        if missing:
+            raise ValueError(f"partition(s) {missing} lack utterances that the i-vector clusters have")
+        keys = {u: (utt_clusters[u], *(int(partitions[n][u]) for n in names)) for u in usable["utt_id"]}
+        cells = np.asarray(sorted(set(keys.values())), dtype=np.int64).reshape(-1, 1 + len(names))
+        index = {tuple(int(x) for x in row): i for i, row in enumerate(cells)}
+        cell_of = {u: index[k] for u, k in keys.items()}
+        log.info("%d cells of utterances across the %d partitions %s", len(cells), len(names), names)
     device = next(model.parameters()).device
-    counter = ActivationCounter(k_ivector * k_ssl, list(model.ffn_widths), top_fraction, device=device)
+    n_groups = k_ivector if cells is None else len(cells)
+    counter = ActivationCounter(n_groups * k_ssl, list(model.ffn_widths), top_fraction, device=device)
     truncated = 0
     bar = tqdm(total=len(usable), desc="activation counts", unit="utt", disable=not progress)
     for batch in audio_batches(usable, max_batch_seconds, model.sample_rate):
@@ -63,7 +81,7 @@ def activation_statistics(
         for i, (u, n) in enumerate(zip(batch.utt_ids, n_frames)):
             lab, cut = align_labels(ssl_labels[u], n, u, max_mismatch)
             truncated += int(cut)
-            cls = np.where(lab >= 0, utt_clusters[u] * k_ssl + lab, -1)
+            cls = np.where(lab >= 0, cell_of[u] * k_ssl + lab, -1)
             class_ids[i, :n] = torch.from_numpy(cls)
         class_ids = class_ids.to(device)
 
@@ -87,7 +105,8 @@ def activation_statistics(
         "k_ivector": k_ivector,
         **(meta or {}),
     }
-    counter.save(out_npz, classes_table(k_ivector, k_ssl), info, json_path=out_json)
+    counter.save(out_npz, classes_table(k_ivector, k_ssl), info, json_path=out_json, cells=cells,
+                 partition_names=names)
     if truncated:
         log.warning("%d utterances had label/model lengths differing by <= %d frames: truncated", truncated, max_mismatch)
     return info
