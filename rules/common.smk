@@ -209,8 +209,18 @@ def job_costs(stage, wildcards):
     model = getattr(wildcards, "model", None)
     size = costs.model_size(CAT, config, model) if model else None
     gpu = bool(GPU) and stage in costs.MODEL_RULES
+    ext = costs.extractor_corpus(CAT, stage)
+    ext_work = (
+        costs.corpus_size(CAT, ext, f"{CORPORA}/{ext}/manifest.tsv") if ext else None
+    )
     return costs.rule_costs(
-        stage, work, size, config, gpu, config["upstream"]["threads"]
+        stage,
+        work,
+        size,
+        config,
+        gpu,
+        config["upstream"]["threads"],
+        extractor=ext_work,
     )
 
 

@@ -188,15 +188,24 @@ def rule_corpus(cat, rule: str, wildcards: Mapping[str, str]) -> str | None:
     return cat.stages[RULE_STAGE[rule]] if rule in RULE_STAGE else None
 
 
+def extractor_corpus(cat, rule: str) -> str | None:
+    """The corpus an `ivectors` job trains its extractor on (stages.ivector_extractor) when it is not the
+    analysis corpus; None for every other rule."""
+    if rule != "ivectors" or cat.stages.get("ivector_extractor", cat.stages["analysis"]) == cat.stages["analysis"]:
+        return None
+    return cat.stages["ivector_extractor"]
+
+
 def _round_mb(mb: float) -> int:
     return int(max(500, math.ceil(mb * 1.5 / 250) * 250))  # 50% headroom, in 250 MB steps
 
 
 def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, config: Mapping[str, Any],
-               gpu: bool, threads: int) -> dict[str, float]:
+               gpu: bool, threads: int, extractor: CorpusSize | None = None) -> dict[str, float]:
     """{mem_mb, runtime (minutes), disk_mb: the job's requests; peak_mb, seconds, compute_hours,
     audio_hours: the estimates they come from} of one job of `rule` over `work` with `model` (None for
-    rules that run none); `gpu`: the job runs its model on a GPU."""
+    rules that run none); `gpu`: the job runs its model on a GPU; `extractor`: the corpus an `ivectors` job
+    trains its extractor on, when it is another (`extractor_corpus`)."""
     rate = GPU_GFLOPS if gpu else CPU_GFLOPS_PER_THREAD * max(1, int(threads))
     hours = work.hours if work else 0.0
     utts = work.utterances if work else 0
@@ -278,12 +287,23 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
         disk += keep * model.params * 16 / 2**20 + hours * 3600 * model.frames_per_second * (80 * 4 * 2 + 2) / 2**20
     elif rule == "ivectors":
         iv = config["ivector"]
-        audio_h = hours
-        extra_min = hours / IVECTOR_HOURS_PER_MINUTE * (2 / max(1, threads)) \
-            * (1 + int(config["analysis"]["stability_extractors"]))
-        extra_min += int(iv["tv_iters"]) * utts * int(iv["ubm_components"]) * int(iv["ivector_dim"]) ** 2 * 60 \
+        train_h, train_u = hours, utts
+        cap = int(iv["tv_max_train_utts"] or 0)
+        if extractor is not None:  # another corpus, its longest `cap` utterances (about cap / utts of its hours)
+            train_u = min(extractor.utterances, cap) if cap > 0 else extractor.utterances
+            train_h = extractor.hours * train_u / max(1, extractor.utterances)
+        elif cap > 0:
+            train_u = min(utts, cap)
+        audio_h = hours + (train_h if extractor is not None else 0.0)
+        extra_min = (audio_h + train_h * int(config["analysis"]["stability_extractors"])) \
+            / IVECTOR_HOURS_PER_MINUTE * (2 / max(1, threads))
+        extra_min += (1 + int(config["analysis"]["stability_extractors"])) * int(iv["tv_iters"]) * train_u \
+            * int(iv["ubm_components"]) * int(iv["ivector_dim"]) ** 2 * 60 \
             / (CPU_GFLOPS_PER_THREAD * max(1, threads) * 1e9) / 60
-        mem += utts * int(iv["ubm_components"]) * 61 * 4 / 2**20 + int(iv["ubm_max_frames"]) * 60 * 4 * 3 / 2**20
+        # the features of both corpora stay in memory (100 frames/s x 60 float32 at most), the training
+        # corpus' statistics, the UBM's frame sample
+        mem += audio_h * 3600 * 100 * 60 * 4 / 2**20 + train_u * int(iv["ubm_components"]) * 61 * 4 / 2**20 \
+            + int(iv["ubm_max_frames"]) * 60 * 4 * 3 / 2**20
     elif rule == "summarize":  # matplotlib's import and the run's plots
         extra_min = 1.5 / 60
     elif rule == "ivector_clusters":  # k-means of the i-vectors and its stability over seeds and extractors

@@ -65,7 +65,9 @@ def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[d
         work = costs.corpus_size(cat, name, f"{results}/corpora/{name}/manifest.tsv", assume) if name else None
         size = costs.model_size(cat, config, wc["model"]) if "model" in wc else None
         on_gpu = gpu and rule in costs.MODEL_RULES
-        c = costs.rule_costs(rule, work, size, config, on_gpu, config["upstream"]["threads"])
+        ext = costs.extractor_corpus(cat, rule)
+        ext_work = costs.corpus_size(cat, ext, f"{results}/corpora/{ext}/manifest.tsv", assume) if ext else None
+        c = costs.rule_costs(rule, work, size, config, on_gpu, config["upstream"]["threads"], extractor=ext_work)
         given = config["resources"].get(rule, {})
         rows.append({"rule": rule, "wildcards": wc, "seconds": c["seconds"], "peak_mb": c["peak_mb"],
                      "model": wc.get("model", ""), "corpus": name or "",

@@ -151,3 +151,32 @@ def test_heads_at_the_edge_of_their_sweep_or_at_the_last_step_are_flagged(tmp_pa
     sid["last"]["lr_swept"] = False
     (tmp_path / "sid.json").write_text(json.dumps(sid))
     assert ("sid", "last") not in {(t, ls) for t, _, ls, _ in summary.head_flags([{"name": "m", "sid": tmp_path / "sid.json"}])}
+
+
+def test_summary_says_which_partition_the_sets_rest_on_and_what_the_others_change(tmp_path):
+    stab = {"k": 2, "n_init": 100, "warn_below": 0.9, "min_ari": 0.7, "stable": False, "rests_on": "consensus",
+            "partition_choice": "auto", "kmeans_seeds": {"seeds": [1], "ari": [1.0], "min_ari": 1.0},
+            "extractor_seeds": {"seeds": [1, 2], "ari": [0.7, 0.95], "min_ari": 0.7},
+            "consensus": {"partitions": 3, "leave_one_out": [0.8, 0.96, 1.0], "min_leave_one_out": 0.8,
+                          "ari_vs_chosen": 0.93, "stable": False}}
+    (tmp_path / "stab.json").write_text(json.dumps(stab))
+    rows = [("extractor_seed_0", "1", 10, 8, 6), ("extractor_seed_0", "total", 10, 8, 6),
+            ("extractor_seed_1", "1", 10, 12, 10), ("extractor_seed_1", "total", 10, 12, 10),
+            ("consensus", "1", 10, 10, 10), ("consensus", "total", 10, 10, 10)]
+    pd.DataFrame([{"partition": p, "layer": l, "rests_on": a, "other": b, "both": c, "jaccard": round(c / (a + b - c), 4)}
+                  for p, l, a, b, c in rows]).to_csv(tmp_path / "parts.tsv", sep="\t", index=False)
+    models = [{"name": "m", "source": "checkpoint", "ivector_partitions": str(tmp_path / "parts.tsv")}]
+    summary.build_summary(models, None, None, 3, tmp_path / "s.tsv", tmp_path / "s.md", tmp_path / "s.png",
+                          stability=tmp_path / "stab.json", controls=CONTROLS)
+    md = (tmp_path / "s.md").read_text()
+    assert "(**UNSTABLE**: the neuron sets rest on the consensus instead)" in md
+    assert "the neuron sets rest on the **consensus** partition (analysis.ivector_partition: auto; the extractor " \
+           "seeds disagree)" in md
+    assert "leaving one extractor out, the consensus agrees at least at an adjusted Rand index of 0.800 (**UNSTABLE**" in md
+    assert "Jaccard 0.50-0.83 (lowest: extractor_seed_0, 6 of 10 used and 8 of its own in both)" in md
+    t = pd.read_csv(tmp_path / "s.tsv", sep="\t")
+    j = t[t["metric"].str.startswith("speaker_neurons_jaccard_")].set_index("metric")["value"]
+    assert j.to_dict() == pytest.approx({"speaker_neurons_jaccard_extractor_seed_0": 0.5,
+                                         "speaker_neurons_jaccard_extractor_seed_1": 0.8333,
+                                         "speaker_neurons_jaccard_consensus": 1.0})
+    assert t[t["metric"] == "consensus_stability_ari"]["value"].tolist() == [0.8]
