@@ -1,6 +1,6 @@
 """How stable and how gender-pure is the k = 2 i-vector partition, per post-processing, extractor training
-corpus and consensus, on several corpora? (issue 32; the defaults of `ivector.center`, `ivector.whiten`,
-`ivector.length_norm` and `analysis.ivector_partition` were chosen from its table.)
+corpus and consensus, on several corpora? (The defaults of `ivector.center`, `ivector.whiten`,
+`ivector.length_norm` and `analysis.ivector_partition` were chosen from its table: docs/benchmarks.md.)
 
 For each corpus (`NAME=manifest.tsv`, two or more): features once (the config's i-vector recipe), then
 `--seeds` extractors (seeds 0..n-1) trained on the corpus itself (`own`) or, with `--train-on-others`, also

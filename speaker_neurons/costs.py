@@ -306,8 +306,9 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
             + int(iv["ubm_max_frames"]) * 60 * 4 * 3 / 2**20
     elif rule == "summarize":  # matplotlib's import and the run's plots
         extra_min = 1.5 / 60
-    elif rule == "ivector_clusters":  # k-means of the i-vectors and its stability over seeds and extractors
-        extra_min = (2.0 + utts * int(config["ivector"]["ivector_dim"]) * 1e-5) / 60
+    elif rule == "ivector_clusters":  # k-means of each extractor's i-vectors, the consensus and its stability
+        n_ext = 1 + int(config["analysis"]["stability_extractors"])
+        extra_min = (2.0 + utts * (n_ext * int(config["ivector"]["ivector_dim"]) + 3 * n_ext * n_ext) * 1e-5) / 60
     elif rule == "frame_kmeans":
         dim = model.dim if model else 768
         frames = min(int(config["analysis"]["max_frames"]), hours * 3600 * (model.frames_per_second if model else 50))

@@ -133,11 +133,28 @@ def test_cluster_stability_over_kmeans_and_extractor_seeds(two_runs):
     a, _ = two_runs
     st = json.loads((a / "corpora/demo/ivectors/cluster_stability.json").read_text())
     assert st["kmeans_seeds"]["seeds"] == [1, 2, 3, 4, 5] and len(st["kmeans_seeds"]["ari"]) == 5
-    assert st["extractor_seeds"]["seeds"] == [1, 2] and len(st["extractor_seeds"]["ari"]) == 2
+    assert st["extractor_seeds"]["seeds"] == [1, 2, 3] and len(st["extractor_seeds"]["ari"]) == 3
     aris = st["kmeans_seeds"]["ari"] + st["extractor_seeds"]["ari"]
     assert st["min_ari"] == min(aris) and st["stable"] == (min(aris) >= st["warn_below"])
     with np.load(a / "corpora/demo/ivectors/extractor_seeds.npz") as z:
-        assert z["ivectors"].shape[:2] == (2, len(z["utt_id"])) and z["seeds"].tolist() == [1, 2]
+        assert z["ivectors"].shape[:2] == (3, len(z["utt_id"])) and z["seeds"].tolist() == [1, 2, 3]
+    # the partition the sets rest on (auto: the consensus of the 4 extractors when one disagrees), every
+    # partition beside it, and what each would change in the speaker neurons
+    parts = pd.read_csv(a / "corpora/demo/ivectors/partitions.tsv", sep="\t", dtype={"utt_id": str})
+    names = [f"extractor_seed_{s}" for s in range(4)] + ["consensus"]
+    assert list(parts.columns) == ["utt_id", *names] and st["partitions"] == names
+    assert st["rests_on"] == ("extractor_seed_0" if st["stable"] else "consensus")
+    assert st["consensus"]["partitions"] == 4 and "halves" in st["consensus"]
+    used = pd.read_csv(a / "corpora/demo/ivectors/clusters.tsv", sep="\t", dtype={"utt_id": str})
+    assert used["utt_id"].tolist() == parts["utt_id"].tolist()
+    assert used["cluster"].tolist() == parts[st["rests_on"]].tolist()
+    overlap = pd.read_csv(a / "models/demo/analysis/ssl_k3/ivector_partitions.tsv", sep="\t",
+                          dtype={"layer": str})
+    total = overlap[overlap["layer"] == "total"].set_index("partition")
+    assert sorted(total.index) == sorted(names) and total.loc[st["rests_on"], "jaccard"] == 1.0
+    speaker = json.loads((a / "models/demo/analysis/ssl_k3/neurons/ivector_cluster.json").read_text())
+    assert total.loc[st["rests_on"], "rests_on"] == sum(len(v) for v in speaker["layers"].values())
+    assert f"the neuron sets rest on the **{st['rests_on']}** partition" in (a / "summary.md").read_text()
 
 
 def test_every_rule_logged_and_benchmarked(two_runs):
@@ -168,12 +185,24 @@ def test_counts_file_has_the_documented_format(two_runs):
         d = a / "models" / model / "analysis" / "ssl_k3"
         meta = json.loads((d / "activation_counts.json").read_text())
         with np.load(d / "activation_counts.npz") as z:
-            assert sorted(z.files) == ["classes", "counts_l1", "counts_l2", "frames"]
+            assert sorted(z.files) == ["cell_counts_l1", "cell_counts_l2", "cell_frames", "cells", "classes",
+                                       "counts_l1", "counts_l2", "frames"]
             assert z["classes"].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
             assert z["counts_l1"].shape == (6, width) and z["counts_l1"].dtype == np.int64
             # every frame activates exactly K neurons per layer
             assert (z["counts_l1"].sum(1) == meta["K"][0] * z["frames"]).all()
             assert (z["counts_l2"].sum(1) == meta["K"][1] * z["frames"]).all()
+            # the cells of utterances that all partitions put together hold the same frames, and the counts
+            # of the partition the sets rest on (column 0) are their sums
+            cells = z["cells"]
+            assert cells.shape == (meta["cells"], 1 + len(meta["partitions"])) and len(cells) >= 2
+            assert z["cell_frames"].sum() == z["frames"].sum()
+            assert z["cell_counts_l1"].shape == (3 * len(cells), width)
+            g = np.repeat(cells[:, 0], 3) * 3 + np.tile(np.arange(3), len(cells))
+            pooled = np.zeros_like(z["counts_l1"])
+            np.add.at(pooled, g, z["cell_counts_l1"])
+            assert np.array_equal(pooled, z["counts_l1"])
+        assert meta["partitions"] == [f"extractor_seed_{s}" for s in range(4)] + ["consensus"]
         assert meta["widths"] == [width, width] and meta["top_fraction"] == 0.01
         assert set(meta["inputs"]) and meta["upstream"]["kind"] == kind
 
