@@ -287,7 +287,8 @@ def test_jobs_past_their_time_limit_are_rerun_with_more_time_and_resume(time_lim
         for n, (job, _) in enumerate(attempts, start=1):
             want = "COMPLETED" if n == len(attempts) else "TIMEOUT"
             assert state[job] == f"{want} {n}:00", (rule, n, state)
-        text = (slurm / "logs" / log).read_text()
+        # a job stopped at its limit may have cut a progress bar's multi-byte character in half
+        text = (slurm / "logs" / log).read_text(errors="replace")
         for (before, before_log), (after, _) in zip(attempts, attempts[1:]):
             # an attempt saved the step it was at on SIGTERM; the next resumed there, in its own job
             job_out = before_log.read_text(errors="replace")
