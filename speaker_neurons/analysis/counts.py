@@ -17,7 +17,10 @@ File format (``activation_counts.npz`` + ``activation_counts.json`` beside it):
 - ``frames``: int64 ``(classes,)``,
 - ``classes``: int64 ``(classes, 2)``: row i = (i-vector cluster, SSL cluster) of class i,
 - the JSON holds ``top_fraction``, ``K`` (list, per layer), ``widths`` (list, per layer),
-  ``num_layers``, ``num_classes`` and any metadata the caller gives (e.g. ``k_ivector``, ``k_ssl``).
+  ``num_layers``, ``num_classes`` and any metadata the caller gives (e.g. ``k_ivector``, ``k_ssl``),
+- with other i-vector partitions counted in the same pass (``ActivationCounter.save(cells=...)``):
+  ``cells`` int64 ``(cells, 1 + P)``, ``cell_counts_l<l>`` ``(cells * k_ssl, width_l)``, ``cell_frames``, and
+  ``partitions`` (their names) and ``cells`` (their number) in the JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from speaker_neurons.analysis.counts_data import CountsData, counts_json_path, load_counts, top_k_for
+from speaker_neurons.analysis.counts_data import CountsData, counts_json_path, load_counts, pool_cells, top_k_for
 from speaker_neurons.utils import save_npz, write_json
 
 __all__ = [
@@ -162,29 +165,6 @@ def classes_table(k_ivector: int, k_ssl: int) -> np.ndarray:
     """``(k_ivector * k_ssl, 2)`` int64; row ``g * k_ssl + c`` is ``(g, c)`` (see :func:`class_index`)."""
     g, c = np.meshgrid(np.arange(int(k_ivector)), np.arange(int(k_ssl)), indexing="ij")
     return np.stack([g.reshape(-1), c.reshape(-1)], axis=1).astype(np.int64)
-
-
-def pool_cells(counts: Sequence[np.ndarray], frames: np.ndarray, cells: np.ndarray, column: int, k_ssl: int,
-               classes: np.ndarray) -> dict[str, np.ndarray]:
-    """Counts of (cell, SSL cluster) classes (row ``cell * k_ssl + c``) summed into the (i-vector cluster,
-    SSL cluster) classes of one partition, ``cells[:, column]`` giving each cell's cluster: ``counts_l<l>`` and
-    ``frames`` with one row per row of `classes` (``(k_ivector * k_ssl, 2)``, row ``g * k_ssl + c``; a class
-    without frames is a row of zeros)."""
-    g = np.repeat(np.asarray(cells, dtype=np.int64)[:, column], k_ssl)
-    c = np.tile(np.arange(k_ssl, dtype=np.int64), len(cells))
-    rows = g * k_ssl + c
-    n = len(classes)
-    if rows.size and (rows.min() < 0 or rows.max() >= n):
-        raise ValueError(f"cells name i-vector clusters outside the {n // k_ssl} of the classes table")
-    out = {}
-    for l, cnt in enumerate(counts, start=1):
-        pooled = np.zeros((n, cnt.shape[1]), dtype=np.int64)
-        np.add.at(pooled, rows, np.asarray(cnt, dtype=np.int64))
-        out[f"counts_l{l}"] = pooled
-    pf = np.zeros(n, dtype=np.int64)
-    np.add.at(pf, rows, np.asarray(frames, dtype=np.int64))
-    out["frames"] = pf
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -30,6 +31,29 @@ def top_k_for(width: int, top_fraction: float) -> int:
 def counts_json_path(npz_path: str | os.PathLike) -> Path:
     """The JSON written beside ``activation_counts.npz`` (same name, ``.json``)."""
     return Path(npz_path).with_suffix(".json")
+
+
+def pool_cells(counts: Sequence[np.ndarray], frames: np.ndarray, cells: np.ndarray, column: int, k_ssl: int,
+               classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Counts of (cell, SSL cluster) classes (row ``cell * k_ssl + c``) summed into the (i-vector cluster,
+    SSL cluster) classes of one partition, ``cells[:, column]`` giving each cell's cluster: ``counts_l<l>`` and
+    ``frames`` with one row per row of `classes` (``(k_ivector * k_ssl, 2)``, row ``g * k_ssl + c``; a class
+    without frames is a row of zeros)."""
+    g = np.repeat(np.asarray(cells, dtype=np.int64)[:, column], k_ssl)
+    c = np.tile(np.arange(k_ssl, dtype=np.int64), len(cells))
+    rows = g * k_ssl + c
+    n = len(classes)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"cells name i-vector clusters outside the {n // k_ssl} of the classes table")
+    out = {}
+    for l, cnt in enumerate(counts, start=1):
+        pooled = np.zeros((n, cnt.shape[1]), dtype=np.int64)
+        np.add.at(pooled, rows, np.asarray(cnt, dtype=np.int64))
+        out[f"counts_l{l}"] = pooled
+    pf = np.zeros(n, dtype=np.int64)
+    np.add.at(pf, rows, np.asarray(frames, dtype=np.int64))
+    out["frames"] = pf
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -75,8 +99,6 @@ class CountsData:
     def for_partition(self, name: str) -> "CountsData":
         """The counts of the (i-vector cluster, SSL cluster) classes of partition `name` (one of
         `partitions`), pooled from the cells; the same classes table and metadata."""
-        from speaker_neurons.analysis.counts import pool_cells
-
         if name not in self.partitions:
             raise KeyError(f"no counts of partition {name!r}; the file holds {self.partitions or 'none'}")
         k_ssl = len(self.cell_frames) // len(self.cells)
