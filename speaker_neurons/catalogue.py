@@ -609,24 +609,6 @@ def check_leaks(cat: Catalogue, config: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
-def check_distinct_ids(manifests: Mapping[str, Any], limit: int = 5) -> None:
-    """Raise ValueError when two corpora of a run share an utterance id: tables keyed by utterance id
-    (i-vector clusters, segments, per-utterance results) could not tell their utterances apart.
-    `manifests`: {corpus name: manifest DataFrame (or anything with an `utt_id` column)}; the error
-    names both corpora, how many ids they share and up to `limit` of them."""
-    names = list(manifests)
-    ids = {n: set(map(str, manifests[n]["utt_id"])) for n in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            shared = sorted(ids[a] & ids[b])
-            if shared:
-                raise ValueError(
-                    f"corpora {a!r} and {b!r} share {len(shared)} utterance id(s), e.g. {', '.join(shared[:limit])}; "
-                    "a table keyed by utterance id cannot tell their utterances apart (their i-vector clusters would "
-                    "be looked up for the wrong audio). Give the corpora distinct ids (a tsv corpus: its utt_id "
-                    "column; two demo corpora: different names).")
-
-
 # ------------------------------------------------------------------------------------ the whole check
 RETIRED_UPSTREAM_KEYS = ("kind", "path", "format")  # upstream's keys from before `models`
 

@@ -169,7 +169,8 @@ def frame_kmeans(ctx: StageContext) -> dict:
 
 @stage
 def activation_stats(ctx: StageContext) -> dict:
-    from speaker_neurons.analysis.clusters import load_labels, read_partitions, read_utterance_clusters
+    from speaker_neurons.analysis.clusters import read_partitions, read_utterance_clusters
+    from speaker_neurons.analysis.frame_labels import load_labels
     from speaker_neurons.analysis.stats import activation_statistics
     from speaker_neurons.data.manifest import read_manifest
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from speaker_neurons.analysis.clusters import align_labels, cluster_utterances, sample_frames
+from speaker_neurons.analysis.clusters import cluster_utterances, sample_frames
+from speaker_neurons.analysis.frame_labels import align_labels
 from speaker_neurons.analysis.report import gender_purity, phone_composition
 from speaker_neurons.config import complete
 

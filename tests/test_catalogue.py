@@ -128,7 +128,7 @@ def test_every_synthesized_corpus_but_the_first_prefixes_its_ids_with_its_name()
 def test_corpora_sharing_utterance_ids_are_named_with_examples():
     import pandas as pd
 
-    from speaker_neurons.catalogue import check_distinct_ids
+    from speaker_neurons.data.manifest import check_distinct_ids
 
     a = pd.DataFrame({"utt_id": ["f01_us1-0000", "f01_us1-0001", "x"]})
     b = pd.DataFrame({"utt_id": ["f01_us1-0001", "f01_us1-0000", "y"]})

@@ -221,7 +221,7 @@ def test_neuron_sets_recompute_from_the_counts(two_runs):
 
 
 def test_labels_join_model_frames_and_hubert_export(two_runs):
-    from speaker_neurons.analysis.clusters import load_labels
+    from speaker_neurons.analysis.frame_labels import load_labels
     from speaker_neurons.data.manifest import read_manifest
 
     a, _ = two_runs

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from speaker_neurons.utils import get_logger, save_npz, write_json
+from speaker_neurons.analysis.frame_labels import save_labels
+from speaker_neurons.utils import get_logger, write_json
 
 log = get_logger("clusters")
 
@@ -64,15 +65,6 @@ def assign_frames(feature_dir: str | Path, centroids: np.ndarray) -> dict[str, n
             labels[u] = lab[off : off + int(n)]
             off += int(n)
     return labels
-
-
-def save_labels(labels: dict[str, np.ndarray], path: str | Path) -> None:
-    save_npz(path, {u: labels[u] for u in sorted(labels)})
-
-
-def load_labels(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
 
 
 def export_hubert(labels: dict[str, np.ndarray], manifest: pd.DataFrame, tsv_path: str | Path, km_path: str | Path) -> None:
@@ -387,25 +379,6 @@ def read_utterance_clusters(path: str | Path) -> dict[str, int]:
     return dict(zip(df["utt_id"], df["cluster"].astype(int)))
 
 
-def align_labels(labels: np.ndarray, n_frames: int, utt_id: str, max_mismatch: int) -> tuple[np.ndarray, bool]:
-    """Join frame labels to `n_frames` model frames of one utterance by frame index.
-
-    Lengths that differ by at most `max_mismatch` (different front ends) are truncated to the
-    shorter; the flag says it happened (frames past the shorter side get no label: -1). A larger
-    difference is an error naming the utterance.
-    """
-    diff = len(labels) - n_frames
-    if abs(diff) > max_mismatch:
-        raise ValueError(
-            f"utterance {utt_id}: {len(labels)} frame labels for {n_frames} model frames "
-            f"(difference {diff:+d} exceeds {max_mismatch}); labels and model frames must come from the same frame rate"
-        )
-    out = np.full(n_frames, -1, dtype=np.int64)
-    m = min(len(labels), n_frames)
-    out[:m] = labels[:m]
-    return out, diff != 0
-
-
 def run_ivector_clusters(scp: str | Path, manifest_path: str | Path, other_seeds_npz: str | Path | None,
                          params: dict, out_clusters: str | Path, out_partitions: str | Path, out_purity_tsv: str | Path,
                          out_purity_png: str | Path, out_stability: str | Path, out_centres: str | Path) -> dict:
@@ -476,9 +449,8 @@ def run_assign_ivector_clusters(manifest_path: str | Path, corpus: str, analysis
     """The i-vector cluster of every utterance of corpus `corpus` (an evaluation corpus), assigned from its
     own audio with the analysis corpus' extractor and centres (`assign_ivector_clusters`), as a clusters
     table (`write_utterance_clusters`). Stops first when the two corpora share an utterance id
-    (`speaker_neurons.catalogue.check_distinct_ids`): tables of both corpora are keyed by utterance id."""
-    from speaker_neurons.catalogue import check_distinct_ids
-    from speaker_neurons.data.manifest import read_manifest
+    (`speaker_neurons.data.manifest.check_distinct_ids`): tables of both corpora are keyed by utterance id."""
+    from speaker_neurons.data.manifest import check_distinct_ids, read_manifest
 
     manifest = read_manifest(manifest_path)
     check_distinct_ids({analysis_corpus: read_manifest(analysis_manifest_path), corpus: manifest})

@@ -129,7 +129,7 @@ def evidence_report(feature_dir: str | os.PathLike, labels_npz: str | os.PathLik
     (where the corpus has one: the demo's), at the frame period of the features; the summary as JSON."""
     import json
 
-    from speaker_neurons.analysis.clusters import load_labels
+    from speaker_neurons.analysis.frame_labels import load_labels
     from speaker_neurons.utils import write_json
 
     frame_period = json.loads((Path(feature_dir) / "features.json").read_text())["frame_period"]

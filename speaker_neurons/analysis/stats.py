@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from speaker_neurons.analysis.clusters import align_labels
+from speaker_neurons.analysis.frame_labels import align_labels
 from speaker_neurons.analysis.counts import ActivationCounter, classes_table
 from speaker_neurons.batching import audio_batches
 from speaker_neurons.utils import get_logger

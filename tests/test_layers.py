@@ -1,0 +1,127 @@
+"""The package's import structure (docs/DESIGN.md, "Layers of code"): no import cycle, and no module imports
+from a layer above its own. Imports inside functions count: they are dependencies all the same."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "speaker_neurons"
+
+#: Bottom to top; a module may import from its own layer and the layers below. A module is placed by the
+#: longest prefix listed here. (The same table is in docs/DESIGN.md.)
+LAYERS: list[tuple[str, list[str]]] = [
+    ("base", ["speaker_neurons", "speaker_neurons.utils", "speaker_neurons.config", "speaker_neurons.audio",
+              "speaker_neurons.rowfile", "speaker_neurons.statistics", "speaker_neurons.costs",
+              "speaker_neurons.batching", "speaker_neurons.kmeans"]),
+    ("data and models", ["speaker_neurons.data", "speaker_neurons.models"]),
+    ("analysis", ["speaker_neurons.analysis", "speaker_neurons.evaluation", "speaker_neurons.paired",
+                  "speaker_neurons.pruning", "speaker_neurons.pretrain"]),
+    ("evaluation stages", ["speaker_neurons.sid", "speaker_neurons.pr_data", "speaker_neurons.pr",
+                           "speaker_neurons.erase", "speaker_neurons.plant", "speaker_neurons.summary"]),
+    ("workflow", ["speaker_neurons.catalogue", "speaker_neurons.plan", "speaker_neurons.runner",
+                  "speaker_neurons.stages", "speaker_neurons.__main__"]),
+]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the package's modules it imports}. `from pkg import name` depends on pkg.name where that is a
+    module (Python runs pkg/__init__ first, but that is pkg's own business), else on pkg."""
+    mods = modules()
+    graph = {}
+    for name, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".")[: len(name.split(".")) - node.level + int(is_pkg)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for a in node.names:
+                    sub = f"{target}.{a.name}"
+                    if sub in mods:
+                        deps.add(sub)
+                    elif target in mods:
+                        deps.add(target)
+        graph[name] = deps - {name}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    best = (-1, -1)
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best[1]:
+                best = (i, len(p))
+    assert best[0] >= 0, f"{module} is in no layer: add it to LAYERS here and in docs/DESIGN.md"
+    return best[0]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    wrong = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+             for m, deps in import_graph().items() for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_checks_catch_a_cycle_and_an_upward_import():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert layer_of("speaker_neurons.analysis.clusters") < layer_of("speaker_neurons.catalogue")
+    assert layer_of("speaker_neurons.pr_data") == layer_of("speaker_neurons.pr")  # the longest prefix decides
+
+
+def test_the_layer_table_is_the_one_in_design_md():
+    lines = (ROOT / "docs" / "DESIGN.md").read_text().splitlines()
+    for i, (name, prefixes) in enumerate(LAYERS, start=1):
+        line = next((l for l in lines if l.startswith(f"{i}. **{name}**")), None)
+        assert line is not None, f"docs/DESIGN.md lists no layer {i}. **{name}**"
+        for p in prefixes:
+            short = p if p == "speaker_neurons" else p.removeprefix("speaker_neurons.")
+            assert f"`{short}`" in line, f"docs/DESIGN.md: layer {name} does not name `{short}`"
