@@ -32,7 +32,6 @@ from speaker_neurons.config import PlaceholderError, expand_paths
 EVAL_SEED_OFFSET = 1000
 # what each source can give a stage: speakers (SID), splits (SID; a seeded split makes them where the
 # corpus has none), transcripts (PR)
-TRANSCRIBED_SOURCES = ("demo", "librispeech", "tsv")
 
 
 class ConfigError(ValueError):
@@ -58,8 +57,15 @@ class Corpus:
     eval_overrides: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
+    def recipe(self):
+        """The corpus layout's recipe (speaker_neurons.data.recipes): what the layout has and needs."""
+        from speaker_neurons.data.recipes import recipe
+
+        return recipe(self.source)
+
+    @property
     def synthesized(self) -> bool:
-        return self.source == "demo"
+        return self.recipe.synthesized
 
     @property
     def has_clean(self) -> bool:
@@ -68,23 +74,15 @@ class Corpus:
 
     @property
     def has_transcripts(self) -> bool:
-        if self.source == "tsv":
-            return "text" in _tsv_columns(self.settings["path"])
-        return self.source in TRANSCRIBED_SOURCES
+        return self.recipe.has_transcripts(self.settings)
+
+    @property
+    def has_own_splits(self) -> bool:
+        return self.recipe.has_own_splits(self.settings)
 
     def builder_kwargs(self, corpus_dir: str | None = None) -> dict[str, Any]:
-        """Keyword arguments of speaker_neurons.data.manifest.build_manifest."""
-        if self.synthesized:
-            return {"source": "demo", "corpus_dir": corpus_dir}
-        return {"source": self.source, **copy.deepcopy(self.settings)}
-
-
-def _tsv_columns(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [c.strip() for c in f.readline().rstrip("\n").split("\t")]
-    except OSError:
-        return []
+        """Keyword arguments of speaker_neurons.data.recipes.build_manifest."""
+        return {"source": self.source, **self.recipe.builder_kwargs(self.settings, corpus_dir)}
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,27 +96,17 @@ def _corpus(entry: Mapping[str, Any], key: str) -> Corpus:
     from speaker_neurons.config import defaults
 
     full = _merge(defaults("corpus"), entry)  # entries of `corpora` get the defaults of `corpus`
+    from speaker_neurons.data.recipes import RecipeError, recipe
+
     source = full["source"]
     name = full["name"] or source
     settings = full[source]
-    if source == "librispeech":
-        dirs = settings["split_dirs"]
-        if not settings["split_dir"] and not any(dirs.values()):
-            raise ConfigError(f"{key}.librispeech.split_dir",
-                              f"corpus {name!r} is LibriSpeech but names no folder: set split_dir (one subset, e.g. "
-                              ".../LibriSpeech/dev-clean) or split_dirs {{train, dev, test}} (e.g. train-clean-100, "
-                              "dev-clean, test-clean).")
-        if settings["split_dir"] and any(dirs.values()):
-            raise ConfigError(f"{key}.librispeech", f"corpus {name!r} sets both split_dir and split_dirs; set one.")
-    elif source != "demo":
-        required = {"voxceleb1": ("root", "iden_split", "meta_csv"), "tsv": ("path",)}[source]
-        for k in required:
-            if not settings[k]:
-                raise ConfigError(f"{key}.{source}.{k}",
-                                  f"corpus {name!r} has source {source!r} but {key}.{source}.{k} is empty: set it in "
-                                  "your config (or with --config).")
+    try:
+        recipe(source).check(settings, name)
+    except RecipeError as e:
+        raise ConfigError(f"{key}.{e.key}", str(e)) from None
     overrides = {}
-    if source == "demo":
+    if recipe(source).synthesized:
         settings = dict(settings)
         overrides = {k: v for k, v in (settings.pop("eval_corpus", None) or {}).items() if v is not None}
     return Corpus(name=name, source=source, settings=settings, split=full["split"], eval_overrides=overrides)
@@ -129,7 +117,7 @@ def _eval_corpus(analysis: Corpus) -> Corpus:
     demo["seed"] = int(demo["seed"]) + EVAL_SEED_OFFSET
     name = f"{analysis.name}_eval"
     demo["id_prefix"] = id_prefix(name)
-    return Corpus(name=name, source="demo", settings=demo, split=analysis.split, derived_from=analysis.name)
+    return Corpus(name=name, source=analysis.source, settings=demo, split=analysis.split, derived_from=analysis.name)
 
 
 def id_prefix(name: str) -> str:
@@ -389,15 +377,9 @@ def _entry_index(config: Mapping[str, Any], name: str) -> int:
 
 def _check_paths(c: Corpus, key: str) -> None:
     """Before any job: every folder and file a used corpus names exists."""
-    if c.source == "demo" or c.derived_from:
+    if c.synthesized or c.derived_from:
         return
-    s = c.settings
-    if c.source == "librispeech":
-        named = ([("split_dir", s["split_dir"])] + [(f"split_dirs.{k}", v) for k, v in s["split_dirs"].items()]
-                 + [("speakers_txt", s["speakers_txt"])])
-    else:
-        named = [(k, s[k]) for k in {"voxceleb1": ("root", "iden_split", "meta_csv"), "tsv": ("path",)}[c.source]]
-    for k, v in named:
+    for k, v in c.recipe.named_paths(c.settings):
         if v and not Path(v).exists():
             raise ConfigError(f"{key}.{c.source}.{k}", f"corpus {c.name!r}: {v} does not exist; fix the path "
                                                        "(every path of a corpus is checked before any job).")
@@ -448,11 +430,11 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
     if config["sid"]["enabled"]:
         c = cat.corpus("sid")
         fractions = c.split["fractions"]
-        if c.source == "tsv" and "speaker" not in _tsv_columns(c.settings["path"]):
-            raise ConfigError("stages.sid", f"SID needs speakers, but corpus {c.name!r} ({c.settings['path']}) has "
-                                            "no `speaker` column; add one, choose another corpus for stages.sid, or "
-                                            "set sid.enabled: false.")
-        if c.source in ("librispeech", "tsv") and fractions is None and not _has_own_splits(c):
+        if not c.recipe.has_speakers(c.settings):
+            raise ConfigError("stages.sid", f"SID needs speakers, but corpus {c.name!r} (source {c.source}) names none "
+                                            "(a TSV: no `speaker` column); add them, choose another corpus for "
+                                            "stages.sid, or set sid.enabled: false.")
+        if fractions is None and not c.has_own_splits:
             raise ConfigError(f"corpus {c.name!r} split.fractions",
                               f"SID needs a train/dev/test split, but corpus {c.name!r} has none and its "
                               "split.fractions is null; set fractions (e.g. [0.8, 0.1, 0.1]) for a seeded "
@@ -472,65 +454,17 @@ def check_stage_needs(cat: Catalogue, config: Mapping[str, Any]) -> None:
             raise ConfigError("stages.pr", f"phoneme recognition needs transcripts, but corpus {c.name!r} (source "
                                            f"{c.source}) has none; choose a transcribed corpus for stages.pr (demo, "
                                            "LibriSpeech, or a TSV with a `text` column), or set pr.enabled: false.")
-        if c.source in ("librispeech", "tsv") and c.split["fractions"] is None and not _has_own_splits(c):
+        if c.split["fractions"] is None and not c.has_own_splits:
             raise ConfigError(f"corpus {c.name!r} split.fractions",
                               f"phoneme recognition needs a train/dev/test split, but corpus {c.name!r} has none and "
                               "its split.fractions is null; set fractions or (LibriSpeech) split_dirs.")
-
-
-def _has_own_splits(c: Corpus) -> bool:
-    if c.source == "librispeech":
-        return any(c.settings["split_dirs"].values())
-    if c.source == "tsv":
-        return "split" in _tsv_columns(c.settings["path"])
-    return True
 
 
 # ------------------------------------------------------------------------------------------- leaks
 def _audio_files(c: Corpus, test_only: bool) -> list[Path]:
     """The audio files of a corpus that exist before any job (none for a synthesized corpus); with
     `test_only`, the files that can be test utterances (all of them where the split is made later)."""
-    s = c.settings
-    if c.source == "librispeech":
-        dirs = {k: v for k, v in s["split_dirs"].items() if v}
-        if dirs:
-            chosen = [dirs["test"]] if test_only and "test" in dirs else list(dirs.values())
-        else:
-            chosen = [s["split_dir"]]
-        return sorted(p for d in chosen for p in Path(d).glob("*/*/*.flac"))
-    if c.source == "voxceleb1":
-        root = Path(s["root"])
-        wav_dirs = [d for d in (root / "wav", root / "dev" / "wav", root / "test" / "wav") if d.is_dir()]
-        if not test_only:
-            return sorted(p for d in wav_dirs for p in d.glob("*/*/*.wav"))
-        out = []
-        try:
-            lines = Path(s["iden_split"]).read_text(encoding="utf-8").split("\n")
-        except OSError:
-            return []
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "3":
-                out += [d / parts[1] for d in wav_dirs if (d / parts[1]).is_file()]
-        return sorted(out)
-    if c.source == "tsv":
-        import csv
-
-        tsv = Path(s["path"])
-        try:
-            with open(tsv, encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t"))
-        except OSError:
-            return []
-        out = []
-        for r in rows:
-            if test_only and r.get("split", "").strip() not in ("test", ""):
-                continue
-            p = Path((r.get("path") or "").strip()).expanduser()
-            out.append(p if p.is_absolute() else tsv.parent / p)
-        return out
-    return []
-
+    return c.recipe.audio_files(c.settings, test_only)
 
 def find_leaks(analysis: Corpus, evaluation: Corpus, limit: int = 5) -> list[str]:
     """Test utterances of `evaluation` that are utterances of `analysis`: the same file (resolved path)
@@ -693,16 +627,7 @@ _LISTING_DEPTH = 2  # folders below a corpus root whose state keys the cached ch
 
 def _corpus_paths(c: Corpus) -> tuple[list[str], list[str]]:
     """(folders, single files) of a corpus as its settings name them."""
-    s = c.settings
-    if c.source == "librispeech":
-        dirs = [v for v in (s.get("split_dirs") or {}).values() if v] or [s.get("split_dir")]
-        return [d for d in dirs if d], [str(Path(d).parent / "SPEAKERS.TXT") for d in dirs if d]
-    if c.source == "voxceleb1":
-        return [s["root"]], [s["iden_split"], s["meta_csv"]]
-    if c.source == "tsv":
-        return [], [s["path"]]
-    return [], []
-
+    return c.recipe.listing(c.settings)
 
 def listing_signature(corpora: Sequence[Corpus]) -> str:
     """A digest of the state of the corpora's folders: every folder down to `_LISTING_DEPTH` levels below

@@ -160,11 +160,7 @@ def corpus_size(cat, name: str, manifest: str | os.PathLike | None,
         n = int(s["n_speakers"]) * int(s["utterances_per_speaker"])
         split = [float(x) for x in s["split"]]
         return CorpusSize(n * DEMO_SECONDS_PER_UTTERANCE / 3600, n, split[2] / max(1e-9, sum(split)))
-    folders = [v for k, v in s.items() if k in ("root", "split_dir") and isinstance(v, str) and v]
-    folders += [v for v in (s.get("split_dirs") or {}).values() if v]
-    if c.source == "tsv" and s.get("path"):
-        folders.append(os.path.dirname(s["path"]))
-    hours, n = _files_estimate(tuple(sorted(folders)))
+    hours, n = _files_estimate(tuple(sorted(c.recipe.size_folders(s))))
     return CorpusSize(hours, n)
 
 

@@ -43,8 +43,6 @@ from speaker_neurons.utils import get_logger, write_json
 
 log = get_logger("sid")
 
-#: sid.crop_seconds: auto = crops of this length on the demo corpus, whole utterances on any other.
-DEMO_CROP_SECONDS = 0.5
 #: Rows of the pooled store read at once when scoring (about 64 MB of float32 per chunk, whatever the corpus).
 _CHUNK_BYTES = 1 << 26
 
@@ -80,11 +78,13 @@ def rates_of(result_json: str | os.PathLike, names: Sequence[str]) -> dict[str, 
 
 # ------------------------------------------------------------------------------------------- segments
 def crop_of(crop_seconds: float | str | None, corpus_source: str) -> float | None:
-    """sid.crop_seconds resolved for a corpus of source `corpus_source`: auto = DEMO_CROP_SECONDS on the
-    synthesized demo (its few short utterances would put whole-utterance SID at the ceiling), None
-    (whole utterances, as SUPERB scores) on every other corpus; a number or None as given."""
+    """sid.crop_seconds resolved for a corpus of source `corpus_source`: auto = its recipe's `sid_crop_seconds`
+    (0.5 s on the synthesized demo, whose few short utterances would put whole-utterance SID at the
+    ceiling; None, whole utterances as SUPERB scores, on every other corpus); a number or None as given."""
     if crop_seconds == "auto":
-        return DEMO_CROP_SECONDS if corpus_source == "demo" else None
+        from speaker_neurons.data.recipes import recipe
+
+        return recipe(corpus_source).sid_crop_seconds
     if isinstance(crop_seconds, str):
         raise ValueError(f"sid.crop_seconds must be a number of seconds, null or auto, not {crop_seconds!r}")
     return None if crop_seconds is None else float(crop_seconds)

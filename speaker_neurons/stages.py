@@ -27,7 +27,7 @@ def synthesize_demo_corpus(ctx: StageContext) -> dict:
 
 @stage
 def build_manifest(ctx: StageContext) -> dict:
-    from speaker_neurons.data.manifest import make_manifest
+    from speaker_neurons.data.recipes import make_manifest
 
     return make_manifest(ctx.params["corpus"], ctx.params["split"], *ctx.outs("manifest", "transcripts"))
 

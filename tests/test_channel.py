@@ -163,7 +163,8 @@ def test_denoising_targets_come_from_the_clean_copies(channel_corpora, tmp_path)
     """targets_audio clean: the model reads the channel's audio and predicts the clusters of the clean copy."""
     import torch
 
-    from speaker_neurons.data.manifest import demo_manifest, write_manifest
+    from speaker_neurons.data.manifest import write_manifest
+    from speaker_neurons.data.recipes.demo import demo_manifest
     from speaker_neurons.kmeans import assign
     from speaker_neurons.models.melhubert import MelHuBERT
     from speaker_neurons.pretrain.data import clean_audio_paths, compute_features, normalise_features, \

@@ -14,14 +14,14 @@ PACKAGE = ROOT / "speaker_neurons"
 #: longest prefix listed here. (The same table is in docs/DESIGN.md.)
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["speaker_neurons", "speaker_neurons.utils", "speaker_neurons.config", "speaker_neurons.audio",
-              "speaker_neurons.rowfile", "speaker_neurons.statistics", "speaker_neurons.costs",
-              "speaker_neurons.batching", "speaker_neurons.kmeans"]),
+              "speaker_neurons.rowfile", "speaker_neurons.statistics", "speaker_neurons.batching",
+              "speaker_neurons.kmeans"]),
     ("data and models", ["speaker_neurons.data", "speaker_neurons.models"]),
     ("analysis", ["speaker_neurons.analysis", "speaker_neurons.evaluation", "speaker_neurons.paired",
                   "speaker_neurons.pruning", "speaker_neurons.pretrain"]),
     ("evaluation stages", ["speaker_neurons.sid", "speaker_neurons.pr_data", "speaker_neurons.pr",
                            "speaker_neurons.erase", "speaker_neurons.plant", "speaker_neurons.summary"]),
-    ("workflow", ["speaker_neurons.catalogue", "speaker_neurons.plan", "speaker_neurons.runner",
+    ("workflow", ["speaker_neurons.catalogue", "speaker_neurons.costs", "speaker_neurons.plan", "speaker_neurons.runner",
                   "speaker_neurons.stages", "speaker_neurons.__main__"]),
 ]
 
@@ -125,3 +125,37 @@ def test_the_layer_table_is_the_one_in_design_md():
         for p in prefixes:
             short = p if p == "speaker_neurons" else p.removeprefix("speaker_neurons.")
             assert f"`{short}`" in line, f"docs/DESIGN.md: layer {name} does not name `{short}`"
+
+
+def _source_branches(path: Path, sources: set[str]) -> list[int]:
+    """Lines of `path` that compare something named *source* with a corpus source's name."""
+    def names_source(node) -> bool:
+        return any("source" in (n.attr if isinstance(n, ast.Attribute) else n.id)
+                   for n in ast.walk(node) if isinstance(n, (ast.Name, ast.Attribute)))
+
+    def literals(node) -> set[str]:
+        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(names_source(s) for s in sides) and any(literals(s) & sources for s in sides):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_outside_the_recipes_branches_on_a_corpus_source():
+    from speaker_neurons.config import choices
+
+    sources = set(choices("corpus.source"))
+    recipes = PACKAGE / "data" / "recipes"
+    found = {str(p.relative_to(ROOT)): lines for p in sorted(PACKAGE.rglob("*.py"))
+             if recipes not in p.parents and (lines := _source_branches(p, sources))}
+    assert not found, f"ask the corpus' recipe (speaker_neurons.data.recipes) instead: {found}"
+
+
+def test_the_source_branch_check_sees_one(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text('def f(c):\n    if c.source == "tsv":\n        return 1\n    return c.source in ("demo", "x")\n')
+    assert _source_branches(p, {"demo", "tsv"}) == [2, 4]

@@ -5,17 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from speaker_neurons.data.manifest import (
-    COLUMNS,
-    ManifestError,
-    build_manifest,
-    demo_manifest,
-    librispeech_manifest,
-    read_manifest,
-    tsv_manifest,
-    voxceleb1_manifest,
-    write_manifest,
-)
+from speaker_neurons.data.manifest import COLUMNS, ManifestError, read_manifest, write_manifest
+from speaker_neurons.data.recipes import build_manifest
+from speaker_neurons.data.recipes.demo import demo_manifest
+from speaker_neurons.data.recipes.librispeech import librispeech_manifest
+from speaker_neurons.data.recipes.tsv import tsv_manifest
+from speaker_neurons.data.recipes.voxceleb1 import voxceleb1_manifest
 
 
 def _rows(df):
@@ -455,7 +450,7 @@ def test_assign_splits_per_speaker_seeded():
 def test_tsv_transcripts_are_keyed_like_the_manifest_without_reading_audio(tmp_path, monkeypatch):
     """read_transcripts of a TSV takes the manifest's utt_ids (given or derived) and opens no audio file."""
     from speaker_neurons.data import manifest
-    from speaker_neurons.data.manifest import read_transcripts
+    from speaker_neurons.data.recipes import read_transcripts
 
     def no_audio(path):
         raise AssertionError(f"read the audio header of {path}")

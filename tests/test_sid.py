@@ -246,7 +246,9 @@ def test_a_pooled_file_keeps_its_segments_and_joins_paths_by_utterance(tmp_path)
 
 # ------------------------------------------------------------------------------------------- bounded memory
 def test_crop_auto_is_the_demo_choice_and_whole_utterances_elsewhere():
-    assert sid.crop_of("auto", "demo") == sid.DEMO_CROP_SECONDS == 0.5
+    from speaker_neurons.data.recipes.demo import DEMO_CROP_SECONDS
+
+    assert sid.crop_of("auto", "demo") == DEMO_CROP_SECONDS == 0.5
     assert sid.crop_of("auto", "voxceleb1") is None and sid.crop_of("auto", "tsv") is None
     assert sid.crop_of(1.0, "voxceleb1") == 1.0 and sid.crop_of(None, "demo") is None
     with pytest.raises(ValueError, match="auto"):

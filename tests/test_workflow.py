@@ -269,12 +269,12 @@ def test_the_package_lists_are_the_schema_enums():
     from speaker_neurons import pruning, sid
     from speaker_neurons.analysis.neuron_sets import SET_NAMES
     from speaker_neurons.config import choices
-    from speaker_neurons.data.manifest import BUILDERS
+    from speaker_neurons.data.recipes import RECIPES
 
     assert SET_NAMES == choices("prune.protected_sets[]") and set(choices("erase.sets[]")) <= set(SET_NAMES)
     assert sid.LAYER_SETS == choices("sid.layer_sets[]")
     assert pruning.STRATEGIES == choices("prune.strategies[]")
-    assert set(BUILDERS) == set(choices("corpus.source"))
+    assert set(RECIPES) == set(choices("corpus.source"))
 
 
 @slow

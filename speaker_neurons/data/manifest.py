@@ -1,4 +1,5 @@
-"""The one manifest schema shared by every corpus, its reader/writer, and the corpus builders.
+"""The one manifest schema shared by every corpus, its reader/writer and the helpers of the corpus recipes
+(each corpus layout is a recipe: `speaker_neurons.data.recipes`).
 
 A manifest is a TSV with a header and exactly these columns, in this order::
 
@@ -21,7 +22,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,12 +44,9 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "normalize_gender",
-    "demo_manifest",
-    "librispeech_manifest",
-    "voxceleb1_manifest",
-    "tsv_manifest",
-    "build_manifest",
-    "BUILDERS",
+    "assign_splits",
+    "write_transcripts",
+    "check_distinct_ids",
 ]
 
 
@@ -275,288 +273,6 @@ def _assemble(rows: list[dict], what: str) -> pd.DataFrame:
     return out
 
 
-def demo_manifest(corpus_dir: str | os.PathLike) -> pd.DataFrame:
-    """Manifest of the synthesized demo corpus: `utterances.tsv` (utt_id speaker path split duration
-    text; path relative to the corpus dir) joined with `speakers.tsv` (speaker gender ...).
-
-    A speaker missing from speakers.tsv or an invalid gender/split is a corpus bug: ManifestError.
-    """
-    root = _require_dir(corpus_dir, "demo corpus directory")
-    utt_file = _require_file(root / "utterances.tsv", "demo corpus utterance list")
-    spk_file = _require_file(root / "speakers.tsv", "demo corpus speaker list")
-    spk = _read_tsv(spk_file)
-    for c in ("speaker", "gender"):
-        if c not in spk.columns:
-            raise ManifestError(f"missing column {c!r} (columns: {list(spk.columns)})", spk_file, 1)
-    genders: dict[str, str] = {}
-    for i, (s, g) in enumerate(zip(spk["speaker"], spk["gender"])):
-        ng = normalize_gender(g)
-        if ng is None:
-            raise ManifestError(f"gender {g!r} of speaker {s!r} is not F or M", spk_file, i + 2)
-        if s in genders:
-            raise ManifestError(f"speaker {s!r} listed twice", spk_file, i + 2)
-        genders[s] = ng
-    utt = _read_tsv(utt_file)
-    for c in ("utt_id", "speaker", "path"):
-        if c not in utt.columns:
-            raise ManifestError(f"missing column {c!r} (columns: {list(utt.columns)})", utt_file, 1)
-    if len(utt) == 0:
-        raise ManifestError("lists no utterances", utt_file)
-    has_split = "split" in utt.columns
-    rows = []
-    for i, r in enumerate(utt.itertuples(index=False)):
-        line = i + 2
-        if r.speaker not in genders:
-            raise ManifestError(f"speaker {r.speaker!r} of {r.utt_id!r} is not in {spk_file.name}", utt_file, line)
-        split = r.split.strip() if has_split else ""
-        if split not in SPLITS:
-            raise ManifestError(f"split {split!r} of {r.utt_id!r} not in train, dev, test or empty", utt_file, line)
-        if not r.path:
-            raise ManifestError(f"utterance {r.utt_id!r} has an empty path", utt_file, line)
-        rows.append(
-            dict(utt_id=r.utt_id, path=str(root / r.path), speaker=r.speaker, gender=genders[r.speaker], split=split)
-        )
-    return _assemble(rows, f"demo corpus {root}")
-
-
-def _parse_librispeech_speakers(path: Path) -> dict[str, str]:
-    """SPEAKERS.TXT: `ID | SEX | SUBSET | MINUTES | NAME` lines, `;` comments. NAME may hold `|`."""
-    out: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            s = line.strip()
-            if not s or s.startswith(";"):
-                continue
-            parts = [p.strip() for p in s.split("|", 4)]
-            if len(parts) < 2 or not parts[0]:
-                raise ManifestError(f"expected `ID | SEX | SUBSET | MINUTES | NAME`, got {s!r}", path, n)
-            g = normalize_gender(parts[1])
-            if g is None:
-                raise ManifestError(f"sex {parts[1]!r} of speaker {parts[0]!r} is not F or M", path, n)
-            out[parts[0]] = g
-    if not out:
-        raise ManifestError("holds no speaker lines (`ID | SEX | SUBSET | MINUTES | NAME`)", path)
-    return out
-
-
-_LS_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")
-
-
-def librispeech_manifest(
-    split_dir: str | os.PathLike | None = None, speakers_txt: str | os.PathLike | None = None,
-    split_dirs: dict[str, str] | None = None,
-) -> pd.DataFrame:
-    """Manifest of one LibriSpeech split folder (`<split>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac`),
-    or of one folder per split (`split_dirs`: {train, dev, test} -> folder, e.g. train-clean-100,
-    dev-clean, test-clean as SUPERB PR uses them; each row's `split` is its folder's).
-
-    Genders come from SPEAKERS.TXT (empty/None: `<folder>/../SPEAKERS.TXT`, where the official
-    archives put it); a speaker not listed there gets gender "" and is counted in a warning.
-    With `split_dir`, `split` is left empty (a LibriSpeech folder is one subset, not a train/dev/test split).
-    """
-    dirs = {k: v for k, v in (split_dirs or {}).items() if v}
-    if dirs:
-        if split_dir:
-            raise ValueError("give split_dir or split_dirs, not both")
-        parts = []
-        for split in ("train", "dev", "test"):
-            if split in dirs:
-                part = librispeech_manifest(dirs[split], speakers_txt)
-                part["split"] = split
-                parts.append(part)
-        df = pd.concat(parts, ignore_index=True)
-        check_unique_ids(df, "LibriSpeech split_dirs")
-        return df
-    if not split_dir:
-        raise ValueError("LibriSpeech needs split_dir (one subset folder) or split_dirs (train/dev/test folders)")
-    root = _require_dir(split_dir, "LibriSpeech split directory")
-    if speakers_txt is None or str(speakers_txt).strip() == "":
-        speakers_txt = root.parent / "SPEAKERS.TXT"
-    spk_file = _require_file(speakers_txt, "LibriSpeech SPEAKERS.TXT")
-    genders = _parse_librispeech_speakers(spk_file)
-    files = sorted(root.glob("*/*/*.flac"))
-    if not files:
-        raise ManifestError(
-            "no <speaker>/<chapter>/*.flac files found; pass the split folder itself, e.g. .../LibriSpeech/dev-clean",
-            root,
-        )
-    rows = []
-    unknown: dict[str, int] = {}
-    for fp in files:
-        m = _LS_NAME.match(fp.stem)
-        spk, chap = fp.parent.parent.name, fp.parent.name
-        if not m or m.group(1) != spk or m.group(2) != chap:
-            raise ManifestError(
-                f"file name does not follow <speaker>-<chapter>-<utt>.flac inside {spk}/{chap}/", fp
-            )
-        g = genders.get(spk)
-        if g is None:
-            unknown[spk] = unknown.get(spk, 0) + 1
-            g = ""
-        rows.append(dict(utt_id=fp.stem, path=str(fp), speaker=spk, gender=g, split=""))
-    if unknown:
-        log.warning(
-            "%d speaker(s) (%d utterances) not in %s; their gender is left empty: %s",
-            len(unknown), sum(unknown.values()), spk_file, ", ".join(sorted(unknown)[:10]),
-        )
-    return _assemble(rows, f"LibriSpeech {root.name}")
-
-
-_VOX_SPLITS = {"1": "train", "2": "dev", "3": "test"}
-
-
-def voxceleb1_manifest(
-    root: str | os.PathLike, iden_split: str | os.PathLike, meta_csv: str | os.PathLike, skip_missing: bool
-) -> pd.DataFrame:
-    """Manifest of VoxCeleb1, in either layout: `<root>/wav/<id1xxxx>/<youtube-id>/<nnnnn>.wav`, or each
-    released archive unpacked into its own folder, `<root>/dev/wav/...` and `<root>/test/wav/...` (as
-    s3prl keeps them); a path of iden_split.txt is resolved in whichever holds it.
-
-    Rows are the wav files found on disk; `split` comes from iden_split.txt (`1|2|3 <id>/<yt>/<n>.wav`
-    -> train/dev/test, "" for files it does not list); gender from vox1_meta.csv (TAB separated,
-    header `VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`). A file listed in iden_split.txt but
-    on no disk is an error naming the first few (`skip_missing`: left out, with a count in the log).
-    Unlisted files and speakers without metadata are counted in warnings. utt_id is `<id>-<yt>-<n>`.
-    """
-    root_dir = _require_dir(root, "VoxCeleb1 root directory")
-    wav_dirs = [d for d in (root_dir / "wav", root_dir / "dev" / "wav", root_dir / "test" / "wav") if d.is_dir()]
-    if not wav_dirs:
-        raise FileNotFoundError(
-            f"VoxCeleb1 wav folder not found under {root_dir}: root must hold wav/<id>/<yt>/<n>.wav, or dev/wav/... "
-            "and test/wav/... (each released archive unpacked into its own folder)"
-        )
-    split_file = _require_file(iden_split, "VoxCeleb1 iden_split.txt")
-    meta_file = _require_file(meta_csv, "VoxCeleb1 vox1_meta.csv")
-
-    splits: dict[str, str] = {}
-    with open(split_file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            s = line.strip()
-            if not s:
-                continue
-            parts = s.split()
-            if len(parts) != 2 or parts[0] not in _VOX_SPLITS or parts[1].count("/") != 2:
-                raise ManifestError(f"expected `<1|2|3> <id>/<youtube-id>/<n>.wav`, got {s!r}", split_file, n)
-            rel = parts[1]
-            if rel in splits and splits[rel] != _VOX_SPLITS[parts[0]]:
-                raise ManifestError(f"{rel} is listed in two splits", split_file, n)
-            splits[rel] = _VOX_SPLITS[parts[0]]
-
-    meta = _read_tsv(meta_file)
-    meta.columns = [str(c).strip() for c in meta.columns]
-    if "VoxCeleb1 ID" not in meta.columns or "Gender" not in meta.columns:
-        raise ManifestError(
-            f"header {list(meta.columns)} lacks 'VoxCeleb1 ID' / 'Gender' (the file is TAB separated: "
-            "VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set)",
-            meta_file, 1,
-        )
-    genders: dict[str, str] = {}
-    for i, (sid, g) in enumerate(zip(meta["VoxCeleb1 ID"], meta["Gender"])):
-        ng = normalize_gender(g)
-        if ng is None:
-            raise ManifestError(f"gender {g!r} of {sid.strip()!r} is not m or f", meta_file, i + 2)
-        genders[sid.strip()] = ng
-
-    files = sorted(fp for d in wav_dirs for fp in d.glob("*/*/*.wav"))
-    if not files:
-        raise ManifestError("no <id>/<youtube-id>/<n>.wav files found", wav_dirs[0])
-    rows = []
-    unlisted = 0
-    unknown: dict[str, int] = {}
-    seen: dict[str, Path] = {}
-    for fp in files:
-        spk, yt, n = fp.parent.parent.name, fp.parent.name, fp.stem
-        rel = f"{spk}/{yt}/{fp.name}"
-        if rel in seen:
-            raise ManifestError(f"{rel} is in two folders: {seen[rel]} and {fp}", root_dir)
-        seen[rel] = fp
-        split = splits.get(rel)
-        if split is None:
-            unlisted += 1
-            split = ""
-        g = genders.get(spk)
-        if g is None:
-            unknown[spk] = unknown.get(spk, 0) + 1
-            g = ""
-        rows.append(dict(utt_id=f"{spk}-{yt}-{n}", path=str(fp), speaker=spk, gender=g, split=split))
-    absent = sorted(set(splits) - set(seen))
-    if unlisted:
-        log.warning("%d wav file(s) under %s are not in %s; their split is left empty", unlisted,
-                    ", ".join(map(str, wav_dirs)), split_file)
-    if absent and not skip_missing:
-        raise ManifestError(
-            f"{len(absent)} file(s) listed here are in none of {', '.join(map(str, wav_dirs))}: "
-            f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}. Complete the download, or set "
-            "corpus.voxceleb1.skip_missing: true to leave them out", split_file)
-    if absent:
-        log.warning("%d utterance(s) listed in %s are not on disk and are left out (corpus.voxceleb1.skip_missing)",
-                    len(absent), split_file)
-    if unknown:
-        log.warning(
-            "%d speaker(s) (%d utterances) not in %s; their gender is left empty: %s",
-            len(unknown), sum(unknown.values()), meta_file, ", ".join(sorted(unknown)[:10]),
-        )
-    return _assemble(rows, "VoxCeleb1")
-
-
-def _derive_utt_ids(paths: list[Path]) -> list[str]:
-    """File stems when they are unique; otherwise the path below the common folder of all files,
-    without suffix, with separators replaced by '-'. Whitespace becomes '_'."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        ids = stems
-    else:
-        common = Path(os.path.commonpath([str(p.parent) for p in paths]))
-        ids = ["-".join(p.relative_to(common).with_suffix("").parts) for p in paths]
-    return [re.sub(r"\s+", "_", i) for i in ids]
-
-
-def _tsv_rows(tsv: str | os.PathLike) -> tuple[Path, pd.DataFrame, list[Path], list[str]]:
-    """(file, its table, each row's absolute path, each row's utt_id) of a generic TSV, reading no audio."""
-    src = _require_file(tsv, "audio list TSV")
-    df = _read_tsv(src)
-    df.columns = [str(c).strip() for c in df.columns]
-    if "path" not in df.columns:
-        raise ManifestError(f"header {list(df.columns)} has no 'path' column (required)", src, 1)
-    if len(df) == 0:
-        raise ManifestError("lists no audio files", src)
-    paths: list[Path] = []
-    for i, p in enumerate(df["path"]):
-        p = p.strip()
-        if not p:
-            raise ManifestError("empty path", src, i + 2)
-        q = Path(p).expanduser()
-        paths.append(q if q.is_absolute() else (src.parent / q).resolve())
-    ids = [s.strip() for s in df["utt_id"]] if "utt_id" in df.columns else _derive_utt_ids(paths)
-    return src, df, paths, ids
-
-
-def tsv_manifest(tsv: str | os.PathLike) -> pd.DataFrame:
-    """Manifest from a generic TSV with a header: `path` required; `speaker`, `gender`, `utt_id`,
-    `split` optional (other columns ignored). Relative paths are resolved against the TSV's folder;
-    without `utt_id`, ids are derived from the paths (see `_derive_utt_ids`)."""
-    src, df, paths, ids = _tsv_rows(tsv)
-    extra = [c for c in df.columns if c not in ("path", "speaker", "gender", "utt_id", "split", "text")]
-    if extra:
-        log.info("%s: ignoring column(s) %s", src, extra)
-    rows = []
-    for i, p in enumerate(paths):
-        line = i + 2
-        g = df["gender"].iloc[i] if "gender" in df.columns else ""
-        ng = normalize_gender(g)
-        if ng is None:
-            raise ManifestError(f"gender {g!r} not in F, M (or female/male) or empty", src, line)
-        split = df["split"].iloc[i].strip() if "split" in df.columns else ""
-        if split not in SPLITS:
-            raise ManifestError(f"split {split!r} not in train, dev, test or empty", src, line)
-        if not ids[i]:
-            raise ManifestError("empty utt_id", src, line)
-        spk = df["speaker"].iloc[i].strip() if "speaker" in df.columns else ""
-        rows.append(dict(utt_id=ids[i], path=str(p), speaker=spk, gender=ng, split=split))
-    check_unique_ids(pd.DataFrame(rows), src, line_offset=2)
-    return _assemble(rows, f"TSV {src.name}")
-
-
 def assign_splits(df: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd.DataFrame:
     """A seeded per-speaker split by utterance where the corpus gives none: each speaker's utterances
     without a split (ordered by utt_id, then permuted by a generator of `seed` and the speaker) go
@@ -592,89 +308,11 @@ def assign_splits(df: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd
 
 
 # ------------------------------------------------------------------------------------------- transcripts
-def read_transcripts(source: str, **kwargs) -> pd.DataFrame:
-    """The corpus' transcripts as `utt_id`, `text` (no rows for a corpus without any, e.g. VoxCeleb1):
-    the demo's `utterances.tsv` text column, LibriSpeech's `<spk>-<chap>.trans.txt` files
-    (`<utt_id> <TEXT>` lines), a TSV's optional `text` column (keyed like its manifest)."""
-    rows: list[tuple[str, str]] = []
-    if source == "demo":
-        utt = _read_tsv(_require_file(Path(kwargs["corpus_dir"]) / "utterances.tsv", "demo corpus utterance list"))
-        if "text" in utt.columns:
-            rows = list(zip(utt["utt_id"], utt["text"]))
-    elif source == "librispeech":
-        dirs = [v for v in kwargs["split_dirs"].values() if v] or [kwargs["split_dir"]]
-        for d in dirs:
-            for tf in sorted(Path(d).glob("*/*/*.trans.txt")):
-                with open(tf, encoding="utf-8") as f:
-                    for n, line in enumerate(f, 1):
-                        s = line.strip()
-                        if not s:
-                            continue
-                        utt_id, _, text = s.partition(" ")
-                        if not text:
-                            raise ManifestError(f"expected `<utt_id> <TEXT>`, got {s!r}", tf, n)
-                        rows.append((utt_id, text.strip()))
-    elif source == "tsv":
-        _, df, _, ids = _tsv_rows(kwargs.get("path") or kwargs.get("tsv"))
-        if "text" in df.columns:
-            rows = list(zip(ids, df["text"].astype(str).str.strip()))
-    return pd.DataFrame(rows, columns=["utt_id", "text"])
-
-
 def write_transcripts(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     df[["utt_id", "text"]].to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE, escapechar="\\")
     return path
-
-
-BUILDERS: dict[str, Callable[..., pd.DataFrame]] = {
-    "demo": demo_manifest,
-    "librispeech": librispeech_manifest,
-    "voxceleb1": voxceleb1_manifest,
-    "tsv": tsv_manifest,
-}
-
-
-# Config-key aliases accepted by build_manifest (config.yaml's `corpus.tsv.path`).
-_ALIASES: dict[str, dict[str, str]] = {"tsv": {"path": "tsv"}}
-
-
-def build_manifest(source: str, **kwargs) -> pd.DataFrame:
-    """Dispatch to a builder: source in {demo, librispeech, voxceleb1, tsv}, kwargs its arguments
-    (for `tsv`, `path=` is accepted for `tsv=`)."""
-    import inspect
-
-    if source not in BUILDERS:
-        raise ValueError(f"unknown corpus source {source!r}; expected one of {sorted(BUILDERS)}")
-    fn = BUILDERS[source]
-    for alias, name in _ALIASES.get(source, {}).items():
-        if alias in kwargs and name not in kwargs:
-            kwargs[name] = kwargs.pop(alias)
-    sig = inspect.signature(fn).parameters
-    params = list(sig)
-    unexpected = sorted(set(kwargs) - set(params))
-    missing = [p for p in params if p not in kwargs and sig[p].default is inspect.Parameter.empty]
-    if unexpected or missing:
-        raise TypeError(
-            f"corpus source {source!r} takes arguments {params}"
-            + (f"; unexpected {unexpected}" if unexpected else "")
-            + (f"; missing {missing}" if missing else "")
-        )
-    return fn(**kwargs)
-
-
-def make_manifest(corpus: Mapping[str, Any], split: Mapping[str, Any], out_manifest: str | os.PathLike,
-                  out_transcripts: str | os.PathLike) -> dict:
-    """A corpus' manifest (`corpus`: the keyword arguments of `build_manifest`), with a seeded split by
-    utterance where `split.fractions` asks for one, and its transcripts (the manifest's utterances only)."""
-    df = build_manifest(**corpus)
-    if split["fractions"] is not None:
-        df = assign_splits(df, split["fractions"], int(split["seed"]))
-    write_manifest(df, out_manifest)
-    text = read_transcripts(**corpus)
-    write_transcripts(text[text["utt_id"].isin(set(df["utt_id"]))], out_transcripts)
-    return {"utterances": len(df), "splits": df["split"].value_counts().to_dict(), "transcripts": int(len(text))}
 
 
 def check_distinct_ids(manifests: Mapping[str, Any], limit: int = 5) -> None:
