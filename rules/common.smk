@@ -7,12 +7,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from speaker_neurons.analysis.neuron_sets import SET_NAMES as NEURON_SETS
-from speaker_neurons.catalogue import (
-    ConfigError,
-    checked_catalogue,
-    cpu_warning,
-    model_jobs_want_gpu,
-)
+from speaker_neurons.catalogue import ConfigError, checked_catalogue
+from speaker_neurons.costs import cpu_warning, model_jobs_want_gpu
 from speaker_neurons import costs
 from speaker_neurons.summary import MODEL_FILES
 
@@ -239,7 +235,7 @@ def res(stage, key):
 
 
 # A GPU for the rules that run a model: with upstream.device cuda, and with auto when a model stage reads
-# real speech (catalogue.model_jobs_want_gpu); gpu=0 asks for none. Models over real speech on the CPU are
+# real speech (costs.model_jobs_want_gpu); gpu=0 asks for none. Models over real speech on the CPU are
 # said before any job, with the hours that would take.
 GPU = int(model_jobs_want_gpu(CAT, config["upstream"]["device"]))
 GPU_MODEL = config["upstream"]["gpu_model"] if GPU else ""

@@ -168,3 +168,11 @@ def expand_paths(config: dict[str, Any]) -> dict[str, Any]:
         if k != "paths":
             config[k] = sub(config[k], k)
     return config
+
+
+class ConfigError(ValueError):
+    """A configuration the workflow cannot run: `key` is the dotted key to fix."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"Invalid configuration at key '{key}': {message}")
+        self.key = key

@@ -26,7 +26,10 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from speaker_neurons.catalogue import Catalogue
 
 CPU_GFLOPS_PER_THREAD = 36.0  # see above: the forward pass; job starts are counted apart (JOB_START_SECONDS)
 GPU_GFLOPS = 60000.0  # estimate, see above
@@ -328,3 +331,30 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
             "runtime": int(max(MIN_RUNTIME, math.ceil(seconds / 60 * 2 / 5) * 5)),  # 2x headroom
             "disk_mb": _round_mb(disk), "peak_mb": mem, "seconds": seconds, "compute_hours": compute_min / 60,
             "audio_hours": audio_h}
+
+
+# ------------------------------------------------------------------------------------------- devices
+def model_jobs_want_gpu(cat: Catalogue, device: str) -> bool:
+    """Whether the rules that run a model ask the scheduler for a GPU: always with upstream.device cuda;
+    with auto whenever a stage that runs models reads a corpus other than the synthesized demo (real
+    speech at scale belongs on a GPU; the demo stays on the CPU); never with cpu."""
+    if device == "cuda":
+        return True
+    return device == "auto" and any(not cat.corpus(s).synthesized for s in ("analysis", "sid", "pr"))
+
+
+def cpu_warning(cat: Catalogue, device: str, threads: int, n_models: int) -> str | None:
+    """With upstream.device cpu and a real corpus: a warning, before any job, with the estimated hours of
+    one pass of every model over the corpora the model stages read (`costs.corpus_size` from the files'
+    sizes, `costs.cpu_hours` for a base model); None otherwise."""
+    if device != "cpu":
+        return None
+    real = {c.name: c for c in (cat.corpus(s) for s in ("analysis", "sid", "pr")) if not c.synthesized}
+    if not real:
+        return None
+    hours = sum(corpus_size(cat, name, None).hours for name in real)
+    per_pass = cpu_hours(hours, BASE, threads)
+    return (f"upstream.device is cpu and the model stages read real speech ({', '.join(sorted(real))}: about "
+            f"{hours:.1f} h of audio): one pass of a base-size model over it takes about {per_pass:.1f} CPU hours "
+            f"at {threads} thread(s), and every one of the {n_models} model(s) makes several (features, statistics, "
+            "SID pooling, PR training, the erase ablation). Set upstream.device: auto or cuda to run them on a GPU.")

@@ -55,7 +55,8 @@ class _Wildcards:
 
 def plan_rows(config: dict[str, Any], jobs, results: str, assume=None) -> list[dict[str, Any]]:
     from speaker_neurons import costs
-    from speaker_neurons.catalogue import checked_catalogue, model_jobs_want_gpu
+    from speaker_neurons.catalogue import checked_catalogue
+    from speaker_neurons.costs import model_jobs_want_gpu
 
     cat, _ = checked_catalogue(config, lambda c: None, disk_checks=False)
     gpu = model_jobs_want_gpu(cat, config["upstream"]["device"])

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from speaker_neurons.catalogue import ConfigError, build_catalogue, check_leaks, find_leaks
+from speaker_neurons.catalogue import ConfigError, build_catalogue
+from speaker_neurons.leaks import check_leaks, find_leaks
 from speaker_neurons.config import complete
 
 
@@ -294,7 +295,7 @@ def test_a_missing_corpus_path_is_named_before_any_job(tmp_path):
 
 # ------------------------------------------------------------------------------------------- devices
 def test_model_jobs_ask_for_a_gpu_with_cuda_and_with_auto_on_real_speech(tmp_path):
-    from speaker_neurons.catalogue import model_jobs_want_gpu
+    from speaker_neurons.costs import model_jobs_want_gpu
 
     demo = cat()
     assert not model_jobs_want_gpu(demo, "auto") and not model_jobs_want_gpu(demo, "cpu")
@@ -306,7 +307,7 @@ def test_model_jobs_ask_for_a_gpu_with_cuda_and_with_auto_on_real_speech(tmp_pat
 
 
 def test_models_over_real_speech_on_the_cpu_are_said_with_the_hours(tmp_path):
-    from speaker_neurons.catalogue import cpu_warning
+    from speaker_neurons.costs import cpu_warning
     from speaker_neurons.costs import BASE, CPU_GFLOPS_PER_THREAD
 
     d = _ls_folder(tmp_path, "dev-clean", speakers=("11",), utts=1, payload=b"\0" * int(32000 * 0.55 * 3600))
@@ -325,7 +326,7 @@ def test_leak_check_runs_once_per_config_and_folder_state(tmp_path, monkeypatch)
     """checked_catalogue's disk check is cached by the configuration and the corpora's folders: a second
     start reads no audio file; a changed folder or config checks again; a failure is never cached; a job
     (disk_checks false) skips it."""
-    from speaker_neurons import catalogue as catmod
+    from speaker_neurons import leaks as catmod
     from speaker_neurons.catalogue import checked_catalogue
 
     dev, test = _ls_folder(tmp_path, "dev-clean"), _ls_folder(tmp_path, "test-clean", speakers=("21", "22"))

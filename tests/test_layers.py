@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "speaker_neurons.pruning", "speaker_neurons.pretrain"]),
     ("evaluation stages", ["speaker_neurons.sid", "speaker_neurons.pr_data", "speaker_neurons.pr",
                            "speaker_neurons.erase", "speaker_neurons.plant", "speaker_neurons.summary"]),
-    ("workflow", ["speaker_neurons.catalogue", "speaker_neurons.costs", "speaker_neurons.plan", "speaker_neurons.runner",
+    ("workflow", ["speaker_neurons.catalogue", "speaker_neurons.leaks", "speaker_neurons.costs", "speaker_neurons.plan",
+                  "speaker_neurons.runner",
                   "speaker_neurons.stages", "speaker_neurons.__main__"]),
 ]
 
@@ -44,7 +45,13 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in mods.items():
         is_pkg = path.name == "__init__.py"
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                       for n in ast.walk(block)}  # annotations only: never run
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name in mods}
             elif isinstance(node, ast.ImportFrom):
