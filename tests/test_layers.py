@@ -1,5 +1,9 @@
 """The package's import structure (docs/DESIGN.md, "Layers of code"): no import cycle, and no module imports
-from a layer above its own. Imports inside functions count: they are dependencies all the same."""
+from a layer above its own. Every module is parsed with `ast` (nothing is imported). An edge A -> B means
+module A has an `import B` / `from B import ...` statement anywhere (module level or in a function or class
+body, also under `if` / `try`), except under `if TYPE_CHECKING:` (annotations only, never run).
+`from pkg import X` is an edge to the package's `__init__` (that statement runs it), plus an edge to the
+submodule `pkg.X` when X is one."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-PACKAGE = ROOT / "speaker_neurons"
+PACKAGE = "speaker_neurons"
 
 #: Bottom to top; a module may import from its own layer and the layers below. A module is placed by the
 #: longest prefix listed here. (The same table is in docs/DESIGN.md.)
@@ -27,47 +31,63 @@ LAYERS: list[tuple[str, list[str]]] = [
 ]
 
 
-def modules() -> dict[str, Path]:
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every .py of the package (a package is named by its __init__)."""
     out = {}
-    for p in sorted(PACKAGE.rglob("*.py")):
-        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+    for f in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
         if parts[-1] == "__init__":
-            parts.pop()
-        out[".".join(parts)] = p
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Modules of the package that `name` imports anywhere in its body."""
+    is_package = path.name == "__init__.py"
+    out: set[str] = set()
+
+    def known(dotted: str) -> str | None:
+        # `import a.b.c` runs a.b.c (and its parents); keep the deepest module of the package
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                   for n in ast.walk(block)}  # annotations only: never run
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                m = known(alias.name)
+                if m:
+                    out.add(m)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = name if is_package else name.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            m = known(target)
+            if m:
+                out.add(m)
+            for alias in node.names:  # `from pkg import submodule`
+                sub = f"{target}.{alias.name}"
+                if sub in modules:
+                    out.add(sub)
+    out.discard(name)
     return out
 
 
 def import_graph() -> dict[str, set[str]]:
-    """{module: the package's modules it imports}. `from pkg import name` depends on pkg.name where that is a
-    module (Python runs pkg/__init__ first, but that is pkg's own business), else on pkg."""
-    mods = modules()
-    graph = {}
-    for name, path in mods.items():
-        is_pkg = path.name == "__init__.py"
-        deps = set()
-        tree = ast.parse(path.read_text(), str(path))
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
-                       for n in ast.walk(block)}  # annotations only: never run
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name in mods}
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = name.split(".")[: len(name.split(".")) - node.level + int(is_pkg)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                for a in node.names:
-                    sub = f"{target}.{a.name}"
-                    if sub in mods:
-                        deps.add(sub)
-                    elif target in mods:
-                        deps.add(target)
-        graph[name] = deps - {name}
-    return graph
+    """{module: the package's modules it imports}, for every module of the package."""
+    modules = module_files()
+    return {m: imported_modules(m, f, modules) for m, f in modules.items()}
 
 
 def layer_of(module: str) -> int:
@@ -81,26 +101,27 @@ def layer_of(module: str) -> int:
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
+    """One cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     stack: list[str] = []
 
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for m in sorted(graph.get(n, ())):
-            if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
-            if m not in state:
-                found = visit(m)
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
                 if found:
                     return found
         stack.pop()
-        state[n] = 2
+        state[m] = 2
         return None
 
-    for n in sorted(graph):
-        if n not in state:
-            found = visit(n)
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
             if found:
                 return found
     return None
@@ -156,8 +177,8 @@ def test_no_module_outside_the_recipes_branches_on_a_corpus_source():
     from speaker_neurons.config import choices
 
     sources = set(choices("corpus.source"))
-    recipes = PACKAGE / "data" / "recipes"
-    found = {str(p.relative_to(ROOT)): lines for p in sorted(PACKAGE.rglob("*.py"))
+    recipes = ROOT / PACKAGE / "data" / "recipes"
+    found = {str(p.relative_to(ROOT)): lines for p in sorted((ROOT / PACKAGE).rglob("*.py"))
              if recipes not in p.parents and (lines := _source_branches(p, sources))}
     assert not found, f"ask the corpus' recipe (speaker_neurons.data.recipes) instead: {found}"
 

@@ -1,69 +1,15 @@
-"""No import cycles inside speaker_neurons.models, counting imports inside functions (lazy imports) too.
-
-Every module of the package `speaker_neurons` is parsed with `ast` (nothing is imported). An edge A -> B means
-module A has an `import B` / `from B import ...` statement anywhere (module level or in a function or class
-body, also under `if` / `try`). `from speaker_neurons.models import X` is an edge to the package's `__init__`
-(that statement runs it), plus an edge to the submodule `speaker_neurons.models.X` when X is one. The
-`__init__` re-exports are ordinary edges here: no edge is excluded.
-"""
+"""speaker_neurons.models' own structure: no import cycle inside it, the checkpoint readers share the name
+mapping rather than each other, one CheckpointError. The import graph is tests/test_layers.py's (the whole
+package's), restricted to models."""
 
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
+from test_layers import find_cycle, imported_modules, module_files
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "speaker_neurons"
 SUBPACKAGE = "speaker_neurons.models"
-
-
-def module_files() -> dict[str, Path]:
-    """Dotted module name -> file, for every .py of the package (a package is named by its __init__)."""
-    out = {}
-    for f in sorted((ROOT / PACKAGE).rglob("*.py")):
-        parts = list(f.relative_to(ROOT).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = f
-    return out
-
-
-def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Modules of the package that `name` imports anywhere in its body."""
-    is_package = path.name == "__init__.py"
-    out: set[str] = set()
-
-    def known(dotted: str) -> str | None:
-        # `import a.b.c` runs a.b.c (and its parents); keep the deepest module of the package
-        while dotted and dotted not in modules:
-            dotted = dotted.rpartition(".")[0]
-        return dotted or None
-
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                m = known(alias.name)
-                if m:
-                    out.add(m)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative import
-                base = name if is_package else name.rpartition(".")[0]
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            m = known(target)
-            if m:
-                out.add(m)
-            for alias in node.names:  # `from pkg import submodule`
-                sub = f"{target}.{alias.name}"
-                if sub in modules:
-                    out.add(sub)
-    out.discard(name)
-    return out
 
 
 def in_models(m: str) -> bool:
@@ -74,33 +20,6 @@ def models_graph() -> dict[str, set[str]]:
     modules = module_files()
     graph = {m: imported_modules(m, f, modules) for m, f in modules.items()}
     return {m: {d for d in deps if in_models(d)} for m, deps in graph.items() if in_models(m)}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One cycle as [a, b, ..., a], or None."""
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-
-    def visit(m: str) -> list[str] | None:
-        state[m] = 1
-        stack.append(m)
-        for d in sorted(graph.get(m, ())):
-            if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
-            if d not in state:
-                found = visit(d)
-                if found:
-                    return found
-        stack.pop()
-        state[m] = 2
-        return None
-
-    for m in sorted(graph):
-        if m not in state:
-            found = visit(m)
-            if found:
-                return found
-    return None
 
 
 def test_the_parser_sees_lazy_and_package_imports(tmp_path):

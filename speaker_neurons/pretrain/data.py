@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from speaker_neurons.pretrain import store
+import speaker_neurons.pretrain.store as store
 from speaker_neurons.pretrain.store import StoredFeatures, StoredTargets
 from speaker_neurons.utils import get_logger
 

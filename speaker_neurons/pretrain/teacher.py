@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from speaker_neurons.pretrain import store
+import speaker_neurons.pretrain.store as store
 from speaker_neurons.pretrain.data import (StoredInputs, TrainingData, _array_digest, fit_centers, label_part,
                                            prepare_features, stats_digest)
 from speaker_neurons.pretrain.store import StoredFeatures, StoredRows
