@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 REQS := requirements/constraints.txt requirements/base.txt requirements/test.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: demo demo-model test test-avx2 test-fast setup system-packages test-packages python-env lint clean-results
+.PHONY: demo demo-model test test-avx2 test-fast setup system-packages test-packages python-env lint bench clean-results
 
 demo: setup
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
@@ -68,6 +68,17 @@ lint: setup
 	$(VENV)/bin/snakemake -n -q
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakefmt --check Snakefile rules/
+
+# The self-contained benchmarks (benchmarks/README.md): each prints its table, with the CPU, to the terminal.
+BENCH_OUT ?= benchmarks/out/bench
+bench: setup
+	@mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python benchmarks/upstream_forward.py > $(BENCH_OUT)/upstream_forward.txt && cat $(BENCH_OUT)/upstream_forward.txt
+	$(VENV)/bin/python benchmarks/topk_counts.py > $(BENCH_OUT)/topk_counts.txt && cat $(BENCH_OUT)/topk_counts.txt
+	$(VENV)/bin/python benchmarks/activation_stats.py > $(BENCH_OUT)/activation_stats.txt && cat $(BENCH_OUT)/activation_stats.txt
+	$(VENV)/bin/python benchmarks/throughput.py --minutes 10 > $(BENCH_OUT)/throughput.txt && cat $(BENCH_OUT)/throughput.txt
+	$(VENV)/bin/python benchmarks/sid_scale.py > $(BENCH_OUT)/sid_scale.txt && cat $(BENCH_OUT)/sid_scale.txt
+	$(VENV)/bin/python benchmarks/startup.py --files 20000 --repeats 2 > $(BENCH_OUT)/startup.txt && cat $(BENCH_OUT)/startup.txt
 
 clean-results:
 	rm -rf results .snakemake

@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402,F401  (puts the project on sys.path)
 
 BASE = {"hidden_dim": 768, "num_layers": 12, "num_heads": 12, "ffn_dim": 3072}
 SMALL = {"hidden_dim": 256, "num_layers": 4, "num_heads": 4, "ffn_dim": 1024}
@@ -132,7 +131,7 @@ def main() -> None:
         for n in (args.utts, 2 * args.utts):
             out = subprocess.run([sys.executable, __file__, "--child", tmp, str(n)], capture_output=True, text=True, check=True)
             res.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"\n2. Peak RSS of the full pass (small MelHuBERT 4x256x1024), fresh process each")
+    print("\n2. Peak RSS of the full pass (small MelHuBERT 4x256x1024), fresh process each")
     print(f"{'corpus':<16}{'utterances':>11}{'peak MiB':>10}{'seconds':>9}{'ratio':>8}")
     for label, r in zip(("1x", "2x"), res):
         print(f"{label:<16}{r['n']:>11}{r['peak_mib']:>10.1f}{r['seconds']:>9.1f}{r['peak_mib'] / res[0]['peak_mib']:>8.3f}")

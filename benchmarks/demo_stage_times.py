@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT  # noqa: E402  (and the project on sys.path)
 
 
 def stage_table(results: Path) -> pd.DataFrame:

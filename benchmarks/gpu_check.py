@@ -40,9 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import ROOT, cpu_model  # noqa: E402  (and the project on sys.path)
 
 STEPS = ("tests", "throughput", "demo", "scale")
 # seconds per step on a GPU: 560 s in all, under the 10 minutes of one device command
@@ -265,9 +263,7 @@ def environment(device: str) -> str:
     lines = [f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}"]
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name(0)}, bf16 supported: {torch.cuda.is_bf16_supported()}")
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    m = re.search(r"Model name:\s*(.*)", cpu)
-    lines.append(f"CPU: {m.group(1).strip() if m else 'unknown'}; device asked: {device}")
+    lines.append(f"CPU: {cpu_model()}; device asked: {device}")
     return "\n".join(lines)
 
 

@@ -24,14 +24,11 @@ Gender is used to score only. Nothing here chooses: read the table.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402,F401  (puts the project on sys.path)
 
 POST = {"-": (False, False, False), "c": (True, False, False), "cl": (True, False, True),
         "cw": (True, True, False), "cwl": (True, True, True)}

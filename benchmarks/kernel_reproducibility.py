@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # scale.py's cpu_model
+from common import ROOT, cpu_model  # noqa: E402  (and the project on sys.path)
 RECIPE = ROOT / "configs" / "demo-model.yaml"
 SHIPPED = ROOT / "models" / "melhubert_demo"
 KERNELS = {
@@ -44,15 +43,6 @@ KERNELS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
              "OPENBLAS_CORETYPE": "Haswell"},
 }
-
-
-def cpu_model() -> str:
-    """`lscpu`'s model name (benchmarks/scale.py) and whether the CPU computes bf16 natively."""
-    from scale import cpu_model as model_name
-
-    flags = open("/proc/cpuinfo").read().split() if Path("/proc/cpuinfo").exists() else []
-    extra = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model_name()} ({', '.join(extra) or 'no native bf16'})"
 
 
 def losses(train_log: Path, n: int) -> list[float]:

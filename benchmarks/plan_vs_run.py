@@ -15,13 +15,11 @@ headroom and floors. A ratio is estimate / measured; the target is within 2x
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT  # noqa: E402  (and the project on sys.path)
 MIN_SECONDS = 2.0  # jobs shorter than this are listed but not judged
 
 

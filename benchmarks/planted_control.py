@@ -52,12 +52,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT  # noqa: E402  (and the project on sys.path)
 
 PLANT_SEED_OFFSET = 2000
 CRITERIA = {"C1": 0.90, "C2": 0.10, "C3": 0.10, "C4": 0.90, "C6_share": 0.5}

@@ -29,8 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT  # noqa: E402  (and the project on sys.path)
 
 ARCH = {"hidden_dim": 128, "num_layers": 4, "num_heads": 4, "ffn_dim": 256, "frame_period": 10}
 

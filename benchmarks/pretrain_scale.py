@@ -49,9 +49,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import ROOT, DiskPoll, rss_kb  # noqa: E402  (and the project on sys.path)
 
 import scale  # noqa: E402  (benchmarks/scale.py: the pool and the LibriSpeech layouts)
 
@@ -82,24 +80,13 @@ print(json.dumps({{"frames": rec["total_frames"], "utterances": rec["utterances"
 TEACHER = ROOT / "models" / "melhubert_demo" / "model"
 
 
-def rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def run_child(code: str, cwd: Path, poll_dir: Path) -> dict:
     """Run `code` in a child Python; returns wall seconds, polled and exact peak RSS (MB), peak disk of
     `poll_dir` (bytes), the child's stdout and its exit status."""
     out_path = cwd / "child.out"
     polled = [0]
     t0 = time.monotonic()
-    with open(out_path, "w") as out, scale.DiskPoll(poll_dir) as disk:
+    with open(out_path, "w") as out, DiskPoll(poll_dir) as disk:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
         done = threading.Event()

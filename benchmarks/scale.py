@@ -40,7 +40,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, DiskPoll, cpu_model  # noqa: E402  (and the project on sys.path)
 
 # the measured rules, in this order; assign_ivector_clusters (the SID corpus' i-vector clusters from each
 # utterance's own audio, for the erase ablation) where the workflow has it
@@ -195,51 +193,6 @@ erase: {{random_seeds: [0]}}
 
 
 # ------------------------------------------------------------------------------------------- runs
-def disk_bytes(folder: Path) -> int:
-    """Bytes allocated under `folder` (links not followed; a sparse file counts what it holds)."""
-    total = 0
-    stack = [str(folder)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                else:
-                    total += e.stat(follow_symlinks=False).st_blocks * 512
-            except OSError:
-                continue
-    return total
-
-
-class DiskPoll:
-    """The peak of disk_bytes(folder) while the block runs, polled from a thread every `every` s."""
-
-    def __init__(self, folder: Path, every: float = 0.2):
-        self.folder, self.every = folder, every
-        self.before = self.peak = self.after = 0
-        self._stop = threading.Event()
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, disk_bytes(self.folder))
-
-    def __enter__(self):
-        self.before = self.peak = disk_bytes(self.folder)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.after = disk_bytes(self.folder)
-        self.peak = max(self.peak, self.after)
-
-
 def snakemake(log: Path, config: Path, cores: int, *args) -> tuple[int, float]:
     cmd = [sys.executable, "-m", "snakemake", "--scheduler", "greedy", "--cores", str(cores),
            "--configfile", str(config), *map(str, args)]
@@ -399,14 +352,6 @@ def estimate(table: pd.DataFrame, corpora: dict, gpu_tflops: float, threads: int
 
 
 # ------------------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return re.search(r"Model name:\s*(.*)", out).group(1).strip()
-    except Exception:  # noqa: BLE001 - only a label
-        return "unknown"
-
-
 def ratios(table: pd.DataFrame, corpora: dict) -> pd.DataFrame:
     lo, hi = min(corpora), max(corpora)
     t = table.set_index(["scale", "stage"])

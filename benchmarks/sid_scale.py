@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+from common import cpu_model, peak_rss_mb  # noqa: E402  (and the project on sys.path)
 
 
 def synth_corpus(folder: Path, utterances: int, speakers: int, seconds: float, seed: int = 0) -> Path:
@@ -112,7 +109,7 @@ def child(a) -> dict:
         out = Path(a.out)
         info = sid.run_sid(a.pooled, cfg, None, "synthetic", None, None, out / "sid.json", out / "heads.safetensors",
                            "cpu")
-    return {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "info": info}
+    return {"seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mb(), "info": info}
 
 
 def run_child(*args: str) -> dict:
@@ -142,11 +139,7 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a), default=str))
         return
-    import platform
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.machine())
-    print(f"CPU: {cpu}, {a.threads} threads; tiny MelHuBERT {a.layers} x {a.dim}, {a.speakers} speakers, "
+    print(f"CPU: {cpu_model()}, {a.threads} threads; tiny MelHuBERT {a.layers} x {a.dim}, {a.speakers} speakers, "
           f"utterances {a.seconds:g} s, whole utterances, sid: 2 layer sets x 2 rates x 2 seeds, {a.epochs} epochs")
     base = run_child("--child", "baseline", "--threads", str(a.threads))
     print(f"baseline (import torch + speaker_neurons.sid): peak RSS {base['peak_mb']:.0f} MB")

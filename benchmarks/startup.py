@@ -19,20 +19,15 @@ Prints one table; the target is under 5 s for `warm` and `job`.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, cpu_model  # noqa: E402  (and the project on sys.path)
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "unknown")
 
 
 def build(d: Path, n_files: int) -> Path:
@@ -101,7 +96,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = build(a.dir, a.files)
     print(f"folders: {a.files} VoxCeleb1-shaped files + 2,703 LibriSpeech-shaped files under {a.dir} "
-          f"(built in {time.perf_counter() - t0:.0f} s); CPU: {_cpu()}")
+          f"(built in {time.perf_counter() - t0:.0f} s); CPU: {cpu_model()}")
     cache = ROOT / ".snakemake" / "speaker_neurons"
     plan = ["-n", "-q", "--configfile", str(cfg)]
     job = ["-n", "-q", "--mode", "remote", "--target-jobs", "build_manifest:corpus=vox1", "--configfile", str(cfg)]
