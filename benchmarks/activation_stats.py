@@ -1,4 +1,4 @@
-"""Benchmark of the activation-statistics pass (issue: memory flat in the corpus size, overhead <= 1.10).
+"""Benchmark of the activation-statistics pass (targets: memory flat in the corpus size, overhead <= 1.10).
 
 Two measurements, printed as tables:
 1. Overhead: a base-size MelHuBERT (12 x 768 x 3072, random weights) on the same padded batches,

@@ -1,4 +1,4 @@
-"""The GPU check (issue 23 item 5): one prepared script, at most 10 minutes on one GPU machine.
+"""The GPU check: one prepared script, at most 10 minutes on one GPU machine.
 
     .venv/bin/python benchmarks/gpu_check.py                       # on a CUDA machine: every step below
     .venv/bin/python benchmarks/gpu_check.py --device cpu --tiny   # anywhere: the same steps, tiny, on a CPU

@@ -15,7 +15,7 @@
    erase ablation and the FFN controls off, which the criteria do not read).
 3. *judge*: the table below and PASS / FAIL per criterion.
 
-Pass criteria, fixed before the first run (issue 31, item 6); "found" = in the model's ivector_cluster
+Pass criteria, fixed before the first run; "found" = in the model's ivector_cluster
 (speaker) set under the i-vector cluster that holds most analysis utterances of the neuron's gate
 gender:
   C1  planted neurons found, as a share of the planted neurons                 >= 0.90

@@ -1,4 +1,4 @@
-"""Does `pr_eval` stay bounded as the PR corpus grows? (issue 23 item 1: peak RSS 4x / 1x <= 1.2; transient
+"""Does `pr_eval` stay bounded as the PR corpus grows? (Targets: peak RSS 4x / 1x <= 1.2; transient
 disk <= 1.5x the corpus' int16 audio when the frame cache does not fit `pr.feature_cache_gb`.)
 
 `speaker_neurons.pr.run_pr` (the whole stage: caches, heads, scoring, cleanup) on a synthetic corpus of N and

@@ -1,4 +1,4 @@
-"""Proof of scale for pre-training (issue 24 item 6): does the peak memory of MelHuBERT pre-training stay
+"""Proof of scale for pre-training: does the peak memory of MelHuBERT pre-training stay
 bounded when the corpus grows 4x (features and k-means targets streamed from the file-backed store of
 speaker_neurons.pretrain.store, not held in memory)?
 

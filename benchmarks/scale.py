@@ -1,4 +1,4 @@
-"""Proof of scale (issue 23): do SID pooling, SID, PR and the erase ablation stay bounded in memory and
+"""Proof of scale: do SID pooling, SID, PR and the erase ablation stay bounded in memory and
 disk, and linear in time, when the evaluation corpora grow 4x?
 
     .venv/bin/python benchmarks/scale.py                        # 1x and 4x on CPU, about 4 min on 2 cores

@@ -160,7 +160,7 @@ def test_counting_other_partitions_in_the_same_pass_gives_each_one_its_own_count
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_and_cpu_give_the_same_neuron_sets(tmp_path):
-    """The statistics pass on CUDA gives the CPU's neuron sets (issue 9); counts may differ only where
+    """The statistics pass on CUDA gives the CPU's neuron sets; counts may differ only where
     activations tie at the top-K boundary, so the test reports how many count cells differ and requires
     every set to be equal."""
     import soundfile as sf
