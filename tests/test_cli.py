@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from speaker_neurons.__main__ import main
-from speaker_neurons.models import load_native, prune_ffn, save_upstream
+from speaker_neurons.models import load_native, save_upstream
 from speaker_neurons.models.melhubert import MelHuBERT
 
 TINY = {"num_layers": 2, "hidden_dim": 32, "num_heads": 4, "ffn_dim": 24, "pos_conv_kernel": 8,
@@ -25,7 +25,7 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     m = MelHuBERT(TINY)
     m.set_feature_stats(torch.full((40,), 8.0), torch.full((40,), 4.0))
-    prune_ffn(m, {2: list(range(0, 24, 3))})
+    m.prune_ffn({2: list(range(0, 24, 3))})
     return save_upstream(m, tmp_path_factory.mktemp("cli") / "model", parent_sha256="0" * 64)
 
 

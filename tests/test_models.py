@@ -18,7 +18,6 @@ from speaker_neurons.models import (
     describe,
     load_native,
     load_upstream,
-    prune_ffn,
     save_upstream,
 )
 from speaker_neurons.models.base import resolve_device
@@ -287,7 +286,7 @@ def test_prune_save_reload(kind, tmp_path):
         for l, idx in keep.items():
             drop = sorted(set(range(48)) - set(idx))
             ref.feed_forwards()[l - 1].output_dense.weight[:, drop] = 0
-    prune_ffn(model, keep)
+    model.prune_ffn(keep)
     assert model.ffn_widths == [20, 33]
     x = torch.randn(2, 4000) * 0.1
     lens = torch.tensor([4000, 3100])
@@ -314,7 +313,7 @@ def test_prune_save_reload(kind, tmp_path):
         assert torch.equal(f1, f2)
 
     # pruning again composes the original indices
-    prune_ffn(back, {2: [0, 5, 32]})
+    back.prune_ffn({2: [0, 5, 32]})
     assert back.kept_indices[2] == [keep[2][0], keep[2][5], keep[2][32]] and back.kept_indices[1] == keep[1]
     again = load_native(save_upstream(back, tmp_path / "again"))
     assert again.kept_indices[2] == back.kept_indices[2] and again.parent_sha256 == "ab" * 32
@@ -330,7 +329,7 @@ def test_prune_rejects_bad_indices():
     m = tiny("melhubert10")
     for keep, msg in (({1: [3, 2]}, "sorted"), ({1: [0, 48]}, "0..47"), ({3: [1]}, "out of range"), ({1: []}, "zero")):
         with pytest.raises(ValueError, match=msg):
-            prune_ffn(m, keep)
+            m.prune_ffn(keep)
 
 
 def test_native_strict_errors(tmp_path):
@@ -445,7 +444,7 @@ def test_melhubert_released_format(fp, tmp_path):
 def test_melhubert_released_row_pruned(tmp_path):
     """Row-pruned released checkpoints: widths come from the tensors, not Upstream_Config."""
     model = tiny("melhubert10")
-    prune_ffn(model, {1: list(range(0, 48, 2)), 2: list(range(30))})
+    model.prune_ffn({1: list(range(0, 48, 2)), 2: list(range(30))})
     hp = {"feat_emb_dim": 40, "encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 48,
           "encoder_attention_heads": 4, "conv_pos": 8, "conv_pos_groups": 4}
     torch.save({"Upstream_Config": {"melhubert": hp}, "model": to_released(model)}, tmp_path / "p.ckpt")

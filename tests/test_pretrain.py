@@ -438,12 +438,12 @@ def test_clock_budget_is_opt_in_and_loud(trained, tmp_path, package_logs):
 @pytest.mark.slow  # pre-trains
 def test_continue_pretraining_a_pruned_model(trained, tmp_path):
     """The loop trains a given model with per-layer widths (a pruned one) on its parent's targets."""
-    from speaker_neurons.models import load_native, prune_ffn
+    from speaker_neurons.models import load_native
     from speaker_neurons.pretrain import continue_pretraining, load_head
 
     manifest, out, _, _ = trained
     model = load_native(out / "model")
-    prune_ffn(model, {1: list(range(0, 128, 2)), 2: list(range(40))})
+    model.prune_ffn({1: list(range(0, 128, 2)), 2: list(range(40))})
     centers = np.load(out / "kmeans_centers.npy")
     s = continue_pretraining(model, manifest, tmp_path / "cont", centers, {**TINY_TRAIN, "max_steps": 6},
                              head=load_head(out / "head.pt"), device="cpu", threads=1)
@@ -465,7 +465,7 @@ def test_continued_pretraining_from_a_released_checkpoint_learns_its_teachers_cl
     states; the head is new."""
     import json
 
-    from speaker_neurons.models import load_native, prune_ffn
+    from speaker_neurons.models import load_native
     from speaker_neurons.pretrain import continue_pretraining, teacher_centers
 
     manifest, out, _, _ = trained
@@ -476,7 +476,7 @@ def test_continued_pretraining_from_a_released_checkpoint_learns_its_teachers_cl
     assert centers.shape == (8, TINY_MODEL["hidden_dim"]) and rec["teacher_layer"] == 2  # round(0.75 * 2)
     assert json.loads((tmp_path / "teacher.json").read_text())["n_clusters"] == 8
     student = load_native(out / "model")
-    prune_ffn(student, {1: list(range(64)), 2: list(range(64))})
+    student.prune_ffn({1: list(range(64)), 2: list(range(64))})
     s = continue_pretraining(student, manifest, tmp_path / "cont", centers, cfg, head=None, device="cpu", threads=1,
                              teacher=teacher, teacher_layer=None)
     assert s["steps"] == 6 and s["kmeans"]["teacher_layer"] == 2 and s["kmeans"]["given_centers"]

@@ -186,14 +186,13 @@ def test_teacher_targets_streamed_equal_the_in_memory_computation(corpus, tmp_pa
     import json
 
     from speaker_neurons.data.manifest import read_manifest
-    from speaker_neurons.models import prune_ffn
     from speaker_neurons.pretrain import teacher as pteacher
     from speaker_neurons.pretrain import teacher_centers
 
     manifest, _ = corpus
     teacher, layer = _teacher(), 1
     student = copy.deepcopy(teacher)  # a pruned copy keeps its root's statistics: its features are the teacher's
-    prune_ffn(student, {1: list(range(0, 64, 3))})
+    student.prune_ffn({1: list(range(0, 64, 3))})
     # in memory: features, every utterance's hidden states, k-means of all of them
     df = pdata.select_rows(read_manifest(manifest), CFG["splits"], CFG["max_utterances"], int(CFG["seed"]))
     raw, n10 = compute_features(student, df["path"].tolist(), progress=False)

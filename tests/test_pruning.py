@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from speaker_neurons import pruning
-from speaker_neurons.models import prune_ffn
 from speaker_neurons.models.base import Upstream
 from speaker_neurons.config import complete
 from test_models import tiny  # the tiny random MelHuBERT / wav2vec2 configs of the model tests
@@ -102,7 +101,7 @@ def test_pruned_model_equals_the_parent_with_removed_neurons_silenced(kind):
             gone = sorted(set(range(ff.width)) - set(keep[l]))
             ff.intermediate_dense.weight[gone] = 0.0
             ff.intermediate_dense.bias[gone] = 0.0
-    pruned = prune_ffn(tiny(kind), keep)
+    pruned = tiny(kind).prune_ffn(keep)
     g = torch.Generator().manual_seed(0)
     wav = torch.randn(2, 16000, generator=g) * 0.1
     lens = torch.tensor([16000, 11000])
@@ -122,7 +121,7 @@ def test_erase_equals_pruning_the_same_neurons(kind):
     gone = {1: [0, 3, 7], 2: [2]}
     erased = tiny(kind).erase_ffn(gone)
     keep = {l: [j for j in range(w) if j not in gone[l]] for l, w in enumerate(erased.ffn_widths, start=1)}
-    pruned = prune_ffn(tiny(kind), keep)
+    pruned = tiny(kind).prune_ffn(keep)
     assert erased.ffn_widths == tiny(kind).ffn_widths  # the shape is kept
     wav = torch.randn(1, 12000, generator=torch.Generator().manual_seed(1)) * 0.1
     with torch.no_grad():

@@ -21,7 +21,7 @@ import torch
 
 from speaker_neurons.models.base import Upstream, resolve_device
 from speaker_neurons.models.errors import CheckpointError
-from speaker_neurons.models.prune import current_kept_indices, layer_index
+from speaker_neurons.models.base import current_kept_indices, layer_index
 from speaker_neurons.models.registry import build_upstream
 
 NATIVE_FORMAT = "speaker-neurons-native"
