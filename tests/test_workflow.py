@@ -166,6 +166,26 @@ def _planned(tmp_path, config_text: str) -> str:
 
 
 @slow
+def test_the_ivector_extractor_trains_on_the_corpus_its_stage_names(tmp_path):
+    """stages.ivector_extractor: rule ivectors reads that corpus' manifest (made by the usual corpus rules),
+    beside the analysis corpus'; without the key it reads the analysis corpus' alone."""
+    import re
+
+    def ivectors_inputs(out: str) -> str:
+        block = out[out.index("rule ivectors:"):]
+        return re.search(r"input: ([^\n]*)", block).group(1)
+
+    extra = ("corpora:\n  - {name: more, source: demo, demo: {seed: 7, n_speakers: 8, utterances_per_speaker: 6}}\n"
+             "stages: {ivector_extractor: more}\n")
+    out = _planned(tmp_path, extra)
+    assert "corpora/more/manifest.tsv" in ivectors_inputs(out) and "corpora/demo/manifest.tsv" in ivectors_inputs(out)
+    assert "wildcards: corpus=more" in out  # synthesized and listed like any corpus
+    (tmp_path / "plain").mkdir()
+    plain = _planned(tmp_path / "plain", "")
+    assert "corpora/more" not in plain and "corpora/demo/manifest.tsv" in ivectors_inputs(plain)
+
+
+@slow
 @pytest.mark.parametrize("pruned", [False, True])
 def test_pr_of_pruned_models_follows_its_key(tmp_path, pruned):
     """pr.pruned_models: false (the 10-minute demo) scores PR on the config's model only, its erase ablation
