@@ -760,6 +760,50 @@ def _pool_fingerprint(model, segs: pd.DataFrame, *settings: Any) -> str:
     return h.hexdigest()
 
 
+def _block_digest(block: np.ndarray) -> str:
+    """sha256 of a finished block of the pooled store, as recorded beside it and checked on resume."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(block).view(np.uint8).reshape(-1).data).hexdigest()
+
+
+def _resumable_blocks(tmp: Path, state: Path, fingerprint: str, shape: tuple[int, ...],
+                      blocks: list[slice]) -> list[int]:
+    """The finished blocks of an interrupted run's store that can be reused: its record must belong to
+    this model, these segments and settings (`fingerprint`), the store must open with the right shape, and
+    each block must still hold the bytes it was recorded with (sha256). A block that does not is pooled
+    again, with a warning naming the store: a damaged store is never used silently."""
+    import json
+
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, ValueError):
+        log.warning("%s cannot be read: pooling starts over", state)
+        return []
+    if saved.get("fingerprint") != fingerprint:
+        log.info("%s belongs to another model, segments or settings: pooling starts over", tmp)
+        return []
+    try:
+        store = np.load(tmp, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        log.warning("%s cannot be opened (%s): pooling starts over", tmp, e)
+        return []
+    if store.shape != shape or store.dtype != np.float16:
+        log.warning("%s holds %s %s, not float16 %s: pooling starts over", tmp, store.dtype, store.shape, shape)
+        return []
+    digests = saved.get("digests", {})
+    done, damaged = [], []
+    for b in (int(b) for b in saved.get("done", [])):
+        if b < len(blocks) and digests.get(str(b)) == _block_digest(store[blocks[b]]):
+            done.append(b)
+        else:
+            damaged.append(b)
+    if damaged:
+        log.warning("%s: finished block(s) %s no longer hold the bytes recorded in %s (a damaged or altered store): "
+                    "pooling them again", tmp, damaged, state.name)
+    return done
+
+
 def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | str | None, corpus_source: str,
                  min_crop_fraction: float, out: str | os.PathLike, max_batch_seconds: float,
                  amp: bool | str) -> dict[str, Any]:
@@ -771,7 +815,8 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
     block (POOL_BLOCK segments; `<out>.store.json` records the finished ones), which is then streamed
     into the npz: memory stays one block, whatever the corpus; the disk holds the store twice for a
     moment. An interrupted job resumes at its first unfinished block when the model, the segments and
-    the settings are the same (else it starts over). `load_pooled` reads the result by memory map."""
+    the settings are the same (else it starts over), reusing a finished block only where it still holds the
+    bytes recorded with it (sha256; `_resumable_blocks`). `load_pooled` reads the result by memory map."""
     import json
 
     from tqdm import tqdm
@@ -785,18 +830,15 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
     shape = (len(segs), model.num_layers + 1, model.hidden_dim)
     tmp, state = Path(f"{out}.store.npy"), Path(f"{out}.store.json")
     fingerprint = _pool_fingerprint(model, segs, crop, str(amp), float(max_batch_seconds), POOL_BLOCK, shape)
+    blocks = [slice(s, min(s + POOL_BLOCK, len(segs))) for s in range(0, len(segs), POOL_BLOCK)]
     done: list[int] = []
     if tmp.is_file() and state.is_file():
-        saved = json.loads(state.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            done = [int(b) for b in saved["done"]]
-        else:
-            log.info("%s belongs to another model, segments or settings: pooling starts over", tmp)
+        done = _resumable_blocks(tmp, state, fingerprint, shape, blocks)
     log.info("%d segments (%s) -> a float16 store of %.2f GB%s", len(segs),
              "whole utterances" if crop is None else f"{crop:g} s crops", np.prod(shape) * 2 / 1e9,
              f"; resuming after {len(done)} finished blocks of {POOL_BLOCK}" if done else "")
     store = np.lib.format.open_memmap(tmp, mode="r+" if done else "w+", dtype=np.float16, shape=shape)
-    blocks = [slice(s, min(s + POOL_BLOCK, len(segs))) for s in range(0, len(segs), POOL_BLOCK)]
+    digests = {str(b): _block_digest(store[blocks[b]]) for b in done}
     bar = tqdm(total=len(segs), initial=sum(blocks[b].stop - blocks[b].start for b in done), desc="pooled layers",
                unit="seg", mininterval=5)
     for b, rows in enumerate(blocks):
@@ -806,7 +848,9 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
                          progress=False, out=store[rows], amp=amp)
         store.flush()
         done.append(b)
-        state.with_name(state.name + ".tmp").write_text(json.dumps({"fingerprint": fingerprint, "done": done}))
+        digests[str(b)] = _block_digest(store[rows])
+        state.with_name(state.name + ".tmp").write_text(json.dumps({"fingerprint": fingerprint, "done": done,
+                                                                    "digests": digests}))
         os.replace(state.with_name(state.name + ".tmp"), state)
         bar.update(rows.stop - rows.start)
     bar.close()

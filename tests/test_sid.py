@@ -467,3 +467,53 @@ def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, 
     calls.clear()
     sid.pool_to_file(other, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
     assert calls == [2, 2, 2, 1]
+
+
+def test_a_damaged_pooled_store_is_pooled_again_not_resumed_from(tmp_path, monkeypatch, caplog):
+    """A finished block whose bytes changed after it was recorded (overwritten, as a bad disk or a careless
+    hand would) is pooled again, with a warning naming the store; a truncated store starts over.
+    Either way the result is the uninterrupted run's, byte for byte: never NaN features used silently."""
+    import logging
+
+    from speaker_neurons.data.manifest import write_manifest
+
+    model = tiny("melhubert")
+    m = _manifest(tmp_path, [1.3, 0.7, 2.1, 1.6, 1.2, 1.9, 0.8])
+    m["split"] = ["train", "train", "train", "dev", "dev", "test", "test"]
+    m["gender"], m["sample_rate"] = "F", 16000
+    write_manifest(m, tmp_path / "m.tsv")
+    monkeypatch.setattr(sid, "POOL_BLOCK", 2)
+    sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "whole.npz", 2.0, False)
+    real, calls, fail_at = sid.pool_layer_means, [], [3]
+
+    def failing(*a, **k):
+        calls.append(len(a[1]))
+        if len(calls) == fail_at[0]:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sid, "pool_layer_means", failing)
+    store = tmp_path / "p.npz.store.npy"
+    for damage, expect in (("overwrite", [2, 2, 1]), ("truncate", [2, 2, 2, 1])):
+        calls.clear()
+        fail_at[0] = 3
+        with pytest.raises(RuntimeError, match="killed"):
+            sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+        data = bytearray(store.read_bytes())
+        if damage == "overwrite":
+            mm = np.load(store, mmap_mode="r")
+            start, size = mm.offset, mm[:2].nbytes  # block 0: its first 2 segments
+            del mm
+            data[start:start + size] = b"\xff" * size  # float16 NaNs over block 0, block 1 untouched
+            store.write_bytes(bytes(data))
+        else:
+            store.write_bytes(bytes(data[: len(data) // 2]))
+        calls.clear()
+        fail_at[0] = None
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+        assert calls == expect, damage
+        assert str(store) in caplog.text, damage
+        assert (tmp_path / "p.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes(), damage
+        (tmp_path / "p.npz").unlink()
