@@ -4,6 +4,8 @@ rebuilt."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -103,7 +105,7 @@ def test_streamed_data_equals_the_in_memory_computation(corpus, tmp_path, denois
     assert all(torch.equal(a, b) for a, b in zip(again.targets, data.targets))
 
 
-def test_a_complete_store_is_reused_and_a_stale_or_unfinished_one_rebuilt(corpus, tmp_path, monkeypatch):
+def test_a_complete_store_is_reused_and_a_stale_or_unfinished_one_rebuilt(corpus, tmp_path, monkeypatch, caplog):
     manifest, _ = corpus
     work = tmp_path / "w"
     calls = {"fbank": 0, "kmeans": 0}
@@ -153,8 +155,28 @@ def test_a_complete_store_is_reused_and_a_stale_or_unfinished_one_rebuilt(corpus
     path = manifest.read_text().splitlines()[1].split("\t")[1]
     x, sr = sf.read(path, dtype="float32")
     sf.write(path, x[::-1].copy(), sr, subtype="PCM_16")
-    run()
+    model4, feats4, targets4 = run()
     assert calls == {"fbank": 27, "kmeans": 5}
+
+    # a finished part whose file changed afterwards (one byte altered; a file cut short) is rebuilt, with a
+    # warning naming the file, and gives what it gave before: never used as it is
+    f = work / "features" / "input.f32"
+    data = bytearray(f.read_bytes())
+    data[100] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        model5, feats5, targets5 = run()
+    assert calls["fbank"] == 36 and f"{f} does not hold the bytes recorded" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(feats4, feats5))
+    labels = next((work / "targets").glob("labels.*"))
+    size = labels.stat().st_size
+    labels.write_bytes(labels.read_bytes()[:-2])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, _, targets6 = run()
+    assert calls["fbank"] == 36  # only the targets are rebuilt
+    assert f"{labels} is {size - 2} bytes where {size} were recorded (truncated or replaced)" in caplog.text
+    assert labels.stat().st_size == size and all(torch.equal(a, b) for a, b in zip(targets5, targets6))
 
 
 def test_stored_reads_check_their_ranges(corpus, tmp_path):

@@ -14,7 +14,8 @@ A store is a folder with flat files of rows (one utterance after the other) and 
 
 Each part is written under `<name>.tmp` and renamed when complete, so a folder without the `.tmp` suffix
 is complete; a job killed while writing leaves only a `.tmp` folder, which the next start removes. A part
-whose `digest` (a hash of everything that determines it) differs from the one wanted is rebuilt.
+whose `digest` (a hash of everything that determines it) differs from the one wanted is rebuilt, and so is
+one whose files are not the ones `info.json` recorded (size and sha256: a truncated or altered file).
 
 Reads are positioned reads (`os.pread`) into fresh arrays, never a memory map: the pages of a mapping a
 process has read count in its resident memory, which would then grow with the corpus over an epoch.
@@ -65,13 +66,48 @@ def folder_bytes(folder: str | os.PathLike) -> int:
     return total
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_records(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """{path below `folder`: {bytes, sha256}} of every file of a store part but its `info.json`."""
+    folder = Path(folder)
+    return {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != INFO}
+
+
 def ready(folder: str | os.PathLike, want: str) -> bool:
-    """Whether `folder` is a complete store part of digest `want`."""
-    p = Path(folder) / INFO
+    """Whether `folder` is a complete store part of digest `want` whose files are still the ones recorded
+    when it was finished (size, then sha256). A part whose files changed, went missing or were truncated is
+    not ready, with a warning naming the file: it is rebuilt, never used."""
+    folder = Path(folder)
     try:
-        return json.loads(p.read_text()).get("digest") == want
+        info = json.loads((folder / INFO).read_text())
     except (OSError, ValueError):
         return False
+    if info.get("digest") != want:
+        return False
+    recorded = info.get("files")
+    if not isinstance(recorded, dict):
+        log.warning("%s records no file sizes and checksums (an older store): rebuilding it", folder)
+        return False
+    for name, rec in sorted(recorded.items()):
+        f = folder / name
+        size = f.stat().st_size if f.is_file() else None
+        if size != rec["bytes"]:
+            log.warning("%s is %s bytes where %d were recorded (truncated or replaced): rebuilding %s", f,
+                        "missing, 0" if size is None else size, rec["bytes"], folder)
+            return False
+        if file_sha256(f) != rec["sha256"]:
+            log.warning("%s does not hold the bytes recorded in %s (altered or damaged): rebuilding %s", f,
+                        INFO, folder)
+            return False
+    return True
 
 
 def start_part(folder: str | os.PathLike) -> Path:
@@ -86,8 +122,10 @@ def start_part(folder: str | os.PathLike) -> Path:
 
 
 def finish_part(tmp: Path, info: Mapping[str, Any]) -> Path:
-    """Write `info.json` (with the `digest`) and rename `<name>.tmp` to `<name>`: the part is complete."""
-    (tmp / INFO).write_text(json.dumps(dict(info), indent=2, sort_keys=True, default=str) + "\n")
+    """Write `info.json` (with the `digest`, and each file's size and sha256: `ready` checks them) and rename
+    `<name>.tmp` to `<name>`: the part is complete."""
+    record = {**dict(info), "files": file_records(tmp)}
+    (tmp / INFO).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     final = tmp.with_name(tmp.name[: -len(".tmp")])
     os.replace(tmp, final)
     return final
