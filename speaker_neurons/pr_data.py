@@ -85,7 +85,11 @@ class _FlatStore:
 
 def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.PathLike, data_name: str, dtype,
                  meta: Mapping[str, Any]) -> dict:
-    """Stream (utt_id, rows) into `out_dir/data_name` (+ index.tsv, then DONE last). Holds one item at most."""
+    """Stream (utt_id, rows) into `out_dir/data_name` (+ index.tsv, then DONE last, recording each file's size
+    and sha256, hashed as it is written: `store_ready` checks them). Holds one item at most."""
+    import hashlib
+
+    h = hashlib.sha256()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / DONE).unlink(missing_ok=True)
@@ -105,21 +109,60 @@ def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.Path
             elif tuple(a.shape[1:]) != row:
                 raise ValueError(f"{utt}: rows of shape {a.shape[1:]} do not match the store's {row}")
             f.write(a.tobytes())
+            h.update(a.tobytes())
             index.append((utt, offset, len(a)))
             offset += len(a)
     if row is None:
         raise ValueError(f"no utterances to write into {out}")
     pd.DataFrame(index, columns=["utt_id", "offset", "length"]).to_csv(out / "index.tsv", sep="\t", index=False)
+    nbytes = offset * int(np.prod(row, dtype=np.int64)) * np.dtype(dtype).itemsize
+    files = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()},
+             "index.tsv": {"bytes": (out / "index.tsv").stat().st_size, "sha256": _sha256(out / "index.tsv")}}
     info = {"utterances": len(index), "rows": offset, "row": list(row), "dtype": np.dtype(dtype).name,
-            "bytes": offset * int(np.prod(row, dtype=np.int64)) * np.dtype(dtype).itemsize, **dict(meta)}
+            "bytes": nbytes, "files": files, **dict(meta)}
     (out / DONE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     return info
 
 
+def _sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:
-    """Whether a complete store of the same inputs (`digest`) is already there (a resumed job reuses it)."""
-    p = Path(store_dir) / DONE
-    return p.is_file() and json.loads(p.read_text()).get("digest") == digest
+    """Whether a complete store of the same inputs (`digest`) is already there (a resumed job reuses it) and
+    its files are the ones recorded when it was written (size, then sha256: one read of the store). A store
+    whose file was truncated, altered or removed is not ready, with a warning naming the file: it is
+    rewritten, never used."""
+    store_dir = Path(store_dir)
+    p = store_dir / DONE
+    try:
+        info = json.loads(p.read_text()) if p.is_file() else None
+    except ValueError:
+        info = None
+    if not info or info.get("digest") != digest:
+        return False
+    files = info.get("files")
+    if not isinstance(files, dict):
+        log.warning("%s records no file sizes and checksums (an older store): writing it again", p)
+        return False
+    for name, rec in sorted(files.items()):
+        f = store_dir / name
+        size = f.stat().st_size if f.is_file() else None
+        if size != rec["bytes"]:
+            log.warning("%s is %s bytes where %d were recorded (truncated or replaced): writing %s again", f,
+                        "missing, 0" if size is None else size, rec["bytes"], store_dir)
+            return False
+        if _sha256(f) != rec["sha256"]:
+            log.warning("%s does not hold the bytes recorded in %s (altered or damaged): writing %s again", f, DONE,
+                        store_dir)
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------- frame features

@@ -430,6 +430,47 @@ def test_results_do_not_depend_on_the_loader_workers(tmp_path):
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def test_a_damaged_audio_cache_is_not_ready(tmp_path, caplog):
+    """The PR audio cache records its files' sizes and sha256 (hashed while written); a cache whose audio was
+    altered or cut short, or whose index was edited, is not reused (pr_eval writes it again), with a warning
+    naming the file."""
+    import logging
+
+    import soundfile as sf
+
+    from speaker_neurons import pr_data
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i, n in enumerate([1600, 4000]):
+        p = tmp_path / f"a{i}.wav"
+        sf.write(p, rng.integers(-30000, 30000, n).astype(np.int16), 16000, subtype="PCM_16")
+        rows.append({"utt_id": f"a{i}", "path": str(p), "duration": n / 16000})
+
+    def fresh():
+        pr_data.write_audio_cache(pd.DataFrame(rows), tmp_path / "audio", 16000, 1.0, {"digest": "x"}, progress=False)
+        return tmp_path / "audio" / "audio.i16", tmp_path / "audio" / "index.tsv"
+
+    audio, index = fresh()
+    info = json.loads((tmp_path / "audio" / pr_data.DONE).read_text())
+    assert info["files"]["audio.i16"] == {"bytes": 11200, "sha256": pr_data._sha256(audio)}
+    assert pr_data.store_ready(tmp_path / "audio", "x")
+    for damage, message in (("alter", "does not hold the bytes recorded"), ("truncate", "(truncated or replaced)"),
+                            ("index", "does not hold the bytes recorded")):
+        audio, index = fresh()
+        target = index if damage == "index" else audio
+        data = bytearray(target.read_bytes())
+        if damage == "truncate":
+            data = data[:-2]
+        else:
+            data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert not pr_data.store_ready(tmp_path / "audio", "x"), damage
+        assert str(target) in caplog.text and message in caplog.text, damage
+
+
 def test_the_libriphone_schedule():
     from speaker_neurons.config import resolve
 
