@@ -322,7 +322,27 @@ def load_pooled(path: str | os.PathLike) -> tuple[SIDData, int]:
         if pooled is None:  # a compressed npz (not written by the workflow): read whole
             log.warning("%s is compressed: its pooled layers are read into memory", path)
             pooled = z["pooled"]
+    check_finite(pooled, path)
     return make_data(pooled, segs), pooled.shape[1] - 1
+
+
+def check_finite(pooled: np.ndarray, path: str | os.PathLike, chunk_bytes: int = 1 << 26) -> None:
+    """Stop on pooled features that are not finite (NaN or inf: a damaged file, an overflow), naming the file
+    and the first rows (segments): scored, they would give a meaningless accuracy without an error. Read in
+    chunks of about 64 MB, so memory stays flat."""
+    row_bytes = max(1, int(np.prod(pooled.shape[1:])) * pooled.dtype.itemsize)
+    step = max(1, chunk_bytes // row_bytes)
+    bad: list[int] = []
+    for s in range(0, len(pooled), step):
+        block = np.asarray(pooled[s : s + step])
+        ok = np.isfinite(block).reshape(len(block), -1).all(1)
+        if not ok.all():
+            bad += (s + np.flatnonzero(~ok)).tolist()
+            if len(bad) >= 5:
+                break
+    if bad:
+        raise ValueError(f"{path}: pooled features of row(s) {bad[:5]} are not finite (NaN or inf): the file is "
+                         "damaged or the model overflowed; remove it and re-run rule pool_layers")
 
 
 def pooled_crop_seconds(path: str | os.PathLike) -> float | None:

@@ -279,6 +279,22 @@ def test_the_pooled_store_is_float16_read_by_memory_map_and_equals_the_float32_m
     assert sid.pooled_crop_seconds(tmp_path / "d.npz") == 0.5 and len(sid.load_pooled(tmp_path / "d.npz")[0].labels) > 6
 
 
+def test_pooled_features_that_are_not_finite_stop_sid_naming_the_file_and_rows(tmp_path):
+    """A pooled file whose features hold NaN or inf (a damaged file) is refused when it is loaded, naming the
+    file and the rows, instead of being scored into a meaningless accuracy; the scan reads in chunks."""
+    good = np.zeros((10, 3, 4), dtype=np.float16)
+    sid.check_finite(good, "p.npz", chunk_bytes=24)  # several chunks, nothing to report
+    bad = good.copy()
+    bad[3, 1, 2], bad[7, 0, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"p.npz: pooled features of row\(s\) \[3, 7\] are not finite"):
+        sid.check_finite(bad, "p.npz", chunk_bytes=24)
+    segs = {c: np.asarray([f"x{i}" for i in range(10)]) for c in ("seg_id", "utt_id", "speaker")}
+    segs["split"] = np.asarray(["train"] * 10)
+    np.savez(tmp_path / "bad.npz", pooled=bad, **segs)
+    with pytest.raises(ValueError, match=r"bad.npz: pooled features of row\(s\) \[3, 7\]"):
+        sid.load_pooled(tmp_path / "bad.npz")
+
+
 def test_a_float16_store_out_of_range_is_a_clear_error():
     model = tiny("wav2vec2")
 
