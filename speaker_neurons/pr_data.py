@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from speaker_neurons.rowfile import RowFile
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import get_logger, sha256_file
 
 log = get_logger("pr")
 
@@ -117,21 +117,11 @@ def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.Path
     pd.DataFrame(index, columns=["utt_id", "offset", "length"]).to_csv(out / "index.tsv", sep="\t", index=False)
     nbytes = offset * int(np.prod(row, dtype=np.int64)) * np.dtype(dtype).itemsize
     files = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()},
-             "index.tsv": {"bytes": (out / "index.tsv").stat().st_size, "sha256": _sha256(out / "index.tsv")}}
+             "index.tsv": {"bytes": (out / "index.tsv").stat().st_size, "sha256": sha256_file(out / "index.tsv")}}
     info = {"utterances": len(index), "rows": offset, "row": list(row), "dtype": np.dtype(dtype).name,
             "bytes": nbytes, "files": files, **dict(meta)}
     (out / DONE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     return info
-
-
-def _sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:
@@ -158,7 +148,7 @@ def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:
             log.warning("%s is %s bytes where %d were recorded (truncated or replaced): writing %s again", f,
                         "missing, 0" if size is None else size, rec["bytes"], store_dir)
             return False
-        if _sha256(f) != rec["sha256"]:
+        if sha256_file(f) != rec["sha256"]:
             log.warning("%s does not hold the bytes recorded in %s (altered or damaged): writing %s again", f, DONE,
                         store_dir)
             return False

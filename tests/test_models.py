@@ -21,6 +21,7 @@ from speaker_neurons.models import (
     save_upstream,
 )
 from speaker_neurons.models.base import resolve_device
+from speaker_neurons.utils import sha256_file
 from speaker_neurons.models.melhubert import MelHuBERT, fbank_frames
 from speaker_neurons.models.wav2vec2 import Wav2Vec2Upstream
 
@@ -332,12 +333,41 @@ def test_prune_rejects_bad_indices():
             m.prune_ffn(keep)
 
 
+def test_a_truncated_or_altered_native_checkpoint_is_refused_naming_it(tmp_path):
+    """config.json records the weights' size and sha256; a checkpoint whose weights were cut short or altered
+    after it was written is refused with an error naming the file, never loaded; a folder written before the
+    record existed still loads."""
+    model = tiny("melhubert")
+    out = save_upstream(model, tmp_path / "m")
+    rec = json.loads((out / "config.json").read_text())["weights"]
+    weights = out / "model.safetensors"
+    assert rec == {"file": "model.safetensors", "bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
+    load_native(out)
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-10])
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*where \d+ were recorded .*truncated"):
+        load_native(out)
+    altered = bytearray(good)
+    altered[-5] ^= 0x01
+    weights.write_bytes(bytes(altered))
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*does not hold the bytes recorded"):
+        load_native(out)
+    weights.write_bytes(good)
+    meta = json.loads((out / "config.json").read_text())
+    del meta["weights"]
+    (out / "config.json").write_text(json.dumps(meta))
+    assert load_native(out).ffn_widths == model.ffn_widths
+
+
 def test_native_strict_errors(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = tiny("melhubert10")
     d = save_upstream(model, tmp_path / "m")
     sd = load_file(str(d / "model.safetensors"))
+    meta = json.loads((d / "config.json").read_text())  # the weights below are replaced by hand: what the
+    del meta["weights"]  # strict reader says of each, not the checksum (test_a_truncated_or_altered_native...)
+    (d / "config.json").write_text(json.dumps(meta))
 
     bad = dict(sd)
     bad["encoder.transformer.layers.0.feed_forward.intermediate_dense.weight"] = torch.zeros(47, 32)

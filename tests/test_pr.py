@@ -439,6 +439,7 @@ def test_a_damaged_audio_cache_is_not_ready(tmp_path, caplog):
     import soundfile as sf
 
     from speaker_neurons import pr_data
+    from speaker_neurons.utils import sha256_file
 
     rng = np.random.default_rng(4)
     rows = []
@@ -453,7 +454,7 @@ def test_a_damaged_audio_cache_is_not_ready(tmp_path, caplog):
 
     audio, index = fresh()
     info = json.loads((tmp_path / "audio" / pr_data.DONE).read_text())
-    assert info["files"]["audio.i16"] == {"bytes": 11200, "sha256": pr_data._sha256(audio)}
+    assert info["files"]["audio.i16"] == {"bytes": 11200, "sha256": sha256_file(audio)}
     assert pr_data.store_ready(tmp_path / "audio", "x")
     for damage, message in (("alter", "does not hold the bytes recorded"), ("truncate", "(truncated or replaced)"),
                             ("index", "does not hold the bytes recorded")):

@@ -23,6 +23,7 @@ from speaker_neurons.models.base import Upstream, resolve_device
 from speaker_neurons.models.errors import CheckpointError
 from speaker_neurons.models.base import current_kept_indices, layer_index
 from speaker_neurons.models.registry import build_upstream
+from speaker_neurons.utils import sha256_file
 
 NATIVE_FORMAT = "speaker-neurons-native"
 NATIVE_VERSION = 1
@@ -76,6 +77,8 @@ def save_upstream(model: Upstream, out_dir: str | os.PathLike, parent_sha256: Op
     # make the bytes differ between identical saves (the kind is in config.json)
     save_file(tensors, str(tmp_w), metadata={"format": "pt"})
     os.replace(tmp_w, out / WEIGHTS_NAME)
+    meta["weights"] = {"file": WEIGHTS_NAME, "bytes": (out / WEIGHTS_NAME).stat().st_size,
+                       "sha256": sha256_file(out / WEIGHTS_NAME)}  # load_native checks them
     tmp_c = out / (CONFIG_NAME + ".tmp")
     tmp_c.write_text(_dumps(meta))
     os.replace(tmp_c, out / CONFIG_NAME)
@@ -130,6 +133,20 @@ def read_native_config(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _check_weights(weights: Path, record: Mapping[str, Any] | None, config: Path) -> None:
+    """The weights file is the one `config.json` recorded (size, then sha256; folders written before the
+    record was kept have none and are read as they are): a truncated or altered checkpoint is refused."""
+    if not record:
+        return
+    size = weights.stat().st_size
+    if size != int(record["bytes"]):
+        raise CheckpointError(weights, f"is {size} bytes where {record['bytes']} were recorded in {config} "
+                                       "(truncated or replaced); re-run the rule that wrote it")
+    if sha256_file(weights) != record["sha256"]:
+        raise CheckpointError(weights, f"does not hold the bytes recorded in {config} (altered or damaged); "
+                                       "re-run the rule that wrote it")
+
+
 def load_native(path: str | os.PathLike, device: str | torch.device = "cpu") -> Upstream:
     """Rebuild a native model; strict: every tensor must match a model key with the same shape and vice versa."""
     from safetensors import SafetensorError
@@ -144,6 +161,7 @@ def load_native(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         model = build_upstream(meta["kind"], meta["config"])
     except ValueError as e:
         raise CheckpointError(p / CONFIG_NAME, f"invalid model config: {e}") from None
+    _check_weights(weights, meta.get("weights"), p / CONFIG_NAME)
     try:
         sd = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:

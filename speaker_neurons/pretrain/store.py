@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from speaker_neurons.rowfile import RowFile, RowWriter  # noqa: F401 (the store's file format)
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import get_logger, sha256_file
 
 log = get_logger("pretrain.data")
 
@@ -66,18 +66,10 @@ def folder_bytes(folder: str | os.PathLike) -> int:
     return total
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_records(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{path below `folder`: {bytes, sha256}} of every file of a store part but its `info.json`."""
     folder = Path(folder)
-    return {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+    return {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != INFO}
 
 
@@ -103,7 +95,7 @@ def ready(folder: str | os.PathLike, want: str) -> bool:
             log.warning("%s is %s bytes where %d were recorded (truncated or replaced): rebuilding %s", f,
                         "missing, 0" if size is None else size, rec["bytes"], folder)
             return False
-        if file_sha256(f) != rec["sha256"]:
+        if sha256_file(f) != rec["sha256"]:
             log.warning("%s does not hold the bytes recorded in %s (altered or damaged): rebuilding %s", f,
                         INFO, folder)
             return False
