@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from speaker_neurons.rowfile import RowFile
-from speaker_neurons.utils import get_logger, sha256_file
+from speaker_neurons.utils import file_records, get_logger, reusable
 
 log = get_logger("pr")
 
@@ -116,8 +116,7 @@ def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.Path
         raise ValueError(f"no utterances to write into {out}")
     pd.DataFrame(index, columns=["utt_id", "offset", "length"]).to_csv(out / "index.tsv", sep="\t", index=False)
     nbytes = offset * int(np.prod(row, dtype=np.int64)) * np.dtype(dtype).itemsize
-    files = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()},
-             "index.tsv": {"bytes": (out / "index.tsv").stat().st_size, "sha256": sha256_file(out / "index.tsv")}}
+    files = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()}, **file_records(out, ["index.tsv"])}
     info = {"utterances": len(index), "rows": offset, "row": list(row), "dtype": np.dtype(dtype).name,
             "bytes": nbytes, "files": files, **dict(meta)}
     (out / DONE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
@@ -129,30 +128,7 @@ def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:
     its files are the ones recorded when it was written (size, then sha256: one read of the store). A store
     whose file was truncated, altered or removed is not ready, with a warning naming the file: it is
     rewritten, never used."""
-    store_dir = Path(store_dir)
-    p = store_dir / DONE
-    try:
-        info = json.loads(p.read_text()) if p.is_file() else None
-    except ValueError:
-        info = None
-    if not info or info.get("digest") != digest:
-        return False
-    files = info.get("files")
-    if not isinstance(files, dict):
-        log.warning("%s records no file sizes and checksums (an older store): writing it again", p)
-        return False
-    for name, rec in sorted(files.items()):
-        f = store_dir / name
-        size = f.stat().st_size if f.is_file() else None
-        if size != rec["bytes"]:
-            log.warning("%s is %s bytes where %d were recorded (truncated or replaced): writing %s again", f,
-                        "missing, 0" if size is None else size, rec["bytes"], store_dir)
-            return False
-        if sha256_file(f) != rec["sha256"]:
-            log.warning("%s does not hold the bytes recorded in %s (altered or damaged): writing %s again", f, DONE,
-                        store_dir)
-            return False
-    return True
+    return reusable(store_dir, DONE, digest, f"writing {store_dir} again", log)
 
 
 # ------------------------------------------------------------------------------------------- frame features

@@ -175,7 +175,7 @@ def test_a_complete_store_is_reused_and_a_stale_or_unfinished_one_rebuilt(corpus
     with caplog.at_level(logging.WARNING):
         _, _, targets6 = run()
     assert calls["fbank"] == 36  # only the targets are rebuilt
-    assert f"{labels} is {size - 2} bytes where {size} were recorded (truncated or replaced)" in caplog.text
+    assert f"{labels} is {size - 2} bytes where {size} bytes were recorded in info.json (truncated or replaced)" in caplog.text
     assert labels.stat().st_size == size and all(torch.equal(a, b) for a, b in zip(targets5, targets6))
 
 

@@ -442,9 +442,10 @@ def test_a_verification_list_is_scored_on_utterances_and_absent_ones_are_counted
         sid.read_veri_list(tmp_path / "bad.txt")
 
 
-def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, monkeypatch):
-    """pool_to_file records each finished block; a rerun pools only the rest and writes the same bytes as
-    an uninterrupted run; another model's leftover store is not reused."""
+def _interruptible_pooling(tmp_path, monkeypatch):
+    """A tiny model, a manifest of 7 utterances in blocks of 2 (POOL_BLOCK), the uninterrupted pooled file
+    `whole.npz`, and pool_layer_means wrapped to record each block's size in `calls` and to raise ("killed")
+    at call number `fail_at[0]` (None: never). Returns (model, calls, fail_at)."""
     from speaker_neurons.data.manifest import write_manifest
 
     model = tiny("melhubert")
@@ -463,6 +464,13 @@ def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, 
         return real(*a, **k)
 
     monkeypatch.setattr(sid, "pool_layer_means", failing)
+    return model, calls, fail_at
+
+
+def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, monkeypatch):
+    """pool_to_file records each finished block; a rerun pools only the rest and writes the same bytes as
+    an uninterrupted run; another model's leftover store is not reused."""
+    model, calls, fail_at = _interruptible_pooling(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
     assert not (tmp_path / "p.npz").exists() and (tmp_path / "p.npz.store.json").exists()
@@ -491,24 +499,7 @@ def test_a_damaged_pooled_store_is_pooled_again_not_resumed_from(tmp_path, monke
     Either way the result is the uninterrupted run's, byte for byte: never NaN features used silently."""
     import logging
 
-    from speaker_neurons.data.manifest import write_manifest
-
-    model = tiny("melhubert")
-    m = _manifest(tmp_path, [1.3, 0.7, 2.1, 1.6, 1.2, 1.9, 0.8])
-    m["split"] = ["train", "train", "train", "dev", "dev", "test", "test"]
-    m["gender"], m["sample_rate"] = "F", 16000
-    write_manifest(m, tmp_path / "m.tsv")
-    monkeypatch.setattr(sid, "POOL_BLOCK", 2)
-    sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "whole.npz", 2.0, False)
-    real, calls, fail_at = sid.pool_layer_means, [], [3]
-
-    def failing(*a, **k):
-        calls.append(len(a[1]))
-        if len(calls) == fail_at[0]:
-            raise RuntimeError("killed")
-        return real(*a, **k)
-
-    monkeypatch.setattr(sid, "pool_layer_means", failing)
+    model, calls, fail_at = _interruptible_pooling(tmp_path, monkeypatch)
     store = tmp_path / "p.npz.store.npy"
     for damage, expect in (("overwrite", [2, 2, 1]), ("truncate", [2, 2, 2, 1])):
         calls.clear()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from speaker_neurons.rowfile import RowFile, RowWriter  # noqa: F401 (the store's file format)
-from speaker_neurons.utils import get_logger, sha256_file
+from speaker_neurons.utils import file_records, get_logger, reusable
 
 log = get_logger("pretrain.data")
 
@@ -66,40 +66,11 @@ def folder_bytes(folder: str | os.PathLike) -> int:
     return total
 
 
-def file_records(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """{path below `folder`: {bytes, sha256}} of every file of a store part but its `info.json`."""
-    folder = Path(folder)
-    return {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != INFO}
-
-
 def ready(folder: str | os.PathLike, want: str) -> bool:
     """Whether `folder` is a complete store part of digest `want` whose files are still the ones recorded
     when it was finished (size, then sha256). A part whose files changed, went missing or were truncated is
     not ready, with a warning naming the file: it is rebuilt, never used."""
-    folder = Path(folder)
-    try:
-        info = json.loads((folder / INFO).read_text())
-    except (OSError, ValueError):
-        return False
-    if info.get("digest") != want:
-        return False
-    recorded = info.get("files")
-    if not isinstance(recorded, dict):
-        log.warning("%s records no file sizes and checksums (an older store): rebuilding it", folder)
-        return False
-    for name, rec in sorted(recorded.items()):
-        f = folder / name
-        size = f.stat().st_size if f.is_file() else None
-        if size != rec["bytes"]:
-            log.warning("%s is %s bytes where %d were recorded (truncated or replaced): rebuilding %s", f,
-                        "missing, 0" if size is None else size, rec["bytes"], folder)
-            return False
-        if sha256_file(f) != rec["sha256"]:
-            log.warning("%s does not hold the bytes recorded in %s (altered or damaged): rebuilding %s", f,
-                        INFO, folder)
-            return False
-    return True
+    return reusable(folder, INFO, want, f"rebuilding {folder}", log)
 
 
 def start_part(folder: str | os.PathLike) -> Path:
@@ -116,7 +87,8 @@ def start_part(folder: str | os.PathLike) -> Path:
 def finish_part(tmp: Path, info: Mapping[str, Any]) -> Path:
     """Write `info.json` (with the `digest`, and each file's size and sha256: `ready` checks them) and rename
     `<name>.tmp` to `<name>`: the part is complete."""
-    record = {**dict(info), "files": file_records(tmp)}
+    names = [str(f.relative_to(tmp)) for f in sorted(tmp.rglob("*")) if f.is_file() and f.name != INFO]
+    record = {**dict(info), "files": file_records(tmp, names)}
     (tmp / INFO).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     final = tmp.with_name(tmp.name[: -len(".tmp")])
     os.replace(tmp, final)
