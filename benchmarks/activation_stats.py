@@ -120,7 +120,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     o = overhead(args.batch, args.seconds, args.repeats)
-    print(f"\n1. Counting overhead, base MelHuBERT 12x768x3072, CPU, batch {args.batch} x {args.seconds:g} s ({o['frames']} frames), median of {args.repeats}")
+    print(f"\nCPU: {common.cpu_model()}\n1. Counting overhead, base MelHuBERT 12x768x3072, CPU, batch {args.batch} x {args.seconds:g} s ({o['frames']} frames), median of {args.repeats}")
     print(f"{'pass':<36}{'seconds':>10}{'ratio':>8}")
     print(f"{'plain forward (return_ffn=False)':<36}{o['plain_s']:>10.3f}{1.0:>8.3f}")
     print(f"{'forward + top-K counts (ffn_hook)':<36}{o['counting_s']:>10.3f}{o['counting_s'] / o['plain_s']:>8.3f}   target <= 1.10")

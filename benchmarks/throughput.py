@@ -111,7 +111,7 @@ def main() -> None:
             per_utt = t["features"] + t["extract"]
             rows.append((dev, name, "i-vectors: features + extraction", per_utt, hours / (per_utt / 60)))
             rows.append((dev, name, "i-vectors: UBM + T fit (once)", t["fit"], hours / (t["fit"] / 60)))
-    print(f"\nThroughput on {hours * 60:.1f} min of audio ({len(manifest)} utterances of 10 s)")
+    print(f"\nCPU: {common.cpu_model()}\nThroughput on {hours * 60:.1f} min of audio ({len(manifest)} utterances of 10 s)")
     print(f"{'device':<8}{'machine':<28}{'pass':<42}{'seconds':>9}{'h audio/min':>13}")
     for dev, name, what, s, h in rows:
         print(f"{dev:<8}{name[:27]:<28}{what:<42}{s:>9.1f}{h:>13.3f}")

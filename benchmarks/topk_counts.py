@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import common  # noqa: F401  (the project on sys.path, the CPU's description)
 import torch
 
 from speaker_neurons.analysis.counts import ActivationCounter, top_k_for, topk_indices
@@ -79,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"CPU: {common.cpu_model()}; device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     n, w, L = args.frames, args.width, args.layers
     k = top_k_for(w, 0.01)
     acts = torch.nn.functional.gelu(torch.randn(n, w, device=dev) * 2)

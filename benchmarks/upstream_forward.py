@@ -17,6 +17,7 @@ import argparse
 import statistics
 import time
 
+import common  # noqa: F401  (the project on sys.path, the CPU's description)
 import torch
 
 from speaker_neurons.models.base import resolve_device
@@ -78,7 +79,7 @@ def main() -> None:
         "melhubert-base-10ms": MelHuBERT({"frame_period": 10}),
         "wav2vec2-base": Wav2Vec2Upstream({"model_type": "wav2vec2"}),
     }
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"CPU: {common.cpu_model()}; device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.seconds:g} s of audio, {args.repeats} interleaved repeats, median seconds")
     print(f"{'model':<22} {'clock':<5} {'frames':>6} {'plain':>8} {'ffn':>8} {'hook':>8} {'ffn/plain':>10} "
           f"{'hook/plain':>11}")
