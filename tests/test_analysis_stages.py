@@ -112,7 +112,7 @@ def test_activation_pass_counts_equal_a_direct_computation(tmp_path):
 
 
 def test_counting_other_partitions_in_the_same_pass_gives_each_one_its_own_counts(tmp_path):
-    """One pass with other i-vector partitions (per cell of utterances) writes the same counts for the used
+    """One pass with other i-vector partitions (each frame counted once per partition) writes the same counts for the used
     partition as a pass without them, and pools, for each other partition, exactly what a pass with that
     partition alone counts; the speaker neurons each gives are compared (Jaccard) in the partitions table."""
     import soundfile as sf
@@ -139,7 +139,7 @@ def test_counting_other_partitions_in_the_same_pass_gives_each_one_its_own_count
               max_batch_seconds=DEFAULTS["analysis"]["max_batch_seconds"])
     activation_statistics(model, pd.DataFrame(rows), labels, used, out_npz=tmp_path / "all.npz", partitions=others, **kw)
     both = load_counts(tmp_path / "all.npz")
-    assert both.partitions == ["a", "b", "c"] and 2 < len(both.cells) <= 8
+    assert both.partitions == ["a", "b", "c"] and both.partition_frames.shape == (3 * 6,)  # 3 blocks of 2 x 3
     alone = {}
     for name, part in [("used", used), *others.items()]:
         activation_statistics(model, pd.DataFrame(rows), labels, part, out_npz=tmp_path / f"{name}.npz", **kw)
@@ -147,7 +147,7 @@ def test_counting_other_partitions_in_the_same_pass_gives_each_one_its_own_count
         got = both if name == "used" else both.for_partition(name)
         assert np.array_equal(got.frames, alone[name].frames)
         assert all(np.array_equal(x, y) for x, y in zip(got.counts, alone[name].counts))
-    assert np.array_equal(both.classes, alone["used"].classes) and alone["used"].cells is None
+    assert np.array_equal(both.classes, alone["used"].classes) and alone["used"].partition_frames is None
     rows_ = partition_overlap(both, rho=0.8, fdr=0.05)
     b_total = next(r for r in rows_ if r["partition"] == "b" and r["layer"] == "total")
     assert b_total["jaccard"] == 1.0  # the same partition as the used one gives the same neurons

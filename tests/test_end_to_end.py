@@ -185,23 +185,18 @@ def test_counts_file_has_the_documented_format(two_runs):
         d = a / "models" / model / "analysis" / "ssl_k3"
         meta = json.loads((d / "activation_counts.json").read_text())
         with np.load(d / "activation_counts.npz") as z:
-            assert sorted(z.files) == ["cell_counts_l1", "cell_counts_l2", "cell_frames", "cells", "classes",
-                                       "counts_l1", "counts_l2", "frames"]
+            assert sorted(z.files) == ["classes", "counts_l1", "counts_l2", "frames", "partition_counts_l1",
+                                       "partition_counts_l2", "partition_frames"]
             assert z["classes"].tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
             assert z["counts_l1"].shape == (6, width) and z["counts_l1"].dtype == np.int64
             # every frame activates exactly K neurons per layer
             assert (z["counts_l1"].sum(1) == meta["K"][0] * z["frames"]).all()
             assert (z["counts_l2"].sum(1) == meta["K"][1] * z["frames"]).all()
-            # the cells of utterances that all partitions put together hold the same frames, and the counts
-            # of the partition the sets rest on (column 0) are their sums
-            cells = z["cells"]
-            assert cells.shape == (meta["cells"], 1 + len(meta["partitions"])) and len(cells) >= 2
-            assert z["cell_frames"].sum() == z["frames"].sum()
-            assert z["cell_counts_l1"].shape == (3 * len(cells), width)
-            g = np.repeat(cells[:, 0], 3) * 3 + np.tile(np.arange(3), len(cells))
-            pooled = np.zeros_like(z["counts_l1"])
-            np.add.at(pooled, g, z["cell_counts_l1"])
-            assert np.array_equal(pooled, z["counts_l1"])
+            # every other partition counts the same frames, in its own block of the 6 classes
+            blocks = z["partition_frames"].reshape(len(meta["partitions"]), 6)
+            assert (blocks.sum(1) == z["frames"].sum()).all()
+            assert z["partition_counts_l1"].shape == (6 * len(meta["partitions"]), width)
+            assert (z["partition_counts_l2"].sum(1) == meta["K"][1] * z["partition_frames"]).all()
         assert meta["partitions"] == [f"extractor_seed_{s}" for s in range(4)] + ["consensus"]
         assert meta["widths"] == [width, width] and meta["top_fraction"] == 0.01
         assert set(meta["inputs"]) and meta["upstream"]["kind"] == kind

@@ -296,7 +296,7 @@ def cluster_stability(vectors: np.ndarray, partitions: Mapping[str, np.ndarray],
     (seed + 1, ...) and against each other extractor's (`extractor_seeds`); `stable` is False when any falls
     below `warn_below` (analysis.stability_warn_below), which is logged as a warning. With a consensus:
     `consensus_stability` of the extractors' partitions and its agreement with the chosen one, and
-    `consensus_stable` (the halves' agreement, or the lowest leave-one-out one, at least `warn_below`)."""
+    `consensus["stable"]` (the halves' agreement, or the lowest leave-one-out one, at least `warn_below`)."""
     names = list(partitions)
     chosen = partitions[names[0]]
     stab = {"kmeans_seeds": partition_stability(vectors, chosen, k, [seed + 1 + i for i in range(runs)], n_init)}

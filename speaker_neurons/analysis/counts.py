@@ -18,9 +18,9 @@ File format (``activation_counts.npz`` + ``activation_counts.json`` beside it):
 - ``classes``: int64 ``(classes, 2)``: row i = (i-vector cluster, SSL cluster) of class i,
 - the JSON holds ``top_fraction``, ``K`` (list, per layer), ``widths`` (list, per layer),
   ``num_layers``, ``num_classes`` and any metadata the caller gives (e.g. ``k_ivector``, ``k_ssl``),
-- with other i-vector partitions counted in the same pass (``ActivationCounter.save(cells=...)``):
-  ``cells`` int64 ``(cells, 1 + P)``, ``cell_counts_l<l>`` ``(cells * k_ssl, width_l)``, ``cell_frames``, and
-  ``partitions`` (their names) and ``cells`` (their number) in the JSON.
+- with P other i-vector partitions counted in the same pass (``ActivationCounter.save(partition_names=...)``):
+  ``partition_counts_l<l>`` ``(P * classes, width_l)`` and ``partition_frames`` (P blocks in the order of
+  ``partitions``, their names in the JSON).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from speaker_neurons.analysis.counts_data import CountsData, counts_json_path, load_counts, pool_cells, top_k_for
+from speaker_neurons.analysis.counts_data import CountsData, counts_json_path, load_counts, top_k_for
 from speaker_neurons.utils import save_npz, write_json
 
 __all__ = [
@@ -216,7 +216,9 @@ class ActivationCounter:
         """Add one batch of layer ``layer`` (1-based).
 
         acts ``(B, T, W)`` (or ``(N, W)``), frame_mask ``(B, T)`` bool (None = all valid),
-        class_ids ``(B, T)`` int64 in ``[-1, num_classes)``; -1 = ignore the frame.
+        class_ids ``(B, T)`` int64 in ``[-1, num_classes)``; -1 = ignore the frame. With ``(B, T, Q)`` class
+        ids each frame is counted in Q classes (one per partition of the utterances, the top-K computed
+        once); a frame whose first id is -1 is ignored.
         """
         li = int(layer) - 1
         if not (0 <= li < self.num_layers):
@@ -225,11 +227,11 @@ class ActivationCounter:
         if acts.shape[-1] != w:
             raise ValueError(f"layer {layer}: activations have width {acts.shape[-1]}, expected {w}")
         lead = tuple(acts.shape[:-1])
-        if tuple(class_ids.shape) != lead:
-            raise ValueError(f"class_ids shape {tuple(class_ids.shape)} != activations' {lead}")
+        if tuple(class_ids.shape[: len(lead)]) != lead or class_ids.dim() > len(lead) + 1:
+            raise ValueError(f"class_ids shape {tuple(class_ids.shape)} != activations' {lead} (+ partitions)")
         flat = acts.detach().reshape(-1, w)
-        ids = class_ids.reshape(-1).to(device=flat.device, dtype=torch.long)
-        valid = ids >= 0
+        ids = class_ids.reshape(flat.shape[0], -1).to(device=flat.device, dtype=torch.long)  # (N, Q)
+        valid = ids[:, 0] >= 0
         if frame_mask is not None:
             if tuple(frame_mask.shape) != lead:
                 raise ValueError(f"frame_mask shape {tuple(frame_mask.shape)} != activations' {lead}")
@@ -252,11 +254,11 @@ class ActivationCounter:
             nan_rows = nan_rows.index_select(0, rows)
         if bool(nan_rows.any()):
             raise ValueError(f"layer {layer}: activations contain NaN")
-        keys = (ids.unsqueeze(1) * w + idx).reshape(-1).to(self.device)
+        keys = (ids.unsqueeze(2) * w + idx.unsqueeze(1)).reshape(-1).to(self.device)  # (n, Q, k)
         buf = self._counts[li]
         buf.index_add_(0, keys, torch.ones(keys.numel(), dtype=torch.long, device=self.device))
-        ids_d = ids.to(self.device)
-        self._frames[li].index_add_(0, ids_d, torch.ones(n, dtype=torch.long, device=self.device))
+        ids_d = ids.reshape(-1).to(self.device)
+        self._frames[li].index_add_(0, ids_d, torch.ones(ids_d.numel(), dtype=torch.long, device=self.device))
         self._updates[li] += 1
 
     def hook(self, class_ids: torch.Tensor) -> Callable[[int, torch.Tensor, torch.Tensor], None]:
@@ -290,35 +292,28 @@ class ActivationCounter:
         }
 
     def save(self, npz_path: str | os.PathLike, classes: np.ndarray, meta: dict | None = None,
-             json_path: str | os.PathLike | None = None, cells: np.ndarray | None = None,
-             partition_names: Sequence[str] = ()) -> Path:
+             json_path: str | os.PathLike | None = None, partition_names: Sequence[str] = ()) -> Path:
         """Write the counts (npz) and their JSON (default: beside it, same stem); returns the npz path.
 
-        With `cells` ((n_cells, 1 + P) int64: row i = the i-vector cluster of cell i in the partition the sets
-        rest on, then in each of the P partitions `partition_names`), the counter's classes are (cell, SSL
-        cluster), numbered ``cell * k_ssl + c``, and `classes` is the ``(k_ivector * k_ssl, 2)`` table of the
-        partition the sets rest on: the file holds the counts pooled to those classes (``counts_l<l>``,
-        ``frames``, ``classes``, as without cells) and the cells' own (``cell_counts_l<l>``, ``cell_frames``,
-        ``cells``), from which `CountsData.for_partition` pools any of the P partitions."""
+        With `partition_names` (P other partitions of the utterances counted in the same pass: class ids
+        ``(B, T, 1 + P)``), the counter's classes are 1 + P blocks of the ``(k_ivector * k_ssl, 2)`` table
+        `classes`, the first the partition the sets rest on: the file holds that block as without partitions
+        (``counts_l<l>``, ``frames``) and the P others as ``partition_counts_l<l>`` ``(P * classes, width)``
+        and ``partition_frames``, which `CountsData.for_partition` slices. Their size is set by P and the
+        classes, never by the corpus."""
         res = self.result()
         classes = np.asarray(classes, dtype=np.int64)
         npz_path = Path(npz_path)
         npz_path.parent.mkdir(parents=True, exist_ok=True)
-        if cells is None:
-            if classes.shape != (self.num_classes, 2):
-                raise ValueError(f"classes must be ({self.num_classes}, 2), got {classes.shape}")
-            arrays = {f"counts_l{l + 1}": c for l, c in enumerate(res["counts"])}
-            arrays["frames"] = res["frames"]
-        else:
-            cells = np.asarray(cells, dtype=np.int64)
-            k_ssl = self.num_classes // max(len(cells), 1)
-            if cells.ndim != 2 or cells.shape[1] != 1 + len(partition_names) or len(cells) * k_ssl != self.num_classes:
-                raise ValueError(f"cells of shape {cells.shape} do not fit {self.num_classes} classes and partitions "
-                                 f"{list(partition_names)}")
-            arrays = pool_cells(res["counts"], res["frames"], cells, 0, k_ssl, classes)
-            arrays.update({f"cell_counts_l{l + 1}": c for l, c in enumerate(res["counts"])})
-            arrays["cell_frames"] = res["frames"]
-            arrays["cells"] = cells
+        n = len(classes)
+        if classes.ndim != 2 or classes.shape[1] != 2 or n * (1 + len(partition_names)) != self.num_classes:
+            raise ValueError(f"classes of shape {classes.shape} and {len(partition_names)} other partition(s) do not "
+                             f"fit the counter's {self.num_classes} classes")
+        arrays = {f"counts_l{l + 1}": c[:n] for l, c in enumerate(res["counts"])}
+        arrays["frames"] = res["frames"][:n]
+        if partition_names:
+            arrays.update({f"partition_counts_l{l + 1}": c[n:] for l, c in enumerate(res["counts"])})
+            arrays["partition_frames"] = res["frames"][n:]
         arrays["classes"] = classes
         save_npz(npz_path, arrays)  # byte-identical for identical counts
         info = dict(meta or {})
@@ -326,9 +321,8 @@ class ActivationCounter:
         clash = reserved & set(info)
         if clash:
             raise ValueError(f"meta must not set {sorted(clash)}: the counter records them")
-        if cells is not None:
+        if partition_names:
             info["partitions"] = list(partition_names)
-            info["cells"] = int(len(cells))
         info.update(
             format_version=FORMAT_VERSION,
             top_fraction=res["top_fraction"],

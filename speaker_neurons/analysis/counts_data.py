@@ -8,7 +8,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -33,29 +32,6 @@ def counts_json_path(npz_path: str | os.PathLike) -> Path:
     return Path(npz_path).with_suffix(".json")
 
 
-def pool_cells(counts: Sequence[np.ndarray], frames: np.ndarray, cells: np.ndarray, column: int, k_ssl: int,
-               classes: np.ndarray) -> dict[str, np.ndarray]:
-    """Counts of (cell, SSL cluster) classes (row ``cell * k_ssl + c``) summed into the (i-vector cluster,
-    SSL cluster) classes of one partition, ``cells[:, column]`` giving each cell's cluster: ``counts_l<l>`` and
-    ``frames`` with one row per row of `classes` (``(k_ivector * k_ssl, 2)``, row ``g * k_ssl + c``; a class
-    without frames is a row of zeros)."""
-    g = np.repeat(np.asarray(cells, dtype=np.int64)[:, column], k_ssl)
-    c = np.tile(np.arange(k_ssl, dtype=np.int64), len(cells))
-    rows = g * k_ssl + c
-    n = len(classes)
-    if rows.size and (rows.min() < 0 or rows.max() >= n):
-        raise ValueError(f"cells name i-vector clusters outside the {n // k_ssl} of the classes table")
-    out = {}
-    for l, cnt in enumerate(counts, start=1):
-        pooled = np.zeros((n, cnt.shape[1]), dtype=np.int64)
-        np.add.at(pooled, rows, np.asarray(cnt, dtype=np.int64))
-        out[f"counts_l{l}"] = pooled
-    pf = np.zeros(n, dtype=np.int64)
-    np.add.at(pf, rows, np.asarray(frames, dtype=np.int64))
-    out["frames"] = pf
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # Reading the counts back
 # ----------------------------------------------------------------------------------------------------
@@ -68,11 +44,10 @@ class CountsData:
     frames: np.ndarray
     classes: np.ndarray
     meta: dict = field(default_factory=dict)
-    #: per (cell, SSL cluster) when other partitions were counted (``cells``: the clusters of each cell in the
-    #: partition the sets rest on, then in each of ``meta["partitions"]``); None otherwise
-    cell_counts: list[np.ndarray] | None = None
-    cell_frames: np.ndarray | None = None
-    cells: np.ndarray | None = None
+    #: the counts of the other partitions of ``meta["partitions"]``, one block of ``classes`` rows each, when
+    #: they were counted in the same pass; None otherwise
+    partition_counts: list[np.ndarray] | None = None
+    partition_frames: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.frames = np.asarray(self.frames, dtype=np.int64)
@@ -93,19 +68,18 @@ class CountsData:
 
     @property
     def partitions(self) -> list[str]:
-        """The other partitions whose counts the file holds (empty without cells)."""
-        return list(self.meta.get("partitions", [])) if self.cells is not None else []
+        """The other partitions whose counts the file holds (empty when none was counted)."""
+        return list(self.meta.get("partitions", [])) if self.partition_frames is not None else []
 
     def for_partition(self, name: str) -> "CountsData":
         """The counts of the (i-vector cluster, SSL cluster) classes of partition `name` (one of
-        `partitions`), pooled from the cells; the same classes table and metadata."""
+        `partitions`): its block of the partition counts; the same classes table and metadata."""
         if name not in self.partitions:
             raise KeyError(f"no counts of partition {name!r}; the file holds {self.partitions or 'none'}")
-        k_ssl = len(self.cell_frames) // len(self.cells)
-        pooled = pool_cells(self.cell_counts, self.cell_frames, self.cells, 1 + self.partitions.index(name), k_ssl,
-                            self.classes)
-        return CountsData(counts=[pooled[f"counts_l{l}"] for l in range(1, self.num_layers + 1)],
-                          frames=pooled["frames"], classes=self.classes, meta=dict(self.meta))
+        n = len(self.classes)
+        rows = slice(n * self.partitions.index(name), n * (self.partitions.index(name) + 1))
+        return CountsData(counts=[c[rows] for c in self.partition_counts], frames=self.partition_frames[rows],
+                          classes=self.classes, meta=dict(self.meta))
 
     @property
     def widths(self) -> list[int]:
@@ -144,10 +118,10 @@ def load_counts(npz_path: str | os.PathLike, json_path: str | os.PathLike | None
         counts = [z[f"counts_l{l}"] for l in layers]
         frames = z["frames"]
         classes = z["classes"]
-        cells = {}
-        if "cells" in z.files:
-            cells = {"cell_counts": [z[f"cell_counts_l{l}"] for l in layers], "cell_frames": z["cell_frames"],
-                     "cells": z["cells"]}
+        others = {}
+        if "partition_frames" in z.files:
+            others = {"partition_counts": [z[f"partition_counts_l{l}"] for l in layers],
+                      "partition_frames": z["partition_frames"]}
     jp = Path(json_path) if json_path is not None else counts_json_path(npz_path)
     meta = json.loads(jp.read_text()) if jp.exists() else {}
-    return CountsData(counts=counts, frames=frames, classes=classes, meta=meta, **cells)
+    return CountsData(counts=counts, frames=frames, classes=classes, meta=meta, **others)

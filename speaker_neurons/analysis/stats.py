@@ -46,10 +46,10 @@ def activation_statistics(
     """Count, per layer, how often each neuron is among the top-K (by |a|) of a frame, per class.
 
     Writes `activation_counts.npz` (+ `.json`) through `ActivationCounter.save` and returns a summary.
-    `partitions` ({name: {utt_id: cluster}}, e.g. every extractor's and the consensus): the frames are
-    counted per cell (the utterances that every partition and `utt_clusters` put in the same clusters) and
-    SSL cluster, in one pass, so that the neuron sets of each partition can be computed from the file
-    (`CountsData.for_partition`); the cells are few where the partitions mostly agree.
+    `partitions` ({name: {utt_id: cluster}}, e.g. every extractor's and the consensus): every frame is also
+    counted in its classes of each of these partitions, in the same pass (the top-K computed once), so that
+    the neuron sets of each can be computed from the file (`CountsData.for_partition`); memory and file grow
+    with the number of partitions, not with the corpus.
     """
     from tqdm import tqdm
 
@@ -60,28 +60,27 @@ def activation_statistics(
     if skipped:
         log.warning("%d utterances lack frame labels or an i-vector cluster and are skipped", skipped)
     names = list(partitions or {})
-    cells, cell_of = None, dict(utt_clusters)
-    if names:
-        missing = [n for n in names if not set(usable["utt_id"]) <= set(partitions[n])]
-        if missing:
-            raise ValueError(f"partition(s) {missing} lack utterances that the i-vector clusters have")
-        keys = {u: (utt_clusters[u], *(int(partitions[n][u]) for n in names)) for u in usable["utt_id"]}
-        cells = np.asarray(sorted(set(keys.values())), dtype=np.int64).reshape(-1, 1 + len(names))
-        index = {tuple(int(x) for x in row): i for i, row in enumerate(cells)}
-        cell_of = {u: index[k] for u, k in keys.items()}
-        log.info("%d cells of utterances across the %d partitions %s", len(cells), len(names), names)
+    missing = [n for n in names if not set(usable["utt_id"]) <= set(partitions[n])]
+    if missing:
+        raise ValueError(f"partition(s) {missing} lack utterances that the i-vector clusters have")
+    bad = [n for n in names if any(not 0 <= int(partitions[n][u]) < k_ivector for u in usable["utt_id"])]
+    if bad:
+        raise ValueError(f"partition(s) {bad} name clusters outside 0..{k_ivector - 1}")
+    # column q of an utterance: its class block offset plus its cluster in partition q (q = 0: the one used)
+    groups = {u: np.asarray([utt_clusters[u]] + [int(partitions[n][u]) for n in names], dtype=np.int64)
+              + k_ivector * np.arange(1 + len(names)) for u in usable["utt_id"]}
     device = next(model.parameters()).device
-    n_groups = k_ivector if cells is None else len(cells)
-    counter = ActivationCounter(n_groups * k_ssl, list(model.ffn_widths), top_fraction, device=device)
+    counter = ActivationCounter((1 + len(names)) * k_ivector * k_ssl, list(model.ffn_widths), top_fraction,
+                                device=device)
     truncated = 0
     bar = tqdm(total=len(usable), desc="activation counts", unit="utt", disable=not progress)
     for batch in audio_batches(usable, max_batch_seconds, model.sample_rate):
         n_frames = [model.frames_for(int(n)) for n in batch.lengths]
-        class_ids = torch.full((len(batch.utt_ids), max(n_frames)), -1, dtype=torch.long)
+        class_ids = torch.full((len(batch.utt_ids), max(n_frames), 1 + len(names)), -1, dtype=torch.long)
         for i, (u, n) in enumerate(zip(batch.utt_ids, n_frames)):
             lab, cut = align_labels(ssl_labels[u], n, u, max_mismatch)
             truncated += int(cut)
-            cls = np.where(lab >= 0, cell_of[u] * k_ssl + lab, -1)
+            cls = np.where(lab[:, None] >= 0, groups[u][None, :] * k_ssl + lab[:, None], -1)
             class_ids[i, :n] = torch.from_numpy(cls)
         class_ids = class_ids.to(device)
 
@@ -89,7 +88,7 @@ def activation_statistics(
             t = acts.shape[1]
             ids = class_ids[:, :t]
             if ids.shape[1] < t:
-                ids = torch.nn.functional.pad(ids, (0, t - ids.shape[1]), value=-1)
+                ids = torch.nn.functional.pad(ids, (0, 0, 0, t - ids.shape[1]), value=-1)
             counter.update(layer, acts, frame_mask, ids)
 
         out = model(batch.wavs.to(device), batch.lengths.to(device), return_ffn=False, ffn_hook=hook)
@@ -105,8 +104,7 @@ def activation_statistics(
         "k_ivector": k_ivector,
         **(meta or {}),
     }
-    counter.save(out_npz, classes_table(k_ivector, k_ssl), info, json_path=out_json, cells=cells,
-                 partition_names=names)
+    counter.save(out_npz, classes_table(k_ivector, k_ssl), info, json_path=out_json, partition_names=names)
     if truncated:
         log.warning("%d utterances had label/model lengths differing by <= %d frames: truncated", truncated, max_mismatch)
     return info
