@@ -788,34 +788,36 @@ def _block_digest(block: np.ndarray) -> str:
 
 
 def _resumable_blocks(tmp: Path, state: Path, fingerprint: str, shape: tuple[int, ...],
-                      blocks: list[slice]) -> list[int]:
+                      blocks: list[slice]) -> dict[int, str]:
     """The finished blocks of an interrupted run's store that can be reused: its record must belong to
     this model, these segments and settings (`fingerprint`), the store must open with the right shape, and
     each block must still hold the bytes it was recorded with (sha256). A block that does not is pooled
-    again, with a warning naming the store: a damaged store is never used silently."""
+    again, with a warning naming the store: a damaged store is never used silently. Returns {block: its
+    sha256} of the reusable blocks."""
     import json
 
     try:
         saved = json.loads(state.read_text())
     except (OSError, ValueError):
         log.warning("%s cannot be read: pooling starts over", state)
-        return []
+        return {}
     if saved.get("fingerprint") != fingerprint:
         log.info("%s belongs to another model, segments or settings: pooling starts over", tmp)
-        return []
+        return {}
     try:
         store = np.load(tmp, mmap_mode="r")
     except (OSError, ValueError) as e:
         log.warning("%s cannot be opened (%s): pooling starts over", tmp, e)
-        return []
+        return {}
     if store.shape != shape or store.dtype != np.float16:
         log.warning("%s holds %s %s, not float16 %s: pooling starts over", tmp, store.dtype, store.shape, shape)
-        return []
+        return {}
     digests = saved.get("digests", {})
-    done, damaged = [], []
+    done, damaged = {}, []
     for b in (int(b) for b in saved.get("done", [])):
-        if b < len(blocks) and digests.get(str(b)) == _block_digest(store[blocks[b]]):
-            done.append(b)
+        digest = _block_digest(store[blocks[b]]) if b < len(blocks) else None
+        if digest is not None and digests.get(str(b)) == digest:
+            done[b] = digest
         else:
             damaged.append(b)
     if damaged:
@@ -851,14 +853,13 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
     tmp, state = Path(f"{out}.store.npy"), Path(f"{out}.store.json")
     fingerprint = _pool_fingerprint(model, segs, crop, str(amp), float(max_batch_seconds), POOL_BLOCK, shape)
     blocks = [slice(s, min(s + POOL_BLOCK, len(segs))) for s in range(0, len(segs), POOL_BLOCK)]
-    done: list[int] = []
-    if tmp.is_file() and state.is_file():
-        done = _resumable_blocks(tmp, state, fingerprint, shape, blocks)
+    reused = _resumable_blocks(tmp, state, fingerprint, shape, blocks) if tmp.is_file() and state.is_file() else {}
+    done = list(reused)
     log.info("%d segments (%s) -> a float16 store of %.2f GB%s", len(segs),
              "whole utterances" if crop is None else f"{crop:g} s crops", np.prod(shape) * 2 / 1e9,
              f"; resuming after {len(done)} finished blocks of {POOL_BLOCK}" if done else "")
     store = np.lib.format.open_memmap(tmp, mode="r+" if done else "w+", dtype=np.float16, shape=shape)
-    digests = {str(b): _block_digest(store[blocks[b]]) for b in done}
+    digests = {str(b): d for b, d in reused.items()}
     bar = tqdm(total=len(segs), initial=sum(blocks[b].stop - blocks[b].start for b in done), desc="pooled layers",
                unit="seg", mininterval=5)
     for b, rows in enumerate(blocks):
