@@ -93,17 +93,9 @@ def child(corpus_dir: str, n: int) -> None:
 
 
 def make_corpus(d: Path, n: int, seconds: float) -> None:
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        dur = seconds * (0.8 + 0.4 * rng.random())
-        x = (0.1 * rng.standard_normal(int(dur * 16000))).astype(np.float32)
-        p = d / f"u{i:04d}.wav"
-        sf.write(p, x, 16000, subtype="PCM_16")
-        rows.append(f"u{i:04d}\t{p}\tspk{i % 8}\t{'FM'[i % 2]}\t\t{len(x) / 16000:.3f}\t16000")
-    (d / "manifest.tsv").write_text("utt_id\tpath\tspeaker\tgender\tsplit\tduration\tsample_rate\n" + "\n".join(rows) + "\n")
+    """n utterances of noise, `seconds` +-20% each, 8 speakers, and d/manifest.tsv."""
+    common.synth_corpus(d, n, samples=lambda rng: int(seconds * (0.8 + 0.4 * rng.random()) * 16000),
+                        signal="noise", name="u{i:04d}", speaker="spk{s}")
 
 
 def main() -> None:

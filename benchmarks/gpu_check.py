@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import ROOT, cpu_model  # noqa: E402  (and the project on sys.path)
+from common import ROOT, cpu_model, synth_corpus  # noqa: E402  (and the project on sys.path)
 
 STEPS = ("tests", "throughput", "demo", "scale")
 # seconds per step on a GPU: 560 s in all, under the 10 minutes of one device command
@@ -93,12 +93,10 @@ def step_tests(out: Path, args) -> dict:
 def _corpus(d: Path, n: int, seconds: float, splits: tuple[int, int, int]) -> tuple[Path, Path]:
     """A manifest of `n` seeded noise utterances of `seconds` (throughput depends on durations, not content)
     with train/dev/test splits, and random phone targets for them."""
-    from throughput import make_corpus  # benchmarks/throughput.py: the same synthetic utterances
-
-    d.mkdir(parents=True, exist_ok=True)
-    man = make_corpus(d, n * seconds / 60, seconds)
     tr, dv, _ = splits
-    man["split"] = ["train" if i < tr else ("dev" if i < tr + dv else "test") for i in range(len(man))]
+    # the synthetic utterances of benchmarks/throughput.py
+    man = synth_corpus(d, n, samples=lambda rng: int(seconds * 16000), signal="noise", manifest=None,
+                       split=lambda i, k: "train" if i < tr else ("dev" if i < tr + dv else "test"))
     man.to_csv(d / "manifest.tsv", sep="\t", index=False)
     rng = np.random.default_rng(0)
     phones = ["AA1", "B", "D", "IY1", "K", "S", "T", "UW1", "N", "M"]
@@ -135,7 +133,7 @@ def measure_throughput(out: Path, args) -> None:
     """Pooling and PR throughput in this process; writes out/throughput.tsv and out/throughput_model.txt."""
     import torch
 
-    from speaker_neurons import pr, sid
+    from speaker_neurons import pr, sid_pool
     from speaker_neurons.config import defaults, resolve
     from speaker_neurons.models import build_upstream
 
@@ -151,12 +149,12 @@ def measure_throughput(out: Path, args) -> None:
         man, _ = _corpus(out / f"tp_{name}", n, secs, (n - 2, 1, 1))
         _sync(args.device)
         t0 = time.perf_counter()
-        sid.pool_to_file(model, man, None, "tsv", dflt["sid"]["min_crop_fraction"], out / f"tp_{name}" / "pooled.npz",
-                         mbs, "auto")
+        sid_pool.pool_to_file(model, man, None, "tsv", dflt["sid"]["min_crop_fraction"], out / f"tp_{name}" / "pooled.npz",
+                              mbs, "auto")
         _sync(args.device)
         wall = time.perf_counter() - t0
     hours = n_pool * secs / 3600
-    rows.append({"measure": "pooling (sid.pool_to_file, whole utterances)", "value": hours / (wall / 60),
+    rows.append({"measure": "pooling (sid_pool.pool_to_file, whole utterances)", "value": hours / (wall / 60),
                  "unit": "hours of audio per minute", "detail": f"{hours:.2f} h in {wall:.1f} s"})
     # PR steps per second, the upstream on the fly: two runs, s1 and s2 steps
     batch, s1, s2 = (4, 2, 12) if args.tiny else (32, 5, 25)

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT  # noqa: E402  (and the project on sys.path)
+from common import ROOT, synth_corpus  # noqa: E402  (and the project on sys.path)
 
 ARCH = {"hidden_dim": 128, "num_layers": 4, "num_heads": 4, "ffn_dim": 256, "frame_period": 10}
 
@@ -59,29 +59,17 @@ print(json.dumps({"wall": wall, "rss_mb": resource.getrusage(resource.RUSAGE_SEL
 
 def make_corpus(d: Path, n: int, seconds: tuple[float, float], seed: int = 0) -> int:
     """n utterances (80% train, 10% dev, 10% test) of int16 noise; returns the int16 audio bytes."""
-    import numpy as np
-    import pandas as pd
-    import soundfile as sf
-
     from speaker_neurons.data.lexicon import load_lexicon, phone_inventory
-    from speaker_neurons.data.manifest import write_manifest
 
     inv = phone_inventory(load_lexicon(None))
-    rng = np.random.default_rng(seed)
-    rows, lines, total = [], ["utt_id\tphones"], 0
-    (d / "wav").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        sp = "train" if i % 10 < 8 else "dev" if i % 10 == 8 else "test"
-        k = int(rng.uniform(*seconds) * 16000)
-        p = d / "wav" / f"u{i:05d}.wav"
-        sf.write(p, rng.integers(-3000, 3000, k).astype(np.int16), 16000, subtype="PCM_16")
-        rows.append({"utt_id": f"u{i:05d}", "path": str(p), "speaker": f"s{i % 7}", "gender": "", "split": sp,
-                     "duration": k / 16000, "sample_rate": 16000})
-        lines.append(f"u{i:05d}\t" + " ".join(inv[j] for j in rng.integers(0, len(inv), int(rng.integers(8, 30)))))
-        total += 2 * k
-    write_manifest(pd.DataFrame(rows), d / "manifest.tsv")
-    (d / "phones.tsv").write_text("\n".join(lines) + "\n")
-    return total
+
+    def phones(rng) -> str:  # 8-29 phones, drawn after each utterance's audio
+        return " ".join(inv[j] for j in rng.integers(0, len(inv), int(rng.integers(8, 30))))
+
+    table = synth_corpus(d, n, samples=lambda rng: int(rng.uniform(*seconds) * 16000), signal="int16", seed=seed,
+                         speakers=7, genders="", wav_dir="wav", phones=phones,
+                         split=lambda i, k: "train" if i % 10 < 8 else "dev" if i % 10 == 8 else "test")
+    return int(2 * (table["duration"] * 16000).round().sum())
 
 
 def folder_bytes(paths) -> int:

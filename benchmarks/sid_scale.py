@@ -24,45 +24,26 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_model, peak_rss_mb  # noqa: E402  (and the project on sys.path)
+import common  # noqa: E402  (and the project on sys.path)
+from common import cpu_model, peak_rss_mb  # noqa: E402
 
 
 def synth_corpus(folder: Path, utterances: int, speakers: int, seconds: float, seed: int = 0) -> Path:
     """`utterances` noisy tone mixtures of `seconds` (+-20%), each speaker its own three tones; 70/15/15
     train/dev/test per speaker. Returns the manifest."""
-    import numpy as np
-    import pandas as pd
-    import soundfile as sf
-
-    from speaker_neurons.data.manifest import write_manifest
-
-    rng = np.random.default_rng(seed)
-    sr = 16000
-    tones = rng.uniform(150, 2500, size=(speakers, 3))
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for u in range(utterances):
-        s, k = u % speakers, u // speakers
-        per = -(-utterances // speakers)
-        n = int(sr * seconds * rng.uniform(0.8, 1.2))
-        t = np.arange(n) / sr
-        wav = sum(rng.uniform(0.2, 1) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3)) for f in tones[s])
-        wav = (0.1 * wav + 0.05 * rng.standard_normal(n)).astype(np.float32)
-        p = folder / f"s{s:03d}_{k:05d}.wav"
-        sf.write(p, wav, sr, subtype="FLOAT")
-        split = "train" if k < 0.7 * per else ("dev" if k < 0.85 * per else "test")
-        rows.append({"utt_id": p.stem, "path": str(p), "speaker": f"s{s:03d}", "split": split, "duration": n / sr,
-                     "gender": "F", "sample_rate": sr})
-    manifest = folder / "manifest.tsv"
-    write_manifest(pd.DataFrame(rows), manifest)
-    return manifest
+    per = -(-utterances // speakers)
+    common.synth_corpus(folder, utterances, samples=lambda rng: int(16000 * seconds * rng.uniform(0.8, 1.2)),
+                        signal="tones", seed=seed, speakers=speakers, name="s{s:03d}_{k:05d}", speaker="s{s:03d}",
+                        genders="F", subtype="FLOAT",
+                        split=lambda i, k: "train" if k < 0.7 * per else ("dev" if k < 0.85 * per else "test"))
+    return folder / "manifest.tsv"
 
 
 def synth_store(path: Path, segments: int, speakers: int, layers: int, dim: int, seed: int = 0) -> None:
     """A pooled file as rule pool_layers writes it (float16, uncompressed), speaker-shifted noise."""
     import numpy as np
 
-    from speaker_neurons.sid import POOLED_SEGMENT_COLUMNS
+    from speaker_neurons.sid_pool import POOLED_SEGMENT_COLUMNS
     from speaker_neurons.utils import save_npz
 
     rng = np.random.default_rng(seed)
@@ -89,7 +70,7 @@ def child(a) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from speaker_neurons import sid
+    from speaker_neurons import sid, sid_pool
     from speaker_neurons.config import defaults
 
     t0 = time.perf_counter()
@@ -102,7 +83,7 @@ def child(a) -> dict:
         model = MelHuBERT({"num_layers": a.layers, "hidden_dim": a.dim, "num_heads": 4, "ffn_dim": 2 * a.dim,
                            "pos_conv_kernel": 8, "pos_conv_groups": 4, "frame_period": 10}).eval()
         model.set_feature_stats(torch.full((40,), 5.0), torch.full((40,), 3.0))
-        info = sid.pool_to_file(model, a.manifest, None, "tsv", 0.5, a.out, 20.0, False)
+        info = sid_pool.pool_to_file(model, a.manifest, None, "tsv", 0.5, a.out, 20.0, False)
     else:
         cfg = {**defaults("sid"), "layer_sets": ["all", "last"], "learning_rates": [1e-2, 1e-3], "seeds": [0, 1],
                "epochs": a.epochs, "max_trials": 20000}

@@ -33,17 +33,9 @@ BASE = {"hidden_dim": 768, "num_layers": 12, "num_heads": 12, "ffn_dim": 3072}
 
 
 def make_corpus(d: Path, minutes: float, seconds: float = 10.0) -> pd.DataFrame:
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(max(1, int(round(minutes * 60 / seconds)))):
-        x = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-        p = d / f"u{i:05d}.wav"
-        sf.write(p, x, 16000, subtype="PCM_16")
-        rows.append({"utt_id": f"u{i:05d}", "path": str(p), "speaker": f"s{i % 8}", "gender": "FM"[i % 2],
-                     "split": "", "duration": len(x) / 16000, "sample_rate": 16000})
-    return pd.DataFrame(rows)
+    """`minutes` of noise in utterances of `seconds`, 8 speakers; the manifest's rows (no manifest file)."""
+    return common.synth_corpus(d, max(1, int(round(minutes * 60 / seconds))), samples=lambda rng: int(seconds * 16000),
+                               signal="noise", manifest=None)
 
 
 def _sync(device: str) -> None:

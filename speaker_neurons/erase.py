@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from speaker_neurons import pruning, sid
+from speaker_neurons import pruning, sid, sid_pool
 from speaker_neurons.statistics import bootstrap_interval, paired_delta, wilson_interval
 from speaker_neurons.utils import get_logger, save_figure, write_json
 
@@ -103,7 +103,7 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
                  random_seeds: Sequence[int], max_batch_seconds: float, amp: bool | str) -> pd.DataFrame:
     """One row per (erased set or its random control, layer set, cluster): accuracy and its change.
 
-    `test_segs`: the segments to score (rows as `sid.segments` makes them), `labels` their enrolled
+    `test_segs`: the segments to score (rows as `sid_pool.segments` makes them), `labels` their enrolled
     speaker index (all >= 0), `groups` their i-vector cluster (-1 = none), `heads` the unerased model's
     SID heads per layer set (one per seed). Each variant (the unerased model, each erased set, each
     random control) is one batched pass of the upstream over the test segments, on the model's device
@@ -121,8 +121,8 @@ def run_ablation(model, test_segs: pd.DataFrame, labels: np.ndarray, groups: np.
         bar = tqdm(total=len(test_segs), desc="erase variant", unit="seg", mininterval=5)
         for rows, cache in zip(blocks, caches):
             part = test_segs.iloc[rows].reset_index(drop=True)
-            pooled = sid.pool_layer_means(m, part, max_batch_seconds=max_batch_seconds, progress=False,
-                                          feature_cache=cache, amp=amp)
+            pooled = sid_pool.pool_layer_means(m, part, max_batch_seconds=max_batch_seconds, progress=False,
+                                               feature_cache=cache, amp=amp)
             for ls, hs in heads.items():
                 out[ls][:, rows] = _correct(hs, pooled, labels[rows])
             bar.update(len(rows))
@@ -289,8 +289,8 @@ def run(model, pooled_path, manifest_path, clusters_tsv, sid_heads, sets: Mappin
     manifest, phones, bootstrap, bootstrap_seed) the same sets decoded by the PR heads on the PR test
     split (else `out_pr_table` is left empty). Forwards under `utils.inference_autocast(device, amp)`.
     Writes the tables, the summary JSON and the plot."""
-    segs = sid.read_segments(pooled_path, manifest_path)
-    data = sid.make_data(np.empty((len(segs), 0, 0), dtype=np.float32), segs)  # labels and splits only
+    segs = sid_pool.read_segments(pooled_path, manifest_path)
+    data = sid_pool.make_data(np.empty((len(segs), 0, 0), dtype=np.float32), segs)  # labels and splits only
     sel = sid.closed_set(data, "test")
     test = segs.iloc[sel].reset_index(drop=True)
     groups = cluster_groups(test["utt_id"].astype(str).tolist(), clusters_tsv, corpus)

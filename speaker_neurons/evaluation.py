@@ -1,15 +1,18 @@
-"""Speaker identification and verification metrics, shared by every embedding (i-vectors now; pooled
-upstream embeddings for SID evaluation later).
+"""Speaker identification and verification metrics, shared by every embedding (i-vectors, SID heads'
+pooled embeddings).
 
 * `speaker_id_accuracy`: closed-set identification by cosine to per-speaker mean embeddings;
 * `build_trials` / `equal_error_rate`: verification trials by cosine scoring and their EER;
 * `embedding_quality`: both, from a manifest's speaker labels and train/test split (labels are used
-  only to score, never to make the embeddings).
+  only to score, never to make the embeddings);
+* `read_veri_list` / `veri_trials` / `verification_eer`: the SID heads' verification EER, on a verification
+  list (VoxCeleb1's veri_test2.txt) or on sampled test pairs.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -188,3 +191,77 @@ def embedding_quality(utt_ids: Sequence[str], vectors: np.ndarray, manifest: pd.
              "n/a" if acc is None else f"{100 * acc:.2f}", ", ".join(f"{100 * v:.2f}" for v in out["sid_ci95"]), n_id,
              spk["speaker"].nunique(), unenrolled, "n/a" if eer is None else f"{100 * eer:.2f}%", n_t, len(labels) - n_t)
     return out
+
+
+# ------------------------------------------------------------------------------------------- verification
+def read_veri_list(path: str | os.PathLike) -> pd.DataFrame:
+    """A VoxCeleb1 verification list (veri_test2.txt: lines `<1|0> <enrol> <test>`, paths relative to wav/,
+    `id10270/5r0dWxy17C8/00001.wav`) as columns label, enrol, test, the paths mapped to the manifest's
+    utt_ids (`<id>-<youtube id>-<n>`, as `data.manifest.voxceleb1_manifest` names them)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3 or parts[0] not in ("0", "1") or any(p.count("/") != 2 for p in parts[1:]):
+                raise ValueError(f"{path}, line {n}: expected `<1|0> <id>/<youtube-id>/<n>.wav "
+                                 "<id>/<youtube-id>/<n>.wav` "
+                                 f"(VoxCeleb1's veri_test2.txt), got {line.strip()!r}; fix sid.veri_list")
+            utt = [p.rsplit(".", 1)[0].replace("/", "-") for p in parts[1:]]
+            rows.append((int(parts[0]), *utt))
+    if not rows:
+        raise ValueError(f"{path} holds no trials; fix sid.veri_list (or set it to '' for sampled trials)")
+    return pd.DataFrame(rows, columns=["label", "enrol", "test"])
+
+
+def veri_trials(veri: pd.DataFrame, data, max_absent: float, path: str | os.PathLike = "the verification list"
+                ) -> tuple[pd.DataFrame, int]:
+    """(the trials whose two utterances the pooled store holds, the number left out; `data`: its segments,
+    `sid_pool.SIDData`). More than `max_absent` (a fraction, sid.max_veri_absent) of the trials left out is an
+    error naming the list."""
+    if data.utt_id is None:
+        raise ValueError("the pooled file has no utt_id column (written by an older version); re-run rule pool_layers")
+    have = set(data.utt_id.tolist())
+    ok = veri["enrol"].isin(have) & veri["test"].isin(have)
+    absent = int((~ok).sum())
+    if absent > max_absent * len(veri):
+        missing = sorted(set(veri.loc[~ok, ["enrol", "test"]].to_numpy().ravel()) - have)
+        raise ValueError(f"{path}: {absent} of {len(veri)} trials name utterances the SID corpus lacks (more than "
+                         f"sid.max_veri_absent = {max_absent:g}), e.g. {', '.join(missing[:5])}. Use the list of "
+                         "this corpus (VoxCeleb1's veri_test2.txt with its test archive), raise sid.max_veri_absent, "
+                         "or set sid.veri_list: '' to score a sample of test pairs")
+    if absent:
+        log.warning("%d of %d trials of %s name utterances the SID corpus lacks: left out", absent, len(veri), path)
+    return veri[ok].reset_index(drop=True), absent
+
+
+def verification_eer(embed: Callable[[np.ndarray], np.ndarray], data, split: str = "test",
+                     max_trials: int | None = None, seed: int = 0, trials: pd.DataFrame | None = None) -> dict[str, Any]:
+    """EER of cosine scores of embeddings, with the trial counts. `embed(rows)` gives the (len(rows), dim)
+    embeddings of those segments (e.g. a SID head's 256-d pooled projection); `data` holds the segments'
+    utt_id, split and speakers (`sid_pool.SIDData`). With `trials` (label, enrol, test utt_ids: `veri_trials`)
+    on those, each utterance embedded as the mean of its segments' embeddings (any split); else on pairs of
+    the split's segments (enrolled or not: verification needs no enrolment): every pair, or a seeded sample
+    of `max_trials` (`trial_pairs`)."""
+    if trials is not None:
+        names = np.unique(np.r_[trials["enrol"].to_numpy(str), trials["test"].to_numpy(str)])
+        rows = np.flatnonzero(np.isin(data.utt_id, names))
+        which = np.searchsorted(names, data.utt_id[rows])
+        vectors = embed(rows)
+        emb = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
+        np.add.at(emb, which, vectors)
+        emb /= np.bincount(which, minlength=len(names))[:, None]
+        i = np.searchsorted(names, trials["enrol"].to_numpy(str))
+        j = np.searchsorted(names, trials["test"].to_numpy(str))
+        scores, labels = cosine_scores(emb, i, j), trials["label"].to_numpy(np.int8)
+    else:
+        sel = np.flatnonzero(data.split == split)
+        spk = data.trial_speakers()[sel]
+        i, j = trial_pairs(spk, max_trials, seed)
+        scores = cosine_scores(embed(sel), i, j)
+        labels = (spk[i] == spk[j]).astype(np.int8)
+    n_t = int(labels.sum())
+    eer = equal_error_rate(scores, labels) if 0 < n_t < len(labels) else None
+    ci = list(eer_interval(eer, n_t)) if eer is not None else None
+    return {"eer": eer, "eer_ci95": ci, "target_trials": n_t, "nontarget_trials": int(len(labels) - n_t)}

@@ -1,7 +1,7 @@
 """SUPERB phoneme recognition (METHOD §11a) on a frozen upstream: CTC heads, PER, at any corpus size.
 
 The SUPERB PR head (s3prl downstream/ctc, libriphone.yaml) is: a learnable softmax-weighted sum of
-the hidden states hidden_0..hidden_L (the layers of a layer set, as `speaker_neurons.sid.SIDHead`),
+the hidden states hidden_0..hidden_L (the layers of a layer set, `heads.LayerMixHead`),
 `Linear(d, proj_dim)` and `Linear(proj_dim, V)` with no activation between (so the head is one affine
 map of the weighted sum), log-softmax over V = blank (id 0) + the lexicon's phones (+ an end-of-
 sentence token when `pr.eos`), and the CTC loss (`zero_infinity`). Adam, gradient norm clipped at
@@ -52,6 +52,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from speaker_neurons import heads as _heads
+from speaker_neurons.heads import LayerMixHead, pick_rate, set_record
 from speaker_neurons.pr_data import (AudioCache, BatchSet, FrameCache, TrainPlan, eval_batches,
                                      feature_cache_bytes, loader, store_ready, write_audio_cache, write_frame_cache)
 from speaker_neurons.statistics import bootstrap_interval
@@ -112,19 +114,12 @@ def corpus_per(edits: Sequence[int], ref_lens: Sequence[int]) -> float:
 
 
 # ------------------------------------------------------------------------------------------- the head
-class PRHead(nn.Module):
+class PRHead(LayerMixHead):
     """Softmax-weighted sum of the chosen layers -> Linear(d, proj_dim) -> Linear(proj_dim, V), per
     frame, no activation between (s3prl's libriphone head); logits, log-softmax is the loss's."""
 
     def __init__(self, layers: Sequence[int], dim: int, n_out: int, proj_dim: int):
-        super().__init__()
-        self.layers = [int(l) for l in layers]
-        self.layer_logits = nn.Parameter(torch.zeros(len(self.layers)))
-        self.projector = nn.Linear(dim, proj_dim)
-        self.classifier = nn.Linear(proj_dim, n_out)
-
-    def weights(self) -> torch.Tensor:
-        return torch.softmax(self.layer_logits, 0)
+        super().__init__(layers, dim, n_out, proj_dim)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, L+1, d) stacked hidden states -> (B, T, d) weighted sum of the head's layers."""
@@ -532,7 +527,7 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
 
     data: a frame cache folder (`write_frame_cache`) or what `run_pr` builds (`_CachedFeatures`,
     `_OnTheFly`); phones: {utt: phones} (e.g. `lexicon.read_phone_targets`); splits: {utt:
-    train|dev|test}; layer_sets: {name: hidden-state indices} (`sid.layer_set`); cfg: the `pr` config
+    train|dev|test}; layer_sets: {name: hidden-state indices} (`heads.layer_set`); cfg: the `pr` config
     section (`config.resolve("pr", ...)` fills the schema's defaults). `inventory`: the phone symbols
     after the blank; None = `phone_inventory` of cfg's lexicon, so every corpus gets the same ids.
 
@@ -547,7 +542,6 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
     utterance (PREDICTION_COLUMNS; the speaker from `speaker_of`), from which any paired PER comparison
     of two models can be recomputed."""
     from speaker_neurons.config import resolve
-    from speaker_neurons.statistics import mean_interval
 
     cfg = apply_schedule(resolve("pr", cfg))
     if inventory is None:
@@ -592,7 +586,7 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
     pos = {s: h for h, s in enumerate(specs)}
     dev_per = {nm: {lr: float(np.mean([run["dev_per"][pos[PRSpec(nm, layers_of[nm], lr, sd)]] for sd in seeds]))
                     for lr in rates[nm]} for nm in names}
-    best_lr = {nm: min(rates[nm], key=lambda lr: (dev_per[nm][lr], lr)) for nm in names}
+    best_lr = {nm: pick_rate(dev_per[nm], higher_is_better=False) for nm in names}
     picked_heads = [pos[PRSpec(nm, layers_of[nm], best_lr[nm], sd)] for nm in names for sd in seeds]
     edits, refs, hyps = _score(run["bank"], run["best"], corpus, utts["test"], int(cfg["batch_size"]), device,
                                keep=picked_heads if predictions_path is not None else ())
@@ -618,13 +612,11 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
                              "dev_per": float(run["dev_per"][h]), "dev_curve": run["dev_curve"][h],
                              "layer_weights": weights})
             heads_of.setdefault(nm, []).append((sd, head))
-        m, lo, hi = mean_interval([p["per"] for p in per_seed])
-        result["layer_sets"][nm] = {
-            "layers": list(layers), "lr": best_lr[nm], "lr_swept": nm not in fixed,
-            "dev_per": {str(lr): v for lr, v in dev_per[nm].items()},
-            "test_per": m, "test_ci95": [lo, hi], "per_seed": per_seed,
-            "layer_weights": per_seed[0]["layer_weights"],
-            "test_utterances": len(utts["test"]), "test_phones": int(refs.sum())}
+        rec = set_record(layers, best_lr[nm], nm not in fixed, dev_per[nm], "dev_per", per_seed, "per", "test_per",
+                         layer_weights=per_seed[0]["layer_weights"], test_utterances=len(utts["test"]),
+                         test_phones=int(refs.sum()))
+        result["layer_sets"][nm] = rec
+        m, (lo, hi) = rec["test_per"], rec["test_ci95"]
         log.info("PR %s: PER %.2f%% [%.2f, %.2f] over %d seeds (lr %g, %d test utterances, %d phones)", nm, 100 * m,
                  100 * lo, 100 * hi, len(seeds), best_lr[nm], len(utts["test"]), int(refs.sum()))
     if heads_path is not None:  # the erase ablation decodes erased models with these
@@ -644,36 +636,14 @@ def train_and_evaluate(data, phones: Mapping[str, Sequence[str]], splits: Mappin
 
 
 def save_heads(path: str | os.PathLike, heads: Mapping[str, Sequence[tuple[int, PRHead]]], vocab: Sequence[str]) -> None:
-    """The picked heads (per layer set, per seed) as safetensors; layers, seeds and the vocabulary in the metadata."""
-    from safetensors.torch import save_file
-
-    tensors, meta = {}, {}
-    for nm, hs in heads.items():
-        meta[nm] = {"layers": hs[0][1].layers, "seeds": [int(sd) for sd, _ in hs]}
-        for sd, h in hs:
-            for k, v in h.state_dict().items():
-                tensors[f"{nm}/{int(sd)}/{k}"] = v.detach().cpu().contiguous()
-    # one metadata key: safetensors writes a metadata map in an order that varies between processes
-    save_file(tensors, str(path), metadata={"heads": json.dumps({"sets": meta, "vocabulary": list(vocab)},
-                                                                sort_keys=True)})
+    """The picked heads (per layer set, per seed) as safetensors, the vocabulary beside them (`heads.save_heads`)."""
+    _heads.save_heads(path, heads, vocabulary=list(vocab))
 
 
 def load_heads(path: str | os.PathLike) -> tuple[dict[str, list[PRHead]], list[str]]:
     """({layer set: [head per seed]}, vocabulary) as `save_heads` wrote them."""
-    from safetensors import safe_open
-
-    out: dict[str, list[PRHead]] = {}
-    with safe_open(str(path), framework="pt") as f:
-        rec = json.loads(f.metadata()["heads"])
-        meta, vocab = rec["sets"], rec["vocabulary"]
-        for nm, m in meta.items():
-            for sd in m["seeds"]:
-                sdict = {k.split("/", 2)[2]: f.get_tensor(k) for k in f.keys() if k.startswith(f"{nm}/{sd}/")}
-                pw, cw = sdict["projector.weight"], sdict["classifier.weight"]
-                h = PRHead(m["layers"], pw.shape[1], cw.shape[0], pw.shape[0])
-                h.load_state_dict(sdict)
-                out.setdefault(nm, []).append(h.eval())
-    return out, vocab
+    sets, extra = _heads.load_heads(path, PRHead)
+    return {nm: [h for _, h in hs] for nm, hs in sets.items()}, extra["vocabulary"]
 
 
 @torch.no_grad()
@@ -757,7 +727,6 @@ def run_pr(upstream, phones_tsv: str | os.PathLike, manifest_path: str | os.Path
     there. The caches go to `scratch_folder(pr.scratch_dir, resume_dir)`, the checkpoints to
     `resume_dir/bank`; both are removed when the result is written. Writes the result (JSON, with the
     corpus it was scored on), the heads and, with `out_predictions`, the test predictions."""
-    from speaker_neurons import sid
     from speaker_neurons.config import resolve
     from speaker_neurons.data.lexicon import read_phone_targets
     from speaker_neurons.data.manifest import read_manifest
@@ -772,9 +741,9 @@ def run_pr(upstream, phones_tsv: str | os.PathLike, manifest_path: str | os.Path
     scratch = scratch_folder(cfg["scratch_dir"], resume_dir)
     log.info("PR scratch folder (caches, removed at the end): %s; resume folder: %s", scratch, resume_dir)
     data, need = prepare_data(upstream, used, cfg, scratch, amp=amp, max_batch_seconds=max_batch_seconds)
-    fixed = sid.rates_of(lr_from, layer_set_names) if lr_from else None
+    fixed = _heads.rates_of(lr_from, layer_set_names) if lr_from else None
     result = train_and_evaluate(data, phones, dict(zip(rows["utt_id"], rows["split"])),
-                                sid.layer_sets(layer_set_names, data.layers - 1), cfg, device=device, fixed_lr=fixed,
+                                _heads.layer_sets(layer_set_names, data.layers - 1), cfg, device=device, fixed_lr=fixed,
                                 heads_path=out_heads, resume_dir=Path(resume_dir) / "bank",
                                 predictions_path=out_predictions,
                                 speaker_of=dict(zip(rows["utt_id"], rows["speaker"].astype(str)))

@@ -1,7 +1,8 @@
 """The data side of phoneme recognition (`speaker_neurons.pr`): what a PR head trains on, at any corpus size.
 
-Two on-disk stores, each one flat file plus `index.tsv` (utt_id, offset, length) and a JSON record, written
-in one streaming pass and read by explicit positioned reads (`os.pread`, never a memory map: mapped pages
+Two on-disk stores, each one flat file plus `index.tsv` (utt_id, offset, length) and a JSON record (`DONE`,
+with each file's size and sha256), written in one streaming pass as a folder `stores.start` and `stores.finish`
+make complete (a killed job's store is never taken as finished; a damaged one is rewritten), and read by explicit positioned reads (`os.pread`, never a memory map: mapped pages
 count in a process's resident memory and would make it grow with the corpus):
 
 * `AudioCache`: every utterance's decoded samples at the model's rate as int16 (32 kB per second of
@@ -33,13 +34,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from speaker_neurons import stores
 from speaker_neurons.rowfile import RowFile
-from speaker_neurons.utils import file_records, get_logger, reusable
+from speaker_neurons.utils import get_logger
 
 log = get_logger("pr")
 
 BUCKET_BATCHES = 8  # batches per length bucket of the training stream (little padding, still well mixed)
-DONE = "done.json"  # written last: a store without it is incomplete (a killed job) and is rebuilt
+DONE = "done.json"  # the store's record (`stores.finish`): a folder without it is not a finished store
 
 
 # ------------------------------------------------------------------------------------------- one flat store
@@ -85,42 +87,47 @@ class _FlatStore:
 
 def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.PathLike, data_name: str, dtype,
                  meta: Mapping[str, Any]) -> dict:
-    """Stream (utt_id, rows) into `out_dir/data_name` (+ index.tsv, then DONE last, recording each file's size
-    and sha256, hashed as it is written: `store_ready` checks them). Holds one item at most."""
+    """Stream (utt_id, rows) into `out_dir/data_name` (+ index.tsv and the record DONE, with each file's size and
+    sha256, the data file hashed as it is written: `store_ready` checks them). `out_dir` is the store's own
+    folder: it is written as `<out_dir>.tmp` and renamed when complete (`stores.start`, `stores.finish`);
+    a write that fails removes its `.tmp`. Holds one item at most."""
     import hashlib
+    import shutil
 
     h = hashlib.sha256()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DONE).unlink(missing_ok=True)
-    seen: set[str] = set()
-    index: list[tuple[str, int, int]] = []
-    row: tuple[int, ...] | None = None
-    offset = 0
-    with open(out / data_name, "wb") as f:
-        for utt, a in items:
-            utt = str(utt)
-            if utt in seen:
-                raise ValueError(f"utterance {utt!r} given twice to the store {out}")
-            seen.add(utt)
-            a = np.ascontiguousarray(a, dtype=dtype)
-            if row is None:
-                row = tuple(a.shape[1:])
-            elif tuple(a.shape[1:]) != row:
-                raise ValueError(f"{utt}: rows of shape {a.shape[1:]} do not match the store's {row}")
-            f.write(a.tobytes())
-            h.update(a.tobytes())
-            index.append((utt, offset, len(a)))
-            offset += len(a)
-    if row is None:
-        raise ValueError(f"no utterances to write into {out}")
-    pd.DataFrame(index, columns=["utt_id", "offset", "length"]).to_csv(out / "index.tsv", sep="\t", index=False)
-    nbytes = offset * int(np.prod(row, dtype=np.int64)) * np.dtype(dtype).itemsize
-    files = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()}, **file_records(out, ["index.tsv"])}
-    info = {"utterances": len(index), "rows": offset, "row": list(row), "dtype": np.dtype(dtype).name,
-            "bytes": nbytes, "files": files, **dict(meta)}
-    (out / DONE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-    return info
+    tmp = stores.start(out_dir)
+    try:
+        seen: set[str] = set()
+        index: list[tuple[str, int, int]] = []
+        row: tuple[int, ...] | None = None
+        offset = 0
+        with open(tmp / data_name, "wb") as f:
+            for utt, a in items:
+                utt = str(utt)
+                if utt in seen:
+                    raise ValueError(f"utterance {utt!r} given twice to the store {out_dir}")
+                seen.add(utt)
+                a = np.ascontiguousarray(a, dtype=dtype)
+                if row is None:
+                    row = tuple(a.shape[1:])
+                elif tuple(a.shape[1:]) != row:
+                    raise ValueError(f"{utt}: rows of shape {a.shape[1:]} do not match the store's {row}")
+                f.write(a.tobytes())
+                h.update(a.tobytes())
+                index.append((utt, offset, len(a)))
+                offset += len(a)
+        if row is None:
+            raise ValueError(f"no utterances to write into {out_dir}")
+        pd.DataFrame(index, columns=["utt_id", "offset", "length"]).to_csv(tmp / "index.tsv", sep="\t", index=False)
+        nbytes = offset * int(np.prod(row, dtype=np.int64)) * np.dtype(dtype).itemsize
+        info = {"utterances": len(index), "rows": offset, "row": list(row), "dtype": np.dtype(dtype).name,
+                "bytes": nbytes, **dict(meta)}
+        known = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()}}
+        stores.finish(tmp, DONE, info, known=known)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**info, "files": json.loads((Path(out_dir) / DONE).read_text())["files"]}
 
 
 def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:
@@ -128,7 +135,7 @@ def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:
     its files are the ones recorded when it was written (size, then sha256: one read of the store). A store
     whose file was truncated, altered or removed is not ready, with a warning naming the file: it is
     rewritten, never used."""
-    return reusable(store_dir, DONE, digest, f"writing {store_dir} again", log)
+    return stores.ready(store_dir, DONE, digest, f"writing {store_dir} again", log)
 
 
 # ------------------------------------------------------------------------------------------- frame features

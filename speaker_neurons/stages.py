@@ -223,11 +223,11 @@ def compare_models(ctx: StageContext) -> dict:
 @stage
 def pool_layers(ctx: StageContext) -> dict:
     """Each hidden layer's mean over every segment's frames (the SID head's input), once per model."""
-    from speaker_neurons import sid
+    from speaker_neurons import sid_pool
 
     p = ctx.params
-    return sid.pool_to_file(ctx.model(), ctx.inputs["manifest"], p["crop_seconds"], p["corpus_source"],
-                            p["min_crop_fraction"], ctx.out("pooled"), p["max_batch_seconds"], p["amp"])
+    return sid_pool.pool_to_file(ctx.model(), ctx.inputs["manifest"], p["crop_seconds"], p["corpus_source"],
+                                 p["min_crop_fraction"], ctx.out("pooled"), p["max_batch_seconds"], p["amp"])
 
 
 @stage

@@ -46,51 +46,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def file_records(folder: str | os.PathLike, names) -> dict:
-    """{name: {bytes, sha256}} of the files `names` below `folder`: what a cache records when it is finished,
-    so that `damaged_file` can tell, before it is reused, that a file changed."""
-    folder = Path(folder)
-    return {str(n): {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in names}
-
-
-def damaged_file(folder: str | os.PathLike, records, recorded_in: str) -> str | None:
-    """None when every file of `records` ({name: {bytes, sha256}}) below `folder` has its recorded size and
-    sha256; else a sentence naming the first that does not (missing, truncated or replaced, altered).
-    `records` None (a cache written before records were kept) is a damage too: it cannot be checked."""
-    folder = Path(folder)
-    if not isinstance(records, dict):
-        return f"{folder} records no file sizes and checksums (written by an older version)"
-    for name, rec in sorted(records.items()):
-        f = folder / name
-        size = f.stat().st_size if f.is_file() else None
-        if size != rec["bytes"]:
-            return (f"{f} is {'missing' if size is None else f'{size} bytes'} where {rec['bytes']} bytes were "
-                    f"recorded in {recorded_in} (truncated or replaced)")
-        if sha256_file(f) != rec["sha256"]:
-            return f"{f} does not hold the bytes recorded in {recorded_in} (altered or damaged)"
-    return None
-
-
-def reusable(folder: str | os.PathLike, record_name: str, digest: str, then: str, logger) -> bool:
-    """Whether `folder` holds a finished cache of the inputs `digest` (its JSON record `record_name`, written
-    last) whose files are still the ones the record lists (`damaged_file`). A damaged one is not reusable,
-    with a warning naming the file and what happens `then` (e.g. "rebuilding it")."""
-    import json
-
-    folder = Path(folder)
-    try:
-        info = json.loads((folder / record_name).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(info, dict) or info.get("digest") != digest:
-        return False
-    damage = damaged_file(folder, info.get("files"), record_name)
-    if damage:
-        logger.warning("%s: %s", damage, then)
-        return False
-    return True
-
-
 def sha256_paths(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     """sha256 of every file; a directory contributes every file under it (sorted), hashed together."""
     out: dict[str, str] = {}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from speaker_neurons import erase, sid, statistics
+from speaker_neurons import erase, sid, sid_pool, statistics
 from test_models import tiny
 from test_sid import _manifest
 
@@ -41,11 +41,11 @@ def test_paired_delta_against_a_direct_computation():
 def test_ablation_on_a_tiny_model(tmp_path):
     model = tiny("melhubert")
     man = _manifest(tmp_path, [1.0, 1.2, 0.9, 1.1, 1.3, 1.0, 0.8, 1.2])
-    segs = sid.segments(man, 0.3, model.sample_rate, 0.5)
-    pooled = sid.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
+    segs = sid_pool.segments(man, 0.3, model.sample_rate, 0.5)
+    pooled = sid_pool.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
     labels = np.array([int(s[1]) for s in segs["speaker"]])
     split = np.where(np.arange(len(segs)) % 3 == 0, "test", "train")
-    data = sid.SIDData(pooled, labels, split, ["s0", "s1"])
+    data = sid_pool.SIDData(pooled, labels, split, ["s0", "s1"])
     everything = tuple(range(model.num_layers + 1))
     heads = {"all": sid.train_heads(data, [sid.HeadSpec(everything, 1e-2, s) for s in (0, 1)], epochs=5),
              "last": sid.train_heads(data, [sid.HeadSpec((model.num_layers,), 1e-2, 0)], epochs=5)}
@@ -70,8 +70,8 @@ def test_ablation_on_a_tiny_model(tmp_path):
     assert float(base["accuracy"].iloc[0]) == pytest.approx(direct, abs=1e-6)
     # the "some" erase really changed the model: hidden_0 (input of layer 1) is the same, the layers after differ
     erased = __import__("copy").deepcopy(model).erase_ffn(sets["some"])
-    p2 = sid.pool_layer_means(erased, test, max_batch_seconds=3.0, progress=False)
-    p1 = sid.pool_layer_means(model, test, max_batch_seconds=3.0, progress=False)
+    p2 = sid_pool.pool_layer_means(erased, test, max_batch_seconds=3.0, progress=False)
+    p1 = sid_pool.pool_layer_means(model, test, max_batch_seconds=3.0, progress=False)
     assert np.array_equal(p1[:, :1], p2[:, :1]) and not np.allclose(p1[:, 1:], p2[:, 1:])
     summary = erase.summarize(table)
     assert set(summary) == {"some", "empty", "unerased"}
@@ -93,23 +93,23 @@ def test_each_variant_is_one_pass_over_the_test_segments_in_blocks_of_whole_utte
     upstream.amp reaches every pass, and the blocks change nothing in the table."""
     model = tiny("melhubert")
     man = _manifest(tmp_path, [1.0, 1.2, 0.9, 1.1, 1.3, 1.0, 0.8, 1.2])
-    segs = sid.segments(man, 0.3, model.sample_rate, 0.5)
+    segs = sid_pool.segments(man, 0.3, model.sample_rate, 0.5)
     labels = np.array([int(s[1]) for s in segs["speaker"]])
-    pooled = sid.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
-    data = sid.SIDData(pooled, labels, np.array(["train"] * len(segs)), ["s0", "s1"])
+    pooled = sid_pool.pool_layer_means(model, segs, max_batch_seconds=3.0, progress=False)
+    data = sid_pool.SIDData(pooled, labels, np.array(["train"] * len(segs)), ["s0", "s1"])
     heads = {"all": sid.train_heads(data, [sid.HeadSpec(tuple(range(model.num_layers + 1)), 1e-2, s)
                                            for s in (0, 1, 2)], epochs=3)}
     groups = np.array([int(u[1:]) % 2 for u in segs["utt_id"]])
     sets = {"some": {1: [0, 1, 2, 3], 2: [5, 6]}}
     whole = erase.run_ablation(model, segs, labels, groups, heads, sets, [0, 1], max_batch_seconds=3.0, amp=False)
     calls = []
-    pool = sid.pool_layer_means
+    pool = sid_pool.pool_layer_means
 
     def recorded(m, part, **kw):
         calls.append((id(m), part["seg_id"].tolist(), kw["amp"]))
         return pool(m, part, **kw)
 
-    monkeypatch.setattr(sid, "pool_layer_means", recorded)
+    monkeypatch.setattr(sid_pool, "pool_layer_means", recorded)
     monkeypatch.setattr(erase, "SEGMENTS_PER_BLOCK", 5)
     table = erase.run_ablation(model, segs, labels, groups, heads, sets, [0, 1], max_batch_seconds=3.0, amp=False)
     assert table.equals(whole)

@@ -18,12 +18,13 @@ PACKAGE = "speaker_neurons"
 #: longest prefix listed here. (The same table is in docs/DESIGN.md.)
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["speaker_neurons", "speaker_neurons.utils", "speaker_neurons.config", "speaker_neurons.audio",
-              "speaker_neurons.rowfile", "speaker_neurons.statistics", "speaker_neurons.batching",
+              "speaker_neurons.rowfile", "speaker_neurons.statistics", "speaker_neurons.stores", "speaker_neurons.batching",
               "speaker_neurons.kmeans"]),
     ("data and models", ["speaker_neurons.data", "speaker_neurons.models"]),
     ("analysis", ["speaker_neurons.analysis", "speaker_neurons.evaluation", "speaker_neurons.paired",
                   "speaker_neurons.pruning", "speaker_neurons.pretrain"]),
-    ("evaluation stages", ["speaker_neurons.sid", "speaker_neurons.pr_data", "speaker_neurons.pr",
+    ("evaluation stages", ["speaker_neurons.heads", "speaker_neurons.sid_pool", "speaker_neurons.sid",
+                           "speaker_neurons.pr_data", "speaker_neurons.pr",
                            "speaker_neurons.erase", "speaker_neurons.plant", "speaker_neurons.summary"]),
     ("workflow", ["speaker_neurons.catalogue", "speaker_neurons.leaks", "speaker_neurons.costs", "speaker_neurons.plan",
                   "speaker_neurons.runner",

@@ -345,7 +345,7 @@ def test_a_truncated_or_altered_native_checkpoint_is_refused_naming_it(tmp_path)
     load_native(out)
     good = weights.read_bytes()
     weights.write_bytes(good[:-10])
-    with pytest.raises(CheckpointError, match=r"model.safetensors.*where \d+ were recorded .*truncated"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*where \d+ bytes were recorded .*truncated"):
         load_native(out)
     altered = bytearray(good)
     altered[-5] ^= 0x01

@@ -212,9 +212,10 @@ def test_frame_cache_of_a_real_tiny_upstream(tmp_path):
 
 def test_frame_cache_rejects_mismatched_shapes_and_unfinished_stores(tmp_path):
     with pytest.raises(ValueError, match="do not match"):
-        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("b", np.zeros((2, 5, 4)))], tmp_path)
+        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("b", np.zeros((2, 5, 4)))], tmp_path / "c")
     with pytest.raises(ValueError, match="twice"):
-        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("a", np.zeros((3, 5, 4)))], tmp_path)
+        pr.write_frame_cache([("a", np.zeros((3, 5, 4))), ("a", np.zeros((3, 5, 4)))], tmp_path / "c")
+    assert not list(tmp_path.iterdir())  # a failed write leaves neither the store nor its .tmp
     with pytest.raises(FileNotFoundError, match="unfinished"):  # a killed writer leaves no done.json
         pr.FrameCache(tmp_path)
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from speaker_neurons import sid, statistics
+from speaker_neurons import evaluation, sid, sid_pool, statistics
 from test_models import tiny
 
 
@@ -29,20 +29,20 @@ def _manifest(tmp_path, durations, sr=16000):
 def test_segments_crop_and_drop_short_remainders(tmp_path):
     m = pd.DataFrame({"utt_id": ["a", "b"], "path": ["a.wav", "b.wav"], "speaker": ["x", "y"],
                       "split": ["train", "test"], "duration": [2.3, 2.6]})
-    segs = sid.segments(m, 1.0, 16000, 0.5)
+    segs = sid_pool.segments(m, 1.0, 16000, 0.5)
     assert segs["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1", "b#2"]
     assert segs["end"].tolist() == [16000, 32000, 16000, 32000, 41600]
-    assert sid.segments(m, None, 16000, 0.5)["end"].tolist() == [36800, 41600]
+    assert sid_pool.segments(m, None, 16000, 0.5)["end"].tolist() == [36800, 41600]
     # sid.min_crop_fraction: b's last 0.6 s crop goes at 0.7, a's 0.3 s one stays at 0.25
-    assert sid.segments(m, 1.0, 16000, 0.7)["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1"]
-    assert sid.segments(m, 1.0, 16000, 0.25)["seg_id"].tolist() == ["a#0", "a#1", "a#2", "b#0", "b#1", "b#2"]
+    assert sid_pool.segments(m, 1.0, 16000, 0.7)["seg_id"].tolist() == ["a#0", "a#1", "b#0", "b#1"]
+    assert sid_pool.segments(m, 1.0, 16000, 0.25)["seg_id"].tolist() == ["a#0", "a#1", "a#2", "b#0", "b#1", "b#2"]
 
 
 @pytest.mark.parametrize("kind", ["melhubert", "wav2vec2"])
 def test_pooled_shortcut_equals_the_frame_level_head(kind, tmp_path):
     model = tiny(kind)
-    segs = sid.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6, model.sample_rate, 0.5)
-    pooled = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
+    segs = sid_pool.segments(_manifest(tmp_path, [1.3, 0.7, 2.1]), 0.6, model.sample_rate, 0.5)
+    pooled = sid_pool.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
     torch.manual_seed(0)
     head = sid.SIDHead(list(range(model.num_layers + 1)), model.hidden_dim, 5)
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_pooled_shortcut_equals_the_frame_level_head(kind, tmp_path):
 
 
 def test_intervals_against_direct_computation():
-    lo, hi = sid.wilson_interval(8, 10)
+    lo, hi = statistics.wilson_interval(8, 10)
     z = 1.959963984540054
     p, n = 0.8, 10
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -77,7 +77,7 @@ def _planted(layer, n_spk=6, per=24, L=3, d=8, seed=0):
     pooled = rng.normal(size=(len(labels), L + 1, d)).astype(np.float32)
     pooled[:, layer] += centres[labels]
     split = np.array((["train"] * 16 + ["dev"] * 4 + ["test"] * 4) * n_spk)
-    return sid.SIDData(pooled, labels, split, [f"s{i}" for i in range(n_spk)])
+    return sid_pool.SIDData(pooled, labels, split, [f"s{i}" for i in range(n_spk)])
 
 
 def test_the_head_finds_the_speaker_layer_and_layer_sets_matter():
@@ -148,7 +148,7 @@ def test_unenrolled_speakers_are_left_out_of_identification_but_kept_in_trials()
     segs = pd.DataFrame({"speaker": [data.speakers[l] for l in data.labels], "split": data.split})
     test_idx = np.flatnonzero(data.split == "test")
     segs.loc[segs.index[np.isin(np.arange(len(segs)), test_idx[:4])], "speaker"] = "ghost"  # a speaker never trained on
-    d = sid.make_data(data.pooled, segs)
+    d = sid_pool.make_data(data.pooled, segs)
     assert "ghost" not in d.speakers and (d.labels == -1).sum() == 4
     res, heads = sid.evaluate(d, {"all": [0, 1, 2, 3]}, lrs=[1e-2], seeds=[0], epochs=40)
     assert res["test_unenrolled"] == 4 and res["test_closed_set"] == len(test_idx) - 4
@@ -179,12 +179,12 @@ def test_sid_needs_speakers_and_every_split():
     m = pd.DataFrame({"utt_id": ["a", "b", "c"], "path": ["a.wav"] * 3, "speaker": ["x", "y", "x"],
                       "split": ["train", "test", "train"], "duration": [1.0] * 3})
     with pytest.raises(ValueError, match="m.tsv: .* no dev segments.*sid.enabled: false"):
-        sid.check_splits(sid.segments(m, None, 16000, 0.5), "m.tsv")
+        sid_pool.check_splits(sid_pool.segments(m, None, 16000, 0.5), "m.tsv")
     m["split"] = ["train", "dev", "test"]
-    sid.check_splits(sid.segments(m, None, 16000, 0.5), "m.tsv")
+    sid_pool.check_splits(sid_pool.segments(m, None, 16000, 0.5), "m.tsv")
     m["speaker"] = ""
     with pytest.raises(ValueError, match="no speaker names"):
-        sid.check_splits(sid.segments(m, None, 16000, 0.5), "m.tsv")
+        sid_pool.check_splits(sid_pool.segments(m, None, 16000, 0.5), "m.tsv")
 
 
 @pytest.mark.parametrize("frame_period,crop", [(20, 0.6), (10, 0.35), (20, 0.25)])
@@ -195,7 +195,7 @@ def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, 
 
     model = tiny("melhubert20" if frame_period == 20 else "melhubert")
     man = _manifest(tmp_path, [1.31, 0.93, 2.07])
-    segs = sid.segments(man, crop, model.sample_rate, 0.5)
+    segs = sid_pool.segments(man, crop, model.sample_rate, 0.5)
     for path, g in segs.groupby("path"):
         wav = torch.from_numpy(load_audio(path, model.sample_rate)[0])
         bounds = list(zip(g["start"], g["end"]))
@@ -207,16 +207,16 @@ def test_sliced_crop_features_equal_the_features_of_each_cut_out_crop(tmp_path, 
             # to AVX2 (FFT and filterbank sums over other lengths), of log-Mel values of 2.7 to 7.0; a frame
             # off by one would differ by tenths
             assert f.shape == own[0].shape and torch.allclose(f, own[0], rtol=1e-5, atol=1e-5)
-    fast = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
+    fast = sid_pool.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False)
     cache = {}
-    again = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
+    again = sid_pool.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
     assert len(cache) == len(segs) and np.array_equal(fast, again)
     model.feed_forwards()[0].output_dense.weight.data.mul_(0.5)  # a changed model reuses the cached features
-    changed = sid.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
+    changed = sid_pool.pool_layer_means(model, segs, max_batch_seconds=2.0, progress=False, feature_cache=cache)
     assert not np.allclose(changed[:, 1:], fast[:, 1:]) and np.allclose(changed[:, 0], fast[:, 0], atol=1e-6)
     model.feed_forwards()[0].output_dense.weight.data.mul_(2.0)
     slow = np.zeros_like(fast)
-    sid._pool_from_audio(model, segs, slow, 2.0, 32, __import__("tqdm").tqdm(disable=True), torch.device("cpu"))
+    sid_pool._pool_from_audio(model, segs, slow, 2.0, 32, __import__("tqdm").tqdm(disable=True), torch.device("cpu"))
     assert float(np.abs(fast - slow).max()) < 1e-4
 
 
@@ -230,29 +230,29 @@ def test_a_pooled_file_keeps_its_segments_and_joins_paths_by_utterance(tmp_path)
     m["split"] = ["train", "train", "dev", "dev", "test", "test"]
     m["gender"], m["sample_rate"] = "F", 16000
     write_manifest(m, tmp_path / "m.tsv")
-    info = sid.pool_to_file(model, tmp_path / "m.tsv", 0.6, "tsv", 0.5, tmp_path / "pooled.npz", 2.0, False)
-    want = sid.segments(m, 0.6, model.sample_rate, 0.5)
+    info = sid_pool.pool_to_file(model, tmp_path / "m.tsv", 0.6, "tsv", 0.5, tmp_path / "pooled.npz", 2.0, False)
+    want = sid_pool.segments(m, 0.6, model.sample_rate, 0.5)
     assert info["segments"] == len(want)
     reversed_manifest = m.iloc[::-1].reset_index(drop=True)  # the join is by utt_id, not by row order
     write_manifest(reversed_manifest, tmp_path / "r.tsv")
-    got = sid.read_segments(tmp_path / "pooled.npz", tmp_path / "r.tsv")
+    got = sid_pool.read_segments(tmp_path / "pooled.npz", tmp_path / "r.tsv")
     pd.testing.assert_frame_equal(got[list(want.columns)].astype(str), want.astype(str))
-    data, L = sid.load_pooled(tmp_path / "pooled.npz")
+    data, L = sid_pool.load_pooled(tmp_path / "pooled.npz")
     assert L == model.num_layers and data.pooled.shape[0] == len(want)
     write_manifest(m[m["utt_id"] != "u4"], tmp_path / "short.tsv")
     with pytest.raises(ValueError, match="short.tsv.*u4"):
-        sid.read_segments(tmp_path / "pooled.npz", tmp_path / "short.tsv")
+        sid_pool.read_segments(tmp_path / "pooled.npz", tmp_path / "short.tsv")
 
 
 # ------------------------------------------------------------------------------------------- bounded memory
 def test_crop_auto_is_the_demo_choice_and_whole_utterances_elsewhere():
     from speaker_neurons.data.recipes.demo import DEMO_CROP_SECONDS
 
-    assert sid.crop_of("auto", "demo") == DEMO_CROP_SECONDS == 0.5
-    assert sid.crop_of("auto", "voxceleb1") is None and sid.crop_of("auto", "tsv") is None
-    assert sid.crop_of(1.0, "voxceleb1") == 1.0 and sid.crop_of(None, "demo") is None
+    assert sid_pool.crop_of("auto", "demo") == DEMO_CROP_SECONDS == 0.5
+    assert sid_pool.crop_of("auto", "voxceleb1") is None and sid_pool.crop_of("auto", "tsv") is None
+    assert sid_pool.crop_of(1.0, "voxceleb1") == 1.0 and sid_pool.crop_of(None, "demo") is None
     with pytest.raises(ValueError, match="auto"):
-        sid.crop_of("whole", "demo")
+        sid_pool.crop_of("whole", "demo")
 
 
 def test_the_pooled_store_is_float16_read_by_memory_map_and_equals_the_float32_means(tmp_path):
@@ -265,34 +265,34 @@ def test_the_pooled_store_is_float16_read_by_memory_map_and_equals_the_float32_m
     m["split"] = ["train", "train", "dev", "dev", "test", "test"]
     m["gender"], m["sample_rate"] = "F", 16000
     write_manifest(m, tmp_path / "m.tsv")
-    info = sid.pool_to_file(model, tmp_path / "m.tsv", "auto", "voxceleb1", 0.5, tmp_path / "p.npz", 2.0, False)
+    info = sid_pool.pool_to_file(model, tmp_path / "m.tsv", "auto", "voxceleb1", 0.5, tmp_path / "p.npz", 2.0, False)
     assert info["segments"] == 6 and info["crop_seconds"] is None
     assert sorted(p.name for p in tmp_path.glob("p.npz*")) == ["p.npz"]  # the temporary store is gone
-    data, L = sid.load_pooled(tmp_path / "p.npz")
+    data, L = sid_pool.load_pooled(tmp_path / "p.npz")
     assert isinstance(data.pooled, np.memmap) and data.pooled.dtype == np.float16 and L == model.num_layers
-    assert sid.pooled_crop_seconds(tmp_path / "p.npz") is None and list(data.utt_id) == list(m["utt_id"])
-    full = sid.pool_layer_means(model, sid.segments(m, None, 16000, 0.5), max_batch_seconds=2.0, progress=False)
+    assert sid_pool.pooled_crop_seconds(tmp_path / "p.npz") is None and list(data.utt_id) == list(m["utt_id"])
+    full = sid_pool.pool_layer_means(model, sid_pool.segments(m, None, 16000, 0.5), max_batch_seconds=2.0, progress=False)
     assert np.array_equal(np.asarray(data.pooled), full.astype(np.float16))
     with np.load(tmp_path / "p.npz") as z:
         assert np.array_equal(z["pooled"], np.asarray(data.pooled))
-    sid.pool_to_file(model, tmp_path / "m.tsv", "auto", "demo", 0.5, tmp_path / "d.npz", 2.0, False)
-    assert sid.pooled_crop_seconds(tmp_path / "d.npz") == 0.5 and len(sid.load_pooled(tmp_path / "d.npz")[0].labels) > 6
+    sid_pool.pool_to_file(model, tmp_path / "m.tsv", "auto", "demo", 0.5, tmp_path / "d.npz", 2.0, False)
+    assert sid_pool.pooled_crop_seconds(tmp_path / "d.npz") == 0.5 and len(sid_pool.load_pooled(tmp_path / "d.npz")[0].labels) > 6
 
 
 def test_pooled_features_that_are_not_finite_stop_sid_naming_the_file_and_rows(tmp_path):
     """A pooled file whose features hold NaN or inf (a damaged file) is refused when it is loaded, naming the
     file and the rows, instead of being scored into a meaningless accuracy; the scan reads in chunks."""
     good = np.zeros((10, 3, 4), dtype=np.float16)
-    sid.check_finite(good, "p.npz", chunk_bytes=24)  # several chunks, nothing to report
+    sid_pool.check_finite(good, "p.npz", chunk_bytes=24)  # several chunks, nothing to report
     bad = good.copy()
     bad[3, 1, 2], bad[7, 0, 0] = np.nan, np.inf
     with pytest.raises(ValueError, match=r"p.npz: pooled features of row\(s\) \[3, 7\] are not finite"):
-        sid.check_finite(bad, "p.npz", chunk_bytes=24)
+        sid_pool.check_finite(bad, "p.npz", chunk_bytes=24)
     segs = {c: np.asarray([f"x{i}" for i in range(10)]) for c in ("seg_id", "utt_id", "speaker")}
     segs["split"] = np.asarray(["train"] * 10)
     np.savez(tmp_path / "bad.npz", pooled=bad, **segs)
     with pytest.raises(ValueError, match=r"bad.npz: pooled features of row\(s\) \[3, 7\]"):
-        sid.load_pooled(tmp_path / "bad.npz")
+        sid_pool.load_pooled(tmp_path / "bad.npz")
 
 
 def test_a_float16_store_out_of_range_is_a_clear_error():
@@ -305,7 +305,7 @@ def test_a_float16_store_out_of_range_is_a_clear_error():
             return torch.ones(1, 3, dtype=torch.bool)
 
     with pytest.raises(FloatingPointError, match="float16"):
-        sid._pool_into(np.zeros((1, 1, 4), np.float16), [0], Out())
+        sid_pool._pool_into(np.zeros((1, 1, 4), np.float16), [0], Out())
     del model
 
 
@@ -379,8 +379,8 @@ def test_training_streams_from_a_float16_memory_map_as_from_the_array(tmp_path, 
     mm = np.lib.format.open_memmap(tmp_path / "s.npy", mode="w+", dtype=np.float16, shape=f16.shape)
     mm[:] = f16
     mm.flush()
-    mapped = sid.SIDData(np.load(tmp_path / "s.npy", mmap_mode="r"), data.labels, data.split, data.speakers)
-    inmem = sid.SIDData(f16.astype(np.float32), data.labels, data.split, data.speakers)
+    mapped = sid_pool.SIDData(np.load(tmp_path / "s.npy", mmap_mode="r"), data.labels, data.split, data.speakers)
+    inmem = sid_pool.SIDData(f16.astype(np.float32), data.labels, data.split, data.speakers)
     specs = [sid.HeadSpec((0, 1, 2, 3), 1e-2, 0), sid.HeadSpec((1,), 1e-2, 1)]
     a = sid.train_heads(mapped, specs, epochs=3, eval_every=3)
     monkeypatch.setattr(sid, "_CHUNK_BYTES", 4 * 4 * 8 * 3)  # three rows per chunk
@@ -417,15 +417,15 @@ def test_trial_pairs_sample_without_the_square_of_the_segments():
 def test_a_verification_list_is_scored_on_utterances_and_absent_ones_are_counted(tmp_path):
     data = _planted(layer=0)
     utt = np.array([f"id1{int(l):04d}-yt{k // 2}-{k % 2:05d}" for k, l in enumerate(data.labels)])
-    data = sid.SIDData(data.pooled, data.labels, data.split, data.speakers, None, utt)
+    data = sid_pool.SIDData(data.pooled, data.labels, data.split, data.speakers, None, utt)
     lines = ["1 id10000/yt0/00000.wav id10000/yt0/00001.wav", "0 id10000/yt0/00000.wav id10001/yt12/00000.wav",
              "1 id10001/yt12/00000.wav id10001/yt13/00001.wav", "0 id10002/yt30/00000.wav id10000/yt1/00000.wav"]
     (tmp_path / "veri.txt").write_text("\n".join(lines + ["1 id19999/zz/00001.wav id10000/yt0/00000.wav"]) + "\n")
-    veri = sid.read_veri_list(tmp_path / "veri.txt")
+    veri = evaluation.read_veri_list(tmp_path / "veri.txt")
     assert veri.iloc[0].tolist() == [1, "id10000-yt0-00000", "id10000-yt0-00001"]
     with pytest.raises(ValueError, match="veri.txt: 1 of 5 trials .*id19999-zz-00001.*max_veri_absent"):
-        sid.veri_trials(veri, data, 0.1, tmp_path / "veri.txt")
-    trials, absent = sid.veri_trials(veri, data, 0.2, tmp_path / "veri.txt")
+        evaluation.veri_trials(veri, data, 0.1, tmp_path / "veri.txt")
+    trials, absent = evaluation.veri_trials(veri, data, 0.2, tmp_path / "veri.txt")
     assert absent == 1 and len(trials) == 4
     res, heads = sid.evaluate(data, {"all": [0, 1, 2, 3]}, lrs=[1e-2], seeds=[0], epochs=20, trials=trials)
     assert res["all"]["target_trials"] == 2 and res["all"]["nontarget_trials"] == 2
@@ -439,7 +439,7 @@ def test_a_verification_list_is_scored_on_utterances_and_absent_ones_are_counted
     assert res["all"]["eer"] == pytest.approx(equal_error_rate(cos, trials["label"]))
     (tmp_path / "bad.txt").write_text("1 a.wav b.wav\n")
     with pytest.raises(ValueError, match="bad.txt, line 1: .*sid.veri_list"):
-        sid.read_veri_list(tmp_path / "bad.txt")
+        evaluation.read_veri_list(tmp_path / "bad.txt")
 
 
 def _interruptible_pooling(tmp_path, monkeypatch):
@@ -453,9 +453,9 @@ def _interruptible_pooling(tmp_path, monkeypatch):
     m["split"] = ["train", "train", "train", "dev", "dev", "test", "test"]
     m["gender"], m["sample_rate"] = "F", 16000
     write_manifest(m, tmp_path / "m.tsv")
-    monkeypatch.setattr(sid, "POOL_BLOCK", 2)
-    sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "whole.npz", 2.0, False)
-    real, calls, fail_at = sid.pool_layer_means, [], [3]
+    monkeypatch.setattr(sid_pool, "POOL_BLOCK", 2)
+    sid_pool.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "whole.npz", 2.0, False)
+    real, calls, fail_at = sid_pool.pool_layer_means, [], [3]
 
     def failing(*a, **k):
         calls.append(len(a[1]))
@@ -463,7 +463,7 @@ def _interruptible_pooling(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(sid, "pool_layer_means", failing)
+    monkeypatch.setattr(sid_pool, "pool_layer_means", failing)
     return model, calls, fail_at
 
 
@@ -472,11 +472,11 @@ def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, 
     an uninterrupted run; another model's leftover store is not reused."""
     model, calls, fail_at = _interruptible_pooling(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
-        sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+        sid_pool.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
     assert not (tmp_path / "p.npz").exists() and (tmp_path / "p.npz.store.json").exists()
     calls.clear()
     fail_at[0] = None
-    sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+    sid_pool.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
     assert calls == [2, 1]  # blocks 3 and 4 of 2, 2, 2, 1 segments
     assert (tmp_path / "p.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
     assert sorted(p.name for p in tmp_path.glob("p.npz*")) == ["p.npz"]
@@ -484,12 +484,12 @@ def test_an_interrupted_pooling_resumes_at_its_first_unfinished_block(tmp_path, 
     calls.clear()
     fail_at[0] = 3
     with pytest.raises(RuntimeError):
-        sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
+        sid_pool.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
     fail_at[0] = None
     other = tiny("melhubert")
     other.feed_forwards()[0].output_dense.weight.data.mul_(0.5)
     calls.clear()
-    sid.pool_to_file(other, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
+    sid_pool.pool_to_file(other, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "q.npz", 2.0, False)
     assert calls == [2, 2, 2, 1]
 
 
@@ -505,7 +505,7 @@ def test_a_damaged_pooled_store_is_pooled_again_not_resumed_from(tmp_path, monke
         calls.clear()
         fail_at[0] = 3
         with pytest.raises(RuntimeError, match="killed"):
-            sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+            sid_pool.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
         data = bytearray(store.read_bytes())
         if damage == "overwrite":
             mm = np.load(store, mmap_mode="r")
@@ -519,7 +519,7 @@ def test_a_damaged_pooled_store_is_pooled_again_not_resumed_from(tmp_path, monke
         fail_at[0] = None
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            sid.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
+            sid_pool.pool_to_file(model, tmp_path / "m.tsv", None, "tsv", 0.5, tmp_path / "p.npz", 2.0, False)
         assert calls == expect, damage
         assert str(store) in caplog.text, damage
         assert (tmp_path / "p.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes(), damage

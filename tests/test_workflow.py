@@ -286,13 +286,13 @@ def test_package_defaults_come_from_the_schema():
 
 def test_the_package_lists_are_the_schema_enums():
     """A name list the package defines (with what each name means) is the one the schema allows."""
-    from speaker_neurons import pruning, sid
+    from speaker_neurons import heads, pruning
     from speaker_neurons.analysis.neuron_sets import SET_NAMES
     from speaker_neurons.config import choices
     from speaker_neurons.data.recipes import RECIPES
 
     assert SET_NAMES == choices("prune.protected_sets[]") and set(choices("erase.sets[]")) <= set(SET_NAMES)
-    assert sid.LAYER_SETS == choices("sid.layer_sets[]")
+    assert heads.LAYER_SETS == choices("sid.layer_sets[]")
     assert pruning.STRATEGIES == choices("prune.strategies[]")
     assert set(RECIPES) == set(choices("corpus.source"))
 

@@ -136,15 +136,14 @@ def read_native_config(path: str | os.PathLike) -> dict[str, Any]:
 def _check_weights(weights: Path, record: Mapping[str, Any] | None, config: Path) -> None:
     """The weights file is the one `config.json` recorded (size, then sha256; folders written before the
     record was kept have none and are read as they are): a truncated or altered checkpoint is refused."""
+    from speaker_neurons.stores import damaged_file
+
     if not record:
         return
-    size = weights.stat().st_size
-    if size != int(record["bytes"]):
-        raise CheckpointError(weights, f"is {size} bytes where {record['bytes']} were recorded in {config} "
-                                       "(truncated or replaced); re-run the rule that wrote it")
-    if sha256_file(weights) != record["sha256"]:
-        raise CheckpointError(weights, f"does not hold the bytes recorded in {config} (altered or damaged); "
-                                       "re-run the rule that wrote it")
+    damage = damaged_file(weights.parent, {weights.name: {"bytes": int(record["bytes"]), "sha256": record["sha256"]}},
+                          str(config))
+    if damage:
+        raise CheckpointError(None, f"{damage}; re-run the rule that wrote it")
 
 
 def load_native(path: str | os.PathLike, device: str | torch.device = "cpu") -> Upstream:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from speaker_neurons.rowfile import RowFile, RowWriter  # noqa: F401 (the store's file format)
-from speaker_neurons.utils import file_records, get_logger, reusable
+from speaker_neurons import stores
+from speaker_neurons.utils import get_logger
 
 log = get_logger("pretrain.data")
 
@@ -69,30 +70,19 @@ def folder_bytes(folder: str | os.PathLike) -> int:
 def ready(folder: str | os.PathLike, want: str) -> bool:
     """Whether `folder` is a complete store part of digest `want` whose files are still the ones recorded
     when it was finished (size, then sha256). A part whose files changed, went missing or were truncated is
-    not ready, with a warning naming the file: it is rebuilt, never used."""
-    return reusable(folder, INFO, want, f"rebuilding {folder}", log)
+    not ready, with a warning naming the file: it is rebuilt, never used (`stores.ready`)."""
+    return stores.ready(folder, INFO, want, f"rebuilding {folder}", log)
 
 
 def start_part(folder: str | os.PathLike) -> Path:
     """Remove a stale part (and an unfinished `.tmp`) and return the empty `.tmp` folder to write into."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    for old in (folder, tmp):
-        if old.exists():
-            shutil.rmtree(old)
-    tmp.mkdir(parents=True)
-    return tmp
+    return stores.start(folder)
 
 
 def finish_part(tmp: Path, info: Mapping[str, Any]) -> Path:
     """Write `info.json` (with the `digest`, and each file's size and sha256: `ready` checks them) and rename
-    `<name>.tmp` to `<name>`: the part is complete."""
-    names = [str(f.relative_to(tmp)) for f in sorted(tmp.rglob("*")) if f.is_file() and f.name != INFO]
-    record = {**dict(info), "files": file_records(tmp, names)}
-    (tmp / INFO).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    final = tmp.with_name(tmp.name[: -len(".tmp")])
-    os.replace(tmp, final)
-    return final
+    `<name>.tmp` to `<name>`: the part is complete (`stores.finish`)."""
+    return stores.finish(tmp, INFO, info)
 
 
 def remove(folder: str | os.PathLike, what: str = "training data store") -> None:
