@@ -71,19 +71,22 @@ def disk_bytes(folder: Path) -> int:
 
 
 class DiskPoll:
-    """The peak of disk_bytes(folder) while the block runs, polled from a thread every `every` s."""
+    """The peak of the bytes under `folders` (summed) while the block runs, polled from a thread every `every` s."""
 
-    def __init__(self, folder: Path, every: float = 0.2):
-        self.folder, self.every = folder, every
+    def __init__(self, *folders: Path, every: float = 0.2):
+        self.folders, self.every = folders, every
         self.before = self.peak = self.after = 0
         self._stop = threading.Event()
 
+    def _size(self) -> int:
+        return sum(disk_bytes(f) for f in self.folders)
+
     def _run(self):
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, disk_bytes(self.folder))
+            self.peak = max(self.peak, self._size())
 
     def __enter__(self):
-        self.before = self.peak = disk_bytes(self.folder)
+        self.before = self.peak = self._size()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -91,7 +94,7 @@ class DiskPoll:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.after = disk_bytes(self.folder)
+        self.after = self._size()
         self.peak = max(self.peak, self.after)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from speaker_neurons.utils import fault_point, release_memory
+
 
 def pack(order: Sequence[int], sizes: Sequence[float], max_total: float, max_count: int | None = None) -> list[list[int]]:
     """Cut `order` (item indices) into consecutive batches with max(size) * len(batch) <= max_total
@@ -105,8 +107,11 @@ def audio_batches(
     with ThreadPoolExecutor(max_workers=1) as pool:
         futures = [pool.submit(load_group, g) for g in groups[:prefetch]]
         for i in range(len(groups)):
+            if i:  # the previous batch is done with: its memory back to the system (`utils.release_memory`)
+                release_memory()
             batch = futures[i].result()
             if i + prefetch < len(groups):
                 futures.append(pool.submit(load_group, groups[i + prefetch]))
             futures[i] = None  # free the batch once consumed
+            fault_point("batch")
             yield batch

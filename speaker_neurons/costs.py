@@ -234,8 +234,8 @@ def rule_costs(rule: str, work: CorpusSize | None, model: ModelSize | None, conf
             flop = hours * 3600 * per_s * (1.1 if rule == "activation_stats" else 1.0)
         if rule == "extract_features":
             disk += hours * 3600 * model.frames_per_second * model.dim * 2 / 2**20
-        if rule == "pool_layers":
-            disk += utts * (model.layers + 1) * model.dim * 2 / 2**20
+        if rule == "pool_layers":  # the float16 store, and the npz it is streamed into beside it for a moment
+            disk += 2 * utts * (model.layers + 1) * model.dim * 2 / 2**20
         if rule == "assign_ivector_clusters":
             extra_min = hours / IVECTOR_HOURS_PER_MINUTE * (2 / max(1, threads))
     elif rule == "erase_ablation":

@@ -57,7 +57,7 @@ from speaker_neurons.heads import LayerMixHead, pick_rate, set_record
 from speaker_neurons.pr_data import (AudioCache, BatchSet, FrameCache, TrainPlan, eval_batches,
                                      feature_cache_bytes, loader, store_ready, write_audio_cache, write_frame_cache)
 from speaker_neurons.statistics import bootstrap_interval
-from speaker_neurons.utils import Terminated, get_logger, sigterm_checkpoints, write_json
+from speaker_neurons.utils import Terminated, fault_point, get_logger, sigterm_checkpoints, write_json
 
 log = get_logger("pr")
 
@@ -443,10 +443,12 @@ def train_bank(corpus: _Corpus, train_utts: Sequence[str], dev_utts: Sequence[st
                     "best": {k: v.detach().cpu() for k, v in best.items()}, "best_per": best_per,
                     "best_step": best_step, "curves": curves}, tmp)
         os.replace(tmp, ckpt)
+        fault_point("checkpoint")
 
     with sigterm_checkpoints() as term:
         for batch in loader(train_set, start, steps, corpus.workers, device):
             step += 1
+            fault_point("step")
             x, frames = corpus.data.features(batch, device)
             bank.step(x, batch["targets"].to(device), frames, batch["target_lengths"].to(device), clip)
             bar.update(1)

@@ -10,7 +10,9 @@ stage), holds torch and the BLAS pools to the rule's threads, runs the stage and
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import socket
 import sys
 import time
@@ -113,6 +115,74 @@ class _Tee:
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+class DiskFull(OSError):
+    """A stage ran out of disk space; the message names the folder, its free space and what the job asked for."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(exc: BaseException | None) -> BaseException | None:
+    """The 'no space left' error in `exc`'s chain, if any (libraries wrap it: torch's and safetensors' writers
+    raise their own errors with the operating system's message)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return exc
+        if any(m in str(exc) for m in ("No space left on device", "Disk quota exceeded")):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    """`path` or its nearest existing ancestor."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _space_report(exc: BaseException, outputs: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[str, str]:
+    """(the folder that ran out of space, a sentence on the free space of every disk the job writes to): the
+    file the error names if it names one, else the job's folder on the disk with the least space free."""
+    import tempfile
+
+    named = getattr(exc, "filename", None)
+    folders = [Path(named).parent] if named else []
+    folders += [Path(p).parent for p in _flat(outputs)]
+    folders += [Path(os.path.expandvars(str(params[k]))) for k in ("scratch_dir", "resume_dir") if params.get(k)]
+    folders.append(Path(tempfile.gettempdir()))
+    free: dict[int, tuple[Path, int]] = {}
+    for f in folders:
+        e = _existing(f)
+        try:
+            dev, left = os.stat(e).st_dev, shutil.disk_usage(e).free
+        except OSError:
+            continue
+        free.setdefault(dev, (f, left))
+    ranked = sorted(free.values(), key=lambda fl: fl[1])
+    where = Path(named).parent if named else (ranked[0][0] if ranked else Path("."))
+    return str(where), "; ".join(f"{f}: {left / 1e6:.1f} MB free" for f, left in ranked)
+
+
+def _remove_partial(outputs: Mapping[str, Any]) -> list[str]:
+    """Remove what a failed stage left of its declared outputs (a later run must never take a partial file
+    as complete); returns what was removed. What a resumed run needs (partial stores, checkpoints) is not
+    an output and stays."""
+    removed = []
+    for p in map(Path, _flat(outputs)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(str(p))
+    return removed
+
+
 def _resolve_device(wanted: str) -> str:
     from speaker_neurons.models import resolve_device
 
@@ -121,8 +191,12 @@ def _resolve_device(wanted: str) -> str:
 
 def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
               log_path: str | None = None, threads: int = 1, config: Mapping[str, Any] | None = None,
-              wildcards: Mapping[str, str] | None = None) -> dict:
+              wildcards: Mapping[str, str] | None = None, disk_mb: float | None = None) -> dict:
     """Run stage `name` (a rule's name) and write its provenance; returns the stage's summary.
+
+    A stage that fails leaves none of its declared outputs behind (`_remove_partial`). One that runs out of
+    disk space raises `DiskFull`, naming the folder, the free space of every disk the job writes to, and
+    `disk_mb`, what the rule asked for (its `resources.disk_mb`).
 
     torch is imported only by the stages that use it (a stage that runs no model starts in a fraction of
     the time): its threads are set directly when it is loaded, else through the environment it reads
@@ -170,9 +244,21 @@ def run_stage(name: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
     try:
         with threadpool_limits(limits=threads):
             result = STAGES[name](ctx) or {}
-    except BaseException:  # the rule's log must say why it failed (a batch job has no terminal)
+    except BaseException as exc:  # the rule's log must say why it failed (a batch job has no terminal)
         log.exception("stage %s FAILED after %.1f s", name, time.monotonic() - t1)
-        raise
+        removed = _remove_partial(outputs)
+        if removed:
+            log.info("removed the partial output(s) of stage %s: %s", name, ", ".join(removed))
+        full = _no_space(exc)
+        if full is None:
+            raise
+        folder, disks = _space_report(full, outputs, params)
+        asked = f"it asks for {disk_mb:g} MB of disk (resources.disk_mb)" if disk_mb else "it states no disk need"
+        msg = (f"stage {name} ran out of disk space in {folder} ({full}). {disks}; {asked}. Its partial outputs "
+               "were removed; what a resumed run needs (a partial store, checkpoints) is kept. Free space there, "
+               "or point the folder to a larger disk (results, TMPDIR, pr.scratch_dir), and rerun.")
+        log.error(msg)
+        raise DiskFull(errno.ENOSPC, msg) from exc
     finally:
         if torch is not None:
             torch.set_num_threads(saved_threads)

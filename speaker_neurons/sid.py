@@ -34,12 +34,14 @@ from speaker_neurons.evaluation import read_veri_list, verification_eer, veri_tr
 from speaker_neurons.heads import LayerMixHead, layer_sets, pick_rate, rates_of, set_record
 from speaker_neurons.sid_pool import SIDData, load_pooled, pooled_crop_seconds
 from speaker_neurons.statistics import wilson_interval
-from speaker_neurons.utils import get_logger, write_json
+from speaker_neurons.utils import fault_point, get_logger, write_json
 
 log = get_logger("sid")
 
-#: Rows of the pooled store read at once when scoring (about 64 MB of float32 per chunk, whatever the corpus).
-_CHUNK_BYTES = 1 << 26
+#: Rows of the pooled store read at once when scoring: about 16 MB of float32 per chunk (with each row's share of
+#: the heads' intermediates), whatever the corpus. The peak grows with the corpus until one chunk holds all of
+#: a split's rows, then stays: at 64 MB, sid_eval on 20,480 demo-shaped segments peaked 127 MB above 320.
+_CHUNK_BYTES = 1 << 24
 
 
 # ------------------------------------------------------------------------------------------- the head
@@ -179,6 +181,7 @@ def train_heads(data: SIDData, specs: Sequence[HeadSpec], epochs: int, batch_siz
                 coef = (float(grad_clip) / (norm + 1e-6)).clamp(max=1.0)
                 grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
             step += 1
+            fault_point("step")
             with torch.no_grad():
                 step_size, bc2 = lr / (1 - b1**step), (1 - b2**step) ** 0.5  # torch.optim.Adam's arithmetic
                 for (k, p), g in zip(params.items(), grads):

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from speaker_neurons.stores import BlockLog, array_digest
-from speaker_neurons.utils import get_logger
+from speaker_neurons.utils import fault_point, get_logger, release_memory
 
 log = get_logger("sid")
 
@@ -144,6 +144,8 @@ def _pool_from_features(model, segs, out, max_batch_seconds, max_batch_size, bar
         for b, f in enumerate(x):
             batch[b, : len(f)] = f
         _pool_into(out, pending, model.encode(batch.to(device), lengths.to(device), return_ffn=False))
+        fault_point("batch")
+        release_memory()
         bar.update(len(pending))
         if cache is None:
             for i in pending:
@@ -313,6 +315,25 @@ def _open_store(tmp: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return store
 
 
+def _allocate_store(tmp: Path, shape: tuple[int, ...]) -> None:
+    """Create the float16 store `tmp` with its disk allocated up front: a disk too small for it fails here
+    with an error naming the file and the bytes (a sparse memory map would instead be killed by SIGBUS at
+    the first page the disk cannot hold)."""
+    try:
+        del_me = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)  # a sparse file
+        del del_me
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        need = int(np.prod(shape, dtype=np.int64)) * 2
+        raise OSError(e.errno, f"cannot allocate the pooled store's {need / 1e6:.1f} MB ({e.strerror})",
+                      str(tmp)) from None
+
+
 def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | str | None, corpus_source: str,
                  min_crop_fraction: float, out: str | os.PathLike, max_batch_seconds: float,
                  amp: bool | str) -> dict[str, Any]:
@@ -351,7 +372,9 @@ def pool_to_file(model, manifest_path: str | os.PathLike, crop_seconds: float | 
     log.info("%d segments (%s) -> a float16 store of %.2f GB%s", len(segs),
              "whole utterances" if crop is None else f"{crop:g} s crops", np.prod(shape) * 2 / 1e9,
              f"; resuming after {len(done)} finished blocks of {POOL_BLOCK}" if done else "")
-    store = np.lib.format.open_memmap(tmp, mode="r+" if done else "w+", dtype=np.float16, shape=shape)
+    if not done:
+        _allocate_store(tmp, shape)
+    store = np.lib.format.open_memmap(tmp, mode="r+", dtype=np.float16, shape=shape)
     bar = tqdm(total=len(segs), initial=sum(blocks[b].stop - blocks[b].start for b in done), desc="pooled layers",
                unit="seg", mininterval=5)
     for b, rows in enumerate(blocks):

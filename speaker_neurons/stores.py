@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from speaker_neurons.utils import get_logger, sha256_file
+from speaker_neurons.utils import fault_point, get_logger, sha256_file
 
 log = get_logger("stores")
 
@@ -105,6 +105,7 @@ def finish(tmp: str | os.PathLike, record_name: str, info: Mapping[str, Any],
     record = {**dict(info), "files": {**known, **file_records(tmp, names)}}
     (tmp / record_name).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     final = tmp.with_name(tmp.name[: -len(".tmp")])
+    fault_point("store")
     os.replace(tmp, final)
     return final
 
@@ -165,6 +166,7 @@ class BlockLog:
         self.digests[int(block)] = digest
         write_json_atomic(self.path, {"fingerprint": self.fingerprint, "done": list(self.digests),
                                       "digests": {str(b): d for b, d in self.digests.items()}})
+        fault_point("block")
 
     def remove(self) -> None:
         """Remove the store and its log (the store was moved into its final form)."""

@@ -22,4 +22,5 @@ run_stage(
     threads=smk.threads,
     config=smk.config,
     wildcards=dict(smk.wildcards.items()),
+    disk_mb=getattr(getattr(smk, "resources", None), "disk_mb", None),
 )

@@ -73,6 +73,7 @@ from speaker_neurons.analysis.kaldi_io_utils import read_vectors, write_vectors
 from speaker_neurons.config import choices as config_choices
 from speaker_neurons.config import defaults as config_defaults
 from speaker_neurons.config import resolve as config_resolve
+from speaker_neurons.utils import fault_point
 
 log = logging.getLogger("speaker_neurons.analysis.ivector")
 
@@ -813,6 +814,7 @@ def extract_features(
         if utt_id in seen:
             raise ValueError(f"duplicate utterance id {utt_id!r}")
         seen.add(utt_id)
+        fault_point("batch")
         with torch_threads(1 if single else None):
             f, info = compute_features(wav, cfg, device)
         utt_ids.append(utt_id)

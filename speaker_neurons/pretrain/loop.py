@@ -39,7 +39,7 @@ from torch import nn
 from speaker_neurons.batching import length_batches
 from speaker_neurons.pretrain.data import TrainingData
 from speaker_neurons.pretrain.masking import span_mask
-from speaker_neurons.utils import Terminated, get_logger, sigterm_checkpoints
+from speaker_neurons.utils import Terminated, fault_point, get_logger, sigterm_checkpoints
 
 DATA_DIR = "data"  # the training data store inside a resumable run's scratch folder
 LOG_HEADER = "step\tloss\tmasked_acc\tlr\telapsed_s\tepoch\tmasked_frames\tgrad_norm\n"
@@ -143,6 +143,7 @@ def _save_checkpoint(ck: Path, model, head, opt, state: dict) -> None:
     if ck.exists():
         shutil.rmtree(ck)
     os.replace(tmp, ck)  # a checkpoint folder exists only once complete
+    fault_point("checkpoint")
 
 
 def rotate_checkpoints(folder: Path, keep: int | None) -> list[str]:
@@ -376,6 +377,7 @@ def train_masked_prediction(
                     continue
                 x, y, mask, blen_d = x.to(device), y.to(device), mask.to(device), blen.to(device)
                 step += 1
+                fault_point("step")
                 lr = lr_at(step, float(cfg["lr"]), int(cfg["warmup_steps"]), max_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
