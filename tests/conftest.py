@@ -39,7 +39,8 @@ ONE_MODEL = "models=[{name: demo, kind: melhubert, source: pretrain}]"
 
 
 # the files that run the workflow, longest first: xdist hands each worker whole files in this order
-HEAVY_FIRST = ("test_end_to_end.py", "test_slurm.py", "test_real_layouts.py", "test_resume.py", "test_workflow.py")
+HEAVY_FIRST = ("test_end_to_end.py", "test_slurm.py", "test_real_layouts.py", "test_resume.py", "test_kill_anywhere.py",
+               "test_workflow.py")
 
 
 def pytest_collection_modifyitems(config, items):
