@@ -96,7 +96,10 @@ def synthesize_pool(pool: Path, size: Size) -> pd.DataFrame:
         demo.update(seed=2023, n_speakers=size.analysis_speakers + size.eval_speakers,
                     utterances_per_speaker=size.utterances, split=list(size.split))
         demo["channel"]["keep_clean"] = False
-        synthesize_corpus(pool, **demo, workers=2)
+        import inspect
+
+        takes = inspect.signature(synthesize_corpus).parameters  # the corpus settings the synthesizer reads
+        synthesize_corpus(pool, **{k: v for k, v in demo.items() if k in takes}, workers=2)
         import soundfile as sf
 
         for wav in sorted((pool / "wav").glob("*/*.wav")):

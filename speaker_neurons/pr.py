@@ -742,14 +742,22 @@ def run_pr(upstream, phones_tsv: str | os.PathLike, manifest_path: str | os.Path
         raise ValueError(f"{manifest_path}: repeated utterance ids {used.loc[used['utt_id'].duplicated(), 'utt_id'].head(5).tolist()}")
     scratch = scratch_folder(cfg["scratch_dir"], resume_dir)
     log.info("PR scratch folder (caches, removed at the end): %s; resume folder: %s", scratch, resume_dir)
-    data, need = prepare_data(upstream, used, cfg, scratch, amp=amp, max_batch_seconds=max_batch_seconds)
-    fixed = _heads.rates_of(lr_from, layer_set_names) if lr_from else None
-    result = train_and_evaluate(data, phones, dict(zip(rows["utt_id"], rows["split"])),
-                                _heads.layer_sets(layer_set_names, data.layers - 1), cfg, device=device, fixed_lr=fixed,
-                                heads_path=out_heads, resume_dir=Path(resume_dir) / "bank",
-                                predictions_path=out_predictions,
-                                speaker_of=dict(zip(rows["utt_id"], rows["speaker"].astype(str)))
-                                if "speaker" in rows else None)
+    try:
+        data, need = prepare_data(upstream, used, cfg, scratch, amp=amp, max_batch_seconds=max_batch_seconds)
+        fixed = _heads.rates_of(lr_from, layer_set_names) if lr_from else None
+        result = train_and_evaluate(data, phones, dict(zip(rows["utt_id"], rows["split"])),
+                                    _heads.layer_sets(layer_set_names, data.layers - 1), cfg, device=device,
+                                    fixed_lr=fixed, heads_path=out_heads, resume_dir=Path(resume_dir) / "bank",
+                                    predictions_path=out_predictions,
+                                    speaker_of=dict(zip(rows["utt_id"], rows["speaker"].astype(str)))
+                                    if "speaker" in rows else None)
+    except BaseException:
+        # a cache in the resume folder (the default) is what the rerun reuses; one on a node's own disk
+        # (pr.scratch_dir: $TMPDIR) is of no use to a rerun that may run elsewhere: it goes now
+        if Path(resume_dir).resolve() not in scratch.resolve().parents:
+            shutil.rmtree(scratch, ignore_errors=True)
+            log.info("removed the scratch folder %s (not reusable by a rerun on another node)", scratch)
+        raise
     result.update(corpus=corpus, lr_from=lr_from_model if fixed else None, feature_cache_bytes=need,
                   feature_cache_budget_gb=float(cfg["feature_cache_gb"]))
     write_json(out_result, result)

@@ -619,6 +619,23 @@ def test_the_scratch_folder(tmp_path, monkeypatch):
         pr.scratch_folder("$JOBTMP/x", resume)
 
 
+def test_a_failed_pr_eval_removes_a_node_local_scratch_and_keeps_one_in_its_resume_folder(pr_job, tmp_path,
+                                                                                          monkeypatch):
+    """A job that fails keeps the cache a rerun reuses (in its resume folder, the default) and removes one on a
+    node's own disk (pr.scratch_dir), which a rerun on another node could not use."""
+    from speaker_neurons import pr_data
+
+    monkeypatch.setattr(pr, "_after_step", lambda s: (_ for _ in ()).throw(RuntimeError("failed")) if s == 3 else None)
+    with pytest.raises(RuntimeError, match="failed"):
+        _run_pr(pr_job, tmp_path / "a", feature_cache_gb=0)
+    kept = pr.scratch_folder("", tmp_path / "a" / "resume" / "m" / "pr_eval")
+    assert (kept / "audio" / pr_data.DONE).is_file()
+    monkeypatch.setenv("NODE_TMP", str(tmp_path / "node"))
+    with pytest.raises(RuntimeError, match="failed"):
+        _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0, scratch_dir="$NODE_TMP")
+    assert (tmp_path / "node").is_dir() and not list((tmp_path / "node").iterdir())
+
+
 @pytest.mark.slow  # three fresh processes (~50 s); the in-process interruption above is the fast check
 def test_a_sigkilled_pr_eval_resumes_byte_identical(pr_job, tmp_path):
     """The process (and its loader worker) killed by SIGKILL right after step 5: nothing is cleaned up or
