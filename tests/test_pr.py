@@ -546,6 +546,7 @@ def test_a_killed_pr_eval_resumes_byte_identical(pr_job, tmp_path, monkeypatch, 
     store = resume / "scratch" / ("audio" if kind == "on_the_fly" else "features")
     assert (store / "done.json").is_file()
     monkeypatch.setattr(pr, "_after_step", None)
+    caplog.clear()  # the rerun's records only (the runs above log at INFO where an in-process stage set it)
     with caplog.at_level("INFO", logger="speaker_neurons.pr"):
         _run_pr(pr_job, tmp_path / "b", feature_cache_gb=budget)
     assert "RESUMING the PR heads at step 4/6" in caplog.text
@@ -602,6 +603,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(pr_job, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0)
     monkeypatch.setattr(pr, "_after_step", None)
+    caplog.clear()
     with caplog.at_level("INFO", logger="speaker_neurons.pr"):
         _run_pr(pr_job, tmp_path / "b", feature_cache_gb=0, data_seed=1)
     assert "starting again" in caplog.text and "RESUMING" not in caplog.text
