@@ -9,7 +9,7 @@ Steps, each in its own time limit (so that one that overruns leaves the others t
    found by reading tests/); on a CPU they skip, and the step says so.
 2. throughput: at base size (12 x 768 x 3072, a randomly initialised wav2vec2/HuBERT-base-shaped model from
    speaker_neurons.models; --tiny: a tiny MelHuBERT), hours of audio pooled per GPU-minute
-   (`speaker_neurons.sid.pool_to_file`, whole utterances) and PR training steps per second with the upstream
+   (`speaker_neurons.sid_pool.pool_to_file`, whole utterances) and PR training steps per second with the upstream
    on the fly (`speaker_neurons.pr.run_pr` with pr.feature_cache_gb 0, batch 32 of 10 s; the step rate is
    the difference of two runs of different lengths, so start-up, caches and scoring cancel out).
 3. demo: CPU-vs-CUDA neuron-set equality on the demo (config.yaml; --tiny: tests/configs/tiny.yaml): one

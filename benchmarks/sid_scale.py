@@ -1,4 +1,4 @@
-"""Memory and time of SID (rules pool_layers and sid_eval: `sid.pool_to_file`, `sid.run_sid`) as the corpus
+"""Memory and time of SID (rules pool_layers and sid_eval: `sid_pool.pool_to_file`, `sid.run_sid`) as the corpus
 grows: a synthetic corpus at 1x and 4x utterances (same speakers, more utterances each), a tiny random
 MelHuBERT, whole utterances. Each step runs in its own child process, which reports its peak RSS
 (resource.getrusage); a child that only imports the package gives the baseline. Prints a table: pooled
