@@ -1,8 +1,11 @@
 """Kill anywhere: SIGKILL each long stage at chosen points of its work, rerun, and compare every file of the
 results folder byte for byte with the uninterrupted run.
 
-    .venv/bin/python benchmarks/kill_anywhere.py                 # every point, the demo (config.yaml), ~15 min
+    .venv/bin/python benchmarks/kill_anywhere.py --config tests/configs/kill.yaml
+        # every point on the demo's corpora and shipped model, one head per task: 17 points, 22 min on 2 cores
     .venv/bin/python benchmarks/kill_anywhere.py --config tests/configs/tiny.yaml --extra tests/configs/kill.yaml
+        # the tiny chain, which pre-trains (its points too)
+    .venv/bin/python benchmarks/kill_anywhere.py --rules pool_layers sid_eval   # some stages only
 
 The kill is the package's own fault injection (`speaker_neurons.utils.fault_point`): with
 SPEAKER_NEURONS_KILL_AT=<site>:<n> a job kills itself with SIGKILL the n-th time it passes the site: `batch`
