@@ -2,8 +2,9 @@
 
 Two on-disk stores, each one flat file plus `index.tsv` (utt_id, offset, length) and a JSON record (`DONE`,
 with each file's size and sha256), written in one streaming pass as a folder `stores.start` and `stores.finish`
-make complete (a killed job's store is never taken as finished; a damaged one is rewritten), and read by explicit positioned reads (`os.pread`, never a memory map: mapped pages
-count in a process's resident memory and would make it grow with the corpus):
+make complete (a killed job's store is never taken as finished; a damaged one is rewritten), and read by
+explicit positioned reads (`os.pread`, never a memory map: mapped pages count in a process's resident memory
+and would make it grow with the corpus):
 
 * `AudioCache`: every utterance's decoded samples at the model's rate as int16 (32 kB per second of
   audio; 11.6 GB for LibriSpeech train-clean-100). The frozen upstream runs on it at every step.
@@ -123,11 +124,11 @@ def _write_store(items: Iterable[tuple[str, np.ndarray]], out_dir: str | os.Path
         info = {"utterances": len(index), "rows": offset, "row": list(row), "dtype": np.dtype(dtype).name,
                 "bytes": nbytes, **dict(meta)}
         known = {data_name: {"bytes": nbytes, "sha256": h.hexdigest()}}
-        stores.finish(tmp, DONE, info, known=known)
+        record = stores.finish(tmp, DONE, info, known=known)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**info, "files": json.loads((Path(out_dir) / DONE).read_text())["files"]}
+    return record
 
 
 def store_ready(store_dir: str | os.PathLike, digest: str) -> bool:

@@ -320,8 +320,7 @@ def _allocate_store(tmp: Path, shape: tuple[int, ...]) -> None:
     with an error naming the file and the bytes (a sparse memory map would instead be killed by SIGBUS at
     the first page the disk cannot hold)."""
     try:
-        del_me = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)  # a sparse file
-        del del_me
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)  # the header, a sparse file
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.posix_fallocate(fd, 0, os.fstat(fd).st_size)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from speaker_neurons.utils import fault_point, get_logger, sha256_file
+from speaker_neurons.utils import fault_point, get_logger, sha256_file, write_text_atomic
 
 log = get_logger("stores")
 
@@ -92,10 +92,10 @@ def start(folder: str | os.PathLike) -> Path:
 
 
 def finish(tmp: str | os.PathLike, record_name: str, info: Mapping[str, Any],
-           known: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+           known: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Write the record `record_name` (`info`, which holds the `digest`, plus each file's size and sha256:
     `ready` checks them) and rename `<name>.tmp` to `<name>`: the store is complete. `known` gives the
-    records of files already hashed as they were written (not read again)."""
+    records of files already hashed as they were written (not read again). Returns the record."""
     tmp = Path(tmp)
     if not tmp.name.endswith(".tmp"):
         raise ValueError(f"{tmp} is not a folder made by stores.start")
@@ -107,16 +107,7 @@ def finish(tmp: str | os.PathLike, record_name: str, info: Mapping[str, Any],
     final = tmp.with_name(tmp.name[: -len(".tmp")])
     fault_point("store")
     os.replace(tmp, final)
-    return final
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as JSON to `path` through a temporary file and a rename: a reader sees the old record or
-    the new one, never half of one."""
-    path = Path(path)
-    part = path.with_name(path.name + ".tmp")
-    part.write_text(json.dumps(obj))
-    os.replace(part, path)
+    return record
 
 
 def array_digest(block: np.ndarray) -> str:
@@ -164,8 +155,8 @@ class BlockLog:
     def add(self, block: int, digest: str) -> None:
         """Record `block` as finished (the log replaced atomically: a kill leaves the old one or the new)."""
         self.digests[int(block)] = digest
-        write_json_atomic(self.path, {"fingerprint": self.fingerprint, "done": list(self.digests),
-                                      "digests": {str(b): d for b, d in self.digests.items()}})
+        write_text_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "done": list(self.digests),
+                                                 "digests": {str(b): d for b, d in self.digests.items()}}))
         fault_point("block")
 
     def remove(self) -> None:

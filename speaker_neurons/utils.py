@@ -102,13 +102,19 @@ def write_provenance(
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """`obj` as JSON at `path`: indented, sorted keys, one trailing newline (the same object, the same bytes).
     Written atomically (through `<path>.tmp`): a reader never sees half a file."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", fault_site="write")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, fault_site: str | None = None) -> Path:
+    """`text` at `path` through `<path>.tmp` and a rename (removed when the write fails): a reader sees the old
+    file or the new one, never half of one. `fault_site`: the `fault_point` passed halfway through."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w") as f:
             f.write(text[: len(text) // 2])
-            fault_point("write")  # a kill while an output is being written
+            if fault_site:
+                fault_point(fault_site)  # a kill while the file is being written
             f.write(text[len(text) // 2 :])
     except BaseException:
         tmp.unlink(missing_ok=True)

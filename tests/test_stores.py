@@ -26,9 +26,10 @@ def test_a_folder_store_is_complete_only_after_finish_and_damage_is_refused(tmp_
     (tmp / "data.bin").write_bytes(b"half")
     assert tmp.name == "part.tmp" and not folder.exists()  # killed here: nothing looks finished
     assert not stores.ready(folder, "info.json", "d1", "rebuilding it")
-    final = _write(folder, b"0123456789")
-    assert final == folder and not (tmp_path / "part.tmp").exists()  # start removed the stale .tmp
+    returned = _write(folder, b"0123456789")
+    assert folder.is_dir() and not (tmp_path / "part.tmp").exists()  # start removed the stale .tmp
     rec = json.loads((folder / "info.json").read_text())
+    assert returned == rec  # finish returns the record it wrote
     assert rec["digest"] == "d1" and sorted(rec["files"]) == ["data.bin", "sub/index.tsv"]
     assert rec["files"]["data.bin"]["bytes"] == 10
     assert stores.ready(folder, "info.json", "d1", "rebuilding it")
@@ -47,8 +48,8 @@ def test_finish_takes_records_of_files_hashed_as_they_were_written(tmp_path):
     tmp = stores.start(tmp_path / "s")
     (tmp / "big.bin").write_bytes(b"x" * 100)
     known = {"big.bin": {"bytes": 100, "sha256": stores.file_records(tmp, ["big.bin"])["big.bin"]["sha256"]}}
-    folder = stores.finish(tmp, "done.json", {"digest": "k"}, known=known)
-    assert stores.ready(folder, "done.json", "k", "again")
+    assert stores.finish(tmp, "done.json", {"digest": "k"}, known=known)["files"]["big.bin"] == known["big.bin"]
+    assert stores.ready(tmp_path / "s", "done.json", "k", "again")
 
 
 def test_a_block_log_reuses_only_blocks_that_hold_their_recorded_bytes(tmp_path, caplog):

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 import speaker_neurons.pretrain.store as store
+from speaker_neurons import stores
 from speaker_neurons.pretrain.store import StoredFeatures, StoredTargets
 from speaker_neurons.utils import get_logger
 
@@ -270,7 +271,7 @@ def _write_features(model, ids: Sequence[str], paths: Sequence[str], clean: Sequ
 
     from tqdm import tqdm
 
-    tmp = store.start_part(fdir)
+    tmp = stores.start(fdir)
     if est_seconds:
         need = est_seconds * 100 / model.stack * model.feature_dim * 4 * (2 if clean is not None else 1)
         free = shutil.disk_usage(tmp).free
@@ -303,8 +304,9 @@ def _write_features(model, ids: Sequence[str], paths: Sequence[str], clean: Sequ
     if clean is not None:
         np.save(tmp / "clean_n10.npy", np.asarray(clean_n10, dtype=np.int64))
     np.savez(tmp / "stats.npz", s=acc.s.numpy(), s2=acc.s2.numpy(), count=np.int64(acc.count))
-    store.finish_part(tmp, {"digest": fdig, "format": store.FORMAT, "selected": len(paths), "utterances": len(kept),
-                            "frames": int(offsets[-1]), "dim": int(model.feature_dim), "clean": clean is not None})
+    stores.finish(tmp, store.INFO, {"digest": fdig, "format": store.FORMAT, "selected": len(paths),
+                                    "utterances": len(kept), "frames": int(offsets[-1]), "dim": int(model.feature_dim),
+                                    "clean": clean is not None})
     log.info("feature store written: %d utterances, %d frames; %s", len(kept), offsets[-1], store.disk_line(fdir))
 
 
@@ -346,7 +348,7 @@ def _write_targets(tdir: Path, tdig: str, feats, cfg: dict, centers: np.ndarray 
     from speaker_neurons.kmeans import assign
 
     total = feats.total
-    tmp = store.start_part(tdir)
+    tmp = stores.start(tdir)
     if centers is None:
         centers, record = fit_centers(feats, cfg, threads)
     else:
@@ -361,8 +363,9 @@ def _write_targets(tdir: Path, tdig: str, feats, cfg: dict, centers: np.ndarray 
             w.write(labels)
             del x, labels  # before the next chunk is read
     np.save(tmp / "centers.npy", np.asarray(centers, dtype=np.float32))
-    store.finish_part(tmp, {"digest": tdig, "format": store.FORMAT, "file": name, "dtype": np.dtype(dtype).name,
-                            "rows": total, "kmeans": record, "counts": counts.tolist()})
+    stores.finish(tmp, store.INFO, {"digest": tdig, "format": store.FORMAT, "file": name,
+                                    "dtype": np.dtype(dtype).name, "rows": total, "kmeans": record,
+                                    "counts": counts.tolist()})
     log.info("target store written: %d labels; %s", total, store.disk_line(tdir))
 
 

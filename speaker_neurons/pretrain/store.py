@@ -12,7 +12,7 @@ A store is a folder with flat files of rows (one utterance after the other) and 
 * `targets/`: every frame's k-means label (`labels.i16`, or `labels.i32` past 32,767 clusters), the
   centres (`centers.npy`) and `info.json` (the k-means record and the `digest`).
 
-Each part is written under `<name>.tmp` and renamed when complete, so a folder without the `.tmp` suffix
+Each part is written under `<name>.tmp` and renamed when complete (`speaker_neurons.stores`), so a folder without the `.tmp` suffix
 is complete; a job killed while writing leaves only a `.tmp` folder, which the next start removes. A part
 whose `digest` (a hash of everything that determines it) differs from the one wanted is rebuilt, and so is
 one whose files are not the ones `info.json` recorded (size and sha256: a truncated or altered file).
@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,17 +72,6 @@ def ready(folder: str | os.PathLike, want: str) -> bool:
     when it was finished (size, then sha256). A part whose files changed, went missing or were truncated is
     not ready, with a warning naming the file: it is rebuilt, never used (`stores.ready`)."""
     return stores.ready(folder, INFO, want, f"rebuilding {folder}", log)
-
-
-def start_part(folder: str | os.PathLike) -> Path:
-    """Remove a stale part (and an unfinished `.tmp`) and return the empty `.tmp` folder to write into."""
-    return stores.start(folder)
-
-
-def finish_part(tmp: Path, info: Mapping[str, Any]) -> Path:
-    """Write `info.json` (with the `digest`, and each file's size and sha256: `ready` checks them) and rename
-    `<name>.tmp` to `<name>`: the part is complete (`stores.finish`)."""
-    return stores.finish(tmp, INFO, info)
 
 
 def remove(folder: str | os.PathLike, what: str = "training data store") -> None:

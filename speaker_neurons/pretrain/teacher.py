@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import speaker_neurons.pretrain.store as store
+from speaker_neurons import stores
 from speaker_neurons.pretrain.data import (StoredInputs, TrainingData, _array_digest, fit_centers, label_part,
                                            prepare_features, stats_digest)
 from speaker_neurons.pretrain.store import StoredFeatures, StoredRows
@@ -56,7 +57,7 @@ def _write_hidden(teacher, feats: StoredFeatures, layer: int, hdir: Path, hdig: 
     """The teacher's layer-`layer` hidden states of every utterance of `feats`, one utterance at a time."""
     from tqdm import tqdm
 
-    tmp = store.start_part(hdir)
+    tmp = stores.start(hdir)
     need, free = feats.total * int(teacher.hidden_dim) * 4, shutil.disk_usage(tmp).free
     (log.warning if need > free else log.info)(
         "teacher's hidden states: about %.3g GB of float32 rows (%d frames x %d) in %s (%.3g GB free there)",
@@ -71,8 +72,8 @@ def _write_hidden(teacher, feats: StoredFeatures, layer: int, hdir: Path, hdig: 
         rows = w.rows
     if rows != feats.total:
         raise RuntimeError(f"{rows} hidden states written for {feats.total} frames")
-    store.finish_part(tmp, {"digest": hdig, "format": store.FORMAT, "rows": rows, "dim": int(teacher.hidden_dim),
-                            "layer": int(layer)})
+    stores.finish(tmp, store.INFO, {"digest": hdig, "format": store.FORMAT, "rows": rows,
+                                    "dim": int(teacher.hidden_dim), "layer": int(layer)})
     log.info("teacher's hidden states written: %d rows of layer %d; %s", rows, layer, store.disk_line(hdir))
 
 
