@@ -198,32 +198,13 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    imp0 = model.ffn_importance()
-    budgets = {l: float(np.quantile(np.asarray(imp0[l]), spec.budget_quantile)) for l in spec.layers}
+    budgets = _budgets(model, spec.layers, spec.budget_quantile)
     mags = layer_magnitudes(model, wavs, spec, sample_rate)
     idx = {l: torch.tensor(list(neurons[l]), dtype=torch.long) for l in spec.layers}
     group = {l: torch.tensor([0] * (len(neurons[l]) // 2) + [1] * (len(neurons[l]) - len(neurons[l]) // 2))
              for l in spec.layers}
-    params, masks = [], []
-    for l in spec.layers:
-        ff = model.feed_forwards()[l - 1]
-        rows = torch.zeros(ff.width, dtype=torch.bool)
-        rows[idx[l]] = True
-        w2_mask = rows[None, :].expand_as(ff.output_dense.weight)
-        if spec.readout == "one_hot":  # each planted neuron writes into one residual dimension of its own
-            w2_mask = torch.zeros_like(ff.output_dense.weight, dtype=torch.bool)
-            dims = one_hot_dims(len(idx[l]), ff.output_dense.weight.shape[0])
-            with torch.no_grad():
-                ff.output_dense.weight[:, idx[l]] = 0.0
-                ff.output_dense.weight[dims, idx[l]] = budgets[l] / 2
-            w2_mask[dims, idx[l]] = True
-        for p, m in ((ff.intermediate_dense.weight, rows[:, None]), (ff.intermediate_dense.bias, rows),
-                     (ff.output_dense.weight, w2_mask)):
-            p.requires_grad_(True)
-            params.append(p)
-            masks.append(m.expand_as(p).to(p.dtype))
+    params, masks = _trainable(model, idx, {l: budgets[l] / 2 for l in spec.layers}
+                               if spec.readout == "one_hot" else None)
     n_classes, n_reg = int(classes.max()) + 1, targets.shape[1]
     code_dim = sum(len(neurons[l]) for l in spec.layers)
     code_head = torch.nn.Linear(code_dim, n_classes + n_reg)
@@ -284,6 +265,88 @@ def train_plant(model: Upstream, wavs: list[np.ndarray], gate: np.ndarray, class
         row["importance"] = float(imp[row["layer"]][row["neuron"]])
         row["budget"] = budgets[row["layer"]]
     return model, rec
+
+
+def _budgets(model: Upstream, layers: Sequence[int], quantile: float) -> dict[int, float]:
+    """Per layer: the `quantile` of its neurons' importances, the ceiling a planted neuron is held under."""
+    imp = model.ffn_importance()
+    return {l: float(np.quantile(np.asarray(imp[l]), quantile)) for l in layers}
+
+
+def _trainable(model: Upstream, idx: Mapping[int, torch.Tensor], one_hot: Mapping[int, float] | None = None
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Freeze the model but the W1 rows, b1 entries and W2 columns of the neurons `idx[l]`; returns those
+    tensors and their gradient masks. `one_hot` (readout `one_hot`): per layer, the value each planted
+    neuron's W2 column starts from in its `one_hot_dims` row, every other entry zero and kept there."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params, masks = [], []
+    for l, j in idx.items():
+        ff = model.feed_forwards()[l - 1]
+        rows = torch.zeros(ff.width, dtype=torch.bool)
+        rows[j] = True
+        w2_mask = rows[None, :].expand_as(ff.output_dense.weight)
+        if one_hot is not None:  # each planted neuron writes into one residual dimension of its own
+            w2_mask = torch.zeros_like(ff.output_dense.weight, dtype=torch.bool)
+            dims = one_hot_dims(len(j), ff.output_dense.weight.shape[0])
+            with torch.no_grad():
+                ff.output_dense.weight[:, j] = 0.0
+                ff.output_dense.weight[dims, j] = one_hot[l]
+            w2_mask[dims, j] = True
+        for p, m in ((ff.intermediate_dense.weight, rows[:, None]), (ff.intermediate_dense.bias, rows),
+                     (ff.output_dense.weight, w2_mask)):
+            p.requires_grad_(True)
+            params.append(p)
+            masks.append(m.expand_as(p).to(p.dtype))
+    return params, masks
+
+
+def train_speaker_code(model: Upstream, wavs: list[np.ndarray], speakers: np.ndarray,
+                       neurons: Mapping[int, Sequence[int]], *, budget_quantile: float | None, steps: int,
+                       sample_rate: int, crop_seconds: float = 0.5, batch_size: int = 32, lr: float = 3e-3,
+                       seed: int = 0, progress: Any = None) -> tuple[Upstream, dict[str, Any]]:
+    """The plant most favourable to an own effect, to measure its ceiling (`benchmarks/plant_ceiling.py`):
+    no gate, no code head; the given neurons are trained in place, everything else frozen, so that a head
+    of SID's own form (`sid.SIDHead` over every layer) tells the plant corpus' speakers (`speakers`:
+    class per utterance) apart from crops of `crop_seconds`. `budget_quantile`: after every step each
+    neuron's importance is scaled back under the layer's quantile, as in `train_plant`; None: no ceiling
+    on their norm. Returns the model (eval mode) and a record: budgets, the loss curve, and per layer the
+    neurons' final importances."""
+    from speaker_neurons.heads import layer_set
+    from speaker_neurons.sid import SIDHead
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.eval()
+    layers = sorted(neurons)
+    budgets = None if budget_quantile is None else _budgets(model, layers, budget_quantile)
+    idx = {l: torch.tensor(list(neurons[l]), dtype=torch.long) for l in layers}
+    params, masks = _trainable(model, idx)
+    head = SIDHead(layer_set("all", model.num_layers), model.hidden_dim, int(speakers.max()) + 1)
+    opt = torch.optim.Adam([*params, *head.parameters()], lr=lr)
+    n = int(round(crop_seconds * sample_rate))
+    target = torch.from_numpy(np.asarray(speakers, dtype=np.int64))
+    curve = []
+    for step in range(1, steps + 1):
+        b = rng.choice(len(wavs), size=min(batch_size, len(wavs)), replace=False)
+        out = model(_batch(wavs, b, n, rng), None)
+        mask = torch.ones(out.hidden[0].shape[:2], dtype=torch.bool)
+        loss = F.cross_entropy(head.forward_frames(out.hidden, mask), target[b])
+        opt.zero_grad()
+        loss.backward()
+        for p, m in zip(params, masks):
+            p.grad.mul_(m)
+        opt.step()
+        if budgets is not None:
+            _project(model, idx, budgets)
+        curve.append([step, float(loss.detach())])
+        if progress is not None:
+            progress(step, curve[-1])
+    for p in params:
+        p.requires_grad_(False)
+    imp = model.ffn_importance()
+    return model, {"budget_quantile": budget_quantile, "budgets": budgets, "steps": steps, "curve": curve,
+                   "importance": {l: [float(imp[l][j]) for j in neurons[l]] for l in layers}}
 
 
 @torch.no_grad()

@@ -133,3 +133,42 @@ def test_the_record_says_what_the_gate_reaches(planted):
     assert len(rec["curve"]) == SPEC.steps
     first, last = np.mean([c[2] for c in rec["curve"][:10]]), np.mean([c[2] for c in rec["curve"][-10:]])
     assert last < first  # the code loss falls: the planted neurons learn the speakers
+
+
+@pytest.fixture(scope="module")
+def speaker_code(tiny_corpora):
+    """train_speaker_code (the ceiling's plant, benchmarks/plant_ceiling.py) with and without a budget."""
+    torch.set_num_threads(1)
+    table = plant.plant_corpus_table(corpus_dir(tiny_corpora, "demo"))
+    base = load_native(ROOT / "models/melhubert_demo/model")
+    wavs = plant.load_crops(table["path"].tolist(), SR, 0.5)
+    speakers = np.unique(table["speaker"].to_numpy(), return_inverse=True)[1]
+    neurons = plant.lowest_importance(base, (1, 3), 4)
+    out = {q: plant.train_speaker_code(copy.deepcopy(base), wavs, speakers, neurons, budget_quantile=q, steps=30,
+                                       sample_rate=SR, batch_size=8)
+           for q in (0.25, None)}
+    return base, neurons, out
+
+
+def test_the_speaker_code_changes_only_its_neurons_and_holds_them_under_the_budget(speaker_code):
+    base, neurons, out = speaker_code
+    imp0 = base.ffn_importance()
+    for q, (model, rec) in out.items():
+        for l, idx in neurons.items():
+            ff0, ff1 = base.feed_forwards()[l - 1], model.feed_forwards()[l - 1]
+            rest = np.setdiff1d(np.arange(ff0.width), idx)
+            assert torch.equal(ff0.intermediate_dense.weight[rest], ff1.intermediate_dense.weight[rest])
+            assert torch.equal(ff0.intermediate_dense.bias[rest], ff1.intermediate_dense.bias[rest])
+            assert torch.equal(ff0.output_dense.weight[:, rest], ff1.output_dense.weight[:, rest])
+            assert not torch.equal(ff0.output_dense.weight[:, idx], ff1.output_dense.weight[:, idx])
+            assert rec["importance"][l] == pytest.approx(list(model.ffn_importance()[l][idx]))
+        other = {k for k, v in base.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+        assert all(".feed_forward." in k for k in other), q
+        assert len(rec["curve"]) == 30
+    budgets = out[0.25][1]["budgets"]
+    for l in neurons:
+        assert budgets[l] == pytest.approx(np.quantile(imp0[l], 0.25))
+        assert max(out[0.25][1]["importance"][l]) <= budgets[l] * (1 + 1e-6)
+    # without the projection the same training outgrows the budget: it is the projection that holds it
+    assert out[None][1]["budgets"] is None
+    assert max(max(out[None][1]["importance"][l]) / budgets[l] for l in neurons) > 1.05
