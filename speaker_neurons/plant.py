@@ -28,6 +28,10 @@ a model where the benefit exists by construction, and a sham twin where it does 
   `readout: one_hot` (the default) each planted neuron's W2 column has one non-zero entry, its own
   residual dimension, where a budget buys the most effect (`one_hot_dims`).
 
+**The ceiling** (`train_speaker_code`, `benchmarks/plant_ceiling.py`): the same neurons trained with no gate
+for nothing but telling speakers apart, under the same budget or none, measure the most a plant of
+low-importance neurons can add to SID on a given model.
+
 The recipe reads only its own corpus (a synthesized corpus with other pseudo-speakers, seed and id
 prefix than the analysis and evaluation corpora) and the synthesizer's metadata (speakers.tsv gender,
 channels.tsv): never the workflow's clusters, neuron sets or any pruning result.
