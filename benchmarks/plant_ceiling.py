@@ -43,38 +43,22 @@ import numpy as np
 import pandas as pd
 
 from common import ROOT, cpu_model  # noqa: E402  (and the project on sys.path)
-from planted_control import PLANT_SEED_OFFSET, _config
+from planted_control import PLANT_SEED_OFFSET, synth_corpus_table
 
 PROBE_SEED_OFFSET = 3000
 CROP_SECONDS = 0.5
 PROBE_TRAIN = 8  # per speaker; the rest of its utterances are the probe's test
 
 
-def make_corpus(path: Path, seed_offset: int, speakers: int, utterances: int, prefix: str) -> pd.DataFrame:
-    from speaker_neurons import plant
-    from speaker_neurons.data.synth import synthesize_corpus
-
-    demo = _config()["corpus"]["demo"]
-    if not (path / "corpus.json").is_file():
-        synthesize_corpus(path, seed=int(demo["seed"]) + seed_offset, n_speakers=speakers,
-                          utterances_per_speaker=utterances, min_duration=demo["min_duration"],
-                          max_duration=demo["max_duration"], split=[utterances, 0, 0], channel=demo["channel"],
-                          workers=2, id_prefix=prefix)
-    table = plant.plant_corpus_table(path)
-    if len(table) != speakers * utterances:
-        raise SystemExit(f"{path} holds {len(table)} utterances, not {speakers} x {utterances}: remove it")
-    return table
-
-
 class Probe:
     """SID on the probe corpus by a logistic regression on pooled layer means (module docstring, 4)."""
 
-    def __init__(self, table: pd.DataFrame):
+    def __init__(self, table: pd.DataFrame, sample_rate: int):
         from speaker_neurons.sid_pool import segments
 
         t = table.copy()
         t["split"] = np.where(t.groupby("speaker").cumcount() < PROBE_TRAIN, "train", "test")
-        self.segs = segments(t, CROP_SECONDS, 16000, 0.5)
+        self.segs = segments(t, CROP_SECONDS, sample_rate, 0.5)
         self.train = (self.segs["split"] == "train").to_numpy()
         self.speaker = self.segs["speaker"].to_numpy()
 
@@ -85,8 +69,6 @@ class Probe:
 
         from speaker_neurons.sid_pool import pool_layer_means
 
-        if model.sample_rate != 16000:
-            raise SystemExit("the probe's segments are cut at 16 kHz")
         pooled = pool_layer_means(model, self.segs, max_batch_seconds=60, progress=False)
         x = (pooled if layers is None else pooled[:, layers]).reshape(len(pooled), -1)
         scale = StandardScaler().fit(x[self.train])
@@ -127,9 +109,9 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    plant_table = make_corpus(a.out / "plant_corpus", PLANT_SEED_OFFSET, 192, 10, "plant-")
-    probe = Probe(make_corpus(a.out / "probe_corpus", PROBE_SEED_OFFSET, 48, 12, "probe-"))
+    plant_table = synth_corpus_table(a.out / "plant_corpus", PLANT_SEED_OFFSET, 192, 10, "plant-")
     base = load_native(a.model)
+    probe = Probe(synth_corpus_table(a.out / "probe_corpus", PROBE_SEED_OFFSET, 48, 12, "probe-"), base.sample_rate)
     print(f"# {cpu_model()}; corpora ready in {time.perf_counter() - t0:.0f} s; probe: "
           f"{probe.train.sum()} train / {(~probe.train).sum()} test crops of {CROP_SECONDS} s")
 

@@ -71,27 +71,36 @@ def _config() -> dict:
     return complete(yaml.safe_load((ROOT / "config.yaml").read_text()))
 
 
+def synth_corpus_table(path: Path, seed_offset: int, speakers: int, utterances: int, prefix: str) -> pd.DataFrame:
+    """A corpus synthesized with the demo's settings at the demo seed + `seed_offset` (ids `prefix...`, every
+    utterance in train), made once at `path`, as `plant.plant_corpus_table` reads it."""
+    from speaker_neurons import plant
+    from speaker_neurons.data.synth import synthesize_corpus
+
+    demo = _config()["corpus"]["demo"]
+    if not (path / "corpus.json").is_file():
+        t0 = time.perf_counter()
+        synthesize_corpus(path, seed=int(demo["seed"]) + seed_offset, n_speakers=speakers,
+                          utterances_per_speaker=utterances, min_duration=demo["min_duration"],
+                          max_duration=demo["max_duration"], split=[utterances, 0, 0], channel=demo["channel"],
+                          workers=2, id_prefix=prefix)
+        print(f"{path.name}: {speakers} speakers x {utterances} utterances in {time.perf_counter() - t0:.0f} s")
+    table = plant.plant_corpus_table(path)
+    if len(table) != speakers * utterances:
+        raise SystemExit(f"{path} holds {len(table)} utterances, not {speakers} x {utterances}: remove it, or pass "
+                         "the sizes it was made with")
+    return table
+
+
 def stage_plant(out: Path, model_dir: Path, spec, n_speakers: int, utts: int) -> None:
     import torch
 
     from speaker_neurons import plant
-    from speaker_neurons.data.synth import synthesize_corpus
     from speaker_neurons.models.native import load_native, save_upstream
 
     torch.set_num_threads(2)
-    demo = _config()["corpus"]["demo"]
     corpus = out / "plant_corpus"
-    if not (corpus / "corpus.json").is_file():
-        t0 = time.perf_counter()
-        synthesize_corpus(corpus, seed=int(demo["seed"]) + PLANT_SEED_OFFSET, n_speakers=n_speakers,
-                          utterances_per_speaker=utts, min_duration=demo["min_duration"],
-                          max_duration=demo["max_duration"], split=[utts, 0, 0], channel=demo["channel"],
-                          workers=2, id_prefix="plant-")
-        print(f"plant corpus: {n_speakers} speakers x {utts} utterances in {time.perf_counter() - t0:.0f} s")
-    table = plant.plant_corpus_table(corpus)
-    if len(table) != n_speakers * utts:
-        raise SystemExit(f"{corpus} holds {len(table)} utterances, not {n_speakers} x {utts}: remove it, or pass "
-                         "the --speakers and --utterances it was made with")
+    table = synth_corpus_table(corpus, PLANT_SEED_OFFSET, n_speakers, utts, "plant-")
     base = load_native(model_dir)
     wavs = plant.load_crops(table["path"].tolist(), base.sample_rate, spec.crop_seconds)
     neurons = plant.lowest_importance(base, spec.layers, 2 * spec.per_group)
